@@ -1,0 +1,115 @@
+"""Accuracy, loss, size, MACs and latency: measured on the exported ONNX model in ONNX Runtime.
+
+Without labels, ``accuracy`` is top-1 agreement with the dense model and ``loss`` is the KL
+divergence from the dense model's predictions (``labels`` is False in the metrics).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from explorer.data import Dataset, Split
+from explorer.errors import DataError
+from explorer.inspect import count_macs
+from explorer.runtime import OrtModel, export_onnx, gzip_size, measure_latency
+
+__all__ = ["Metrics", "check_labels", "evaluate_torch", "measure", "scores"]
+
+
+@dataclass(frozen=True)
+class Metrics:
+    accuracy: float
+    loss: float
+    params_total: int
+    params_nonzero: int
+    macs: int
+    onnx_bytes: int
+    onnx_gzip_bytes: int
+    latency_ms_median: float
+    latency_ms_p90: float
+    latency_ms_spread: float
+    latency_threads: int
+    latency_runs: int
+    labels: bool  # False: accuracy is agreement with the dense model, loss is KL from it
+
+    def to_dict(self) -> dict[str, float | int | bool]:
+        return asdict(self)
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def check_labels(split: Split, n_classes: int, where: str) -> None:
+    if split.y is not None and len(split.y) and int(split.y.max()) >= n_classes:
+        raise DataError(f"{where}: label {int(split.y.max())} is out of range for a model with {n_classes} outputs")
+
+
+def scores(logits: np.ndarray, y: np.ndarray | None, reference: np.ndarray | None) -> tuple[float, float]:
+    """(accuracy, loss) of ``logits``: against labels ``y``, else against ``reference`` logits."""
+    logp = _log_softmax(logits)
+    if y is not None:
+        accuracy = float((logits.argmax(1) == y).mean())
+        loss = float(-logp[np.arange(len(y)), y].mean())
+        return accuracy, loss
+    if reference is None:
+        raise ValueError("unlabelled data needs the dense model's logits as reference")
+    ref_logp = _log_softmax(reference)
+    agreement = float((logits.argmax(1) == reference.argmax(1)).mean())
+    kl = float((np.exp(ref_logp) * (ref_logp - logp)).sum(1).mean())
+    return agreement, max(kl, 0.0)
+
+
+@torch.no_grad()
+def evaluate_torch(model: nn.Module, split: Split, reference: np.ndarray | None = None,
+                   batch_size: int = 512) -> tuple[float, float]:
+    """(accuracy, loss) of a torch model on ``split``; for scans, where no artifact is exported."""
+    logits = np.concatenate([model(split.x[i : i + batch_size]).numpy() for i in range(0, len(split), batch_size)])
+    y = split.y.numpy() if split.y is not None else None
+    return scores(logits, y, reference)
+
+
+def measure(model: nn.Module, data: Dataset, *, reference: np.ndarray | None = None,
+            onnx_path: str | Path | None = None, threads: int = 1, runs: int = 50) -> tuple[Metrics, np.ndarray]:
+    """Export ``model`` to ONNX and measure it there. Returns the metrics and the ORT logits.
+
+    Args:
+        reference: the dense model's logits on ``data.test``; needed when it has no labels.
+        onnx_path: where to keep the ONNX file; a temporary file when None.
+        threads: ONNX Runtime intra-op threads for the latency runs.
+    """
+    with tempfile.TemporaryDirectory(prefix="explorer-") as tmp:
+        path = Path(onnx_path) if onnx_path is not None else Path(tmp) / "model.onnx"
+        export_onnx(model, data.example_input(), path)
+        session = OrtModel(path, threads=threads)
+        logits = session(data.test.x.numpy())
+        check_labels(data.test, logits.shape[1], data.spec)
+        y = data.test.y.numpy() if data.test.y is not None else None
+        accuracy, loss = scores(logits, y, reference)
+        latency = measure_latency(session, data.example_input().numpy(), runs=runs)
+        onnx_bytes, onnx_gzip = path.stat().st_size, gzip_size(path)
+    params = list(model.parameters())
+    metrics = Metrics(
+        accuracy=accuracy,
+        loss=loss,
+        params_total=sum(p.numel() for p in params),
+        params_nonzero=sum(int(torch.count_nonzero(p)) for p in params),
+        macs=sum(count_macs(model, data.example_input()).values()),
+        onnx_bytes=onnx_bytes,
+        onnx_gzip_bytes=onnx_gzip,
+        latency_ms_median=latency.median_ms,
+        latency_ms_p90=latency.p90_ms,
+        latency_ms_spread=latency.spread_ms,
+        latency_threads=latency.threads,
+        latency_runs=latency.runs,
+        labels=y is not None,
+    )
+    return metrics, logits

@@ -1,0 +1,214 @@
+"""Layer inventory: prunable layers with shapes, params, MACs and their dependency group.
+
+Groups come from Torch-Pruning's DepGraph: layers whose output channels are coupled (through a
+residual add, a concatenation, a depthwise convolution...) share a group, and structured pruning
+removes the same channels from every member. A layer whose outputs reach the model output (the
+classifier) is in no structured group: its output channels are the classes.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from explorer.errors import DataError
+
+__all__ = ["PRUNABLE_TYPES", "Inventory", "LayerInfo", "build_dependency_graph", "count_macs", "inventory"]
+
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+# Channels that Torch-Pruning could remove but that we do not touch: attention's embedding dimension.
+_UNSUPPORTED_STRUCTURED = (nn.MultiheadAttention,)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One prunable layer. ``group`` is None when its output channels cannot be removed."""
+
+    name: str
+    type: str
+    shape: tuple[int, ...]  # weight shape
+    params: int  # weight + bias elements
+    macs: int  # multiply-accumulates for one sample
+    out_channels: int
+    group: str | None
+    note: str = ""  # why the layer is not structurally prunable, if it is not
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+
+@dataclass(frozen=True)
+class Inventory:
+    layers: tuple[LayerInfo, ...]
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)  # group id -> member layers
+    total_params: int = 0
+    total_macs: int = 0
+    structured_error: str = ""  # why DepGraph could not trace the model (structured methods off)
+
+    @property
+    def names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    def __getitem__(self, name: str) -> LayerInfo:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+
+def _run(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    try:
+        out = model(x)
+    except Exception as e:
+        raise DataError(
+            f"the model does not accept input of shape {tuple(x.shape)}: {type(e).__name__}: {e}"
+        ) from None
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise DataError(f"the model must return (N, classes) logits for input {tuple(x.shape)}, got {shape}")
+    return out
+
+
+def count_macs(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
+    """Multiply-accumulates per sample of every conv, linear and attention module (by name)."""
+    macs: dict[str, int] = {}
+    hooks = []
+    batch = example_input.shape[0]
+
+    def hook(name: str):  # noqa: ANN202
+        def fn(module: nn.Module, inputs: tuple, output: object) -> None:
+            if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                per_out = module.in_channels // module.groups * math.prod(module.kernel_size)
+                macs[name] = macs.get(name, 0) + output.numel() // batch * per_out  # type: ignore[union-attr]
+            elif isinstance(module, nn.Linear):
+                macs[name] = macs.get(name, 0) + output.numel() // batch * module.in_features  # type: ignore[union-attr]
+            elif isinstance(module, nn.MultiheadAttention):
+                q = inputs[0]
+                seq = q.shape[0] if not module.batch_first else q.shape[1]
+                e = module.embed_dim
+                # q/k/v and output projections, plus scores and weighted sum; out_proj's own hook
+                # does not fire on the fused fast path, so count it here and skip it there.
+                macs[name] = 4 * seq * e * e + 2 * seq * seq * e
+
+        return fn
+
+    mha_children = {
+        f"{n}.out_proj" for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
+    }
+    for name, module in model.named_modules():
+        if isinstance(module, (*PRUNABLE_TYPES, nn.MultiheadAttention)) and name not in mha_children:
+            hooks.append(module.register_forward_hook(hook(name)))
+    try:
+        with torch.no_grad():
+            _run(model, example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+    return macs
+
+
+def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
+    """DepGraph of ``model`` (which must have requires_grad parameters: DepGraph traces autograd)."""
+    with torch.enable_grad():
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+
+
+def output_layers(dg: tp.DependencyGraph, model: nn.Module) -> list[nn.Module]:
+    """Prunable layers whose output channels reach the model output without passing another layer."""
+    found = []
+    for module in model.modules():
+        if not isinstance(module, PRUNABLE_TYPES) or module not in dg.module2node:
+            continue
+        stack, seen = [dg.module2node[module]], set()
+        reaches_output = False
+        while stack:
+            node = stack.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if not node.outputs:
+                reaches_output = True
+                break
+            for nxt in node.outputs:
+                if not isinstance(nxt.module, (*PRUNABLE_TYPES, *_UNSUPPORTED_STRUCTURED)):
+                    stack.append(nxt)
+        if reaches_output:
+            found.append(module)
+    return found
+
+
+def structured_groups(
+    dg: tp.DependencyGraph, model: nn.Module
+) -> list[tuple[tp.Group, list[str]]]:
+    """Every group whose out channels may be removed, with the names of its prunable members."""
+    names = {m: n for n, m in model.named_modules()}
+    ignored = output_layers(dg, model) + [m for m in model.modules() if isinstance(m, _UNSUPPORTED_STRUCTURED)]
+    out = []
+    for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE_TYPES):
+        members = []
+        for dep, _ in group:
+            m = dep.target.module
+            if isinstance(m, PRUNABLE_TYPES) and dg.is_out_channel_pruning_fn(dep.handler) and m in names:
+                if names[m] not in members:
+                    members.append(names[m])
+        if members:
+            out.append((group, members))
+    return out
+
+
+def inventory(model: nn.Module, example_input: torch.Tensor) -> Inventory:
+    """List the prunable layers of ``model`` (not modified) for an input like ``example_input``."""
+    macs = count_macs(model, example_input)
+    work = copy.deepcopy(model).eval()
+    work.requires_grad_(True)
+    group_of: dict[str, str] = {}
+    groups: dict[str, tuple[str, ...]] = {}
+    structured_error = ""
+    outputs: set[str] = set()
+    try:
+        dg = build_dependency_graph(work, example_input)
+        names = {m: n for n, m in work.named_modules()}
+        outputs = {names[m] for m in output_layers(dg, work)}
+        order = {n: i for i, (n, _) in enumerate(work.named_modules())}
+        for _, members in structured_groups(dg, work):
+            members = sorted(members, key=order.__getitem__)
+            gid = members[0]
+            groups[gid] = tuple(members)
+            for n in members:
+                group_of[n] = gid
+    except Exception as e:  # untraceable model: structured pruning is off, the rest works
+        structured_error = f"DepGraph could not trace the model: {type(e).__name__}: {e}"
+
+    layers = []
+    for name, module in model.named_modules():
+        if not isinstance(module, PRUNABLE_TYPES):
+            continue
+        weight = module.weight
+        params = weight.numel() + (module.bias.numel() if module.bias is not None else 0)
+        out_ch = module.out_features if isinstance(module, nn.Linear) else module.out_channels
+        note = ""
+        if name not in group_of:
+            if structured_error:
+                note = "structured pruning off: model not traceable"
+            elif name in outputs:
+                note = "output layer: its channels are the model's outputs"
+            else:
+                note = "coupled with a layer that structured pruning does not change"
+        layers.append(
+            LayerInfo(
+                name=name, type=type(module).__name__, shape=tuple(weight.shape), params=params,
+                macs=macs.get(name, 0), out_channels=out_ch, group=group_of.get(name), note=note,
+            )
+        )
+    return Inventory(
+        layers=tuple(layers), groups=groups,
+        total_params=sum(p.numel() for p in model.parameters()),
+        total_macs=sum(macs.values()), structured_error=structured_error,
+    )

@@ -1,0 +1,82 @@
+"""Subject: a loaded model and its data, the object the CLI and every page work on.
+
+The base model is loaded once, put in eval mode with gradients off, and never modified: every plan
+is applied to a fresh copy. The dense model's metrics are measured once and kept (thread-safe), so
+a Subject can be shared by every user of the app.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from explorer.data import Dataset, load_data
+from explorer.errors import DataError
+from explorer.evaluate import Metrics, measure
+from explorer.inspect import Inventory, inventory
+from explorer.models import ZOO, load_model
+from explorer.plan import PruningPlan
+from explorer.prune import apply_plan
+
+__all__ = ["DEFAULT_MODEL", "Subject"]
+
+DEFAULT_MODEL = "zoo:digits-cnn"
+
+
+class Subject:
+    """A model spec and a data spec, loaded and inventoried."""
+
+    def __init__(self, model_spec: str = DEFAULT_MODEL, data_spec: str | None = None,
+                 threads: int = 1, runs: int = 50) -> None:
+        if data_spec is None:
+            if not model_spec.startswith("zoo:") or model_spec[4:] not in ZOO:
+                raise DataError(f"{model_spec}: give a data spec (--data) for a model outside the zoo")
+            data_spec = model_spec
+        self.model_spec = model_spec
+        self.data_spec = data_spec
+        self.threads = threads
+        self.runs = runs
+        self.data: Dataset = load_data(data_spec)
+        self.model: nn.Module = load_model(model_spec)
+        self.model.requires_grad_(False)
+        self.example_input = self.data.example_input()
+        self.inventory: Inventory = inventory(self.model, self.example_input)
+        self._lock = threading.Lock()
+        self._dense: tuple[Metrics, np.ndarray] | None = None
+
+    @property
+    def layer_names(self) -> list[str]:
+        return self.inventory.names
+
+    def prune(self, plan: PruningPlan) -> nn.Module:
+        """A pruned copy of the base model."""
+        return apply_plan(self.model, plan, self.example_input, self.inventory)
+
+    def dense(self) -> tuple[Metrics, np.ndarray]:
+        """The dense model's metrics and ORT logits on the evaluation data (measured once)."""
+        with self._lock:
+            if self._dense is None:
+                self._dense = measure(self.model, self.data, threads=self.threads, runs=self.runs)
+            return self._dense
+
+    def measure(self, model: nn.Module, onnx_path: str | Path | None = None) -> Metrics:
+        """Metrics of a (pruned) model of this subject, against the dense model where unlabelled."""
+        _, reference = self.dense()
+        metrics, _ = measure(model, self.data, reference=reference, onnx_path=onnx_path,
+                             threads=self.threads, runs=self.runs)
+        return metrics
+
+    def evaluate(self, plan: PruningPlan | None = None, onnx_path: str | Path | None = None) -> dict:
+        """The ``evaluate --json`` object: the pruned model's metrics, and the dense ones under 'dense'."""
+        dense, _ = self.dense()
+        pruned = dense if plan is None else self.measure(self.prune(plan), onnx_path)
+        out: dict = pruned.to_dict()
+        out["dense"] = dense.to_dict()
+        out["model"] = self.model_spec
+        out["data"] = self.data_spec
+        if plan is not None:
+            out["plan"] = plan.to_dict()
+        return out
