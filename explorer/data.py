@@ -130,6 +130,9 @@ def _check_split(x: np.ndarray, y: np.ndarray | None, where: str) -> Split:
 
 
 def _load_npz(path: Path, spec: str) -> Dataset:
+    with path.open("rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # an .npz is a zip archive; anything else may be a pickle
+            raise DataError(f"{spec}: not an .npz archive (save it with numpy.savez)")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}

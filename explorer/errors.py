@@ -9,6 +9,7 @@ __all__ = [
     "ModelLoadError",
     "PlanError",
     "PruneError",
+    "RecoverError",
     "UnknownMethodError",
 ]
 
@@ -39,3 +40,7 @@ class PruneError(ExplorerError):
 
 class ExportError(ExplorerError):
     """ONNX export, ONNX Runtime or writing the export bundle failed."""
+
+
+class RecoverError(ExplorerError):
+    """A fine-tuning or recalibration setting out of range (epochs, learning rate, alpha...)."""

@@ -32,8 +32,10 @@ class Subject:
     def __init__(self, model_spec: str = DEFAULT_MODEL, data_spec: str | None = None,
                  threads: int = 1, runs: int = 50) -> None:
         if data_spec is None:
-            if not model_spec.startswith("zoo:") or model_spec[4:] not in ZOO:
+            if not model_spec.startswith("zoo:"):
                 raise DataError(f"{model_spec}: give a data spec (--data) for a model outside the zoo")
+            if model_spec[4:] not in ZOO:
+                load_model(model_spec)  # raises: unknown zoo model, with the valid names
             data_spec = model_spec
         self.model_spec = model_spec
         self.data_spec = data_spec
@@ -43,7 +45,10 @@ class Subject:
         self.model: nn.Module = load_model(model_spec)
         self.model.requires_grad_(False)
         self.example_input = self.data.example_input()
-        self.inventory: Inventory = inventory(self.model, self.example_input)
+        try:
+            self.inventory: Inventory = inventory(self.model, self.example_input)
+        except DataError as e:
+            raise DataError(f"{model_spec} with data {data_spec}: {e}") from None
         self._lock = threading.Lock()
         self._dense: tuple[Metrics, np.ndarray] | None = None
 

@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make run` and `make test`. Each sets up what it needs.
+# torch is installed first and pinned: an unpinned torch pulls several GB of CUDA packages.
+
+VENV   ?= .venv
+PYTHON ?= python3
+BIN    := $(VENV)/bin
+PORT   ?= 8501
+
+.PHONY: setup run test test-fast chromium benchmarks clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+# The app on the default model (zoo:digits-cnn) at http://localhost:$(PORT).
+run: setup
+	$(BIN)/pruning-explorer app --port $(PORT)
+
+# Every test, including the one real-browser test (Debian's chromium, installed here when missing).
+test: setup chromium
+	$(BIN)/python -m pytest
+
+# Everything but the browser test.
+test-fast: setup
+	$(BIN)/python -m pytest -m "not browser"
+
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  echo "installing Debian's chromium for the browser test"; \
+	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+	    || { echo "could not install chromium (need root and apt)"; exit 1; }; \
+	fi
+
+benchmarks: setup
+	for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,289 @@
+"""The headless CLI: ``pruning-explorer`` and ``python -m explorer`` are the same program.
+
+A user's mistake (bad file, unknown layer, bad ratio, wrong input shape...) prints one line on
+stderr naming the culprit and exits with code 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from explorer.errors import DataError, ExplorerError
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+
+
+class _UsageError(ExplorerError):
+    """A bad command line (unknown flag, bad value)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage too)
+        raise _UsageError(f"{self.prog}: {message}")
+
+
+class ProgressBar:
+    """A text progress bar on stderr: redrawn in place on a terminal, one line per 10% otherwise."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.tty = sys.stderr.isatty()
+        self._last_decile = -1
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.tty:
+            filled = int(30 * fraction)
+            sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {100 * fraction:5.1f}% {message[:60]:<60}")
+            if fraction >= 1:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+        elif int(10 * fraction) > self._last_decile:
+            self._last_decile = int(10 * fraction)
+            print(f"{self.label}: {100 * fraction:.0f}% {message}", file=sys.stderr)
+
+
+def _ratios(text: str) -> list[float]:
+    from explorer.plan import check_ratio
+
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise _UsageError(f"--ratios {text!r}: expected comma-separated numbers like 0.1,0.2,0.5") from None
+    if not values:
+        raise _UsageError(f"--ratios {text!r}: no ratio given")
+    return [check_ratio(v, f"--ratios {v}") for v in values]
+
+
+def _subject(args: argparse.Namespace) -> Any:
+    from explorer.subject import Subject
+
+    return Subject(args.model, args.data, threads=getattr(args, "threads", 1), runs=getattr(args, "runs", 50))
+
+
+def _load_plan(path: str, subject: Any) -> Any:
+    from explorer.plan import PruningPlan
+
+    plan = PruningPlan.load(path)
+    try:
+        plan.check_layers(subject.layer_names)
+    except ExplorerError as e:
+        raise type(e)(f"{path}: {e}") from None
+    return plan
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    if args.model == "zoo:list":
+        from explorer.models import ZOO
+
+        if args.json:
+            print(json.dumps([{"name": f"zoo:{e.name}", "description": e.description} for e in ZOO.values()], indent=2))
+        else:
+            for e in ZOO.values():
+                print(f"zoo:{e.name:<16} {e.description}")
+        return 0
+    subject = _subject(args)
+    inv = subject.inventory
+    if args.json:
+        print(json.dumps([layer.to_dict() for layer in inv.layers], indent=2))
+        return 0
+    print(f"{'layer':<28} {'type':<8} {'weight shape':<16} {'params':>10} {'MACs':>12}  group")
+    for layer in inv.layers:
+        shape = "x".join(map(str, layer.shape))
+        group = layer.group if layer.group else f"- ({layer.note})"
+        print(f"{layer.name:<28} {layer.type:<8} {shape:<16} {layer.params:>10,} {layer.macs:>12,}  {group}")
+    print(f"total: {inv.total_params:,} parameters, {inv.total_macs:,} MACs per sample")
+    if inv.structured_error:
+        print(f"note: structured methods are off for this model: {inv.structured_error}")
+    return 0
+
+
+def _print_metrics(result: dict[str, Any], method_notes: list[str]) -> None:
+    dense = result["dense"]
+    labelled = result.get("labels", True)
+    rows = [
+        ("accuracy" if labelled else "agreement", "accuracy", lambda v: f"{100 * v:.2f}%"),
+        ("loss" if labelled else "KL from dense", "loss", lambda v: f"{v:.4f}"),
+        ("params", "params_total", lambda v: f"{v:,}"),
+        ("nonzero params", "params_nonzero", lambda v: f"{v:,}"),
+        ("MACs", "macs", lambda v: f"{v:,}"),
+        ("ONNX bytes", "onnx_bytes", lambda v: f"{v:,}"),
+        ("ONNX gzip bytes", "onnx_gzip_bytes", lambda v: f"{v:,}"),
+        ("latency median", "latency_ms_median", lambda v: f"{v:.3f} ms"),
+        ("latency p90", "latency_ms_p90", lambda v: f"{v:.3f} ms"),
+    ]
+    print(f"{'':<18} {'dense':>14} {'pruned':>14}")
+    for label, key, fmt in rows:
+        print(f"{label:<18} {fmt(dense[key]):>14} {fmt(result[key]):>14}")
+    speedup = dense["latency_ms_median"] / result["latency_ms_median"]
+    mac_ratio = dense["macs"] / result["macs"] if result["macs"] else float("inf")
+    print(f"measured ORT speedup {speedup:.2f}x (median, batch 1, {result['latency_threads']} thread(s)); "
+          f"MAC ratio {mac_ratio:.2f}x")
+    for note in method_notes:
+        print(f"note: {note}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    subject = _subject(args)
+    plan = _load_plan(args.plan, subject) if args.plan else None
+    result = subject.evaluate(plan)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    from explorer.prune import get_method
+
+    methods = sorted({plan.method_of(n) for n in plan.layers}) if plan else []
+    _print_metrics(result, [f"{m}: {get_method(m).runtime_note}" for m in methods])
+    return 0
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    from explorer.prune import get_method
+    from explorer.sensitivity import DEFAULT_RATIOS, scan
+
+    out = Path(args.out)
+    if out.suffix not in (".csv", ".json"):
+        raise _UsageError(f"--out {args.out}: must end in .csv or .json")
+    get_method(args.method)
+    ratios = _ratios(args.ratios) if args.ratios else list(DEFAULT_RATIOS)
+    subject = _subject(args)
+    df = scan(subject, args.method, ratios, on_progress=ProgressBar("sensitivity"))
+    try:
+        if out.suffix == ".csv":
+            df.to_csv(out, index=False)
+        else:
+            out.write_text(json.dumps(df.to_dict(orient="records"), indent=2) + "\n")
+    except OSError as e:
+        raise _UsageError(f"--out {args.out}: cannot write ({e.strerror})") from None
+    print(f"wrote {len(df)} rows to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from explorer.report import export_bundle
+
+    subject = _subject(args)
+    plan = _load_plan(args.plan, subject)
+    files = export_bundle(subject, plan, args.out, on_progress=ProgressBar("export"))
+    for role, path in files.items():
+        print(f"{role:<11} {path}")
+    return 0
+
+
+def app_script() -> Path:
+    """app.py of the installed package (pruning_explorer_app) or of this checkout."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pruning_explorer_app")
+    candidates = []
+    if spec is not None and spec.submodule_search_locations:
+        candidates += [Path(p) / "app.py" for p in spec.submodule_search_locations]
+    candidates.append(Path(__file__).resolve().parent.parent / "app.py")
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise DataError("app.py not found: the package was installed without its app")
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    env = dict(os.environ)
+    if args.model:
+        env["PRUNING_EXPLORER_MODEL"] = args.model
+    if args.data:
+        env["PRUNING_EXPLORER_DATA"] = args.data
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app_script()), "--server.port", str(args.port),
+           "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    print(f"Pruning Explorer: http://localhost:{args.port}", file=sys.stderr)
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
+# --- parser --------------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from explorer.subject import DEFAULT_MODEL
+
+    parser = _Parser(prog="pruning-explorer", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+        p.add_argument("--model", required=required, metavar="SPEC",
+                       help="zoo:NAME, PATH.py:FUNC or package.module:FUNC (zoo:list lists the zoo)")
+        p.add_argument("--data", metavar="SPEC", help="zoo:NAME, PATH.npz or PATH.py:FUNC (zoo models bring their own)")
+
+    def timing_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--threads", type=_positive_int, default=1, help="ONNX Runtime intra-op threads for latency")
+        p.add_argument("--runs", type=_positive_int, default=50, help="timed runs (at least 30 are made)")
+
+    p = sub.add_parser("app", help="launch the Streamlit app")
+    p.add_argument("--port", type=_positive_int, default=8501)
+    p.add_argument("--model", metavar="SPEC", help=f"model to open (default {DEFAULT_MODEL})")
+    p.add_argument("--data", metavar="SPEC")
+    p.set_defaults(func=cmd_app)
+
+    p = sub.add_parser("layers", help="prunable layers and dependency groups")
+    model_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_layers)
+
+    p = sub.add_parser("evaluate", help="accuracy, size and ORT latency, dense and pruned")
+    model_args(p)
+    p.add_argument("--plan", metavar="FILE")
+    p.add_argument("--json", action="store_true")
+    timing_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("sensitivity", help="per-layer accuracy and loss against pruning ratio")
+    model_args(p)
+    p.add_argument("--method", default="l1-unstructured")
+    p.add_argument("--ratios", metavar="R1,R2,...", help="ratios in [0, 1) (default 0.1,...,0.9)")
+    p.add_argument("--out", required=True, metavar="FILE", help="FILE.csv or FILE.json")
+    p.set_defaults(func=cmd_sensitivity)
+
+    p = sub.add_parser("export", help="prune, measure and write the export bundle")
+    model_args(p)
+    p.add_argument("--plan", required=True, metavar="FILE")
+    p.add_argument("--out", required=True, metavar="DIR")
+    timing_args(p)
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args))
+    except ExplorerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""The export bundle: plan.json, model.onnx, the PyTorch artifacts, metrics.json and report.html.
+
+Every number in metrics.json and report.html is measured on the exported model.onnx.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib.metadata
+import json
+import math
+import platform
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from explorer.errors import ExportError
+from explorer.inspect import PRUNABLE_TYPES, count_macs
+from explorer.plan import PruningPlan
+from explorer.progress import Progress, no_progress
+from explorer.prune import get_method
+from explorer.subject import Subject
+
+__all__ = ["export_bundle", "layer_rows", "render_html", "versions"]
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("pruning-explorer", "torch", "torch-pruning", "onnx", "onnxruntime"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def layer_rows(subject: Subject, pruned: nn.Module, plan: PruningPlan) -> list[dict[str, Any]]:
+    """One row per prunable layer: dense vs pruned shape, nonzeros, sparsity and MACs."""
+    modules = dict(pruned.named_modules())
+    macs = count_macs(pruned, subject.example_input)
+    rows = []
+    for info in subject.inventory.layers:
+        module = modules[info.name]
+        assert isinstance(module, PRUNABLE_TYPES)
+        w = module.weight
+        nonzero = int(torch.count_nonzero(w))
+        rule = plan.layers.get(info.name)
+        rows.append({
+            "layer": info.name,
+            "type": info.type,
+            "group": info.group or "",
+            "method": plan.method_of(info.name) if rule is not None else "",
+            "ratio": (plan.ratio if plan.scope == "global" else rule.ratio) if rule is not None else 0.0,
+            "dense_shape": list(info.shape),
+            "shape": list(w.shape),
+            "weights": w.numel(),
+            "nonzero": nonzero,
+            "sparsity": 1 - nonzero / math.prod(info.shape),  # against the dense layer's weights
+            "dense_macs": info.macs,
+            "macs": macs.get(info.name, 0),
+        })
+    return rows
+
+
+def _fmt(value: float | int, kind: str) -> str:
+    if kind == "pct":
+        return f"{100 * value:.2f}%"
+    if kind == "ms":
+        return f"{value:.3f} ms"
+    if kind == "float":
+        return f"{value:.4f}"
+    return f"{int(value):,}"
+
+
+_METRIC_ROWS = [
+    ("accuracy", "Accuracy", "pct"),
+    ("loss", "Loss", "float"),
+    ("params_total", "Parameters", "int"),
+    ("params_nonzero", "Nonzero parameters", "int"),
+    ("macs", "MACs per sample", "int"),
+    ("onnx_bytes", "ONNX bytes", "int"),
+    ("onnx_gzip_bytes", "ONNX gzip bytes", "int"),
+    ("latency_ms_median", "ORT latency, median", "ms"),
+    ("latency_ms_p90", "ORT latency, p90", "ms"),
+]
+
+
+def render_html(metrics: dict[str, Any], rows: list[dict[str, Any]], plan: PruningPlan) -> str:
+    """A self-contained HTML report (no scripts, no external files)."""
+    dense = metrics["dense"]
+    labelled = metrics.get("labels", True)
+    e = html.escape
+    trs = []
+    for key, label, kind in _METRIC_ROWS:
+        if not labelled and key == "accuracy":
+            label = "Agreement with dense"
+        if not labelled and key == "loss":
+            label = "KL divergence from dense"
+        d, p = dense[key], metrics[key]
+        change = f"{p / d:.2f}x" if d and kind in ("int", "ms") else f"{(p - d) * (100 if kind == 'pct' else 1):+.2f}"
+        trs.append(f"<tr><td>{e(label)}</td><td>{_fmt(d, kind)}</td><td>{_fmt(p, kind)}</td><td>{change}</td></tr>")
+    speedup = dense["latency_ms_median"] / metrics["latency_ms_median"]
+    mac_ratio = dense["macs"] / metrics["macs"] if metrics["macs"] else float("inf")
+    methods = sorted({plan.method_of(n) for n in plan.layers} or {plan.method})
+    notes = "".join(f"<li><b>{e(m)}</b>: {e(get_method(m).runtime_note)}</li>" for m in methods)
+    layer_trs = "".join(
+        "<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in (
+            r["layer"], r["type"], r["group"], r["method"], f"{r['ratio']:.2f}",
+            "x".join(map(str, r["dense_shape"])), "x".join(map(str, r["shape"])),
+            f"{r['nonzero']:,}", f"{100 * r['sparsity']:.1f}%", f"{r['dense_macs']:,}", f"{r['macs']:,}",
+        )) + "</tr>" for r in rows
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Pruning report: {e(metrics.get('model', ''))}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; }}
+table {{ border-collapse: collapse; margin: 1rem 0; }}
+td, th {{ border: 1px solid #ccc; padding: .3rem .6rem; text-align: right; }}
+td:first-child, th:first-child {{ text-align: left; }}
+th {{ background: #f3f3f3; }}
+.small {{ color: #666; font-size: .9rem; }}
+</style></head><body>
+<h1>Pruning report</h1>
+<p>Model <code>{e(str(metrics.get('model')))}</code>, data <code>{e(str(metrics.get('data')))}</code>,
+method <code>{e(plan.method)}</code>, scope <code>{e(plan.scope)}</code>.</p>
+<p><b>Measured ORT speedup {speedup:.2f}x</b> (median latency, batch 1, {dense['latency_threads']} thread(s),
+{dense['latency_runs']} timed runs after warm-up) next to a <b>MAC ratio of {mac_ratio:.2f}x</b>.</p>
+<ul>{notes}</ul>
+<h2>Metrics (measured on model.onnx in ONNX Runtime)</h2>
+<table><tr><th>Metric</th><th>Dense</th><th>Pruned</th><th>Change</th></tr>{''.join(trs)}</table>
+<h2>Layers</h2>
+<table><tr><th>Layer</th><th>Type</th><th>Group</th><th>Method</th><th>Ratio</th><th>Dense shape</th>
+<th>Shape</th><th>Nonzero</th><th>Sparsity</th><th>Dense MACs</th><th>MACs</th></tr>{layer_trs}</table>
+<h2>Plan</h2><pre>{e(plan.to_json())}</pre>
+<p class="small">{e(json.dumps(metrics.get('versions', {})))}</p>
+</body></html>
+"""
+
+
+def _save_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> str:
+    """Save a torch.export program; returns '' or the reason it could not be exported."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(model, (example,))
+            torch.export.save(program, str(path))
+        return ""
+    except Exception as e:
+        path.unlink(missing_ok=True)
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def export_bundle(subject: Subject, plan: PruningPlan, out_dir: str | Path,
+                  on_progress: Progress = no_progress, model: nn.Module | None = None) -> dict[str, Path]:
+    """Prune, measure and write the export bundle into ``out_dir`` (created if missing).
+
+    Args:
+        model: an already pruned (e.g. fine-tuned) model of this plan; pruned afresh when None.
+
+    Returns:
+        The written files by role: plan, onnx, pt2 (if torch.export could export the model),
+        state_dict, metrics, report.
+
+    Raises:
+        ExportError: ``out_dir`` is a file, or cannot be written.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out}: is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"--out {out}: cannot create the folder ({e.strerror})") from None
+    plan = replace(plan, model=plan.model or subject.model_spec)
+    on_progress(0.05, "pruning")
+    pruned = model if model is not None else subject.prune(plan)
+    files = {"plan": out / "plan.json", "onnx": out / "model.onnx", "pt2": out / "model.pt2",
+             "state_dict": out / "model_state.pt", "metrics": out / "metrics.json", "report": out / "report.html"}
+    try:
+        plan.save(files["plan"])
+        on_progress(0.2, "exporting to ONNX and measuring in ONNX Runtime")
+        metrics_obj = subject.measure(pruned, onnx_path=files["onnx"])
+        on_progress(0.6, "saving the PyTorch artifacts")
+        pt2_error = _save_pt2(pruned, subject.example_input, files["pt2"])
+        torch.save(pruned.state_dict(), files["state_dict"])
+        dense, _ = subject.dense()
+        metrics: dict[str, Any] = metrics_obj.to_dict()
+        metrics.update(dense=dense.to_dict(), model=subject.model_spec, data=subject.data_spec,
+                       plan=plan.to_dict(), versions=versions())
+        if pt2_error:
+            metrics["pt2_error"] = pt2_error
+        on_progress(0.8, "writing the report")
+        rows = layer_rows(subject, pruned, plan)
+        metrics["layers"] = rows
+        files["metrics"].write_text(json.dumps(metrics, indent=2) + "\n")
+        files["report"].write_text(render_html(metrics, rows, plan))
+    except OSError as e:
+        raise ExportError(f"--out {out}: cannot write ({e.strerror})") from None
+    on_progress(1.0, "done")
+    if pt2_error:
+        del files["pt2"]
+    return files
