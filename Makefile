@@ -1,5 +1,7 @@
 # Two commands on a fresh machine: `make run` and `make test`. Each sets up what it needs.
 # torch is installed first and pinned: an unpinned torch pulls several GB of CUDA packages.
+# The editable install is path-based (compat): the app package maps the checkout root, which
+# confuses setuptools' default editable finder.
 
 VENV   ?= .venv
 PYTHON ?= python3
@@ -11,7 +13,7 @@ PORT   ?= 8501
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
 	touch $@
 
 setup: $(BIN)/.installed
