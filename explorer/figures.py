@@ -1,0 +1,155 @@
+"""Plotly figure builders: pure functions from library results to ``go.Figure`` (no streamlit).
+
+Pages only call these, so every chart can be checked in a unit test (traces, axes, values).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from explorer.prune import get_method
+from explorer.weights import LayerView
+
+__all__ = [
+    "channel_bars",
+    "mask_heatmap",
+    "pareto",
+    "pareto_front",
+    "sensitivity_curves",
+    "weight_histogram",
+]
+
+KEPT, GONE, DENSE, FADED = "#4C78A8", "#E45756", "#2CA02C", "rgba(150,150,150,0.35)"
+
+
+def _layout(fig: go.Figure, height: int) -> go.Figure:
+    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0})
+    return fig
+
+
+def weight_histogram(view: LayerView, log_y: bool = False, bins: int = 80) -> go.Figure:
+    """Histogram of the layer's weights: kept ones and those the method removes, on shared bins.
+
+    When the mask is a magnitude cut, the band ``|w| <= threshold`` is shaded and its edges drawn.
+    """
+    w, keep = view.weights.ravel(), view.keep.ravel()
+    lo, hi = float(w.min()), float(w.max())
+    size = (hi - lo) / bins if hi > lo else 1.0
+    xbins = {"start": lo, "end": hi + size, "size": size}
+    fig = go.Figure()
+    fig.add_histogram(x=w[keep], name=f"kept ({int(keep.sum()):,})", marker_color=KEPT, xbins=xbins)
+    fig.add_histogram(x=w[~keep], name=f"removed ({int((~keep).sum()):,})", marker_color=GONE, xbins=xbins)
+    fig.update_layout(barmode="stack", bargap=0.02)
+    if view.threshold is not None:
+        t = view.threshold
+        fig.add_vrect(x0=-t, x1=t, fillcolor=GONE, opacity=0.12, line_width=0)
+        for x in (-t, t):
+            fig.add_vline(x=x, line_dash="dash", line_color=GONE)
+        fig.add_annotation(x=t, y=1, yref="paper", text=f"|w| ≤ {t:.3g} go", showarrow=False,
+                           xanchor="left", yanchor="top", font={"color": GONE})
+    fig.update_xaxes(title_text="weight value")
+    fig.update_yaxes(title_text="weights (log scale)" if log_y else "weights", type="log" if log_y else "linear")
+    fig.update_layout(title_text=f"{view.name}: {view.method} at {view.ratio:.0%} "
+                                 f"({view.pruned_share:.1%} of weights removed)")
+    return _layout(fig, 380)
+
+
+def channel_bars(view: LayerView) -> go.Figure:
+    """Importance of each output channel (structured methods), the removed ones in red."""
+    if view.channel_scores is None or view.removed is None:
+        raise ValueError(f"{view.method} is not structured: it has no channel scores")
+    scores = view.channel_scores
+    gone = np.zeros(len(scores), dtype=bool)
+    gone[view.removed] = True
+    fig = go.Figure()
+    idx = np.arange(len(scores))
+    fig.add_bar(x=idx[~gone], y=scores[~gone], name=f"kept ({int((~gone).sum())})", marker_color=KEPT)
+    fig.add_bar(x=idx[gone], y=scores[gone], name=f"removed ({int(gone.sum())})", marker_color=GONE)
+    if gone.any():
+        fig.add_hline(y=float(scores[gone].max()), line_dash="dash", line_color=GONE)
+    fig.update_layout(barmode="overlay", bargap=0.1,
+                      title_text=f"{view.name}: output-channel importance (group L{get_method(view.method).norm_p} norm)")
+    fig.update_xaxes(title_text="output channel")
+    fig.update_yaxes(title_text="importance")
+    return _layout(fig, 320)
+
+
+def mask_heatmap(view: LayerView, max_cols: int = 576) -> go.Figure:
+    """The keep mask as a picture: rows are output channels, columns the flattened inputs.
+
+    Shows at most ``max_cols`` input columns (the title says when the picture is cropped).
+    """
+    keep = view.keep.reshape(view.keep.shape[0], -1)
+    n_rows, n_cols = keep.shape
+    shown = min(n_cols, max_cols)
+    z = keep[:, :shown].astype(np.int8)
+    fig = go.Figure(go.Heatmap(
+        z=z, zmin=0, zmax=1, colorscale=[[0, GONE], [0.5, GONE], [0.5, KEPT], [1, KEPT]],
+        showscale=False, hovertemplate="output %{y}, input %{x}: %{customdata}<extra></extra>",
+        customdata=np.where(z == 1, "kept", "removed"),
+    ))
+    crop = f", first {shown} of {n_cols} inputs shown" if shown < n_cols else ""
+    fig.update_layout(title_text=f"Mask of {view.name}: blue kept, red removed ({n_rows} x {n_cols}{crop})")
+    fig.update_xaxes(title_text="input (in-channel x kernel position, flattened)")
+    fig.update_yaxes(title_text="output channel", autorange="reversed")
+    return _layout(fig, max(260, min(700, 4 * n_rows + 120)))
+
+
+def sensitivity_curves(df: pd.DataFrame, highlight: str | None = None) -> go.Figure:
+    """Accuracy and loss against ratio, one line per layer (or group); ``highlight`` stands out."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Accuracy", "Loss"), horizontal_spacing=0.08)
+    for i, (layer, rows) in enumerate(df.groupby("layer", sort=False)):
+        rows = rows.sort_values("ratio")
+        faded = highlight is not None and layer != highlight
+        line = {"width": 1, "color": FADED} if faded else {"width": 3 if highlight else 2}
+        for col, metric in ((1, "accuracy"), (2, "loss")):
+            y = 100 * rows[metric] if metric == "accuracy" else rows[metric]
+            fig.add_scatter(x=100 * rows["ratio"], y=y, mode="lines+markers", name=layer, legendgroup=layer,
+                            showlegend=col == 1, line=line, marker={"size": 5}, row=1, col=col,
+                            hovertemplate=f"{layer}<br>%{{x:.0f}} % pruned: %{{y:.4g}}<extra></extra>")
+    fig.update_xaxes(title_text="pruned (%)")
+    fig.update_yaxes(title_text="accuracy (%)", row=1, col=1)
+    fig.update_yaxes(title_text="loss", row=1, col=2)
+    return _layout(fig, 420)
+
+
+def pareto_front(cost: np.ndarray, gain: np.ndarray) -> np.ndarray:
+    """Boolean mask of the points no other point beats (lower or equal cost and higher or equal gain,
+    one of them strictly)."""
+    cost, gain = np.asarray(cost, dtype=float), np.asarray(gain, dtype=float)
+    front = np.ones(len(cost), dtype=bool)
+    for i in range(len(cost)):
+        beaten = (cost <= cost[i]) & (gain >= gain[i]) & ((cost < cost[i]) | (gain > gain[i]))
+        front[i] = not beaten.any()
+    return front
+
+
+def pareto(history: pd.DataFrame, current: int | None = None) -> go.Figure:
+    """Accuracy against ORT latency and against gzipped size, one point per configuration tried.
+
+    ``history`` has columns ``n`` (0 is the dense model), ``accuracy``, ``latency_ms_median``,
+    ``onnx_gzip_bytes`` and ``summary``; the Pareto front of each panel is joined by a line.
+    """
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.08,
+                        subplot_titles=("Accuracy vs ORT latency", "Accuracy vs gzipped ONNX size"))
+    acc = 100 * history["accuracy"].to_numpy()
+    for col, key, scale, unit in ((1, "latency_ms_median", 1.0, "ms"), (2, "onnx_gzip_bytes", 1e-3, "kB")):
+        x = history[key].to_numpy() * scale
+        front = pareto_front(x, acc)
+        order = np.argsort(x[front])
+        fig.add_scatter(x=x[front][order], y=acc[front][order], mode="lines", line={"color": KEPT, "dash": "dot"},
+                        name="Pareto front", showlegend=col == 1, hoverinfo="skip", row=1, col=col)
+        colors = [DENSE if n == 0 else (GONE if n == current else KEPT) for n in history["n"]]
+        sizes = [14 if n in (0, current) else 9 for n in history["n"]]
+        labels = ["dense" if n == 0 else f"#{n}" for n in history["n"]]
+        fig.add_scatter(x=x, y=acc, mode="markers+text", text=labels, textposition="top center",
+                        marker={"color": colors, "size": sizes}, customdata=history["summary"],
+                        name="configurations", showlegend=False, row=1, col=col,
+                        hovertemplate=f"%{{text}}: %{{customdata}}<br>%{{x:.3f}} {unit}, %{{y:.2f}} %<extra></extra>")
+        fig.update_xaxes(title_text=f"{'median latency' if col == 1 else 'gzipped ONNX'} ({unit})", row=1, col=col)
+    fig.update_yaxes(title_text="accuracy (%)", row=1, col=1)
+    return _layout(fig, 380)

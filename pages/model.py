@@ -1,0 +1,58 @@
+"""Model page: open a zoo model or your own, see its dense numbers and its prunable layers."""
+
+import streamlit as st
+
+from explorer.errors import ExplorerError
+from explorer.models import ZOO
+from ui import cache, state, widgets
+from ui.metrics import fmt_bytes, fmt_count
+from ui.state import Keys
+
+st.title("Model", anchor=False)
+st.caption("Pick the model to prune. Every number in this app is measured on the real model, "
+           "exported to ONNX and run in ONNX Runtime.")
+state.show_flash()
+
+current = st.session_state[Keys.MODEL]
+zoo = [f"zoo:{name}" for name in ZOO]
+st.session_state.setdefault(Keys.MODEL_SOURCE, "Built-in (zoo)" if current in zoo else "Your own")
+source = st.radio("Source", ["Built-in (zoo)", "Your own"], key=Keys.MODEL_SOURCE, horizontal=True)
+with st.form("model.open", border=True):
+    if source == "Built-in (zoo)":
+        model = st.selectbox("Zoo model", zoo, index=zoo.index(current) if current in zoo else 0,
+                             format_func=lambda s: f"{s}: {ZOO[s[4:]].description}")
+        data = None
+    else:
+        model = st.text_input("Model spec", value="" if current in zoo else current,
+                              placeholder="path/to/model.py:build or package.module:build")
+        data = st.text_input("Data spec", value=st.session_state[Keys.DATA] or "",
+                             placeholder="path/to/data.npz, path/to/data.py:load or zoo:digits-32")
+    if st.form_submit_button("Open", type="primary", icon=":material/folder_open:"):
+        try:
+            cache.subject(model.strip(), (data or "").strip() or None)
+            state.set_model(model.strip(), (data or "").strip() or None)
+            st.rerun()
+        except ExplorerError as e:
+            st.error(str(e))
+
+subject = widgets.require_subject()
+dense = subject.dense()[0]
+st.subheader(f"{subject.model_spec} on {subject.data_spec}", anchor=False)
+acc_label = "Accuracy" if dense.labels else "Agreement with dense"
+widgets.metric_row([
+    widgets.plain_card("Parameters", fmt_count(dense.params_total)),
+    widgets.plain_card("MACs per sample", fmt_count(dense.macs)),
+    widgets.plain_card(acc_label, f"{100 * dense.accuracy:.2f} %", f"on {len(subject.data.test):,} test samples"),
+    widgets.plain_card("ORT latency, median", f"{dense.latency_ms_median:.3f} ms",
+                       f"p90 {dense.latency_ms_p90:.3f} ms, {dense.latency_threads} thread(s), batch 1"),
+    widgets.plain_card("ONNX file", fmt_bytes(dense.onnx_bytes), f"gzipped {fmt_bytes(dense.onnx_gzip_bytes)}"),
+], per_row=5)
+
+st.subheader("Prunable layers", anchor=False)
+st.caption("Layers in one dependency group share output channels (a residual add, a concatenation...): "
+           "structured methods remove the same channels from all of them. A layer in no group cannot "
+           "lose output channels; unstructured methods still apply.")
+if subject.inventory.structured_error:
+    st.warning(subject.inventory.structured_error)
+widgets.layer_table(subject.inventory)
+widgets.page_link("prune", "Prune it", ":material/content_cut:")

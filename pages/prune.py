@@ -1,0 +1,35 @@
+"""Prune page: drag per-layer ratios, see the really pruned model's numbers update, keep a history."""
+
+import streamlit as st
+
+from explorer.errors import ExplorerError
+from explorer.prune import get_method
+from ui import cache, controls, state, widgets
+from ui.metrics import cards
+from ui.state import Keys
+
+st.title("Prune", anchor=False)
+state.show_flash()
+subject = widgets.require_subject()
+
+left, right = st.columns([5, 6], gap="large")
+with left:
+    draft = controls.prune_controls(subject)
+plan = draft.to_plan(subject.inventory, subject.model_spec)
+result = None
+with right:
+    st.caption(f"Measured on the pruned model exported to ONNX: accuracy on {len(subject.data.test):,} "
+               "test samples, latency in ONNX Runtime. Deltas are against the dense model.")
+    try:
+        result = cache.evaluation(subject.model_spec, st.session_state[Keys.DATA], plan.key(), plan)
+    except ExplorerError as e:
+        st.error(str(e))
+    if result is not None:
+        state.add_history(plan.key(), draft, draft.summary(subject.inventory), result)
+        widgets.metric_row(cards(result), per_row=3)
+        methods = sorted({plan.method_of(n) for n in plan.layers} | {plan.method})
+        for method in methods:
+            info = get_method(method)
+            (st.success if info.speeds_up_dense_cpu else st.info)(f"**{method}**: {info.runtime_note}")
+
+widgets.history_section(subject, plan.key() if result is not None else None)

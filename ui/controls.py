@@ -1,0 +1,97 @@
+"""The Prune page's controls: method, scope, global slider, and one slider per layer by group.
+
+Every widget writes into the session's Draft through a callback (so a structured group or the
+global slider can move other sliders before they are drawn), and is seeded from the Draft when
+the page is opened again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import streamlit as st
+
+from explorer.inspect import Inventory
+from explorer.prune import available_methods, get_method
+from explorer.subject import Subject
+from ui import state
+from ui.draft import Draft, blocks
+from ui.state import Keys
+
+__all__ = ["prune_controls"]
+
+
+def _on_method(inventory: Inventory) -> None:
+    state.restore(state.draft().with_method(st.session_state[Keys.PRUNE_METHOD], inventory), inventory)
+
+
+def _on_scope() -> None:
+    state.set_draft(replace(state.draft(), scope=st.session_state[Keys.PRUNE_SCOPE]))
+
+
+def _on_global(inventory: Inventory) -> None:
+    ratio = st.session_state[Keys.PRUNE_GLOBAL] / 100
+    state.restore(state.draft().with_global(ratio, inventory), inventory)
+
+
+def _on_ratio(layer: str, inventory: Inventory) -> None:
+    ratio = st.session_state[Keys.ratio(layer)] / 100
+    state.restore(state.draft().with_ratio(layer, ratio, inventory), inventory)
+
+
+def _on_flag(layer: str, flag: str, key: str) -> None:
+    state.set_draft(state.draft().with_flag(layer, flag, bool(st.session_state[key])))
+
+
+def _ratio_help(draft: Draft, layer: str) -> str:
+    kind = get_method(draft.method_of(layer)).kind
+    if kind == "structured":
+        return "Share of this layer's output channels removed; every layer of its group loses the same channels."
+    if kind == "semi-structured":
+        return "Any ratio above 0 applies the 2-of-4 pattern (50 % of the weights)."
+    return "Share of this layer's weights set to zero."
+
+
+def _layer_row(draft: Draft, inventory: Inventory, name: str) -> None:
+    info = inventory[name]
+    why = draft.why_not(name, inventory)
+    is_global = draft.scope == "global"
+    slider, lock, skip = st.columns([6, 1, 1], vertical_alignment="center")
+    shape = " x ".join(map(str, info.shape))
+    slider.slider(
+        f"**{name}** · {info.type} {shape} · pruned (%)", 0, 95, step=1, key=Keys.ratio(name),
+        on_change=_on_ratio, args=(name, inventory), help=why or _ratio_help(draft, name),
+        disabled=bool(why) or is_global or name in draft.locked or name in draft.skipped,
+    )
+    lock.checkbox("lock", key=Keys.lock(name), on_change=_on_flag, args=(name, "locked", Keys.lock(name)),
+                  help="Keep this ratio when the global slider moves.", disabled=bool(why) or is_global)
+    skip.checkbox("skip", key=Keys.skip(name), on_change=_on_flag, args=(name, "skipped", Keys.skip(name)),
+                  help="Leave this layer out of the plan (never pruned).", disabled=bool(why))
+
+
+def prune_controls(subject: Subject) -> Draft:
+    """Draw the controls and return the (possibly just changed) Draft."""
+    inventory = subject.inventory
+    state.seed_prune_widgets(state.draft(), inventory)
+    methods = available_methods()
+    top = st.columns(2)
+    top[0].selectbox("Method", methods, key=Keys.PRUNE_METHOD, on_change=_on_method, args=(inventory,),
+                     format_func=lambda m: f"{m} ({get_method(m).kind})",
+                     help="; ".join(f"{m}: {get_method(m).summary}" for m in methods))
+    top[1].radio("Scope", ["local", "global"], key=Keys.PRUNE_SCOPE, on_change=_on_scope, horizontal=True,
+                 help="local: each layer at its own ratio. global: one ratio, weights (or channels) "
+                      "ranked across all layers that are not skipped.")
+    st.slider("Global ratio (%)", 0, 95, step=1, key=Keys.PRUNE_GLOBAL, on_change=_on_global, args=(inventory,),
+              help="Moves every layer that is neither locked nor skipped; in global scope, the share "
+                   "pruned across all of them.")
+    draft = state.draft()
+    for members in blocks(inventory):
+        grouped = len(members) > 1
+        box = st.container(border=True) if grouped else st.container()
+        with box:
+            if grouped:
+                st.caption(f"Dependency group of {len(members)} layers: their output channels are coupled "
+                           "(structured methods prune them together).")
+            for name in members:
+                _layer_row(draft, inventory, name)
+    return draft

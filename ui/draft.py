@@ -1,0 +1,146 @@
+"""Draft: what the Prune page's controls hold (ratios, locks, skips), and the plan it stands for.
+
+Pure Python (no streamlit): the page keeps a Draft in session state, turns it into a
+``PruningPlan`` with :meth:`Draft.to_plan`, and restores a Draft from any plan with
+:meth:`Draft.from_plan`. Drafts are immutable; every change returns a new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from explorer.inspect import Inventory
+from explorer.plan import LayerRule, PruningPlan
+from explorer.prune import get_method
+
+__all__ = ["DEFAULT_METHOD", "Draft", "blocks"]
+
+DEFAULT_METHOD = "l1-unstructured"
+
+
+@dataclass(frozen=True)
+class Draft:
+    """Per-layer ratios plus the UI-only state around them.
+
+    ``locked`` layers keep their ratio when the global slider moves; ``skipped`` layers are left
+    out of the plan (never pruned). ``overrides`` are per-layer methods that came with an imported
+    plan; they are kept so that restoring the plan loses nothing.
+    """
+
+    method: str = DEFAULT_METHOD
+    scope: str = "local"
+    global_ratio: float = 0.0
+    ratios: Mapping[str, float] = field(default_factory=dict)
+    locked: frozenset[str] = frozenset()
+    skipped: frozenset[str] = frozenset()
+    overrides: Mapping[str, str] = field(default_factory=dict)
+
+    # --- queries ---------------------------------------------------------------------------------
+
+    def method_of(self, layer: str) -> str:
+        return self.overrides.get(layer, self.method)
+
+    def ratio(self, layer: str) -> float:
+        return float(self.ratios.get(layer, 0.0))
+
+    def eligible(self, inventory: Inventory) -> list[str]:
+        """Layers the draft's methods can prune (structured methods skip layers in no group)."""
+        return [
+            info.name for info in inventory.layers
+            if not get_method(self.method_of(info.name)).structured or info.group is not None
+        ]
+
+    def why_not(self, layer: str, inventory: Inventory) -> str:
+        """Why ``layer`` cannot be pruned with its method ('' when it can)."""
+        info = inventory[layer]
+        if get_method(self.method_of(layer)).structured and info.group is None:
+            return inventory.structured_error or info.note or "not in a dependency group"
+        return ""
+
+    # --- changes ---------------------------------------------------------------------------------
+
+    def with_ratio(self, layer: str, ratio: float, inventory: Inventory) -> Draft:
+        """Set ``layer``'s ratio; under a structured method its whole dependency group moves."""
+        ratios = dict(self.ratios)
+        members = [layer]
+        group = inventory[layer].group
+        if get_method(self.method_of(layer)).structured and group is not None:
+            members = list(inventory.groups[group])
+        for name in members:
+            ratios[name] = ratio
+        return replace(self, ratios=ratios)
+
+    def with_global(self, ratio: float, inventory: Inventory) -> Draft:
+        """Set the global ratio, and move every layer that is neither locked nor skipped to it."""
+        ratios = dict(self.ratios)
+        for name in self.eligible(inventory):
+            if name not in self.locked and name not in self.skipped:
+                ratios[name] = ratio
+        return replace(self, global_ratio=ratio, ratios=ratios)
+
+    def with_method(self, method: str, inventory: Inventory) -> Draft:
+        """Switch method; under a structured one each group takes its largest ratio (as the pruner does)."""
+        get_method(method)
+        draft = replace(self, method=method)
+        if not get_method(method).structured:
+            return draft
+        ratios = dict(draft.ratios)
+        for members in inventory.groups.values():
+            top = max(draft.ratio(m) for m in members)
+            for m in members:
+                ratios[m] = top
+        return replace(draft, ratios=ratios)
+
+    def with_flag(self, layer: str, flag: str, on: bool) -> Draft:
+        """Lock or skip (``flag`` is 'locked' or 'skipped') a layer, or undo it."""
+        current: frozenset[str] = getattr(self, flag)
+        return replace(self, **{flag: current | {layer} if on else current - {layer}})
+
+    # --- plans -----------------------------------------------------------------------------------
+
+    def to_plan(self, inventory: Inventory, model: str | None = None) -> PruningPlan:
+        """The plan this draft stands for. Layers at ratio 0, skipped or ineligible are not listed."""
+        names = [n for n in self.eligible(inventory) if n not in self.skipped]
+        if self.scope == "global":
+            return PruningPlan(method=self.method, layers={n: LayerRule(self.global_ratio) for n in names},
+                               scope="global", ratio=self.global_ratio, model=model)
+        layers = {
+            n: LayerRule(self.ratio(n), self.overrides.get(n)) for n in names if self.ratio(n) > 0
+        }
+        return PruningPlan(method=self.method, layers=layers, model=model)
+
+    @classmethod
+    def from_plan(cls, plan: PruningPlan, inventory: Inventory) -> Draft:
+        """The draft that reproduces ``plan`` (raises PlanError if it names unknown layers)."""
+        plan.check_layers(inventory.names)
+        overrides = {n: r.method for n, r in plan.layers.items() if r.method and r.method != plan.method}
+        if plan.scope == "global":
+            ratio = float(plan.ratio or 0.0)
+            return cls(method=plan.method, scope="global", global_ratio=ratio,
+                       ratios={n: ratio for n in plan.layers},
+                       skipped=frozenset(n for n in inventory.names if n not in plan.layers))
+        return cls(method=plan.method, ratios={n: r.ratio for n, r in plan.layers.items()},
+                   overrides=overrides)
+
+    def summary(self, inventory: Inventory) -> str:
+        """One line for tables: method, scope and the non-zero ratios."""
+        if self.scope == "global":
+            n = len([x for x in self.eligible(inventory) if x not in self.skipped])
+            return f"{self.method}, global {self.global_ratio:.0%} over {n} layers"
+        parts = [f"{n} {self.ratio(n):.0%}" for n in self.eligible(inventory)
+                 if n not in self.skipped and self.ratio(n) > 0]
+        return f"{self.method}: " + (", ".join(parts) if parts else "dense")
+
+
+def blocks(inventory: Inventory) -> list[list[str]]:
+    """Layers in model order, members of one dependency group together (at the first one's place)."""
+    out: list[list[str]] = []
+    placed: set[str] = set()
+    for info in inventory.layers:
+        if info.name in placed:
+            continue
+        members = list(inventory.groups[info.group]) if info.group is not None else [info.name]
+        out.append(members)
+        placed.update(members)
+    return out

@@ -1,0 +1,96 @@
+"""Metric cards: the ``evaluate`` object turned into labelled values with deltas against dense.
+
+Pure Python (no streamlit); ``ui.widgets.metric_row`` draws the cards with ``st.metric``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["NOISE_SHARE", "Card", "cards", "fmt_bytes", "fmt_count", "latency_noise_ms", "within_noise"]
+
+# Repeated measurements of the same dense digits-cnn on the shared 2-core machine gave medians
+# 0.434-0.455 ms (about +-2.5 % around their middle), while each run's own spread (median absolute
+# deviation) was 0.001-0.008 ms: the spread alone understates how much two measurements differ.
+NOISE_SHARE = 0.05
+
+
+@dataclass(frozen=True)
+class Card:
+    label: str
+    value: str
+    delta: str | int | None
+    delta_color: str = "normal"  # normal: up is good; inverse: down is good; off: gray
+    description: str = "vs dense"
+    help: str = ""
+    arrow: str = "auto"  # "off" for deltas that are notes, not changes
+
+
+def fmt_count(n: float) -> str:
+    """12,345 below a million; 1.23 M above."""
+    if abs(n) >= 1e6:
+        return f"{n / 1e6:.2f} M"
+    return f"{int(round(n)):,}"
+
+
+def fmt_bytes(n: float) -> str:
+    if abs(n) >= 1e6:
+        return f"{n / 1e6:.2f} MB"
+    if abs(n) >= 1e3:
+        return f"{n / 1e3:.1f} kB"
+    return f"{int(n)} B"
+
+
+def latency_noise_ms(pruned: dict[str, Any], dense: dict[str, Any]) -> float:
+    """Smallest latency change worth reporting: 3x the runs' spreads, at least 5 % of dense."""
+    spread = 3 * (pruned["latency_ms_spread"] + dense["latency_ms_spread"])
+    return max(spread, NOISE_SHARE * dense["latency_ms_median"])
+
+
+def within_noise(pruned: dict[str, Any], dense: dict[str, Any], key: str = "latency_ms_median") -> bool:
+    return abs(pruned[key] - dense[key]) < latency_noise_ms(pruned, dense)
+
+
+def _relative(pruned: float, dense: float) -> str | int:
+    if pruned == dense:
+        return 0
+    return f"{100 * (pruned - dense) / dense:+.1f} %" if dense else f"{pruned - dense:+,}"
+
+
+def cards(result: dict[str, Any]) -> list[Card]:
+    """Cards for every metric of ``result`` (an ``evaluate`` object with its ``dense`` part)."""
+    d = result["dense"]
+    labels = result.get("labels", True)
+    acc_label = "Accuracy" if labels else "Agreement with dense"
+    loss_label = "Loss (cross-entropy)" if labels else "KL divergence from dense"
+    acc_delta = 100 * (result["accuracy"] - d["accuracy"])
+    loss_delta = result["loss"] - d["loss"]
+    out = [
+        Card(acc_label, f"{100 * result['accuracy']:.2f} %", 0 if acc_delta == 0 else f"{acc_delta:+.2f} pp",
+             help="On the evaluation split, from the pruned model run in ONNX Runtime. pp: percentage points."),
+        Card(loss_label, f"{result['loss']:.4f}", 0 if loss_delta == 0 else f"{loss_delta:+.4f}", "inverse",
+             help="Mean over the evaluation split; lower is better."),
+    ]
+    noise = latency_noise_ms(result, d)
+    threads = f"{result['latency_threads']} thread(s), {result['latency_runs']} timed runs after warm-up"
+    for key, label in (("latency_ms_median", "ORT latency, median"), ("latency_ms_p90", "ORT latency, p90")):
+        change = result[key] - d[key]
+        quiet = abs(change) < noise
+        out.append(Card(
+            label, f"{result[key]:.3f} ms", f"{change:+.3f} ms",
+            "off" if quiet else "inverse",
+            f"within noise (±{noise:.3f} ms)" if quiet else "vs dense",
+            help=f"One sample per run, ONNX Runtime CPU, {threads}. Dense: {d[key]:.3f} ms. "
+                 f"Changes under ±{noise:.3f} ms (3x the runs' spread, at least 5 % of dense) are noise.",
+        ))
+    for key, label, fmt, tip in (
+        ("params_total", "Parameters", fmt_count, "Every parameter of the pruned model (removed channels are gone)."),
+        ("params_nonzero", "Nonzero parameters", fmt_count, "Parameters that are not exactly zero."),
+        ("macs", "MACs per sample", fmt_count, "Multiply-accumulates of the conv and linear layers for one sample."),
+        ("onnx_bytes", "ONNX file", fmt_bytes, "Size of the exported model.onnx."),
+        ("onnx_gzip_bytes", "ONNX, gzipped", fmt_bytes, "model.onnx after gzip: what zeroed weights save on disk."),
+    ):
+        out.append(Card(label, fmt(result[key]), _relative(result[key], d[key]), "inverse",
+                        help=f"{tip} Dense: {fmt(d[key])}."))
+    return out

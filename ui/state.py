@@ -1,0 +1,161 @@
+"""Every session-state key of the app, and the helpers that read and write per-user state.
+
+Per-user data lives only in ``st.session_state`` (never in module globals: those are shared by
+every user of the server). Widgets on a page lose their value when the user switches pages, so
+anything worth keeping (the chosen model, the draft plan, the history) is mirrored into the
+non-widget keys below and widgets are re-seeded from it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import streamlit as st
+
+from explorer.inspect import Inventory
+from explorer.subject import DEFAULT_MODEL
+from ui.draft import Draft
+
+__all__ = ["Keys", "add_history", "draft", "history", "init_state", "restore", "seed_prune_widgets",
+           "set_draft", "set_model", "subject_id"]
+
+
+class Keys:
+    """Session-state keys. Page-local widget keys are prefixed with the page name."""
+
+    # Mirrored, cross-page state (not widgets).
+    MODEL = "model_spec"
+    DATA = "data_spec"  # None: the zoo model's own data
+    DRAFTS = "drafts"  # {subject id: Draft}
+    HISTORY = "history"  # list of history entries (dicts), every subject
+    SCANS = "scans"  # {subject id: {"method": str, "ratios": tuple}} the last scan asked for
+    FLASH = "flash"  # one-shot (kind, message) shown by the next page run
+
+    # Model page widgets.
+    MODEL_SOURCE = "model.source"
+    MODEL_ZOO = "model.zoo"
+    MODEL_SPEC_INPUT = "model.spec_input"
+    MODEL_DATA_INPUT = "model.data_input"
+
+    # Prune page widgets.
+    PRUNE_METHOD = "prune.method"
+    PRUNE_SCOPE = "prune.scope"
+    PRUNE_GLOBAL = "prune.global"
+    PRUNE_RESTORE = "prune.restore"
+
+    # Weights page widgets.
+    WEIGHTS_LAYER = "weights.layer"
+    WEIGHTS_METHOD = "weights.method"
+    WEIGHTS_RATIO = "weights.ratio"
+    WEIGHTS_LOG = "weights.log"
+
+    # Sensitivity page widgets.
+    SENS_METHOD = "sensitivity.method"
+    SENS_RATIOS = "sensitivity.ratios"
+    SENS_HIGHLIGHT = "sensitivity.highlight"
+
+    # Export page widgets.
+    EXPORT_UPLOAD = "export.upload"
+
+    @staticmethod
+    def ratio(layer: str) -> str:
+        return f"prune.ratio.{layer}"
+
+    @staticmethod
+    def lock(layer: str) -> str:
+        return f"prune.lock.{layer}"
+
+    @staticmethod
+    def skip(layer: str) -> str:
+        return f"prune.skip.{layer}"
+
+
+def init_state() -> None:
+    """Create the mirrored keys once per session. The model comes from the CLI's environment."""
+    defaults: dict[str, Any] = {
+        Keys.MODEL: os.environ.get("PRUNING_EXPLORER_MODEL") or DEFAULT_MODEL,
+        Keys.DATA: os.environ.get("PRUNING_EXPLORER_DATA") or None,
+        Keys.DRAFTS: {},
+        Keys.HISTORY: [],
+        Keys.SCANS: {},
+        Keys.FLASH: None,
+    }
+    for key, value in defaults.items():
+        if key not in st.session_state:
+            st.session_state[key] = value
+
+
+def subject_id() -> str:
+    """The current model and data, as one string (keys drafts, history and scans)."""
+    return f"{st.session_state[Keys.MODEL]}|{st.session_state[Keys.DATA] or ''}"
+
+
+def set_model(model_spec: str, data_spec: str | None) -> None:
+    """Switch the session to another model. Its drafts and history stay, keyed by model."""
+    st.session_state[Keys.MODEL] = model_spec
+    st.session_state[Keys.DATA] = data_spec or None
+
+
+def draft() -> Draft:
+    return st.session_state[Keys.DRAFTS].get(subject_id(), Draft())
+
+
+def set_draft(value: Draft) -> None:
+    st.session_state[Keys.DRAFTS][subject_id()] = value
+
+
+def history() -> list[dict[str, Any]]:
+    """History entries of the current model and data, oldest first."""
+    sid = subject_id()
+    return [e for e in st.session_state[Keys.HISTORY] if e["subject"] == sid]
+
+
+def add_history(plan_key: str, value: Draft, summary: str, result: dict[str, Any]) -> None:
+    """Record an evaluated configuration once (by plan key); later duplicates are ignored."""
+    sid = subject_id()
+    entries = st.session_state[Keys.HISTORY]
+    if any(e["subject"] == sid and e["key"] == plan_key for e in entries):
+        return
+    metrics = {k: v for k, v in result.items() if k not in ("dense", "plan", "model", "data")}
+    entries.append({"subject": sid, "n": len(history()) + 1, "key": plan_key, "draft": value,
+                    "summary": summary, "metrics": metrics})
+
+
+def seed_prune_widgets(value: Draft, inventory: Inventory, force: bool = False) -> None:
+    """Give the Prune page's widgets the draft's values (only missing ones unless ``force``).
+
+    Must run before the widgets are created in this run (or inside a widget callback).
+    """
+    wanted: dict[str, Any] = {
+        Keys.PRUNE_METHOD: value.method,
+        Keys.PRUNE_SCOPE: value.scope,
+        Keys.PRUNE_GLOBAL: round(100 * value.global_ratio),
+    }
+    for name in inventory.names:
+        wanted[Keys.ratio(name)] = round(100 * value.ratio(name))
+        wanted[Keys.lock(name)] = name in value.locked
+        wanted[Keys.skip(name)] = name in value.skipped
+    for key, v in wanted.items():
+        if force or key not in st.session_state:
+            st.session_state[key] = v
+
+
+def restore(value: Draft, inventory: Inventory) -> None:
+    """Make ``value`` the current draft and move the Prune widgets to it (a callback, or before widgets)."""
+    set_draft(value)
+    seed_prune_widgets(value, inventory, force=True)
+
+
+def flash(kind: str, message: str) -> None:
+    """Queue a message for the next run of any page (e.g. after a callback)."""
+    st.session_state[Keys.FLASH] = (kind, message)
+
+
+def show_flash() -> None:
+    """Show and forget the queued message, if any."""
+    item = st.session_state.get(Keys.FLASH)
+    if item:
+        kind, message = item
+        getattr(st, kind)(message)
+        st.session_state[Keys.FLASH] = None

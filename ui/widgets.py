@@ -1,0 +1,129 @@
+"""Small widgets several pages share: the model guard, metric rows, the sidebar, the history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from explorer import figures
+from explorer.errors import ExplorerError
+from explorer.inspect import Inventory
+from explorer.subject import Subject
+from ui import cache, state
+from ui.draft import Draft
+from ui.metrics import Card, fmt_bytes
+from ui.state import Keys
+
+__all__ = ["history_frame", "history_section", "layer_table", "metric_row", "page_link", "plain_card",
+           "require_subject", "sidebar"]
+
+PAGES = {"model": "pages/model.py", "weights": "pages/weights.py", "sensitivity": "pages/sensitivity.py",
+         "prune": "pages/prune.py", "export": "pages/export.py"}
+
+
+def page_link(name: str, label: str, icon: str | None = None) -> None:
+    st.page_link(PAGES[name], label=label, icon=icon)
+
+
+def require_subject() -> Subject:
+    """The session's Subject; on a load error shows it with a link to the Model page and stops."""
+    try:
+        return cache.subject(st.session_state[Keys.MODEL], st.session_state[Keys.DATA])
+    except ExplorerError as e:
+        st.error(str(e))
+        page_link("model", "Choose another model", ":material/model_training:")
+        st.stop()
+        raise  # unreachable: st.stop() raises
+
+
+def metric_row(cards: list[Card], per_row: int = 3) -> None:
+    """Draw ``cards`` as ``st.metric``s, ``per_row`` to a row."""
+    for start in range(0, len(cards), per_row):
+        for col, card in zip(st.columns(per_row), cards[start : start + per_row]):
+            col.metric(card.label, card.value, card.delta, delta_color=card.delta_color, help=card.help or None,
+                       delta_description=card.description or None, delta_arrow=card.arrow, border=True)
+
+
+def plain_card(label: str, value: str, note: str | None = None, help: str = "") -> Card:
+    """A card without a change: ``note`` is shown in gray under the value."""
+    return Card(label, value, note, "off", "", help, "off")
+
+
+def layer_table(inventory: Inventory) -> None:
+    """The prunable layers with shapes, parameters, MACs and dependency groups."""
+    frame = pd.DataFrame([layer.to_dict() for layer in inventory.layers])
+    frame["shape"] = frame["shape"].map(lambda s: " x ".join(map(str, s)))
+    frame["group"] = frame["group"].fillna("")
+    st.dataframe(frame, hide_index=True, column_config={
+        "name": "layer", "type": "type", "shape": "weight shape",
+        "params": st.column_config.NumberColumn("params", format="localized"),
+        "macs": st.column_config.NumberColumn("MACs per sample", format="localized"),
+        "out_channels": st.column_config.NumberColumn("output channels"),
+        "group": st.column_config.TextColumn("dependency group", help="Named by its first layer"),
+        "note": st.column_config.TextColumn("note", width="large"),
+    })
+
+
+def sidebar() -> None:
+    """The shared sidebar: which model is open and what the current draft prunes."""
+    with st.sidebar:
+        st.caption("Model")
+        st.code(st.session_state[Keys.MODEL], language=None)
+        if st.session_state[Keys.DATA]:
+            st.caption("Data")
+            st.code(st.session_state[Keys.DATA], language=None)
+        entries = state.history()
+        st.caption(f"{len(entries)} configuration(s) tried on this model in this session")
+
+
+def history_frame(entries: list[dict[str, Any]], dense: dict[str, Any]) -> pd.DataFrame:
+    """One row per configuration (row 0: dense): the numbers the history table and Pareto plot show."""
+    rows = [{"n": 0, "summary": "dense", **dense}]
+    rows += [{"n": e["n"], "summary": e["summary"], **e["metrics"]} for e in entries]
+    return pd.DataFrame(rows)
+
+
+def _restore(entries: list[dict[str, Any]], subject: Subject) -> None:
+    n = st.session_state[Keys.PRUNE_RESTORE]
+    entry = next(e for e in entries if e["n"] == n)
+    draft: Draft = entry["draft"]
+    state.restore(draft, subject.inventory)
+    state.flash("success", f"Restored configuration #{n}: {entry['summary']}")
+
+
+def history_section(subject: Subject, current_key: str | None) -> None:
+    """Table and Pareto plots of every configuration tried on this model, and a restore control."""
+    entries = state.history()
+    st.subheader("History of this session", anchor=False)
+    if not entries:
+        st.caption("Every configuration you evaluate is kept here; move a slider to start.")
+        return
+    frame = history_frame(entries, subject.dense()[0].to_dict())
+    current = next((e["n"] for e in entries if e["key"] == current_key), None)
+    st.plotly_chart(figures.pareto(frame, current), key="prune.pareto")
+    table = frame.assign(
+        accuracy=100 * frame["accuracy"],
+        onnx_gzip_bytes=frame["onnx_gzip_bytes"].map(fmt_bytes),
+        onnx_bytes=frame["onnx_bytes"].map(fmt_bytes),
+    )[["n", "summary", "accuracy", "loss", "latency_ms_median", "latency_ms_p90", "params_total",
+       "params_nonzero", "macs", "onnx_bytes", "onnx_gzip_bytes"]]
+    st.dataframe(table, hide_index=True, column_config={
+        "n": st.column_config.NumberColumn("#", help="0 is the dense model"),
+        "summary": st.column_config.TextColumn("configuration", width="large"),
+        "accuracy": st.column_config.NumberColumn("accuracy (%)", format="%.2f"),
+        "loss": st.column_config.NumberColumn("loss", format="%.4f"),
+        "latency_ms_median": st.column_config.NumberColumn("median (ms)", format="%.3f"),
+        "latency_ms_p90": st.column_config.NumberColumn("p90 (ms)", format="%.3f"),
+        "params_total": st.column_config.NumberColumn("params", format="localized"),
+        "params_nonzero": st.column_config.NumberColumn("nonzero", format="localized"),
+        "macs": st.column_config.NumberColumn("MACs", format="localized"),
+        "onnx_bytes": "ONNX", "onnx_gzip_bytes": "gzipped",
+    })
+    left, right = st.columns([3, 1], vertical_alignment="bottom")
+    labels = {e["n"]: f"#{e['n']}: {e['summary']}" for e in entries}
+    left.selectbox("Configuration to restore", list(labels), format_func=labels.__getitem__,
+                   index=len(entries) - 1, key=Keys.PRUNE_RESTORE)
+    right.button("Restore", on_click=_restore, args=(entries, subject), icon=":material/restore:",
+                 width="stretch")
