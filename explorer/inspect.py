@@ -163,6 +163,36 @@ def structured_groups(
     return out
 
 
+_FIXED = "coupled with a layer that structured pruning does not change"
+
+
+def _why_fixed(
+    dg: tp.DependencyGraph, module: nn.Module, names: dict[nn.Module, str], outputs: set[str]
+) -> str:
+    """Why ``module``'s output channels cannot be removed: the layer they are coupled with."""
+    for m, n in names.items():
+        if isinstance(m, nn.MultiheadAttention) and module is m.out_proj:
+            return (f"output projection of attention {n!r}: its channels are the embedding dimension, "
+                    "which structured pruning does not change")
+    try:
+        pruner = dg.get_pruner_of_module(module)
+        n_out = pruner.get_out_channels(module) if pruner is not None else None
+        if pruner is None or n_out is None:
+            return _FIXED
+        group = dg.get_pruning_group(module, pruner.prune_out_channels, list(range(n_out)))
+    except Exception:  # the note is a courtesy; never fail the inventory over it
+        return _FIXED
+    coupled = [dep.target.module for dep, _ in group]
+    for m in coupled:
+        if isinstance(m, _UNSUPPORTED_STRUCTURED):
+            return (f"coupled with the embedding dimension of attention {names.get(m, '?')!r}, "
+                    "which structured pruning does not change")
+    for m in coupled:
+        if names.get(m) in outputs:
+            return f"coupled with output layer {names[m]!r}, whose channels are the model's outputs"
+    return _FIXED
+
+
 def inventory(model: nn.Module, example_input: torch.Tensor) -> Inventory:
     """List the prunable layers of ``model`` (not modified) for an input like ``example_input``."""
     macs = count_macs(model, example_input)
@@ -172,6 +202,7 @@ def inventory(model: nn.Module, example_input: torch.Tensor) -> Inventory:
     groups: dict[str, tuple[str, ...]] = {}
     structured_error = ""
     outputs: set[str] = set()
+    fixed: dict[str, str] = {}  # layer -> why its channels are fixed
     try:
         dg = build_dependency_graph(work, example_input)
         names = {m: n for n, m in work.named_modules()}
@@ -183,6 +214,8 @@ def inventory(model: nn.Module, example_input: torch.Tensor) -> Inventory:
             groups[gid] = tuple(members)
             for n in members:
                 group_of[n] = gid
+        fixed = {n: _why_fixed(dg, m, names, outputs) for m, n in names.items()
+                 if isinstance(m, PRUNABLE_TYPES) and n not in group_of and n not in outputs}
     except Exception as e:  # untraceable model: structured pruning is off, the rest works
         structured_error = f"DepGraph could not trace the model: {type(e).__name__}: {e}"
 
@@ -200,7 +233,7 @@ def inventory(model: nn.Module, example_input: torch.Tensor) -> Inventory:
             elif name in outputs:
                 note = "output layer: its channels are the model's outputs"
             else:
-                note = "coupled with a layer that structured pruning does not change"
+                note = fixed.get(name, _FIXED)
         layers.append(
             LayerInfo(
                 name=name, type=type(module).__name__, shape=tuple(weight.shape), params=params,

@@ -179,13 +179,18 @@ def _structured(model: nn.Module, example_input: torch.Tensor, ratios: dict[str,
             idxs = idxs[: len(imp) - 1]
             _remove(dg, group, members, idxs)
     else:
+        # Rank every group on the unpruned model first: removing one group's channels shifts the
+        # indices that other groups hold into a shared consumer (a concatenation), so a group
+        # scored after another was pruned would index stale channels.
+        removals = []
         for group, members, ratio, p in plans:
             n_channels = len(group[0].idxs)
             n_prune = min(int(ratio * n_channels), n_channels - 1)
             if n_prune <= 0:
                 continue
             imp = tp.importance.GroupMagnitudeImportance(p=p)(group)
-            idxs = imp.argsort()[:n_prune].tolist()
+            removals.append((group, members, imp.argsort()[:n_prune].tolist()))
+        for group, members, idxs in removals:
             _remove(dg, group, members, idxs)
     model.requires_grad_(False)
 

@@ -40,9 +40,12 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     errors = []
+    # nn.TransformerEncoderLayer's inference fast path is one fused op that no exporter handles.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         try:
+            torch.backends.mha.set_fastpath_enabled(False)
             torch.onnx.export(
                 model, (example_input,), str(path), dynamo=False, opset_version=OPSET,
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
@@ -51,9 +54,13 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path)
             return path
         except Exception as e:
             errors.append(f"torchscript exporter: {type(e).__name__}: {e}")
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
         try:
+            # A batch of 2: torch.export specializes a dimension of size 1 to a constant.
+            batch2 = torch.cat([example_input[:1], example_input[:1]])
             program = torch.onnx.export(
-                model, (example_input,), dynamo=True, input_names=[INPUT_NAME],
+                model, (batch2,), dynamo=True, input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME], dynamic_shapes=({0: torch.export.Dim("batch")},),
                 verbose=False,
             )
