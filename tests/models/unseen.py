@@ -1,8 +1,9 @@
 """Models the project has never seen, as ``PATH.py:FUNC`` entrypoints, with their data.
 
-Each ``FUNC`` takes no argument and returns a small ``nn.Module`` in eval mode, trained for about a
-second on generated data (fixed seeds, so every load gives a model of the same quality; exact
-weights may differ across thread counts). ``make_data(name, n, seed)`` generates that model's data
+Each ``FUNC`` takes no argument and returns a small ``nn.Module`` in eval mode, fitted in about a
+second to generated data: seeded random weights, batch-norm statistics from the data, the linear
+head solved by ridge regression (and a few Adam steps for the MLP). Fixed seeds: every load gives
+the same model (up to float summation order across thread counts). ``make_data(name, n, seed)`` generates that model's data
 (``x`` float32, ``y`` int64): the tests write it to ``.npz`` files, and so does running this file::
 
     python tests/models/unseen.py OUT_DIR     # writes OUT_DIR/NAME.npz and OUT_DIR/NAME-nolabels.npz
@@ -98,18 +99,43 @@ def make_data(name: str, n: int = 200, seed: int = TEST_SEED) -> tuple[np.ndarra
     return _DATA[name](n, np.random.default_rng(seed))
 
 
-def _trained(model: nn.Module, name: str, steps: int, lr: float = 1e-2, n: int = 512) -> nn.Module:
-    """Train ``model`` with Adam on ``n`` generated samples for ``steps`` mini-batches; eval mode."""
+def _fitted(model: nn.Module, head: nn.Linear, name: str, steps: int = 0, n: int = 384) -> nn.Module:
+    """Make a seeded random ``model`` useful on its task, in well under a second on one core.
+
+    ``steps`` Adam steps on all weights (0: none), then batch-norm statistics from one pass over
+    the training data and the ``head`` solved by ridge regression on its input features (one-hot
+    targets). Returns ``model`` in eval mode with gradients off.
+    """
     x_np, y_np = make_data(name, n, TRAIN_SEED)
     x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
-    gen = torch.Generator().manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(0, n, (64,), generator=gen)
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-        opt.step()
+    if steps:
+        gen = torch.Generator().manual_seed(0)
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        model.train()
+        for _ in range(steps):
+            idx = torch.randint(0, n, (64,), generator=gen)
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+    model.requires_grad_(False)
+    feats: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda m, inp, out: feats.append(inp[0]))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average over the pass
+                m.train()
+        model(x)
+        model.eval()
+        feats.clear()
+        model(x)
+    hook.remove()
+    f = torch.cat([feats[0], torch.ones(n, 1)], dim=1).double()
+    target = nn.functional.one_hot(y, head.out_features).double() * 2 - 1
+    sol = torch.linalg.solve(f.T @ f + 1e-2 * torch.eye(f.shape[1], dtype=torch.float64), f.T @ target)
+    head.weight.copy_(sol[:-1].T.float())
+    head.bias.copy_(sol[-1].float())
     return model.eval()
 
 
@@ -142,14 +168,15 @@ class Residual1d(nn.Module):
 
 def residual_1d() -> nn.Module:
     torch.manual_seed(0)
-    return _trained(Residual1d(), "residual_1d", steps=80)
+    model = Residual1d()
+    return _fitted(model, model.head, "residual_1d")
 
 
 # --- (b) depthwise convolutions: MobileNetV2-like ---------------------------------------------
 
 
 class _Inverted(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int, expand: int = 4) -> None:
+    def __init__(self, c_in: int, c_out: int, stride: int, expand: int = 3) -> None:
         super().__init__()
         hidden = c_in * expand
         self.expand = nn.Sequential(nn.Conv2d(c_in, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6())
@@ -179,7 +206,8 @@ class MobileNetLike(nn.Module):
 
 def mobilenet() -> nn.Module:
     torch.manual_seed(0)
-    return _trained(MobileNetLike(), "mobilenet", steps=60)
+    model = MobileNetLike()
+    return _fitted(model, model.classifier[1], "mobilenet")
 
 
 # --- (c) concatenated branches: Inception block, then a DenseNet block -------------------------
@@ -222,7 +250,8 @@ class InceptionDense(nn.Module):
 
 def inception() -> nn.Module:
     torch.manual_seed(0)
-    return _trained(InceptionDense(), "inception", steps=50)
+    model = InceptionDense()
+    return _fitted(model, model.fc, "inception")
 
 
 # --- (d) transformer encoder layers with a linear head ------------------------------------------
@@ -243,7 +272,8 @@ class TinyTransformer(nn.Module):
 
 def transformer() -> nn.Module:
     torch.manual_seed(0)
-    return _trained(TinyTransformer(), "transformer", steps=60, lr=3e-3)
+    model = TinyTransformer()
+    return _fitted(model, model.head, "transformer")
 
 
 # --- (e) an MLP on tabular data ---------------------------------------------------------------
@@ -264,7 +294,8 @@ class TabularMLP(nn.Module):
 
 def tabular_mlp() -> nn.Module:
     torch.manual_seed(0)
-    return _trained(TabularMLP(), "tabular_mlp", steps=150)
+    model = TabularMLP()
+    return _fitted(model, model.net[6], "tabular_mlp", steps=200)
 
 
 MODELS: dict[str, Callable[[], nn.Module]] = {
