@@ -128,9 +128,9 @@ def nm_mask(weight: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
     return mask.reshape(weight.shape)
 
 
-def _generator(layer: str) -> torch.Generator:
+def _generator(layer: str, seed: int = 0) -> torch.Generator:
     # A per-layer seed (stable across processes, unlike hash()) keeps random pruning reproducible.
-    return torch.Generator().manual_seed(sum(ord(c) * 31**i for i, c in enumerate(layer)) % 2**31)
+    return torch.Generator().manual_seed((sum(ord(c) * 31**i for i, c in enumerate(layer)) + 7919 * seed) % 2**31)
 
 
 # --- applying a plan -----------------------------------------------------------------------------
@@ -206,7 +206,7 @@ def _remove(dg: tp.DependencyGraph, group: tp.Group, members: list[str], idxs: l
 
 
 @torch.no_grad()
-def _unstructured(model: nn.Module, plan: PruningPlan, names: list[str]) -> None:
+def _unstructured(model: nn.Module, plan: PruningPlan, names: list[str], seed: int = 0) -> None:
     modules = dict(model.named_modules())
     if plan.scope == "global":
         method = get_method(plan.method)
@@ -215,7 +215,7 @@ def _unstructured(model: nn.Module, plan: PruningPlan, names: list[str]) -> None
                 modules[name].weight.mul_(nm_mask(modules[name].weight))
             return
         assert method.score is not None and plan.ratio is not None
-        scores = [method.score(modules[n].weight, _generator(n)) for n in names]
+        scores = [method.score(modules[n].weight, _generator(n, seed)) for n in names]
         if not scores:
             return
         flat = torch.cat([s.reshape(-1) for s in scores])
@@ -236,15 +236,15 @@ def _unstructured(model: nn.Module, plan: PruningPlan, names: list[str]) -> None
             w.mul_(nm_mask(w))
         else:
             assert method.score is not None
-            w.mul_(unstructured_mask(method.score(w, _generator(name)), ratio))
+            w.mul_(unstructured_mask(method.score(w, _generator(name, seed)), ratio))
 
 
 def apply_plan(model: nn.Module, plan: PruningPlan, example_input: torch.Tensor,
-               inventory: Inventory | None = None) -> nn.Module:
+               inventory: Inventory | None = None, *, seed: int = 0) -> nn.Module:
     """Return a pruned copy of ``model``; ``model`` itself is not modified.
 
     Structured layers are pruned first (shapes change), then unstructured masks are computed on
-    what remains.
+    what remains. ``seed`` varies the masks of random methods (the same seed, the same masks).
 
     Raises:
         PlanError: a layer the model does not have, or a structured method on a layer whose
@@ -270,6 +270,6 @@ def apply_plan(model: nn.Module, plan: PruningPlan, example_input: torch.Tensor,
         is_global = plan.scope == "global"
         _structured(pruned, example_input, structured, plan.ratio if is_global else None)
     if unstructured:
-        _unstructured(pruned, plan, unstructured)
+        _unstructured(pruned, plan, unstructured, seed)
     pruned.requires_grad_(False)
     return pruned.eval()
