@@ -17,7 +17,15 @@ state.init_state()
 page = st.navigation({
     "Explore": [
         st.Page(HERE / "pages" / "model.py", title="Model", icon=":material/model_training:", default=True),
+        st.Page(HERE / "pages" / "weights.py", title="Weights", icon=":material/bar_chart:"),
+        st.Page(HERE / "pages" / "sensitivity.py", title="Sensitivity", icon=":material/show_chart:"),
         st.Page(HERE / "pages" / "prune.py", title="Prune", icon=":material/content_cut:"),
+    ],
+    "Learn": [
+        st.Page(HERE / "pages" / "learn.py", title="Learn", icon=":material/school:"),
+    ],
+    "Keep": [
+        st.Page(HERE / "pages" / "export.py", title="Export", icon=":material/download:"),
     ],
 })
 widgets.sidebar()

@@ -25,7 +25,8 @@ with right:
     except ExplorerError as e:
         st.error(str(e))
     if result is not None:
-        state.add_history(plan.key(), draft, draft.summary(subject.inventory), result)
+        if not plan.is_empty:  # the dense model is row 0 of the history already
+            state.add_history(plan.key(), draft, draft.summary(subject.inventory), result)
         widgets.metric_row(cards(result), per_row=3)
         methods = sorted({plan.method_of(n) for n in plan.layers} | {plan.method})
         for method in methods:

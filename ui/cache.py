@@ -2,7 +2,8 @@
 
 ``subject`` is a ``st.cache_resource``: one Subject per (model, data) for the whole server, never
 mutated (every plan is applied to a fresh copy). Results are ``st.cache_data`` keyed by the model
-spec, data spec and the plan's content hash, so the same configuration returns at once for anyone.
+spec, data spec and the plan's content hash, so the same configuration returns at once for anyone;
+scans and export bundles (which draw progress bars) are kept in a shared LRU instead.
 Measurements run one at a time (a process-wide lock) so that two users never slow down each
 other's latency runs.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,13 +24,14 @@ import streamlit as st
 from explorer import sensitivity as sens
 from explorer.bundle import zip_bundle
 from explorer.plan import PruningPlan
-from explorer.progress import Progress
+from explorer.progress import Progress, no_progress
 from explorer.report import export_bundle
-from explorer.subject import Subject
 from explorer.prune import get_method
+from explorer.subject import Subject
 from explorer.weights import LayerView, channel_importance, layer_view, weight_stats
 
-__all__ = ["bundle", "evaluation", "layer", "progress_bar", "sensitivity", "stats", "subject"]
+__all__ = ["bundle", "cached_bundle", "cached_sensitivity", "evaluation", "layer", "progress_bar", "sensitivity",
+           "stats", "subject"]
 
 
 @st.cache_resource(show_spinner="Loading the model and measuring it dense…", max_entries=8)
@@ -53,12 +56,58 @@ def evaluation(model_spec: str, data_spec: str | None, plan_key: str, _plan: Pru
         return s.evaluate(_plan)
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
+class _SharedResults:
+    """A small thread-safe LRU of finished results shared by every session.
+
+    Used instead of ``st.cache_data`` where the work draws a progress bar: ``st.cache_data``
+    would record the bar's updates and replay them into a page that no longer has the bar.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self._items: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self._max = max_entries
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[Any, ...]) -> Any | None:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+            return None
+
+    def put(self, key: tuple[Any, ...], value: Any) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self._max:
+                self._items.popitem(last=False)
+
+
+@st.cache_resource
+def _scans() -> _SharedResults:
+    return _SharedResults(max_entries=64)
+
+
+@st.cache_resource
+def _bundles() -> _SharedResults:
+    return _SharedResults(max_entries=16)
+
+
+def cached_sensitivity(model_spec: str, data_spec: str | None, method: str,
+                       ratios: tuple[float, ...]) -> pd.DataFrame | None:
+    """A finished scan of these arguments (a copy), or None if nobody has run it yet."""
+    frame = _scans().get((model_spec, data_spec, method, ratios))
+    return None if frame is None else frame.copy()
+
+
 def sensitivity(model_spec: str, data_spec: str | None, method: str, ratios: tuple[float, ...],
-                _on_progress: Progress) -> pd.DataFrame:
-    """``explorer.sensitivity.scan`` (progress reported only when it really runs)."""
-    s = subject(model_spec, data_spec)
-    return sens.scan(s, method, ratios, on_progress=_on_progress)
+                on_progress: Progress = no_progress) -> pd.DataFrame:
+    """``explorer.sensitivity.scan``, run once per arguments for the whole server."""
+    frame = cached_sensitivity(model_spec, data_spec, method, ratios)
+    if frame is None:
+        frame = sens.scan(subject(model_spec, data_spec), method, ratios, on_progress=on_progress)
+        _scans().put((model_spec, data_spec, method, ratios), frame.copy())
+    return frame
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -79,15 +128,25 @@ def stats(model_spec: str, data_spec: str | None) -> pd.DataFrame:
     return weight_stats(subject(model_spec, data_spec).model)
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
-def bundle(model_spec: str, data_spec: str | None, plan_key: str, _plan: PruningPlan,
-           _on_progress: Progress) -> dict[str, bytes]:
-    """The export bundle's files as bytes by file name, plus ``bundle.zip`` holding all of them."""
+def cached_bundle(model_spec: str, data_spec: str | None, plan_key: str) -> dict[str, bytes] | None:
+    return _bundles().get((model_spec, data_spec, plan_key))
+
+
+def bundle(model_spec: str, data_spec: str | None, plan: PruningPlan,
+           on_progress: Progress = no_progress) -> dict[str, bytes]:
+    """The export bundle's files as bytes by file name, plus ``bundle.zip`` holding all of them.
+
+    Built once per (model, data, plan) for the whole server, in a temporary folder removed after.
+    """
+    found = cached_bundle(model_spec, data_spec, plan.key())
+    if found is not None:
+        return found
     s = subject(model_spec, data_spec)
     with tempfile.TemporaryDirectory(prefix="explorer-export-") as tmp, _measure_lock():
-        files = export_bundle(s, _plan, tmp, on_progress=_on_progress)
+        files = export_bundle(s, plan, tmp, on_progress=on_progress)
         out = {Path(p).name: Path(p).read_bytes() for p in files.values()}
         out["bundle.zip"] = zip_bundle(files)
+    _bundles().put((model_spec, data_spec, plan.key()), out)
     return out
 
 

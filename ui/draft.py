@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from explorer.inspect import Inventory
+from explorer.errors import PlanError
 from explorer.plan import LayerRule, PruningPlan
 from explorer.prune import get_method
 
@@ -112,9 +113,19 @@ class Draft:
 
     @classmethod
     def from_plan(cls, plan: PruningPlan, inventory: Inventory) -> Draft:
-        """The draft that reproduces ``plan`` (raises PlanError if it names unknown layers)."""
+        """The draft that reproduces ``plan``.
+
+        Raises:
+            PlanError: the plan names a layer the model does not have, or asks a structured method
+                of a layer whose output channels cannot be removed.
+        """
         plan.check_layers(inventory.names)
         overrides = {n: r.method for n, r in plan.layers.items() if r.method and r.method != plan.method}
+        probe = cls(method=plan.method, overrides=overrides)
+        for name in plan.layers:
+            why = probe.why_not(name, inventory)
+            if why:
+                raise PlanError(f"layer {name!r} cannot be pruned with {probe.method_of(name)} ({why})")
         if plan.scope == "global":
             ratio = float(plan.ratio or 0.0)
             return cls(method=plan.method, scope="global", global_ratio=ratio,

@@ -17,8 +17,8 @@ from explorer.inspect import Inventory
 from explorer.subject import DEFAULT_MODEL
 from ui.draft import Draft
 
-__all__ = ["Keys", "add_history", "draft", "history", "init_state", "restore", "seed_prune_widgets",
-           "set_draft", "set_model", "subject_id"]
+__all__ = ["Keys", "add_history", "draft", "flash", "history", "init_state", "on_weights_layer", "restore",
+           "seed_prune_widgets", "seed_weights_widgets", "set_draft", "set_model", "show_flash", "subject_id"]
 
 
 class Keys:
@@ -57,6 +57,7 @@ class Keys:
 
     # Export page widgets.
     EXPORT_UPLOAD = "export.upload"
+    EXPORT_PASTE = "export.paste"
 
     @staticmethod
     def ratio(layer: str) -> str:
@@ -159,3 +160,17 @@ def show_flash() -> None:
         kind, message = item
         getattr(st, kind)(message)
         st.session_state[Keys.FLASH] = None
+
+
+def seed_weights_widgets(value: Draft, layer: str, force: bool = False) -> None:
+    """Start the Weights page's preview at the draft's method and ratio for ``layer`` (50 % if 0)."""
+    ratio = value.ratio(layer) if value.scope == "local" else value.global_ratio
+    wanted = {Keys.WEIGHTS_METHOD: value.method_of(layer), Keys.WEIGHTS_RATIO: round(100 * ratio) or 50}
+    for key, v in wanted.items():
+        if force or key not in st.session_state:
+            st.session_state[key] = v
+
+
+def on_weights_layer() -> None:
+    """Callback of the Weights page's layer picker: preview the draft's values for the new layer."""
+    seed_weights_widgets(draft(), st.session_state[Keys.WEIGHTS_LAYER], force=True)

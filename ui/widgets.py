@@ -10,17 +10,19 @@ import streamlit as st
 from explorer import figures
 from explorer.errors import ExplorerError
 from explorer.inspect import Inventory
+from explorer.plan import PruningPlan
 from explorer.subject import Subject
 from ui import cache, state
 from ui.draft import Draft
 from ui.metrics import Card, fmt_bytes
 from ui.state import Keys
 
-__all__ = ["history_frame", "history_section", "layer_table", "metric_row", "page_link", "plain_card",
+__all__ = ["history_frame", "history_section", "import_plan", "layer_table", "metric_row", "page_link", "plain_card",
            "require_subject", "sidebar"]
 
 PAGES = {"model": "pages/model.py", "weights": "pages/weights.py", "sensitivity": "pages/sensitivity.py",
-         "prune": "pages/prune.py", "export": "pages/export.py"}
+         "prune": "pages/prune.py", "export": "pages/export.py",
+         "learn": "pages/learn.py"}
 
 
 def page_link(name: str, label: str, icon: str | None = None) -> None:
@@ -127,3 +129,26 @@ def history_section(subject: Subject, current_key: str | None) -> None:
                    index=len(entries) - 1, key=Keys.PRUNE_RESTORE)
     right.button("Restore", on_click=_restore, args=(entries, subject), icon=":material/restore:",
                  width="stretch")
+
+
+def import_plan(raw: str | bytes, subject: Subject, data_spec: str | None) -> str:
+    """Validate a plan JSON against ``subject``, measure it, and make it the session's draft.
+
+    Side effects: the draft, the Prune widgets and the history of this session change.
+
+    Returns:
+        A one-line summary of the restored configuration.
+
+    Raises:
+        ExplorerError: the JSON is not a valid plan, or does not fit this model.
+    """
+    imported = PruningPlan.from_json(raw)
+    restored = Draft.from_plan(imported, subject.inventory)
+    fitted = restored.to_plan(subject.inventory, subject.model_spec)
+    result = cache.evaluation(subject.model_spec, data_spec, fitted.key(), fitted)
+    state.restore(restored, subject.inventory)
+    summary = restored.summary(subject.inventory)
+    state.add_history(fitted.key(), restored, summary, result)
+    if imported.model not in (None, subject.model_spec):
+        summary += f" (made for {imported.model}; its layers fit this model)"
+    return summary
