@@ -27,7 +27,7 @@ from explorer.progress import Progress, no_progress
 from explorer.prune import apply_plan
 from explorer.subject import Subject
 
-__all__ = ["EXPERIMENTS", "Experiment", "LearnResult", "run_experiment"]
+__all__ = ["EXPERIMENTS", "Experiment", "LearnResult", "run_experiment", "scope_figure", "scope_sparsity"]
 
 
 @dataclass
@@ -359,6 +359,28 @@ def instability(subject: Subject, progress: Progress) -> LearnResult:
     fig.update_layout(title="Spread over 5 seeds", yaxis_title="accuracy", height=380, margin=dict(l=40, r=20, t=50, b=40))
     return LearnResult("seeds", df, fig, text, bool((spread > 0).any()), subject.model_spec,
                        _plan(subject, "random-unstructured", 0.7).to_dict())
+
+
+def scope_sparsity(subject: Subject, ratio: float) -> pd.DataFrame:
+    """Per-layer sparsity of L1 pruning at ``ratio``: the same ratio everywhere vs global ranking."""
+    rows = []
+    for scope in ("local", "global"):
+        pruned = subject.prune(_plan(subject, "l1-unstructured", ratio, scope))
+        modules = dict(pruned.named_modules())
+        for name in subject.layer_names:
+            w = modules[name].weight
+            rows.append((name, "same ratio in every layer" if scope == "local" else "global ranking",
+                         1 - int(torch.count_nonzero(w)) / w.numel()))
+    return pd.DataFrame(rows, columns=["layer", "scope", "sparsity"])
+
+
+def scope_figure(df: pd.DataFrame) -> go.Figure:
+    fig = go.Figure()
+    for scope, part in df.groupby("scope", sort=False):
+        fig.add_trace(go.Bar(x=part.layer, y=part.sparsity, name=str(scope)))
+    fig.update_layout(barmode="group", yaxis_title="share of the layer's weights zeroed", yaxis_tickformat=".0%",
+                      height=320, margin=dict(l=40, r=20, t=30, b=40), legend=dict(orientation="h", y=1.12))
+    return fig
 
 
 EXPERIMENTS: dict[str, Experiment] = {e.key: e for e in [
