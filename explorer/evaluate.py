@@ -83,7 +83,8 @@ def measure(model: nn.Module, data: Dataset, *, reference: np.ndarray | None = N
     """Export ``model`` to ONNX and measure it there. Returns the metrics and the ORT logits.
 
     Args:
-        reference: the dense model's logits on ``data.test``; needed when it has no labels.
+        reference: the dense model's logits on ``data.test``, for data without labels. None with
+            unlabelled data: ``model`` is the dense model, its own reference (agreement 1).
         onnx_path: where to keep the ONNX file; a temporary file when None.
         threads: ONNX Runtime intra-op threads for the latency runs.
     """
@@ -95,7 +96,7 @@ def measure(model: nn.Module, data: Dataset, *, reference: np.ndarray | None = N
         session = OrtModel(path, threads=threads)
         check_labels(data.test, logits.shape[1], data.spec)
         y = data.test.y.numpy() if data.test.y is not None else None
-        accuracy, loss = scores(logits, y, reference)
+        accuracy, loss = scores(logits, y, logits if y is None and reference is None else reference)
         latency = measure_latency(session, data.example_input().numpy(), runs=runs)
         onnx_bytes, onnx_gzip = path.stat().st_size, gzip_size(path)
     params = list(model.parameters())
