@@ -106,6 +106,15 @@ def _fitted(model: nn.Module, head: nn.Linear, name: str, steps: int = 0, n: int
     the training data and the ``head`` solved by ridge regression on its input features (one-hot
     targets). Returns ``model`` in eval mode with gradients off.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: extra threads only add contention on a busy machine
+    try:
+        return _fit(model, head, name, steps, n)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(model: nn.Module, head: nn.Linear, name: str, steps: int, n: int) -> nn.Module:
     x_np, y_np = make_data(name, n, TRAIN_SEED)
     x, y = torch.from_numpy(x_np), torch.from_numpy(y_np)
     if steps:
