@@ -152,10 +152,19 @@ class FinetuneResult:
     seconds: float = 0.0
     masked_layers: tuple[str, ...] = ()  # parameters whose zeros were kept zero
     distilled: bool = False
+    recalibrated: bool = False  # batch-norm statistics were re-estimated before epoch 0
 
     def history_rows(self) -> list[dict[str, float | int | None]]:
         """The history as plain dicts (for a DataFrame, JSON or a chart)."""
         return [vars(r).copy() for r in self.history]
+
+
+_MIN_LOSS_DELTA = 1e-4  # a validation loss must drop by this much to count as better at equal accuracy
+
+
+def _better(new: tuple[float, float], best: tuple[float, float]) -> bool:
+    """Higher validation accuracy wins; at equal accuracy, a clearly lower loss."""
+    return new[0] > best[0] or (new[0] == best[0] and new[1] < best[1] - _MIN_LOSS_DELTA)
 
 
 def _kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -176,6 +185,7 @@ def finetune(
     temperature: float = 4.0,
     alpha: float = 0.5,
     patience: int | None = None,
+    recalibrate: bool = True,
     seed: int = 0,
     on_progress: Progress = no_progress,
     should_stop: Callable[[], bool] = _never,
@@ -184,9 +194,10 @@ def finetune(
 
     Adam with a cosine learning-rate schedule from ``lr`` to 0 over ``epochs``. After every epoch
     the model is scored on ``data.val``; the best checkpoint (accuracy, then loss) is returned, and
-    training stops early after ``patience`` epochs without improvement. Epoch 0 (the model as
-    given) is a candidate too, so fine-tuning never returns a model worse on validation than its
-    input. Without a validation split, the last epoch is returned and nothing stops early.
+    training stops early after ``patience`` epochs without improvement. Epoch 0 (the starting
+    point: the model as given, batch-norm recalibrated if ``recalibrate``) is a candidate too, so
+    fine-tuning never returns a model worse on validation than where it started. Without a
+    validation split, the last completed epoch is returned and nothing stops early.
 
     Args:
         model: the pruned model; not modified (a copy is trained).
@@ -197,6 +208,8 @@ def finetune(
         temperature: softening of teacher and student outputs for the KD term.
         alpha: weight of the KD term in [0, 1].
         patience: epochs without validation improvement before stopping; None: never.
+        recalibrate: first re-estimate batch-norm statistics on the training split
+            (``recalibrate_bn``), so that epoch 0 and the first steps start from sensible ones.
         seed: seeds the batch order (and torch's global RNG for layers like dropout).
         on_progress: called with (fraction done, message), throttled within an epoch.
         should_stop: polled before every batch; when it returns True, training stops and the best
@@ -233,7 +246,12 @@ def finetune(
     start = time.perf_counter()
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    student = copy.deepcopy(model).eval()
+    recalibrated = recalibrate and bool(batchnorm_layers(model))
+    if recalibrated:
+        on_progress(0.0, "re-estimating batch-norm statistics")
+        student = recalibrate_bn(model, Split(train.x, None))
+    else:
+        student = copy.deepcopy(model).eval()
     student.requires_grad_(True)
     masks = zero_masks(student)
     params = dict(student.named_parameters())
@@ -263,7 +281,7 @@ def finetune(
 
     val_acc, val_loss = validate()
     history = [EpochRecord(0, None, val_acc, val_loss, time.perf_counter() - start)]
-    best_key = (val_acc, -val_loss) if val_acc is not None and val_loss is not None else None
+    best = (val_acc, val_loss) if val_acc is not None and val_loss is not None else None
     best_state, best_epoch = snapshot(), 0
     stopped: StopReason = "completed"
     since_best = 0
@@ -307,7 +325,7 @@ def finetune(
             with torch.no_grad():
                 for name, keep in masks.items():
                     params[name].mul_(keep)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             now = time.perf_counter()
             if now - last_report >= _PROGRESS_EVERY_S:
                 last_report = now
@@ -321,8 +339,8 @@ def finetune(
                                    time.perf_counter() - start))
         if val_acc is None or val_loss is None:
             best_state, best_epoch = snapshot(), epoch  # no validation: the last epoch is the result
-        elif best_key is None or (val_acc, -val_loss) > best_key:
-            best_key, best_state, best_epoch, since_best = (val_acc, -val_loss), snapshot(), epoch, 0
+        elif best is None or _better((val_acc, val_loss), best):
+            best, best_state, best_epoch, since_best = (val_acc, val_loss), snapshot(), epoch, 0
         else:
             since_best += 1
         shown = f", val accuracy {val_acc:.4f}" if val_acc is not None else ""
@@ -337,7 +355,7 @@ def finetune(
     return FinetuneResult(
         model=student, history=history, best_epoch=best_epoch, stopped=stopped,
         seconds=time.perf_counter() - start, masked_layers=tuple(masks),
-        distilled=use_kd,
+        distilled=use_kd, recalibrated=recalibrated,
     )
 
 
