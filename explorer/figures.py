@@ -25,9 +25,16 @@ __all__ = [
 KEPT, GONE, DENSE, FADED = "#4C78A8", "#E45756", "#2CA02C", "rgba(150,150,150,0.35)"
 
 
-def _layout(fig: go.Figure, height: int) -> go.Figure:
-    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10},
-                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0})
+PALETTE = ("#1F77B4", "#FF7F0E", "#2CA02C", "#D62728", "#9467BD", "#8C564B", "#E377C2", "#7F7F7F",
+           "#BCBD22", "#17BECF")
+
+
+def _layout(fig: go.Figure, height: int, legend_below: bool = False) -> go.Figure:
+    """Common layout: the title on the left, the legend top right (or below the plot)."""
+    legend = ({"orientation": "h", "yanchor": "top", "y": -0.22, "x": 0} if legend_below else
+              {"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1})
+    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 60, "b": 10}, legend=legend,
+                      title={"x": 0, "xanchor": "left", "y": 0.98, "yanchor": "top"})
     return fig
 
 
@@ -105,16 +112,17 @@ def sensitivity_curves(df: pd.DataFrame, highlight: str | None = None) -> go.Fig
     for i, (layer, rows) in enumerate(df.groupby("layer", sort=False)):
         rows = rows.sort_values("ratio")
         faded = highlight is not None and layer != highlight
-        line = {"width": 1, "color": FADED} if faded else {"width": 3 if highlight else 2}
+        color = FADED if faded else PALETTE[i % len(PALETTE)]
+        line = {"width": 1 if faded else (3 if highlight else 2), "color": color}
         for col, metric in ((1, "accuracy"), (2, "loss")):
             y = 100 * rows[metric] if metric == "accuracy" else rows[metric]
             fig.add_scatter(x=100 * rows["ratio"], y=y, mode="lines+markers", name=layer, legendgroup=layer,
-                            showlegend=col == 1, line=line, marker={"size": 5}, row=1, col=col,
+                            showlegend=col == 1, line=line, marker={"size": 5, "color": color}, row=1, col=col,
                             hovertemplate=f"{layer}<br>%{{x:.0f}} % pruned: %{{y:.4g}}<extra></extra>")
     fig.update_xaxes(title_text="pruned (%)")
     fig.update_yaxes(title_text="accuracy (%)", row=1, col=1)
     fig.update_yaxes(title_text="loss", row=1, col=2)
-    return _layout(fig, 420)
+    return _layout(fig, 460, legend_below=True)
 
 
 def pareto_front(cost: np.ndarray, gain: np.ndarray) -> np.ndarray:
@@ -152,4 +160,4 @@ def pareto(history: pd.DataFrame, current: int | None = None) -> go.Figure:
                         hovertemplate=f"%{{text}}: %{{customdata}}<br>%{{x:.3f}} {unit}, %{{y:.2f}} %<extra></extra>")
         fig.update_xaxes(title_text=f"{'median latency' if col == 1 else 'gzipped ONNX'} ({unit})", row=1, col=col)
     fig.update_yaxes(title_text="accuracy (%)", row=1, col=1)
-    return _layout(fig, 380)
+    return _layout(fig, 420, legend_below=True)

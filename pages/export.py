@@ -22,8 +22,10 @@ st.download_button("plan.json", plan.to_json() + "\n", file_name="plan.json", mi
 
 st.subheader("The pruned model", anchor=False)
 files = cache.cached_bundle(model, data, plan.key())
-if files is None and st.button("Build the export", type="primary", icon=":material/build:",
-                               help="Prunes, exports to ONNX, measures, and writes the PyTorch artifacts and the report."):
+slot = st.empty()
+if files is None and slot.button("Build the export", type="primary", icon=":material/build:",
+                                 help="Prunes, exports to ONNX, measures, and writes the PyTorch artifacts and the report."):
+    slot.empty()
     update, done = cache.progress_bar("Exporting:")
     try:
         files = cache.bundle(model, data, plan, update)

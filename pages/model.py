@@ -37,15 +37,18 @@ with st.form("model.open", border=True):
 
 subject = widgets.require_subject()
 dense = subject.dense()[0]
-st.subheader(f"{subject.model_spec} on {subject.data_spec}", anchor=False)
+st.subheader(f"{subject.model_spec}, dense", anchor=False)
+st.caption(f"Evaluated on {subject.data.spec}: {len(subject.data.test):,} test samples of shape "
+           f"{' x '.join(map(str, subject.data.input_shape))}.")
 acc_label = "Accuracy" if dense.labels else "Agreement with dense"
 widgets.metric_row([
-    widgets.plain_card("Parameters", fmt_count(dense.params_total)),
-    widgets.plain_card("MACs per sample", fmt_count(dense.macs)),
-    widgets.plain_card(acc_label, f"{100 * dense.accuracy:.2f} %", f"on {len(subject.data.test):,} test samples"),
-    widgets.plain_card("ORT latency, median", f"{dense.latency_ms_median:.3f} ms",
-                       f"p90 {dense.latency_ms_p90:.3f} ms, {dense.latency_threads} thread(s), batch 1"),
-    widgets.plain_card("ONNX file", fmt_bytes(dense.onnx_bytes), f"gzipped {fmt_bytes(dense.onnx_gzip_bytes)}"),
+    widgets.plain_card("Parameters", fmt_count(dense.params_total), "all layers"),
+    widgets.plain_card("MACs", fmt_count(dense.macs), "per sample"),
+    widgets.plain_card(acc_label, f"{100 * dense.accuracy:.2f} %", "test split"),
+    widgets.plain_card("Latency, median", f"{dense.latency_ms_median:.3f} ms", f"p90 {dense.latency_ms_p90:.3f} ms",
+                       help=f"ONNX Runtime CPU, batch 1, {dense.latency_threads} thread(s), "
+                            f"{dense.latency_runs} timed runs after warm-up."),
+    widgets.plain_card("ONNX size", fmt_bytes(dense.onnx_bytes), f"gzipped {fmt_bytes(dense.onnx_gzip_bytes)}"),
 ], per_row=5)
 
 st.subheader("Prunable layers", anchor=False)

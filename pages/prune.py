@@ -12,7 +12,7 @@ st.title("Prune", anchor=False)
 state.show_flash()
 subject = widgets.require_subject()
 
-left, right = st.columns([5, 6], gap="large")
+left, right = st.columns([1, 1], gap="large")
 with left:
     draft = controls.prune_controls(subject)
 plan = draft.to_plan(subject.inventory, subject.model_spec)
@@ -27,7 +27,7 @@ with right:
     if result is not None:
         if not plan.is_empty:  # the dense model is row 0 of the history already
             state.add_history(plan.key(), draft, draft.summary(subject.inventory), result)
-        widgets.metric_row(cards(result), per_row=3)
+        widgets.metric_row(cards(result), per_row=2)
         methods = sorted({plan.method_of(n) for n in plan.layers} | {plan.method})
         for method in methods:
             info = get_method(method)

@@ -56,17 +56,17 @@ def _layer_row(draft: Draft, inventory: Inventory, name: str) -> None:
     info = inventory[name]
     why = draft.why_not(name, inventory)
     is_global = draft.scope == "global"
-    slider, lock, skip = st.columns([6, 1, 1], vertical_alignment="center")
-    shape = " x ".join(map(str, info.shape))
+    slider, lock, skip = st.columns([5, 1, 1], vertical_alignment="center")
+    shape = "×".join(map(str, info.shape))
     slider.slider(
-        f"**{name}** · {info.type} {shape} · pruned (%)", 0, 95, step=1, key=Keys.ratio(name),
+        f"**{name}** · {info.type} {shape}", 0, 95, step=1, key=Keys.ratio(name), format="%d %%",
         on_change=_on_ratio, args=(name, inventory), help=why or _ratio_help(draft, name),
         disabled=bool(why) or is_global or name in draft.locked or name in draft.skipped,
     )
     lock.checkbox("lock", key=Keys.lock(name), on_change=_on_flag, args=(name, "locked", Keys.lock(name)),
-                  help="Keep this ratio when the global slider moves.", disabled=bool(why) or is_global)
+                  disabled=bool(why) or is_global)
     skip.checkbox("skip", key=Keys.skip(name), on_change=_on_flag, args=(name, "skipped", Keys.skip(name)),
-                  help="Leave this layer out of the plan (never pruned).", disabled=bool(why))
+                  disabled=bool(why))
 
 
 def prune_controls(subject: Subject) -> Draft:
@@ -74,16 +74,19 @@ def prune_controls(subject: Subject) -> Draft:
     inventory = subject.inventory
     state.seed_prune_widgets(state.draft(), inventory)
     methods = available_methods()
-    top = st.columns(2)
-    top[0].selectbox("Method", methods, key=Keys.PRUNE_METHOD, on_change=_on_method, args=(inventory,),
-                     format_func=lambda m: f"{m} ({get_method(m).kind})",
-                     help="; ".join(f"{m}: {get_method(m).summary}" for m in methods))
+    top = st.columns([3, 2])
+    method = top[0].selectbox("Method", methods, key=Keys.PRUNE_METHOD, on_change=_on_method, args=(inventory,),
+                              help="\n".join(f"- **{m}** ({get_method(m).kind}): {get_method(m).summary}"
+                                             for m in methods))
     top[1].radio("Scope", ["local", "global"], key=Keys.PRUNE_SCOPE, on_change=_on_scope, horizontal=True,
                  help="local: each layer at its own ratio. global: one ratio, weights (or channels) "
                       "ranked across all layers that are not skipped.")
-    st.slider("Global ratio (%)", 0, 95, step=1, key=Keys.PRUNE_GLOBAL, on_change=_on_global, args=(inventory,),
-              help="Moves every layer that is neither locked nor skipped; in global scope, the share "
-                   "pruned across all of them.")
+    st.caption(f"**{method}**: {get_method(method).summary}.")
+    st.slider("**All layers**", 0, 95, step=1, key=Keys.PRUNE_GLOBAL, on_change=_on_global, args=(inventory,),
+              format="%d %%", help="Moves every layer that is neither locked nor skipped; in global scope, "
+                                   "the share pruned across all of them, ranked together.")
+    st.caption("Per layer: the share pruned. **lock** keeps a layer where it is when *All layers* moves; "
+               "**skip** leaves it out of the plan.")
     draft = state.draft()
     for members in blocks(inventory):
         grouped = len(members) > 1

@@ -62,34 +62,36 @@ def cards(result: dict[str, Any]) -> list[Card]:
     """Cards for every metric of ``result`` (an ``evaluate`` object with its ``dense`` part)."""
     d = result["dense"]
     labels = result.get("labels", True)
-    acc_label = "Accuracy" if labels else "Agreement with dense"
-    loss_label = "Loss (cross-entropy)" if labels else "KL divergence from dense"
+    acc_label = "Accuracy" if labels else "Agreement"
+    loss_label = "Loss" if labels else "KL from dense"
     acc_delta = 100 * (result["accuracy"] - d["accuracy"])
     loss_delta = result["loss"] - d["loss"]
     out = [
         Card(acc_label, f"{100 * result['accuracy']:.2f} %", 0 if acc_delta == 0 else f"{acc_delta:+.2f} pp",
-             help="On the evaluation split, from the pruned model run in ONNX Runtime. pp: percentage points."),
+             help=("Top-1 accuracy" if labels else "Top-1 agreement with the dense model")
+             + " on the test split, from the pruned model run in ONNX Runtime. pp: percentage points."),
         Card(loss_label, f"{result['loss']:.4f}", 0 if loss_delta == 0 else f"{loss_delta:+.4f}", "inverse",
-             help="Mean over the evaluation split; lower is better."),
+             help=("Mean cross-entropy" if labels else "Mean KL divergence from the dense model's predictions")
+             + " on the test split; lower is better."),
     ]
     noise = latency_noise_ms(result, d)
     threads = f"{result['latency_threads']} thread(s), {result['latency_runs']} timed runs after warm-up"
-    for key, label in (("latency_ms_median", "ORT latency, median"), ("latency_ms_p90", "ORT latency, p90")):
+    for key, label in (("latency_ms_median", "Latency, median"), ("latency_ms_p90", "Latency, p90")):
         change = result[key] - d[key]
         quiet = abs(change) < noise
         out.append(Card(
             label, f"{result[key]:.3f} ms", f"{change:+.3f} ms",
             "off" if quiet else "inverse",
-            f"within noise (±{noise:.3f} ms)" if quiet else "vs dense",
+            "within noise" if quiet else "vs dense",
             help=f"One sample per run, ONNX Runtime CPU, {threads}. Dense: {d[key]:.3f} ms. "
                  f"Changes under ±{noise:.3f} ms (3x the runs' spread, at least 5 % of dense) are noise.",
         ))
     for key, label, fmt, tip in (
         ("params_total", "Parameters", fmt_count, "Every parameter of the pruned model (removed channels are gone)."),
-        ("params_nonzero", "Nonzero parameters", fmt_count, "Parameters that are not exactly zero."),
-        ("macs", "MACs per sample", fmt_count, "Multiply-accumulates of the conv and linear layers for one sample."),
-        ("onnx_bytes", "ONNX file", fmt_bytes, "Size of the exported model.onnx."),
-        ("onnx_gzip_bytes", "ONNX, gzipped", fmt_bytes, "model.onnx after gzip: what zeroed weights save on disk."),
+        ("params_nonzero", "Nonzero params", fmt_count, "Parameters that are not exactly zero."),
+        ("macs", "MACs", fmt_count, "Multiply-accumulates per sample of the conv and linear layers."),
+        ("onnx_bytes", "ONNX size", fmt_bytes, "Size of the exported model.onnx."),
+        ("onnx_gzip_bytes", "ONNX gzipped", fmt_bytes, "model.onnx after gzip: what zeroed weights save on disk."),
     ):
         out.append(Card(label, fmt(result[key]), _relative(result[key], d[key]), "inverse",
                         help=f"{tip} Dense: {fmt(d[key])}."))

@@ -113,14 +113,19 @@ def history() -> list[dict[str, Any]]:
 
 
 def add_history(plan_key: str, value: Draft, summary: str, result: dict[str, Any]) -> None:
-    """Record an evaluated configuration once (by plan key); later duplicates are ignored."""
+    """Record an evaluated configuration once (by plan key); later duplicates are ignored.
+
+    Call it before the Prune page's restore picker is drawn in this run.
+    """
     sid = subject_id()
     entries = st.session_state[Keys.HISTORY]
     if any(e["subject"] == sid and e["key"] == plan_key for e in entries):
         return
     metrics = {k: v for k, v in result.items() if k not in ("dense", "plan", "model", "data")}
-    entries.append({"subject": sid, "n": len(history()) + 1, "key": plan_key, "draft": value,
-                    "summary": summary, "metrics": metrics})
+    n = len(history()) + 1
+    entries.append({"subject": sid, "n": n, "key": plan_key, "draft": value, "summary": summary,
+                    "metrics": metrics})
+    st.session_state[Keys.PRUNE_RESTORE] = n  # the restore picker offers the newest by default
 
 
 def seed_prune_widgets(value: Draft, inventory: Inventory, force: bool = False) -> None:

@@ -76,8 +76,6 @@ def sidebar() -> None:
         if st.session_state[Keys.DATA]:
             st.caption("Data")
             st.code(st.session_state[Keys.DATA], language=None)
-        entries = state.history()
-        st.caption(f"{len(entries)} configuration(s) tried on this model in this session")
 
 
 def history_frame(entries: list[dict[str, Any]], dense: dict[str, Any]) -> pd.DataFrame:
@@ -113,7 +111,7 @@ def history_section(subject: Subject, current_key: str | None) -> None:
        "params_nonzero", "macs", "onnx_bytes", "onnx_gzip_bytes"]]
     st.dataframe(table, hide_index=True, column_config={
         "n": st.column_config.NumberColumn("#", help="0 is the dense model"),
-        "summary": st.column_config.TextColumn("configuration", width="large"),
+        "summary": st.column_config.TextColumn("configuration", width="medium"),
         "accuracy": st.column_config.NumberColumn("accuracy (%)", format="%.2f"),
         "loss": st.column_config.NumberColumn("loss", format="%.4f"),
         "latency_ms_median": st.column_config.NumberColumn("median (ms)", format="%.3f"),
@@ -125,8 +123,10 @@ def history_section(subject: Subject, current_key: str | None) -> None:
     })
     left, right = st.columns([3, 1], vertical_alignment="bottom")
     labels = {e["n"]: f"#{e['n']}: {e['summary']}" for e in entries}
+    if st.session_state.get(Keys.PRUNE_RESTORE) not in labels:
+        st.session_state[Keys.PRUNE_RESTORE] = entries[-1]["n"]
     left.selectbox("Configuration to restore", list(labels), format_func=labels.__getitem__,
-                   index=len(entries) - 1, key=Keys.PRUNE_RESTORE)
+                   key=Keys.PRUNE_RESTORE)
     right.button("Restore", on_click=_restore, args=(entries, subject), icon=":material/restore:",
                  width="stretch")
 

@@ -1,0 +1,122 @@
+"""The Prune page: sliders re-evaluate the really pruned model, groups move together, locks and
+skips hold, the history keeps every configuration and restores any of them, and nothing is lost
+when the user switches pages."""
+
+from __future__ import annotations
+
+from conftest import metrics, open_app
+
+from explorer.plan import LayerRule, PruningPlan
+
+
+def test_slider_changes_metrics_and_plan() -> None:
+    at = open_app("prune")
+    dense = metrics(at)
+    assert dense["Nonzero params"] == "390,890"
+    at.slider(key="prune.ratio.features.11").set_value(50).run()
+    assert not at.exception
+    after = metrics(at)
+    assert after["Nonzero params"] == f"{390_890 - 294_912 // 2:,}"  # half of features.11's weights
+    assert after["Parameters"] == "390,890"  # unstructured: zeros, the shapes stay
+    assert at.session_state["drafts"]["zoo:digits-cnn|"].ratios["features.11"] == 0.5
+    notes = [i.value for i in at.info]
+    assert any("latency does not drop" in n for n in notes)
+
+
+def test_structured_method_shrinks_the_model_and_says_so() -> None:
+    at = open_app("prune")
+    at.selectbox(key="prune.method").set_value("l2-structured").run()
+    at.slider(key="prune.ratio.features.7").set_value(50).run()
+    assert not at.exception
+    shown = metrics(at)
+    assert shown["Parameters"] != "390,890"
+    assert any("really shrinks" in s.value for s in at.success)
+    # The output layer cannot lose channels: its slider is disabled.
+    assert at.slider(key="prune.ratio.classifier").disabled
+
+
+def test_structured_group_moves_together() -> None:
+    at = open_app()
+    at.selectbox[0].set_value("zoo:digits-resnet")
+    at.button[0].click().run()
+    at.switch_page("pages/prune.py").run()
+    at.selectbox(key="prune.method").set_value("l1-structured").run()
+    at.slider(key="prune.ratio.layer1.0.conv2").set_value(25).run()
+    assert not at.exception
+    for member in ("stem.0", "layer1.0.conv2", "layer1.1.conv2"):  # one residual group
+        assert at.slider(key=f"prune.ratio.{member}").value == 25
+    assert at.slider(key="prune.ratio.layer1.0.conv1").value == 0
+
+
+def test_global_slider_respects_lock_and_skip() -> None:
+    at = open_app("prune")
+    at.slider(key="prune.ratio.features.3").set_value(10).run()
+    at.checkbox(key="prune.lock.features.3").check().run()
+    at.checkbox(key="prune.skip.features.0").check().run()
+    at.slider(key="prune.global").set_value(60).run()
+    assert not at.exception
+    values = {n: at.slider(key=f"prune.ratio.{n}").value for n in ("features.0", "features.3", "features.7", "classifier")}
+    assert values == {"features.0": 0, "features.3": 10, "features.7": 60, "classifier": 60}
+    assert at.slider(key="prune.ratio.features.3").disabled  # locked
+    draft = at.session_state["drafts"]["zoo:digits-cnn|"]
+    assert draft.locked == {"features.3"} and draft.skipped == {"features.0"}
+    assert "features.0" not in at.session_state["history"][-1]["summary"]
+
+
+def test_global_scope_ranks_across_layers() -> None:
+    at = open_app("prune")
+    at.radio(key="prune.scope").set_value("global").run()
+    at.slider(key="prune.global").set_value(50).run()
+    assert not at.exception
+    assert at.slider(key="prune.ratio.features.7").disabled
+    total = 288 + 18_432 + 73_728 + 294_912 + 2_560  # every weight of every layer
+    assert metrics(at)["Nonzero params"] == f"{390_890 - round(0.5 * total):,}"
+
+
+def test_history_and_restore() -> None:
+    at = open_app("prune")
+    for v in (20, 40, 60):
+        at.slider(key="prune.ratio.features.3").set_value(v).run()
+    entries = at.session_state["history"]
+    assert [e["n"] for e in entries] == [1, 2, 3]
+    assert len(at.get("plotly_chart")) == 1  # the Pareto plots
+    assert at.dataframe[0].value["n"].tolist() == [0, 1, 2, 3]
+    at.selectbox(key="prune.restore").set_value(1).run()
+    restore = next(b for b in at.button if b.label == "Restore")
+    restore.click().run()
+    assert not at.exception
+    assert at.slider(key="prune.ratio.features.3").value == 20
+    assert any("Restored configuration #1" in s.value for s in at.success)
+    assert len(at.session_state["history"]) == 3  # restoring adds nothing new
+
+
+def test_state_survives_page_switches() -> None:
+    at = open_app("prune")
+    at.selectbox(key="prune.method").set_value("random-unstructured").run()
+    at.slider(key="prune.ratio.features.7").set_value(33).run()
+    at.checkbox(key="prune.lock.features.7").check().run()
+    for page in ("model", "weights", "export", "prune"):
+        at.switch_page(f"pages/{page}.py").run()
+        assert not at.exception
+    assert at.selectbox(key="prune.method").value == "random-unstructured"
+    assert at.slider(key="prune.ratio.features.7").value == 33
+    assert at.checkbox(key="prune.lock.features.7").value
+    assert len(at.session_state["history"]) == 1
+
+
+def test_import_restores_a_plan_and_rejects_one_that_does_not_fit() -> None:
+    at = open_app("export")
+    good = PruningPlan("l1-structured", {"features.7": LayerRule(0.5)}).to_json()
+    at.text_area(key="export.paste").input(good).run()
+    next(b for b in at.button if b.label == "Restore this plan").click().run()
+    assert not at.exception
+    assert any("Restored" in s.value for s in at.success)
+    at.text_area(key="export.paste").input('{"format": "pruning-explorer/plan", "version": 1, '
+                                           '"method": "l1-unstructured", "layers": {"conv9": 0.5}}').run()
+    next(b for b in at.button if b.label == "Restore this plan").click().run()
+    assert not at.exception
+    assert "conv9" in at.error[0].value
+    at.switch_page("pages/prune.py").run()
+    assert at.selectbox(key="prune.method").value == "l1-structured"
+    assert at.slider(key="prune.ratio.features.7").value == 50
+    assert len(at.session_state["history"]) == 1  # the good plan only

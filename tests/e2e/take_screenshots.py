@@ -1,0 +1,84 @@
+"""Take a PNG of every page of the app with headless chromium into assets/screenshots/.
+
+Usage: python tests/e2e/take_screenshots.py   (needs /usr/bin/chromium and playwright)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from playwright.sync_api import Page, expect, sync_playwright
+
+sys.path.insert(0, str(Path(__file__).parent))
+from appserver import CHROMIUM, CHROMIUM_ARGS, serve  # noqa: E402
+
+OUT = Path(__file__).resolve().parents[2] / "assets" / "screenshots"
+WIDTH = 1440
+
+
+def open_page(page: Page, title: str) -> None:
+    page.get_by_role("link", name=title, exact=True).click()
+    expect(page.get_by_role("heading", name=title, exact=True)).to_be_visible(timeout=60_000)
+
+
+def settle(page: Page) -> None:
+    """Wait until the script run is over and the charts had time to draw."""
+    page.wait_for_timeout(700)
+    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for(timeout=600_000)
+    page.wait_for_timeout(1500)
+
+
+def shoot(page: Page, name: str) -> None:
+    """Screenshot the whole page: the main area scrolls inside the app, so grow the viewport to fit."""
+    height = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+    page.set_viewport_size({"width": WIDTH, "height": max(1000, int(height) + 40)})
+    page.wait_for_timeout(1500)
+    page.screenshot(path=OUT / name)
+    page.set_viewport_size({"width": WIDTH, "height": 1000})
+
+
+def move_slider(page: Page, label: str, steps: int) -> None:
+    slider = page.get_by_role("slider", name=label)
+    slider.focus()
+    for _ in range(steps):
+        slider.press("ArrowRight")
+    settle(page)
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    with serve(cwd=OUT.parents[1]) as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
+        page.goto(url)
+        expect(page.get_by_role("heading", name="Model", exact=True)).to_be_visible(timeout=120_000)
+        settle(page)
+        shoot(page, "model.png")
+
+        open_page(page, "Prune")
+        settle(page)
+        for layer, steps in (("features.3", 30), ("features.7", 50), ("features.11", 60)):
+            move_slider(page, layer, steps)
+        shoot(page, "prune.png")
+
+        open_page(page, "Weights")
+        settle(page)
+        shoot(page, "weights.png")
+
+        open_page(page, "Sensitivity")
+        page.get_by_role("button", name="Run scan").click()
+        settle(page)
+        shoot(page, "sensitivity.png")
+
+        open_page(page, "Export")
+        page.get_by_role("button", name="Build the export").click()
+        settle(page)
+        shoot(page, "export.png")
+        browser.close()
+    for png in sorted(OUT.glob("*.png")):
+        print(png)
+
+
+if __name__ == "__main__":
+    main()
