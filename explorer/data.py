@@ -1,4 +1,9 @@
-"""Evaluation and calibration data: the zoo's digits, and the user's .npz or python entrypoint.
+"""Evaluation and calibration data: the zoo's digits, and the user's own.
+
+User data: ``PATH.npz`` (arrays ``x`` and optional ``y``), ``PATH.csv`` (numeric features and an
+optional ``label`` column), a folder of images (one subfolder per class, or images alone for
+unlabelled data; resized to the model's input, pixels scaled to [0, 1]) and ``PATH.py:FUNC``
+returning ``(x, y)``. Without labels, accuracy becomes agreement with the dense model.
 
 Data never comes from the network: the zoo uses scikit-learn's bundled 8x8 digits. Nothing a user
 gives is unpickled (``np.load(..., allow_pickle=False)``).
@@ -7,6 +12,9 @@ gives is unpickled (``np.load(..., allow_pickle=False)``).
 from __future__ import annotations
 
 import hashlib
+import math
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +23,12 @@ import torch
 
 from explorer.errors import DataError
 
-__all__ = ["Dataset", "Split", "load_data", "zoo_datasets"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_DATA_BYTES", "Dataset", "Split", "load_data", "zoo_datasets"]
 
 SPLIT_SEED = 0  # fixed train/val/test split of the zoo data; changing it invalidates shipped weights
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+MAX_DATA_BYTES = 1 << 30  # user data held as float32; more than this is refused (use a sample)
+InputShape = Sequence[int | None]  # per-sample input shape; None where the model does not fix it
 
 
 @dataclass(frozen=True)
@@ -149,6 +160,137 @@ def _load_npz(path: Path, spec: str) -> Dataset:
     return Dataset(spec=spec, test=test, train=train)
 
 
+def _load_csv(path: Path, spec: str) -> Dataset:
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(path, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{spec}: the file is empty") from None
+    except (UnicodeDecodeError, pd.errors.ParserError, ValueError) as e:
+        raise DataError(f"{spec}: not a readable CSV file ({str(e).splitlines()[0][:160]})") from None
+    if all(_is_number(c) for c in frame.columns):  # no header row: every column is a feature
+        frame = pd.read_csv(path, header=None, skipinitialspace=True)
+        frame.columns = [str(i) for i in range(frame.shape[1])]
+    if frame.empty:
+        raise DataError(f"{spec}: no data rows")
+    frame.columns = [str(c).strip() for c in frame.columns]
+    y = None
+    if "label" in frame.columns:
+        labels = frame.pop("label")
+        numeric = pd.to_numeric(labels, errors="coerce")
+        bad = numeric.isna() | (numeric % 1 != 0)
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(f"{spec}: row {row + 2}, column 'label': {labels.iloc[row]!r} is not an integer class label")
+        y = numeric.to_numpy().astype(np.int64)
+    if frame.shape[1] == 0:
+        raise DataError(f"{spec}: no feature columns besides 'label'")
+    values = frame.apply(pd.to_numeric, errors="coerce")
+    bad_cells = values.isna().to_numpy() & ~frame.isna().to_numpy()
+    empty_cells = frame.isna().to_numpy()
+    for mask, what in ((bad_cells, "is not a number"), (empty_cells, "is empty")):
+        if mask.any():
+            row, col = (int(v) for v in np.argwhere(mask)[0])
+            cell = frame.iat[row, col]
+            shown = "" if what == "is empty" else f"{cell!r} "
+            raise DataError(f"{spec}: row {row + 2}, column {frame.columns[col]!r}: {shown}{what}")
+    x = values.to_numpy(dtype=np.float64)
+    _check_size(x.shape, spec)
+    return Dataset(spec=spec, test=_check_split(x, y, spec))
+
+
+def _is_number(text: object) -> bool:
+    try:
+        float(str(text))
+    except ValueError:
+        return False
+    return True
+
+
+def _check_size(shape: Sequence[int], spec: str) -> None:
+    size = 4 * math.prod(shape)
+    if size > MAX_DATA_BYTES:
+        raise DataError(f"{spec}: {size / 2**20:.0f} MB of samples as float32, more than "
+                        f"{MAX_DATA_BYTES / 2**20:.0f} MB; use a sample of the data")
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _load_images(folder: Path, spec: str, input_shape: InputShape | None) -> Dataset:
+    """A folder with one subfolder of images per class (labels: sorted folder names), or images
+    alone (unlabelled)."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise DataError(f"{spec}: reading image folders needs Pillow (pip install pillow)") from None
+    classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files: list[tuple[Path, int | None]] = []
+    if classes:
+        for label, sub in enumerate(classes):
+            files += [(f, label) for f in _images(sub)]
+        empty = [c.name for c in classes if not _images(c)]
+        if empty:
+            raise DataError(f"{spec}: class folder(s) {empty} hold no images ({', '.join(IMAGE_SUFFIXES)})")
+    else:
+        files = [(f, None) for f in _images(folder)]
+    if not files:
+        raise DataError(f"{spec}: no images found (one subfolder per class, files ending in {', '.join(IMAGE_SUFFIXES)})")
+    shape = list(input_shape) if input_shape is not None else []
+    if shape and len(shape) != 3:
+        raise DataError(f"{spec}: images need a model that takes (channels, height, width), this one takes {tuple(shape)}")
+    channels = shape[0] if shape else None
+    size = (shape[2], shape[1]) if shape and shape[1] and shape[2] else None  # PIL sizes are (w, h)
+    modes = {1: "L", 3: "RGB", 4: "RGBA"}
+    if channels is not None and channels not in modes:
+        raise DataError(f"{spec}: the model takes {channels} input channels; images give 1 (gray), 3 (RGB) or 4 (RGBA)")
+    arrays = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        for path, _ in files:
+            try:
+                with Image.open(path) as img:
+                    mode = modes[channels] if channels else ("L" if img.mode in ("L", "1", "I;16", "I") else "RGB")
+                    img = img.convert(mode)
+                    if size is None:
+                        size = img.size  # no size from the model: every image must match the first
+                    elif img.size != size and (not shape or not shape[1]):
+                        raise DataError(f"{spec}: {path.name} is {img.size[0]}x{img.size[1]} but the first image is "
+                                        f"{size[0]}x{size[1]}, and the model does not fix its input size")
+                    if img.size != size:
+                        img = img.resize(size, Image.Resampling.BILINEAR)
+                    a = np.asarray(img, dtype=np.float32) / 255.0
+            except DataError:
+                raise
+            except Exception as e:
+                raise DataError(f"{spec}: cannot read image {path.relative_to(folder)} ({type(e).__name__}: {e})") from None
+            arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+            _check_size((len(arrays) * arrays[0].size,), spec)
+    x = np.stack(arrays)
+    y = np.array([label for _, label in files], dtype=np.int64) if classes else None
+    return Dataset(spec=spec, test=_check_split(x, y, spec))
+
+
+def _fit_shape(data: Dataset, input_shape: InputShape | None) -> Dataset:
+    """Reshape flat samples (CSV rows) to the model's input shape when it is fully known."""
+    if input_shape is None or any(d is None for d in input_shape) or not input_shape:
+        return data
+    want = tuple(int(d) for d in input_shape)  # type: ignore[arg-type]
+    splits = {}
+    for name in ("test", "train", "val"):
+        split: Split | None = getattr(data, name)
+        if split is None or tuple(split.x.shape[1:]) == want:
+            splits[name] = split
+            continue
+        if split.x.ndim == 2 and split.x.shape[1] == math.prod(want):
+            splits[name] = Split(split.x.reshape(len(split), *want), split.y)
+            continue
+        raise DataError(f"{data.spec}: samples have shape {tuple(split.x.shape[1:])} but the model takes {want}")
+    return Dataset(spec=data.spec, test=splits["test"], train=splits["train"], val=splits["val"])  # type: ignore[arg-type]
+
+
 def _load_entrypoint(spec: str) -> Dataset:
     from explorer.models.loaders import call_entrypoint
 
@@ -159,14 +301,19 @@ def _load_entrypoint(spec: str) -> Dataset:
     return Dataset(spec=spec, test=_check_split(x, y, spec))
 
 
-def load_data(spec: str) -> Dataset:
-    """Load a data spec: ``zoo:NAME``, ``PATH.npz`` or ``PATH.py:FUNC`` / ``package.module:FUNC``.
+def load_data(spec: str, input_shape: InputShape | None = None) -> Dataset:
+    """Load a data spec: ``zoo:NAME``, ``PATH.npz``, ``PATH.csv``, an image folder, or
+    ``PATH.py:FUNC`` / ``package.module:FUNC``.
 
     ``zoo:NAME`` accepts a data set name (``zoo_datasets()``) or a zoo model name (its own data).
+    ``input_shape`` is the model's per-sample input shape where known (None entries: free): images
+    are converted and resized to it, flat rows reshaped to it, and other shapes refused.
 
     Raises:
         DataError: naming the spec and what is wrong with it.
     """
+    if not isinstance(spec, str) or not spec.strip():
+        raise DataError(f"empty data spec {spec!r}; use zoo:NAME, PATH.npz, PATH.csv, an image folder or PATH.py:FUNC")
     if spec.startswith("zoo:"):
         name = spec[4:]
         if name not in _ZOO_DATA:
@@ -177,10 +324,22 @@ def load_data(spec: str) -> Dataset:
             name = ZOO[name].data
         return _digits(name)
     path = Path(spec)
-    if spec.endswith(".npz"):
+    if path.is_dir():
+        return _load_images(path, spec, input_shape)
+    suffix = path.suffix.lower()
+    if suffix in (".npz", ".csv"):
         if not path.is_file():
             raise DataError(f"{spec}: no such file")
-        return _load_npz(path, spec)
+        data = _load_npz(path, spec) if suffix == ".npz" else _load_csv(path, spec)
+        return _fit_shape(data, input_shape)
+    if suffix in (".pt", ".pth", ".pkl", ".pickle"):
+        raise DataError(f"{spec}: refused: a {suffix} file is a pickle, and unpickling runs code from the file; "
+                        "save the arrays with numpy.savez(path, x=x, y=y) or as CSV")
+    if suffix == ".npy":
+        raise DataError(f"{spec}: a .npy holds one array; save inputs and labels together with "
+                        "numpy.savez(path, x=x, y=y)")
     if ":" in spec:
-        return _load_entrypoint(spec)
-    raise DataError(f"{spec}: unknown data spec; use zoo:NAME, PATH.npz or PATH.py:FUNC")
+        return _fit_shape(_load_entrypoint(spec), input_shape)
+    if not path.exists() and not spec.startswith("zoo:"):
+        raise DataError(f"{spec}: no such file or folder")
+    raise DataError(f"{spec}: unknown data spec; use zoo:NAME, PATH.npz, PATH.csv, an image folder or PATH.py:FUNC")

@@ -1,0 +1,477 @@
+"""Load a program saved with ``torch.export.save`` (``.pt2``) without running anything it carries.
+
+``torch.export.load`` is not safe on a file from someone else: in torch 2.13 it unpickles tensor
+subclasses, custom objects and (on a failed safe load) the example inputs, ``exec``s the program's
+guard code, evaluates its shape expressions with ``sympy.sympify`` (``eval``), imports modules
+named in its input/output specs, and loads compiled AOTInductor libraries. So before anything is
+deserialized, the archive is checked: only raw tensors (no pickles), no compiled code, example
+inputs that load with ``weights_only=True``, node targets that are registered operators, shape
+expressions made only of sympy names and numbers, no module imports; guard code is dropped. What
+fails a check is refused with the reason.
+
+The program's graph then gets real layers back: every ``aten.conv*``, ``aten.linear``,
+``aten.batch_norm`` and ``aten.layer_norm`` whose weights are the program's own parameters becomes
+an ``nn.Conv*d``, ``nn.Linear``, batch norm or ``nn.LayerNorm`` module named after the original
+one (``features.0``), so Torch-Pruning's DepGraph can remove channels and plans written for the
+original model apply unchanged.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from explorer.errors import ModelLoadError
+
+__all__ = ["TORCH_VERSION_CHECKED", "check_archive", "load_program"]
+
+# The checks below follow torch 2.13's loader; another version may read the archive differently.
+TORCH_VERSION_CHECKED = (2, 13)
+
+_ALLOWED_FILES = {"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id"}
+_ALLOWED_DIRS = ("data/weights/", "data/constants/", "data/sample_inputs/", "models/", "extra/")
+_OP_NAMESPACES = {"aten", "prims", "higher_order"}
+_OPERATOR_FUNCS = {"getitem", "add", "sub", "mul", "floordiv", "truediv", "mod", "neg", "pow", "eq",
+                   "ne", "lt", "le", "gt", "ge", "and_", "or_", "not_", "pos", "abs"}
+_TARGET_OPS = re.compile(r"^torch\.ops\.([a-z_][a-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+_TARGET_SYM = re.compile(r"^torch\.(_?sym_[a-z_]+|_check|_check_is_size)$")
+_TARGET_MATH = re.compile(r"^math\.[a-z][a-z0-9_]*$")
+# Names a shape expression may use (sympy's srepr and torch's sympy functions).
+_SYMPY_NAMES = {
+    "Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "Max", "Min", "Abs", "Eq", "Ne",
+    "Lt", "Le", "Gt", "Ge", "StrictLessThan", "StrictGreaterThan", "LessThan", "GreaterThan",
+    "Equality", "Unequality", "And", "Or", "Not", "true", "false", "True", "False", "None", "oo",
+    "zoo", "nan", "Infinity", "NegativeInfinity", "Piecewise", "ExprCondPair", "Tuple", "floor",
+    "ceiling", "Mod", "sqrt", "int_oo", "IntInfinity", "NegativeIntInfinity", "Half", "One", "Zero",
+    "NegativeOne", "FloorDiv", "ModularIndexing", "Where", "PythonMod", "CleanDiv", "CeilToInt",
+    "FloorToInt", "CeilDiv", "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv",
+    "IntTrueDiv", "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt", "RoundToInt",
+    "RoundDecimal", "ToFloat", "Identity", "BitwiseFn_bitwise_and", "BitwiseFn_bitwise_or",
+}
+_EXPR_TOKEN = re.compile(
+    r"\s+|(?P<num>\d+(\.\d+)?([eE][+-]?\d+)?)|(?P<str>'[A-Za-z0-9_.+\-]*')"
+    r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<kw>=(?!=))|(?P<op>==|!=|<=|>=|\*\*|[(),+\-*/%<>])"
+)
+
+
+def _refuse(path: Path, why: str) -> ModelLoadError:
+    return ModelLoadError(f"{path}: refused: {why}")
+
+
+# --- checks before deserializing -----------------------------------------------------------------
+
+
+def _check_expr(expr: str, path: Path) -> None:
+    """A shape expression may hold only sympy names, symbol names, numbers and operators."""
+    pos = 0
+    while pos < len(expr):
+        m = _EXPR_TOKEN.match(expr, pos)
+        if m is None:
+            raise _refuse(path, f"a shape expression holds {expr[pos:pos + 20]!r} (only sympy terms are read)")
+        name = m.group("name")
+        if name is not None:
+            is_kwarg = re.match(r"\s*=(?!=)", expr[m.end():]) is not None
+            if "__" in name or not (name in _SYMPY_NAMES or re.fullmatch(r"[a-z]+\d+", name)
+                                    or (is_kwarg and re.fullmatch(r"[a-z_]+", name))):
+                raise _refuse(path, f"a shape expression uses the name {name!r} (only sympy terms are read)")
+        pos = m.end()
+
+
+def _check_target(target: str, path: Path) -> None:
+    m = _TARGET_OPS.match(target)
+    ok = (
+        (m is not None and m.group(1) in _OP_NAMESPACES and "__" not in target)
+        or _TARGET_SYM.match(target) is not None
+        or _TARGET_MATH.match(target) is not None
+        or (target.startswith("_operator.") and target[len("_operator."):] in _OPERATOR_FUNCS)
+    )
+    if not ok:
+        raise _refuse(path, f"the program calls {target!r}, which is not a registered torch operator")
+
+
+def _walk(value: Any, path: Path, depth: int = 0) -> None:
+    """Check node targets, shape expressions and embedded JSON (pytree specs) everywhere."""
+    if depth > 200:
+        raise _refuse(path, "the program's description is nested too deeply")
+    if isinstance(value, dict):
+        if "__enum__" in value or "default_factory_module" in value:
+            raise _refuse(path, "an input/output spec names a Python type to import")
+        if isinstance(value.get("target"), str) and "inputs" in value and "outputs" in value:
+            _check_target(value["target"], path)
+        expr = value.get("expr_str")
+        if isinstance(expr, str):
+            _check_expr(expr, path)
+        for v in value.values():
+            _walk(v, path, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _walk(v, path, depth + 1)
+    elif isinstance(value, str) and value[:1] in ("{", "["):
+        try:
+            inner = json.loads(value)
+        except ValueError:
+            return
+        _walk(inner, path, depth + 1)
+
+
+def check_archive(data: bytes, path: Path) -> None:
+    """Refuse a .pt2 archive that torch's loader could not read without running code from it.
+
+    Raises:
+        ModelLoadError: naming the file and the reason.
+    """
+    if tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) != TORCH_VERSION_CHECKED:
+        raise _refuse(path, f"the .pt2 safety checks were written for torch "
+                            f"{'.'.join(map(str, TORCH_VERSION_CHECKED))}, this is torch {torch.__version__}")
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise ModelLoadError(f"{path}: not a torch.export archive (corrupt or truncated: {e})") from None
+    if any(n.endswith("data.pkl") for n in names):
+        raise _refuse(path, "this is a torch.save file (a pickle), not a torch.export.save program")
+    roots = {n.split("/", 1)[0] for n in names}
+    if len(roots) != 1 or not names:
+        raise ModelLoadError(f"{path}: not a torch.export archive (expected one top folder, found {sorted(roots)[:3]})")
+    root = roots.pop() + "/"
+    rel = [n[len(root):] for n in names]
+    for name in rel:
+        if name.startswith("data/aotinductor/"):
+            raise _refuse(path, "the archive holds compiled AOTInductor code; save the program alone")
+        if name and not name.endswith("/") and name not in _ALLOWED_FILES and not name.startswith(_ALLOWED_DIRS):
+            raise _refuse(path, f"unexpected file {name!r} in the archive")
+
+    def read(name: str) -> bytes:
+        try:
+            return archive.read(root + name)
+        except KeyError:
+            raise ModelLoadError(f"{path}: not a torch.export archive (no {name})") from None
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            raise ModelLoadError(f"{path}: corrupt archive ({name}: {e})") from None
+
+    if read("archive_format").strip() != b"pt2":
+        raise ModelLoadError(f"{path}: not a torch.export archive (archive_format is not pt2)")
+    models = [n for n in rel if n.startswith("models/") and n.endswith(".json")]
+    if not models:
+        raise ModelLoadError(f"{path}: the archive holds no program (models/*.json)")
+    for model_file in models:
+        model = model_file[len("models/"):-len(".json")]
+        for kind in ("weights", "constants"):
+            if f"data/{kind}/{model}.pt" in rel:
+                raise _refuse(path, f"its {kind} are stored in the old pickled format; save it again with torch.export.save")
+            for name in [f"data/{kind}/{model}_{kind}_config.json"]:
+                try:
+                    config = json.loads(read(name)).get("config", {})
+                except (ValueError, AttributeError):
+                    raise ModelLoadError(f"{path}: corrupt archive ({name} is not JSON)") from None
+                for fqn, meta in config.items():
+                    if not isinstance(meta, dict) or meta.get("use_pickle") or \
+                            not str(meta.get("path_name", "")).startswith(("weight_", "tensor_")):
+                        raise _refuse(path, f"{kind[:-1]} {fqn!r} is a pickled object; only plain tensors are read")
+        sample = f"data/sample_inputs/{model}.pt"
+        if sample in rel:
+            try:
+                torch.load(io.BytesIO(read(sample)), weights_only=True)
+            except Exception as e:
+                raise _refuse(path, f"its example inputs need unpickling ({type(e).__name__})") from None
+        try:
+            program = json.loads(read(model_file))
+        except (ValueError, UnicodeDecodeError):
+            raise ModelLoadError(f"{path}: corrupt archive ({model_file} is not JSON)") from None
+        _walk(program, path)
+
+
+# --- from an fx graph to layers ------------------------------------------------------------------
+
+
+def _aten(name: str, overload: str = "default") -> Any:
+    return getattr(getattr(torch.ops.aten, name), overload)
+
+
+def _arg(node: fx.Node, index: int, name: str, default: Any) -> Any:
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def _tensor_attr(gm: fx.GraphModule, node: Any) -> tuple[str, torch.Tensor] | None:
+    if isinstance(node, fx.Node) and node.op == "get_attr":
+        try:
+            value = gm.get_parameter(node.target)
+        except AttributeError:
+            try:
+                value = gm.get_buffer(node.target)
+            except AttributeError:
+                return None
+        return node.target, value
+    return None
+
+
+def _install(gm: fx.GraphModule, prefix: str, layer: nn.Module, kind: str) -> str:
+    """Put ``layer`` at ``prefix`` (replacing the plain container that held its tensors) or next to it."""
+    parent_name, _, child = prefix.rpartition(".")
+    parent = gm.get_submodule(parent_name) if parent_name else gm
+    current = parent._modules.get(child) if child else None
+    own = {n for n, _ in layer.named_parameters()} | {n for n, _ in layer.named_buffers()}
+    if current is not None and type(current) is nn.Module and not current._modules and \
+            set(current._parameters) | set(current._buffers) <= own | {"num_batches_tracked"}:
+        setattr(parent, child, layer)
+        return prefix
+    base = f"{child or 'layer'}_{kind}"
+    name, i = base, 1
+    while hasattr(parent, name):
+        name, i = f"{base}_{i}", i + 1
+    parent.add_module(name, layer)
+    return f"{parent_name}.{name}" if parent_name else name
+
+
+def _only_user(value: fx.Node | None, node: fx.Node) -> bool:
+    return value is None or set(value.users) == {node}
+
+
+def _to_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, str, str, list[fx.Node]] | None:
+    """The layer replacing ``node`` (a conv, linear or norm on the program's own tensors), if any."""
+    t = node.target
+    convs = {_aten("conv1d"): 1, _aten("conv2d"): 2, _aten("conv3d"): 3}
+    if t in convs or t == _aten("convolution"):
+        if t == _aten("convolution"):
+            if _arg(node, 6, "transposed", False) or any(_arg(node, 7, "output_padding", [0])):
+                return None
+            stride, padding, dilation = node.args[3], node.args[4], node.args[5]
+            groups = _arg(node, 8, "groups", 1)
+        else:
+            stride = _arg(node, 3, "stride", 1)
+            padding = _arg(node, 4, "padding", 0)
+            dilation = _arg(node, 5, "dilation", 1)
+            groups = _arg(node, 6, "groups", 1)
+        w, b = _tensor_attr(gm, node.args[1]), _tensor_attr(gm, _arg(node, 2, "bias", None))
+        if w is None or (b is None and _arg(node, 2, "bias", None) is not None) or w[1].ndim not in (3, 4, 5):
+            return None
+        weight = w[1]
+        conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[weight.ndim - 3](
+            weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]), stride=stride,
+            padding=padding, dilation=dilation, groups=groups, bias=b is not None,
+        )
+        conv.weight = _as_param(weight)
+        if b is not None:
+            conv.bias = _as_param(b[1])
+        return conv, w[0], "conv", [n for n in (node.args[1], _arg(node, 2, "bias", None)) if isinstance(n, fx.Node)]
+    if t == _aten("linear"):
+        w, b = _tensor_attr(gm, node.args[1]), _tensor_attr(gm, _arg(node, 2, "bias", None))
+        if w is None or w[1].ndim != 2 or (b is None and _arg(node, 2, "bias", None) is not None):
+            return None
+        linear = nn.Linear(w[1].shape[1], w[1].shape[0], bias=b is not None)
+        linear.weight = _as_param(w[1])
+        if b is not None:
+            linear.bias = _as_param(b[1])
+        return linear, w[0], "linear", [n for n in (node.args[1], _arg(node, 2, "bias", None)) if isinstance(n, fx.Node)]
+    if t in (_aten("batch_norm"), _aten("_native_batch_norm_legit_no_training")):
+        if t == _aten("batch_norm") and _arg(node, 5, "training", False):
+            return None
+        tensors = [_tensor_attr(gm, a) for a in node.args[1:5]]
+        if any(x is None for x in tensors):
+            return None
+        (wn, w), (_, b), (_, mean), (_, var) = tensors  # type: ignore[misc]
+        momentum, eps = (node.args[6], node.args[7]) if t == _aten("batch_norm") else (node.args[5], node.args[6])
+        from explorer.models.onnx_import import _AnyRankBatchNorm
+
+        bn = _AnyRankBatchNorm(w.shape[0], eps=float(eps), momentum=float(momentum))
+        bn.weight, bn.bias = _as_param(w), _as_param(b)
+        bn.running_mean, bn.running_var = mean.detach().clone(), var.detach().clone()
+        return bn, wn, "bn", [a for a in node.args[1:5] if isinstance(a, fx.Node)]
+    if t == _aten("layer_norm"):
+        shape = node.args[1]
+        w, b = _tensor_attr(gm, _arg(node, 2, "weight", None)), _tensor_attr(gm, _arg(node, 3, "bias", None))
+        if w is None or len(shape) != 1 or (b is None and _arg(node, 3, "bias", None) is not None):
+            return None
+        ln = nn.LayerNorm(shape[0], eps=float(_arg(node, 4, "eps", 1e-5)), bias=b is not None)
+        ln.weight = _as_param(w[1])
+        if b is not None:
+            ln.bias = _as_param(b[1])
+        return ln, w[0], "ln", [a for a in node.args[2:4] if isinstance(a, fx.Node)]
+    return None
+
+
+def _as_param(t: torch.Tensor) -> nn.Parameter:
+    return t if isinstance(t, nn.Parameter) else nn.Parameter(t.detach(), requires_grad=False)
+
+
+def _free_batch(gm: fx.GraphModule, batch: int | None) -> None:
+    """Reshapes that flatten (N, C, ...) to (N, C*...) become ``flatten(x, 1)`` (their width then
+    follows pruned channels); a view that hard-codes the example's batch size gets -1 there."""
+    views = {_aten("view"), _aten("reshape"), _aten("_unsafe_view")}
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in views:
+            continue
+        src, shape = node.args[0], node.args[1]
+        val = src.meta.get("val") if isinstance(src, fx.Node) else None
+        if val is None or not isinstance(shape, (list, tuple)) or not all(isinstance(s, int) for s in shape):
+            continue
+        dims = list(val.shape)
+        if len(dims) >= 3 and len(shape) == 2 and all(isinstance(d, int) for d in dims[1:]) \
+                and shape[1] == math.prod(dims[1:]) and (shape[0] == -1 or shape[0] == dims[0]):
+            with gm.graph.inserting_before(node):
+                flat = gm.graph.call_function(_aten("flatten", "using_ints"), (src, 1, -1))
+            node.replace_all_uses_with(flat)
+            gm.graph.erase_node(node)
+        elif batch is not None and shape and shape[0] == batch and dims and dims[0] == batch and -1 not in shape:
+            node.args = (src, [-1, *shape[1:]])
+
+
+def program_to_layers(gm: fx.GraphModule, batch: int | None = None) -> fx.GraphModule:
+    """Rewrite ``gm`` (from ``ExportedProgram.module()``) in place: layers instead of aten calls
+    on its own weights, no guard module, batch-size-free reshapes. Returns ``gm``."""
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and node.target == "_guards_fn":
+            gm.graph.erase_node(node)
+            if hasattr(gm, "_guards_fn"):
+                delattr(gm, "_guards_fn")
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function":
+            continue
+        made = _to_layer(gm, node)
+        if made is None:
+            continue
+        layer, weight_name, kind, tensor_nodes = made
+        if not all(_only_user(n, node) for n in tensor_nodes):
+            continue  # a weight shared with another op stays functional
+        prefix = weight_name.rpartition(".")[0] if weight_name.endswith(".weight") else weight_name.replace(".", "_")
+        name = _install(gm, prefix, layer, kind)
+        with gm.graph.inserting_before(node):
+            call = gm.graph.call_module(name, (node.args[0],))
+        if node.target == _aten("_native_batch_norm_legit_no_training"):
+            for user in list(node.users):  # (out, mean, invstd): only the output is used in inference
+                if user.target is __import__("operator").getitem and user.args[1] == 0:
+                    user.replace_all_uses_with(call)
+                    gm.graph.erase_node(user)
+            if node.users:
+                gm.graph.erase_node(call)
+                continue
+        else:
+            node.replace_all_uses_with(call)
+        gm.graph.erase_node(node)
+        for n in tensor_nodes:
+            if not n.users:
+                gm.graph.erase_node(n)
+    _free_batch(gm, batch)
+    # The program's pytree calling convention (flatten args, unflatten outputs) becomes a plain
+    # ``forward(x) -> tensor``: simpler to trace, and deep copies skip pytree specs.
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    outs = output.args[0]
+    if isinstance(gm.graph._codegen, fx.graph._PyTreeCodeGen):
+        if not isinstance(outs, (tuple, list)) or len(outs) != 1 or not isinstance(outs[0], fx.Node):
+            raise ValueError(f"the program returns {len(outs) if isinstance(outs, (tuple, list)) else 'a structure of'} "
+                             "values; it must return one tensor of logits")
+        output.args = (outs[0],)
+        gm.graph._codegen = fx.graph.CodeGen()
+    for attr in ("_in_spec", "_out_spec"):
+        gm.__dict__.pop(attr, None)
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def _check_graph_targets(gm: fx.GraphModule, path: Path) -> None:
+    import operator
+
+    allowed = (torch._ops.OpOverload, torch._ops.OpOverloadPacket, torch._ops.HigherOrderOperator)
+    safe_funcs = {getattr(operator, n) for n in _OPERATOR_FUNCS}
+
+    def safe(target: Any) -> bool:
+        if isinstance(target, allowed) or target in safe_funcs:
+            return True
+        module, name = getattr(target, "__module__", ""), getattr(target, "__name__", "")
+        return (module == "math") or (module == "torch" and _TARGET_SYM.match(f"torch.{name}") is not None)
+
+    for module in gm.modules():
+        if not isinstance(module, fx.GraphModule):
+            continue
+        for node in module.graph.nodes:
+            if node.op == "call_function" and not safe(node.target):
+                raise _refuse(path, f"the program calls {node.target!r}, which is not a torch operator")
+
+
+def load_program(path: str | Path) -> nn.Module:
+    """Load a ``torch.export.save`` program as an ``nn.Module`` with real layers (eval mode).
+
+    Raises:
+        ModelLoadError: unreadable, corrupt, refused by the safety checks (with the reason), or a
+            program that only runs at its example's batch size.
+    """
+    from torch.export.pt2_archive._package import load_pt2
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ModelLoadError(f"{path}: cannot read ({e.strerror})") from None
+    if not data:
+        raise ModelLoadError(f"{path}: the file is empty")
+    if not data.startswith(b"PK\x03\x04"):
+        raise ModelLoadError(f"{path}: not a torch.export archive (a .pt2 is a zip written by torch.export.save)")
+    check_archive(data, path)
+    try:
+        contents = load_pt2(io.BytesIO(data))  # not torch.export.load: no fallback to the old format
+        programs = contents.exported_programs
+        program = programs.get("model") or next(iter(programs.values()))
+    except ModelLoadError:
+        raise
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise ModelLoadError(f"{path}: torch cannot read the program ({type(e).__name__}: {first})") from None
+    program._guards_code = []  # never exec code from the file (ExportedProgram.module() would)
+    sample = None
+    if program.example_inputs is not None:
+        args, kwargs = program.example_inputs
+        if len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
+            sample = args[0]
+    try:
+        gm = program.module(check_guards=False)
+    except Exception as e:
+        raise ModelLoadError(f"{path}: cannot rebuild a module from the program ({type(e).__name__}: {e})") from None
+    # The rebuilt module checks the example's input shapes in a pre-hook (our batches differ) and
+    # refuses train()/eval() (its layers are functional calls); with real layers both are sound.
+    gm._forward_pre_hooks.clear()
+    for attr in ("train", "eval"):
+        if attr in gm.__dict__:
+            delattr(gm, attr)
+    _check_graph_targets(gm, path)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise ModelLoadError(f"{path}: the program must take exactly one tensor input, it takes {len(placeholders)}")
+    reference = None
+    if sample is not None:
+        with torch.no_grad():
+            reference = gm(sample)
+    try:
+        program_to_layers(gm, batch=int(sample.shape[0]) if sample is not None and sample.ndim else None)
+    except Exception as e:
+        raise ModelLoadError(f"{path}: cannot turn the program's weights into layers ({type(e).__name__}: {e})") from None
+    gm.requires_grad_(False)
+    gm.eval()
+    gm.input_shape = tuple(sample.shape[1:]) if sample is not None else None  # the example's sample shape
+    if sample is not None and isinstance(reference, torch.Tensor):
+        batch = torch.cat([sample, sample, sample])
+        try:
+            with torch.no_grad():
+                out = gm(sample)
+                out3 = gm(batch)
+        except Exception as e:
+            raise ModelLoadError(
+                f"{path}: the program only runs at its example's batch size {sample.shape[0]} "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); export it with "
+                "dynamic_shapes={'x': {0: torch.export.Dim('batch')}}"
+            ) from None
+        if not torch.allclose(out, reference, rtol=1e-4, atol=1e-5) or \
+                not torch.allclose(out3[: len(sample)], reference, rtol=1e-4, atol=1e-5):
+            raise ModelLoadError(f"{path}: turning the program into layers changed its outputs; please report it")
+    return gm
