@@ -268,7 +268,16 @@ def apply_plan(model: nn.Module, plan: PruningPlan, example_input: torch.Tensor,
             unstructured.append(name)
     if structured:
         is_global = plan.scope == "global"
-        _structured(pruned, example_input, structured, plan.ratio if is_global else None)
+        try:
+            _structured(pruned, example_input, structured, plan.ratio if is_global else None)
+            with torch.no_grad():  # DepGraph can mis-group exotic graphs (e.g. decomposed attention)
+                pruned(example_input)
+        except (PlanError, PruneError):
+            raise
+        except Exception as e:
+            detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            raise PruneError(f"removing channels of {sorted(structured)} broke the model "
+                             f"({type(e).__name__}: {detail}); use an unstructured method there") from None
     if unstructured:
         _unstructured(pruned, plan, unstructured, seed)
     pruned.requires_grad_(False)

@@ -18,6 +18,7 @@ from explorer.errors import DataError
 from explorer.evaluate import Metrics, measure
 from explorer.inspect import Inventory, inventory
 from explorer.models import ZOO, load_model
+from explorer.models.loaders import input_shape_of
 from explorer.plan import PruningPlan
 from explorer.prune import apply_plan
 
@@ -41,8 +42,9 @@ class Subject:
         self.data_spec = data_spec
         self.threads = threads
         self.runs = runs
-        self.data: Dataset = load_data(data_spec)
         self.model: nn.Module = load_model(model_spec)
+        # Image folders are resized, and flat rows reshaped, to the input the model declares.
+        self.data: Dataset = load_data(data_spec, input_shape=input_shape_of(self.model))
         self.model.requires_grad_(False)
         self.example_input = self.data.example_input()
         try:
