@@ -59,7 +59,7 @@ def _layer_row(draft: Draft, inventory: Inventory, name: str) -> None:
     slider, lock, skip = st.columns([5, 1, 1], vertical_alignment="center")
     shape = "×".join(map(str, info.shape))
     slider.slider(
-        f"**{name}** · {info.type} {shape}", 0, 95, step=1, key=Keys.ratio(name), format="%d %%",
+        f"{name} · {info.type} {shape}", 0, 95, step=1, key=Keys.ratio(name), format="%d %%",
         on_change=_on_ratio, args=(name, inventory), help=why or _ratio_help(draft, name),
         disabled=bool(why) or is_global or name in draft.locked or name in draft.skipped,
     )
@@ -82,7 +82,7 @@ def prune_controls(subject: Subject) -> Draft:
                  help="local: each layer at its own ratio. global: one ratio, weights (or channels) "
                       "ranked across all layers that are not skipped.")
     st.caption(f"**{method}**: {get_method(method).summary}.")
-    st.slider("**All layers**", 0, 95, step=1, key=Keys.PRUNE_GLOBAL, on_change=_on_global, args=(inventory,),
+    st.slider("All layers", 0, 95, step=1, key=Keys.PRUNE_GLOBAL, on_change=_on_global, args=(inventory,),
               format="%d %%", help="Moves every layer that is neither locked nor skipped; in global scope, "
                                    "the share pruned across all of them, ranked together.")
     st.caption("Per layer: the share pruned. **lock** keeps a layer where it is when *All layers* moves; "

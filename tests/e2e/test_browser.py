@@ -1,0 +1,47 @@
+"""One real-browser test: Debian's chromium opens the app, moves a Prune slider, sees a metric change."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from appserver import CHROMIUM, CHROMIUM_ARGS, serve  # noqa: E402
+
+pytestmark = pytest.mark.browser
+
+
+def _metric(page, label: str) -> str:
+    card = page.locator('[data-testid="stMetric"]').filter(has=page.get_by_text(label, exact=True))
+    return card.locator('[data-testid="stMetricValue"]').inner_text()
+
+
+@pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason=f"{CHROMIUM} is missing (make test installs it)")
+def test_move_a_slider_and_see_the_metric_change(tmp_path: Path) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with serve(cwd=tmp_path) as url, sync_api.sync_playwright() as pw:  # any working directory works
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.goto(url)
+            sync_api.expect(page.get_by_role("heading", name="Model", exact=True)).to_be_visible(timeout=120_000)
+            page.get_by_role("link", name="Prune", exact=True).click()
+            nonzero = page.locator('[data-testid="stMetric"]').filter(has=page.get_by_text("Nonzero params", exact=True))
+            sync_api.expect(nonzero.locator('[data-testid="stMetricValue"]')).to_have_text("390,890", timeout=120_000)
+
+            slider = page.get_by_role("slider", name=re.compile("features.11"))
+            slider.focus()
+            for _ in range(10):
+                slider.press("ArrowRight")
+            sync_api.expect(slider).to_have_value("10")
+            # 10 % of features.11's 294,912 weights become zeros in the really pruned model.
+            sync_api.expect(nonzero.locator('[data-testid="stMetricValue"]')).to_have_text(
+                f"{390_890 - round(0.1 * 294_912):,}", timeout=120_000)
+            assert _metric(page, "Parameters") == "390,890"
+            page.screenshot(path=tmp_path / "prune.png")
+        finally:
+            browser.close()
