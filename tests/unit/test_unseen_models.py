@@ -231,3 +231,26 @@ def test_export_bundle_reproduces_metrics(unseen_name: str, labels: bool, unseen
         assert metrics["pt2_error"]
     assert metrics["macs"] < metrics["dense"]["macs"]  # something was removed structurally
     assert unseen_name in files["report"].read_text()
+
+
+# --- sensitivity ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["l1-unstructured", "l2-structured"])
+def test_sensitivity_scan_equals_the_plain_loop(unseen_name: str, method: str, unseen_subject: SubjectOf) -> None:
+    """Oracle: for every unit, a fresh pruned copy evaluated in torch (Distiller's loop)."""
+    from explorer.evaluate import evaluate_torch
+    from explorer.sensitivity import scan, units
+
+    subj = unseen_subject(unseen_name)
+    df = scan(subj, method, [0.5])
+    todo = units(subj, method)
+    assert sorted(set(df["layer"])) == sorted(todo)
+    split = subj.data.test
+    for unit, members in todo.items():
+        plan = PruningPlan(method=method, layers={m: LayerRule(0.5) for m in members})
+        accuracy, loss = evaluate_torch(subj.prune(plan), split)
+        row = df[(df["layer"] == unit) & (df["ratio"] == 0.5)].iloc[0]
+        # the scan may run in ONNX Runtime: allow one sample flipping on a near tie
+        assert abs(row["accuracy"] - accuracy) <= 1 / len(split) + 1e-9, (unit, row["accuracy"], accuracy)
+        assert row["loss"] == pytest.approx(loss, rel=1e-3, abs=1e-4), unit
