@@ -11,6 +11,7 @@ gives is unpickled (``np.load(..., allow_pickle=False)``).
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import math
 import warnings
@@ -23,7 +24,7 @@ import torch
 
 from explorer.errors import DataError
 
-__all__ = ["IMAGE_SUFFIXES", "MAX_DATA_BYTES", "Dataset", "Split", "load_data", "zoo_datasets"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_DATA_BYTES", "Dataset", "Split", "load_data", "zoo_datasets", "zoo_input_shape"]
 
 SPLIT_SEED = 0  # fixed train/val/test split of the zoo data; changing it invalidates shipped weights
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
@@ -111,6 +112,12 @@ _ZOO_DATA = {
     "digits-flat": "scikit-learn digits, 8x8 flattened to 64 features in [0, 1]",
     "digits-32": "scikit-learn digits, upsampled to 1x32x32 in [0, 1]",
 }
+_ZOO_SHAPES = {"digits-flat": (64,), "digits-32": (1, 32, 32)}  # per-sample input shapes
+
+
+def zoo_input_shape(name: str) -> tuple[int, ...]:
+    """The per-sample input shape of zoo data set ``name`` (what its models take)."""
+    return _ZOO_SHAPES[name]
 
 
 def zoo_datasets() -> dict[str, str]:
@@ -164,13 +171,17 @@ def _load_csv(path: Path, spec: str) -> Dataset:
     import pandas as pd
 
     try:
-        frame = pd.read_csv(path, skipinitialspace=True)
+        with path.open(newline="", encoding="utf-8") as f:
+            first = next(csv.reader(f), [])
+        first = [c.strip() for c in first]
+        # A first row of numbers (other than pandas' default header 0, 1, 2...) is data: no header.
+        headerless = bool(first) and all(_is_number(c) for c in first) and first != [str(i) for i in range(len(first))]
+        frame = pd.read_csv(path, header=None if headerless else "infer", skipinitialspace=True)
     except pd.errors.EmptyDataError:
         raise DataError(f"{spec}: the file is empty") from None
-    except (UnicodeDecodeError, pd.errors.ParserError, ValueError) as e:
+    except (UnicodeDecodeError, pd.errors.ParserError, ValueError, csv.Error) as e:
         raise DataError(f"{spec}: not a readable CSV file ({str(e).splitlines()[0][:160]})") from None
-    if all(_is_number(c) for c in frame.columns):  # no header row: every column is a feature
-        frame = pd.read_csv(path, header=None, skipinitialspace=True)
+    if headerless:
         frame.columns = [str(i) for i in range(frame.shape[1])]
     if frame.empty:
         raise DataError(f"{spec}: no data rows")

@@ -108,7 +108,11 @@ def load_model(spec: str) -> nn.Module:
         name = spec[4:]
         if name not in ZOO:
             raise ModelLoadError(f"unknown zoo model {name!r}; choose from {sorted(ZOO)}")
-        return build(name)
+        from explorer.data import zoo_input_shape
+
+        zoo_model = build(name)
+        zoo_model.input_shape = zoo_input_shape(ZOO[name].data)  # what input_shape_of reports
+        return zoo_model
     lower = spec.lower()
     if lower.endswith(".pt2"):
         from explorer.models.pt2_import import load_program
