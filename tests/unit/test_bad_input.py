@@ -219,7 +219,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("x-y-lengths", ["layers", "--model", MLP, "--data", "{dir}/mismatch.npz"], "39"),
     ("labels-out-of-range", ["evaluate", "--model", MLP, "--data", "{dir}/labels12.npz", "--runs", "30"], "12"),
     ("nan-in-data", ["layers", "--model", MLP, "--data", "{dir}/nan.npz"], "NaN"),
-    ("wrong-input-shape", ["layers", "--model", MLP, "--data", "{dir}/shape5.npz"], "(1, 5)"),
+    ("wrong-input-shape", ["layers", "--model", MLP, "--data", "{dir}/shape5.npz"], "(5,)"),
     ("wrong-input-shape-onnx", ["layers", "--model", "{dir}/mlp.onnx", "--data", "{dir}/shape5.npz"], "(5,)"),
     ("csv-text-cell", ["layers", "--model", MLP, "--data", "{dir}/text.csv"], "'abc'"),
     ("csv-empty", ["layers", "--model", MLP, "--data", "{dir}/empty.csv"], "empty.csv"),
