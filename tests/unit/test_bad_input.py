@@ -142,6 +142,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
         "class Net(nn.Module):\n"
         "    def __init__(self):\n        super().__init__()\n        self.fc = nn.Linear(64, 10)\n"
         "    def forward(self, x):\n        return self.fc(x)\n\n"
+        "def net():\n    return Net()\n\n"
         "def inf_weights():\n    net = Net()\n    with torch.no_grad():\n        net.fc.weight[0, 0] = float('inf')\n"
         "    return net\n")
 
@@ -220,6 +221,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("labels-out-of-range", ["evaluate", "--model", MLP, "--data", "{dir}/labels12.npz", "--runs", "30"], "12"),
     ("nan-in-data", ["layers", "--model", MLP, "--data", "{dir}/nan.npz"], "NaN"),
     ("wrong-input-shape", ["layers", "--model", MLP, "--data", "{dir}/shape5.npz"], "(5,)"),
+    ("wrong-input-shape-entrypoint", ["layers", "--model", "{dir}/entry.py:net", "--data", "{dir}/shape5.npz"], "(1, 5)"),
     ("wrong-input-shape-onnx", ["layers", "--model", "{dir}/mlp.onnx", "--data", "{dir}/shape5.npz"], "(5,)"),
     ("csv-text-cell", ["layers", "--model", MLP, "--data", "{dir}/text.csv"], "'abc'"),
     ("csv-empty", ["layers", "--model", MLP, "--data", "{dir}/empty.csv"], "empty.csv"),
