@@ -12,7 +12,11 @@ state.show_flash()
 subject = widgets.require_subject()
 model, data = subject.model_spec, st.session_state[Keys.DATA]
 draft = state.draft()
-plan = draft.to_plan(subject.inventory, model)
+try:
+    plan = draft.to_plan(subject.inventory, model)
+except ExplorerError as e:
+    st.error(str(e))
+    st.stop()
 
 st.subheader("The current plan", anchor=False)
 st.caption(f"{draft.summary(subject.inventory)}. Plain JSON: it replays on a fresh copy of the model.")

@@ -15,16 +15,16 @@ subject = widgets.require_subject()
 left, right = st.columns([1, 1], gap="large")
 with left:
     draft = controls.prune_controls(subject)
-plan = draft.to_plan(subject.inventory, subject.model_spec)
-result = None
+plan = result = None
 with right:
     st.caption(f"Measured on the pruned model exported to ONNX: accuracy on {len(subject.data.test):,} "
                "test samples, latency in ONNX Runtime. Deltas are against the dense model.")
     try:
+        plan = draft.to_plan(subject.inventory, subject.model_spec)
         result = cache.evaluation(subject.model_spec, st.session_state[Keys.DATA], plan.key(), plan)
     except ExplorerError as e:
         st.error(str(e))
-    if result is not None:
+    if plan is not None and result is not None:
         if not plan.is_empty:  # the dense model is row 0 of the history already
             state.add_history(plan.key(), draft, draft.summary(subject.inventory), result)
         widgets.metric_row(cards(result), per_row=2)
@@ -33,4 +33,4 @@ with right:
             info = get_method(method)
             (st.success if info.speeds_up_dense_cpu else st.info)(f"**{method}**: {info.runtime_note}")
 
-widgets.history_section(subject, plan.key() if result is not None else None)
+widgets.history_section(subject, plan.key() if plan is not None and result is not None else None)

@@ -58,8 +58,10 @@ def _layer_row(draft: Draft, inventory: Inventory, name: str) -> None:
     is_global = draft.scope == "global"
     slider, lock, skip = st.columns([5, 1, 1], vertical_alignment="center")
     shape = "×".join(map(str, info.shape))
+    own = draft.overrides.get(name)
+    label = f"{name} · {info.type} {shape}" + (f" · {own}" if own and not is_global else "")
     slider.slider(
-        f"{name} · {info.type} {shape}", 0, 95, step=1, key=Keys.ratio(name), format="%d %%",
+        label, 0, 95, step=1, key=Keys.ratio(name), format="%d %%",
         on_change=_on_ratio, args=(name, inventory), help=why or _ratio_help(draft, name),
         disabled=bool(why) or is_global or name in draft.locked or name in draft.skipped,
     )

@@ -101,9 +101,13 @@ class Draft:
     # --- plans -----------------------------------------------------------------------------------
 
     def to_plan(self, inventory: Inventory, model: str | None = None) -> PruningPlan:
-        """The plan this draft stands for. Layers at ratio 0, skipped or ineligible are not listed."""
+        """The plan this draft stands for. Layers at ratio 0, skipped or ineligible are not listed.
+
+        A global plan ranks every listed layer with the draft's method (overrides are set aside).
+        """
         names = [n for n in self.eligible(inventory) if n not in self.skipped]
-        if self.scope == "global":
+        if self.scope == "global":  # one ranking, one method: per-layer overrides do not apply
+            names = [n for n in replace(self, overrides={}).eligible(inventory) if n not in self.skipped]
             return PruningPlan(method=self.method, layers={n: LayerRule(self.global_ratio) for n in names},
                                scope="global", ratio=self.global_ratio, model=model)
         layers = {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import metrics, open_app
+from apphelpers import metrics, open_app
 
 from explorer.models import ZOO
 

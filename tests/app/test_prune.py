@@ -4,7 +4,7 @@ when the user switches pages."""
 
 from __future__ import annotations
 
-from conftest import metrics, open_app
+from apphelpers import metrics, open_app
 
 from explorer.plan import LayerRule, PruningPlan
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import metrics, open_app
+from apphelpers import metrics, open_app
 
 from explorer.evaluate import evaluate_torch
 from explorer.models import load_model

@@ -1,4 +1,4 @@
-"""AppTest helpers: start the app from app.py (as a user does) and open a page.
+"""AppTest helpers (imported by the tests here): start the app from app.py as a user does, open a page.
 
 The repo root goes on sys.path so tests can import ``ui`` as the running app does (streamlit puts
 app.py's folder there); ``st.cache_resource`` is shared by every AppTest in this process, like the
@@ -8,10 +8,8 @@ sessions of one server.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,8 +32,3 @@ def open_app(page: str | None = None, timeout: float = 60) -> AppTest:
 def metrics(at: AppTest) -> dict[str, str]:
     """Metric label -> displayed value."""
     return {m.label: m.value for m in at.metric}
-
-
-@pytest.fixture
-def app() -> Callable[..., AppTest]:
-    return open_app
