@@ -4,7 +4,7 @@ import streamlit as st
 
 from explorer.errors import ExplorerError
 from explorer.models import ZOO
-from ui import cache, state, widgets
+from ui import cache, state, uploads, widgets
 from ui.metrics import fmt_bytes, fmt_count
 from ui.state import Keys
 
@@ -23,12 +23,11 @@ with st.form("model.open", border=True):
                              format_func=lambda s: f"{s}: {ZOO[s[4:]].description}")
         data = None
     else:
-        model = st.text_input("Model spec", value="" if current in zoo else current,
-                              placeholder="path/to/model.py:build or package.module:build")
-        data = st.text_input("Data spec", value=st.session_state[Keys.DATA] or "",
-                             placeholder="path/to/data.npz, path/to/data.py:load or zoo:digits-32")
+        own = uploads.own_inputs("" if current in zoo else current, st.session_state[Keys.DATA])
     if st.form_submit_button("Open", type="primary", icon=":material/folder_open:"):
         try:
+            if source != "Built-in (zoo)":
+                model, data = uploads.resolve(own)
             cache.subject(model.strip(), (data or "").strip() or None)
             state.set_model(model.strip(), (data or "").strip() or None)
             st.rerun()

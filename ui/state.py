@@ -37,6 +37,9 @@ class Keys:
     MODEL_ZOO = "model.zoo"
     MODEL_SPEC_INPUT = "model.spec_input"
     MODEL_DATA_INPUT = "model.data_input"
+    MODEL_UPLOAD = "model.upload_model"
+    DATA_UPLOAD = "model.upload_data"
+    UPLOAD_DIR = "uploads.folder"  # this session's upload folder (ui.uploads), removed with the session
 
     # Prune page widgets.
     PRUNE_METHOD = "prune.method"

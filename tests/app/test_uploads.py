@@ -1,0 +1,115 @@
+"""Uploads on the Model page: a model and data uploaded as files open like any spec; refusals are an
+``st.error`` and the session keeps its model; the session's upload folder goes with the session."""
+
+from __future__ import annotations
+
+import gc
+import io
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from apphelpers import metrics, open_app
+from PIL import Image
+
+from explorer.data import load_data
+from explorer.models.zoo import build
+from explorer.runtime import export_onnx
+
+MODEL_UPLOAD, DATA_UPLOAD = "model.upload_model", "model.upload_data"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    root = tmp_path_factory.mktemp("uploads")
+    test = load_data("zoo:digits-mlp").test
+    onnx_path = export_onnx(build("digits-mlp").eval(), test.x[:1], root / "mlp.onnx")
+    frame = pd.DataFrame(test.x.numpy()[:100], columns=[f"f{i}" for i in range(64)])
+    frame["label"] = test.y.numpy()[:100]
+    images = io.BytesIO()
+    with zipfile.ZipFile(images, "w") as z:
+        for i, (img, label) in enumerate(zip(test.x.numpy()[:60].reshape(-1, 8, 8), test.y.numpy()[:60])):
+            png = io.BytesIO()
+            Image.fromarray((img * 255).astype(np.uint8), mode="L").save(png, format="PNG")
+            z.writestr(f"digits/{label}/{i}.png", png.getvalue())
+    evil = io.BytesIO()
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("../../escaped.png", b"x")
+    return {"mlp.onnx": onnx_path.read_bytes(), "digits.csv": frame.to_csv(index=False).encode(),
+            "digits.zip": images.getvalue(), "evil.zip": evil.getvalue(),
+            "model.pt": torch.tensor([1.0]).numpy().tobytes()}
+
+
+def _own(at):  # noqa: ANN001, ANN202
+    at.radio(key="model.source").set_value("Your own").run()
+    return at
+
+
+def test_spec_box_says_it_runs_your_own_code() -> None:
+    at = _own(open_app())
+    assert any("this runs your own code" in t.label for t in at.text_input)
+    assert {u.key for u in at.file_uploader} == {MODEL_UPLOAD, DATA_UPLOAD}
+
+
+def test_uploaded_onnx_and_csv_open_and_are_measured(files: dict[str, bytes]) -> None:
+    at = _own(open_app())
+    at.file_uploader(key=MODEL_UPLOAD).upload("mlp.onnx", files["mlp.onnx"])
+    at.file_uploader(key=DATA_UPLOAD).upload("digits.csv", files["digits.csv"], "text/csv")
+    at.button[0].click().run(timeout=120)
+    assert not at.exception and not at.error, at.error
+    model, data = at.session_state["model_spec"], at.session_state["data_spec"]
+    folder = at.session_state["uploads.folder"].path
+    assert model.endswith("mlp.onnx") and Path(model).is_relative_to(folder)
+    assert data.endswith("digits.csv") and Path(data).is_relative_to(folder)
+    assert metrics(at)["Parameters"] == "50,826"  # the zoo MLP's own count, measured on the upload
+
+
+def test_uploaded_image_zip_becomes_an_image_folder(files: dict[str, bytes]) -> None:
+    at = _own(open_app())
+    at.text_input[0].input("zoo:digits-cnn")
+    at.file_uploader(key=DATA_UPLOAD).upload("digits.zip", files["digits.zip"], "application/zip")
+    at.button[0].click().run(timeout=120)
+    assert not at.exception and not at.error, at.error
+    data = Path(at.session_state["data_spec"])
+    assert data.is_dir() and sorted(p.name for p in data.iterdir())[:2] == ["0", "1"]
+
+
+@pytest.mark.parametrize(("kind", "name", "culprit"), [
+    ("model", "model.pt", "model.pt: refused"),
+    ("data", "evil.zip", "outside its folder"),
+    ("model", "big.onnx", "more than the 1 MB upload limit"),
+])
+def test_refused_uploads_are_an_error_and_the_session_keeps_its_model(
+        kind: str, name: str, culprit: str, files: dict[str, bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PRUNING_EXPLORER_MAX_UPLOAD_MB", "1")
+    at = _own(open_app())
+    content = files.get(name, bytes(2 * 2**20))
+    if kind == "data":
+        at.text_input[0].input("zoo:digits-mlp")
+    at.file_uploader(key=MODEL_UPLOAD if kind == "model" else DATA_UPLOAD).upload(name, content)
+    at.button[0].click().run(timeout=120)
+    assert not at.exception
+    assert at.error and culprit in at.error[0].value, [e.value for e in at.error]
+    assert at.session_state["model_spec"] == "zoo:digits-cnn"
+    assert metrics(at)["Parameters"] == "390,890"
+    assert not list(Path("/").glob("escaped.png"))
+
+
+def test_the_upload_folder_goes_with_the_session(files: dict[str, bytes]) -> None:
+    at = _own(open_app())
+    at.file_uploader(key=MODEL_UPLOAD).upload("mlp.onnx", files["mlp.onnx"])
+    at.file_uploader(key=DATA_UPLOAD).upload("digits.csv", files["digits.csv"], "text/csv")
+    at.button[0].click().run(timeout=120)
+    folder = at.session_state["uploads.folder"].path
+    assert folder.is_dir() and any(folder.rglob("mlp.onnx"))
+    del at
+    for _ in range(50):  # the session's state is dropped; its finalizer removes the folder
+        gc.collect()
+        if not folder.exists():
+            break
+        time.sleep(0.1)
+    assert not folder.exists()
