@@ -14,7 +14,8 @@ The five graphs and what they exercise in the core:
   shortcuts).
 - ``mobilenet``: inverted residual blocks with depthwise convolutions (groups == channels): a
   depthwise conv's channels are coupled with the 1x1 conv that feeds it.
-- ``inception``: parallel branches joined with ``torch.cat`` then DenseNet-style ``cat([x, f(x)])``.
+- ``inception``: parallel branches joined with ``torch.cat`` then DenseNet-style ``cat([x, f(x)])``,
+  and an auxiliary head that only training mode calls.
 - ``transformer``: ``nn.TransformerEncoder`` (self-attention, FFN, LayerNorm, residual adds) with a
   linear head; attention's embedding dimension cannot be removed, the FFN's hidden units can.
 - ``tabular_mlp``: an MLP with BatchNorm1d and Dropout on tabular features.
@@ -249,12 +250,16 @@ class InceptionDense(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU())
         self.inception = _Inception(16)
+        self.aux = nn.Linear(32, 4)  # GoogLeNet-style auxiliary head: called in training mode only
         self.dense = nn.Sequential(_DenseLayer(32, 8), _DenseLayer(40, 8))  # 48 ch out
         self.fc = nn.Linear(48, 4)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.dense(nn.functional.max_pool2d(self.inception(self.stem(x)), 2))
-        return self.fc(nn.functional.adaptive_avg_pool2d(x, 1).flatten(1))
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        mid = nn.functional.max_pool2d(self.inception(self.stem(x)), 2)
+        out = self.fc(nn.functional.adaptive_avg_pool2d(self.dense(mid), 1).flatten(1))
+        if self.training:
+            return out, self.aux(mid.mean(dim=(2, 3)))
+        return out
 
 
 def inception() -> nn.Module:

@@ -64,7 +64,8 @@ def test_inventory_lists_every_layer(unseen_name: str, unseen_subject: SubjectOf
     assert inv.names == expected
     assert inv.structured_error == ""
     assert inv.total_params == sum(p.numel() for p in subj.model.parameters())
-    assert inv.total_macs > 0 and all(layer.macs > 0 for layer in inv.layers)
+    assert inv.total_macs > 0
+    assert all(layer.macs > 0 for layer in inv.layers if not layer.note.startswith("not called"))
     for layer in inv.layers:
         module = _modules(subj.model)[layer.name]
         assert layer.shape == tuple(module.weight.shape) and layer.out_channels == _out(module)
@@ -124,6 +125,20 @@ def test_concatenated_branches_shrink_their_consumers(unseen_subject: SubjectOf)
     assert pruned["dense.0.bn"].num_features == 26 and pruned["dense.1.bn"].num_features == 32
     with torch.no_grad():
         assert pruned_model(subj.data.test.x[:5]).shape == (5, 4)
+
+
+def test_training_only_head_is_listed_and_refuses_structured_pruning(unseen_subject: SubjectOf,
+                                                                     tmp_path: Path) -> None:
+    subj = unseen_subject("inception")
+    aux = subj.inventory["aux"]
+    assert aux.group is None and aux.macs == 0 and "not called" in aux.note
+    with pytest.raises(PlanError, match="'aux'.*not called"):
+        subj.prune(PruningPlan(method="l1-structured", layers={"aux": LayerRule(0.5)}))
+    model = subj.prune(PruningPlan(method="l1-unstructured", layers={"aux": LayerRule(0.5), "fc": LayerRule(0.5)}))
+    assert int((_modules(model)["aux"].weight == 0).sum()) == 64
+    x = subj.data.test.x
+    path = export_onnx(model, subj.example_input, tmp_path / "m.onnx")
+    assert np.abs(OrtModel(path)(x.numpy()) - _logits(model, x)).max() <= ATOL
 
 
 def test_transformer_says_why_attention_is_not_pruned_structurally(unseen_subject: SubjectOf) -> None:
