@@ -172,12 +172,12 @@ def _why_fixed(
     dg: tp.DependencyGraph, module: nn.Module, names: dict[nn.Module, str], outputs: set[str]
 ) -> str:
     """Why ``module``'s output channels cannot be removed: the layer they are coupled with."""
-    if module not in dg.module2node:
-        return "not called by the model's forward pass in eval mode (e.g. a training-only head)"
     for m, n in names.items():
         if isinstance(m, nn.MultiheadAttention) and module is m.out_proj:
             return (f"output projection of attention {n!r}: its channels are the embedding dimension, "
                     "which structured pruning does not change")
+    if module not in dg.module2node:
+        return "not called by the model's forward pass in eval mode (e.g. a training-only head)"
     try:
         pruner = dg.get_pruner_of_module(module)
         n_out = pruner.get_out_channels(module) if pruner is not None else None
