@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -117,8 +118,13 @@ def count_macs(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
 
 
 def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
-    """DepGraph of ``model`` (which must have requires_grad parameters: DepGraph traces autograd)."""
-    with torch.enable_grad():
+    """DepGraph of ``model`` (which must have requires_grad parameters: DepGraph traces autograd).
+
+    Torch-Pruning warns about bare ``nn.Parameter``s (e.g. a position embedding) that it leaves
+    alone; that is expected here, and the warning would only clutter the CLI's stderr.
+    """
+    with torch.enable_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
         return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
 
 
