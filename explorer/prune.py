@@ -9,6 +9,7 @@ modified.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -26,6 +27,7 @@ __all__ = [
     "apply_plan",
     "available_methods",
     "get_method",
+    "kept_channels",
     "nm_mask",
     "unstructured_mask",
 ]
@@ -141,8 +143,17 @@ def fresh_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).eval()
 
 
+def kept_channels(n_channels: int, ratio: float, round_to: int | None = None) -> int:
+    """Channels a local structured plan keeps in a group of ``n_channels`` at ``ratio`` (at least
+    one). ``round_to`` rounds the kept count up to a multiple of it (Torch-Pruning's rule)."""
+    kept = n_channels - min(int(ratio * n_channels), n_channels - 1)
+    if round_to and round_to > 1:
+        kept = min(n_channels, math.ceil(kept / round_to) * round_to)
+    return kept
+
+
 def _structured(model: nn.Module, example_input: torch.Tensor, ratios: dict[str, tuple[float, int]],
-                global_ratio: float | None) -> None:
+                global_ratio: float | None, round_to: int | None = None) -> None:
     """Remove output channels in place. ``ratios``: layer -> (ratio, p of the norm)."""
     model.requires_grad_(True)
     try:
@@ -185,7 +196,7 @@ def _structured(model: nn.Module, example_input: torch.Tensor, ratios: dict[str,
         removals = []
         for group, members, ratio, p in plans:
             n_channels = len(group[0].idxs)
-            n_prune = min(int(ratio * n_channels), n_channels - 1)
+            n_prune = n_channels - kept_channels(n_channels, ratio, round_to)
             if n_prune <= 0:
                 continue
             imp = tp.importance.GroupMagnitudeImportance(p=p)(group)
@@ -240,11 +251,13 @@ def _unstructured(model: nn.Module, plan: PruningPlan, names: list[str], seed: i
 
 
 def apply_plan(model: nn.Module, plan: PruningPlan, example_input: torch.Tensor,
-               inventory: Inventory | None = None, *, seed: int = 0) -> nn.Module:
+               inventory: Inventory | None = None, *, seed: int = 0, round_to: int | None = None) -> nn.Module:
     """Return a pruned copy of ``model``; ``model`` itself is not modified.
 
     Structured layers are pruned first (shapes change), then unstructured masks are computed on
     what remains. ``seed`` varies the masks of random methods (the same seed, the same masks).
+    ``round_to`` (local structured plans; not part of the plan format) rounds the channels each
+    group keeps up to a multiple of it, so dense kernels see aligned channel counts.
 
     Raises:
         PlanError: a layer the model does not have, or a structured method on a layer whose
@@ -269,7 +282,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan, example_input: torch.Tensor,
     if structured:
         is_global = plan.scope == "global"
         try:
-            _structured(pruned, example_input, structured, plan.ratio if is_global else None)
+            _structured(pruned, example_input, structured, plan.ratio if is_global else None, round_to)
             with torch.no_grad():  # DepGraph can mis-group exotic graphs (e.g. decomposed attention)
                 pruned(example_input)
         except (PlanError, PruneError):
