@@ -33,7 +33,8 @@ def _layout(fig: go.Figure, height: int, legend_below: bool = False) -> go.Figur
     """Common layout: the title on the left, the legend top right (or below the plot)."""
     legend = ({"orientation": "h", "yanchor": "top", "y": -0.22, "x": 0} if legend_below else
               {"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1})
-    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 60, "b": 10}, legend=legend,
+    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 60, "b": 10},
+                      legend={**legend, "traceorder": "normal"},
                       title={"x": 0, "xanchor": "left", "y": 0.98, "yanchor": "top"})
     return fig
 

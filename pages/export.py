@@ -47,6 +47,8 @@ if files is not None:
 
 st.subheader("Reproduce it from the command line", anchor=False)
 st.code(export_command(model, data, "plan.json", "export"), language="bash")
+st.caption("Run it where you saved plan.json: it writes the same files into ./export, with the numbers "
+           "measured again on that machine.")
 
 st.subheader("Import a plan", anchor=False)
 st.caption("Restores a saved plan as the current configuration (the Prune page picks it up); "

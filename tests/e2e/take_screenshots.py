@@ -39,10 +39,18 @@ def shoot(page: Page, name: str) -> None:
 
 
 def move_slider(page: Page, label: str, steps: int) -> None:
+    """Move the slider labelled ``label`` by ``steps`` (left when negative) with the keyboard."""
     slider = page.get_by_role("slider", name=label)
     slider.focus()
-    for _ in range(steps):
-        slider.press("ArrowRight")
+    for _ in range(abs(steps)):
+        slider.press("ArrowRight" if steps > 0 else "ArrowLeft")
+    settle(page)
+
+
+def choose(page: Page, label: str, option: str) -> None:
+    """Pick ``option`` in the selectbox labelled ``label``."""
+    page.get_by_test_id("stSelectbox").filter(has_text=label).click()
+    page.get_by_role("option", name=option, exact=True).click()
     settle(page)
 
 
@@ -60,10 +68,14 @@ def main() -> None:
         settle(page)
         for layer, steps in (("features.3", 30), ("features.7", 50), ("features.11", 60)):
             move_slider(page, layer, steps)
+        choose(page, "Method", "l2-structured")
+        for layer, steps in (("features.3", -30), ("features.7", -30), ("features.11", -20)):
+            move_slider(page, layer, steps)
         shoot(page, "prune.png")
 
         open_page(page, "Weights")
         settle(page)
+        choose(page, "Layer", "features.7")
         shoot(page, "weights.png")
 
         open_page(page, "Sensitivity")
