@@ -232,8 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
         p.add_argument("--model", required=required, metavar="SPEC",
-                       help="zoo:NAME, PATH.py:FUNC or package.module:FUNC (zoo:list lists the zoo)")
-        p.add_argument("--data", metavar="SPEC", help="zoo:NAME, PATH.npz or PATH.py:FUNC (zoo models bring their own)")
+                       help="zoo:NAME, PATH.onnx, PATH.pt2 (torch.export.save), PATH.py:FUNC or "
+                            "package.module:FUNC (zoo:list lists the zoo)")
+        p.add_argument("--data", metavar="SPEC", help="zoo:NAME, PATH.npz, PATH.csv, an image folder (one subfolder per class) or "
+                            "PATH.py:FUNC (zoo models bring their own)")
 
     def timing_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--threads", type=_positive_int, default=1, help="ONNX Runtime intra-op threads for latency")
