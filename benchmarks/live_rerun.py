@@ -98,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     structured = [layer.name for layer in subject.inventory.layers if layer.group is not None]
     print(f"{args.model}: {len(subject.layer_names)} layers; {args.moves} fresh moves per method, "
           f"one slider at a time\n")
-    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (other work slows every figure)")
+    import torch
+
+    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (other work slows every figure); "
+          f"torch intra-op threads in the app: {torch.get_num_threads()}")
     print(f"{'method':<18} {'reruns':>6} {'median s':>9} {'p95 s':>7} {'max s':>7} {'cpu med s':>10}"
           f"   cached: {'median s':>8} {'p95 s':>6}")
     worst_median = worst_p95 = 0.0

@@ -10,6 +10,7 @@ other's latency runs.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import threading
 from collections import OrderedDict
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import streamlit as st
+import torch
 
 from explorer import sensitivity as sens
 from explorer.bundle import zip_bundle
@@ -29,6 +31,12 @@ from explorer.report import export_bundle
 from explorer.prune import get_method
 from explorer.subject import Subject
 from explorer.weights import LayerView, channel_importance, layer_view, weight_stats
+
+# The server runs many small batch-1 jobs (tracing for export, MAC counts, DepGraph) for many
+# users at once: one torch intra-op thread each avoids oversubscribing the cores. Measured with
+# benchmarks/live_rerun.py at load ~5.5 on 2 cores: median rerun 0.40-0.58 s with 1 thread against
+# 0.70-1.03 s with 2 (torch's default here). PRUNING_EXPLORER_TORCH_THREADS overrides it.
+torch.set_num_threads(int(os.environ.get("PRUNING_EXPLORER_TORCH_THREADS", "1")))
 
 __all__ = ["bundle", "cached_bundle", "cached_sensitivity", "evaluation", "layer", "progress_bar", "sensitivity",
            "stats", "subject"]

@@ -84,7 +84,8 @@ def cards(result: dict[str, Any]) -> list[Card]:
             "off" if quiet else "inverse",
             "within noise" if quiet else "vs dense",
             help=f"One sample per run, ONNX Runtime CPU, {threads}. Dense: {d[key]:.3f} ms. "
-                 f"Changes under ±{noise:.3f} ms (3x the runs' spread, at least 5 % of dense) are noise.",
+                 f"Changes under ±{noise:.3f} ms (3x the runs' spread, at least 5 % of the dense median) "
+                 "are noise" + ("; the p90 tail is noisier still on a busy machine." if key.endswith("p90") else "."),
         ))
     for key, label, fmt, tip in (
         ("params_total", "Parameters", fmt_count, "Every parameter of the pruned model (removed channels are gone)."),
