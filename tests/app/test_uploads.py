@@ -113,3 +113,20 @@ def test_the_upload_folder_goes_with_the_session(files: dict[str, bytes]) -> Non
             break
         time.sleep(0.1)
     assert not folder.exists()
+
+
+def test_a_refused_upload_keeps_the_session_and_its_history(files: dict[str, bytes]) -> None:
+    at = open_app("prune")
+    movable = [s.key for s in at.slider if s.key.startswith("prune.ratio.") and not s.disabled]
+    at.slider(key=movable[0]).set_value(20).run()
+    assert not at.exception and not at.error
+    history = len(at.session_state["history"])
+    assert history >= 1
+    at.switch_page("pages/model.py").run()
+    _own(at).file_uploader(key=MODEL_UPLOAD).upload("model.pt", files["model.pt"])
+    at.button[0].click().run(timeout=120)
+    assert not at.exception and at.error and "refused" in at.error[0].value
+    at.switch_page("pages/prune.py").run()
+    assert not at.exception and not at.error
+    assert len(at.session_state["history"]) == history
+    assert at.slider(key=movable[0]).value == 20
