@@ -203,7 +203,7 @@ def cmd_app(args: argparse.Namespace) -> int:
     if args.data:
         env["PRUNING_EXPLORER_DATA"] = args.data
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_script()), "--server.port", str(args.port),
-           "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+           "--server.headless", "true", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
     print(f"Pruning Explorer: http://localhost:{args.port}", file=sys.stderr)
     try:
         return subprocess.call(cmd, env=env)

@@ -38,21 +38,21 @@ from explorer.weights import LayerView, channel_importance, layer_view, weight_s
 # 0.70-1.03 s with 2 (torch's default here). PRUNING_EXPLORER_TORCH_THREADS overrides it.
 torch.set_num_threads(int(os.environ.get("PRUNING_EXPLORER_TORCH_THREADS", "1")))
 
-__all__ = ["bundle", "cached_bundle", "cached_sensitivity", "evaluation", "layer", "progress_bar", "sensitivity",
-           "stats", "subject"]
+__all__ = ["SharedResults", "bundle", "cached_bundle", "cached_sensitivity", "evaluation", "layer", "measure_lock",
+           "progress_bar", "sensitivity", "stats", "subject"]
 
 
 @st.cache_resource(show_spinner="Loading the model and measuring it dense…", max_entries=8)
 def subject(model_spec: str, data_spec: str | None) -> Subject:
     """The shared Subject, with its dense metrics already measured."""
     s = Subject(model_spec, data_spec)
-    with _measure_lock():
+    with measure_lock():
         s.dense()
     return s
 
 
 @st.cache_resource
-def _measure_lock() -> threading.Lock:
+def measure_lock() -> threading.Lock:
     return threading.Lock()
 
 
@@ -60,11 +60,11 @@ def _measure_lock() -> threading.Lock:
 def evaluation(model_spec: str, data_spec: str | None, plan_key: str, _plan: PruningPlan) -> dict[str, Any]:
     """``Subject.evaluate(plan)``: the really pruned model exported and measured in ONNX Runtime."""
     s = subject(model_spec, data_spec)
-    with _measure_lock():
+    with measure_lock():
         return s.evaluate(_plan)
 
 
-class _SharedResults:
+class SharedResults:
     """A small thread-safe LRU of finished results shared by every session.
 
     Used instead of ``st.cache_data`` where the work draws a progress bar: ``st.cache_data``
@@ -92,13 +92,13 @@ class _SharedResults:
 
 
 @st.cache_resource
-def _scans() -> _SharedResults:
-    return _SharedResults(max_entries=64)
+def _scans() -> SharedResults:
+    return SharedResults(max_entries=64)
 
 
 @st.cache_resource
-def _bundles() -> _SharedResults:
-    return _SharedResults(max_entries=16)
+def _bundles() -> SharedResults:
+    return SharedResults(max_entries=16)
 
 
 def cached_sensitivity(model_spec: str, data_spec: str | None, method: str,
@@ -150,7 +150,7 @@ def bundle(model_spec: str, data_spec: str | None, plan: PruningPlan,
     if found is not None:
         return found
     s = subject(model_spec, data_spec)
-    with tempfile.TemporaryDirectory(prefix="explorer-export-") as tmp, _measure_lock():
+    with tempfile.TemporaryDirectory(prefix="explorer-export-") as tmp, measure_lock():
         files = export_bundle(s, plan, tmp, on_progress=on_progress)
         out = {Path(p).name: Path(p).read_bytes() for p in files.values()}
         out["bundle.zip"] = zip_bundle(files)

@@ -15,8 +15,8 @@ __all__ = ["continue_in_prune", "finished", "run"]
 
 
 @st.cache_resource
-def _results() -> cache._SharedResults:
-    return cache._SharedResults(max_entries=len(EXPERIMENTS))
+def _results() -> cache.SharedResults:
+    return cache.SharedResults(max_entries=len(EXPERIMENTS))
 
 
 def finished(key: str) -> LearnResult | None:
@@ -29,7 +29,7 @@ def run(key: str, on_progress: Progress = no_progress) -> LearnResult:
     result = finished(key)
     if result is None:
         subject = cache.subject(EXPERIMENTS[key].model, None)
-        with cache._measure_lock():  # timings of concurrent sessions would disturb each other
+        with cache.measure_lock():  # timings of concurrent sessions would disturb each other
             result = run_experiment(key, subject, on_progress)
         _results().put((key,), result)
     return result
