@@ -173,9 +173,25 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from explorer.report import export_bundle
 
+    if args.distill and not args.finetune_epochs:
+        raise _UsageError("--distill needs --finetune-epochs N")
     subject = _subject(args)
     plan = _load_plan(args.plan, subject)
-    files = export_bundle(subject, plan, args.out, on_progress=ProgressBar("export"))
+    model = recovery = None
+    if args.finetune_epochs:
+        from explorer.recover import finetune
+
+        result = finetune(subject.prune(plan), subject.data, args.finetune_epochs,
+                          distill_from=subject.model if args.distill else None,
+                          on_progress=ProgressBar("fine-tune"))
+        model, recovery = result.model, result.to_dict()
+        first, best = result.history[0], result.history[result.best_epoch]
+        if first.val_accuracy is not None and best.val_accuracy is not None:
+            print(f"fine-tuned: epoch {result.best_epoch} of {len(result.history) - 1} kept ({result.stopped}), "
+                  f"validation accuracy {100 * first.val_accuracy:.2f}% -> {100 * best.val_accuracy:.2f}%",
+                  file=sys.stderr)
+    files = export_bundle(subject, plan, args.out, on_progress=ProgressBar("export"), model=model,
+                          quantize=args.quantize, recovery=recovery)
     for role, path in files.items():
         print(f"{role:<11} {path}")
     return 0
@@ -270,6 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
     p.add_argument("--plan", required=True, metavar="FILE")
     p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--finetune-epochs", type=_positive_int, metavar="N",
+                   help="fine-tune the pruned model N epochs on the training split before export (zeros stay "
+                        "zero; the best validation epoch is kept); metrics.json then holds the fine-tuned numbers")
+    p.add_argument("--distill", action="store_true",
+                   help="with --finetune-epochs: distil from the dense model as teacher")
+    p.add_argument("--quantize", choices=["int8"],
+                   help="also write model.int8.onnx (dynamic int8 without convolutions, static QDQ with) and its "
+                        "numbers under 'int8' in metrics.json")
     timing_args(p)
     p.set_defaults(func=cmd_export)
     return parser

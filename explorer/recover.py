@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -153,10 +153,17 @@ class FinetuneResult:
     masked_layers: tuple[str, ...] = ()  # parameters whose zeros were kept zero
     distilled: bool = False
     recalibrated: bool = False  # batch-norm statistics were re-estimated before epoch 0
+    settings: dict[str, Any] = field(default_factory=dict)  # the arguments of ``finetune``
 
     def history_rows(self) -> list[dict[str, float | int | None]]:
         """The history as plain dicts (for a DataFrame, JSON or a chart)."""
         return [vars(r).copy() for r in self.history]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the model, JSON-ready (the ``recovery`` entry of metrics.json)."""
+        return {"settings": dict(self.settings), "best_epoch": self.best_epoch, "stopped": self.stopped,
+                "seconds": self.seconds, "distilled": self.distilled, "recalibrated": self.recalibrated,
+                "masked_layers": list(self.masked_layers), "history": self.history_rows()}
 
 
 _MIN_LOSS_DELTA = 1e-4  # a validation loss must drop by this much to count as better at equal accuracy
@@ -358,6 +365,9 @@ def finetune(
         model=student, history=history, best_epoch=best_epoch, stopped=stopped,
         seconds=time.perf_counter() - start, masked_layers=tuple(masks),
         distilled=use_kd, recalibrated=recalibrated,
+        settings={"epochs": epochs, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay,
+                  "distill": distill_from is not None, "temperature": temperature, "alpha": alpha,
+                  "patience": patience, "recalibrate": recalibrate, "seed": seed},
     )
 
 

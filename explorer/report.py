@@ -132,6 +132,7 @@ method <code>{e(plan.method)}</code>, scope <code>{e(plan.scope)}</code>.</p>
 <ul>{notes}</ul>
 <h2>Metrics (measured on model.onnx in ONNX Runtime)</h2>
 <table><tr><th>Metric</th><th>Dense</th><th>Pruned</th><th>Change</th></tr>{''.join(trs)}</table>
+{_recovery_html(metrics)}
 <h2>Layers</h2>
 <table><tr><th>Layer</th><th>Type</th><th>Group</th><th>Method</th><th>Ratio</th><th>Dense shape</th>
 <th>Shape</th><th>Nonzero</th><th>Sparsity</th><th>Dense MACs</th><th>MACs</th></tr>{layer_trs}</table>
@@ -139,6 +140,41 @@ method <code>{e(plan.method)}</code>, scope <code>{e(plan.scope)}</code>.</p>
 <p class="small">{e(json.dumps(metrics.get('versions', {})))}</p>
 </body></html>
 """
+
+
+def _recovery_html(metrics: dict[str, Any]) -> str:
+    """Fine-tuning and int8 sections, when the bundle has them ('' otherwise)."""
+    e = html.escape
+    parts = []
+    rec = metrics.get("recovery")
+    if rec:
+        cfg = rec.get("settings", {})
+        first, best = rec["history"][0], rec["history"][rec["best_epoch"]]
+        val = ("" if best.get("val_accuracy") is None or first.get("val_accuracy") is None else
+               f" Validation accuracy {100 * first['val_accuracy']:.2f}% before, {100 * best['val_accuracy']:.2f}% after.")
+        parts.append(
+            f"<h2>Fine-tuning</h2><p>{cfg.get('epochs')} epoch(s) asked, epoch {rec['best_epoch']} kept "
+            f"({e(rec['stopped'])}, {rec['seconds']:.1f} s), lr {cfg.get('lr')}"
+            + (f", distilled from the dense model (T={cfg.get('temperature')}, alpha={cfg.get('alpha')})"
+               if rec.get("distilled") else "")
+            + f"; pruned weights stay zero.{val} The metrics above are the fine-tuned model's.</p>"
+        )
+    q = metrics.get("int8")
+    if q:
+        fp = q["fp32"]
+        cells = "".join(
+            f"<tr><td>{e(label)}</td><td>{_fmt(fp[k], kind)}</td><td>{_fmt(q[k], kind)}</td></tr>"
+            for k, label, kind in (("accuracy", "Accuracy" if metrics.get("labels", True) else "Agreement with dense",
+                                    "pct"), ("onnx_bytes", "ONNX bytes", "int"),
+                                   ("onnx_gzip_bytes", "ONNX gzip bytes", "int"),
+                                   ("latency_ms_median", "ORT latency, median", "ms"))
+        )
+        parts.append(
+            f"<h2>int8 (model.int8.onnx, {e(q['mode'])})</h2>"
+            f"<table><tr><th>Metric</th><th>fp32</th><th>int8</th></tr>{cells}</table>"
+            f"<p class=\"small\">{e(q['cpu']['note'])}.</p>"
+        )
+    return "\n".join(parts)
 
 
 def _save_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> str:
@@ -155,19 +191,28 @@ def _save_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> str:
 
 
 def export_bundle(subject: Subject, plan: PruningPlan, out_dir: str | Path,
-                  on_progress: Progress = no_progress, model: nn.Module | None = None) -> dict[str, Path]:
+                  on_progress: Progress = no_progress, model: nn.Module | None = None,
+                  quantize: str | None = None, recovery: dict[str, Any] | None = None) -> dict[str, Path]:
     """Prune, measure and write the export bundle into ``out_dir`` (created if missing).
 
     Args:
         model: an already pruned (e.g. fine-tuned) model of this plan; pruned afresh when None.
+        quantize: ``"int8"`` also writes ``model.int8.onnx`` (``explorer.quantize``: dynamic for
+            models without convolutions, static QDQ calibrated on the data otherwise) and its
+            numbers, measured next to model.onnx, under ``"int8"`` in metrics.json.
+        recovery: how ``model`` was recovered (``FinetuneResult.to_dict()``), kept under
+            ``"recovery"`` in metrics.json.
 
     Returns:
-        The written files by role: plan, onnx, pt2 (if torch.export could export the model),
-        state_dict, metrics, report.
+        The written files by role: plan, onnx, int8 (if asked), pt2 (if torch.export could
+        export the model), state_dict, metrics, report.
 
     Raises:
-        ExportError: ``out_dir`` is a file, or cannot be written.
+        ExportError: ``out_dir`` is a file, or cannot be written; an unknown ``quantize``;
+            quantization failed.
     """
+    if quantize not in (None, "int8"):
+        raise ExportError(f"unknown quantization {quantize!r}; choose from ['int8']")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out}: is a file, not a folder")
@@ -184,6 +229,14 @@ def export_bundle(subject: Subject, plan: PruningPlan, out_dir: str | Path,
         plan.save(files["plan"])
         on_progress(0.2, "exporting to ONNX and measuring in ONNX Runtime")
         metrics_obj = subject.measure(pruned, onnx_path=files["onnx"])
+        int8 = None
+        if quantize == "int8":
+            from explorer.quantize import compare_int8
+
+            on_progress(0.5, "int8: quantizing model.onnx and measuring it")
+            files["int8"] = out / "model.int8.onnx"
+            int8 = compare_int8(files["onnx"], subject.data, files["int8"], reference=subject.dense()[1],
+                                threads=subject.threads, runs=subject.runs).to_dict()
         on_progress(0.6, "saving the PyTorch artifacts")
         pt2_error = _save_pt2(pruned, subject.example_input, files["pt2"])
         torch.save(pruned.state_dict(), files["state_dict"])
@@ -193,6 +246,10 @@ def export_bundle(subject: Subject, plan: PruningPlan, out_dir: str | Path,
                        plan=plan.to_dict(), versions=versions())
         if pt2_error:
             metrics["pt2_error"] = pt2_error
+        if recovery is not None:
+            metrics["recovery"] = recovery
+        if int8 is not None:
+            metrics["int8"] = int8
         on_progress(0.8, "writing the report")
         rows = layer_rows(subject, pruned, plan)
         metrics["layers"] = rows

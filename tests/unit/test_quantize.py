@@ -19,6 +19,7 @@ from explorer.quantize import (
     measure_onnx,
     quantize_onnx,
 )
+from explorer.report import export_bundle
 from explorer.runtime import OrtModel, export_onnx
 from explorer.subject import Subject
 
@@ -106,3 +107,6 @@ def test_errors_are_export_errors(subject: Callable[..., Subject], tmp_path: Pat
         quantize_onnx(garbage, tmp_path / "y.onnx", "dynamic")
     with pytest.raises(ExportError, match="garbage.onnx"):
         measure_onnx(garbage, subj.data, runs=30)
+    plan = PruningPlan.uniform("l1-unstructured", ["features.0"], 0.5)
+    with pytest.raises(ExportError, match="'int4'"):
+        export_bundle(subj, plan, tmp_path / "bundle", quantize="int4")

@@ -4,17 +4,22 @@ stop end training, bad settings are specific errors."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from explorer.data import Dataset, Split
+from explorer.data import Dataset, Split, load_data
 from explorer.errors import DataError, RecoverError
 from explorer.inspect import PRUNABLE_TYPES
+from explorer.models import load_model
 from explorer.plan import LayerRule, PruningPlan
+from explorer.prune import apply_plan
 from explorer.recover import batchnorm_layers, finetune, recalibrate_bn, zero_masks
+from explorer.runtime import OrtModel
 from explorer.subject import Subject
 
 
@@ -194,3 +199,44 @@ def test_errors_name_the_culprit(subject: Callable[..., Subject]) -> None:
             finetune(subj.model, subj.data, **kwargs)  # type: ignore[arg-type]
     with pytest.raises(RecoverError, match="batch_size"):
         recalibrate_bn(subj.model, subj.data.test, batch_size=0)
+
+
+def test_cli_export_finetuned_and_int8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """metrics.json holds the numbers of the exported (fine-tuned) model.onnx, int8 ones under 'int8'."""
+    from explorer.cli import main
+
+    plan = PruningPlan(method="l1-unstructured", scope="global", ratio=0.9,
+                       layers={n: LayerRule(0.9) for n in ("hidden.0", "hidden.2", "classifier")})
+    plan.save(tmp_path / "plan.json")
+    out = tmp_path / "bundle"
+    code = main(["export", "--model", "zoo:digits-mlp", "--plan", str(tmp_path / "plan.json"), "--out", str(out),
+                 "--finetune-epochs", "2", "--distill", "--quantize", "int8", "--runs", "30"])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    data = load_data("zoo:digits-mlp")
+    y = data.test.y.numpy()
+    for name, entry in (("model.onnx", metrics), ("model.int8.onnx", metrics["int8"])):
+        logits = OrtModel(out / name)(data.test.x.numpy())
+        assert entry["accuracy"] == pytest.approx(float((logits.argmax(1) == y).mean())), name
+    assert metrics["int8"]["mode"] == "dynamic" and metrics["int8"]["fp32"]["accuracy"] == metrics["accuracy"]
+    rec = metrics["recovery"]
+    assert rec["settings"]["epochs"] == 2 and rec["distilled"] and len(rec["history"]) == 3
+    # the exported model is the fine-tuned one, and pruning's zeros are still there
+    state = torch.load(out / "model_state.pt", weights_only=True)
+    subj_pruned = apply_plan(load_model("zoo:digits-mlp"), plan, data.example_input())
+    for name, module in subj_pruned.named_modules():
+        if isinstance(module, PRUNABLE_TYPES):
+            w = state[f"{name}.weight"]
+            assert bool((w[module.weight == 0] == 0).all()), name
+    assert metrics["params_nonzero"] <= sum(int(torch.count_nonzero(p)) for p in subj_pruned.parameters())
+    assert "Fine-tuning" in (out / "report.html").read_text() and "int8" in (out / "report.html").read_text()
+
+
+def test_cli_distill_needs_epochs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from explorer.cli import main
+
+    PruningPlan.uniform("l1-unstructured", ["hidden.0"], 0.5).save(tmp_path / "plan.json")
+    code = main(["export", "--model", "zoo:digits-mlp", "--plan", str(tmp_path / "plan.json"),
+                 "--out", str(tmp_path / "o"), "--distill"])
+    assert code == 2
+    assert "--distill needs --finetune-epochs" in capsys.readouterr().err
