@@ -113,7 +113,8 @@ def mlp_figure(args: argparse.Namespace, tmp: Path) -> tuple[bool, Int8Compariso
     cmp = compare_int8(tmp / "mlp.onnx", subject.data, tmp / "mlp.int8.onnx", reference=None,
                        threads=args.threads, runs=args.runs)
     print(f"\n[1] zoo:digits-mlp, global l1-unstructured 90% on {', '.join(subject.layer_names)}")
-    print(f"  recipe: {MLP_RECIPE}{BN[result.recalibrated]}; best epoch {result.best_epoch} of {len(result.history) - 1} ({result.stopped})")
+    print(f"  recipe: {MLP_RECIPE}{BN[result.recalibrated]}; "
+          f"best epoch {result.best_epoch} of {len(result.history) - 1} ({result.stopped})")
     print(HEADER)
     print(row("dense fp32", dense, latency=dense.latency_ms_median))
     print(row("pruned 90%", pruned_m, latency=pruned_m.latency_ms_median))
@@ -153,7 +154,8 @@ def cnn_figure(args: argparse.Namespace, tmp: Path) -> tuple[bool, Int8Compariso
     shapes = {n: tuple(m.weight.shape[:2]) for n, m in result.model.named_modules() if n in groups}
     print(f"\n[2] zoo:digits-cnn, l1-structured {CNN_RATIO:.0%} of the channels of every conv group ({', '.join(groups)})")
     print(f"  conv (out, in) channels after pruning: {shapes}")
-    print(f"  recipe: {CNN_RECIPE}{BN[result.recalibrated]}; best epoch {result.best_epoch} of {len(result.history) - 1} ({result.stopped}), "
+    print(f"  recipe: {CNN_RECIPE}{BN[result.recalibrated]}; "
+          f"best epoch {result.best_epoch} of {len(result.history) - 1} ({result.stopped}), "
           f"{seconds:.1f} s (median of {args.repeats})")
     print(HEADER)
     print(row("dense fp32", dense, latency=lat["dense"]))

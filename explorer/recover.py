@@ -219,7 +219,8 @@ def finetune(
         patience: epochs without validation improvement before stopping; None: never.
         recalibrate: first re-estimate batch-norm statistics on the training split
             (``recalibrate_bn``), so that epoch 0 and the first steps start from sensible ones.
-        seed: seeds the batch order (and torch's global RNG for layers like dropout).
+        seed: seeds the batch order and, inside ``torch.random.fork_rng``, torch's RNG for layers
+            like dropout (the global RNG state is restored afterwards).
         on_progress: called with (fraction done, message), throttled within an epoch.
         should_stop: polled before every batch; when it returns True, training stops and the best
             checkpoint so far is returned with ``stopped="cancelled"``.
@@ -252,123 +253,124 @@ def finetune(
         raise DataError(f"{data.spec}: the training split has no labels; fine-tune with distillation from "
                         "the dense model instead")
 
-    start = time.perf_counter()
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    recalibrated = recalibrate and bool(batchnorm_layers(model))
-    if recalibrated:
-        on_progress(0.0, "re-estimating batch-norm statistics")
-        student = recalibrate_bn(model, Split(train.x, None))
-    else:
-        student = copy.deepcopy(model).eval()
-    student.requires_grad_(True)
-    masks = zero_masks(student)
-    params = dict(student.named_parameters())
-    n_classes = _safe_logits(student, train.x[:1], data.spec).shape[1]
-    check_labels(train, n_classes, f"{data.spec} (training split)")
-
-    # The teacher's outputs are fixed (no augmentation): compute them once.
-    teacher_train = teacher_val = None
-    if distill_from is not None:
-        teacher = distill_from if not distill_from.training else copy.deepcopy(distill_from).eval()
-        teacher_train = _safe_logits(teacher, train.x, data.spec)
-        if data.val is not None:
-            teacher_val = _safe_logits(teacher, data.val.x, data.spec)
-
-    def validate() -> tuple[float | None, float | None]:
-        val = data.val
-        if val is None or (val.y is None and teacher_val is None):
-            return None, None
-        student.eval()
-        logits = _safe_logits(student, val.x, data.spec).numpy()
-        ref = teacher_val.numpy() if teacher_val is not None else None
-        acc, loss = scores(logits, val.y.numpy() if val.y is not None else None, ref)
-        return acc, loss
-
-    def snapshot() -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in student.state_dict().items()}
-
-    val_acc, val_loss = validate()
-    history = [EpochRecord(0, None, val_acc, val_loss, time.perf_counter() - start)]
-    best = (val_acc, val_loss) if val_acc is not None and val_loss is not None else None
-    best_state, best_epoch = snapshot(), 0
-    stopped: StopReason = "completed"
-    since_best = 0
-
-    opt = torch.optim.Adam(student.parameters(), lr=lr, weight_decay=weight_decay)
-    n_batches = math.ceil(len(train) / batch_size)
-    total_steps = epochs * n_batches
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
-    )
-    use_kd = teacher_train is not None and (alpha > 0 or train.y is None)
-    kd_weight = 1.0 if train.y is None else alpha
-    last_report = 0.0
-    on_progress(0.0, f"fine-tuning: epoch 1/{epochs}")
-    for epoch in range(1, epochs + 1):
-        student.train()
-        perm = torch.randperm(len(train), generator=g)
-        losses: list[float] = []
-        for b in range(n_batches):
-            if should_stop():
-                stopped = "cancelled"
-                break
-            idx = perm[b * batch_size : (b + 1) * batch_size]
-            if len(idx) < 2 and b > 0:
-                continue  # batch norm cannot train on a batch of one
-            try:
-                out = student(train.x[idx])
-            except Exception as e:
-                raise DataError(f"{data.spec}: the model does not accept the training data: "
-                                f"{type(e).__name__}: {e}") from None
-            loss = torch.zeros((), dtype=out.dtype)
-            if train.y is not None and kd_weight < 1.0:
-                loss = loss + (1 - kd_weight) * nn.functional.cross_entropy(out, train.y[idx])
-            if use_kd:
-                assert teacher_train is not None
-                loss = loss + kd_weight * _kd_loss(out, teacher_train[idx], temperature)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            with torch.no_grad():
-                for name, keep in masks.items():
-                    params[name].mul_(keep)
-            losses.append(float(loss.detach()))
-            now = time.perf_counter()
-            if now - last_report >= _PROGRESS_EVERY_S:
-                last_report = now
-                on_progress(((epoch - 1) + (b + 1) / n_batches) / epochs,
-                            f"fine-tuning: epoch {epoch}/{epochs}, batch {b + 1}/{n_batches}, "
-                            f"loss {np.mean(losses):.4f}")
-        if stopped == "cancelled":
-            break
-        val_acc, val_loss = validate()
-        history.append(EpochRecord(epoch, float(np.mean(losses)) if losses else None, val_acc, val_loss,
-                                   time.perf_counter() - start))
-        if val_acc is None or val_loss is None:
-            best_state, best_epoch = snapshot(), epoch  # no validation: the last epoch is the result
-        elif best is None or _better((val_acc, val_loss), best):
-            best, best_state, best_epoch, since_best = (val_acc, val_loss), snapshot(), epoch, 0
+    with torch.random.fork_rng(devices=[]):
+        start = time.perf_counter()
+        torch.manual_seed(seed)  # inside fork_rng: the caller's global RNG state is restored after
+        g = torch.Generator().manual_seed(seed)
+        recalibrated = recalibrate and bool(batchnorm_layers(model))
+        if recalibrated:
+            on_progress(0.0, "re-estimating batch-norm statistics")
+            student = recalibrate_bn(model, Split(train.x, None))
         else:
-            since_best += 1
-        shown = f", val accuracy {val_acc:.4f}" if val_acc is not None else ""
-        on_progress(epoch / epochs, f"fine-tuning: epoch {epoch}/{epochs} done{shown}")
-        if patience is not None and since_best >= patience and epoch < epochs:
-            stopped = "early-stop"
-            break
+            student = copy.deepcopy(model).eval()
+        student.requires_grad_(True)
+        masks = zero_masks(student)
+        params = dict(student.named_parameters())
+        n_classes = _safe_logits(student, train.x[:1], data.spec).shape[1]
+        check_labels(train, n_classes, f"{data.spec} (training split)")
 
-    student.load_state_dict(best_state)
-    student.requires_grad_(False)
-    student.eval()
-    return FinetuneResult(
-        model=student, history=history, best_epoch=best_epoch, stopped=stopped,
-        seconds=time.perf_counter() - start, masked_layers=tuple(masks),
-        distilled=use_kd, recalibrated=recalibrated,
-        settings={"epochs": epochs, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay,
-                  "distill": distill_from is not None, "temperature": temperature, "alpha": alpha,
-                  "patience": patience, "recalibrate": recalibrate, "seed": seed},
-    )
+        # The teacher's outputs are fixed (no augmentation): compute them once.
+        teacher_train = teacher_val = None
+        if distill_from is not None:
+            teacher = distill_from if not distill_from.training else copy.deepcopy(distill_from).eval()
+            teacher_train = _safe_logits(teacher, train.x, data.spec)
+            if data.val is not None:
+                teacher_val = _safe_logits(teacher, data.val.x, data.spec)
+
+        def validate() -> tuple[float | None, float | None]:
+            val = data.val
+            if val is None or (val.y is None and teacher_val is None):
+                return None, None
+            student.eval()
+            logits = _safe_logits(student, val.x, data.spec).numpy()
+            ref = teacher_val.numpy() if teacher_val is not None else None
+            acc, loss = scores(logits, val.y.numpy() if val.y is not None else None, ref)
+            return acc, loss
+
+        def snapshot() -> dict[str, torch.Tensor]:
+            return {k: v.detach().clone() for k, v in student.state_dict().items()}
+
+        val_acc, val_loss = validate()
+        history = [EpochRecord(0, None, val_acc, val_loss, time.perf_counter() - start)]
+        best = (val_acc, val_loss) if val_acc is not None and val_loss is not None else None
+        best_state, best_epoch = snapshot(), 0
+        stopped: StopReason = "completed"
+        since_best = 0
+
+        opt = torch.optim.Adam(student.parameters(), lr=lr, weight_decay=weight_decay)
+        n_batches = math.ceil(len(train) / batch_size)
+        total_steps = epochs * n_batches
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+        )
+        use_kd = teacher_train is not None and (alpha > 0 or train.y is None)
+        kd_weight = 1.0 if train.y is None else alpha
+        last_report = 0.0
+        on_progress(0.0, f"fine-tuning: epoch 1/{epochs}")
+        for epoch in range(1, epochs + 1):
+            student.train()
+            perm = torch.randperm(len(train), generator=g)
+            losses: list[float] = []
+            for b in range(n_batches):
+                if should_stop():
+                    stopped = "cancelled"
+                    break
+                idx = perm[b * batch_size : (b + 1) * batch_size]
+                if len(idx) < 2 and b > 0:
+                    continue  # batch norm cannot train on a batch of one
+                try:
+                    out = student(train.x[idx])
+                except Exception as e:
+                    raise DataError(f"{data.spec}: the model does not accept the training data: "
+                                    f"{type(e).__name__}: {e}") from None
+                loss = torch.zeros((), dtype=out.dtype)
+                if train.y is not None and kd_weight < 1.0:
+                    loss = loss + (1 - kd_weight) * nn.functional.cross_entropy(out, train.y[idx])
+                if use_kd:
+                    assert teacher_train is not None
+                    loss = loss + kd_weight * _kd_loss(out, teacher_train[idx], temperature)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                with torch.no_grad():
+                    for name, keep in masks.items():
+                        params[name].mul_(keep)
+                losses.append(float(loss.detach()))
+                now = time.perf_counter()
+                if now - last_report >= _PROGRESS_EVERY_S:
+                    last_report = now
+                    on_progress(((epoch - 1) + (b + 1) / n_batches) / epochs,
+                                f"fine-tuning: epoch {epoch}/{epochs}, batch {b + 1}/{n_batches}, "
+                                f"loss {np.mean(losses):.4f}")
+            if stopped == "cancelled":
+                break
+            val_acc, val_loss = validate()
+            history.append(EpochRecord(epoch, float(np.mean(losses)) if losses else None, val_acc, val_loss,
+                                       time.perf_counter() - start))
+            if val_acc is None or val_loss is None:
+                best_state, best_epoch = snapshot(), epoch  # no validation: the last epoch is the result
+            elif best is None or _better((val_acc, val_loss), best):
+                best, best_state, best_epoch, since_best = (val_acc, val_loss), snapshot(), epoch, 0
+            else:
+                since_best += 1
+            shown = f", val accuracy {val_acc:.4f}" if val_acc is not None else ""
+            on_progress(epoch / epochs, f"fine-tuning: epoch {epoch}/{epochs} done{shown}")
+            if patience is not None and since_best >= patience and epoch < epochs:
+                stopped = "early-stop"
+                break
+
+        student.load_state_dict(best_state)
+        student.requires_grad_(False)
+        student.eval()
+        return FinetuneResult(
+            model=student, history=history, best_epoch=best_epoch, stopped=stopped,
+            seconds=time.perf_counter() - start, masked_layers=tuple(masks),
+            distilled=use_kd, recalibrated=recalibrated,
+            settings={"epochs": epochs, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay,
+                      "distill": distill_from is not None, "temperature": temperature, "alpha": alpha,
+                      "patience": patience, "recalibrate": recalibrate, "seed": seed},
+        )
 
 
 def _safe_logits(model: nn.Module, x: torch.Tensor, spec: str) -> torch.Tensor:

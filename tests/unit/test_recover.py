@@ -162,10 +162,12 @@ def test_early_stop_after_patience(subject: Callable[..., Subject]) -> None:
     assert result.best_epoch == 0
 
 
-def test_progress_is_monotonic_and_ends_at_one(subject: Callable[..., Subject]) -> None:
+def test_progress_is_monotonic_and_global_rng_untouched(subject: Callable[..., Subject]) -> None:
     subj = subject("zoo:digits-mlp")
     seen: list[tuple[float, str]] = []
+    rng = torch.get_rng_state()
     finetune(subj.model, _small(subj.data), epochs=2, on_progress=lambda f, m: seen.append((f, m)))
+    assert torch.equal(torch.get_rng_state(), rng)  # the global RNG is left as it was
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
     assert all(isinstance(m, str) and m for _, m in seen)
