@@ -84,6 +84,7 @@ LATENCY_COLUMNS = ["layer", "ratio", "channels_kept", "latency_ms_median", "late
 CACHE_ENV = "PRUNING_EXPLORER_CACHE"
 _SCAN_VERSION = 1  # bump when the numbers a scan produces change: old cache files are then ignored
 _CHUNK = 512  # samples per ONNX Runtime call
+_CAPTURE_BYTES = 256 * 2**20  # at most this much of captured inner tensors at a time
 
 
 # --- units -----------------------------------------------------------------------------------------
@@ -274,25 +275,24 @@ def _ort_session(model_bytes: bytes) -> object:
 
 
 @dataclass
-class _Runner:
-    """One unit's sessions: ``prefix`` computes the suffix's activation inputs from the data."""
+class _Cut:
+    """The part of the graph a unit's weights influence, as a session of its own."""
 
-    prefix: object | None  # None: the suffix only needs the model input
-    prefix_outputs: list[str]
-    suffix: object
-    activations: list[str]  # activation inputs of the suffix (the model input and/or prefix outputs)
-    weights: list[str]  # weight inputs of the suffix
-    suffix_fraction: float  # share of the model's MACs the suffix runs
+    suffix: object  # inputs: ``activations`` then ``weights``; output: the logits
+    activations: list[str]  # data-dependent inputs (the model input and/or inner tensors)
+    weights: list[str]  # the unit's weight inputs
+    fraction: float  # share of the model's MACs the suffix runs
 
 
 class _OrtEngine:
     """Weight-only scans in ONNX Runtime: only the graph downstream of the pruned layer runs.
 
     The model is exported once with every prunable layer's weight as a graph input. For a unit,
-    the graph is cut in two: a prefix (from the data to the activations the downstream part
-    needs, run once per chunk of data) and a suffix (from those activations and the unit's
-    weight to the logits, run once per ratio). Other layers' weights become constants again, so
-    ONNX Runtime folds and fuses the suffix as it would the whole model.
+    the suffix is the part of the graph its weights reach, with the tensors it reads from the rest
+    as inputs; other layers' weights become constants again, so ONNX Runtime folds and fuses the
+    suffix as it would the whole model. A scan runs the dense model once per chunk of data with
+    every needed inner tensor as an extra output (the capture), then each unit's suffix once per
+    ratio on those tensors.
     """
 
     name = "onnxruntime-suffix"
@@ -337,31 +337,27 @@ class _OrtEngine:
         for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
             if vi.type.HasField("tensor_type"):
                 self.types[vi.name] = vi.type.tensor_type.elem_type
-        self.graph_inputs = {i.name for i in graph.input}
-        self.initializers = {t.name for t in graph.initializer}
         # Tensors that do not depend on the data: initializers, weights, and what only they feed.
-        self.constant = set(self.initializers) | set(self.input_of.values()) | {""}
+        self.constant = {t.name for t in graph.initializer} | set(self.input_of.values()) | {""}
         for node in self.nodes:
             if all(i in self.constant for i in node.input):
                 self.constant.update(node.output)
         self.producer = {o: k for k, node in enumerate(self.nodes) for o in node.output}
         self.macs = {n: subject.inventory[n].macs for n in self.layers}
         self.total_macs = max(sum(self.macs.values()), 1)
-        self.runners: dict[str, _Runner | None] = {}
+        self.cuts: dict[str, _Cut | None] = {}
+        self.captures: dict[tuple[str, ...], object] = {}
         self.lock = threading.Lock()
+        self._dense_logits: np.ndarray | None = None
+        self._eval_seconds: float | None = None  # one dense pass over the evaluation data
         try:
-            full = self._session(list(range(len(self.nodes))), [INPUT_NAME], [OUTPUT_NAME], frozenset())
-            x = subject.data.test.x.numpy()
-            start = time.perf_counter()
-            self.dense_logits = np.concatenate(
-                [full.run(None, {INPUT_NAME: x[i : i + _CHUNK]})[0] for i in range(0, len(x), _CHUNK)])
-            self.eval_seconds = time.perf_counter() - start
+            self._capture(())
         except Exception as e:
             raise _Unavailable(f"ONNX Runtime cannot run the export: {type(e).__name__}: {e}") from None
-        self.reference = self.dense_logits if subject.data.test.y is None else None
-        self.dense = _scores(self.dense_logits, subject, self.reference)
 
-    def _session(self, node_ids: list[int], inputs: list[str], outputs: list[str], fed: frozenset[str]) -> object:
+    # graph surgery
+
+    def _session(self, node_ids: set[int], inputs: list[str], outputs: list[str], fed: set[str]) -> object:
         """A session of the nodes ``node_ids``; weights not in ``fed`` become initializers."""
         helper = self._helper
         nodes = [self.nodes[k] for k in sorted(node_ids)]
@@ -394,15 +390,20 @@ class _OrtEngine:
             stack.extend(i for i in self.nodes[k].input if i and i not in stop)
         return needed
 
-    def runner(self, members: list[str]) -> _Runner | None:
-        """Sessions for a unit (built once); None when the unit's weights do not reach the output."""
+    def cut(self, members: list[str]) -> _Cut | None:
+        """The unit's suffix (built once); None when its weights do not reach the output."""
         key = ",".join(members)
         with self.lock:
-            if key not in self.runners:
-                self.runners[key] = self._build(members)
-            return self.runners[key]
+            if key not in self.cuts:
+                try:
+                    self.cuts[key] = self._cut(members)
+                except _Unavailable:
+                    raise
+                except Exception as e:
+                    raise _Unavailable(f"cutting the graph at {members} failed: {type(e).__name__}: {e}") from None
+            return self.cuts[key]
 
-    def _build(self, members: list[str]) -> _Runner | None:
+    def _cut(self, members: list[str]) -> _Cut | None:
         fed = {self.input_of[m] for m in members}
         downstream: set[int] = set()
         frontier = set(fed)
@@ -413,62 +414,120 @@ class _OrtEngine:
         if OUTPUT_NAME not in frontier:
             return None
         made = {o for k in downstream for o in self.nodes[k].output}
-        activations = sorted({i for k in downstream for i in self.nodes[k].input
-                              if i and i not in made and i not in self.constant})
-        suffix_nodes = downstream | self._closure(
-            {i for k in downstream for i in self.nodes[k].input if i in self.constant}, set(self.input_of.values()))
-        try:
-            suffix = self._session(list(suffix_nodes), activations + sorted(fed), [OUTPUT_NAME], frozenset(fed))
-            prefix_outputs = [a for a in activations if a != INPUT_NAME]
-            prefix = None
-            if prefix_outputs:
-                prefix = self._session(list(self._closure(set(prefix_outputs), {INPUT_NAME})), [INPUT_NAME],
-                                       prefix_outputs, frozenset())
-        except _Unavailable:
-            raise
-        except Exception as e:
-            raise _Unavailable(f"cutting the graph at {members} failed: {type(e).__name__}: {e}") from None
-        downstream_layers = {n for n in self.layers if any(self.input_of[n] in self.nodes[k].input for k in downstream)}
+        reads = {i for k in downstream for i in self.nodes[k].input if i and i not in made}
+        activations = sorted(reads - self.constant)
+        nodes = downstream | self._closure(reads & self.constant, set(self.input_of.values()))
+        suffix = self._session(nodes, activations + sorted(fed), [OUTPUT_NAME], fed)
+        downstream_layers = [n for n in self.layers if any(self.input_of[n] in self.nodes[k].input for k in downstream)]
         fraction = sum(self.macs[n] for n in downstream_layers) / self.total_macs
-        return _Runner(prefix, prefix_outputs, suffix, activations, sorted(fed), fraction)
+        return _Cut(suffix, activations, sorted(fed), fraction)
+
+    def _capture(self, needed: tuple[str, ...]) -> object:
+        """The dense model with the inner tensors ``needed`` as extra outputs (built once)."""
+        if needed not in self.captures:
+            nodes = self._closure({OUTPUT_NAME, *needed}, {INPUT_NAME})
+            self.captures[needed] = self._session(nodes, [INPUT_NAME], [OUTPUT_NAME, *needed], set())
+        return self.captures[needed]
+
+    # evaluation
+
+    def _timed_pass(self) -> None:
+        x = self.subject.data.test.x.numpy()
+        session = self._capture(())
+        start = time.perf_counter()
+        logits = np.concatenate([session.run(None, {INPUT_NAME: x[i : i + _CHUNK]})[0] for i in range(0, len(x), _CHUNK)])
+        self._eval_seconds = time.perf_counter() - start
+        if self._dense_logits is None:
+            self._dense_logits = logits
+
+    @property
+    def eval_seconds(self) -> float:
+        """Seconds of one dense pass over the evaluation data (measured once)."""
+        with self.lock:
+            if self._eval_seconds is None:
+                self._timed_pass()
+            assert self._eval_seconds is not None
+            return self._eval_seconds
+
+    @property
+    def dense_logits(self) -> np.ndarray:
+        with self.lock:
+            if self._dense_logits is None:
+                self._timed_pass()
+            assert self._dense_logits is not None
+            return self._dense_logits
+
+    @property
+    def reference(self) -> np.ndarray | None:
+        return self.dense_logits if self.subject.data.test.y is None else None
+
+    @property
+    def dense(self) -> _Result:
+        return _scores(self.dense_logits, self.subject, self.reference)
 
     def cost(self, members: list[str], n_ratios: int) -> float:
         """Estimated seconds for ``n_ratios`` points of a unit (one evaluation = ``eval_seconds``)."""
-        runner = self.runner(members)
-        if runner is None or not n_ratios:
+        cut = self.cut(members)
+        if cut is None or not n_ratios:
             return 0.0
-        return self.eval_seconds * ((1 - runner.suffix_fraction) + n_ratios * max(runner.suffix_fraction, 0.02))
+        return self.eval_seconds * n_ratios * max(cut.fraction, 0.02)
 
-    def points(self, method: PruneMethod, members: list[str], ratios: list[float]) -> Iterator[tuple[float, _Result]]:
-        """Yield ``(ratio, result)`` for each ratio, pruning the unit's layers at that ratio."""
-        runner = self.runner(members)
-        if runner is None:  # the unit does not influence the output
-            for ratio in ratios:
-                yield ratio, self.dense
-            return
+    def overhead(self) -> float:
+        return self.eval_seconds  # the capture pass
+
+    def run(self, method: PruneMethod, todo: dict[str, list[str]], ratios: dict[str, list[float]],
+            on_progress: Progress, round_to: int | None = None) -> Iterator[tuple[str, float, _Result]]:
+        """Yield ``(unit, ratio, result)`` for every unit of ``todo`` at its ``ratios``."""
+        cuts = {name: self.cut(todo[name]) for name in ratios}
         modules = dict(self.subject.model.named_modules())
-        weights: list[dict[str, np.ndarray]] = []
-        for ratio in ratios:
-            weights.append({self.input_of[m]: masked_weight(method, m, modules[m].weight, ratio).numpy()
-                            for m in members})
+        weights: dict[str, list[dict[str, np.ndarray]]] = {}
+        reuse: dict[str, list[bool]] = {}
+        for name, rs in ratios.items():
+            if cuts[name] is None:
+                continue
+            ws = [{self.input_of[m]: masked_weight(method, m, modules[m].weight, r).numpy() for m in todo[name]}
+                  for r in rs]
+            weights[name] = ws
+            # A ratio whose masks equal the previous ratio's (N:M, or a count that rounds the
+            # same) gives the same logits.
+            reuse[name] = [j > 0 and all(np.array_equal(ws[j][k], ws[j - 1][k]) for k in ws[j]) for j in range(len(ws))]
+        needed = tuple(sorted({a for c in cuts.values() if c for a in c.activations} - {INPUT_NAME}))
+        capture = self._capture(needed)
         x = self.subject.data.test.x.numpy()
-        logits: list[list[np.ndarray]] = [[] for _ in ratios]
-        # A ratio whose masks equal the previous ratio's (N:M, or too few weights to round to a
-        # different count) gives the same logits: reuse them.
-        same_as_previous = [j > 0 and all(np.array_equal(weights[j][k], weights[j - 1][k]) for k in weights[j])
-                            for j in range(len(ratios))]
-        for i in range(0, len(x), _CHUNK):
-            chunk = x[i : i + _CHUNK]
-            feed = {INPUT_NAME: chunk} if INPUT_NAME in runner.activations else {}
-            if runner.prefix is not None:
-                feed.update(zip(runner.prefix_outputs, runner.prefix.run(runner.prefix_outputs, {INPUT_NAME: chunk})))
-            for j in range(len(ratios)):
-                if same_as_previous[j]:
-                    logits[j].append(logits[j - 1][-1])
+        chunk = _CHUNK
+        if needed:  # bound the memory the captured tensors take
+            per_sample = sum(a.nbytes for a in capture.run(list(needed), {INPUT_NAME: x[:1]}))
+            chunk = int(min(_CHUNK, max(8, _CAPTURE_BYTES // max(per_sample, 1))))
+        starts = range(0, len(x), chunk)
+        total = len(starts) * sum(len(w) for w in weights.values()) or 1
+        done = 0
+        dense_chunks: list[np.ndarray] = []
+        logits: dict[str, list[list[np.ndarray]]] = {name: [[] for _ in ws] for name, ws in weights.items()}
+        for i in starts:
+            xc = x[i : i + chunk]
+            outs = capture.run(None, {INPUT_NAME: xc})
+            dense_chunks.append(outs[0])
+            acts = {INPUT_NAME: xc, **dict(zip(needed, outs[1:]))}
+            for name, ws in weights.items():
+                cut = cuts[name]
+                assert cut is not None
+                feed = {a: acts[a] for a in cut.activations}
+                for j, w in enumerate(ws):
+                    if reuse[name][j]:
+                        logits[name][j].append(logits[name][j - 1][-1])
+                    else:
+                        logits[name][j].append(cut.suffix.run(None, {**feed, **w})[0])
+                    done += 1
+                    on_progress(done / total, f"{name} @ {ratios[name][j]:.2f}")
+        with self.lock:
+            if self._dense_logits is None:
+                self._dense_logits = np.concatenate(dense_chunks)
+        for name, rs in ratios.items():
+            for j, r in enumerate(rs):
+                if name not in logits:  # the unit does not influence the output
+                    yield name, r, self.dense
                 else:
-                    logits[j].append(runner.suffix.run(None, {**feed, **weights[j]})[0])
-        for ratio, chunks in zip(ratios, logits):
-            yield ratio, _scores(np.concatenate(chunks), self.subject, self.reference)
+                    yield name, r, _scores(np.concatenate(logits[name][j]), self.subject, self.reference)
 
 
 class _TorchEngine:
@@ -497,18 +556,27 @@ class _TorchEngine:
     def cost(self, members: list[str], n_ratios: int) -> float:
         return self.eval_seconds * n_ratios
 
-    def points(self, method: PruneMethod, members: list[str], ratios: list[float]) -> Iterator[tuple[float, _Result]]:
+    def overhead(self) -> float:
+        return 0.0
+
+    def run(self, method: PruneMethod, todo: dict[str, list[str]], ratios: dict[str, list[float]],
+            on_progress: Progress, round_to: int | None = None) -> Iterator[tuple[str, float, _Result]]:
         base = dict(self.subject.model.named_modules())
-        for ratio in ratios:
-            with self.lock, torch.no_grad():
-                for m in members:
-                    self.modules[m].weight.copy_(masked_weight(method, m, base[m].weight, ratio))
-                try:
-                    result = _Result(*evaluate_torch(self.work, self.subject.data.test, self.reference))
-                finally:
+        total, done = sum(len(rs) for rs in ratios.values()) or 1, 0
+        for name, rs in ratios.items():
+            members = todo[name]
+            for ratio in rs:
+                with self.lock, torch.no_grad():
                     for m in members:
-                        self.modules[m].weight.copy_(base[m].weight)
-            yield ratio, result
+                        self.modules[m].weight.copy_(masked_weight(method, m, base[m].weight, ratio))
+                    try:
+                        result = _Result(*evaluate_torch(self.work, self.subject.data.test, self.reference))
+                    finally:
+                        for m in members:
+                            self.modules[m].weight.copy_(base[m].weight)
+                done += 1
+                on_progress(done / total, f"{name} @ {ratio:.2f}")
+                yield name, ratio, result
 
 
 class _StructuredEngine:
@@ -564,8 +632,7 @@ class _StructuredEngine:
         n = len(group[0].idxs)
         n_prune = n - kept_channels(n, ratio, round_to)
         if n_prune <= 0:
-            out = copy.deepcopy(self.subject.model)
-            return out.eval()
+            return copy.deepcopy(self.subject.model).eval()
         idxs = sorted(self.importance(gid, p).argsort()[:n_prune].tolist())
         # Share what is not the model's state: autograd nodes (cannot be copied) and Torch-Pruning's
         # pruner singletons (its code compares handlers with them by identity).
@@ -586,13 +653,20 @@ class _StructuredEngine:
     def cost(self, members: list[str], n_ratios: int) -> float:
         return (self.eval_seconds + self.copy_seconds) * n_ratios
 
-    def points(self, method: PruneMethod, members: list[str], ratios: list[float],
-               round_to: int | None = None) -> Iterator[tuple[float, _Result]]:
-        gid = members[0]
+    def overhead(self) -> float:
+        return 0.0
+
+    def run(self, method: PruneMethod, todo: dict[str, list[str]], ratios: dict[str, list[float]],
+            on_progress: Progress, round_to: int | None = None) -> Iterator[tuple[str, float, _Result]]:
         assert method.norm_p is not None
-        for ratio in ratios:
-            model = self.pruned(gid, ratio, round_to, method.norm_p)
-            yield ratio, _Result(*evaluate_torch(model, self.subject.data.test, self.reference))
+        total, done = sum(len(rs) for rs in ratios.values()) or 1, 0
+        for gid, rs in ratios.items():
+            for ratio in rs:
+                model = self.pruned(gid, ratio, round_to, method.norm_p)
+                result = _Result(*evaluate_torch(model, self.subject.data.test, self.reference))
+                done += 1
+                on_progress(done / total, f"{gid} @ {ratio:.2f}")
+                yield gid, ratio, result
 
 
 _Engine = _OrtEngine | _TorchEngine | _StructuredEngine
@@ -667,23 +741,19 @@ def scan(subject: Subject, method: str = "l1-unstructured", ratios: Sequence[flo
     if missing:
         eng = _engine(subject, m, engine)
         total = sum(len(rs) for rs in missing.values())
-        done, start = 0, time.perf_counter()
+        start = time.perf_counter()
         on_progress(0.0, f"{method}: {total} points with the {eng.name} engine")
+
+        def progress(fraction: float, message: str) -> None:
+            left = (time.perf_counter() - start) * (1 - fraction) / max(fraction, 1e-9)
+            on_progress(min(fraction, 1.0) * 0.999, f"{message} (~{left:.0f} s left)")
+
+        pruned = {name: [r for r in rs if r > 0] for name, rs in missing.items()}
+        for name, ratio, result in eng.run(m, todo, {n: rs for n, rs in pruned.items() if rs}, progress, round_to):
+            fresh[(name, rk(ratio))] = _row(name, ratio, result, ",".join(todo[name]))
         for name, rs in missing.items():
-            members = todo[name]
-            joined = ",".join(members)
             if 0.0 in rs:
-                fresh[(name, 0.0)] = _row(name, 0.0, eng.dense, joined)
-                done += 1
-            pruned = [r for r in rs if r > 0]
-            points = (eng.points(m, members, pruned, round_to) if isinstance(eng, _StructuredEngine)
-                      else eng.points(m, members, pruned))
-            for ratio, result in points:
-                fresh[(name, rk(ratio))] = _row(name, ratio, result, joined)
-                done += 1
-                elapsed = time.perf_counter() - start
-                on_progress(done / total, f"{name} @ {ratio:.2f} ({done}/{total}, "
-                                          f"~{elapsed / done * (total - done):.0f} s left)")
+                fresh[(name, 0.0)] = _row(name, 0.0, eng.dense, ",".join(todo[name]))
         if store is not None:
             store.save(fresh)
     on_progress(1.0, "done")
@@ -810,7 +880,7 @@ def estimate(subject: Subject, method: str = "l1-unstructured", ratios: Sequence
     if not n_missing:
         return Estimate(0, cached, 0.0, 0.0, "cache")
     eng = _engine(subject, m, engine)
-    seconds = sum(eng.cost(todo[n], len(rs)) for n, rs in missing.items() if rs)
+    seconds = eng.overhead() + sum(eng.cost(todo[n], len(rs)) for n, rs in missing.items() if rs)
     return Estimate(n_missing, cached, seconds, eng.eval_seconds, eng.name)
 
 
