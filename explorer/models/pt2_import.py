@@ -6,7 +6,8 @@ guard code, evaluates its shape expressions with ``sympy.sympify`` (``eval``), i
 named in its input/output specs, and loads compiled AOTInductor libraries. So before anything is
 deserialized, the archive is checked: only raw tensors (no pickles), no compiled code, example
 inputs that load with ``weights_only=True``, node targets that are registered operators, shape
-expressions made only of sympy names and numbers, no module imports; guard code is dropped. What
+expressions made only of sympy names and numbers, no module imports, and names (which torch.fx
+pastes into the Python code it generates) that are plain identifiers; guard code is dropped. What
 fails a check is refused with the reason.
 
 The program's graph then gets real layers back: every ``aten.conv*``, ``aten.linear``,
@@ -56,6 +57,9 @@ _SYMPY_NAMES = {
     "IntTrueDiv", "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt", "RoundToInt",
     "RoundDecimal", "ToFloat", "Identity", "BitwiseFn_bitwise_and", "BitwiseFn_bitwise_or",
 }
+# Names that end up in the Python code torch.fx generates for the program (placeholders, attribute
+# paths): plain (dotted) identifiers only, so a name cannot carry code.
+_DOTTED = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
 _EXPR_TOKEN = re.compile(
     r"\s+|(?P<num>\d+(\.\d+)?([eE][+-]?\d+)?)|(?P<str>'[A-Za-z0-9_.+\-]*')"
     r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<kw>=(?!=))|(?P<op>==|!=|<=|>=|\*\*|[(),+\-*/%<>])"
@@ -106,6 +110,9 @@ def _walk(value: Any, path: Path, depth: int = 0) -> None:
             raise _refuse(path, "an input/output spec names a Python type to import")
         if isinstance(value.get("target"), str) and "inputs" in value and "outputs" in value:
             _check_target(value["target"], path)
+        for key, v in value.items():
+            if isinstance(v, str) and (key.endswith("name") or key == "fqn") and v and not _DOTTED.match(v):
+                raise _refuse(path, f"the program names something {v[:60]!r} (only identifiers are read)")
         expr = value.get("expr_str")
         if isinstance(expr, str):
             _check_expr(expr, path)
@@ -173,6 +180,8 @@ def check_archive(data: bytes, path: Path) -> None:
                 except (ValueError, AttributeError):
                     raise ModelLoadError(f"{path}: corrupt archive ({name} is not JSON)") from None
                 for fqn, meta in config.items():
+                    if not _DOTTED.match(str(fqn)):
+                        raise _refuse(path, f"a {kind[:-1]} is named {str(fqn)[:60]!r} (only identifiers are read)")
                     if not isinstance(meta, dict) or meta.get("use_pickle") or \
                             not str(meta.get("path_name", "")).startswith(("weight_", "tensor_")):
                         raise _refuse(path, f"{kind[:-1]} {fqn!r} is a pickled object; only plain tensors are read")
@@ -445,6 +454,10 @@ def load_program(path: str | Path) -> nn.Module:
         if attr in gm.__dict__:
             delattr(gm, attr)
     _check_graph_targets(gm, path)
+    for module in gm.modules():  # the file's metadata (stack traces...) is never needed, nor printed
+        if isinstance(module, fx.GraphModule):
+            for node in module.graph.nodes:
+                node.meta = {k: node.meta[k] for k in ("val", "tensor_meta") if k in node.meta}
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise ModelLoadError(f"{path}: the program must take exactly one tensor input, it takes {len(placeholders)}")

@@ -128,6 +128,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
                      "expr_str": f"__import__('builtins').open('{c.sentinel}', 'w')", "hint": None}}})))
     _rewrite_zip(c / "mlp.pt2", c / "os_target.pt2",
                  _edit_program(lambda p: _first_node(p).update(target="torch.os.system")))
+    injected = json.dumps(f"x=open('{c.sentinel}', 'w')").encode()  # torch.fx pastes names into code
+    _rewrite_zip(c / "mlp.pt2", c / "code_in_name.pt2", lambda n, d: d.replace(b'"name": "x"', b'"name": ' + injected)
+                 if n == "models/model.json" else d)
     _rewrite_zip(c / "mlp.pt2", c / "guards.pt2",
                  _edit_program(lambda p: p.update(guards_code=[f"open('{c.sentinel}', 'w')"])))
     _rewrite_zip(c / "mlp.pt2", c / "aoti.pt2", lambda n, d: d,
@@ -203,6 +206,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("pt2-pickled-weight", ["layers", "--model", "{dir}/pickled_weight.pt2", "--data", "{dir}/digits.npz"], "pickled"),
     ("pt2-eval-in-shape-expr", ["layers", "--model", "{dir}/eval_expr.pt2", "--data", "{dir}/digits.npz"], "__import__"),
     ("pt2-os-system-target", ["layers", "--model", "{dir}/os_target.pt2", "--data", "{dir}/digits.npz"], "torch.os.system"),
+    ("pt2-code-in-a-name", ["layers", "--model", "{dir}/code_in_name.pt2", "--data", "{dir}/digits.npz"], "x=open("),
     ("pt2-compiled-code", ["layers", "--model", "{dir}/aoti.pt2", "--data", "{dir}/digits.npz"], "AOTInductor"),
     ("pt-pickle", ["layers", "--model", "{dir}/model.pt", "--data", "{dir}/digits.npz"], "model.pt"),
     ("pth-pickle", ["layers", "--model", "{dir}/weights.pth", "--data", "{dir}/digits.npz"], "weights.pth"),
