@@ -52,6 +52,7 @@ Mode = Literal["dynamic", "static"]
 MODES = ("auto", "dynamic", "static")
 CALIBRATION_SAMPLES = 512  # enough for stable min/max ranges on small models; seconds to collect
 CALIBRATION_BATCH = 64
+ACCURACY_WARNING = 0.01  # an int8 model losing more than one point gets a note
 _FAST_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "amx_tile")  # x86; asimddp / i8mm on Arm
 _ARM_FLAGS = ("asimddp", "i8mm")
 
@@ -329,8 +330,16 @@ def compare_int8(fp32_path: str | Path, data: Dataset, int8_path: str | Path, *,
     on_progress(0.7, "int8: measuring int8")
     int8, int8_logits = measure_onnx(result.path, data, reference=reference, threads=threads, runs=runs)
     on_progress(1.0, "int8: done")
+    notes = list(result.notes)
+    drop = fp32.accuracy - int8.accuracy
+    if drop > ACCURACY_WARNING:
+        what = "accuracy" if fp32.labels else "agreement with the dense model"
+        notes.append(f"int8 loses {100 * drop:.1f} points of {what} on this model ({result.mode} mode); "
+                     "keep the fp32 model or try the other mode")
+    if split_name == "test":
+        notes.append("calibrated on the evaluation data (no train or val split): the int8 accuracy is optimistic")
     return Int8Comparison(
         mode=result.mode, path=result.path, fp32=fp32, int8=int8,
         agreement=float((fp32_logits.argmax(1) == int8_logits.argmax(1)).mean()),
-        cpu=cpu_int8_support(), calibration=split_name, notes=result.notes,
+        cpu=cpu_int8_support(), calibration=split_name, notes=tuple(notes),
     )

@@ -110,3 +110,15 @@ def test_errors_are_export_errors(subject: Callable[..., Subject], tmp_path: Pat
     plan = PruningPlan.uniform("l1-unstructured", ["features.0"], 0.5)
     with pytest.raises(ExportError, match="'int4'"):
         export_bundle(subj, plan, tmp_path / "bundle", quantize="int4")
+
+
+def test_calibrating_on_test_data_is_noted(subject: Callable[..., Subject], tmp_path: Path) -> None:
+    """User data without train/val: static int8 calibrates on the evaluation data and says so."""
+    from explorer.data import Dataset
+
+    subj = subject("zoo:digits-cnn")
+    only_test = Dataset(spec="user.npz", test=subj.data.test)
+    fp32 = export_onnx(subj.model, subj.example_input, tmp_path / "model.onnx")
+    cmp = compare_int8(fp32, only_test, tmp_path / "model.int8.onnx", runs=30)
+    assert cmp.calibration == "test"
+    assert any("optimistic" in note for note in cmp.notes)
