@@ -132,4 +132,7 @@ def load_model(spec: str) -> nn.Module:
         if not isinstance(model, nn.Module):
             raise ModelLoadError(f"{spec}: must return a torch.nn.Module, got {type(model).__name__}")
     check_finite(model, spec)
+    if not any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) for m in model.modules()):
+        raise ModelLoadError(f"{spec}: no Conv or Linear layer holding its own weights was found, so there "
+                             "is nothing to prune (weights computed at run time are not layers)")
     return model.eval()

@@ -60,6 +60,8 @@ _SYMPY_NAMES = {
 # Names that end up in the Python code torch.fx generates for the program (placeholders, attribute
 # paths): plain (dotted) identifiers only, so a name cannot carry code.
 _DOTTED = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
+_CODE_NAMES = {"name", "as_name", "parameter_name", "buffer_name", "tensor_constant_name", "custom_obj_name",
+               "fqn", "arg_name"}
 _EXPR_TOKEN = re.compile(
     r"\s+|(?P<num>\d+(\.\d+)?([eE][+-]?\d+)?)|(?P<str>'[A-Za-z0-9_.+\-]*')"
     r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<kw>=(?!=))|(?P<op>==|!=|<=|>=|\*\*|[(),+\-*/%<>])"
@@ -101,8 +103,17 @@ def _check_target(target: str, path: Path) -> None:
         raise _refuse(path, f"the program calls {target!r}, which is not a registered torch operator")
 
 
-def _walk(value: Any, path: Path, depth: int = 0) -> None:
-    """Check node targets, shape expressions and embedded JSON (pytree specs) everywhere."""
+def _check_name(name: Any, path: Path) -> None:
+    if isinstance(name, str) and name and not _DOTTED.match(name):
+        raise _refuse(path, f"the program names something {name[:60]!r} (only identifiers are read)")
+
+
+def _walk(value: Any, path: Path, depth: int = 0, names: bool = True) -> None:
+    """Check node targets, shape expressions, names and embedded JSON (pytree specs) everywhere.
+
+    ``names``: check the names torch.fx turns into code (not inside node metadata, which is
+    dropped after loading).
+    """
     if depth > 200:
         raise _refuse(path, "the program's description is nested too deeply")
     if isinstance(value, dict):
@@ -110,23 +121,25 @@ def _walk(value: Any, path: Path, depth: int = 0) -> None:
             raise _refuse(path, "an input/output spec names a Python type to import")
         if isinstance(value.get("target"), str) and "inputs" in value and "outputs" in value:
             _check_target(value["target"], path)
-        for key, v in value.items():
-            if isinstance(v, str) and (key.endswith("name") or key == "fqn") and v and not _DOTTED.match(v):
-                raise _refuse(path, f"the program names something {v[:60]!r} (only identifiers are read)")
+        if names:
+            for key in _CODE_NAMES & value.keys():
+                _check_name(value[key], path)
+            for name in value.get("forward_arg_names") or []:
+                _check_name(name, path)
         expr = value.get("expr_str")
         if isinstance(expr, str):
             _check_expr(expr, path)
-        for v in value.values():
-            _walk(v, path, depth + 1)
+        for key, v in value.items():
+            _walk(v, path, depth + 1, names and key != "metadata")
     elif isinstance(value, list):
         for v in value:
-            _walk(v, path, depth + 1)
+            _walk(v, path, depth + 1, names)
     elif isinstance(value, str) and value[:1] in ("{", "["):
         try:
             inner = json.loads(value)
         except ValueError:
             return
-        _walk(inner, path, depth + 1)
+        _walk(inner, path, depth + 1, names)
 
 
 def check_archive(data: bytes, path: Path) -> None:
@@ -246,9 +259,33 @@ def _only_user(value: fx.Node | None, node: fx.Node) -> bool:
     return value is None or set(value.users) == {node}
 
 
-def _to_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, str, str, list[fx.Node]] | None:
-    """The layer replacing ``node`` (a conv, linear or norm on the program's own tensors), if any."""
+def _transposed_weight(gm: fx.GraphModule, node: Any) -> tuple[str, torch.Tensor] | None:
+    """``permute(w, [1, 0])`` or ``t(w)`` of a 2-D weight of the program (decomposed linears)."""
+    if isinstance(node, fx.Node) and node.op == "call_function" and len(node.users) == 1 and (
+            node.target == _aten("t") or (node.target == _aten("permute") and list(node.args[1]) == [1, 0])):
+        w = _tensor_attr(gm, node.args[0])
+        if w is not None and w[1].ndim == 2 and len(node.args[0].users) == 1:
+            return w
+    return None
+
+
+def _to_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, str, str, list[fx.Node], Any] | None:
+    """The layer replacing ``node`` (a conv, linear or norm on the program's own tensors), if any:
+    (layer, weight name, kind, the nodes feeding it its tensors, its input)."""
     t = node.target
+    if t in (_aten("addmm"), _aten("mm")):  # decomposed linear: addmm(bias, x, t(w)) or mm(x, t(w))
+        x, wt = (node.args[1], node.args[2]) if t == _aten("addmm") else (node.args[0], node.args[1])
+        w = _transposed_weight(gm, wt)
+        b = _tensor_attr(gm, node.args[0]) if t == _aten("addmm") else None
+        if w is None or (t == _aten("addmm") and (b is None or b[1].ndim != 1)) or \
+                node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
+            return None
+        linear = nn.Linear(w[1].shape[1], w[1].shape[0], bias=b is not None)
+        linear.weight = _as_param(w[1])
+        if b is not None:
+            linear.bias = _as_param(b[1])
+        feeds = [wt] + ([node.args[0]] if b is not None else [])
+        return linear, w[0], "linear", feeds, x
     convs = {_aten("conv1d"): 1, _aten("conv2d"): 2, _aten("conv3d"): 3}
     if t in convs or t == _aten("convolution"):
         if t == _aten("convolution"):
@@ -272,7 +309,8 @@ def _to_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, str, str, l
         conv.weight = _as_param(weight)
         if b is not None:
             conv.bias = _as_param(b[1])
-        return conv, w[0], "conv", [n for n in (node.args[1], _arg(node, 2, "bias", None)) if isinstance(n, fx.Node)]
+        return conv, w[0], "conv", [n for n in (node.args[1], _arg(node, 2, "bias", None)) if isinstance(n, fx.Node)], \
+            node.args[0]
     if t == _aten("linear"):
         w, b = _tensor_attr(gm, node.args[1]), _tensor_attr(gm, _arg(node, 2, "bias", None))
         if w is None or w[1].ndim != 2 or (b is None and _arg(node, 2, "bias", None) is not None):
@@ -281,7 +319,8 @@ def _to_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, str, str, l
         linear.weight = _as_param(w[1])
         if b is not None:
             linear.bias = _as_param(b[1])
-        return linear, w[0], "linear", [n for n in (node.args[1], _arg(node, 2, "bias", None)) if isinstance(n, fx.Node)]
+        return linear, w[0], "linear", [n for n in (node.args[1], _arg(node, 2, "bias", None)) if isinstance(n, fx.Node)], \
+            node.args[0]
     if t in (_aten("batch_norm"), _aten("_native_batch_norm_legit_no_training")):
         if t == _aten("batch_norm") and _arg(node, 5, "training", False):
             return None
@@ -295,7 +334,7 @@ def _to_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, str, str, l
         bn = _AnyRankBatchNorm(w.shape[0], eps=float(eps), momentum=float(momentum))
         bn.weight, bn.bias = _as_param(w), _as_param(b)
         bn.running_mean, bn.running_var = mean.detach().clone(), var.detach().clone()
-        return bn, wn, "bn", [a for a in node.args[1:5] if isinstance(a, fx.Node)]
+        return bn, wn, "bn", [a for a in node.args[1:5] if isinstance(a, fx.Node)], node.args[0]
     if t == _aten("layer_norm"):
         shape = node.args[1]
         w, b = _tensor_attr(gm, _arg(node, 2, "weight", None)), _tensor_attr(gm, _arg(node, 3, "bias", None))
@@ -305,7 +344,7 @@ def _to_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, str, str, l
         ln.weight = _as_param(w[1])
         if b is not None:
             ln.bias = _as_param(b[1])
-        return ln, w[0], "ln", [a for a in node.args[2:4] if isinstance(a, fx.Node)]
+        return ln, w[0], "ln", [a for a in node.args[2:4] if isinstance(a, fx.Node)], node.args[0]
     return None
 
 
@@ -349,13 +388,13 @@ def program_to_layers(gm: fx.GraphModule, batch: int | None = None) -> fx.GraphM
         made = _to_layer(gm, node)
         if made is None:
             continue
-        layer, weight_name, kind, tensor_nodes = made
+        layer, weight_name, kind, tensor_nodes, source = made
         if not all(_only_user(n, node) for n in tensor_nodes):
             continue  # a weight shared with another op stays functional
         prefix = weight_name.rpartition(".")[0] if weight_name.endswith(".weight") else weight_name.replace(".", "_")
         name = _install(gm, prefix, layer, kind)
         with gm.graph.inserting_before(node):
-            call = gm.graph.call_module(name, (node.args[0],))
+            call = gm.graph.call_module(name, (source,))
         if node.target == _aten("_native_batch_norm_legit_no_training"):
             for user in list(node.users):  # (out, mean, invstd): only the output is used in inference
                 if user.target is __import__("operator").getitem and user.args[1] == 0:
@@ -367,8 +406,11 @@ def program_to_layers(gm: fx.GraphModule, batch: int | None = None) -> fx.GraphM
         else:
             node.replace_all_uses_with(call)
         gm.graph.erase_node(node)
-        for n in tensor_nodes:
-            if not n.users:
+        pending = list(tensor_nodes)
+        while pending:  # the weights' get_attr (and transpose) nodes nothing reads any more
+            n = pending.pop(0)
+            if not n.users and n.graph is gm.graph and n in gm.graph.nodes:
+                pending += [a for a in n.args if isinstance(a, fx.Node)]
                 gm.graph.erase_node(n)
     _free_batch(gm, batch)
     # The program's pytree calling convention (flatten args, unflatten outputs) becomes a plain

@@ -46,11 +46,14 @@ def _export_dynamo(model: torch.nn.Module, x: torch.Tensor, path: Path) -> Path:
     return path
 
 
-def _save_program(model: torch.nn.Module, x: torch.Tensor, path: Path, dynamic: bool = True) -> Path:
+def _save_program(model: torch.nn.Module, x: torch.Tensor, path: Path, dynamic: bool = True,
+                  decompose: bool = False) -> Path:
     if dynamic:
         program = torch.export.export(model, (x[:2],), dynamic_shapes=({0: torch.export.Dim("batch")},))
     else:
         program = torch.export.export(model, (x[:1],))
+    if decompose:  # core ATen: aten.convolution, addmm on a transposed weight, decomposed batch norm
+        program = program.run_decompositions()
     torch.export.save(program, path)
     return path
 
@@ -213,16 +216,18 @@ def test_onnx_external_data_outside_the_folder_is_refused(tmp_path: Path) -> Non
 # --- .pt2 ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dynamic", [True, False], ids=["dynamic-batch", "static-batch"])
+@pytest.mark.parametrize(("dynamic", "decompose"), [(True, False), (False, False), (True, True)],
+                         ids=["dynamic-batch", "static-batch", "core-aten"])
 @pytest.mark.parametrize("zoo_name", ["digits-cnn", "digits-resnet"])
-def test_pt2_matches_the_torch_model_at_any_batch(zoo_name: str, dynamic: bool, tmp_path: Path) -> None:
+def test_pt2_matches_the_torch_model_at_any_batch(zoo_name: str, dynamic: bool, decompose: bool, tmp_path: Path) -> None:
     model = build(zoo_name).eval()
     x = load_data(f"zoo:{zoo_name}").test.x[:7]
-    loaded = load_program(_save_program(model, x, tmp_path / "m.pt2", dynamic))
+    loaded = load_program(_save_program(model, x, tmp_path / "m.pt2", dynamic, decompose))
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), atol=1e-5, rtol=1e-5)
-    assert [n for n, m in loaded.named_modules() if isinstance(m, torch.nn.Conv2d)] == \
-        [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    layer_types = (torch.nn.Conv2d, torch.nn.Linear)
+    assert [n for n, m in loaded.named_modules() if isinstance(m, layer_types)] == \
+        [n for n, m in model.named_modules() if isinstance(m, layer_types)]
     loaded.train()  # real layers: train()/eval() work (torch's rebuilt module refuses them)
     loaded.eval()
 
