@@ -80,7 +80,7 @@ _BINARY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 }
 
 _OTHER_OPS = {
-    "Conv", "Gemm", "MatMul", "BatchNormalization", "LayerNormalization", "Linear", "Div", "Mod", "Max",
+    "Conv", "Gemm", "MatMul", "BatchNormalization", "LayerNormalization", "Div", "Mod", "Max",
     "Min", "Sum", "Mean", "Where", "LeakyRelu", "Elu", "Selu", "Celu", "HardSigmoid", "Gelu",
     "Clip", "Softmax", "LogSoftmax", "PRelu", "MaxPool", "AveragePool", "GlobalAveragePool",
     "GlobalMaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Split",
@@ -172,6 +172,10 @@ class OnnxModule(nn.Module):
             for n in raw
             if n.domain not in ("", "ai.onnx") or n.op_type not in supported_ops()
         })
+        computed = sorted({n.name or n.op_type for n in raw if n.op_type == "Conv" and n.input[1] not in init
+                           and not any(c.op_type == "Constant" and c.output[0] == n.input[1] for c in raw)})
+        if computed:
+            raise ModelLoadError(f"{source}: Conv node(s) {computed[:5]} compute their weights at run time (unsupported)")
         if unsupported:
             raise ModelLoadError(
                 f"{source}: unsupported ONNX op(s) {unsupported}; the interpreter runs "
