@@ -20,6 +20,7 @@ page = st.navigation({
         st.Page(HERE / "pages" / "weights.py", title="Weights", icon=":material/bar_chart:"),
         st.Page(HERE / "pages" / "sensitivity.py", title="Sensitivity", icon=":material/show_chart:"),
         st.Page(HERE / "pages" / "prune.py", title="Prune", icon=":material/content_cut:"),
+        st.Page(HERE / "pages" / "recover.py", title="Recover", icon=":material/healing:"),
     ],
     "Learn": [
         st.Page(HERE / "pages" / "learn.py", title="Learn", icon=":material/school:"),

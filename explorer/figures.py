@@ -162,3 +162,24 @@ def pareto(history: pd.DataFrame, current: int | None = None) -> go.Figure:
         fig.update_xaxes(title_text=f"{'median latency' if col == 1 else 'gzipped ONNX'} ({unit})", row=1, col=col)
     fig.update_yaxes(title_text="accuracy (%)", row=1, col=1)
     return _layout(fig, 420, legend_below=True)
+
+
+def recovery_bars(rows: list[dict]) -> go.Figure:
+    """Accuracy and gzipped size of each stage of the recovery loop (dense, pruned, recovered, int8)."""
+    stages = [r["stage"] for r in rows]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Accuracy (%)", "Gzipped ONNX (kB)"))
+    fig.add_trace(go.Bar(x=stages, y=[100 * r["accuracy"] for r in rows], name="accuracy",
+                         text=[f"{100 * r['accuracy']:.1f}" for r in rows], textposition="outside"), row=1, col=1)
+    fig.add_trace(go.Bar(x=stages, y=[r["onnx_gzip_bytes"] / 1e3 for r in rows], name="gzipped ONNX",
+                         text=[f"{r['onnx_gzip_bytes'] / 1e3:.0f}" for r in rows], textposition="outside"), row=1, col=2)
+    fig.update_layout(showlegend=False)
+    return _layout(fig, 340)
+
+
+def finetune_curve(epochs: list[dict]) -> go.Figure:
+    """Validation accuracy per fine-tuning epoch (epoch 0: the model before fine-tuning)."""
+    fig = go.Figure(go.Scatter(x=[e["epoch"] for e in epochs],
+                               y=[100 * e["val_accuracy"] if e["val_accuracy"] is not None else None for e in epochs],
+                               mode="lines+markers", name="validation accuracy"))
+    fig.update_layout(xaxis_title="epoch", yaxis_title="validation accuracy (%)")
+    return _layout(fig, 300)

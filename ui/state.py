@@ -58,6 +58,15 @@ class Keys:
     SENS_RATIOS = "sensitivity.ratios"
     SENS_HIGHLIGHT = "sensitivity.highlight"
 
+    # Recover page: the last loop run per (subject, plan, settings), and its widgets.
+    RECOVER_RESULTS = "recover.results"
+    RECOVER_BN = "recover.bn"
+    RECOVER_EPOCHS = "recover.epochs"
+    RECOVER_DISTILL = "recover.distill"
+    RECOVER_TEMPERATURE = "recover.temperature"
+    RECOVER_ALPHA = "recover.alpha"
+    RECOVER_INT8 = "recover.int8"
+
     # Export page widgets.
     EXPORT_UPLOAD = "export.upload"
     EXPORT_PASTE = "export.paste"
@@ -84,6 +93,7 @@ def init_state() -> None:
         Keys.HISTORY: [],
         Keys.SCANS: {},
         Keys.FLASH: None,
+        Keys.RECOVER_RESULTS: {},
     }
     for key, value in defaults.items():
         if key not in st.session_state:

@@ -22,7 +22,7 @@ __all__ = ["history_frame", "history_section", "import_plan", "layer_table", "me
 
 PAGES = {"model": "pages/model.py", "weights": "pages/weights.py", "sensitivity": "pages/sensitivity.py",
          "prune": "pages/prune.py", "export": "pages/export.py",
-         "learn": "pages/learn.py"}
+         "learn": "pages/learn.py", "recover": "pages/recover.py"}
 
 
 def page_link(name: str, label: str, icon: str | None = None) -> None:

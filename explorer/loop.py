@@ -1,0 +1,114 @@
+"""The whole loop on one plan: prune, recalibrate batch norm, fine-tune, quantize to int8.
+
+Every stage is exported to ONNX and measured there (accuracy, size, latency), side by side with
+the dense model, so a user sees what each step gives back. The Recover page is a view on this.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from explorer.errors import DataError
+from explorer.plan import PruningPlan
+from explorer.progress import Progress, no_progress
+from explorer.recover import batchnorm_layers, finetune, recalibrate_bn
+from explorer.subject import Subject
+
+__all__ = ["INT8_MODES", "LoopResult", "Stage", "run_loop"]
+
+INT8_MODES = ("auto", "dynamic", "static")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One measured step of the loop. ``metrics`` has the keys of ``Subject.evaluate``."""
+
+    name: str
+    metrics: dict[str, Any]
+    note: str = ""
+
+
+@dataclass
+class LoopResult:
+    stages: list[Stage] = field(default_factory=list)
+    epochs: list[dict[str, Any]] = field(default_factory=list)  # fine-tuning history
+    stopped: str = ""  # how fine-tuning ended ("completed", "early stop", "cancelled"), "" if not run
+    int8: dict[str, Any] | None = None  # compare_int8(...).to_dict(), with the CPU note
+    model: nn.Module | None = None  # the last fp32 model (fine-tuned when fine-tuning ran)
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row per stage: the numbers a user compares."""
+        keys = ("accuracy", "loss", "params_nonzero", "onnx_bytes", "onnx_gzip_bytes", "latency_ms_median",
+                "latency_ms_p90")
+        return [{"stage": s.name, **{k: s.metrics.get(k) for k in keys}, "note": s.note} for s in self.stages]
+
+
+def run_loop(subject: Subject, plan: PruningPlan, *, recalibrate: bool = True, epochs: int = 0,
+             distill: bool = False, temperature: float = 2.0, alpha: float = 0.5, int8: str | None = None,
+             on_progress: Progress = no_progress, should_stop: Callable[[], bool] | None = None) -> LoopResult:
+    """Run the loop on ``plan``; each stage is measured on its own ONNX export.
+
+    Args:
+        recalibrate: re-estimate batch-norm statistics of the pruned model (a stage of its own).
+        epochs: fine-tuning epochs on the training split (0: no fine-tuning); zeros stay zero.
+        distill: fine-tune with the dense model as teacher (``temperature``, weight ``alpha``).
+        int8: ``None`` or one of ``INT8_MODES``: quantize the last fp32 stage with ONNX Runtime.
+        should_stop: polled during fine-tuning; True cancels it (the best model so far is kept).
+
+    Raises:
+        DataError: fine-tuning asked for on data without a training split.
+        ExplorerError: as pruning, export and quantization raise.
+    """
+    if epochs and subject.data.train is None:
+        raise DataError(f"{subject.data_spec}: fine-tuning needs a training split (an .npz with x_train, y_train)")
+    if int8 is not None and int8 not in INT8_MODES:
+        raise DataError(f"int8 mode must be one of {list(INT8_MODES)}, got {int8!r}")
+    result = LoopResult()
+    dense, _ = subject.dense()
+    result.stages.append(Stage("dense", dense.to_dict()))
+    on_progress(0.02, "pruning")
+    model = subject.prune(plan)
+    result.stages.append(Stage("pruned", subject.measure(model).to_dict()))
+    if recalibrate and batchnorm_layers(model):
+        on_progress(0.1, "recalibrating batch norm")
+        calibration = subject.data.train or subject.data.test
+        model = recalibrate_bn(model, calibration)
+        note = "batch-norm statistics re-estimated on the " + ("training split" if subject.data.train else "test split")
+        result.stages.append(Stage("BN recalibrated", subject.measure(model).to_dict(), note))
+    if epochs:
+        def progress(fraction: float, message: str) -> None:
+            on_progress(0.15 + 0.65 * fraction, message)
+
+        tuned = finetune(model, subject.data, epochs, distill_from=subject.model if distill else None,
+                         temperature=temperature, alpha=alpha, recalibrate=False, on_progress=progress,
+                         should_stop=should_stop or (lambda: False))
+        model = tuned.model
+        result.epochs = tuned.history_rows()
+        result.stopped = tuned.stopped
+        note = f"{len(tuned.history) - 1} epoch(s), best at {tuned.best_epoch} ({tuned.stopped})"
+        if distill:
+            note += f"; distilled from dense (T={temperature}, weight {alpha})"
+        result.stages.append(Stage("fine-tuned", subject.measure(model).to_dict(), note))
+    result.model = model
+    if int8 is not None:
+        from explorer.quantize import compare_int8
+
+        on_progress(0.85, "quantizing to int8")
+        with tempfile.TemporaryDirectory(prefix="explorer-loop-") as tmp:
+            fp32_path, int8_path = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
+            last = subject.measure(model, onnx_path=fp32_path)
+            _, reference = subject.dense()
+            cmp = compare_int8(fp32_path, subject.data, int8_path, mode=int8,
+                               reference=None if subject.data.has_labels else reference,
+                               threads=subject.threads, runs=subject.runs)
+        metrics = {**last.to_dict(), **cmp.int8.to_dict()}  # params, MACs of the fp32 graph it came from
+        result.int8 = cmp.to_dict()
+        result.stages.append(Stage(f"int8 ({cmp.mode})", metrics, " ".join(cmp.notes)))
+    on_progress(1.0, "done")
+    return result

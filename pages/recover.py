@@ -1,0 +1,69 @@
+"""Recover page: the Prune page's plan, then batch-norm recalibration, fine-tuning and int8, each
+stage measured on its ONNX export next to the dense model."""
+
+import pandas as pd
+import streamlit as st
+
+from explorer import figures
+from explorer.errors import ExplorerError
+from explorer.loop import INT8_MODES
+from explorer.recover import batchnorm_layers
+from ui import recover, state, widgets
+from ui.metrics import fmt_bytes
+from ui.state import Keys
+
+st.title("Recover", anchor=False)
+st.caption("Pruning costs accuracy; recalibrating batch norm and fine-tuning (zeros stay zero, removed channels "
+           "stay removed) win some back; int8 quantization shrinks the file further. Every row is measured on "
+           "its own ONNX export in ONNX Runtime.")
+subject = widgets.require_subject()
+draft = state.draft()
+plan = draft.to_plan(subject.inventory, subject.model_spec)
+if plan.is_empty:
+    st.info("The plan prunes nothing yet: set ratios on the Prune page first.")
+    widgets.page_link("prune", "Go to the Prune page", ":material/content_cut:")
+    st.stop()
+st.markdown(f"Plan: **{draft.summary(subject.inventory)}**")
+
+has_train = subject.data.train is not None
+cols = st.columns(3)
+bn = cols[0].checkbox("Recalibrate batch norm", value=True, key=Keys.RECOVER_BN,
+                      disabled=not batchnorm_layers(subject.model), help="Re-estimate running statistics (seconds).")
+epochs = cols[1].slider("Fine-tuning epochs", 0, 30, 5, key=Keys.RECOVER_EPOCHS, disabled=not has_train,
+                        help=None if has_train else "This data has no training split.")
+int8 = cols[2].selectbox("int8 quantization", ["off", *INT8_MODES], key=Keys.RECOVER_INT8,
+                         help="auto: dynamic (MatMul/Gemm) for models without convolutions, static QDQ otherwise.")
+distill = cols[1].toggle("Distil from the dense model", key=Keys.RECOVER_DISTILL, disabled=not epochs)
+temperature = cols[1].number_input("Temperature", 1.0, 10.0, 2.0, 0.5, key=Keys.RECOVER_TEMPERATURE, disabled=not distill)
+alpha = cols[1].number_input("Distillation weight", 0.0, 1.0, 0.5, 0.1, key=Keys.RECOVER_ALPHA, disabled=not distill)
+settings = {"recalibrate": bn, "epochs": epochs if has_train else 0, "distill": distill and bool(epochs),
+            "temperature": temperature, "alpha": alpha, "int8": None if int8 == "off" else int8}
+
+result = recover.last_run(plan, settings)
+if st.button("Run", type="primary", icon=":material/healing:", key="recover.run"):
+    st.button("Cancel", key="recover.cancel", help="Stops the run; nothing is recorded.")
+    try:
+        result = recover.run(subject, plan, draft, settings)
+    except ExplorerError as e:
+        st.error(str(e))
+if result is None:
+    st.stop()
+
+rows = result["rows"]
+st.plotly_chart(figures.recovery_bars(rows), key="recover.bars")
+table = pd.DataFrame(rows).assign(
+    accuracy=lambda d: 100 * d.accuracy, onnx_bytes=lambda d: d.onnx_bytes.map(fmt_bytes),
+    onnx_gzip_bytes=lambda d: d.onnx_gzip_bytes.map(fmt_bytes))
+st.dataframe(table, hide_index=True, column_config={
+    "accuracy": st.column_config.NumberColumn("accuracy (%)" if subject.data.has_labels else "agreement (%)", format="%.2f"),
+    "loss": st.column_config.NumberColumn("loss", format="%.4f"),
+    "params_nonzero": st.column_config.NumberColumn("nonzero params", format="localized"),
+    "onnx_bytes": "ONNX", "onnx_gzip_bytes": "gzipped",
+    "latency_ms_median": st.column_config.NumberColumn("median (ms)", format="%.3f"),
+    "latency_ms_p90": st.column_config.NumberColumn("p90 (ms)", format="%.3f"),
+})
+if result["epochs"]:
+    st.plotly_chart(figures.finetune_curve(result["epochs"]), key="recover.curve")
+if result["int8"]:
+    st.info(f"int8: {result['int8']['cpu']['note']}.")
+st.caption("Every stage is also in the Prune page's history, from which it can be compared and restored.")
