@@ -183,3 +183,36 @@ def finetune_curve(epochs: list[dict]) -> go.Figure:
                                mode="lines+markers", name="validation accuracy"))
     fig.update_layout(xaxis_title="epoch", yaxis_title="validation accuracy (%)")
     return _layout(fig, 300)
+
+
+def proxy_curves(df: pd.DataFrame, highlight: str | None = None) -> go.Figure:
+    """The data-free tier: share of each unit's weight magnitude removed against ratio."""
+    fig = go.Figure()
+    for i, (layer, rows) in enumerate(df.groupby("layer", sort=False)):
+        rows = rows.sort_values("ratio")
+        faded = highlight is not None and layer != highlight
+        color = FADED if faded else PALETTE[i % len(PALETTE)]
+        fig.add_scatter(x=100 * rows["ratio"], y=100 * rows["magnitude_removed"], mode="lines+markers", name=layer,
+                        line={"width": 1 if faded else 2, "color": color}, marker={"size": 4, "color": color},
+                        hovertemplate=f"{layer}<br>%{{x:.0f}} % pruned: %{{y:.1f}} % of the magnitude<extra></extra>")
+    fig.update_xaxes(title_text="pruned (%)")
+    fig.update_yaxes(title_text="weight magnitude removed (%)")
+    return _layout(fig, 360, legend_below=True)
+
+
+def latency_curves(df: pd.DataFrame) -> go.Figure:
+    """Measured ORT latency with one group pruned, against the channels it keeps (the staircase)."""
+    fig = go.Figure()
+    for i, (layer, rows) in enumerate(df.groupby("layer", sort=False)):
+        rows = rows.sort_values("ratio")
+        color = PALETTE[i % len(PALETTE)]
+        fig.add_scatter(
+            x=100 * rows["ratio"], y=rows["latency_ms_median"], mode="lines+markers", name=layer,
+            line={"width": 2, "color": color, "shape": "hv"}, marker={"size": 5, "color": color},
+            error_y={"type": "data", "array": rows["latency_ms_spread"], "visible": True, "thickness": 1},
+            customdata=np.stack([rows["channels_kept"], rows["latency_ms_p90"]], axis=1),
+            hovertemplate=(f"{layer}<br>%{{x:.0f}} % pruned, %{{customdata[0]}} channels kept<br>"
+                           "median %{y:.3f} ms, p90 %{customdata[1]:.3f} ms<extra></extra>"))
+    fig.update_xaxes(title_text="channels pruned in this group only (%)")
+    fig.update_yaxes(title_text="ORT median latency (ms)")
+    return _layout(fig, 380, legend_below=True)

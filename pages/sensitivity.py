@@ -1,10 +1,11 @@
-"""Sensitivity page: accuracy and loss when one layer (or dependency group) at a time is pruned."""
+"""Sensitivity page: accuracy and loss when one layer (or dependency group) at a time is pruned; a
+data-free tier first, an ETA before the scan, and measured latency curves for structured methods."""
 
 import streamlit as st
 
 from explorer import figures
 from explorer.errors import ExplorerError
-from explorer.prune import available_methods
+from explorer.prune import available_methods, get_method
 from explorer.sensitivity import DEFAULT_RATIOS
 from ui import cache, state, widgets
 from ui.state import Keys
@@ -26,6 +27,21 @@ ratios = cols[1].multiselect("Ratios (%)", list(range(5, 100, 5)), key=Keys.SENS
 run = cols[2].button("Run scan", type="primary", icon=":material/play_arrow:", width="stretch",
                      disabled=not ratios)
 args = {"method": method, "ratios": tuple(sorted(r / 100 for r in ratios))}
+if not ratios:
+    st.stop()
+
+try:
+    with st.expander("Instant, data-free: how much weight magnitude each ratio removes", expanded=sid not in scans):
+        st.plotly_chart(figures.proxy_curves(cache.proxy(model, data, method, args["ratios"])), key="sensitivity.proxy")
+        st.caption("A magnitude proxy (what Sparsify showed): no data is read. Large removed magnitude at a small "
+                   "ratio hints at a sensitive layer; the scan below measures it.")
+    eta = cache.estimate(model, data, method, args["ratios"])
+    cols[1].caption("All points are cached: the scan returns at once." if eta.points == 0 else
+                    f"Scan: {eta.points} points, about {eta.seconds:.0f} s ({eta.cached} cached; one evaluation "
+                    f"{1000 * eta.seconds_per_evaluation:.0f} ms with the {eta.engine} engine).")
+except ExplorerError as e:
+    st.error(str(e))
+
 wanted = args if run else scans.get(sid)
 frame = None
 if wanted is not None:
@@ -40,8 +56,8 @@ if wanted is not None:
     if frame is not None:
         scans[sid] = wanted
 if frame is None:
-    st.info("Choose a method and ratios, then run the scan. Results are kept for every user of this "
-            "server: the same model, data, method and ratios come back at once.")
+    st.info("Run the scan for measured curves. Results are kept for every user of this server (and on disk): "
+            "the same model, data, method and ratios come back at once.")
     st.stop()
 if wanted != args:
     st.caption(f"Showing the last scan ({wanted['method']}); press Run scan for the new choice.")
@@ -53,3 +69,20 @@ st.download_button("Download CSV", frame.to_csv(index=False).encode(), file_name
                    mime="text/csv", icon=":material/download:")
 with st.expander("Table"):
     st.dataframe(frame, hide_index=True)
+
+if get_method(wanted["method"]).structured:
+    st.subheader("Latency curves", anchor=False)
+    st.caption("Measured ONNX Runtime latency of the model with only one group pruned, per ratio. Steps come from "
+               "channel counts: kernels run fastest at some widths, so fewer channels is not always faster.")
+    round8 = st.toggle("Round kept channels to multiples of 8", key=Keys.SENS_ROUND8)
+    round_to = 8 if round8 else None
+    curves = cache.cached_latency_curves(model, data, wanted["method"], wanted["ratios"], round_to)
+    if curves is None and st.button("Measure latency curves", icon=":material/timer:", key="sensitivity.latency"):
+        update, done = cache.progress_bar("Timing:")
+        try:
+            curves = cache.latency_curves(model, data, wanted["method"], wanted["ratios"], round_to, update)
+        except ExplorerError as e:
+            st.error(str(e))
+        done()
+    if curves is not None:
+        st.plotly_chart(figures.latency_curves(curves), key="sensitivity.latency_chart")

@@ -166,3 +166,37 @@ def progress_bar(text: str) -> tuple[Progress, Callable[[], None]]:
         bar.progress(float(np.clip(fraction, 0.0, 1.0)), text=f"{text} {message}")
 
     return update, bar.empty
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def proxy(model_spec: str, data_spec: str | None, method: str, ratios: tuple[float, ...]) -> pd.DataFrame:
+    """The data-free tier of sensitivity (instant)."""
+    return sens.proxy(subject(model_spec, data_spec), method, ratios)
+
+
+@st.cache_data(max_entries=64, show_spinner=False, ttl=60)
+def estimate(model_spec: str, data_spec: str | None, method: str, ratios: tuple[float, ...]) -> sens.Estimate:
+    """How long a scan will take (cached a minute: the on-disk cache may fill meanwhile)."""
+    return sens.estimate(subject(model_spec, data_spec), method, ratios)
+
+
+@st.cache_resource
+def _latency_curves() -> SharedResults:
+    return SharedResults(max_entries=32)
+
+
+def cached_latency_curves(model_spec: str, data_spec: str | None, method: str, ratios: tuple[float, ...],
+                          round_to: int | None) -> pd.DataFrame | None:
+    return _latency_curves().get((model_spec, data_spec, method, ratios, round_to))
+
+
+def latency_curves(model_spec: str, data_spec: str | None, method: str, ratios: tuple[float, ...],
+                   round_to: int | None, on_progress: Progress = no_progress) -> pd.DataFrame:
+    """Measured per-group latency curves, once per arguments for the whole server."""
+    frame = cached_latency_curves(model_spec, data_spec, method, ratios, round_to)
+    if frame is None:
+        with measure_lock():
+            frame = sens.latency_curves(subject(model_spec, data_spec), method, ratios, on_progress=on_progress,
+                                        round_to=round_to)
+        _latency_curves().put((model_spec, data_spec, method, ratios, round_to), frame)
+    return frame

@@ -57,6 +57,7 @@ class Keys:
     SENS_METHOD = "sensitivity.method"
     SENS_RATIOS = "sensitivity.ratios"
     SENS_HIGHLIGHT = "sensitivity.highlight"
+    SENS_ROUND8 = "sensitivity.round8"
 
     # Recover page: the last loop run per (subject, plan, settings), and its widgets.
     RECOVER_RESULTS = "recover.results"
