@@ -7,6 +7,7 @@ from explorer.errors import ExplorerError
 from ui import cache, state, widgets
 from ui.state import Keys
 
+state.ensure_router()
 st.title("Export", anchor=False)
 state.show_flash()
 subject = widgets.require_subject()

@@ -7,6 +7,7 @@ from explorer import figures
 from explorer.learn import EXPERIMENTS, scope_figure, scope_sparsity
 from ui import cache, learn, state, widgets
 
+state.ensure_router()
 st.title("Learn", anchor=False)
 state.show_flash()
 subject = widgets.require_subject()

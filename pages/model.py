@@ -8,6 +8,7 @@ from ui import cache, state, uploads, widgets
 from ui.metrics import fmt_bytes, fmt_count
 from ui.state import Keys
 
+state.ensure_router()
 st.title("Model", anchor=False)
 st.caption("Pick the model to prune. Every number in this app is measured on the real model, "
            "exported to ONNX and run in ONNX Runtime.")

@@ -8,6 +8,7 @@ from ui import cache, controls, state, widgets
 from ui.metrics import cards
 from ui.state import Keys
 
+state.ensure_router()
 st.title("Prune", anchor=False)
 state.show_flash()
 subject = widgets.require_subject()

@@ -12,6 +12,7 @@ from ui import recover, state, widgets
 from ui.metrics import fmt_bytes
 from ui.state import Keys
 
+state.ensure_router()
 st.title("Recover", anchor=False)
 st.caption("Pruning costs accuracy; recalibrating batch norm and fine-tuning (zeros stay zero, removed channels "
            "stay removed) win some back; int8 quantization shrinks the file further. Every row is measured on "

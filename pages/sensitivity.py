@@ -10,6 +10,7 @@ from explorer.sensitivity import DEFAULT_RATIOS
 from ui import cache, state, widgets
 from ui.state import Keys
 
+state.ensure_router()
 st.title("Sensitivity", anchor=False)
 st.caption("Each curve prunes one layer alone (for structured methods, one dependency group) at each ratio "
            "and measures the model on the test set. Flat curves are layers you can prune hard.")

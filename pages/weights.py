@@ -9,6 +9,7 @@ from explorer.weights import NEAR_ZERO
 from ui import cache, state, widgets
 from ui.state import Keys
 
+state.ensure_router()
 st.title("Weights", anchor=False)
 st.caption("Preview one layer pruned alone: which weights (or output channels) the method removes. "
            "The preview starts at the Prune page's method and ratio for the layer and does not change the plan.")

@@ -17,7 +17,7 @@ from explorer.inspect import Inventory
 from explorer.subject import DEFAULT_MODEL
 from ui.draft import Draft
 
-__all__ = ["Keys", "add_history", "draft", "flash", "history", "init_state", "on_weights_layer", "restore",
+__all__ = ["Keys", "add_history", "draft", "ensure_router", "flash", "history", "init_state", "on_weights_layer", "restore",
            "seed_prune_widgets", "seed_weights_widgets", "set_draft", "set_model", "show_flash", "subject_id"]
 
 
@@ -83,6 +83,22 @@ class Keys:
     @staticmethod
     def skip(layer: str) -> str:
         return f"prune.skip.{layer}"
+
+
+def ensure_router() -> None:
+    """Make sure this run went through app.py's ``st.navigation``; call first in every page.
+
+    Streamlit still honours its legacy ``pages/`` folder: until some session has run app.py, a
+    visitor who opens a page's URL directly (``/prune``) gets that script run alone, with no router,
+    sidebar or state. Clearing the legacy flag and rerunning routes the visitor through app.py.
+    """
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # a Streamlit without the legacy mechanism
+        return
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
 
 
 def init_state() -> None:
