@@ -170,6 +170,40 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_allocate(args: argparse.Namespace) -> int:
+    from explorer.allocate import Target, allocate
+    from explorer.prune import get_method
+
+    kind, value = next((k, v) for k in ("sparsity", "macs", "latency", "size")
+                       if (v := getattr(args, f"target_{k}")) is not None)
+    target = Target(kind, value)
+    if args.method:
+        get_method(args.method)
+    subject = _subject(args)
+    result = allocate(subject, target, args.method, on_progress=ProgressBar("allocate"))
+    try:
+        result.plan.save(args.out)
+    except OSError as e:
+        raise _UsageError(f"--out {args.out}: cannot write ({e.strerror})") from None
+    unit = {"sparsity": "of the prunable weights zero or removed", "macs": "of the dense MACs",
+            "latency": "of the dense ORT latency (median, timed alongside it)",
+            "size": f"of the dense ONNX {'gzip bytes' if result.size_metric == 'onnx_gzip_bytes' else 'bytes'}"}[kind]
+    print(f"target     {target.describe()} ({result.plan.method})")
+    print(f"achieved   {100 * result.achieved:.1f}% {unit}, measured "
+          f"({'met' if result.met else 'NOT met'}; {result.rounds} round(s))")
+    verified = "not verified" if result.verified_accuracy is None else f"{100 * result.verified_accuracy:.2f}%"
+    line = (f"accuracy   dense {100 * result.dense_accuracy:.2f}%, predicted {100 * result.predicted_accuracy:.2f}%, "
+            f"verified {verified}")
+    if result.flagged and result.gap is not None:
+        line += f"  (!) predicted and verified differ by {100 * abs(result.gap):.1f} points: the layers interact"
+    print(line)
+    print(f"plan       {len(result.plan.layers)} layer(s) -> {args.out}")
+    if not result.met:
+        print(f"warning: the measured value missed {target.describe()}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from explorer.report import export_bundle
 
@@ -281,6 +315,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratios", metavar="R1,R2,...", help="ratios in [0, 1) (default 0.1,...,0.9)")
     p.add_argument("--out", required=True, metavar="FILE", help="FILE.csv or FILE.json")
     p.set_defaults(func=cmd_sensitivity)
+
+    p = sub.add_parser("allocate", help="per-layer ratios for a target, verified (predicted vs measured accuracy)")
+    model_args(p)
+    p.add_argument("--method", help="pruning method (default: l1-unstructured for --target-sparsity, "
+                                    "l1-structured for the others)")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target-sparsity", type=float, metavar="F",
+                        help="fraction of the prunable weights to zero (or remove), e.g. 0.8")
+    target.add_argument("--target-macs", type=float, metavar="F", help="fraction of the dense MACs to keep, e.g. 0.5")
+    target.add_argument("--target-latency", type=float, metavar="F",
+                        help="fraction of the dense ONNX Runtime latency to keep, e.g. 0.7 (measured)")
+    target.add_argument("--target-size", type=float, metavar="F",
+                        help="fraction of the dense ONNX size to keep (gzip bytes for unstructured methods), e.g. 0.5")
+    p.add_argument("--out", required=True, metavar="PLAN.json")
+    timing_args(p)
+    p.set_defaults(func=cmd_allocate)
 
     p = sub.add_parser("export", help="prune, measure and write the export bundle")
     model_args(p)

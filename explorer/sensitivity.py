@@ -52,8 +52,23 @@ from explorer.evaluate import evaluate_torch, scores
 from explorer.inspect import build_dependency_graph, structured_groups
 from explorer.plan import LayerRule, PruningPlan, check_ratio
 from explorer.progress import Progress, no_progress
-from explorer.prune import PruneMethod, _generator, get_method, kept_channels, nm_mask, unstructured_mask
-from explorer.runtime import INPUT_NAME, OPSET, OUTPUT_NAME, OrtModel, export_onnx, measure_latency
+from explorer.prune import (
+    PruneMethod,
+    _generator,
+    get_method,
+    kept_channels,
+    nm_mask,
+    unstructured_mask,
+)
+from explorer.runtime import (
+    INPUT_NAME,
+    OPSET,
+    OUTPUT_NAME,
+    LatencyStats,
+    OrtModel,
+    export_onnx,
+    measure_latency,
+)
 from explorer.subject import Subject
 
 __all__ = [
@@ -947,6 +962,6 @@ def latency_curves(subject: Subject, method: str = "l1-structured", ratios: Sequ
     return out
 
 
-def _time_model(model: nn.Module, x: torch.Tensor, path: Path, subject: Subject):  # noqa: ANN202
+def _time_model(model: nn.Module, x: torch.Tensor, path: Path, subject: Subject) -> LatencyStats:
     export_onnx(model, x, path)
     return measure_latency(OrtModel(path, threads=subject.threads), x.numpy(), runs=subject.runs)
