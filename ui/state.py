@@ -9,6 +9,8 @@ non-widget keys below and widgets are re-seeded from it.
 from __future__ import annotations
 
 import os
+import runpy
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -19,6 +21,9 @@ from ui.draft import Draft
 
 __all__ = ["Keys", "add_history", "draft", "ensure_router", "flash", "history", "init_state", "on_weights_layer", "restore",
            "seed_prune_widgets", "seed_weights_widgets", "set_draft", "set_model", "show_flash", "subject_id"]
+
+
+APP = Path(__file__).resolve().parents[1] / "app.py"
 
 
 class Keys:
@@ -86,11 +91,12 @@ class Keys:
 
 
 def ensure_router() -> None:
-    """Make sure this run went through app.py's ``st.navigation``; call first in every page.
+    """Make sure this run goes through app.py's ``st.navigation``; call first in every page.
 
     Streamlit still honours its legacy ``pages/`` folder: until some session has run app.py, a
     visitor who opens a page's URL directly (``/prune``) gets that script run alone, with no router,
-    sidebar or state. Clearing the legacy flag and rerunning routes the visitor through app.py.
+    sidebar or state (AppTest's ``switch_page`` takes the same path). Then this runs app.py in place,
+    in the same script run so no widget event is lost, and stops the stray run.
     """
     try:
         from streamlit.runtime.pages_manager import PagesManager
@@ -98,7 +104,8 @@ def ensure_router() -> None:
         return
     if PagesManager.uses_pages_directory:
         PagesManager.uses_pages_directory = False
-        st.rerun()
+        runpy.run_path(str(APP), run_name="__main__")
+        st.stop()
 
 
 def init_state() -> None:

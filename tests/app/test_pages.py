@@ -69,13 +69,19 @@ def test_weights_preview_starts_at_the_drafts_ratio() -> None:
     assert at.slider(key="weights.ratio").value == 35
 
 
+def _charts(at) -> list[str]:
+    return [c.key for c in at.get("plotly_chart")]
+
+
 def test_sensitivity_page_scan_is_cached_and_downloadable() -> None:
     at = open_app("sensitivity")
     assert at.info  # nothing scanned yet: says what to do
     at.multiselect(key="sensitivity.ratios").set_value([50]).run()
+    assert _charts(at) == ["sensitivity.proxy"]  # the data-free tier shows before any scan
+    assert any(c.value.startswith(("Scan: ", "All points are cached")) for c in at.caption)  # the ETA
     at.button[0].click().run(timeout=600)
     assert not at.exception
-    assert len(at.get("plotly_chart")) == 1
+    assert _charts(at) == ["sensitivity.proxy", "sensitivity.chart"]
     assert at.get("download_button")
     at.selectbox(key="sensitivity.highlight").set_value("features.3").run()
     assert not at.exception
@@ -84,7 +90,18 @@ def test_sensitivity_page_scan_is_cached_and_downloadable() -> None:
     other.multiselect(key="sensitivity.ratios").set_value([50]).run()
     other.button[0].click().run(timeout=5)
     assert not other.exception
-    assert len(other.get("plotly_chart")) == 1
+    assert "sensitivity.chart" in _charts(other)
+
+
+def test_sensitivity_page_measures_latency_curves_for_structured_methods() -> None:
+    at = open_app("sensitivity")
+    at.selectbox(key="sensitivity.method").set_value("l1-structured").run()
+    at.multiselect(key="sensitivity.ratios").set_value([50]).run()
+    at.button[0].click().run(timeout=600)
+    at.toggle(key="sensitivity.round8").set_value(True).run()
+    at.button(key="sensitivity.latency").click().run(timeout=600)
+    assert not at.exception
+    assert _charts(at)[-1] == "sensitivity.latency_chart"
 
 
 def test_export_page_builds_bundle_and_command() -> None:
