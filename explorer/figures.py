@@ -216,3 +216,23 @@ def latency_curves(df: pd.DataFrame) -> go.Figure:
     fig.update_xaxes(title_text="channels pruned in this group only (%)")
     fig.update_yaxes(title_text="ORT median latency (ms)")
     return _layout(fig, 380, legend_below=True)
+
+
+def allocation_front(rows: list[dict]) -> go.Figure:
+    """Allocations for several targets: verified (and predicted) accuracy against what each achieved.
+
+    ``rows``: ``Allocation.to_dict()`` objects of one target kind.
+    """
+    kind = rows[0]["target"]["kind"] if rows else ""
+    x = [100 * r["achieved"] for r in rows]
+    fig = go.Figure()
+    fig.add_scatter(x=x, y=[100 * (r["verified_accuracy"] or 0) for r in rows], mode="lines+markers",
+                    name="verified", line={"color": PALETTE[0], "width": 2},
+                    hovertemplate="%{x:.1f}: verified %{y:.2f} %<extra></extra>")
+    fig.add_scatter(x=x, y=[100 * r["predicted_accuracy"] for r in rows], mode="lines+markers", name="predicted",
+                    line={"color": PALETTE[1], "dash": "dot", "width": 2},
+                    hovertemplate="%{x:.1f}: predicted %{y:.2f} %<extra></extra>")
+    unit = "weights removed (%)" if kind == "sparsity" else f"{kind} kept, % of dense"
+    fig.update_xaxes(title_text=unit)
+    fig.update_yaxes(title_text="accuracy (%)")
+    return _layout(fig, 340, legend_below=True)

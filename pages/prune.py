@@ -4,7 +4,7 @@ import streamlit as st
 
 from explorer.errors import ExplorerError
 from explorer.prune import get_method
-from ui import cache, controls, state, widgets
+from ui import allocation, cache, controls, state, widgets
 from ui.metrics import cards
 from ui.state import Keys
 
@@ -13,6 +13,7 @@ st.title("Prune", anchor=False)
 state.show_flash()
 subject = widgets.require_subject()
 
+allocation.section(subject)
 left, right = st.columns([1, 1], gap="large")
 with left:
     draft = controls.prune_controls(subject)

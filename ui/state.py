@@ -51,6 +51,9 @@ class Keys:
     PRUNE_SCOPE = "prune.scope"
     PRUNE_GLOBAL = "prune.global"
     PRUNE_RESTORE = "prune.restore"
+    ALLOC_KIND = "prune.alloc.kind"
+    ALLOC_METHOD = "prune.alloc.method"  # suffixed with the target kind
+    ALLOC_VALUE = "prune.alloc.value"
 
     # Weights page widgets.
     WEIGHTS_LAYER = "weights.layer"

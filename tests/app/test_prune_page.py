@@ -120,3 +120,19 @@ def test_import_restores_a_plan_and_rejects_one_that_does_not_fit() -> None:
     assert at.selectbox(key="prune.method").value == "l1-structured"
     assert at.slider(key="prune.ratio.features.7").value == 50
     assert len(at.session_state["history"]) == 1  # the good plan only
+
+
+def test_automatic_allocation_meets_its_target_and_becomes_the_editable_plan() -> None:
+    at = open_app("prune")
+    at.selectbox(key="prune.alloc.kind").set_value("macs").run()
+    at.button(key="prune.allocate").click().run(timeout=600)
+    assert not at.exception
+    summary = next(m.value for m in at.markdown if m.value.startswith("Achieved"))
+    assert "(met," in summary and "predicted from the curves" in summary and "verified" in summary
+    at.button(key="prune.allocate.use").click().run(timeout=120)
+    assert not at.exception
+    draft = at.session_state["drafts"]["zoo:digits-cnn|"]
+    assert draft.method == "l1-structured" and any(r > 0 for r in draft.ratios.values())
+    # The sliders hold the allocation, and the live metrics are those of that plan: half the MACs or fewer.
+    macs = metrics(at)["MACs"]
+    assert float(macs.split()[0]) <= 0.5 * 56.92 + 0.01, macs

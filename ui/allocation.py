@@ -1,0 +1,90 @@
+"""The Prune page's "start from an automatic allocation": target picker, predicted vs verified
+accuracy, the plan handed to the sliders, and a Pareto front of allocations for several targets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from explorer import allocate as alloc
+from explorer import figures
+from explorer.errors import ExplorerError
+from explorer.plan import PruningPlan
+from explorer.prune import available_methods, get_method
+from explorer.subject import Subject
+from ui import cache, state
+from ui.draft import Draft
+from ui.state import Keys
+
+__all__ = ["section"]
+
+_LABELS = {"sparsity": "sparsity (share of weights removed)", "macs": "MACs (share of dense kept)",
+           "size": "ONNX size (share of dense kept)", "latency": "ORT latency (share of dense kept)"}
+_FRONT = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+@st.cache_resource
+def _results() -> cache.SharedResults:
+    return cache.SharedResults(max_entries=64)
+
+
+def _run(subject: Subject, key: tuple[Any, ...], work: Any) -> Any:
+    """Run ``work(progress)`` once per key for the whole server, with a progress bar."""
+    found = _results().get(key)
+    if found is None:
+        update, done = cache.progress_bar("Allocating:")
+        with cache.measure_lock():  # measured latency must not overlap another session's timing
+            found = work(update)
+        done()
+        _results().put(key, found)
+    return found
+
+
+def _use(plan: dict[str, Any], subject: Subject) -> None:
+    state.restore(Draft.from_plan(PruningPlan.from_dict(plan), subject.inventory), subject.inventory)
+    state.flash("success", "The sliders now hold the automatic allocation: edit it from here.")
+
+
+def _summary(a: dict[str, Any], labelled: bool) -> str:
+    what = "accuracy" if labelled else "agreement"
+    verified = "not verified" if a["verified_accuracy"] is None else f"verified {100 * a['verified_accuracy']:.2f}%"
+    text = (f"Achieved **{100 * a['achieved']:.1f}%** ({'met' if a['met'] else 'missed'}, measured after "
+            f"{a['rounds']} round(s)). {what.capitalize()}: dense {100 * a['dense_accuracy']:.2f}%, predicted from "
+            f"the curves {100 * a['predicted_accuracy']:.2f}%, {verified}.")
+    if a["flagged"]:
+        text += (f" Predicted and verified differ by {100 * abs(a['gap']):.1f} points: pruning several layers "
+                 "interacts in ways the one-layer curves do not see.")
+    return text
+
+
+def section(subject: Subject) -> None:
+    """Draw the expander; on "Use this plan" the Prune sliders take the allocation."""
+    model, data = subject.model_spec, st.session_state[Keys.DATA]
+    with st.expander("Start from an automatic allocation", icon=":material/auto_fix_high:"):
+        cols = st.columns([3, 2, 2], vertical_alignment="bottom")
+        kind = cols[0].selectbox("Target", alloc.KINDS, format_func=_LABELS.__getitem__, key=Keys.ALLOC_KIND)
+        methods = [m for m in available_methods() if kind == "sparsity" or kind == "size" or get_method(m).structured]
+        method = cols[1].selectbox("Method", methods, index=methods.index(alloc.default_method(kind)),
+                                   key=f"{Keys.ALLOC_METHOD}.{kind}")
+        value = cols[2].slider("Value (%)", 5, 95, 50, 5, key=Keys.ALLOC_VALUE) / 100
+        st.caption("Per-layer ratios that reach the target with the least accuracy loss the sensitivity curves "
+                   "predict; the target is then measured on the pruned model and the plan verified.")
+        left, right = st.columns(2)
+        try:
+            if left.button("Allocate", type="primary", key="prune.allocate"):
+                _run(subject, (model, data, kind, value, method),
+                     lambda p: alloc.allocate(subject, (kind, value), method, on_progress=p).to_dict())
+            found = _results().get((model, data, kind, value, method))
+            if found is not None:
+                st.markdown(_summary(found, subject.data.has_labels))
+                st.button("Use this plan", key="prune.allocate.use", on_click=_use, args=(found["plan"], subject),
+                          icon=":material/tune:")
+            if right.button(f"Pareto front ({len(_FRONT)} targets)", key="prune.allocate.front"):
+                _run(subject, ("front", model, data, kind, method),
+                     lambda p: [a.to_dict() for a in alloc.pareto_front(subject, kind, _FRONT, method, on_progress=p)])
+            front = _results().get(("front", model, data, kind, method))
+            if front:
+                st.plotly_chart(figures.allocation_front(front), key="prune.allocate.front_chart")
+        except ExplorerError as e:
+            st.error(str(e))
