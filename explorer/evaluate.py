@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from explorer.data import Dataset, Split
-from explorer.errors import DataError
+from explorer.errors import DataError, ExportError
 from explorer.inspect import count_macs
 from explorer.runtime import OrtModel, export_onnx, gzip_size, measure_latency
 
-__all__ = ["Metrics", "check_labels", "evaluate_torch", "measure", "scores"]
+__all__ = ["Metrics", "OnnxMetrics", "check_labels", "evaluate_torch", "measure", "measure_onnx", "scores"]
 
 
 @dataclass(frozen=True)
@@ -78,9 +78,61 @@ def evaluate_torch(model: nn.Module, split: Split, reference: np.ndarray | None 
     return scores(logits, y, reference)
 
 
+@dataclass(frozen=True)
+class OnnxMetrics:
+    """Accuracy, size and latency of one ONNX file (the same keys as ``explorer.evaluate.Metrics``)."""
+
+    accuracy: float
+    loss: float
+    onnx_bytes: int
+    onnx_gzip_bytes: int
+    latency_ms_median: float
+    latency_ms_p90: float
+    latency_ms_spread: float
+    latency_threads: int
+    latency_runs: int
+    labels: bool
+
+    def to_dict(self) -> dict[str, float | int | bool]:
+        return asdict(self)
+
+
+def measure_onnx(path: str | Path, data: Dataset, *, reference: np.ndarray | None = None, threads: int = 1,
+                 runs: int = 50) -> tuple[OnnxMetrics, np.ndarray]:
+    """Score an ONNX file on ``data.test`` and time it (batch 1, ``threads`` intra-op threads).
+
+    Returns the metrics and the logits. Accuracy uses every core (its own session); latency keeps
+    the fixed thread count. ``reference``: the dense model's logits, for data without labels; None
+    there means this file is the dense model, its own reference (agreement 1).
+
+    Raises:
+        ExportError: ONNX Runtime cannot load or run the file.
+        DataError: labels out of range for the model's outputs.
+    """
+    try:
+        logits = OrtModel(path, threads=os.cpu_count() or 1)(data.test.x.numpy())
+        session = OrtModel(path, threads=threads)
+        latency = measure_latency(session, data.example_input().numpy(), runs=runs)
+    except ExportError:
+        raise
+    except Exception as e:
+        raise ExportError(f"{path}: ONNX Runtime cannot run it: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    check_labels(data.test, logits.shape[1], data.spec)
+    y = data.test.y.numpy() if data.test.y is not None else None
+    accuracy, loss = scores(logits, y, logits if y is None and reference is None else reference)
+    metrics = OnnxMetrics(
+        accuracy=accuracy, loss=loss, onnx_bytes=Path(path).stat().st_size, onnx_gzip_bytes=gzip_size(path),
+        latency_ms_median=latency.median_ms, latency_ms_p90=latency.p90_ms,
+        latency_ms_spread=latency.spread_ms, latency_threads=latency.threads, latency_runs=latency.runs,
+        labels=y is not None,
+    )
+    return metrics, logits
+
+
 def measure(model: nn.Module, data: Dataset, *, reference: np.ndarray | None = None,
             onnx_path: str | Path | None = None, threads: int = 1, runs: int = 50) -> tuple[Metrics, np.ndarray]:
-    """Export ``model`` to ONNX and measure it there. Returns the metrics and the ORT logits.
+    """Export ``model`` to ONNX and measure it there (``measure_onnx``), plus its parameters and
+    MACs. Returns the metrics and the ORT logits.
 
     Args:
         reference: the dense model's logits on ``data.test``, for data without labels. None with
@@ -91,28 +143,12 @@ def measure(model: nn.Module, data: Dataset, *, reference: np.ndarray | None = N
     with tempfile.TemporaryDirectory(prefix="explorer-") as tmp:
         path = Path(onnx_path) if onnx_path is not None else Path(tmp) / "model.onnx"
         export_onnx(model, data.example_input(), path)
-        # Accuracy uses every core (a separate session); latency keeps its fixed thread count.
-        logits = OrtModel(path, threads=os.cpu_count() or 1)(data.test.x.numpy())
-        session = OrtModel(path, threads=threads)
-        check_labels(data.test, logits.shape[1], data.spec)
-        y = data.test.y.numpy() if data.test.y is not None else None
-        accuracy, loss = scores(logits, y, logits if y is None and reference is None else reference)
-        latency = measure_latency(session, data.example_input().numpy(), runs=runs)
-        onnx_bytes, onnx_gzip = path.stat().st_size, gzip_size(path)
+        onnx, logits = measure_onnx(path, data, reference=reference, threads=threads, runs=runs)
     params = list(model.parameters())
     metrics = Metrics(
-        accuracy=accuracy,
-        loss=loss,
+        **onnx.to_dict(),
         params_total=sum(p.numel() for p in params),
         params_nonzero=sum(int(torch.count_nonzero(p)) for p in params),
         macs=sum(count_macs(model, data.example_input()).values()),
-        onnx_bytes=onnx_bytes,
-        onnx_gzip_bytes=onnx_gzip,
-        latency_ms_median=latency.median_ms,
-        latency_ms_p90=latency.p90_ms,
-        latency_ms_spread=latency.spread_ms,
-        latency_threads=latency.threads,
-        latency_runs=latency.runs,
-        labels=y is not None,
     )
     return metrics, logits

@@ -17,11 +17,10 @@ may be no faster than fp32. ``cpu_int8_support()`` reports what this machine has
 
 from __future__ import annotations
 
-import os
 import tempfile
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,9 +29,9 @@ import onnx
 
 from explorer.data import Dataset, Split
 from explorer.errors import ExportError
-from explorer.evaluate import check_labels, scores
+from explorer.evaluate import OnnxMetrics, measure_onnx
 from explorer.progress import Progress, no_progress
-from explorer.runtime import OrtModel, gzip_size, measure_latency
+from explorer.runtime import OrtModel
 
 __all__ = [
     "MODES",
@@ -212,59 +211,6 @@ def quantize_onnx(src: str | Path, dst: str | Path, mode: str = "auto", calibrat
             raise ExportError(f"{src}: int8 {chosen} quantization failed: {type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''}") from None
     return QuantizeResult(path=dst, mode=chosen, preprocessed=source != src, notes=tuple(notes))
-
-
-# --- measuring -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OnnxMetrics:
-    """Accuracy, size and latency of one ONNX file (the same keys as ``explorer.evaluate.Metrics``)."""
-
-    accuracy: float
-    loss: float
-    onnx_bytes: int
-    onnx_gzip_bytes: int
-    latency_ms_median: float
-    latency_ms_p90: float
-    latency_ms_spread: float
-    latency_threads: int
-    latency_runs: int
-    labels: bool
-
-    def to_dict(self) -> dict[str, float | int | bool]:
-        return asdict(self)
-
-
-def measure_onnx(path: str | Path, data: Dataset, *, reference: np.ndarray | None = None, threads: int = 1,
-                 runs: int = 50) -> tuple[OnnxMetrics, np.ndarray]:
-    """Score an ONNX file on ``data.test`` and time it (batch 1, ``threads`` intra-op threads).
-
-    Returns the metrics and the logits. ``reference`` (the dense model's logits) is needed when the
-    data has no labels.
-
-    Raises:
-        ExportError: ONNX Runtime cannot load or run the file.
-        DataError: labels out of range for the model's outputs.
-    """
-    try:
-        logits = OrtModel(path, threads=os.cpu_count() or 1)(data.test.x.numpy())
-        session = OrtModel(path, threads=threads)
-        latency = measure_latency(session, data.example_input().numpy(), runs=runs)
-    except ExportError:
-        raise
-    except Exception as e:
-        raise ExportError(f"{path}: ONNX Runtime cannot run it: {type(e).__name__}: {str(e).splitlines()[0]}") from None
-    check_labels(data.test, logits.shape[1], data.spec)
-    y = data.test.y.numpy() if data.test.y is not None else None
-    accuracy, loss = scores(logits, y, reference)
-    metrics = OnnxMetrics(
-        accuracy=accuracy, loss=loss, onnx_bytes=Path(path).stat().st_size, onnx_gzip_bytes=gzip_size(path),
-        latency_ms_median=latency.median_ms, latency_ms_p90=latency.p90_ms,
-        latency_ms_spread=latency.spread_ms, latency_threads=latency.threads, latency_runs=latency.runs,
-        labels=y is not None,
-    )
-    return metrics, logits
 
 
 @dataclass(frozen=True)
