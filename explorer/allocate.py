@@ -29,13 +29,19 @@ How (AIMET's workflow, with a knapsack instead of its equal-accuracy search):
    timed); if it misses, the savings asked of the knapsack are raised by the shortfall and it is
    solved again (savings of coupled groups are not additive; latency is noisy). Too large an
    overshoot is bisected back.
-5. The plan is verified with :meth:`Subject.evaluate`: predicted accuracy (dense minus the summed
+5. Sparsity targets with unstructured methods: the plan is compared on the evaluation data with
+   the two simple baselines that meet the target too (the same ratio in every layer; one global
+   magnitude threshold, PyTorch's ``global_unstructured``) and the most accurate is kept
+   (``Allocation.chosen``). The knapsack wins where the curves predict well; a baseline can win
+   where every option collapses and their sum predicts nothing.
+6. The plan is verified with :meth:`Subject.evaluate`: predicted accuracy (dense minus the summed
    drops) is reported next to the verified one and flagged when they differ by more than 2 points.
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import statistics
 import tempfile
 from collections.abc import Sequence
@@ -50,6 +56,7 @@ from torch import nn
 
 from explorer import sensitivity as sens
 from explorer.errors import PlanError
+from explorer.evaluate import evaluate_torch
 from explorer.inspect import count_macs
 from explorer.plan import LayerRule, PruningPlan, check_ratio
 from explorer.progress import Progress, no_progress
@@ -64,6 +71,7 @@ __all__ = [
     "Target",
     "allocate",
     "default_method",
+    "pareto_frame",
     "pareto_front",
 ]
 
@@ -98,7 +106,8 @@ class Target:
         return self.value if self.kind == "sparsity" else 1.0 - self.value
 
     def met_by(self, achieved: float) -> bool:
-        return achieved >= self.value - 1e-9 if self.kind == "sparsity" else achieved <= self.value + 1e-9
+        """Within a millionth: ``round(F x weights)`` zeros (PyTorch's rule) meets sparsity F."""
+        return achieved >= self.value - 1e-6 if self.kind == "sparsity" else achieved <= self.value + 1e-6
 
     def describe(self) -> str:
         if self.kind == "sparsity":
@@ -120,6 +129,8 @@ class Allocation:
     rounds: int  # knapsack solves until the measured value met the target
     metrics: dict[str, Any] = field(default_factory=dict)  # Subject.evaluate of the plan
     size_metric: str = ""  # "onnx_bytes" or "onnx_gzip_bytes" for size targets
+    chosen: str = "knapsack"  # or the simple baseline that scored higher ("uniform", "global magnitude")
+    candidates: dict[str, float] = field(default_factory=dict)  # accuracy of each candidate compared
 
     @property
     def gap(self) -> float | None:
@@ -137,6 +148,7 @@ class Allocation:
             "achieved": self.achieved, "met": self.met, "predicted_accuracy": self.predicted_accuracy,
             "verified_accuracy": self.verified_accuracy, "dense_accuracy": self.dense_accuracy,
             "gap": self.gap, "flagged": self.flagged, "rounds": self.rounds, "size_metric": self.size_metric,
+            "chosen": self.chosen, "candidates": self.candidates,
             "plan": self.plan.to_dict(), "metrics": self.metrics,
         }
 
@@ -429,6 +441,10 @@ def _allocate(problem: _Problem, target: Target, max_rounds: int, verify: bool, 
         raise PlanError(f"no allocation reaches {target.describe()} with {problem.method.name}")
     plan = _plan(problem, picks)
     predicted = _predicted(problem, picks)
+    chosen, candidates = "knapsack", {}
+    if target.kind == "sparsity" and problem.method.kind == "unstructured":
+        on_progress(0.96, "comparing with the simple baselines")
+        plan, predicted, achieved, chosen, candidates = _best_of(problem, target, plan, predicted, achieved, meter)
     metrics: dict[str, Any] = {}
     verified = None
     if verify:
@@ -438,7 +454,54 @@ def _allocate(problem: _Problem, target: Target, max_rounds: int, verify: bool, 
     on_progress(1.0, "done")
     return Allocation(plan=plan, target=target, achieved=achieved, met=target.met_by(achieved),
                       predicted_accuracy=predicted, verified_accuracy=verified, dense_accuracy=problem.dense_accuracy,
-                      rounds=rounds, metrics=metrics, size_metric=meter.size_metric)
+                      rounds=rounds, metrics=metrics, size_metric=meter.size_metric, chosen=chosen,
+                      candidates=candidates)
+
+
+def _baseline_ratios(problem: _Problem, sparsity: float) -> dict[str, dict[str, float]]:
+    """Per-layer ratios of the two simple baselines at ``sparsity``: the same ratio everywhere, and
+    one magnitude threshold over every prunable weight (PyTorch's ``global_unstructured``; its
+    masks equal per-layer masks at the ratios it reaches in each layer)."""
+    modules = dict(problem.subject.model.named_modules())
+    names = list(problem.units)
+    # The same ratio everywhere, rounded up per layer so the total reaches the target.
+    out = {"uniform": {n: min(math.ceil(sparsity * modules[n].weight.numel() - 1e-9) / modules[n].weight.numel(), 0.9999)
+                       for n in names}}
+    if problem.method.name == "l1-unstructured":
+        scores = torch.cat([modules[n].weight.detach().abs().reshape(-1) for n in names])
+        k = round(sparsity * scores.numel())
+        if k:
+            threshold = scores.kthvalue(k).values
+            out["global magnitude"] = {n: min(float((modules[n].weight.detach().abs() <= threshold).sum())
+                                              / modules[n].weight.numel(), 0.9999) for n in names}
+    return out
+
+
+def _best_of(problem: _Problem, target: Target, plan: PruningPlan, predicted: float, achieved: float,
+             meter: _Meter) -> tuple[PruningPlan, float, float, str, dict[str, float]]:
+    """The knapsack's plan, unless a simple baseline that also meets the target scores higher on
+    the evaluation data (possible where the curves' sum predicts badly, e.g. when every option
+    collapses). Returns (plan, predicted, achieved, chosen, accuracy of every candidate)."""
+    subject = problem.subject
+    split = subject.data.test
+    reference = None
+    if split.y is None:
+        with torch.no_grad():
+            reference = torch.cat([subject.model(split.x[i : i + 512]) for i in range(0, len(split), 512)]).numpy()
+    accuracy = {"knapsack": evaluate_torch(subject.prune(plan), split, reference)[0]}
+    best = ("knapsack", plan, predicted, achieved)
+    for name, ratios in _baseline_ratios(problem, target.value).items():
+        candidate = PruningPlan(method=problem.method.name, layers={n: LayerRule(r) for n, r in ratios.items() if r > 0},
+                                model=subject.model_spec)
+        value = meter(candidate)
+        if not target.met_by(value):
+            continue
+        accuracy[name] = evaluate_torch(subject.prune(candidate), split, reference)[0]
+        if accuracy[name] > accuracy[best[0]]:
+            drop = sum(float(np.interp(ratios[n], problem.choices[n], problem.drop[n])) for n in problem.units)
+            best = (name, candidate, max(0.0, problem.dense_accuracy - drop), value)
+    chosen, plan, predicted, achieved = best
+    return plan, predicted, achieved, chosen, accuracy
 
 
 def _achieved_text(target: Target, saving: float) -> str:
@@ -505,3 +568,23 @@ def pareto_front(subject: Subject, kind: Kind, values: Sequence[float], method: 
             meter.close()
     on_progress(1.0, "done")
     return out
+
+
+def pareto_frame(allocations: Sequence[Allocation]) -> pd.DataFrame:
+    """One row per allocation, for plotting the trade-off: ``target, value, achieved, met,
+    predicted_accuracy, verified_accuracy, flagged, chosen, layers, on_front`` (``on_front``: no
+    other allocation has both a better-or-equal achieved value and a higher verified accuracy)."""
+    rows = []
+    for a in allocations:
+        acc = a.verified_accuracy if a.verified_accuracy is not None else a.predicted_accuracy
+        # Lower is better for macs/size/latency (fraction kept); higher for sparsity: compare on savings.
+        saved = a.achieved if a.target.kind == "sparsity" else 1.0 - a.achieved
+        rows.append({"target": a.target.kind, "value": a.target.value, "achieved": a.achieved, "met": a.met,
+                     "predicted_accuracy": a.predicted_accuracy, "verified_accuracy": a.verified_accuracy,
+                     "flagged": a.flagged, "chosen": a.chosen, "layers": len(a.plan.layers), "saved_": saved,
+                     "score_": acc})
+    frame = pd.DataFrame(rows, columns=["target", "value", "achieved", "met", "predicted_accuracy", "verified_accuracy",
+                                        "flagged", "chosen", "layers", "saved_", "score_"])
+    frame["on_front"] = [not any((o.saved_ >= r.saved_ and o.score_ > r.score_) or (o.saved_ > r.saved_ and o.score_ >= r.score_)
+                                 for o in frame.itertuples() if o.Index != r.Index) for r in frame.itertuples()]
+    return frame.drop(columns=["saved_", "score_"])

@@ -197,6 +197,8 @@ def cmd_allocate(args: argparse.Namespace) -> int:
     if result.flagged and result.gap is not None:
         line += f"  (!) predicted and verified differ by {100 * abs(result.gap):.1f} points: the layers interact"
     print(line)
+    if result.chosen != "knapsack":
+        print(f"note       the {result.chosen} baseline scored higher than the knapsack's plan on the data; kept it")
     print(f"plan       {len(result.plan.layers)} layer(s) -> {args.out}")
     if not result.met:
         print(f"warning: the measured value missed {target.describe()}", file=sys.stderr)

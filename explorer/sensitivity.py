@@ -100,6 +100,7 @@ CACHE_ENV = "PRUNING_EXPLORER_CACHE"
 _SCAN_VERSION = 1  # bump when the numbers a scan produces change: old cache files are then ignored
 _CHUNK = 512  # samples per ONNX Runtime call
 _CAPTURE_BYTES = 256 * 2**20  # at most this much of captured inner tensors at a time
+_SESSION_BYTES = 1024 * 2**20  # ONNX Runtime sessions kept between scans hold at most about this
 
 
 # --- units -----------------------------------------------------------------------------------------
@@ -360,6 +361,8 @@ class _OrtEngine:
         self.producer = {o: k for k, node in enumerate(self.nodes) for o in node.output}
         self.macs = {n: subject.inventory[n].macs for n in self.layers}
         self.total_macs = max(sum(self.macs.values()), 1)
+        self.weight_bytes = sum(a.nbytes for a in self.dense_weights.values()) + sum(
+            int(np.prod(t.dims)) * 4 for t in graph.initializer)
         self.cuts: dict[str, _Cut | None] = {}
         self.captures: dict[tuple[str, ...], object] = {}
         self.lock = threading.Lock()
@@ -537,6 +540,11 @@ class _OrtEngine:
         with self.lock:
             if self._dense_logits is None:
                 self._dense_logits = np.concatenate(dense_chunks)
+            # Each session holds its own copy of the weights it runs: keep them for the next scan
+            # (the app scans unit by unit) unless that adds up to too much memory.
+            if self.weight_bytes * (len(self.cuts) + len(self.captures)) > _SESSION_BYTES:
+                self.cuts.clear()
+                self.captures.clear()
         for name, rs in ratios.items():
             for j, r in enumerate(rs):
                 if name not in logits:  # the unit does not influence the output

@@ -54,9 +54,23 @@ def test_beats_uniform_and_global_magnitude_at_80_percent(unseen: Subject) -> No
         torch_prune.remove(module, name)
     global_ = _accuracy(unseen, model)
     ours = _accuracy(unseen, unseen.prune(result.plan))
+    assert result.chosen == "knapsack"  # the allocation itself, not a baseline it compared with
     assert result.verified_accuracy is not None
     assert abs(ours - result.verified_accuracy) <= 1 / len(unseen.data.test) + 1e-12  # torch vs ORT
     assert ours > global_ and ours > uniform, f"allocation {ours:.4f}, global {global_:.4f}, uniform {uniform:.4f}"
+
+
+def test_keeps_a_baseline_when_the_curves_mislead(mlp: Subject) -> None:
+    """Curves that say nothing hurts: the knapsack's plan is arbitrary; a better baseline is kept."""
+    ratios = (0.5, 0.9, 0.98)
+    curves = pd.DataFrame([(n, r, 0.99, 0.05, n) for n in mlp.layer_names for r in (0.0, *ratios)],
+                          columns=["layer", "ratio", "accuracy", "loss", "members"])
+    result = alloc.allocate(mlp, ("sparsity", 0.8), curves=curves, ratios=ratios, verify=False)
+    assert result.met
+    assert set(result.candidates) >= {"knapsack", "uniform", "global magnitude"}
+    best = max(result.candidates, key=result.candidates.get)
+    assert result.candidates[result.chosen] == result.candidates[best]
+    assert _accuracy(mlp, mlp.prune(result.plan)) == pytest.approx(result.candidates[result.chosen])
 
 
 def _prunable_sparsity(subject: Subject, model: torch.nn.Module) -> float:
@@ -172,6 +186,10 @@ def test_pareto_front(mlp: Subject) -> None:
     assert achieved == sorted(achieved)
     predicted = [a.predicted_accuracy for a in front]
     assert predicted == sorted(predicted, reverse=True)
+    frame = alloc.pareto_frame(front)
+    assert list(frame.value) == [0.5, 0.7, 0.9] and frame.on_front.any()
+    best = frame.predicted_accuracy.idxmax()
+    assert frame.on_front[best]  # nothing beats the most accurate allocation on accuracy
 
 
 def test_user_errors(mlp: Subject) -> None:
