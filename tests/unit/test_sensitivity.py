@@ -72,6 +72,15 @@ def test_fast_engine_is_used_and_torch_fallback_agrees(mlp: Subject) -> None:
     pd.testing.assert_frame_equal(torch_scan, ref)
 
 
+def test_chunked_evaluation(residual: Subject, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Data in several chunks (and a capture memory budget of a few samples) gives the same points."""
+    monkeypatch.setattr(sens, "_CHUNK", 50)
+    monkeypatch.setattr(sens, "_CAPTURE_BYTES", 1)
+    monkeypatch.setattr(sens, "_ENGINES", type(sens._ENGINES)())
+    fast = sens.scan(residual, "l1-unstructured", RATIOS, cache=False)
+    _same_points(fast, sens.reference_scan(residual, "l1-unstructured", RATIOS), len(residual.data.test))
+
+
 def test_structured_units_are_groups(residual: Subject) -> None:
     df = sens.scan(residual, "l1-structured", (0.5,), cache=False)
     groups = residual.inventory.groups
