@@ -18,23 +18,21 @@ import argparse
 import asyncio
 import os
 import re
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-APP = ROOT / "app.py"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+from appserver import CHROMIUM, CHROMIUM_ARGS  # noqa: E402  (the browser test's server and browser)
+from appserver import start as start_server  # noqa: E402
+from appserver import stop as stop_server  # noqa: E402
+
 GLOBAL = "All layers"
 
 
@@ -71,12 +69,6 @@ class SoakResult:
         return "\n".join(lines)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def rss_mb(pid: int) -> float:
     """Resident memory of process ``pid`` and its children, from /proc."""
     total_kb = 0
@@ -94,40 +86,6 @@ def rss_mb(pid: int) -> float:
         except OSError:
             continue
     return total_kb / 1024
-
-
-def start_server(model: str, timeout: float = 90.0) -> tuple[subprocess.Popen, str]:
-    """Run the app on a free loopback port with ``model`` opened; return the process and its URL."""
-    port = free_port()
-    env = dict(os.environ, PRUNING_EXPLORER_MODEL=model)
-    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true",
-           "--server.port", str(port), "--server.address", "127.0.0.1",
-           "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
-    proc = subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc, url
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            stop_server(proc)
-            raise RuntimeError(f"streamlit did not become healthy within {timeout:.0f} s")
-        time.sleep(0.2)
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _weights(model: str) -> dict[str, int]:
@@ -212,7 +170,7 @@ def run_soak(sessions: int = 4, moves: int = 50, model: str = "zoo:digits-mlp",
              move_timeout_s: float = 90.0) -> SoakResult:
     """Run the soak (side effects: a server subprocess and a browser, both stopped at the end)."""
     result = SoakResult(sessions=sessions, moves=moves)
-    proc, url = start_server(model)
+    proc, url = start_server(90.0, ROOT, {"PRUNING_EXPLORER_MODEL": model})
     stop = threading.Event()
     t_start = time.monotonic()
 

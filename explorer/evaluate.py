@@ -23,26 +23,6 @@ from explorer.runtime import OrtModel, export_onnx, gzip_size, measure_latency
 __all__ = ["Metrics", "OnnxMetrics", "check_labels", "evaluate_torch", "measure", "measure_onnx", "scores"]
 
 
-@dataclass(frozen=True)
-class Metrics:
-    accuracy: float
-    loss: float
-    params_total: int
-    params_nonzero: int
-    macs: int
-    onnx_bytes: int
-    onnx_gzip_bytes: int
-    latency_ms_median: float
-    latency_ms_p90: float
-    latency_ms_spread: float
-    latency_threads: int
-    latency_runs: int
-    labels: bool  # False: accuracy is agreement with the dense model, loss is KL from it
-
-    def to_dict(self) -> dict[str, float | int | bool]:
-        return asdict(self)
-
-
 def _log_softmax(z: np.ndarray) -> np.ndarray:
     z = z.astype(np.float64)
     z = z - z.max(axis=1, keepdims=True)
@@ -95,6 +75,19 @@ class OnnxMetrics:
 
     def to_dict(self) -> dict[str, float | int | bool]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Metrics(OnnxMetrics):
+    """``OnnxMetrics`` of the exported model plus what the torch model tells: parameters and MACs.
+
+    With ``labels`` False, accuracy is agreement with the dense model and loss the KL divergence
+    from it.
+    """
+
+    params_total: int
+    params_nonzero: int
+    macs: int
 
 
 def measure_onnx(path: str | Path, data: Dataset, *, reference: np.ndarray | None = None, threads: int = 1,

@@ -1,6 +1,6 @@
 """Start ``streamlit run app.py`` on a free loopback port and wait until it is healthy.
 
-Shared by the browser test and ``take_screenshots.py``.
+Shared by the browser test, ``take_screenshots.py`` and ``benchmarks/soak.py``.
 """
 
 from __future__ import annotations
@@ -27,35 +27,47 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextlib.contextmanager
-def serve(timeout: float = 60.0, cwd: str | Path | None = None) -> Iterator[str]:
-    """Run the app in a subprocess (from ``cwd``, default a neutral folder); yield its URL."""
+def start(timeout: float = 60.0, cwd: str | Path | None = None,
+          env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """Start the app in a subprocess (from ``cwd``, default a neutral folder, with ``env`` added to
+    the environment) and wait until it is healthy; return the process and its URL."""
     port = free_port()
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true",
            "--server.address", "127.0.0.1", "--server.port", str(port),
            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
-    proc = subprocess.Popen(cmd, cwd=cwd or "/", env=dict(os.environ), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=cwd or "/", env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc, url
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            stop(proc)
+            raise RuntimeError(f"streamlit did not become healthy on port {port} within {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"streamlit exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not become healthy on port {port} within {timeout:.0f} s")
-            time.sleep(0.2)
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def serve(timeout: float = 60.0, cwd: str | Path | None = None, env: dict[str, str] | None = None) -> Iterator[str]:
+    """``start`` as a context manager: yield the URL, stop the server afterwards."""
+    proc, url = start(timeout, cwd, env)
+    try:
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
