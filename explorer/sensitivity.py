@@ -12,9 +12,11 @@ Three tiers, from instant to exact:
   and how many points the cache already holds.
 - :func:`scan`: the measured curves, each point a full evaluation on the evaluation data. Weight-only
   methods (unstructured, N:M) run in ONNX Runtime on the part of the graph downstream of the
-  pruned layer, fed with the layer's cached inputs and its masked weight as a graph input; no
-  copy of the model per point. Structured methods reuse one DepGraph (copied with the model) and
-  evaluate the really shrunk model. Points are cached on disk per (model, data, method).
+  pruned layer, fed with the inner tensors one dense pass captured and the masked weight as a
+  graph input; no copy of the model per point. ONNX Runtime rounds differently from PyTorch: a
+  point may differ from the PyTorch loop by one sample, rarely. Structured methods reuse one
+  DepGraph (copied with the model) and evaluate the really shrunk model in PyTorch. Points are
+  cached on disk per (model, data, method).
 
 :func:`reference_scan` is Distiller's loop (for each unit and ratio: a fresh copy, prune, evaluate
 everything): the oracle the fast scan is tested against. :func:`latency_curves` measures ONNX
