@@ -31,7 +31,7 @@ TARGETS = [("sparsity", 0.8, "l1-unstructured"), ("macs", 0.5, "l1-structured"),
            ("latency", 0.7, "l1-structured")]
 BASELINE_MODELS = {
     f"{HERE.parent / 'tests' / 'models' / 'allocation_net.py'}:residual_mlp": "zoo:digits-flat",
-    f"{HERE / 'residual_net.py'}:residual_net": "zoo:digits-32",
+    f"{HERE.parent / 'tests' / 'models' / 'residual_net.py'}:residual_net": "zoo:digits-32",
     "zoo:digits-mlp": None,
     "zoo:digits-cnn": None,
 }

@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 # (model spec, data spec): a zoo model, and a residual net the zoo does not have.
 MODELS = {
     "zoo:digits-cnn": None,
-    f"{HERE / 'residual_net.py'}:residual_net": "zoo:digits-32",
+    f"{HERE.parent / 'tests' / 'models' / 'residual_net.py'}:residual_net": "zoo:digits-32",
 }
 METHOD = "l1-unstructured"
 
