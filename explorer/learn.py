@@ -229,11 +229,14 @@ def zeros_vs_removal(subject: Subject, progress: Progress) -> LearnResult:
             f"{d.onnx_bytes / s.onnx_bytes:.1f}x smaller, for a MAC ratio of {d.macs / s.macs:.2f}x. "
             + ("The claim holds here." if holds else "The claim does not fully hold in this run."))
     fig = go.Figure()
-    fig.add_trace(go.Bar(x=df.model, y=df.latency_ms_median, name="median latency (ms)", yaxis="y"))
-    fig.add_trace(go.Bar(x=df.model, y=df.onnx_gzip_bytes / 1024, name="gzip size (KB)", yaxis="y2"))
+    # Two y axes: offset groups keep the bars side by side (barmode="group" alone overlays them).
+    fig.add_trace(go.Bar(x=df.model, y=df.latency_ms_median, name="median latency (ms)", yaxis="y",
+                         offsetgroup=0))
+    fig.add_trace(go.Bar(x=df.model, y=df.onnx_gzip_bytes / 1024, name="gzip size (KB)", yaxis="y2",
+                         offsetgroup=1))
     fig.update_layout(title="Zeros vs removed channels, measured in ONNX Runtime", barmode="group", height=380,
                       yaxis=dict(title="median latency (ms)"),
-                      yaxis2=dict(title="gzip size (KB)", overlaying="y", side="right"),
+                      yaxis2=dict(title="gzip size (KB)", overlaying="y", side="right", tickformat=",.0f"),
                       margin=dict(l=40, r=40, t=50, b=40))
     return LearnResult("zeros", df, fig, text, holds, subject.model_spec,
                        plans["structured 50% (channels removed)"].to_dict())

@@ -42,11 +42,13 @@ settings = {"recalibrate": bn, "epochs": epochs if has_train else 0, "distill": 
 
 result = recover.last_run(plan, settings)
 if st.button("Run", type="primary", icon=":material/healing:", key="recover.run"):
-    st.button("Cancel", key="recover.cancel", help="Stops the run; nothing is recorded.")
+    cancel = st.empty()  # any click reruns the page, which interrupts the run
+    cancel.button("Cancel", key="recover.cancel", help="Stops the run; nothing is recorded.")
     try:
         result = recover.run(subject, plan, draft, settings)
     except ExplorerError as e:
         st.error(str(e))
+    cancel.empty()
 if result is None:
     st.stop()
 

@@ -65,7 +65,7 @@ def section(subject: Subject) -> None:
         cols = st.columns([3, 2, 2], vertical_alignment="bottom")
         kind = cols[0].selectbox("Target", alloc.KINDS, format_func=_LABELS.__getitem__, key=Keys.ALLOC_KIND)
         methods = [m for m in available_methods() if kind == "sparsity" or kind == "size" or get_method(m).structured]
-        method = cols[1].selectbox("Method", methods, index=methods.index(alloc.default_method(kind)),
+        method = cols[1].selectbox("Allocation method", methods, index=methods.index(alloc.default_method(kind)),
                                    key=f"{Keys.ALLOC_METHOD}.{kind}")
         value = cols[2].slider("Value (%)", 5, 95, 50, 5, key=Keys.ALLOC_VALUE) / 100
         st.caption("Per-layer ratios that reach the target with the least accuracy loss the sensitivity curves "

@@ -5,6 +5,8 @@ Usage: python tests/e2e/take_screenshots.py   (needs /usr/bin/chromium and playw
 
 from __future__ import annotations
 
+import re
+
 import sys
 from pathlib import Path
 
@@ -49,7 +51,7 @@ def move_slider(page: Page, label: str, steps: int) -> None:
 
 def choose(page: Page, label: str, option: str) -> None:
     """Pick ``option`` in the selectbox labelled ``label``."""
-    page.get_by_test_id("stSelectbox").filter(has_text=label).click()
+    page.get_by_test_id("stSelectbox").filter(has_text=re.compile(f"^{re.escape(label)}")).click()
     page.get_by_role("option", name=option, exact=True).click()
     settle(page)
 
@@ -73,6 +75,14 @@ def main() -> None:
             move_slider(page, layer, steps)
         shoot(page, "prune.png")
 
+        open_page(page, "Recover")
+        settle(page)
+        choose(page, "int8 quantization", "auto")
+        settle(page)
+        page.get_by_role("button", name="Run", exact=True).click()
+        settle(page)
+        shoot(page, "recover.png")
+
         open_page(page, "Weights")
         settle(page)
         choose(page, "Layer", "features.7")
@@ -82,6 +92,12 @@ def main() -> None:
         page.get_by_role("button", name="Run scan").click()
         settle(page)
         shoot(page, "sensitivity.png")
+
+        open_page(page, "Learn")
+        settle(page)
+        page.get_by_role("button", name="Run the experiment").nth(4).click()  # zeros vs removed channels
+        settle(page)
+        shoot(page, "learn.png")
 
         open_page(page, "Export")
         page.get_by_role("button", name="Build the export").click()
