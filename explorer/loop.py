@@ -50,7 +50,8 @@ class LoopResult:
 
 
 def run_loop(subject: Subject, plan: PruningPlan, *, recalibrate: bool = True, epochs: int = 0,
-             distill: bool = False, temperature: float = 2.0, alpha: float = 0.5, int8: str | None = None,
+             distill: bool = False, temperature: float = 2.0, alpha: float = 0.5, patience: int | None = None,
+             int8: str | None = None,
              on_progress: Progress = no_progress, should_stop: Callable[[], bool] | None = None) -> LoopResult:
     """Run the loop on ``plan``; each stage is measured on its own ONNX export.
 
@@ -58,6 +59,8 @@ def run_loop(subject: Subject, plan: PruningPlan, *, recalibrate: bool = True, e
         recalibrate: re-estimate batch-norm statistics of the pruned model (a stage of its own).
         epochs: fine-tuning epochs on the training split (0: no fine-tuning); zeros stay zero.
         distill: fine-tune with the dense model as teacher (``temperature``, weight ``alpha``).
+        patience: stop fine-tuning after this many epochs without a better validation score
+            (None: run every epoch); the best validation checkpoint is kept either way.
         int8: ``None`` or one of ``INT8_MODES``: quantize the last fp32 stage with ONNX Runtime.
         should_stop: polled during fine-tuning; True cancels it (the best model so far is kept).
 
@@ -86,7 +89,8 @@ def run_loop(subject: Subject, plan: PruningPlan, *, recalibrate: bool = True, e
             on_progress(0.15 + 0.65 * fraction, message)
 
         tuned = finetune(model, subject.data, epochs, distill_from=subject.model if distill else None,
-                         temperature=temperature, alpha=alpha, recalibrate=False, on_progress=progress,
+                         temperature=temperature, alpha=alpha, patience=patience, recalibrate=False,
+                         on_progress=progress,
                          should_stop=should_stop or (lambda: False))
         model = tuned.model
         result.epochs = tuned.history_rows()

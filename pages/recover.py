@@ -37,8 +37,11 @@ int8 = cols[2].selectbox("int8 quantization", ["off", *INT8_MODES], key=Keys.REC
 distill = cols[1].toggle("Distil from the dense model", key=Keys.RECOVER_DISTILL, disabled=not epochs)
 temperature = cols[1].number_input("Temperature", 1.0, 10.0, 2.0, 0.5, key=Keys.RECOVER_TEMPERATURE, disabled=not distill)
 alpha = cols[1].number_input("Distillation weight", 0.0, 1.0, 0.5, 0.1, key=Keys.RECOVER_ALPHA, disabled=not distill)
+patience = cols[0].number_input("Early stop after N epochs without improvement", 0, 30, 0, key=Keys.RECOVER_PATIENCE,
+                                disabled=not epochs, help="On the validation split; 0: never. The best epoch is kept.")
 settings = {"recalibrate": bn, "epochs": epochs if has_train else 0, "distill": distill and bool(epochs),
-            "temperature": temperature, "alpha": alpha, "int8": None if int8 == "off" else int8}
+            "temperature": temperature, "alpha": alpha, "patience": patience or None,
+            "int8": None if int8 == "off" else int8}
 
 result = recover.last_run(plan, settings)
 if st.button("Run", type="primary", icon=":material/healing:", key="recover.run"):

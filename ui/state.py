@@ -74,6 +74,7 @@ class Keys:
     RECOVER_DISTILL = "recover.distill"
     RECOVER_TEMPERATURE = "recover.temperature"
     RECOVER_ALPHA = "recover.alpha"
+    RECOVER_PATIENCE = "recover.patience"
     RECOVER_INT8 = "recover.int8"
 
     # Export page widgets.

@@ -43,3 +43,10 @@ def test_without_a_training_split_fine_tuning_is_refused(tmp_path, mlp: Subject)
 def test_unknown_int8_mode_is_named(mlp: Subject) -> None:
     with pytest.raises(DataError, match="'int4'"):
         run_loop(mlp, _global(mlp, 0.5), int8="int4")
+
+
+def test_early_stop_ends_fine_tuning_without_improvement(mlp: Subject) -> None:
+    # Fine-tuning a barely pruned model cannot beat its starting validation score for long.
+    result = run_loop(mlp, _global(mlp, 0.1), epochs=30, patience=1)
+    assert result.stopped == "early-stop"
+    assert len(result.epochs) < 31
