@@ -38,7 +38,7 @@ class Stage:
 class LoopResult:
     stages: list[Stage] = field(default_factory=list)
     epochs: list[dict[str, Any]] = field(default_factory=list)  # fine-tuning history
-    stopped: str = ""  # how fine-tuning ended ("completed", "early stop", "cancelled"), "" if not run
+    stopped: str = ""  # how fine-tuning ended ("completed", "early-stop", "cancelled"), "" if not run
     int8: dict[str, Any] | None = None  # compare_int8(...).to_dict(), with the CPU note
     model: nn.Module | None = None  # the last fp32 model (fine-tuned when fine-tuning ran)
 
