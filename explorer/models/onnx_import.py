@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from explorer.errors import ModelLoadError
+from explorer.models.files import read_model_file
 
 __all__ = ["OnnxModule", "load_onnx", "supported_ops"]
 
@@ -960,12 +961,7 @@ def load_onnx(path: str | Path) -> OnnxModule:
     from onnx.external_data_helper import load_external_data_for_model
 
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ModelLoadError(f"{path}: cannot read ({e.strerror})") from None
-    if not data:
-        raise ModelLoadError(f"{path}: the file is empty")
+    data = read_model_file(path)
     try:
         model = onnx.load_model_from_string(data)
     except Exception as e:

@@ -31,6 +31,7 @@ import torch
 from torch import fx, nn
 
 from explorer.errors import ModelLoadError
+from explorer.models.files import read_model_file
 
 __all__ = ["TORCH_VERSION_CHECKED", "check_archive", "load_program"]
 
@@ -461,12 +462,7 @@ def load_program(path: str | Path) -> nn.Module:
     from torch.export.pt2_archive._package import load_pt2
 
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ModelLoadError(f"{path}: cannot read ({e.strerror})") from None
-    if not data:
-        raise ModelLoadError(f"{path}: the file is empty")
+    data = read_model_file(path)
     if not data.startswith(b"PK\x03\x04"):
         raise ModelLoadError(f"{path}: not a torch.export archive (a .pt2 is a zip written by torch.export.save)")
     check_archive(data, path)
