@@ -37,8 +37,8 @@ with st.form("model.open", border=True):
 
 subject = widgets.require_subject()
 dense = subject.dense()[0]
-st.subheader(f"{subject.model_spec}, dense", anchor=False)
-st.caption(f"Evaluated on {subject.data.spec}: {len(subject.data.test):,} test samples of shape "
+st.subheader(f"{uploads.display(subject.model_spec)}, dense", anchor=False)
+st.caption(f"Evaluated on {uploads.display(subject.data.spec)}: {len(subject.data.test):,} test samples of shape "
            f"{' x '.join(map(str, subject.data.input_shape))}.")
 acc_label = "Accuracy" if dense.labels else "Agreement with dense"
 widgets.metric_row([

@@ -87,6 +87,14 @@ def session_folder() -> Path:
     return holder.path
 
 
+def display(spec: str | None) -> str | None:
+    """How a spec is shown: a file uploaded in this session by its name, not its temporary path."""
+    holder = st.session_state.get(Keys.UPLOAD_DIR)
+    if spec and isinstance(holder, _SessionFolder) and Path(spec).is_relative_to(holder.path):
+        return f"{Path(spec).name} (uploaded)"
+    return spec
+
+
 def _safe_name(name: str) -> str:
     base = PurePosixPath(name.replace("\\", "/")).name
     base = re.sub(r"[^A-Za-z0-9._-]", "_", base).lstrip(".")

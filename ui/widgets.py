@@ -12,7 +12,7 @@ from explorer.errors import ExplorerError
 from explorer.inspect import Inventory
 from explorer.plan import PruningPlan
 from explorer.subject import Subject
-from ui import cache, state
+from ui import cache, state, uploads
 from ui.draft import Draft
 from ui.metrics import Card, fmt_bytes
 from ui.state import Keys
@@ -72,10 +72,10 @@ def sidebar() -> None:
     """The shared sidebar: which model is open and what the current draft prunes."""
     with st.sidebar:
         st.caption("Model")
-        st.code(st.session_state[Keys.MODEL], language=None)
+        st.code(uploads.display(st.session_state[Keys.MODEL]), language=None)
         if st.session_state[Keys.DATA]:
             st.caption("Data")
-            st.code(st.session_state[Keys.DATA], language=None)
+            st.code(uploads.display(st.session_state[Keys.DATA]), language=None)
 
 
 def history_frame(entries: list[dict[str, Any]], dense: dict[str, Any]) -> pd.DataFrame:

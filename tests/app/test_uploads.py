@@ -66,6 +66,9 @@ def test_uploaded_onnx_and_csv_open_and_are_measured(files: dict[str, bytes]) ->
     assert model.endswith("mlp.onnx") and Path(model).is_relative_to(folder)
     assert data.endswith("digits.csv") and Path(data).is_relative_to(folder)
     assert metrics(at)["Parameters"] == "50,826"  # the zoo MLP's own count, measured on the upload
+    # Shown by file name, not by the temporary path.
+    assert [c.value for c in at.sidebar.code] == ["mlp.onnx (uploaded)", "digits.csv (uploaded)"]
+    assert at.subheader[0].value == "mlp.onnx (uploaded), dense"
 
 
 def test_uploaded_image_zip_becomes_an_image_folder(files: dict[str, bytes]) -> None:
