@@ -203,6 +203,10 @@ def _why_fixed(
     return _FIXED
 
 
+class _Opaque(Exception):
+    """The model runs ops no tracer can see through (an ONNX graph partly run in ONNX Runtime)."""
+
+
 def inventory(model: nn.Module, example_input: torch.Tensor) -> Inventory:
     """List the prunable layers of ``model`` (not modified) for an input like ``example_input``."""
     macs = count_macs(model, example_input)
@@ -214,6 +218,10 @@ def inventory(model: nn.Module, example_input: torch.Tensor) -> Inventory:
     outputs: set[str] = set()
     fixed: dict[str, str] = {}  # layer -> why its channels are fixed
     try:
+        ort_ops = getattr(model, "ort_ops", ())
+        if ort_ops:
+            raise _Opaque(f"the graph runs {list(ort_ops)} in ONNX Runtime (no torch equivalent here), so no "
+                          "channel can be followed through it; unstructured and 2:4 pruning work on its weights")
         dg = build_dependency_graph(work, example_input)
         names = {m: n for n, m in work.named_modules()}
         outputs = {names[m] for m in output_layers(dg, work)}
@@ -226,6 +234,8 @@ def inventory(model: nn.Module, example_input: torch.Tensor) -> Inventory:
                 group_of[n] = gid
         fixed = {n: _why_fixed(dg, m, names, outputs) for m, n in names.items()
                  if isinstance(m, PRUNABLE_TYPES) and n not in group_of and n not in outputs}
+    except _Opaque as e:
+        structured_error = str(e)
     except Exception as e:  # untraceable model: structured pruning is off, the rest works
         structured_error = f"DepGraph could not trace the model: {type(e).__name__}: {e}"
 
@@ -239,7 +249,8 @@ def inventory(model: nn.Module, example_input: torch.Tensor) -> Inventory:
         note = ""
         if name not in group_of:
             if structured_error:
-                note = "structured pruning off: model not traceable"
+                note = ("structured pruning off: part of the graph runs in ONNX Runtime"
+                        if getattr(model, "ort_ops", ()) else "structured pruning off: model not traceable")
             elif name in outputs:
                 note = "output layer: its channels are the model's outputs"
             else:

@@ -17,9 +17,11 @@ may be no faster than fp32. ``cpu_int8_support()`` reports what this machine has
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -155,6 +157,19 @@ class QuantizeResult:
     notes: tuple[str, ...] = ()
 
 
+@contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """onnxruntime.quantization logs its skips (a weight it cannot quantize per channel) on the root
+    logger; the notes we return say what matters."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def quantize_onnx(src: str | Path, dst: str | Path, mode: str = "auto", calibration: np.ndarray | None = None,
                   *, per_channel: bool = True, max_samples: int = CALIBRATION_SAMPLES) -> QuantizeResult:
     """Write an int8 version of the fp32 ONNX model ``src`` to ``dst``.
@@ -181,7 +196,7 @@ def quantize_onnx(src: str | Path, dst: str | Path, mode: str = "auto", calibrat
         raise ExportError("static int8 quantization needs calibration data")
     dst.parent.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="explorer-int8-") as tmp, warnings.catch_warnings():
+    with tempfile.TemporaryDirectory(prefix="explorer-int8-") as tmp, warnings.catch_warnings(), _quiet_root_logger():
         warnings.simplefilter("ignore")
         source = src
         pre = Path(tmp) / "pre.onnx"

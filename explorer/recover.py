@@ -36,6 +36,7 @@ __all__ = [
     "FinetuneResult",
     "batchnorm_layers",
     "finetune",
+    "not_recoverable",
     "recalibrate_bn",
     "zero_masks",
 ]
@@ -79,6 +80,19 @@ def _check_input(split: Split, where: str) -> None:
         raise DataError(f"{where} is empty")
 
 
+def not_recoverable(model: nn.Module) -> str:
+    """Why ``model`` cannot be recalibrated or fine-tuned here ("" when it can).
+
+    An ONNX graph with nodes run in ONNX Runtime has no gradient through them, and only zeroed
+    weights can be written back into it (``OnnxModule.write_onnx``).
+    """
+    ops = getattr(model, "ort_ops", ())
+    if not ops:
+        return ""
+    return (f"the graph runs {list(ops)} in ONNX Runtime: no gradient flows through them and only zeroed "
+            "weights can be written back into it, so recalibration and fine-tuning are off")
+
+
 def recalibrate_bn(model: nn.Module, split: Split, *, batch_size: int = 64,
                    max_batches: int | None = None) -> nn.Module:
     """Re-estimate the batch-norm running statistics of a (pruned) model on calibration data.
@@ -94,12 +108,15 @@ def recalibrate_bn(model: nn.Module, split: Split, *, batch_size: int = 64,
 
     Raises:
         DataError: the split is empty, or the model does not accept it.
-        RecoverError: ``batch_size`` or ``max_batches`` is not a positive integer.
+        RecoverError: ``batch_size`` or ``max_batches`` is not a positive integer, or the model
+            cannot be recalibrated here (``not_recoverable``).
     """
     if batch_size < 1:
         raise RecoverError(f"batch_size must be at least 1, got {batch_size}")
     if max_batches is not None and max_batches < 1:
         raise RecoverError(f"max_batches must be at least 1 or None, got {max_batches}")
+    if batchnorm_layers(model) and not_recoverable(model):
+        raise RecoverError(not_recoverable(model))
     _check_input(split, "the calibration data")
     out = copy.deepcopy(model).eval()
     bns = [m for m in out.modules() if isinstance(m, _BN_TYPES) and m.track_running_stats]
@@ -230,10 +247,13 @@ def finetune(
 
     Raises:
         DataError: no training split, no labels and no teacher, or data the model does not accept.
-        RecoverError: a hyper-parameter out of range.
+        RecoverError: a hyper-parameter out of range, or a model that cannot be trained here
+            (``not_recoverable``).
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise RecoverError(f"epochs must be a positive integer, got {epochs!r}")
+    if not_recoverable(model):
+        raise RecoverError(not_recoverable(model))
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise RecoverError(f"learning rate must be a positive number, got {lr!r}")
     if batch_size < 1:

@@ -180,6 +180,10 @@ def _recovery_html(metrics: dict[str, Any]) -> str:
 
 def _save_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> str:
     """Save a torch.export program; returns '' or the reason it could not be exported."""
+    ops = getattr(model, "ort_ops", ())
+    if ops:
+        return (f"the graph runs {list(ops)} in ONNX Runtime, which torch.export cannot capture; model.onnx is "
+                "your own graph with the pruned weights, model_state.pt the pruned weights by layer")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -31,13 +31,17 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path)
     """Export ``model`` to a single ONNX file with a dynamic batch dimension.
 
     Uses the TorchScript exporter (tens of milliseconds on small models, which keeps the app live);
-    falls back to the dynamo exporter for models it cannot handle.
+    falls back to the dynamo exporter for models it cannot handle. An ONNX file loaded with ops
+    that run in ONNX Runtime (``OnnxModule.ort_ops``) is written back as the user's own graph with
+    its pruned weights instead.
 
     Raises:
         ExportError: both exporters failed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if getattr(model, "ort_ops", ()):  # an ONNX graph partly run in ONNX Runtime: the user's own graph
+        return model.write_onnx(path)  # type: ignore[operator]
     model = model.eval()
     errors = []
     # nn.TransformerEncoderLayer's inference fast path is one fused op that no exporter handles.

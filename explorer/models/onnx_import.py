@@ -7,6 +7,13 @@ other supported op is a torch function, run in the graph's topological order by 
 Because the layers are real modules, Torch-Pruning's DepGraph (which traces autograd) can group
 and remove their channels, and the module exports back to ONNX like any other.
 
+An op the interpreter does not know (``supported_ops()``), from any domain ONNX Runtime knows,
+runs in ONNX Runtime one node at a time (``explorer.models.ort_nodes``). Such a graph keeps its
+layers, histograms, unstructured and N:M pruning, sensitivity and evaluation, but no channel can be
+followed through an opaque node: ``ort_ops`` names them, structured pruning and fine-tuning are
+off, and ``write_onnx`` writes the user's own graph with the pruned (zeroed) weights, which is what
+gets measured and exported. Control flow (subgraphs) is refused.
+
 Layers are named after the model's own names where the file keeps them: the weight initializer
 (``features.0.weight`` gives ``features.0``, as PyTorch's dynamo exporter writes) or the node's
 scope (``/features/features.0/Conv`` gives ``features.0``, as the TorchScript exporter writes);
@@ -18,6 +25,7 @@ read only from plain file names in the model's own folder.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -30,8 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explorer.errors import ModelLoadError
+from explorer.errors import ExportError, ModelLoadError
 from explorer.models.files import read_model_file
+from explorer.models.ort_nodes import OrtNode, run_node
 
 __all__ = ["OnnxModule", "load_onnx", "supported_ops"]
 
@@ -49,6 +58,7 @@ class _Node:
     attrs: dict[str, Any] = field(default_factory=dict)
     module: str | None = None  # qualified name of the layer that owns this node's weights
     owned: tuple[bool, ...] = ()  # per input: held by the layer (not read from the environment)
+    ort: OrtNode | None = None  # set for a node run by ONNX Runtime (op "Ort")
 
 
 class _AnyRankBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -168,24 +178,21 @@ class OnnxModule(nn.Module):
         self.output_name = graph.output[0].name
 
         raw = _toposort(list(graph.node), {self.input_name, *init, ""}, source)
-        unsupported = sorted({
-            (f"{n.domain}." if n.domain not in ("", "ai.onnx") else "") + n.op_type
-            for n in raw
-            if n.domain not in ("", "ai.onnx") or n.op_type not in supported_ops()
-        })
-        computed = sorted({n.name or n.op_type for n in raw if n.op_type == "Conv" and n.input[1] not in init
-                           and not any(c.op_type == "Constant" and c.output[0] == n.input[1] for c in raw)})
-        if computed:
-            raise ModelLoadError(f"{source}: Conv node(s) {computed[:5]} compute their weights at run time (unsupported)")
-        if unsupported:
-            raise ModelLoadError(
-                f"{source}: unsupported ONNX op(s) {unsupported}; the interpreter runs "
-                f"{len(supported_ops())} common ops (see explorer.models.onnx_import.supported_ops())"
-            )
+        shapes, types = _inferred(model)
+        constant_outputs = {c.output[0] for c in raw if c.op_type == "Constant"}
+        # Nodes without a torch equivalent here (or a Conv whose weight is computed) run in ONNX
+        # Runtime, one node at a time; they export back unchanged. Structured pruning and
+        # fine-tuning are off for such a graph; measuring writes the user's own graph back.
+        in_ort = {id(n) for n in raw
+                  if n.domain not in ("", "ai.onnx") or n.op_type not in supported_ops()
+                  or (n.op_type == "Conv" and n.input[1] not in init and n.input[1] not in constant_outputs)}
+        self.ort_ops: tuple[str, ...] = tuple(sorted({
+            (f"{n.domain}." if n.domain not in ("", "ai.onnx") else "") + n.op_type for n in raw if id(n) in in_ort}))
+        self._original = model.SerializeToString() if self.ort_ops else b""
+        self._weight_source: dict[str, tuple[str, bool, float]] = {}  # layer -> (initializer, transposed, alpha)
         for n in raw:  # Constant nodes: known at load, like initializers
             if n.op_type == "Constant":
                 self._consts[n.output[0]] = _constant_value(n, source)
-        shapes = _inferred_shapes(model)
         consumers: dict[str, list[Any]] = {}
         for n in raw:
             for name in n.input:
@@ -202,6 +209,10 @@ class OnnxModule(nn.Module):
             attrs = _attributes(n, source)
             op, ins, outs, module = n.op_type, tuple(n.input), tuple(n.output), None
             if op == "Constant":
+                continue
+            if id(n) in in_ort:
+                nodes.append(_Node(op="Ort", name=n.name, inputs=ins, outputs=outs, owned=(False,) * len(ins),
+                                   ort=OrtNode.of(n, model, types)))
                 continue
             if op == "Conv" and len(ins) > 1 and ins[1] in self._consts:
                 module = self._conv(n, attrs, index)
@@ -246,6 +257,9 @@ class OnnxModule(nn.Module):
         # Keep only what forward reads as plain values (shapes, axes, pads): small or integer
         # constants. The weights live in the layers and buffers; copies must not duplicate them.
         self._consts = {k: v for k, v in self._consts.items() if v.dtype.kind in "iub" or v.size <= 16}
+        weights = {f"{layer}.weight" for layer in self._weight_source}
+        self._frozen = {name: _digest(t) for name, t in [*self.named_parameters(), *self.named_buffers()]
+                        if name not in weights} if self.ort_ops else {}
 
     # --- building layers -------------------------------------------------------------------------
 
@@ -294,6 +308,11 @@ class OnnxModule(nn.Module):
     def _param(self, name: str) -> torch.Tensor:
         return torch.from_numpy(np.array(self._consts[name], dtype=np.float32))
 
+    def _source(self, layer: str, initializer: str, transposed: bool = False, alpha: float = 1.0) -> str:
+        """Remember where ``layer``'s weight comes from, to write it back (``write_onnx``)."""
+        self._weight_source.setdefault(layer, (initializer, transposed, alpha))
+        return layer
+
     def _conv(self, n: Any, attrs: dict[str, Any], index: int) -> str:
         w = self._param(n.input[1])
         if w.ndim not in (3, 4, 5):
@@ -319,7 +338,7 @@ class OnnxModule(nn.Module):
             layer.weight.copy_(w)
             if bias:
                 layer.bias.copy_(self._param(n.input[2]))
-        return self._add_layer(_layer_name(n, n.input[1], index), layer, n.input[1])
+        return self._source(self._add_layer(_layer_name(n, n.input[1], index), layer, n.input[1]), n.input[1])
 
     def _gemm(self, n: Any, attrs: dict[str, Any], index: int) -> str:
         b = self._param(n.input[1])
@@ -338,7 +357,8 @@ class OnnxModule(nn.Module):
             layer.weight.copy_(weight)
             if bias is not None:
                 layer.bias.copy_(bias)
-        return self._add_layer(_layer_name(n, n.input[1], index), layer, n.input[1])
+        name = self._add_layer(_layer_name(n, n.input[1], index), layer, n.input[1])
+        return self._source(name, n.input[1], not attrs.get("transB", 0), float(attrs.get("alpha", 1.0)))
 
     def _matmul(self, n: Any, index: int, bias_node: Any) -> str:
         b = self._param(n.input[1])  # (in, out)
@@ -348,7 +368,7 @@ class OnnxModule(nn.Module):
             if bias_node is not None:
                 const = next(i for i in bias_node.input if i in self._consts)
                 layer.bias.copy_(self._param(const).reshape(-1).expand(b.shape[1]))
-        return self._add_layer(_layer_name(n, n.input[1], index), layer, n.input[1])
+        return self._source(self._add_layer(_layer_name(n, n.input[1], index), layer, n.input[1]), n.input[1], True)
 
     def _batchnorm(self, n: Any, attrs: dict[str, Any], index: int) -> str:
         scale, bias, mean, var = (self._param(i) for i in n.input[1:5])
@@ -405,6 +425,54 @@ class OnnxModule(nn.Module):
         out = env[self.output_name]
         assert out is not None
         return out
+
+    def _op_Ort(self, node: _Node, a: list[Value]) -> Any:
+        assert node.ort is not None
+        return run_node(node.ort, a)
+
+    # --- writing back --------------------------------------------------------------------------
+
+    def write_onnx(self, path: str | Path) -> Path:
+        """Write the user's own graph with this module's weights (for a graph with ``ort_ops``).
+
+        Only zeros can be written back: a layer weight must equal the loaded one with some entries
+        set to zero, and every other parameter and buffer must be unchanged (batch-norm statistics
+        or fine-tuned weights have no place in the original graph).
+
+        Raises:
+            ExportError: something other than zeroing changed, naming the tensor.
+        """
+        import onnx
+        from onnx import numpy_helper
+
+        if not self._original:
+            raise ExportError(f"{self.source}: nothing runs in ONNX Runtime here; export the module instead")
+        current = dict([*self.named_parameters(), *self.named_buffers()])
+        for name, digest in self._frozen.items():
+            if name not in current or _digest(current[name]) != digest:
+                raise ExportError(f"{self.source}: {name!r} changed; a graph that runs {list(self.ort_ops)} in "
+                                  "ONNX Runtime can only have its weights set to zero (no recalibration or fine-tuning)")
+        model = onnx.load_model_from_string(self._original)
+        tensors = {t.name: t for t in model.graph.initializer}
+        constants = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
+        for layer, (source, transposed, alpha) in self._weight_source.items():
+            proto = tensors.get(source)
+            if proto is None:  # a Constant node's value
+                proto = next(a.t for a in constants[source].attribute if a.name == "value")
+            original = numpy_helper.to_array(proto)
+            loaded = torch.from_numpy(np.array(original, dtype=np.float32))
+            loaded = (loaded.T if transposed else loaded) * alpha
+            weight = current[f"{layer}.weight"].detach()
+            keep = weight != 0
+            if weight.shape != loaded.shape or not torch.equal(weight, loaded * keep):
+                raise ExportError(f"{self.source}: the weight of {layer!r} changed beyond zeroing entries "
+                                  f"(shape {tuple(weight.shape)}, loaded {tuple(loaded.shape)})")
+            mask = (keep.T if transposed else keep).numpy()
+            proto.CopyFrom(numpy_helper.from_array((original * mask).astype(original.dtype), proto.name))
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save_model(model, str(path))
+        return path
 
     # Layers.
     def _op_Conv(self, node: _Node, a: list[Value]) -> torch.Tensor:
@@ -868,19 +936,27 @@ def _is_flatten(node: Any, consts: dict[str, np.ndarray], shapes: dict[str, list
     return target[1] == width and (target[0] in (-1, 0) or target[0] == src[0])
 
 
-def _inferred_shapes(model: Any) -> dict[str, list[int | None]]:
+def _inferred(model: Any) -> tuple[dict[str, list[int | None]], dict[str, int]]:
+    """Shapes and element types ONNX shape inference finds (a help, never required)."""
     import onnx
 
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # shape inference is a help for naming flattens, never required
-        return {}
-    out: dict[str, list[int | None]] = {}
+    except Exception:
+        return {}, {}
+    shapes: dict[str, list[int | None]] = {}
+    types: dict[str, int] = {}
     for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
         t = vi.type.tensor_type
+        if t.elem_type:
+            types[vi.name] = t.elem_type
         if t.HasField("shape"):
-            out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-    return out
+            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    return shapes, types
+
+
+def _digest(t: torch.Tensor) -> str:
+    return hashlib.sha1(t.detach().contiguous().numpy().tobytes()).hexdigest()
 
 
 def _attributes(node: Any, source: str) -> dict[str, Any]:
@@ -889,7 +965,8 @@ def _attributes(node: Any, source: str) -> dict[str, Any]:
     attrs: dict[str, Any] = {}
     for attr in node.attribute:
         if attr.type in (attr.GRAPH, attr.GRAPHS):
-            raise ModelLoadError(f"{source}: node {node.name!r} ({node.op_type}) has a subgraph (unsupported)")
+            raise ModelLoadError(f"{source}: node {node.name!r} ({node.op_type}) holds a subgraph: control flow "
+                                 "(If, Loop, Scan) is not supported")
         value = helper.get_attribute_value(attr)
         if isinstance(value, bytes):
             value = value.decode("utf-8", "replace")
@@ -935,6 +1012,16 @@ def _toposort(nodes: list[Any], known: set[str], source: str) -> list[Any]:
     return ordered
 
 
+def _ort_reason(e: Exception) -> str:
+    """ONNX Runtime's message without its error code and C++ source location."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    if text.startswith("/"):  # "/onnxruntime_src/...cc:256 onnxruntime::Model::Model(...) The reason"
+        tail = re.search(r"\)\s+([^()]+)$", text)
+        text = tail.group(1) if tail else text
+    return text
+
+
 def _check_external_data(model: Any, path: Path) -> None:
     """External tensors: only plain file names in the model's folder (no paths, no '..')."""
     from onnx.external_data_helper import ExternalDataInfo, uses_external_data
@@ -978,4 +1065,15 @@ def load_onnx(path: str | Path) -> OnnxModule:
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"{path}: invalid ONNX model ({first})") from None
-    return OnnxModule(model, source=str(path)).eval()
+    module = OnnxModule(model, source=str(path)).eval()
+    if module.ort_ops:  # those nodes run in ONNX Runtime: it must know them
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        try:
+            ort.InferenceSession(module._original, opts, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise ModelLoadError(f"{path}: uses {list(module.ort_ops)}, which the interpreter runs in ONNX Runtime, "
+                                 f"and ONNX Runtime cannot load the graph: {_ort_reason(e)}") from None
+    return module

@@ -103,12 +103,23 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     (c / "corrupt.onnx").write_bytes(rng.bytes(4096))
     (c / "truncated.onnx").write_bytes(onnx_bytes[: len(onnx_bytes) // 2])
     (c / "empty.onnx").write_bytes(b"")
-    einsum = helper.make_graph(
-        [helper.make_node("Einsum", ["x", "w"], ["y"], equation="bi,ij->bj", name="mix")], "g",
-        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 64])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 10])],
-        [numpy_helper.from_array(rng.random((64, 10), dtype=np.float32), "w")])
-    onnx.save(helper.make_model(einsum, opset_imports=[helper.make_opsetid("", 17)]), c / "einsum.onnx")
+    x_info = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 64])
+    y_info = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 10])
+    w = numpy_helper.from_array(rng.random((64, 10), dtype=np.float32), "w")
+    # An op of a domain ONNX Runtime does not know: nothing can run it.
+    unknown = helper.make_graph([helper.make_node("Frobnicate", ["x", "w"], ["y"], domain="acme", name="frob")],
+                                "g", [x_info], [y_info], [w])
+    onnx.save(helper.make_model(unknown, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("acme", 1)],
+                                ir_version=10), c / "custom_op.onnx")
+    # Control flow: an If whose branches are subgraphs.
+    def branch(name: str) -> onnx.GraphProto:
+        return helper.make_graph([helper.make_node("MatMul", ["x", "w"], [name])], name, [],
+                                 [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["n", 10])])
+    cond = numpy_helper.from_array(np.array(True), "cond")
+    control = helper.make_graph(
+        [helper.make_node("If", ["cond"], ["y"], then_branch=branch("a"), else_branch=branch("b"), name="choose")],
+        "g", [x_info], [y_info], [w, cond])
+    onnx.save(helper.make_model(control, opset_imports=[helper.make_opsetid("", 17)]), c / "control_flow.onnx")
     nan_model = onnx.load_model_from_string(onnx_bytes)
     w = nan_model.graph.initializer[0]
     arr = numpy_helper.to_array(w).copy()
@@ -197,7 +208,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("onnx-truncated", ["layers", "--model", "{dir}/truncated.onnx", "--data", "{dir}/digits.npz"], "truncated.onnx"),
     ("onnx-empty", ["layers", "--model", "{dir}/empty.onnx", "--data", "{dir}/digits.npz"], "empty.onnx"),
     ("onnx-missing", ["layers", "--model", "{dir}/missing.onnx", "--data", "{dir}/digits.npz"], "missing.onnx"),
-    ("onnx-unsupported-op", ["layers", "--model", "{dir}/einsum.onnx", "--data", "{dir}/digits.npz"], "Einsum"),
+    ("onnx-op-nothing-runs", ["layers", "--model", "{dir}/custom_op.onnx", "--data", "{dir}/digits.npz"], "acme:Frobnicate(-1) is not a registered"),
+    ("onnx-control-flow", ["layers", "--model", "{dir}/control_flow.onnx", "--data", "{dir}/digits.npz"], "'choose' (If)"),
     ("onnx-nan-weight", ["layers", "--model", "{dir}/nan_weight.onnx", "--data", "{dir}/digits.npz"], "{nan_weight}"),
     ("pt2-corrupt", ["layers", "--model", "{dir}/corrupt.pt2", "--data", "{dir}/digits.npz"], "corrupt.pt2"),
     ("pt2-truncated", ["layers", "--model", "{dir}/truncated.pt2", "--data", "{dir}/digits.npz"], "truncated.pt2"),
