@@ -7,7 +7,7 @@ import streamlit as st
 from explorer import figures
 from explorer.errors import ExplorerError
 from explorer.loop import INT8_MODES
-from explorer.recover import batchnorm_layers
+from explorer.recover import batchnorm_layers, not_recoverable
 from ui import recover, state, widgets
 from ui.metrics import fmt_bytes
 from ui.state import Keys
@@ -26,12 +26,16 @@ if plan.is_empty:
     st.stop()
 st.markdown(f"Plan: **{draft.summary(subject.inventory)}**")
 
-has_train = subject.data.train is not None
+blocked = not_recoverable(subject.model)
+if blocked:
+    st.info(f"Only int8 here: {blocked}.")
+has_train = subject.data.train is not None and not blocked
 cols = st.columns(3)
-bn = cols[0].checkbox("Recalibrate batch norm", value=True, key=Keys.RECOVER_BN,
-                      disabled=not batchnorm_layers(subject.model), help="Re-estimate running statistics (seconds).")
-epochs = cols[1].slider("Fine-tuning epochs", 0, 30, 5, key=Keys.RECOVER_EPOCHS, disabled=not has_train,
-                        help=None if has_train else "This data has no training split.")
+bn = cols[0].checkbox("Recalibrate batch norm", value=not blocked, key=Keys.RECOVER_BN,
+                      disabled=not batchnorm_layers(subject.model) or bool(blocked),
+                      help="Re-estimate running statistics (seconds).")
+epochs = cols[1].slider("Fine-tuning epochs", 0, 30, 0 if blocked else 5, key=Keys.RECOVER_EPOCHS, disabled=not has_train,
+                        help=blocked or (None if has_train else "This data has no training split."))
 int8 = cols[2].selectbox("int8 quantization", ["off", *INT8_MODES], key=Keys.RECOVER_INT8,
                          help="auto: dynamic (MatMul/Gemm) for models without convolutions, static QDQ otherwise.")
 distill = cols[1].toggle("Distil from the dense model", key=Keys.RECOVER_DISTILL, disabled=not epochs)
@@ -39,7 +43,7 @@ temperature = cols[1].number_input("Temperature", 1.0, 10.0, 2.0, 0.5, key=Keys.
 alpha = cols[1].number_input("Distillation weight", 0.0, 1.0, 0.5, 0.1, key=Keys.RECOVER_ALPHA, disabled=not distill)
 patience = cols[0].number_input("Early stop after N epochs without improvement", 0, 30, 0, key=Keys.RECOVER_PATIENCE,
                                 disabled=not epochs, help="On the validation split; 0: never. The best epoch is kept.")
-settings = {"recalibrate": bn, "epochs": epochs if has_train else 0, "distill": distill and bool(epochs),
+settings = {"recalibrate": bn and not blocked, "epochs": epochs if has_train else 0, "distill": distill and bool(epochs),
             "temperature": temperature, "alpha": alpha, "patience": patience or None,
             "int8": None if int8 == "off" else int8}
 

@@ -22,12 +22,16 @@ st.session_state.setdefault(Keys.SENS_METHOD, last["method"])
 st.session_state.setdefault(Keys.SENS_RATIOS, [round(100 * r) for r in last["ratios"]])
 
 cols = st.columns([2, 4, 1], vertical_alignment="bottom")
-method = cols[0].selectbox("Method", available_methods(), key=Keys.SENS_METHOD)
+method = cols[0].selectbox("Method", available_methods(), key=Keys.SENS_METHOD,
+                           format_func=widgets.method_label(subject.inventory))
 ratios = cols[1].multiselect("Ratios (%)", list(range(5, 100, 5)), key=Keys.SENS_RATIOS,
                              help="Ratio 0 (the dense model) is always included.")
 run = cols[2].button("Run scan", type="primary", icon=":material/play_arrow:", width="stretch",
                      disabled=not ratios)
 args = {"method": method, "ratios": tuple(sorted(r / 100 for r in ratios))}
+if get_method(method).structured and subject.inventory.structured_error:
+    st.info(f"**{method}** is off for this model: {subject.inventory.structured_error}.")
+    st.stop()
 if not ratios:
     st.stop()
 

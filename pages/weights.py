@@ -21,7 +21,8 @@ state.seed_weights_widgets(draft, st.session_state[Keys.WEIGHTS_LAYER])
 
 cols = st.columns([2, 2, 3, 1.2], vertical_alignment="bottom")
 layer = cols[0].selectbox("Layer", names, key=Keys.WEIGHTS_LAYER, on_change=state.on_weights_layer)
-method = cols[1].selectbox("Method", available_methods(), key=Keys.WEIGHTS_METHOD)
+method = cols[1].selectbox("Method", available_methods(), key=Keys.WEIGHTS_METHOD,
+                          format_func=widgets.method_label(subject.inventory))
 ratio = cols[2].slider("Ratio to preview", 0, 95, step=1, key=Keys.WEIGHTS_RATIO, format="%d %%",
                        help=f"The Prune page's plan has this layer at {draft.ratio(layer):.0%}.")
 log_y = cols[3].toggle("log y", key=Keys.WEIGHTS_LOG, help="Logarithmic count axis for the histogram.")

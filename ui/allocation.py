@@ -65,7 +65,15 @@ def section(subject: Subject) -> None:
         cols = st.columns([3, 2, 2], vertical_alignment="bottom")
         kind = cols[0].selectbox("Target", alloc.KINDS, format_func=_LABELS.__getitem__, key=Keys.ALLOC_KIND)
         methods = [m for m in available_methods() if kind == "sparsity" or kind == "size" or get_method(m).structured]
-        method = cols[1].selectbox("Allocation method", methods, index=methods.index(alloc.default_method(kind)),
+        if subject.inventory.structured_error:
+            methods = [m for m in methods if not get_method(m).structured]
+        if not methods:
+            st.info(f"A {_LABELS[kind].lower()} target needs a structured method, and those are off for this "
+                    f"model: {subject.inventory.structured_error}.")
+            return
+        default = alloc.default_method(kind)
+        method = cols[1].selectbox("Allocation method", methods,
+                                   index=methods.index(default) if default in methods else 0,
                                    key=f"{Keys.ALLOC_METHOD}.{kind}")
         value = cols[2].slider("Value (%)", 5, 95, 50, 5, key=Keys.ALLOC_VALUE) / 100
         st.caption("Per-layer ratios that reach the target with the least accuracy loss the sensitivity curves "

@@ -14,7 +14,7 @@ import streamlit as st
 from explorer.inspect import Inventory
 from explorer.prune import available_methods, get_method
 from explorer.subject import Subject
-from ui import state
+from ui import state, widgets
 from ui.draft import Draft, blocks
 from ui.state import Keys
 
@@ -76,14 +76,18 @@ def prune_controls(subject: Subject) -> Draft:
     inventory = subject.inventory
     state.seed_prune_widgets(state.draft(), inventory)
     methods = available_methods()
+    off = inventory.structured_error
     top = st.columns([3, 2])
     method = top[0].selectbox("Method", methods, key=Keys.PRUNE_METHOD, on_change=_on_method, args=(inventory,),
+                              format_func=widgets.method_label(inventory),
                               help="\n".join(f"- **{m}** ({get_method(m).kind}): {get_method(m).summary}"
                                              for m in methods))
     top[1].radio("Scope", ["local", "global"], key=Keys.PRUNE_SCOPE, on_change=_on_scope, horizontal=True,
                  help="local: each layer at its own ratio. global: one ratio, weights (or channels) "
                       "ranked across all layers that are not skipped.")
     st.caption(f"**{method}**: {get_method(method).summary}.")
+    if off and get_method(method).structured:
+        st.warning(f"**{method}** is off for this model: {off}.", icon=":material/block:")
     st.slider("All layers", 0, 95, step=1, key=Keys.PRUNE_GLOBAL, on_change=_on_global, args=(inventory,),
               format="%d %%", help="Moves every layer that is neither locked nor skipped; in global scope, "
                                    "the share pruned across all of them, ranked together.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -11,6 +12,7 @@ from explorer import figures
 from explorer.errors import ExplorerError
 from explorer.inspect import Inventory
 from explorer.plan import PruningPlan
+from explorer.prune import get_method
 from explorer.subject import Subject
 from ui import cache, state, uploads
 from ui.draft import Draft
@@ -46,6 +48,16 @@ def metric_row(cards: list[Card], per_row: int = 3) -> None:
         for col, card in zip(st.columns(per_row), cards[start : start + per_row]):
             col.metric(card.label, card.value, card.delta, delta_color=card.delta_color, help=card.help or None,
                        delta_description=card.description or None, delta_arrow=card.arrow, border=True)
+
+
+def method_label(inventory: Inventory) -> Callable[[str], str]:
+    """Selectbox labels: structured methods say so where the model cannot lose channels."""
+
+    def label(method: str) -> str:
+        off = inventory.structured_error and get_method(method).structured
+        return f"{method} (off for this model)" if off else method
+
+    return label
 
 
 def plain_card(label: str, value: str, note: str | None = None, help: str = "") -> Card:

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from explorer import figures
 from explorer.bundle import export_command, zip_bundle
