@@ -31,6 +31,8 @@ with right:
             state.add_history(plan.key(), draft, draft.summary(subject.inventory), result)
         widgets.metric_row(cards(result), per_row=2)
         methods = sorted({plan.method_of(n) for n in plan.layers} | {plan.method})
+        if subject.inventory.structured_error:  # a structured method is off here: nothing to say of its speed
+            methods = [m for m in methods if not get_method(m).structured]
         for method in methods:
             info = get_method(method)
             (st.success if info.speeds_up_dense_cpu else st.info)(f"**{method}**: {info.runtime_note}")

@@ -27,14 +27,18 @@ ratio = cols[2].slider("Ratio to preview", 0, 95, step=1, key=Keys.WEIGHTS_RATIO
                        help=f"The Prune page's plan has this layer at {draft.ratio(layer):.0%}.")
 log_y = cols[3].toggle("log y", key=Keys.WEIGHTS_LOG, help="Logarithmic count axis for the histogram.")
 
+off = get_method(method).structured and subject.inventory.structured_error
+if off:
+    st.info(f"**{method}** is off for this model: {off}. The histogram shows the dense layer.")
 try:
-    view = cache.layer(subject.model_spec, st.session_state[Keys.DATA], layer, method, ratio / 100)
+    view = cache.layer(subject.model_spec, st.session_state[Keys.DATA], layer,
+                       "l1-unstructured" if off else method, 0.0 if off else ratio / 100)
 except ExplorerError as e:
     st.error(str(e))
     view = None
 if view is not None:
     st.plotly_chart(figures.weight_histogram(view, log_y=log_y), key="weights.histogram")
-    if get_method(method).structured:
+    if get_method(method).structured and not off:
         st.plotly_chart(figures.channel_bars(view), key="weights.channels")
         st.caption("Structured methods rank a layer's output channels by the norm of everything its "
                    "dependency group holds for that channel (weights of coupled layers and batch norm too), "

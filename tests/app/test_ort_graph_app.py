@@ -62,6 +62,9 @@ def test_ort_graph_on_every_page(files: tuple[Path, Path]) -> None:
     at.switch_page("pages/weights.py").run()
     assert not at.exception and not at.error
     assert len(at.get("plotly_chart")) >= 2
+    at.selectbox(key="weights.method").set_value("l2-structured").run()
+    assert not at.exception and not at.error
+    assert any("shows the dense layer" in i.value for i in at.info) and at.get("plotly_chart")
 
     at.switch_page("pages/sensitivity.py").run()
     at.selectbox(key="sensitivity.method").set_value("l2-structured").run()
