@@ -18,10 +18,12 @@ import torch_pruning as tp
 from torch import nn
 
 from explorer.errors import DataError
+from explorer.models.ort_nodes import OrtWeight
 
 __all__ = ["PRUNABLE_TYPES", "Inventory", "LayerInfo", "build_dependency_graph", "count_macs", "inventory"]
 
-PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+# OrtWeight: a weight that an op run in ONNX Runtime reads (unstructured and N:M methods only).
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, OrtWeight)
 # Channels that Torch-Pruning could remove but that we do not touch: attention's embedding dimension.
 _UNSUPPORTED_STRUCTURED = (nn.MultiheadAttention,)
 
@@ -257,7 +259,8 @@ def inventory(model: nn.Module, example_input: torch.Tensor) -> Inventory:
                 note = fixed.get(name, _FIXED)
         layers.append(
             LayerInfo(
-                name=name, type=type(module).__name__, shape=tuple(weight.shape), params=params,
+                name=name, type=getattr(module, "display_type", type(module).__name__), shape=tuple(weight.shape),
+                params=params,
                 macs=macs.get(name, 0), out_channels=out_ch, group=group_of.get(name), note=note,
             )
         )

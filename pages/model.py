@@ -58,9 +58,10 @@ st.caption("Layers in one dependency group share output channels (a residual add
 ort_ops = getattr(subject.model, "ort_ops", ())
 if ort_ops:
     st.info(f"Part of this graph runs in ONNX Runtime as it is: {', '.join(ort_ops)}. Histograms, unstructured "
-            "and 2:4 pruning, sensitivity, allocation for sparsity or size, evaluation and int8 work; every "
-            "number is measured on your own graph with the pruned weights. Structured methods, batch-norm "
-            "recalibration and fine-tuning are off: no channel or gradient can be followed through those ops.",
+            "and 2:4 pruning (the weights those ops read are layers too), sensitivity, allocation for sparsity or "
+            "size, evaluation and int8 work; every number is measured on your own graph with the pruned weights "
+            "(MACs count only the layers torch runs). Structured methods, batch-norm recalibration and "
+            "fine-tuning are off: no channel or gradient can be followed through those ops.",
             icon=":material/memory:")
 elif subject.inventory.structured_error:
     st.warning(subject.inventory.structured_error)

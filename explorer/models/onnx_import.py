@@ -40,7 +40,7 @@ from torch import nn
 
 from explorer.errors import ExportError, ModelLoadError
 from explorer.models.files import read_model_file
-from explorer.models.ort_nodes import OrtNode, run_node
+from explorer.models.ort_nodes import LAYOUTS, OrtNode, OrtWeight, run_node
 
 __all__ = ["OnnxModule", "load_onnx", "supported_ops"]
 
@@ -189,7 +189,9 @@ class OnnxModule(nn.Module):
         self.ort_ops: tuple[str, ...] = tuple(sorted({
             (f"{n.domain}." if n.domain not in ("", "ai.onnx") else "") + n.op_type for n in raw if id(n) in in_ort}))
         self._original = model.SerializeToString() if self.ort_ops else b""
-        self._weight_source: dict[str, tuple[str, bool, float]] = {}  # layer -> (initializer, transposed, alpha)
+        # layer -> (initializer, permutation of the file's layout or None, alpha)
+        self._weight_source: dict[str, tuple[str, tuple[int, ...] | None, float]] = {}
+        self._ort_weight: dict[str, str] = {}  # initializer read by an ONNX Runtime node -> its OrtWeight layer
         for n in raw:  # Constant nodes: known at load, like initializers
             if n.op_type == "Constant":
                 self._consts[n.output[0]] = _constant_value(n, source)
@@ -238,13 +240,14 @@ class OnnxModule(nn.Module):
                 op, ins, attrs = "Flatten", ins[:1], {"axis": 1}
             node = _Node(op=op, name=n.name, inputs=ins, outputs=outs, attrs=attrs, module=module)
             nodes.append(replace(node, owned=tuple(_owned(node, i) for i in ins)))
+        self._ort_weights(nodes)
         # Constants the remaining nodes read become buffers (they travel with copies and exports).
         # A float tensor combined element-wise with activations (a positional embedding, a
         # per-channel scale) becomes a frozen parameter instead: DepGraph then prunes it along
         # with the channels it meets.
         for node in nodes:
             for name, owned in zip(node.inputs, node.owned):
-                if name in self._consts and name not in self._buffer_of and not owned:
+                if name in self._consts and name not in self._buffer_of and not owned and name not in self._ort_weight:
                     value = torch.from_numpy(np.array(self._consts[name]))
                     attr = self._unique("const_" + _component(name))
                     if node.op in _ELEMENTWISE and value.is_floating_point() and value.numel() > 1 \
@@ -308,10 +311,33 @@ class OnnxModule(nn.Module):
     def _param(self, name: str) -> torch.Tensor:
         return torch.from_numpy(np.array(self._consts[name], dtype=np.float32))
 
-    def _source(self, layer: str, initializer: str, transposed: bool = False, alpha: float = 1.0) -> str:
+    def _source(self, layer: str, initializer: str, perm: tuple[int, ...] | None = None, alpha: float = 1.0) -> str:
         """Remember where ``layer``'s weight comes from, to write it back (``write_onnx``)."""
-        self._weight_source.setdefault(layer, (initializer, transposed, alpha))
+        self._weight_source.setdefault(layer, (initializer, perm, alpha))
         return layer
+
+    def _ort_weights(self, nodes: list[_Node]) -> None:
+        """Float weights (rank >= 2) that nodes run in ONNX Runtime read become ``OrtWeight`` layers."""
+        for node in nodes:
+            if node.ort is None:
+                continue
+            proto = node.ort.proto()
+            known = LAYOUTS.get(node.ort.label)
+            for index, name in enumerate(node.inputs):
+                value = self._consts.get(name) if name else None
+                if value is None or name in self._layer_of_weight or value.dtype.kind != "f" \
+                        or value.ndim < 2 or value.size < 16 or (known and index not in known[0]):
+                    continue
+                role = _input_role(proto, index, self.opset)
+                perm = known[1] if known else None
+                layer = OrtWeight(self._param(name), node.ort.label, role, perm)
+                if name.endswith(".weight") and _QUALIFIED.match(name[:-7]):
+                    wanted = name[:-7]
+                else:
+                    wanted = f"{_scope_name(proto.name) or _component(proto.name or proto.op_type.lower())}.{role}"
+                qualified = self._add_layer(wanted, layer, name)
+                self._ort_weight[name] = qualified
+                self._source(qualified, name, layer.perm)
 
     def _conv(self, n: Any, attrs: dict[str, Any], index: int) -> str:
         w = self._param(n.input[1])
@@ -358,7 +384,7 @@ class OnnxModule(nn.Module):
             if bias is not None:
                 layer.bias.copy_(bias)
         name = self._add_layer(_layer_name(n, n.input[1], index), layer, n.input[1])
-        return self._source(name, n.input[1], not attrs.get("transB", 0), float(attrs.get("alpha", 1.0)))
+        return self._source(name, n.input[1], None if attrs.get("transB", 0) else (1, 0), float(attrs.get("alpha", 1.0)))
 
     def _matmul(self, n: Any, index: int, bias_node: Any) -> str:
         b = self._param(n.input[1])  # (in, out)
@@ -368,7 +394,7 @@ class OnnxModule(nn.Module):
             if bias_node is not None:
                 const = next(i for i in bias_node.input if i in self._consts)
                 layer.bias.copy_(self._param(const).reshape(-1).expand(b.shape[1]))
-        return self._source(self._add_layer(_layer_name(n, n.input[1], index), layer, n.input[1]), n.input[1], True)
+        return self._source(self._add_layer(_layer_name(n, n.input[1], index), layer, n.input[1]), n.input[1], (1, 0))
 
     def _batchnorm(self, n: Any, attrs: dict[str, Any], index: int) -> str:
         scale, bias, mean, var = (self._param(i) for i in n.input[1:5])
@@ -402,6 +428,9 @@ class OnnxModule(nn.Module):
         attr = self._buffer_of.get(name)
         if attr is not None:
             return getattr(self, attr)
+        layer = self._ort_weight.get(name)
+        if layer is not None:
+            return self.get_submodule(layer).value()
         raise RuntimeError(f"ONNX value {name!r} is not computed yet")
 
     def _const(self, name: str | None) -> np.ndarray | None:
@@ -455,19 +484,19 @@ class OnnxModule(nn.Module):
         model = onnx.load_model_from_string(self._original)
         tensors = {t.name: t for t in model.graph.initializer}
         constants = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
-        for layer, (source, transposed, alpha) in self._weight_source.items():
+        for layer, (source, perm, alpha) in self._weight_source.items():
             proto = tensors.get(source)
             if proto is None:  # a Constant node's value
                 proto = next(a.t for a in constants[source].attribute if a.name == "value")
             original = numpy_helper.to_array(proto)
             loaded = torch.from_numpy(np.array(original, dtype=np.float32))
-            loaded = (loaded.T if transposed else loaded) * alpha
+            loaded = (loaded.permute(perm) if perm else loaded) * alpha
             weight = current[f"{layer}.weight"].detach()
             keep = weight != 0
             if weight.shape != loaded.shape or not torch.equal(weight, loaded * keep):
                 raise ExportError(f"{self.source}: the weight of {layer!r} changed beyond zeroing entries "
                                   f"(shape {tuple(weight.shape)}, loaded {tuple(loaded.shape)})")
-            mask = (keep.T if transposed else keep).numpy()
+            mask = (keep.permute(tuple(int(i) for i in np.argsort(perm))) if perm else keep).numpy()
             proto.CopyFrom(numpy_helper.from_array((original * mask).astype(original.dtype), proto.name))
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -953,6 +982,19 @@ def _inferred(model: Any) -> tuple[dict[str, list[int | None]], dict[str, int]]:
         if t.HasField("shape"):
             shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
     return shapes, types
+
+
+def _input_role(node: Any, index: int, opset: int) -> str:
+    """The schema's name of input ``index`` (``W``, ``R``...), or ``input{index}``."""
+    import onnx
+
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opset, node.domain or "")
+        if index < len(schema.inputs) and _QUALIFIED.match(schema.inputs[index].name):
+            return schema.inputs[index].name
+    except Exception:  # a contrib op: onnx does not know its schema
+        pass
+    return f"input{index}"
 
 
 def _digest(t: torch.Tensor) -> str:

@@ -17,9 +17,21 @@ from typing import Any
 import numpy as np
 import torch
 
+from torch import nn
+
 from explorer.errors import RecoverError
 
-__all__ = ["OrtNode", "run_node"]
+__all__ = ["OrtNode", "OrtWeight", "run_node"]
+
+# Ops whose weights we know: which inputs are weights, and the permutation of the file's layout
+# that puts the output dimension first and the reduction dimensions after (as a conv's weight),
+# so that N:M groups run along what the op sums over. Other ops: every float initializer of rank
+# >= 2 they read, as it is.
+LAYOUTS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "ConvTranspose": ((1,), (1, 0)),  # (in, out/groups, k...) -> (out/groups, in, k...)
+    # W and R: (dirs, gates*hidden, in) -> (gates*hidden, dirs, in); B (the biases) stays dense.
+    "LSTM": ((1, 2), (1, 0, 2)), "GRU": ((1, 2), (1, 0, 2)), "RNN": ((1, 2), (1, 0, 2)),
+}
 
 _SESSIONS: dict[tuple, Any] = {}
 _LOCK = threading.Lock()
@@ -104,6 +116,29 @@ class OrtNode:
             else:
                 raise NotImplementedError(f"{self.label}: attribute {a.name!r} of type {a.type} cannot be exported")
         return out
+
+
+class OrtWeight(nn.Module):
+    """A weight initializer read by a node that runs in ONNX Runtime (an LSTM's ``W``, a
+    ConvTranspose kernel), held as a layer so that unstructured and N:M methods prune it.
+
+    ``weight`` is stored output dimension first (``perm`` of the file's layout, see ``LAYOUTS``);
+    ``value()`` gives it back in the file's layout. No MACs are counted for it.
+    """
+
+    def __init__(self, value: torch.Tensor, op: str, role: str, perm: tuple[int, ...] | None) -> None:
+        super().__init__()
+        full = (*perm, *range(len(perm), value.dim())) if perm else None
+        self.perm = full
+        self.weight = nn.Parameter(value.permute(full).contiguous() if full else value)
+        self.bias = None
+        self.out_channels = self.weight.shape[0]
+        self.display_type = f"{op}.{role}"
+
+    def value(self) -> torch.Tensor:
+        if self.perm is None:
+            return self.weight
+        return self.weight.permute(tuple(int(i) for i in np.argsort(self.perm)))
 
 
 class _RunInOrt(torch.autograd.Function):

@@ -252,3 +252,48 @@ def test_transposed_and_constant_weights_are_written_back(method: str, tmp_path:
         if method == "2:4":
             groups = weight.T.reshape(weight.shape[1], -1, 4)
             assert ((groups == 0).sum(-1) >= 2).all()
+
+
+class _Recurrent(torch.nn.Module):
+    """An LSTM over the rows of an image, then a ConvTranspose on its outputs: both run in ORT."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = torch.nn.LSTM(8, 16, batch_first=True)
+        self.up = torch.nn.ConvTranspose2d(1, 4, 2, stride=2)
+        self.head = torch.nn.Linear(4 * 16 * 32, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows, _ = self.lstm(x.squeeze(1))  # (n, 8, 16)
+        return self.head(self.up(rows.unsqueeze(1)).flatten(1))
+
+
+@pytest.mark.parametrize("method", UNSTRUCTURED)
+def test_weights_that_ort_ops_read_are_prunable_layers(method: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(48, 1, 8, 8)
+    torch.onnx.export(_Recurrent().eval(), (x[:1],), str(tmp_path / "rnn.onnx"), dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    np.savez(tmp_path / "x.npz", x=x.numpy())
+    subject = Subject(str(tmp_path / "rnn.onnx"), str(tmp_path / "x.npz"), runs=30)
+    assert subject.model.ort_ops == ("ConvTranspose", "LSTM")
+    types = {info.name: info.type for info in subject.inventory.layers}
+    assert types == {"head": "Linear", "lstm.W": "LSTM.W", "lstm.R": "LSTM.R", "up": "ConvTranspose.W"}
+    pruned = subject.prune(_plan(method, {name: 0.5 for name in types}))
+    path = tmp_path / "pruned.onnx"
+    subject.measure(pruned, onnx_path=path)
+    with torch.no_grad():
+        ours = pruned(x).numpy()
+    np.testing.assert_allclose(ours, _ort_logits(path, x.numpy()), atol=1e-4)
+    before, after = _initializers(tmp_path / "rnn.onnx"), _initializers(path)
+    changed = {name for name in before if not np.array_equal(before[name], after[name])}
+    assert len(changed) == 4  # W, R, the kernel and the head; the LSTM's biases stay dense
+    modules = dict(pruned.named_modules())
+    for layer in ("lstm.W", "lstm.R", "up"):
+        stored = modules[layer].weight.detach()
+        file_value = next(after[name] for name in changed if after[name].shape == tuple(modules[layer].value().shape)
+                          and np.array_equal(after[name] != 0, modules[layer].value().numpy() != 0))
+        assert (file_value == 0).mean() == pytest.approx(0.5, abs=0.02)
+        if method == "2:4":  # groups along what the op sums over: the input features, the input channels
+            rows = stored.reshape(stored.shape[0], -1, 4)
+            assert ((rows == 0).sum(-1) >= 2).all()
