@@ -97,10 +97,22 @@ class OrtModel:
         except Exception as e:
             raise ExportError(f"{path}: ONNX Runtime cannot load it: {str(e).splitlines()[0]}") from None
         self.input_name = self.session.get_inputs()[0].name
+        first = (self.session.get_inputs()[0].shape or [None])[0]
+        # A file that fixes its batch size (often 1): fed in batches of exactly that size.
+        self.fixed_batch: int | None = first if isinstance(first, int) and first > 0 else None
+
+    def fit(self, x: np.ndarray) -> np.ndarray:
+        """``x`` padded (repeating its last row) to the file's fixed batch size, if it has one."""
+        if self.fixed_batch is None or len(x) == self.fixed_batch:
+            return x
+        if len(x) > self.fixed_batch:
+            return x[: self.fixed_batch]
+        return np.concatenate([x, np.repeat(x[-1:], self.fixed_batch - len(x), axis=0)])
 
     def __call__(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        batch_size = self.fixed_batch or batch_size
         outs = [
-            self.session.run(None, {self.input_name: x[i : i + batch_size]})[0]
+            self.session.run(None, {self.input_name: self.fit(x[i : i + batch_size])})[0][: len(x[i : i + batch_size])]
             for i in range(0, len(x), batch_size)
         ]
         return np.concatenate(outs)
@@ -119,9 +131,10 @@ class LatencyStats:
 
 
 def measure_latency(model: OrtModel, example_input: np.ndarray, runs: int = 50, warmup: int = 10) -> LatencyStats:
-    """Time ``runs`` single-batch inferences after ``warmup`` untimed ones."""
+    """Time ``runs`` inferences of ``example_input`` (padded to a fixed batch size the file declares)
+    after ``warmup`` untimed ones."""
     runs = max(runs, MIN_RUNS)
-    feed = {model.input_name: np.ascontiguousarray(example_input)}
+    feed = {model.input_name: np.ascontiguousarray(model.fit(example_input))}
     run = model.session.run
     for _ in range(warmup):
         run(None, feed)

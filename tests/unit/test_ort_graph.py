@@ -297,3 +297,19 @@ def test_weights_that_ort_ops_read_are_prunable_layers(method: str, tmp_path: Pa
         if method == "2:4":  # groups along what the op sums over: the input features, the input channels
             rows = stored.reshape(stored.shape[0], -1, 4)
             assert ((rows == 0).sum(-1) >= 2).all()
+
+
+def test_a_file_with_a_fixed_batch_size_is_fed_batch_by_batch(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(21, 1, 8, 8)
+    torch.onnx.export(_Recurrent().eval(), (x[:1],), str(tmp_path / "fixed.onnx"), dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["y"])  # no dynamic axes: batch 1 only
+    assert onnx.load(str(tmp_path / "fixed.onnx")).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    np.savez(tmp_path / "x.npz", x=x.numpy(), y=np.arange(21) % 5)
+    subject = Subject(str(tmp_path / "fixed.onnx"), str(tmp_path / "x.npz"), runs=30)
+    session = ort.InferenceSession(str(tmp_path / "fixed.onnx"), providers=["CPUExecutionProvider"])
+    logits = np.concatenate([session.run(None, {"x": x[i : i + 1].numpy()})[0] for i in range(len(x))])
+    dense, ort_logits = subject.dense()
+    np.testing.assert_allclose(ort_logits, logits, atol=1e-6)
+    assert dense.accuracy == pytest.approx(float((logits.argmax(1) == np.arange(21) % 5).mean()))
+    assert subject.evaluate(_plan("l1-unstructured", {"head": 0.5}))["params_nonzero"] < dense.params_nonzero
