@@ -1,5 +1,7 @@
 """Export page: download the plan and the pruned model, reproduce it headless, or import a plan."""
 
+import json
+
 import streamlit as st
 
 from explorer.bundle import export_command
@@ -43,8 +45,13 @@ if files is not None:
     for col, (name, payload) in zip(cols, sorted(files.items(), key=lambda kv: kv[0] != "bundle.zip")):
         col.download_button(name, payload, file_name=name, icon=":material/download:", width="stretch",
                             type="primary" if name == "bundle.zip" else "secondary")
-    st.caption("model.onnx runs in ONNX Runtime; model.pt2 is a torch.export program (torch.export.load); "
-               "model_state.pt is the pruned state dict; report.html and metrics.json hold the measured numbers.")
+    if "model.pt2" in files:
+        st.caption("model.onnx runs in ONNX Runtime; model.pt2 is a torch.export program (torch.export.load); "
+                   "model_state.pt is the pruned state dict; report.html and metrics.json hold the measured numbers.")
+    else:
+        why = json.loads(files["metrics.json"]).get("pt2_error", "torch.export could not export it")
+        st.caption(f"model.onnx runs in ONNX Runtime; model_state.pt is the pruned state dict (torch.load with "
+                   f"weights_only=True); report.html and metrics.json hold the measured numbers. No model.pt2: {why}.")
 
 st.subheader("Reproduce it from the command line", anchor=False)
 st.code(export_command(model, data, "plan.json", "export"), language="bash")

@@ -87,3 +87,4 @@ def test_ort_graph_on_every_page(files: tuple[Path, Path]) -> None:
     at.button[0].click().run(timeout=180)
     assert not at.exception and not at.error
     assert at.get("download_button")
+    assert any("No model.pt2" in c.value and "ONNX Runtime" in c.value for c in at.caption)
