@@ -24,13 +24,14 @@ def _ratio_sliders(at) -> list:  # noqa: ANN001
 
 
 def test_ort_graph_on_every_page(files: tuple[Path, Path]) -> None:
-    model, data = map(str, files)
     at = open_app()
     at.radio(key="model.source").set_value("Your own").run()
-    at.text_input[0].input(model)
-    at.text_input[1].input(data)
+    # As a new user would: both files uploaded.
+    at.file_uploader(key="model.upload_model").upload(files[0].name, files[0].read_bytes())
+    at.file_uploader(key="model.upload_data").upload(files[1].name, files[1].read_bytes())
     at.button[0].click().run()
     assert not at.exception and not at.error, at.error
+    assert [c.value for c in at.sidebar.code] == ["digits-ort.onnx (uploaded)", "digits-ort.npz (uploaded)"]
     assert any("runs in ONNX Runtime" in i.value and "com.microsoft.Gelu" in i.value for i in at.info)
 
     at.switch_page("pages/prune.py").run()
