@@ -98,11 +98,13 @@ def cmd_layers(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([layer.to_dict() for layer in inv.layers], indent=2))
         return 0
-    print(f"{'layer':<28} {'type':<8} {'weight shape':<16} {'params':>10} {'MACs':>12}  group")
+    name_w = max([28, *(len(layer.name) for layer in inv.layers)])
+    type_w = max([8, *(len(layer.type) for layer in inv.layers)])
+    print(f"{'layer':<{name_w}} {'type':<{type_w}} {'weight shape':<16} {'params':>10} {'MACs':>12}  group")
     for layer in inv.layers:
         shape = "x".join(map(str, layer.shape))
         group = layer.group if layer.group else f"- ({layer.note})"
-        print(f"{layer.name:<28} {layer.type:<8} {shape:<16} {layer.params:>10,} {layer.macs:>12,}  {group}")
+        print(f"{layer.name:<{name_w}} {layer.type:<{type_w}} {shape:<16} {layer.params:>10,} {layer.macs:>12,}  {group}")
     print(f"total: {inv.total_params:,} parameters, {inv.total_macs:,} MACs per sample")
     if inv.structured_error:
         print(f"note: structured methods are off for this model: {inv.structured_error}")
