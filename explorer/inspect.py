@@ -20,7 +20,8 @@ from torch import nn
 from explorer.errors import DataError
 from explorer.models.ort_nodes import OrtWeight
 
-__all__ = ["PRUNABLE_TYPES", "Inventory", "LayerInfo", "build_dependency_graph", "count_macs", "inventory"]
+__all__ = ["PRUNABLE_TYPES", "Inventory", "LayerInfo", "build_dependency_graph", "count_macs", "inventory",
+           "out_channels"]
 
 # OrtWeight: a weight that an op run in ONNX Runtime reads (unstructured and N:M methods only).
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, OrtWeight)
@@ -205,6 +206,11 @@ def _why_fixed(
     return _FIXED
 
 
+def out_channels(module: nn.Module) -> int:
+    """Output channels (features) of a prunable layer."""
+    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
+
+
 class _Opaque(Exception):
     """The model runs ops no tracer can see through (an ONNX graph partly run in ONNX Runtime)."""
 
@@ -247,7 +253,7 @@ def inventory(model: nn.Module, example_input: torch.Tensor) -> Inventory:
             continue
         weight = module.weight
         params = weight.numel() + (module.bias.numel() if module.bias is not None else 0)
-        out_ch = module.out_features if isinstance(module, nn.Linear) else module.out_channels
+        out_ch = out_channels(module)
         note = ""
         if name not in group_of:
             if structured_error:

@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from explorer.errors import PlanError
+from explorer.inspect import out_channels
 from explorer.plan import LayerRule, PruningPlan
 from explorer.prune import apply_plan, get_method, nm_mask, unstructured_mask
 from explorer.subject import Subject
@@ -24,14 +25,6 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _modules(model: nn.Module) -> dict[str, nn.Module]:
     return dict(model.named_modules())
-
-
-def _out_channels(module: nn.Module) -> int:
-    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
-
-
-def _in_channels(module: nn.Module) -> int:
-    return module.in_features if isinstance(module, nn.Linear) else module.in_channels
 
 
 # --- every method ----------------------------------------------------------------------------
@@ -206,10 +199,10 @@ def test_structured_removes_floor_ratio_channels(method: str, ratio: float, zoo_
     mods = _modules(pruned)
     for layer in inv.layers:
         if layer.group is None:
-            assert _out_channels(mods[layer.name]) == layer.out_channels, f"{layer.name} lost outputs"
+            assert out_channels(mods[layer.name]) == layer.out_channels, f"{layer.name} lost outputs"
             continue
         n = layer.out_channels
-        assert _out_channels(mods[layer.name]) == n - math.floor(ratio * n), layer.name
+        assert out_channels(mods[layer.name]) == n - math.floor(ratio * n), layer.name
         assert mods[layer.name].weight.shape[0] == n - math.floor(ratio * n)
     # consumers follow: every conv/linear's in channels equal what reaches it; the model runs
     with torch.no_grad():
@@ -249,10 +242,10 @@ def test_coupled_layers_shrink_together(subject: Callable[..., Subject]) -> None
         pruned = _modules(subj.prune(PruningPlan(method="l2-structured", layers={members[-1]: LayerRule(0.5)})))
         n = subj.inventory[gid].out_channels
         for m in members:
-            assert _out_channels(pruned[m]) == n - n // 2, f"{m} did not shrink with its group {gid}"
+            assert out_channels(pruned[m]) == n - n // 2, f"{m} did not shrink with its group {gid}"
         others = [layer for layer in subj.inventory.layers if layer.group not in (gid, None)]
         for layer in others:
-            assert _out_channels(pruned[layer.name]) == layer.out_channels, f"{layer.name} shrank with {gid}"
+            assert out_channels(pruned[layer.name]) == layer.out_channels, f"{layer.name} shrank with {gid}"
 
 
 def test_group_uses_its_largest_listed_ratio(subject: Callable[..., Subject]) -> None:
@@ -260,7 +253,7 @@ def test_group_uses_its_largest_listed_ratio(subject: Callable[..., Subject]) ->
     plan = PruningPlan(method="l1-structured",
                        layers={"stem.0": LayerRule(0.25), "layer1.1.conv2": LayerRule(0.5)})
     mods = _modules(subj.prune(plan))
-    assert {_out_channels(mods[m]) for m in ("stem.0", "layer1.0.conv2", "layer1.1.conv2")} == {16}
+    assert {out_channels(mods[m]) for m in ("stem.0", "layer1.0.conv2", "layer1.1.conv2")} == {16}
 
 
 @pytest.mark.parametrize("method", STRUCTURED)
@@ -276,7 +269,7 @@ def test_output_layer_never_loses_outputs(method: str, zoo_name: str, subject: C
         apply_plan(subj.model, PruningPlan(method=method, layers={out: LayerRule(0.5)}), subj.example_input)
     # an unstructured method may still prune it
     pruned = _modules(subj.prune(PruningPlan(method="l1-unstructured", layers={out: LayerRule(0.5)})))
-    assert _out_channels(pruned[out]) == 10
+    assert out_channels(pruned[out]) == 10
 
 
 def test_structured_keeps_one_channel_at_most_ratio(subject: Callable[..., Subject]) -> None:
@@ -291,10 +284,10 @@ def test_global_structured_plan_runs_and_shrinks(subject: Callable[..., Subject]
     plan = PruningPlan(method="l2-structured", layers={n: LayerRule(0.0) for n in grouped}, scope="global", ratio=0.5)
     pruned = subj.prune(plan)
     mods = _modules(pruned)
-    removed = sum(subj.inventory[n].out_channels - _out_channels(mods[n]) for n in grouped)
+    removed = sum(subj.inventory[n].out_channels - out_channels(mods[n]) for n in grouped)
     total = sum(subj.inventory[n].out_channels for n in grouped)
     assert removed == pytest.approx(0.5 * total, abs=len(grouped))
-    assert all(_out_channels(mods[n]) >= 1 for n in grouped)
+    assert all(out_channels(mods[n]) >= 1 for n in grouped)
     with torch.no_grad():
         assert pruned(subj.data.test.x[:2]).shape == (2, 10)
 

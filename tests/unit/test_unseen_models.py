@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from explorer.errors import PlanError
-from explorer.inspect import PRUNABLE_TYPES
+from explorer.inspect import PRUNABLE_TYPES, out_channels
 from explorer.plan import LayerRule, PruningPlan
 from explorer.prune import apply_plan
 from explorer.report import export_bundle
@@ -28,14 +28,6 @@ SubjectOf = Callable[..., Subject]
 
 def _modules(model: nn.Module) -> dict[str, nn.Module]:
     return dict(model.named_modules())
-
-
-def _out(module: nn.Module) -> int:
-    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
-
-
-def _in(module: nn.Module) -> int:
-    return module.in_features if isinstance(module, nn.Linear) else module.in_channels
 
 
 def _logits(model: nn.Module, x: torch.Tensor) -> np.ndarray:
@@ -68,7 +60,7 @@ def test_inventory_lists_every_layer(unseen_name: str, unseen_subject: SubjectOf
     assert all(layer.macs > 0 for layer in inv.layers if not layer.note.startswith("not called"))
     for layer in inv.layers:
         module = _modules(subj.model)[layer.name]
-        assert layer.shape == tuple(module.weight.shape) and layer.out_channels == _out(module)
+        assert layer.shape == tuple(module.weight.shape) and layer.out_channels == out_channels(module)
         assert (layer.group is None) == bool(layer.note), f"{layer.name}: a group or a reason, not both"
     outputs = [layer for layer in inv.layers if layer.note.startswith("output layer")]
     assert [layer.name for layer in outputs] == [inv.names[-1]]  # the head, and only it
@@ -200,7 +192,7 @@ def test_every_method_prunes_and_exports(unseen_name: str, method: str, unseen_s
         mods = _modules(model)
         for name in plan.layers:
             n = subj.inventory[name].out_channels
-            assert _out(mods[name]) == n - math.floor(0.5 * n), name
+            assert out_channels(mods[name]) == n - math.floor(0.5 * n), name
     x = subj.data.test.x
     path = export_onnx(model, subj.example_input, tmp_path / "m.onnx")
     assert np.abs(OrtModel(path)(x.numpy()) - _logits(model, x)).max() <= ATOL
