@@ -172,7 +172,8 @@ def _recovery_html(metrics: dict[str, Any]) -> str:
         parts.append(
             f"<h2>int8 (model.int8.onnx, {e(q['mode'])})</h2>"
             f"<table><tr><th>Metric</th><th>fp32</th><th>int8</th></tr>{cells}</table>"
-            f"<p class=\"small\">{e(q['cpu']['note'])}.</p>"
+            f"<p class=\"small\">{e(q['cpu']['note'])}. Recipe {e(q['recipe']['name'])}: "
+            f"{e(q['recipe']['summary'])}.</p>"
             + "".join(f"<p class=\"small\">Note: {e(n)}.</p>" for n in q.get("notes", []))
         )
     return "\n".join(parts)

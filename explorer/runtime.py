@@ -82,14 +82,19 @@ def gzip_size(path: str | Path) -> int:
 
 
 class OrtModel:
-    """An ONNX Runtime CPU session with a fixed number of intra-op threads."""
+    """An ONNX Runtime CPU session with a fixed number of intra-op threads.
 
-    def __init__(self, path: str | Path, threads: int = 1) -> None:
+    ``optimize=False`` turns every graph optimisation off (no fusion), e.g. to run a QDQ int8
+    graph as exact float arithmetic on its dequantized values.
+    """
+
+    def __init__(self, path: str | Path, threads: int = 1, *, optimize: bool = True) -> None:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
         opts.log_severity_level = 3
         self.threads = threads
         try:

@@ -75,5 +75,6 @@ st.dataframe(table, hide_index=True, column_config={
 if result["epochs"]:
     st.plotly_chart(figures.finetune_curve(result["epochs"]), key="recover.curve")
 if result["int8"]:
-    st.info(f"int8: {result['int8']['cpu']['note']}.")
+    q = result["int8"]
+    st.info(f"int8: {q['cpu']['note']}. Recipe **{q['recipe']['name']}**: {q['recipe']['summary']}.")
 st.caption("Every stage is also in the Prune page's history, from which it can be compared and restored.")
