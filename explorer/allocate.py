@@ -58,10 +58,14 @@ from explorer import sensitivity as sens
 from explorer.errors import PlanError
 from explorer.evaluate import evaluate_torch
 from explorer.inspect import count_macs
+from explorer.latency import latency_curves
 from explorer.plan import LayerRule, PruningPlan, check_ratio
 from explorer.progress import Progress, no_progress
-from explorer.prune import PruneMethod, get_method, kept_channels
+from explorer.methods import Method, get_method
+from explorer.prune import kept_channels, pruned_weight
 from explorer.runtime import OrtModel, export_onnx, gzip_size, measure_latency
+from explorer.sensitivity.engines import engine_for
+from explorer.sensitivity.engines.depgraph import StructuredEngine
 from explorer.subject import Subject
 
 __all__ = [
@@ -164,7 +168,7 @@ def default_method(kind: Kind) -> str:
 @dataclass
 class _Problem:
     subject: Subject
-    method: PruneMethod
+    method: Method
     kind: Kind
     units: dict[str, list[str]]
     choices: dict[str, np.ndarray]  # ratios, 0 first
@@ -196,7 +200,7 @@ def _prunable_weights(model: nn.Module, names: Sequence[str]) -> tuple[int, int]
     return total, nonzero
 
 
-def _problem(subject: Subject, method: PruneMethod, kind: Kind, ratios: Sequence[float] | None,
+def _problem(subject: Subject, method: Method, kind: Kind, ratios: Sequence[float] | None,
              curves: pd.DataFrame | None, loss_weight: float, on_progress: Progress) -> _Problem:
     if kind in ("macs", "latency") and not method.structured:
         raise PlanError(f"a {kind} target needs a structured method (l1-structured, l2-structured): {method.name} "
@@ -220,14 +224,14 @@ def _problem(subject: Subject, method: PruneMethod, kind: Kind, ratios: Sequence
     latency = None
     if with_latency:
         on_progress(0.6, "latency curves")
-        latency = sens.latency_curves(subject, method.name, grid, on_progress=lambda f, m: on_progress(0.6 + 0.3 * f, m))
+        latency = latency_curves(subject, method.name, grid, on_progress=lambda f, m: on_progress(0.6 + 0.3 * f, m))
     total_w, _ = _prunable_weights(subject.model, subject.layer_names)
     total_macs = max(subject.inventory.total_macs, 1)
     dense_gzip = None
     if kind == "size":
         dense_metrics, _ = subject.dense()
         dense_gzip = dense_metrics.onnx_gzip_bytes if not method.structured else dense_metrics.onnx_bytes
-    eng = sens._engine(subject, method) if method.structured else None
+    eng = engine_for(subject, method) if method.structured else None
     for name in units:
         c = curves[curves.layer == name].sort_values("ratio")
         if c.empty:
@@ -246,7 +250,8 @@ def _problem(subject: Subject, method: PruneMethod, kind: Kind, ratios: Sequence
         choices[name] = ch
         if not method.structured:
             w = modules[name].weight.detach()
-            masked = [sens.masked_weight(method, name, w, float(x)) for x in ch]
+            masked = [pruned_weight(method, subject.model, name, float(x), calibration=subject.calibration)
+                      for x in ch]
             if kind == "sparsity":
                 nz = int(torch.count_nonzero(w))
                 saving[name] = np.array([(nz - int(torch.count_nonzero(m))) / total_w for m in masked])
@@ -261,7 +266,7 @@ def _problem(subject: Subject, method: PruneMethod, kind: Kind, ratios: Sequence
             dense_ms = max(float(lc.latency_ms_median.iloc[0]), 1e-9)
             saving[name] = np.maximum(0.0, (dense_ms - lc.latency_ms_median.to_numpy(dtype=float)) / dense_ms)
         else:
-            assert isinstance(eng, sens._StructuredEngine) and method.norm_p is not None
+            assert isinstance(eng, StructuredEngine)
             # One group alone: params and MACs fall linearly with the channels removed, so count
             # them at the scanned ratios and interpolate on the number of channels removed.
             n = eng.channels(name)
@@ -270,7 +275,7 @@ def _problem(subject: Subject, method: PruneMethod, kind: Kind, ratios: Sequence
                 if x == 0:
                     vals.append(0.0)
                     continue
-                pruned = eng.pruned(name, float(x), None, method.norm_p)
+                pruned = eng.pruned(name, float(x), None, method)
                 if kind == "sparsity":
                     vals.append((total_w - _prunable_weights(pruned, subject.layer_names)[1]) / total_w)
                 elif kind == "macs":
@@ -346,7 +351,7 @@ def _predicted(problem: _Problem, picks: dict[str, int]) -> float:
 class _Meter:
     """Measures a plan's value for the target (the side effect: temporary ONNX files)."""
 
-    def __init__(self, subject: Subject, target: Target, method: PruneMethod, rounds_of_timing: int = 3) -> None:
+    def __init__(self, subject: Subject, target: Target, method: Method, rounds_of_timing: int = 3) -> None:
         self.subject, self.target, self.method = subject, target, method
         self.rounds_of_timing = rounds_of_timing
         self.tmp = tempfile.TemporaryDirectory(prefix="explorer-allocate-")

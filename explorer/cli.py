@@ -143,7 +143,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    from explorer.prune import get_method
+    from explorer.methods import get_method
 
     methods = sorted({plan.method_of(n) for n in plan.layers}) if plan else []
     _print_metrics(result, [f"{m}: {get_method(m).runtime_note}" for m in methods])
@@ -151,7 +151,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
-    from explorer.prune import get_method
+    from explorer.methods import get_method
     from explorer.sensitivity import DEFAULT_RATIOS, scan
 
     out = Path(args.out)
@@ -174,7 +174,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 
 def cmd_allocate(args: argparse.Namespace) -> int:
     from explorer.allocate import Target, allocate
-    from explorer.prune import get_method
+    from explorer.methods import get_method
 
     kind, value = next((k, v) for k in ("sparsity", "macs", "latency", "size")
                        if (v := getattr(args, f"target_{k}")) is not None)

@@ -65,6 +65,15 @@ class Dataset:
         """One sample with a batch dimension of 1: what export and latency use."""
         return self.test.x[:1].clone()
 
+    def calibration(self) -> tuple[Split, str] | None:
+        """The split that calibration (int8 ranges, data-aware criteria) reads, and its name: train,
+        else val, else test (then numbers measured on test are optimistic). None: no data at all."""
+        for name in ("train", "val", "test"):
+            split = getattr(self, name)
+            if split is not None and len(split):
+                return split, name
+        return None
+
     def fingerprint(self) -> str:
         """A short hash of the evaluation data, for caches keyed by data."""
         h = hashlib.sha256(self.test.x.numpy().tobytes())

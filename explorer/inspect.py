@@ -17,6 +17,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from explorer.capabilities import ort_ops
 from explorer.errors import DataError
 from explorer.models.ort_nodes import OrtWeight
 
@@ -226,9 +227,9 @@ def inventory(model: nn.Module, example_input: torch.Tensor) -> Inventory:
     outputs: set[str] = set()
     fixed: dict[str, str] = {}  # layer -> why its channels are fixed
     try:
-        ort_ops = getattr(model, "ort_ops", ())
-        if ort_ops:
-            raise _Opaque(f"the graph runs {list(ort_ops)} in ONNX Runtime (no torch equivalent here), so no "
+        ops = ort_ops(model)
+        if ops:
+            raise _Opaque(f"the graph runs {list(ops)} in ONNX Runtime (no torch equivalent here), so no "
                           "channel can be followed through it; unstructured and 2:4 pruning work on its weights")
         dg = build_dependency_graph(work, example_input)
         names = {m: n for n, m in work.named_modules()}
@@ -258,7 +259,7 @@ def inventory(model: nn.Module, example_input: torch.Tensor) -> Inventory:
         if name not in group_of:
             if structured_error:
                 note = ("structured pruning off: part of the graph runs in ONNX Runtime"
-                        if getattr(model, "ort_ops", ()) else "structured pruning off: model not traceable")
+                        if ort_ops(model) else "structured pruning off: model not traceable")
             elif name in outputs:
                 note = "output layer: its channels are the model's outputs"
             else:

@@ -165,10 +165,9 @@ def _recipe(recipe: str | Int8Recipe | None) -> Int8Recipe:
 
 def calibration_split(data: Dataset) -> tuple[Split, str]:
     """The split static quantization calibrates on: train, else val, else test (named)."""
-    for name in ("train", "val", "test"):
-        split = getattr(data, name)
-        if split is not None and len(split):
-            return split, name
+    found = data.calibration()
+    if found is not None:
+        return found
     raise ExportError(f"{data.spec}: no data to calibrate int8 quantization on")
 
 

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from explorer.errors import PlanError
 from explorer.inspect import PRUNABLE_TYPES, build_dependency_graph, structured_groups
 from explorer.plan import LayerRule, PruningPlan, check_ratio
-from explorer.prune import fresh_copy, get_method
+from explorer.methods import ChannelMethod, get_method
+from explorer.prune import fresh_copy
 from explorer.subject import Subject
 
 __all__ = ["NEAR_ZERO", "LayerView", "channel_importance", "layer_view", "removed_channels", "weight_stats"]
@@ -53,15 +53,19 @@ def _module(model: nn.Module, name: str) -> nn.Module:
     return module
 
 
-def channel_importance(subject: Subject, name: str, p: int) -> np.ndarray:
-    """Importance of each output channel of ``name``'s dependency group (Lp group magnitude).
+def channel_importance(subject: Subject, name: str, method: str | ChannelMethod) -> np.ndarray:
+    """Importance of each output channel of ``name``'s dependency group under a structured method.
 
-    This is the score the structured methods rank channels by (lowest goes first). Builds a
-    DepGraph on a fresh copy of the model: a fraction of a second to ~1 s on the zoo models.
+    This is the score the method ranks channels by (lowest goes first). Builds a DepGraph on a
+    fresh copy of the model: a fraction of a second to ~1 s on the zoo models.
 
     Raises:
-        PlanError: the layer is in no dependency group (its channels cannot be removed).
+        PlanError: the layer is in no dependency group (its channels cannot be removed), or the
+            method is not structured.
     """
+    m = get_method(method)
+    if not isinstance(m, ChannelMethod):
+        raise PlanError(f"{m.name} zeroes weights; it has no channel scores")
     _module(subject.model, name)  # raises PlanError naming the layers when unknown
     info = subject.inventory[name]
     if info.group is None:
@@ -70,9 +74,10 @@ def channel_importance(subject: Subject, name: str, p: int) -> np.ndarray:
     work = fresh_copy(subject.model)
     work.requires_grad_(True)
     dg = build_dependency_graph(work, subject.example_input)
+    m.prepare(work, subject.calibration)
     for group, members in structured_groups(dg, work):
         if name in members:
-            imp = tp.importance.GroupMagnitudeImportance(p=p)(group)
+            imp = m.importance()(group)
             return imp.detach().numpy().astype(np.float64)
     raise PlanError(f"layer {name!r}: no dependency group found for it in this model")
 
@@ -100,8 +105,7 @@ def layer_view(subject: Subject, name: str, method: str, ratio: float,
     channel_scores = removed = None
     threshold: float | None = None
     if m.structured:
-        assert m.norm_p is not None
-        channel_scores = scores if scores is not None else channel_importance(subject, name, m.norm_p)
+        channel_scores = scores if scores is not None else channel_importance(subject, name, m)
         removed = removed_channels(channel_scores, ratio)
         keep = np.ones_like(w, dtype=bool)
         keep[removed] = False

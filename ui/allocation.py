@@ -11,7 +11,7 @@ from explorer import allocate as alloc
 from explorer import figures
 from explorer.errors import ExplorerError
 from explorer.plan import PruningPlan
-from explorer.prune import available_methods, get_method
+from explorer.methods import available_methods, get_method
 from explorer.subject import Subject
 from ui import cache, state
 from ui.draft import Draft

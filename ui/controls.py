@@ -12,7 +12,7 @@ from dataclasses import replace
 import streamlit as st
 
 from explorer.inspect import Inventory
-from explorer.prune import available_methods, get_method
+from explorer.methods import available_methods, get_method
 from explorer.subject import Subject
 from ui import state, widgets
 from ui.draft import Draft, blocks

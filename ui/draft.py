@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from explorer.inspect import Inventory
 from explorer.errors import PlanError
 from explorer.plan import LayerRule, PruningPlan
-from explorer.prune import get_method
+from explorer.methods import get_method
 
 __all__ = ["DEFAULT_METHOD", "Draft", "blocks"]
 

@@ -12,7 +12,7 @@ from explorer import figures
 from explorer.errors import ExplorerError
 from explorer.inspect import Inventory
 from explorer.plan import PruningPlan
-from explorer.prune import get_method
+from explorer.methods import get_method
 from explorer.subject import Subject
 from ui import cache, state, uploads
 from ui.draft import Draft

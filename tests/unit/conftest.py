@@ -16,7 +16,7 @@ import pytest
 
 from explorer.models import ZOO
 from explorer.plan import LayerRule, PruningPlan
-from explorer.prune import available_methods, get_method
+from explorer.methods import available_methods, get_method
 from explorer.subject import Subject
 
 UNSEEN_PATH = Path(__file__).resolve().parents[1] / "models" / "unseen.py"

@@ -131,7 +131,7 @@ def test_latency_target_iterates_until_the_measure_meets_it(mlp: Subject, monkey
                                            "members"])
 
     monkeypatch.setattr(alloc._Meter, "_latency_ratio", fake_latency)
-    monkeypatch.setattr(alloc.sens, "latency_curves", fake_curves)
+    monkeypatch.setattr(alloc, "latency_curves", fake_curves)
     result = alloc.allocate(mlp, ("latency", 0.7), "l1-structured")
     assert result.met and result.achieved <= 0.7
     assert result.rounds > 1 and len(calls) == result.rounds

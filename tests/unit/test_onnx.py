@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from explorer.plan import PruningPlan
-from explorer.prune import get_method
+from explorer.methods import get_method
 from explorer.runtime import OrtModel, export_onnx
 from explorer.subject import Subject
 

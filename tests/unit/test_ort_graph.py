@@ -20,13 +20,14 @@ from onnx import helper, numpy_helper
 from torch.nn.utils import prune as torch_prune
 
 from explorer import sensitivity as sens
+from explorer.sensitivity.engines import engine_for
 from explorer.allocate import allocate
 from explorer.cli import main
 from explorer.errors import ExportError, PlanError, RecoverError
 from explorer.evaluate import evaluate_torch
 from explorer.models.onnx_import import load_onnx
 from explorer.plan import LayerRule, PruningPlan
-from explorer.prune import available_methods, get_method
+from explorer.methods import available_methods, get_method
 from explorer.recover import finetune, not_recoverable
 from explorer.report import export_bundle
 from explorer.subject import Subject
@@ -135,7 +136,7 @@ def test_structured_methods_are_refused_with_the_ops(method: str, subject: Subje
 
 
 def test_sensitivity_uses_the_fast_engine_and_matches_distillers_loop(subject: Subject) -> None:
-    assert sens._engine(subject, get_method("l1-unstructured")).name == "onnxruntime-suffix"
+    assert engine_for(subject, get_method("l1-unstructured")).name == "onnxruntime-suffix"
     fast = sens.scan(subject, "l1-unstructured", [0.3, 0.8], cache=False)
     slow = sens.reference_scan(subject, "l1-unstructured", [0.3, 0.8])
     assert len(fast) == len(slow) == 5 * 3

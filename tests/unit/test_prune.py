@@ -15,7 +15,9 @@ from torch.nn.utils import prune as torch_prune
 from explorer.errors import PlanError
 from explorer.inspect import out_channels
 from explorer.plan import LayerRule, PruningPlan
-from explorer.prune import apply_plan, get_method, nm_mask, unstructured_mask
+from explorer.methods import get_method, unstructured_mask
+from explorer.methods.nm import nm_mask
+from explorer.prune import apply_plan
 from explorer.subject import Subject
 
 
