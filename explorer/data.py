@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from explorer.entrypoints import call_entrypoint
 from explorer.errors import DataError
 
 __all__ = ["IMAGE_SUFFIXES", "MAX_DATA_BYTES", "Dataset", "Split", "load_data", "zoo_datasets", "zoo_input_shape"]
@@ -312,8 +313,6 @@ def _fit_shape(data: Dataset, input_shape: InputShape | None) -> Dataset:
 
 
 def _load_entrypoint(spec: str) -> Dataset:
-    from explorer.models.loaders import call_entrypoint
-
     out = call_entrypoint(spec, DataError)
     if not (isinstance(out, tuple) and len(out) == 2):
         raise DataError(f"{spec}: must return a tuple (x, y), got {type(out).__name__}")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from explorer.errors import ExplorerError
 
-__all__ = ["PLUGINS_ENV", "load_package", "load_plugins"]
+__all__ = ["PLUGINS_ENV", "forget_plugin", "load_package", "load_plugins"]
 
 PLUGINS_ENV = "PRUNING_EXPLORER_PLUGINS"
 _loaded: set[str] = set()
@@ -28,6 +28,11 @@ def load_package(package: str) -> None:
     for info in pkgutil.iter_modules(pkg.__path__):
         if not info.name.startswith("_"):
             importlib.import_module(f"{package}.{info.name}")
+
+
+def forget_plugin(spec: str) -> None:
+    """Let ``spec`` be imported again by the next :func:`load_plugins` (tests that unregister it)."""
+    _loaded.discard(spec)
 
 
 def load_plugins() -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "get_method",
     "layer_generator",
     "register",
+    "unregister",
     "unstructured_mask",
 ]
 
@@ -44,12 +45,17 @@ def register(method: Method) -> Method:
     return method
 
 
+def unregister(name: str) -> None:
+    """Remove a method from the registry (a plugin's tests clean up after themselves)."""
+    _METHODS.pop(name, None)
+
+
 def _load() -> None:
     global _loaded
     if not _loaded:
         _loaded = True
         load_package(__name__)
-        load_plugins()
+    load_plugins()  # cheap once done: a plugin named later (a new $PRUNING_EXPLORER_PLUGINS) still loads
 
 
 def available_methods() -> list[str]:

@@ -26,7 +26,7 @@ from explorer.subject import Subject
 if TYPE_CHECKING:
     from explorer.allocate.meter import Meter
 
-__all__ = ["SavingsContext", "TargetKind", "get_target", "register", "target_kinds"]
+__all__ = ["SavingsContext", "TargetKind", "get_target", "register", "target_kinds", "unregister"]
 
 
 @dataclass
@@ -118,12 +118,17 @@ def register(kind: TargetKind) -> TargetKind:
     return kind
 
 
+def unregister(name: str) -> None:
+    """Remove a target kind from the registry (a plugin's tests clean up after themselves)."""
+    _TARGETS.pop(name, None)
+
+
 def _load() -> None:
     global _loaded
     if not _loaded:
         _loaded = True
         load_package(__name__)
-        load_plugins()
+    load_plugins()
 
 
 def target_kinds() -> list[TargetKind]:

@@ -17,55 +17,16 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Protocol
-
-import numpy as np
 
 from explorer.errors import PlanError
-from explorer.evaluate import scores
 from explorer.methods import Method
-from explorer.progress import Progress
+from explorer.sensitivity.engines.base import CHUNK, Engine, Result, Unavailable, score_logits
+from explorer.sensitivity.engines.depgraph import StructuredEngine
+from explorer.sensitivity.engines.ort_suffix import OrtSuffixEngine
+from explorer.sensitivity.engines.torch_swap import TorchSwapEngine
 from explorer.subject import Subject
 
 __all__ = ["CHUNK", "Engine", "Result", "Unavailable", "engine_for", "forget_engines", "score_logits"]
-
-CHUNK = 512  # samples per ONNX Runtime or PyTorch call
-
-
-class Unavailable(Exception):
-    """The fast engine cannot handle this model; the caller falls back to the torch engine."""
-
-
-@dataclass
-class Result:
-    accuracy: float
-    loss: float
-
-
-def score_logits(logits: np.ndarray, subject: Subject, reference: np.ndarray | None) -> Result:
-    """The result of ``logits`` on the subject's evaluation data (against ``reference`` without labels)."""
-    y = subject.data.test.y.numpy() if subject.data.test.y is not None else None
-    return Result(*scores(logits, y, reference))
-
-
-class Engine(Protocol):
-    name: str
-
-    @property
-    def dense(self) -> Result: ...
-
-    @property
-    def eval_seconds(self) -> float: ...
-
-    def cost(self, members: list[str], n_ratios: int) -> float: ...
-
-    def overhead(self) -> float: ...
-
-    def run(self, method: Method, todo: dict[str, list[str]], ratios: dict[str, list[float]],
-            on_progress: Progress, round_to: int | None = None) -> Iterator[tuple[str, float, Result]]: ...
-
 
 _ENGINES: weakref.WeakKeyDictionary[Subject, dict[str, Engine]] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
@@ -83,10 +44,6 @@ def engine_for(subject: Subject, method: Method, engine: str = "auto") -> Engine
     ``engine``: ``"auto"`` (ONNX Runtime suffix engine, PyTorch when the model cannot be cut),
     ``"onnxruntime"`` or ``"torch"``; structured methods always use the DepGraph engine.
     """
-    from explorer.sensitivity.engines.depgraph import StructuredEngine
-    from explorer.sensitivity.engines.ort_suffix import OrtSuffixEngine
-    from explorer.sensitivity.engines.torch_swap import TorchSwapEngine
-
     kind = "structured" if method.structured else engine
     with _LOCK:
         cache = _ENGINES.setdefault(subject, {})

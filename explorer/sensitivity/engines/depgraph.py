@@ -18,7 +18,7 @@ from explorer.inspect import build_dependency_graph, structured_groups
 from explorer.methods import ChannelMethod, Method, get_method
 from explorer.progress import Progress
 from explorer.prune import kept_channels
-from explorer.sensitivity.engines import CHUNK, Result, score_logits
+from explorer.sensitivity.engines.base import CHUNK, Result, score_logits
 from explorer.subject import Subject
 
 __all__ = ["StructuredEngine"]

@@ -18,7 +18,7 @@ from explorer.methods import Method
 from explorer.progress import Progress
 from explorer.prune import pruned_weight
 from explorer.runtime import INPUT_NAME, OUTPUT_NAME, ort_session, torchscript_export
-from explorer.sensitivity.engines import CHUNK, Result, Unavailable, score_logits
+from explorer.sensitivity.engines.base import CHUNK, Result, Unavailable, score_logits
 from explorer.subject import Subject
 
 __all__ = ["OrtSuffixEngine"]

@@ -14,7 +14,7 @@ from explorer.evaluate import evaluate_torch
 from explorer.methods import Method
 from explorer.progress import Progress
 from explorer.prune import pruned_weight
-from explorer.sensitivity.engines import CHUNK, Result, score_logits
+from explorer.sensitivity.engines.base import CHUNK, Result, score_logits
 from explorer.subject import Subject
 
 __all__ = ["TorchSwapEngine"]
