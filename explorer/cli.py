@@ -199,8 +199,12 @@ def cmd_allocate(args: argparse.Namespace) -> int:
     if result.flagged and result.gap is not None:
         line += f"  (!) predicted and verified differ by {100 * abs(result.gap):.1f} points: the layers interact"
     print(line)
+    if result.candidates:
+        ranked = ", ".join(f"{name} {100 * acc:.2f}%" for name, acc in
+                           sorted(result.candidates.items(), key=lambda kv: -kv[1]))
+        print(f"compared   on the evaluation data, each at the target: {ranked}")
     if result.chosen != "knapsack":
-        print(f"note       the {result.chosen} baseline scored higher than the knapsack's plan on the data; kept it")
+        print(f"note       the {result.chosen} plan scored higher than the knapsack's on the data; kept it")
     print(f"plan       {len(result.plan.layers)} layer(s) -> {args.out}")
     if not result.met:
         print(f"warning: the measured value missed {target.describe()}", file=sys.stderr)

@@ -56,6 +56,8 @@ class Inventory:
     total_params: int = 0
     total_macs: int = 0
     structured_error: str = ""  # why DepGraph could not trace the model (structured methods off)
+    group_batchnorms: dict[str, tuple[str, ...]] = field(default_factory=dict)  # group id -> its batch norms
+    ort_ops: tuple[str, ...] = ()  # ops run in ONNX Runtime as they are (the user's own graph is exported)
 
     @property
     def names(self) -> list[str]:
@@ -223,6 +225,7 @@ def inventory(model: nn.Module, example_input: torch.Tensor) -> Inventory:
     work.requires_grad_(True)
     group_of: dict[str, str] = {}
     groups: dict[str, tuple[str, ...]] = {}
+    batchnorms: dict[str, tuple[str, ...]] = {}
     structured_error = ""
     outputs: set[str] = set()
     fixed: dict[str, str] = {}  # layer -> why its channels are fixed
@@ -235,10 +238,13 @@ def inventory(model: nn.Module, example_input: torch.Tensor) -> Inventory:
         names = {m: n for n, m in work.named_modules()}
         outputs = {names[m] for m in output_layers(dg, work)}
         order = {n: i for i, (n, _) in enumerate(work.named_modules())}
-        for _, members in structured_groups(dg, work):
+        for group, members in structured_groups(dg, work):
             members = sorted(members, key=order.__getitem__)
             gid = members[0]
             groups[gid] = tuple(members)
+            batchnorms[gid] = tuple(dict.fromkeys(
+                names[dep.target.module] for dep, _ in group
+                if isinstance(dep.target.module, nn.modules.batchnorm._BatchNorm) and dep.target.module in names))
             for n in members:
                 group_of[n] = gid
         fixed = {n: _why_fixed(dg, m, names, outputs) for m, n in names.items()
@@ -274,5 +280,6 @@ def inventory(model: nn.Module, example_input: torch.Tensor) -> Inventory:
     return Inventory(
         layers=tuple(layers), groups=groups,
         total_params=sum(p.numel() for p in model.parameters()),
-        total_macs=sum(macs.values()), structured_error=structured_error,
+        total_macs=sum(macs.values()), structured_error=structured_error, group_batchnorms=batchnorms,
+        ort_ops=ort_ops(model),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 
 import torch
 import torch_pruning as tp
@@ -21,7 +22,7 @@ from explorer.inspect import PRUNABLE_TYPES, Inventory, build_dependency_graph, 
 from explorer.methods import ChannelMethod, LayerContext, WeightMethod, get_method, unstructured_mask
 from explorer.plan import PruningPlan
 
-__all__ = ["apply_plan", "fresh_copy", "kept_channels", "pruned_weight"]
+__all__ = ["apply_plan", "fresh_copy", "kept_channels", "pruned_weight", "remove_channels"]
 
 
 # --- applying a plan -----------------------------------------------------------------------------
@@ -63,20 +64,22 @@ def _structured(model: nn.Module, example_input: torch.Tensor, ratios: dict[str,
             continue
         ratio = max(ratios[m][0] for m in listed)  # a group moves together: its largest ratio wins
         plans.append((group, members, ratio, ratios[listed[0]][1]))
-    for method in {id(m): m for *_, m in plans}.values():
-        method.prepare(model, calibration)
+    methods = {m.name: m for *_, m in plans}
+    scorers = {name: m.scorer(model, calibration, global_ranking=global_ratio is not None)
+               for name, m in methods.items()}
+    compensations = {name: m.compensation(model, calibration) for name, m in methods.items()}
     if global_ratio is not None:
-        # Rank channels across groups by their group norm normalised per group (Torch-Pruning's
+        # Rank channels across groups by their importance normalised per group (Torch-Pruning's
         # global pruning), keeping at least one channel in every group.
-        scored = [method.importance(global_ranking=True)(group) for group, _, _, method in plans]
+        scored = [scorers[method.name](group) for group, _, _, method in plans]
         if scored:
             flat = torch.cat(scored)
             k = int(global_ratio * flat.numel())
             threshold = flat.sort().values[k - 1] if k else -float("inf")
-        for (group, members, _, _), imp in zip(plans, scored):
+        for (group, members, _, method), imp in zip(plans, scored):
             idxs = (imp <= threshold).nonzero().flatten().tolist()
             idxs = idxs[: len(imp) - 1]
-            _remove(dg, group, members, idxs)
+            _remove(dg, group, members, idxs, compensations[method.name])
     else:
         # Rank every group on the unpruned model first: removing one group's channels shifts the
         # indices that other groups hold into a shared consumer (a concatenation), so a group
@@ -87,19 +90,33 @@ def _structured(model: nn.Module, example_input: torch.Tensor, ratios: dict[str,
             n_prune = n_channels - kept_channels(n_channels, ratio, round_to)
             if n_prune <= 0:
                 continue
-            imp = method.importance()(group)
-            removals.append((group, members, imp.argsort()[:n_prune].tolist()))
-        for group, members, idxs in removals:
-            _remove(dg, group, members, idxs)
+            imp = scorers[method.name](group)
+            removals.append((group, members, imp.argsort()[:n_prune].tolist(), compensations[method.name]))
+        for group, members, idxs, compensate in removals:
+            _remove(dg, group, members, idxs, compensate)
     model.requires_grad_(False)
 
 
-def _remove(dg: tp.DependencyGraph, group: tp.Group, members: list[str], idxs: list[int]) -> None:
+def remove_channels(dg: tp.DependencyGraph, group: tp.Group, idxs: list[int],
+                    compensate: Callable[[tp.Group], Callable[[], None]] | None = None) -> None:
+    """Remove channels ``idxs`` of ``group`` (and every coupled layer's), with the method's
+    compensation around it. Raises what Torch-Pruning raises."""
+    root = group[0].dep
+    concrete = dg.get_pruning_group(root.target.module, root.handler, sorted(idxs))
+    after = compensate(concrete) if compensate is not None else None
+    concrete.prune()
+    if after is not None:
+        after()
+
+
+def _remove(dg: tp.DependencyGraph, group: tp.Group, members: list[str], idxs: list[int],
+            compensate: Callable[[tp.Group], Callable[[], None]] | None = None) -> None:
     if not idxs:
         return
-    root = group[0].dep
     try:
-        dg.get_pruning_group(root.target.module, root.handler, sorted(idxs)).prune()
+        remove_channels(dg, group, idxs, compensate)
+    except PlanError:
+        raise
     except Exception as e:
         raise PruneError(f"removing channels of group {members} failed: {type(e).__name__}: {e}") from None
 

@@ -34,8 +34,9 @@ class LayerView:
     method: str
     kind: str  # the method's kind: unstructured, semi-structured or structured
     ratio: float
-    weights: np.ndarray  # float32
+    weights: np.ndarray  # float32, before pruning
     keep: np.ndarray  # bool: False where the weight is zeroed or its output channel removed
+    after: np.ndarray  # float32: the weights after pruning (updated ones too, for SparseGPT)
     threshold: float | None  # the magnitude cut when the mask is one (|w| <= threshold go)
     channel_scores: np.ndarray | None  # structured: importance per output channel, shape (out,)
     removed: np.ndarray | None  # structured: indices of the removed output channels
@@ -74,10 +75,10 @@ def channel_importance(subject: Subject, name: str, method: str | ChannelMethod)
     work = fresh_copy(subject.model)
     work.requires_grad_(True)
     dg = build_dependency_graph(work, subject.example_input)
-    m.prepare(work, subject.calibration)
+    score = m.scorer(work, subject.calibration)
     for group, members in structured_groups(dg, work):
         if name in members:
-            imp = m.importance()(group)
+            imp = score(group)
             return imp.detach().numpy().astype(np.float64)
     raise PlanError(f"layer {name!r}: no dependency group found for it in this model")
 
@@ -109,14 +110,16 @@ def layer_view(subject: Subject, name: str, method: str, ratio: float,
         removed = removed_channels(channel_scores, ratio)
         keep = np.ones_like(w, dtype=bool)
         keep[removed] = False
+        after = w * keep
     else:
         pruned = subject.prune(PruningPlan(method=method, layers={name: LayerRule(ratio)}))
         pw = _module(pruned, name).weight.detach().numpy()
+        after = pw.astype(np.float32)
         keep = ~((pw == 0) & (w != 0))  # weights the method zeroed (zeros already there stay "kept")
         gone, kept = np.abs(w[~keep]), np.abs(w[keep])
         if gone.size and kept.size and gone.max() <= kept.min():
             threshold = float(gone.max())  # the mask is a magnitude cut
-    return LayerView(name=name, method=method, kind=m.kind, ratio=ratio, weights=w, keep=keep,
+    return LayerView(name=name, method=method, kind=m.kind, ratio=ratio, weights=w, keep=keep, after=after,
                      threshold=threshold, channel_scores=channel_scores, removed=removed)
 
 

@@ -29,6 +29,7 @@ ratios = cols[1].multiselect("Ratios (%)", list(range(5, 100, 5)), key=Keys.SENS
 run = cols[2].button("Run scan", type="primary", icon=":material/play_arrow:", width="stretch",
                      disabled=not ratios)
 args = {"method": method, "ratios": tuple(sorted(r / 100 for r in ratios))}
+widgets.data_note(method, subject)
 if get_method(method).structured and subject.capabilities.structured_off:
     st.info(f"**{method}** is off for this model: {subject.capabilities.structured_off}.")
     st.stop()

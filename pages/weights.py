@@ -28,6 +28,7 @@ ratio = cols[2].slider("Ratio to preview", 0, 95, step=1, key=Keys.WEIGHTS_RATIO
 log_y = cols[3].toggle("log y", key=Keys.WEIGHTS_LOG, help="Logarithmic count axis for the histogram.")
 
 off = get_method(method).structured and subject.capabilities.structured_off
+widgets.data_note(method, subject)
 if off:
     st.info(f"**{method}** is off for this model: {off}. The histogram shows the dense layer.")
 try:

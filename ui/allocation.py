@@ -50,6 +50,10 @@ def _summary(a: dict[str, Any], labelled: bool) -> str:
     text = (f"Achieved **{100 * a['achieved']:.1f}%** ({'met' if a['met'] else 'missed'}, measured after "
             f"{a['rounds']} round(s)). {what.capitalize()}: dense {100 * a['dense_accuracy']:.2f}%, predicted from "
             f"the curves {100 * a['predicted_accuracy']:.2f}%, {verified}.")
+    if a.get("candidates"):
+        ranked = ", ".join(f"{name} {100 * acc:.2f}%" for name, acc in
+                           sorted(a["candidates"].items(), key=lambda kv: -kv[1]))
+        text += f" Compared on the evaluation data, each meeting the target: {ranked}; kept **{a['chosen']}**."
     if a["flagged"]:
         text += (f" Predicted and verified differ by {100 * abs(a['gap']):.1f} points: pruning several layers "
                  "interacts in ways the one-layer curves do not see.")

@@ -10,14 +10,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 from explorer.allocate.knapsack import solve
 from explorer.allocate.meter import Meter
+from explorer.allocate.owl import owl_ratios
 from explorer.allocate.problem import Problem, build_problem
 from explorer.allocate.targets import TargetKind, get_target
 from explorer.errors import PlanError
 from explorer.evaluate import evaluate_torch
-from explorer.methods import get_method
+from explorer.methods import get_method, layer_is_hookable
 from explorer.plan import LayerRule, PruningPlan
 from explorer.progress import Progress, no_progress
 from explorer.subject import Subject
@@ -177,29 +179,42 @@ def _allocate(problem: Problem, target: Target, max_rounds: int, verify: bool, o
                       candidates=candidates)
 
 
-def _baseline_ratios(problem: Problem, sparsity: float) -> dict[str, dict[str, float]]:
-    """Per-layer ratios of the two simple baselines at ``sparsity``: the same ratio everywhere, and
-    one magnitude threshold over every prunable weight (PyTorch's ``global_unstructured``; its
-    masks equal per-layer masks at the ratios it reaches in each layer)."""
-    modules = dict(problem.subject.model.named_modules())
+def _baselines(problem: Problem, sparsity: float) -> dict[str, PruningPlan]:
+    """The plans a sparsity allocation is compared with, each meeting ``sparsity`` on its own: the
+    same ratio in every layer; one global ranking of the method's scores (for magnitude, PyTorch's
+    ``global_unstructured``, whose masks equal per-layer masks at the ratios it reaches in each
+    layer); and OWL's outlier-weighted layer-wise ratios (``explorer.allocate.owl``)."""
+    subject, method = problem.subject, problem.method
+    modules = dict(subject.model.named_modules())
     names = list(problem.units)
+
+    def per_layer(ratios: dict[str, float]) -> PruningPlan:
+        return PruningPlan(method=method.name, layers={n: LayerRule(r) for n, r in ratios.items() if r > 0},
+                           model=subject.model_spec)
+
     # The same ratio everywhere, rounded up per layer so the total reaches the target.
-    out = {"uniform": {n: min(math.ceil(sparsity * modules[n].weight.numel() - 1e-9) / modules[n].weight.numel(), 0.9999)
-                       for n in names}}
-    if problem.method.name == "l1-unstructured":
+    out = {"uniform": per_layer({n: min(math.ceil(sparsity * modules[n].weight.numel() - 1e-9)
+                                        / modules[n].weight.numel(), 0.9999) for n in names})}
+    if method.name == "l1-unstructured":
         scores = torch.cat([modules[n].weight.detach().abs().reshape(-1) for n in names])
         k = round(sparsity * scores.numel())
         if k:
             threshold = scores.kthvalue(k).values
-            out["global magnitude"] = {n: min(float((modules[n].weight.detach().abs() <= threshold).sum())
-                                              / modules[n].weight.numel(), 0.9999) for n in names}
+            out["global magnitude"] = per_layer({n: min(float((modules[n].weight.detach().abs() <= threshold).sum())
+                                                        / modules[n].weight.numel(), 0.9999) for n in names})
+    elif method.supports_global:
+        out["global ranking"] = PruningPlan(method=method.name, layers={n: LayerRule(sparsity) for n in names},
+                                            scope="global", ratio=sparsity, model=subject.model_spec)
+    hookable = [n for n in names if layer_is_hookable(n, subject.inventory) is None]
+    if subject.calibration is not None and len(hookable) == len(names) and len(names) > 1:
+        out["OWL"] = per_layer(owl_ratios(subject, names, sparsity))
     return out
 
 
 def _best_of(problem: Problem, target: Target, plan: PruningPlan, predicted: float, achieved: float,
              meter: Meter) -> tuple[PruningPlan, float, float, str, dict[str, float]]:
-    """The knapsack's plan, unless a simple baseline that also meets the target scores higher on
-    the evaluation data (possible where the curves' sum predicts badly, e.g. when every option
+    """The knapsack's plan, unless another plan that also meets the target scores higher on the
+    evaluation data (possible where the curves' sum predicts badly, e.g. when every option
     collapses). Returns (plan, predicted, achieved, chosen, accuracy of every candidate)."""
     subject = problem.subject
     split = subject.data.test
@@ -209,18 +224,23 @@ def _best_of(problem: Problem, target: Target, plan: PruningPlan, predicted: flo
             reference = torch.cat([subject.model(split.x[i : i + 512]) for i in range(0, len(split), 512)]).numpy()
     accuracy = {"knapsack": evaluate_torch(subject.prune(plan), split, reference)[0]}
     best = ("knapsack", plan, predicted, achieved)
-    for name, ratios in _baseline_ratios(problem, target.value).items():
-        candidate = PruningPlan(method=problem.method.name, layers={n: LayerRule(r) for n, r in ratios.items() if r > 0},
-                                model=subject.model_spec)
+    for name, candidate in _baselines(problem, target.value).items():
         value = meter(candidate)
         if not target.met_by(value):
             continue
-        accuracy[name] = evaluate_torch(subject.prune(candidate), split, reference)[0]
+        model = subject.prune(candidate)
+        accuracy[name] = evaluate_torch(model, split, reference)[0]
         if accuracy[name] > accuracy[best[0]]:
+            ratios = _layer_sparsity(model, list(problem.units))
             drop = sum(float(np.interp(ratios[n], problem.choices[n], problem.drop[n])) for n in problem.units)
             best = (name, candidate, max(0.0, problem.dense_accuracy - drop), value)
     chosen, plan, predicted, achieved = best
     return plan, predicted, achieved, chosen, accuracy
+
+
+def _layer_sparsity(model: nn.Module, names: list[str]) -> dict[str, float]:
+    modules = dict(model.named_modules())
+    return {n: 1.0 - int(torch.count_nonzero(modules[n].weight)) / modules[n].weight.numel() for n in names}
 
 
 def allocate(subject: Subject, target: Target | tuple[str, float], method: str | None = None, *,

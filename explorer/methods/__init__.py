@@ -17,6 +17,7 @@ from explorer.methods.base import (
     Method,
     WeightMethod,
     layer_generator,
+    layer_is_hookable,
     unstructured_mask,
 )
 from explorer.plugins import load_package, load_plugins
@@ -30,6 +31,7 @@ __all__ = [
     "available_methods",
     "get_method",
     "layer_generator",
+    "layer_is_hookable",
     "register",
     "unregister",
     "unstructured_mask",

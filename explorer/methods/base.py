@@ -38,6 +38,7 @@ __all__ = [
     "Method",
     "WeightMethod",
     "layer_generator",
+    "layer_is_hookable",
     "unstructured_mask",
 ]
 
@@ -52,6 +53,19 @@ def layer_generator(layer: str, seed: int = 0) -> torch.Generator:
     """A generator seeded by the layer name (stable across processes, unlike ``hash()``) and ``seed``:
     random methods give the same masks for the same layer and seed."""
     return torch.Generator().manual_seed((sum(ord(c) * 31**i for i, c in enumerate(layer)) + 7919 * seed) % 2**31)
+
+
+HOOKABLE_TYPES = ("Linear", "Conv1d", "Conv2d")
+
+
+def layer_is_hookable(layer: str, inventory: Inventory) -> str | None:
+    """None if the inputs of ``layer`` can be captured for data-aware criteria, else why not."""
+    info = inventory[layer]
+    if info.type not in HOOKABLE_TYPES:
+        return f"its inputs cannot be captured ({info.type}: data-aware criteria read the inputs of linear and conv layers)"
+    if info.macs == 0:
+        return "the forward pass in eval mode never calls it (e.g. a training-only head), so it sees no data"
+    return None
 
 
 def unstructured_mask(scores: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -107,6 +121,7 @@ class Method:
     summary: ClassVar[str]
     needs_data: ClassVar[bool] = False  # reads the calibration split
     supports_global: ClassVar[bool] = True  # can rank weights (channels) across layers at once
+    updates_weights: ClassVar[bool] = False  # changes the weights it keeps (SparseGPT), not only zeroes some
 
     @property
     def structured(self) -> bool:
@@ -160,16 +175,38 @@ class ChannelMethod(Method):
     kind: ClassVar[Kind] = "structured"
     score_label: ClassVar[str] = "channel importance"  # what the per-channel bars show
 
-    def importance(self, *, global_ranking: bool = False) -> Callable[[tp.Group], torch.Tensor]:
-        """A Torch-Pruning importance: called with a group, it returns one score per channel."""
+    def scorer(self, model: nn.Module, calibration: Split | None, *,
+               global_ranking: bool = False) -> Callable[[tp.Group], torch.Tensor]:
+        """A Torch-Pruning importance for the groups of ``model`` (the model being pruned, before any
+        channel goes): called with a group, it returns one score per channel, lowest first to go.
+        Whatever the scores need (gradients, calibration statistics) is computed here, once.
+        ``global_ranking``: the scores are compared across groups (normalise them per group)."""
         raise NotImplementedError
 
-    def prepare(self, model: nn.Module, calibration: Split | None) -> None:  # noqa: B027
-        """Called once on the model being pruned before its groups are scored (e.g. to accumulate
-        gradients); the default needs nothing."""
+    def compensation(self, model: nn.Module,
+                     calibration: Split | None) -> Callable[[tp.Group], Callable[[], None]] | None:
+        """Optional training-free recovery: called with each concrete pruning group (its channels to
+        go) just before it is pruned, it returns what to run right after (e.g. FLAP's bias
+        compensation). None: nothing to do."""
+        return None
 
     def applies_to(self, layer: str, inventory: Inventory) -> str | None:
         info = inventory[layer]
         if info.group is None:
             return inventory.structured_error or info.note or "its output channels cannot be removed"
         return None
+
+
+def refusing_scorer(model: nn.Module, importance: Callable[[tp.Group], torch.Tensor | None],
+                    why: str) -> Callable[[tp.Group], torch.Tensor]:
+    """``importance`` as a scorer that refuses a group it cannot score (it returned None) with a
+    PlanError naming the group's root layer: ``why`` is formatted with ``root``."""
+    names = {m: n for n, m in model.named_modules()}
+
+    def score(group: tp.Group) -> torch.Tensor:
+        found = importance(group)
+        if found is None:
+            raise PlanError(why.format(root=names.get(group[0].dep.target.module, "?")))
+        return found
+
+    return score

@@ -5,17 +5,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch_pruning as tp
+from torch import nn
 
 from explorer.methods import register
 from explorer.methods.base import ChannelMethod
+
+if TYPE_CHECKING:
+    from explorer.data import Split
 
 
 class ChannelNorm(ChannelMethod):
     p: int
 
-    def importance(self, *, global_ranking: bool = False) -> Callable[[tp.Group], torch.Tensor]:
+    def scorer(self, model: nn.Module, calibration: Split | None, *,
+               global_ranking: bool = False) -> Callable[[tp.Group], torch.Tensor]:
         # Global ranking compares groups of different sizes: each group's scores are normalised by
         # their mean (Torch-Pruning's default normaliser, spelt out).
         return tp.importance.GroupMagnitudeImportance(p=self.p, normalizer="mean")

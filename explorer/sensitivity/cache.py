@@ -12,13 +12,11 @@ import hashlib
 import json
 import os
 import tempfile
-import weakref
 from pathlib import Path
 
 import pandas as pd
-import torch
-from torch import nn
 
+from explorer.hashing import model_hash
 from explorer.subject import Subject
 
 __all__ = ["CACHE_ENV", "SCAN_VERSION", "PointCache", "cache_dir", "clear_cache", "model_hash", "ratio_key"]
@@ -30,26 +28,6 @@ SCAN_VERSION = 1  # bump when the numbers a scan produces change: old cache file
 def cache_dir() -> Path:
     """Where curves are cached: ``$PRUNING_EXPLORER_CACHE`` or ``~/.cache/pruning-explorer``."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "pruning-explorer")
-
-
-_HASHES: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
-
-
-def model_hash(model: nn.Module) -> str:
-    """A short hash of the model's architecture (its repr) and every tensor of its state dict.
-
-    Memoised per model object: the base model of a Subject is never modified.
-    """
-    if model in _HASHES:
-        return _HASHES[model]
-    h = hashlib.sha256(repr(model).encode())
-    for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    digest = h.hexdigest()[:16]
-    _HASHES[model] = digest
-    return digest
 
 
 def ratio_key(ratio: float) -> float:

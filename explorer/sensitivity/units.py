@@ -20,23 +20,29 @@ DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def units(subject: Subject, method: str) -> dict[str, list[str]]:
-    """What a scan prunes at a time: every layer, or every dependency group for structured methods."""
-    if get_method(method).structured:
-        if subject.inventory.structured_error:
-            raise PlanError(f"{method}: {subject.inventory.structured_error}")
-        return {gid: list(members) for gid, members in subject.inventory.groups.items()}
-    return {name: [name] for name in subject.layer_names}
-
-
+    """What a scan prunes at a time: every layer, or every dependency group for structured methods,
+    that the method applies to (a group by its first member)."""
+    m = get_method(method)
+    inventory = subject.inventory
+    if m.structured:
+        if inventory.structured_error:
+            raise PlanError(f"{method}: {inventory.structured_error}")
+        return {gid: list(members) for gid, members in inventory.groups.items()
+                if m.applies_to(members[0], inventory) is None}
+    return {name: [name] for name in subject.layer_names if m.applies_to(name, inventory) is None}
 
 
 def select(subject: Subject, method: str, layers: Sequence[str] | None) -> dict[str, list[str]]:
     todo = units(subject, method)
     if layers is None:
         return todo
+    m = get_method(method)
+    for name in layers:  # a unit the model has but the method cannot prune: say why
+        if name not in todo and name in subject.layer_names and (why := m.applies_to(name, subject.inventory)):
+            raise PlanError(f"{method} cannot prune {name!r}: {why}")
     missing = [n for n in layers if n not in todo]
     if missing:
-        kind = "group" if get_method(method).structured else "layer"
+        kind = "group" if m.structured else "layer"
         raise PlanError(f"unknown {kind}(s) {missing} for {method}; choose from {list(todo)}")
     return {n: todo[n] for n in layers}
 

@@ -5,19 +5,19 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from explorer.errors import PruneError
+from explorer.errors import PlanError, PruneError
 from explorer.evaluate import evaluate_torch
 from explorer.inspect import build_dependency_graph, structured_groups
 from explorer.methods import ChannelMethod, Method, get_method
 from explorer.progress import Progress
-from explorer.prune import kept_channels
+from explorer.prune import kept_channels, remove_channels
 from explorer.sensitivity.engines.base import CHUNK, Result, score_logits
 from explorer.subject import Subject
 
@@ -48,7 +48,7 @@ class StructuredEngine:
             if frozenset(members) in by_members:
                 self.groups[gid] = by_members[frozenset(members)]
         self._importance: dict[tuple[str, str], torch.Tensor] = {}
-        self._prepared: set[str] = set()
+        self._scorers: dict[str, Callable[[tp.Group], torch.Tensor]] = {}
         self.lock = threading.Lock()
         split = subject.data.test
         with torch.no_grad():
@@ -70,12 +70,11 @@ class StructuredEngine:
         """The channel scores of group ``gid`` under ``method`` on the unpruned model (cached)."""
         assert isinstance(method, ChannelMethod)
         with self.lock:
-            if method.name not in self._prepared:
-                method.prepare(self.work, self.subject.calibration)
-                self._prepared.add(method.name)
+            if method.name not in self._scorers:
+                self._scorers[method.name] = method.scorer(self.work, self.subject.calibration)
             if (gid, method.name) not in self._importance:
                 with torch.no_grad():
-                    self._importance[(gid, method.name)] = method.importance()(self.groups[gid])
+                    self._importance[(gid, method.name)] = self._scorers[method.name](self.groups[gid])
             return self._importance[(gid, method.name)]
 
     def pruned(self, gid: str, ratio: float, round_to: int | None, method: Method) -> nn.Module:
@@ -94,9 +93,12 @@ class StructuredEngine:
         for pruner in [*self.dg.REGISTERED_PRUNERS.values(), *self.dg.CUSTOMIZED_PRUNERS.values()]:
             memo[id(pruner)] = pruner
         with self.lock:
-            model, dg, root = copy.deepcopy((self.work, self.dg, group[0].dep), memo)
+            model, dg, group_copy = copy.deepcopy((self.work, self.dg, group), memo)
+        assert isinstance(method, ChannelMethod)
         try:
-            dg.get_pruning_group(root.target.module, root.handler, idxs).prune()
+            remove_channels(dg, group_copy, idxs, method.compensation(model, self.subject.calibration))
+        except PlanError:
+            raise
         except Exception as e:
             raise PruneError(f"removing channels of group {gid!r} failed: {type(e).__name__}: {e}") from None
         model.requires_grad_(False)
