@@ -315,3 +315,73 @@ def test_fresh_model_reinitialises_user_models_or_says_why_not() -> None:
     assert float(trained.body[0].weight.detach().sum()) == 0.5 * trained.body[0].weight.numel()  # input untouched
     with pytest.raises(ScheduleError, match=r"<model> \(_Scaled: scale\)"):
         fresh_model(_Scaled(), "user.py:scaled")
+
+
+# --- export and CLI ------------------------------------------------------------------------------
+
+
+def _without_seconds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def test_export_replays_the_plans_schedule(mlp: Subject, tmp_path: Path) -> None:
+    from explorer.report import export_bundle
+    from explorer.runtime import OrtModel
+
+    plan = _plan(ratio=0.8, schedule=ScheduleSpec.make("iterative", rounds=2, epochs=1))
+    direct = run_schedule(mlp, plan)
+    files = export_bundle(mlp, plan, tmp_path / "bundle")
+    metrics = json.loads(files["metrics"].read_text())
+    assert _without_seconds(metrics["schedule"]["steps"]) == _without_seconds(direct.rows())
+    assert metrics["schedule"]["settings"] == direct.settings and metrics["schedule"]["stopped"] == "completed"
+    assert metrics["recovery"]["settings"]["epochs"] == 1  # the last round's fine-tuning
+    assert PruningPlan.load(files["plan"]).schedule == plan.schedule
+    logits = OrtModel(files["onnx"])(mlp.data.test.x.numpy())
+    assert metrics["accuracy"] == pytest.approx(float((logits.argmax(1) == mlp.data.test.y.numpy()).mean()))
+    assert metrics["accuracy"] == pytest.approx(direct.final.accuracy, abs=2 / len(mlp.data.test))
+    assert "Schedule: iterative" in files["report"].read_text()
+
+
+def test_cli_schedule_flags_are_recorded_and_replayed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from explorer.cli import main
+
+    _plan(ratio=0.75).save(tmp_path / "plan.json")
+    common = ["--model", MLP, "--runs", "30"]
+    code = main(["export", *common, "--plan", str(tmp_path / "plan.json"), "--out", str(tmp_path / "a"),
+                 "--schedule", "lottery", "--rounds", "2", "--finetune-epochs", "1"])
+    assert code == 0, capsys.readouterr().err
+    assert "schedule: lottery" in capsys.readouterr().err
+    written = json.loads((tmp_path / "a" / "plan.json").read_text())
+    assert written["schedule"] == {"name": "lottery", "rounds": 2, "epochs": 1}
+    code = main(["export", *common, "--plan", str(tmp_path / "a" / "plan.json"), "--out", str(tmp_path / "b")])
+    assert code == 0, capsys.readouterr().err
+    a, b = (json.loads((tmp_path / d / "metrics.json").read_text())["schedule"] for d in "ab")
+    assert _without_seconds(a["steps"]) == _without_seconds(b["steps"])
+    # no flag and no schedule in the plan: the bundle's plan has none either (as before schedules)
+    code = main(["export", *common, "--plan", str(tmp_path / "plan.json"), "--out", str(tmp_path / "c")])
+    assert code == 0 and "schedule" not in json.loads((tmp_path / "c" / "plan.json").read_text())
+    assert "schedule" not in json.loads((tmp_path / "c" / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--schedule", "gradual", "--rounds", "2"], "--rounds is for the iterative and lottery schedules, not 'gradual'"),
+    (["--schedule", "snip", "--finetune-epochs", "1", "--distill"], "--distill is for the one-shot schedule"),
+    (["--schedule", "weekly"], "invalid choice: 'weekly'"),
+])
+def test_cli_schedule_mistakes_exit_2(flags: list[str], message: str, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from explorer.cli import main
+
+    _plan().save(tmp_path / "plan.json")
+    code = main(["export", "--model", MLP, "--plan", str(tmp_path / "plan.json"), "--out", str(tmp_path / "o"), *flags])
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_plan_with_a_bad_schedule_names_file_and_value(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from explorer.cli import main
+
+    raw = _plan().to_dict() | {"schedule": {"name": "iterative", "rounds": -1}}
+    (tmp_path / "plan.json").write_text(json.dumps(raw))
+    code = main(["export", "--model", MLP, "--plan", str(tmp_path / "plan.json"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "plan.json" in err and "'rounds' must be >= 1, got -1" in err
