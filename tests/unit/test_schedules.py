@@ -385,3 +385,19 @@ def test_cli_plan_with_a_bad_schedule_names_file_and_value(tmp_path: Path, capsy
     code = main(["export", "--model", MLP, "--plan", str(tmp_path / "plan.json"), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and "plan.json" in err and "'rounds' must be >= 1, got -1" in err
+
+
+def test_loop_runs_a_schedule_as_one_measured_stage(mlp: Subject) -> None:
+    from explorer import figures
+    from explorer.loop import run_loop
+
+    plan = _plan(ratio=0.6)
+    result = run_loop(mlp, plan, epochs=0, schedule=ScheduleSpec.make("gradual", epochs=1, frequency=4))
+    assert [s.name for s in result.stages] == ["dense", "pruned", "gradual"]
+    assert result.stages[2].metrics["params_nonzero"] == result.stages[1].metrics["params_nonzero"]
+    steps = result.schedule["steps"]
+    fig = figures.schedule_steps(steps)
+    accuracy, sparsity = fig.data
+    assert list(accuracy.y) == [100 * s["accuracy"] for s in steps]
+    assert list(sparsity.y) == [100 * s["sparsity"] for s in steps]
+    assert sparsity.yaxis == "y2" and fig.layout.yaxis2.range == (0, 100)
