@@ -29,7 +29,8 @@ import torch
 
 from explorer.errors import DataError
 
-__all__ = ["IMAGE_SUFFIXES", "MAX_DATA_BYTES", "Dataset", "Split", "load_data", "zoo_datasets", "zoo_input_shape"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_DATA_BYTES", "Dataset", "Split", "load_data", "mnist1d_training", "zoo_datasets",
+           "zoo_input_shape"]
 
 SPLIT_SEED = 0  # fixed train/val/test split of the zoo data; changing it invalidates shipped weights
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
@@ -189,6 +190,14 @@ def _mnist1d(kind: str) -> Dataset:
     perm = np.random.default_rng(SPLIT_SEED).permutation(len(y))
     va, tr = perm[:MNIST1D_VAL], perm[MNIST1D_VAL:]
     return Dataset(spec=f"zoo:{kind}", train=Split(x[tr], y[tr]), val=Split(x[va], y[va]),
+                   test=Split(torch.tensor(a["x_test"]), torch.tensor(a["y_test"])))
+
+
+def mnist1d_training() -> Dataset:
+    """MNIST-1D as its notebooks train on it: all 4,000 training signals in the package's order
+    (no validation split held out) and its 1,000 test signals."""
+    a = _mnist1d_arrays()
+    return Dataset(spec="zoo:mnist1d", train=Split(torch.tensor(a["x"]), torch.tensor(a["y"])),
                    test=Split(torch.tensor(a["x_test"]), torch.tensor(a["y_test"])))
 
 
