@@ -409,12 +409,13 @@ class _Context:
         finally:
             model.train(was_training)
 
-    def record(self, phase: str, model: nn.Module, *, round: int = 0, epoch: int | None = None,
+    def record(self, phase: str, model: nn.Module, *, at: int = 0, epoch: int | None = None,
                step: int | None = None, target: float | None = None, val: tuple[Any, Any] = (None, None),
                train_loss: float | None = None) -> StepRecord:
+        """Measure ``model`` now and append the step (``at``: the round it belongs to)."""
         sparsity, nonzero = self.sparsity(model)
         acc, loss = self.test_scores(model)
-        rec = StepRecord(phase, round, epoch, step, target, sparsity, nonzero, acc, loss, val[0], val[1],
+        rec = StepRecord(phase, at, epoch, step, target, sparsity, nonzero, acc, loss, val[0], val[1],
                          train_loss, self.seconds())
         self.steps.append(rec)
         return rec
@@ -427,14 +428,14 @@ class _Context:
             return True
         return False
 
-    def train(self, model: nn.Module, epochs: int, *, round: int, target: float | None, label: str,
+    def train(self, model: nn.Module, epochs: int, *, at: int, target: float | None, label: str,
               lr: float, recalibrate: bool = True, **kwargs: Any) -> nn.Module:
         """``finetune`` with this run's progress, cancel and per-epoch records."""
         rows: dict[int, int] = {}  # epoch -> index of its record
 
         def on_epoch(epoch: int, student: nn.Module) -> None:
             rows[epoch] = len(self.steps)
-            self.record("train", student, round=round, epoch=epoch, target=target)
+            self.record("train", student, at=at, epoch=epoch, target=target)
 
         base = self.done_units
 
@@ -442,7 +443,7 @@ class _Context:
             self.on_progress(min(1.0, (base + fraction * epochs) / self.total_units), f"{label}: {message}")
 
         result: FinetuneResult = finetune(
-            model, self.data, epochs, lr=lr, recalibrate=recalibrate, seed=self.options["seed"] + max(round - 1, 0),
+            model, self.data, epochs, lr=lr, recalibrate=recalibrate, seed=self.options["seed"] + max(at - 1, 0),
             on_progress=progress, should_stop=self.should_stop, on_epoch=on_epoch, **kwargs)
         # The epoch rows were measured on the model as each epoch ended; add what finetune validated.
         for h in result.history[1:]:
@@ -571,9 +572,10 @@ def _check(subject: Subject, plan: PruningPlan, spec: ScheduleSpec) -> None:
             raise DataError(f"{data.spec}: schedule {spec.name!r} trains, and the data has no training split "
                             "(an .npz with x_train and y_train, or a zoo data set)")
         if data.train.y is None and not (spec.name == "one-shot" and o["distill"]):
+            hint = "distil from the dense model (one-shot with distill)" if spec.name == "one-shot" else \
+                "use one-shot with distill, which learns from the dense model instead"
             raise DataError(f"{data.spec}: schedule {spec.name!r} trains on labels, and the training split has "
-                            "none" + ("; one-shot can distil from the dense model instead" if spec.name != "one-shot"
-                                      else "; fine-tune with distillation from the dense model instead"))
+                            f"none; {hint}")
     structured = _structured_layers(plan)
     if info.masks_only and structured:
         raise ScheduleError(f"schedule {spec.name!r} keeps masks through training, so it zeroes weights; layer "
@@ -621,9 +623,9 @@ def _one_shot(ctx: _Context) -> nn.Module:
     model = apply_plan(subject.model, ctx.plan, ctx.example, subject.inventory, seed=o["seed"],
                        calibration=subject.calibration)
     target = ctx.target(ctx.plan)
-    ctx.record("prune", model, round=1, target=target)
+    ctx.record("prune", model, at=1, target=target)
     if o["epochs"] and not ctx.cancelled("before fine-tuning"):
-        model = ctx.train(model, o["epochs"], round=1, target=target, label="fine-tuning", lr=o["lr"],
+        model = ctx.train(model, o["epochs"], at=1, target=target, label="fine-tuning", lr=o["lr"],
                           distill_from=subject.model if o["distill"] else None)
     return model
 
@@ -642,8 +644,8 @@ def _iterative(ctx: _Context) -> nn.Module:
         ctx.progress(0, f"round {j}/{k}: pruning to {target:.1%}")
         step_plan = _relative_plan(round_plan, model, dense_channels)
         model = _prune_step(model, step_plan, ctx.example, o["seed"], ctx.calibration)
-        ctx.record("prune", model, round=j, target=target)
-        model = ctx.train(model, o["epochs"], round=j, target=target, label=f"round {j}/{k}", lr=o["lr"])
+        ctx.record("prune", model, at=j, target=target)
+        model = ctx.train(model, o["epochs"], at=j, target=target, label=f"round {j}/{k}", lr=o["lr"])
     return model
 
 
@@ -672,7 +674,7 @@ def _gradual(ctx: _Context) -> nn.Module:
         plan_j = plan_at(j)
         pruned = _prune_step(student, plan_j, ctx.example, o["seed"], ctx.calibration)
         _set_masks(student, _keep_masks(pruned, ctx.names))
-        ctx.record("mask update", student, round=j, step=step, target=ctx.target(plan_j))
+        ctx.record("mask update", student, at=j, step=step, target=ctx.target(plan_j))
         return True
 
     model = ctx.subject.model
@@ -680,9 +682,9 @@ def _gradual(ctx: _Context) -> nn.Module:
     if 0 in updates:  # the update at t0 = 0 comes before the first step
         plan_0 = plan_at(updates[0])
         model = _prune_step(model, plan_0, ctx.example, o["seed"], ctx.calibration)
-        ctx.record("mask update", model, round=updates[0], step=0, target=ctx.target(plan_0))
+        ctx.record("mask update", model, at=updates[0], step=0, target=ctx.target(plan_0))
     keep_from = math.ceil(last / per_epoch) if per_epoch else 0
-    return ctx.train(model, o["epochs"], round=0, target=None, label="gradual pruning", lr=o["lr"],
+    return ctx.train(model, o["epochs"], at=0, target=None, label="gradual pruning", lr=o["lr"],
                      on_step=update, keep_from=min(keep_from, o["epochs"]))
 
 
@@ -710,10 +712,10 @@ def _snip(ctx: _Context) -> nn.Module:
     target = ctx.target(ctx.plan)
     ctx.notes.append(f"saliency |dL/dw * w| on {len(idx)} training samples at initialisation (seed {o['seed']}); "
                      f"{n_zero:,} weights of the lowest saliency zeroed, ranked across the plan's layers")
-    ctx.record("prune", model, round=1, target=target)
+    ctx.record("prune", model, at=1, target=target)
     if ctx.cancelled("before training"):
         return model
-    return ctx.train(model, o["epochs"], round=1, target=target, label="training from scratch", lr=o["lr"],
+    return ctx.train(model, o["epochs"], at=1, target=target, label="training from scratch", lr=o["lr"],
                      recalibrate=False)
 
 
@@ -730,7 +732,7 @@ def _lottery(ctx: _Context) -> nn.Module:
         return False
 
     rewind_to = copy.deepcopy(init)
-    model = ctx.train(init, o["epochs"], round=0, target=0.0, label="dense training", lr=o["lr"],
+    model = ctx.train(init, o["epochs"], at=0, target=0.0, label="dense training", lr=o["lr"],
                       recalibrate=False, on_step=capture if o["rewind"] else None)
     if o["rewind"] and rewind_state:
         rewind_to.load_state_dict(rewind_state)
@@ -747,8 +749,8 @@ def _lottery(ctx: _Context) -> nn.Module:
         source = _fresh(ctx, o["seed"] + 1000 * j) if o["reinit"] else rewind_to
         ticket = copy.deepcopy(source)
         _set_masks(ticket, keep, source=source)
-        ctx.record("rewind", ticket, round=j, target=target)
-        model = ctx.train(ticket, o["epochs"], round=j, target=target, label=f"round {j}/{k}", lr=o["lr"],
+        ctx.record("rewind", ticket, at=j, target=target)
+        model = ctx.train(ticket, o["epochs"], at=j, target=target, label=f"round {j}/{k}", lr=o["lr"],
                           recalibrate=False)
     return model
 
@@ -789,16 +791,16 @@ def _regularized(ctx: _Context) -> nn.Module:
         else "group lasso, the sum of the L2 norms of the output channels of the plan's layers"))
     model = ctx.subject.model
     ctx.record("start", model, target=0.0)
-    model = ctx.train(model, o["epochs"], round=0, target=0.0, label=f"training with {kind}", lr=o["lr"],
+    model = ctx.train(model, o["epochs"], at=0, target=0.0, label=f"training with {kind}", lr=o["lr"],
                       penalty=penalty, keep_from=o["epochs"])
     if ctx.cancelled("before pruning"):
         return model
     ctx.progress(0, "pruning")
     model = _prune_step(model, ctx.plan, ctx.example, o["seed"], ctx.calibration)
     target = ctx.target(ctx.plan)
-    ctx.record("prune", model, round=1, target=target)
+    ctx.record("prune", model, at=1, target=target)
     if o["finetune_epochs"] and not ctx.cancelled("before fine-tuning"):
-        model = ctx.train(model, o["finetune_epochs"], round=1, target=target, label="fine-tuning", lr=o["lr"])
+        model = ctx.train(model, o["finetune_epochs"], at=1, target=target, label="fine-tuning", lr=o["lr"])
     return model
 
 
@@ -845,7 +847,7 @@ def run_schedule(subject: Subject, plan: PruningPlan, schedule: ScheduleSpec | N
     model.requires_grad_(False)
     model.eval()
     # The model handed over (after training: the best validation checkpoint), measured once more.
-    ctx.record("final", model, round=ctx.steps[-1].round, target=ctx.target(plan))
+    ctx.record("final", model, at=ctx.steps[-1].round, target=ctx.target(plan))
     on_progress(1.0, "done")
     return ScheduleResult(
         name=spec.name, settings=ctx.options, model=model, steps=ctx.steps,
