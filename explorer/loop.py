@@ -2,6 +2,8 @@
 
 Every stage is exported to ONNX and measured there (accuracy, size, latency), side by side with
 the dense model, so a user sees what each step gives back. The Recover page is a view on this.
+With a ``schedule`` other than one-shot (``explorer.schedules``), the schedule's model replaces
+recalibration and fine-tuning as one stage, and its every step is kept in ``LoopResult.schedule``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from explorer.errors import DataError
 from explorer.plan import PruningPlan
 from explorer.progress import Progress, no_progress
 from explorer.recover import batchnorm_layers, finetune, recalibrate_bn
+from explorer.schedules import ScheduleSpec, run_schedule
 from explorer.subject import Subject
 
 __all__ = ["INT8_MODES", "LoopResult", "Stage", "run_loop"]
@@ -41,6 +44,7 @@ class LoopResult:
     stopped: str = ""  # how fine-tuning ended ("completed", "early-stop", "cancelled"), "" if not run
     int8: dict[str, Any] | None = None  # compare_int8(...).to_dict(), with the CPU note
     model: nn.Module | None = None  # the last fp32 model (fine-tuned when fine-tuning ran)
+    schedule: dict[str, Any] | None = None  # ScheduleResult.to_dict() when a schedule ran
 
     def table(self) -> list[dict[str, Any]]:
         """One row per stage: the numbers a user compares."""
@@ -51,7 +55,7 @@ class LoopResult:
 
 def run_loop(subject: Subject, plan: PruningPlan, *, recalibrate: bool = True, epochs: int = 0,
              distill: bool = False, temperature: float = 2.0, alpha: float = 0.5, patience: int | None = None,
-             int8: str | None = None,
+             int8: str | None = None, schedule: ScheduleSpec | None = None,
              on_progress: Progress = no_progress, should_stop: Callable[[], bool] | None = None) -> LoopResult:
     """Run the loop on ``plan``; each stage is measured on its own ONNX export.
 
@@ -63,6 +67,9 @@ def run_loop(subject: Subject, plan: PruningPlan, *, recalibrate: bool = True, e
             (None: run every epoch); the best validation checkpoint is kept either way.
         int8: ``None`` or one of ``INT8_MODES``: quantize the last fp32 stage with ONNX Runtime.
         should_stop: polled during fine-tuning; True cancels it (the best model so far is kept).
+        schedule: a schedule other than one-shot runs instead of recalibration and fine-tuning
+            (``recalibrate``, ``epochs``, ``distill`` and ``patience`` are then not used): the
+            stage named after it is its model, measured like the others.
 
     Raises:
         DataError: fine-tuning asked for on data without a training split.
@@ -78,13 +85,23 @@ def run_loop(subject: Subject, plan: PruningPlan, *, recalibrate: bool = True, e
     on_progress(0.02, "pruning")
     model = subject.prune(plan)
     result.stages.append(Stage("pruned", subject.measure(model).to_dict()))
-    if recalibrate and batchnorm_layers(model):
+    if schedule is not None and schedule.name != "one-shot":
+        def scheduled(fraction: float, message: str) -> None:
+            on_progress(0.1 + 0.7 * fraction, f"{schedule.name}: {message}")
+
+        ran = run_schedule(subject, plan, schedule, on_progress=scheduled, should_stop=should_stop)
+        model = ran.model
+        result.schedule = ran.to_dict()
+        result.stopped = ran.stopped
+        note = schedule.describe() + (f"; {ran.stop_reason}" if ran.stop_reason else "")
+        result.stages.append(Stage(schedule.name, subject.measure(model).to_dict(), note))
+    elif recalibrate and batchnorm_layers(model):
         on_progress(0.1, "recalibrating batch norm")
         calibration = subject.data.train or subject.data.test
         model = recalibrate_bn(model, calibration)
         note = "batch-norm statistics re-estimated on the " + ("training split" if subject.data.train else "test split")
         result.stages.append(Stage("BN recalibrated", subject.measure(model).to_dict(), note))
-    if epochs:
+    if epochs and (schedule is None or schedule.name == "one-shot"):
         def progress(fraction: float, message: str) -> None:
             on_progress(0.15 + 0.65 * fraction, message)
 

@@ -8,6 +8,11 @@ The format is a contract (``../shared/DESIGN.md``)::
 
 Unknown keys, methods and layers and ratios outside [0, 1) are errors, never ignored. A plan
 replays on a fresh model: nothing in it is pickled.
+
+An optional ``"schedule"`` object says *when* the pruning happens (``explorer.schedules``), e.g.
+``{"name": "iterative", "rounds": 3, "epochs": 4}``: the export replays it. Its options are
+validated like the rest and kept as given (defaults are not written in), so it round-trips
+exactly; a plan without one is written as before, byte for byte.
 """
 
 from __future__ import annotations
@@ -18,17 +23,20 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from explorer.errors import PlanError
+from explorer.errors import PlanError, ScheduleError
 from explorer.methods import get_method
+
+if TYPE_CHECKING:
+    from explorer.schedules import ScheduleSpec
 
 __all__ = ["FORMAT", "VERSION", "LayerRule", "PruningPlan", "check_ratio"]
 
 FORMAT = "pruning-explorer/plan"
 VERSION = 1
 SCOPES = ("local", "global")
-_TOP_KEYS = {"format", "version", "model", "method", "scope", "layers", "ratio"}
+_TOP_KEYS = {"format", "version", "model", "method", "scope", "layers", "ratio", "schedule"}
 _LAYER_KEYS = {"ratio", "method"}
 
 
@@ -57,6 +65,7 @@ class PruningPlan:
     scope: str = "local"
     ratio: float | None = None
     model: str | None = None
+    schedule: ScheduleSpec | None = None  # when to prune (None: one-shot, as before)
 
     def __post_init__(self) -> None:
         get_method(self.method)  # the registry validates the names
@@ -117,8 +126,16 @@ class PruningPlan:
         ratio = data.get("ratio")
         if ratio is not None:
             ratio = check_ratio(ratio, "global ratio")
+        schedule = None
+        if "schedule" in data:
+            from explorer.schedules import ScheduleSpec
+
+            try:
+                schedule = ScheduleSpec.from_dict(data["schedule"])
+            except ScheduleError as e:
+                raise PlanError(str(e)) from None
         return cls(method=data["method"], layers=layers, scope=data.get("scope", "local"),
-                   ratio=ratio, model=model)
+                   ratio=ratio, model=model, schedule=schedule)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> PruningPlan:
@@ -155,6 +172,8 @@ class PruningPlan:
         if self.ratio is not None:
             d["ratio"] = self.ratio
         d["layers"] = layers
+        if self.schedule is not None:
+            d["schedule"] = self.schedule.to_dict()
         return d
 
     def to_json(self) -> str:
@@ -184,6 +203,9 @@ class PruningPlan:
 
     def with_layers(self, layers: Mapping[str, LayerRule]) -> PruningPlan:
         return replace(self, layers=dict(layers))
+
+    def with_schedule(self, schedule: ScheduleSpec | None) -> PruningPlan:
+        return replace(self, schedule=schedule)
 
     @property
     def is_empty(self) -> bool:

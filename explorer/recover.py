@@ -35,6 +35,7 @@ from explorer.progress import Progress, no_progress
 __all__ = [
     "EpochRecord",
     "FinetuneResult",
+    "ZeroKeeper",
     "batchnorm_layers",
     "finetune",
     "not_recoverable",
@@ -69,6 +70,28 @@ def zero_masks(model: nn.Module) -> dict[str, torch.Tensor]:
             if not bool(keep.all()):
                 masks[f"{name}.weight" if name else "weight"] = keep
     return masks
+
+
+class ZeroKeeper:
+    """Keeps the zeros of a model's prunable weights zero while it trains.
+
+    ``apply()`` after every optimizer step multiplies each masked weight by its keep-mask
+    (``zero_masks``), so unstructured and N:M sparsity survive training. A schedule that sets new
+    zeros during training (gradual pruning) calls ``refresh()`` afterwards to re-read the masks.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.params = dict(model.named_parameters())
+        self.masks = zero_masks(model)
+
+    def refresh(self) -> None:
+        self.masks = zero_masks(self.model)
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        for name, keep in self.masks.items():
+            self.params[name].mul_(keep)
 
 
 def _logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
@@ -210,6 +233,10 @@ def finetune(
     seed: int = 0,
     on_progress: Progress = no_progress,
     should_stop: Callable[[], bool] = _never,
+    penalty: Callable[[nn.Module], torch.Tensor] | None = None,
+    on_step: Callable[[int, nn.Module], bool] | None = None,
+    on_epoch: Callable[[int, nn.Module], None] | None = None,
+    keep_from: int = 0,
 ) -> FinetuneResult:
     """Fine-tune a pruned model on ``data.train``, keeping its structure and its zeros.
 
@@ -238,6 +265,17 @@ def finetune(
         on_progress: called with (fraction done, message), throttled within an epoch.
         should_stop: polled before every batch; when it returns True, training stops and the best
             checkpoint so far is returned with ``stopped="cancelled"``.
+        penalty: a regulariser added to every batch's loss, ``penalty(model)`` (e.g. L1 on the
+            batch-norm scales); the schedules of ``explorer.schedules`` use it.
+        on_step: called after every optimizer step (zeros already re-applied) with the step number
+            (1-based, over all epochs) and the model in training; it returns True when it set new
+            zeros, which are then kept too (gradual pruning).
+        on_epoch: called after every completed epoch (after validation) with the epoch and the
+            model as it is at that point (not the best checkpoint).
+        keep_from: the first epoch that may be returned as the best checkpoint (epochs before it,
+            e.g. while a schedule is still pruning, are not candidates). With ``keep_from`` > 0 and
+            no candidate reached (cancelled early), the model as it was when training stopped is
+            returned.
 
     Returns:
         FinetuneResult with the model in eval mode, gradients off.
@@ -261,6 +299,8 @@ def finetune(
         raise RecoverError(f"distillation temperature must be positive, got {temperature!r}")
     if patience is not None and patience < 1:
         raise RecoverError(f"patience must be at least 1 epoch or None, got {patience!r}")
+    if not 0 <= keep_from <= epochs:
+        raise RecoverError(f"keep_from must be an epoch in [0, {epochs}], got {keep_from!r}")
     train = data.train
     if train is None:
         raise DataError(f"{data.spec}: no training split; fine-tuning needs one (an .npz with x_train and "
@@ -281,8 +321,7 @@ def finetune(
         else:
             student = copy.deepcopy(model).eval()
         student.requires_grad_(True)
-        masks = zero_masks(student)
-        params = dict(student.named_parameters())
+        keeper = ZeroKeeper(student)
         n_classes = _safe_logits(student, train.x[:1], data.spec).shape[1]
         check_labels(train, n_classes, f"{data.spec} (training split)")
 
@@ -309,8 +348,9 @@ def finetune(
 
         val_acc, val_loss = validate()
         history = [EpochRecord(0, None, val_acc, val_loss, time.perf_counter() - start)]
-        best = (val_acc, val_loss) if val_acc is not None and val_loss is not None else None
-        best_state, best_epoch = snapshot(), 0
+        best = (val_acc, val_loss) if val_acc is not None and val_loss is not None and keep_from == 0 else None
+        best_state: dict[str, torch.Tensor] | None = snapshot() if keep_from == 0 else None
+        best_epoch = 0
         stopped: StopReason = "completed"
         since_best = 0
 
@@ -323,6 +363,7 @@ def finetune(
         use_kd = teacher_train is not None and (alpha > 0 or train.y is None)
         kd_weight = 1.0 if train.y is None else alpha
         last_report = 0.0
+        step = 0
         on_progress(0.0, f"fine-tuning: epoch 1/{epochs}")
         for epoch in range(1, epochs + 1):
             student.train()
@@ -346,13 +387,16 @@ def finetune(
                 if use_kd:
                     assert teacher_train is not None
                     loss = loss + kd_weight * _kd_loss(out, teacher_train[idx], temperature)
+                if penalty is not None:
+                    loss = loss + penalty(student)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
-                with torch.no_grad():
-                    for name, keep in masks.items():
-                        params[name].mul_(keep)
+                keeper.apply()
+                step += 1
+                if on_step is not None and on_step(step, student):
+                    keeper.refresh()
                 losses.append(float(loss.detach()))
                 now = time.perf_counter()
                 if now - last_report >= _PROGRESS_EVERY_S:
@@ -365,7 +409,11 @@ def finetune(
             val_acc, val_loss = validate()
             history.append(EpochRecord(epoch, float(np.mean(losses)) if losses else None, val_acc, val_loss,
                                        time.perf_counter() - start))
-            if val_acc is None or val_loss is None:
+            if on_epoch is not None:
+                on_epoch(epoch, student)
+            if epoch < keep_from:
+                pass  # not a candidate yet (a schedule still changing the model)
+            elif val_acc is None or val_loss is None:
                 best_state, best_epoch = snapshot(), epoch  # no validation: the last epoch is the result
             elif best is None or _better((val_acc, val_loss), best):
                 best, best_state, best_epoch, since_best = (val_acc, val_loss), snapshot(), epoch, 0
@@ -377,16 +425,21 @@ def finetune(
                 stopped = "early-stop"
                 break
 
-        student.load_state_dict(best_state)
+        if best_state is not None:
+            student.load_state_dict(best_state)
+        else:  # cancelled before ``keep_from``: the model as it stopped
+            best_epoch = history[-1].epoch
         student.requires_grad_(False)
         student.eval()
         return FinetuneResult(
             model=student, history=history, best_epoch=best_epoch, stopped=stopped,
-            seconds=time.perf_counter() - start, masked_layers=tuple(masks),
+            seconds=time.perf_counter() - start, masked_layers=tuple(keeper.masks),
             distilled=use_kd, recalibrated=recalibrated,
             settings={"epochs": epochs, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay,
                       "distill": distill_from is not None, "temperature": temperature, "alpha": alpha,
-                      "patience": patience, "recalibrate": recalibrate, "seed": seed},
+                      "patience": patience, "recalibrate": recalibrate, "seed": seed,
+                      **({"keep_from": keep_from} if keep_from else {}),
+                      **({"penalty": True} if penalty is not None else {})},
         )
 
 

@@ -1,6 +1,8 @@
 """The export bundle: plan.json, model.onnx, the PyTorch artifacts, metrics.json and report.html.
 
-Every number in metrics.json and report.html is measured on the exported model.onnx.
+Every number in metrics.json and report.html is measured on the exported model.onnx. A plan with a
+``"schedule"`` is replayed (``explorer.schedules.run_schedule``) before the export, and every step
+of it is kept under ``"schedule"`` in metrics.json.
 """
 
 from __future__ import annotations
@@ -133,6 +135,7 @@ method <code>{e(plan.method)}</code>, scope <code>{e(plan.scope)}</code>.</p>
 <ul>{notes}</ul>
 <h2>Metrics (measured on model.onnx in ONNX Runtime)</h2>
 <table><tr><th>Metric</th><th>Dense</th><th>Pruned</th><th>Change</th></tr>{''.join(trs)}</table>
+{_schedule_html(metrics)}
 {_recovery_html(metrics)}
 <h2>Layers</h2>
 <table><tr><th>Layer</th><th>Type</th><th>Group</th><th>Method</th><th>Ratio</th><th>Dense shape</th>
@@ -141,6 +144,31 @@ method <code>{e(plan.method)}</code>, scope <code>{e(plan.scope)}</code>.</p>
 <p class="small">{e(json.dumps(metrics.get('versions', {})))}</p>
 </body></html>
 """
+
+
+def _schedule_html(metrics: dict[str, Any]) -> str:
+    """The schedule's steps, when the bundle replayed one ('' otherwise)."""
+    sched = metrics.get("schedule")
+    if not sched:
+        return ""
+    e = html.escape
+
+    def pct(v: float | None) -> str:
+        return "" if v is None else f"{100 * v:.2f}%"
+
+    cells = "".join(
+        "<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in (
+            s["phase"], s["round"], "" if s["epoch"] is None else s["epoch"], "" if s["step"] is None else s["step"],
+            pct(s["target"]), pct(s["sparsity"]), f"{s['nonzero']:,}", pct(s["accuracy"]), pct(s["val_accuracy"]),
+        )) + "</tr>" for s in sched["steps"])
+    settings = ", ".join(f"{k}={v}" for k, v in sched["settings"].items())
+    notes = "".join(f"<p class=\"small\">{e(n)}.</p>" for n in sched.get("notes", []))
+    stopped = f" <b>{e(sched['stop_reason'])}</b>." if sched.get("stop_reason") else ""
+    return (f"<h2>Schedule: {e(sched['name'])}</h2><p>{e(settings)}; {sched['seconds']:.1f} s; final sparsity of "
+            f"the plan's layers {pct(sched['sparsity'])} (target {pct(sched['target_sparsity'])}).{stopped} "
+            "Accuracy per step in PyTorch on the test split; the metrics above are the exported model's.</p>"
+            f"{notes}<table><tr><th>Phase</th><th>Round</th><th>Epoch</th><th>Step</th><th>Target</th>"
+            f"<th>Sparsity</th><th>Nonzero</th><th>Test accuracy</th><th>Val accuracy</th></tr>{cells}</table>")
 
 
 def _recovery_html(metrics: dict[str, Any]) -> str:
@@ -199,16 +227,20 @@ def _save_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> str:
 
 def export_bundle(subject: Subject, plan: PruningPlan, out_dir: str | Path,
                   on_progress: Progress = no_progress, model: nn.Module | None = None,
-                  quantize: str | None = None, recovery: dict[str, Any] | None = None) -> dict[str, Path]:
+                  quantize: str | None = None, recovery: dict[str, Any] | None = None,
+                  schedule: dict[str, Any] | None = None) -> dict[str, Path]:
     """Prune, measure and write the export bundle into ``out_dir`` (created if missing).
 
     Args:
-        model: an already pruned (e.g. fine-tuned) model of this plan; pruned afresh when None.
+        model: an already pruned (e.g. fine-tuned) model of this plan; pruned afresh when None,
+            through the plan's schedule when it has one (``run_schedule``: its steps go to
+            metrics.json under ``"schedule"``, its last training phase under ``"recovery"``).
         quantize: ``"int8"`` also writes ``model.int8.onnx`` (``explorer.quantize``: dynamic for
             models without convolutions, static QDQ calibrated on the data otherwise) and its
             numbers, measured next to model.onnx, under ``"int8"`` in metrics.json.
         recovery: how ``model`` was recovered (``FinetuneResult.to_dict()``), kept under
             ``"recovery"`` in metrics.json.
+        schedule: with ``model``: the ``ScheduleResult.to_dict()`` that produced it.
 
     Returns:
         The written files by role: plan, onnx, int8 (if asked), pt2 (if torch.export could
@@ -228,23 +260,40 @@ def export_bundle(subject: Subject, plan: PruningPlan, out_dir: str | Path,
     except OSError as e:
         raise ExportError(f"--out {out}: cannot create the folder ({e.strerror})") from None
     plan = replace(plan, model=plan.model or subject.model_spec)
-    on_progress(0.05, "pruning")
+    if model is None and plan.schedule is not None:
+        from explorer.schedules import run_schedule
+
+        def scheduled(fraction: float, message: str) -> None:
+            on_progress(0.6 * fraction, f"{plan.schedule.name}: {message}")  # type: ignore[union-attr]
+
+        result = run_schedule(subject, plan, on_progress=scheduled)
+        model, schedule = result.model, result.to_dict()
+        recovery = recovery if recovery is not None else result.recovery
+        on_progress(0.6, "exporting")
+        base = 0.6
+    else:
+        on_progress(0.05, "pruning")
+        base = 0.0
+
+    def stage(fraction: float, message: str) -> None:
+        on_progress(base + (1 - base) * fraction, message)
+
     pruned = model if model is not None else subject.prune(plan)
     files = {"plan": out / "plan.json", "onnx": out / "model.onnx", "pt2": out / "model.pt2",
              "state_dict": out / "model_state.pt", "metrics": out / "metrics.json", "report": out / "report.html"}
     try:
         plan.save(files["plan"])
-        on_progress(0.2, "exporting to ONNX and measuring in ONNX Runtime")
+        stage(0.2, "exporting to ONNX and measuring in ONNX Runtime")
         metrics_obj = subject.measure(pruned, onnx_path=files["onnx"])
         int8 = None
         if quantize == "int8":
             from explorer.quantize import compare_int8
 
-            on_progress(0.5, "int8: quantizing model.onnx and measuring it")
+            stage(0.5, "int8: quantizing model.onnx and measuring it")
             files["int8"] = out / "model.int8.onnx"
             int8 = compare_int8(files["onnx"], subject.data, files["int8"], reference=subject.dense()[1],
                                 threads=subject.threads, runs=subject.runs).to_dict()
-        on_progress(0.6, "saving the PyTorch artifacts")
+        stage(0.6, "saving the PyTorch artifacts")
         pt2_error = _save_pt2(pruned, subject.example_input, files["pt2"])
         torch.save(pruned.state_dict(), files["state_dict"])
         dense, _ = subject.dense()
@@ -253,11 +302,13 @@ def export_bundle(subject: Subject, plan: PruningPlan, out_dir: str | Path,
                        plan=plan.to_dict(), versions=versions())
         if pt2_error:
             metrics["pt2_error"] = pt2_error
+        if schedule is not None:
+            metrics["schedule"] = schedule
         if recovery is not None:
             metrics["recovery"] = recovery
         if int8 is not None:
             metrics["int8"] = int8
-        on_progress(0.8, "writing the report")
+        stage(0.8, "writing the report")
         rows = layer_rows(subject, pruned, plan)
         metrics["layers"] = rows
         files["metrics"].write_text(json.dumps(metrics, indent=2) + "\n")

@@ -1,5 +1,6 @@
-"""Recover page: the Prune page's plan, then batch-norm recalibration, fine-tuning and int8, each
-stage measured on its ONNX export next to the dense model."""
+"""Recover page: where the model is trained or recovered. The Prune page's plan, then a schedule
+(one-shot: batch-norm recalibration and fine-tuning; or iterative, gradual, SNIP, lottery ticket,
+regularised) and int8, each stage measured on its ONNX export next to the dense model."""
 
 import pandas as pd
 import streamlit as st
@@ -8,6 +9,7 @@ from explorer import figures
 from explorer.errors import ExplorerError
 from explorer.loop import INT8_MODES
 from explorer.recover import batchnorm_layers
+from explorer.schedules import SCHEDULES
 from ui import recover, state, widgets
 from ui.metrics import fmt_bytes
 from ui.state import Keys
@@ -16,7 +18,8 @@ state.ensure_router()
 st.title("Recover", anchor=False)
 st.caption("Pruning costs accuracy; recalibrating batch norm and fine-tuning (zeros stay zero, removed channels "
            "stay removed) win some back; int8 quantization shrinks the file further. Every row is measured on "
-           "its own ONNX export in ONNX Runtime.")
+           "its own ONNX export in ONNX Runtime. A schedule decides when the pruning happens: once, in rounds, "
+           "while training, at initialisation, or as a lottery ticket.")
 subject = widgets.require_subject()
 draft = state.draft()
 plan = draft.to_plan(subject.inventory, subject.model_spec)
@@ -30,22 +33,33 @@ blocked = subject.capabilities.training_off
 if blocked:
     st.info(f"Only int8 here: {blocked}.")
 has_train = subject.data.train is not None and not blocked
-cols = st.columns(3)
-bn = cols[0].checkbox("Recalibrate batch norm", value=not blocked, key=Keys.RECOVER_BN,
-                      disabled=not batchnorm_layers(subject.model) or bool(blocked),
-                      help="Re-estimate running statistics (seconds).")
-epochs = cols[1].slider("Fine-tuning epochs", 0, 30, 0 if blocked else 5, key=Keys.RECOVER_EPOCHS, disabled=not has_train,
-                        help=blocked or (None if has_train else "This data has no training split."))
-int8 = cols[2].selectbox("int8 quantization", ["off", *INT8_MODES], key=Keys.RECOVER_INT8,
-                         help="auto: dynamic (MatMul/Gemm) for models without convolutions, static QDQ otherwise.")
-distill = cols[1].toggle("Distil from the dense model", key=Keys.RECOVER_DISTILL, disabled=not epochs)
-temperature = cols[1].number_input("Temperature", 1.0, 10.0, 2.0, 0.5, key=Keys.RECOVER_TEMPERATURE, disabled=not distill)
-alpha = cols[1].number_input("Distillation weight", 0.0, 1.0, 0.5, 0.1, key=Keys.RECOVER_ALPHA, disabled=not distill)
-patience = cols[0].number_input("Early stop after N epochs without improvement", 0, 30, 0, key=Keys.RECOVER_PATIENCE,
-                                disabled=not epochs, help="On the validation split; 0: never. The best epoch is kept.")
-settings = {"recalibrate": bn and not blocked, "epochs": epochs if has_train else 0, "distill": distill and bool(epochs),
-            "temperature": temperature, "alpha": alpha, "patience": patience or None,
-            "int8": None if int8 == "off" else int8}
+schedule = st.selectbox("Schedule", list(SCHEDULES), key=Keys.RECOVER_SCHEDULE, disabled=not has_train,
+                        format_func=lambda n: f"{n}: {SCHEDULES[n].summary}",
+                        help="When to prune: once, in rounds, while training, at initialisation, as a lottery "
+                             "ticket, or after sparsity-inducing training. Schedules other than one-shot train.")
+if schedule != "one-shot":
+    spec = recover.schedule_controls(schedule)
+    int8 = st.selectbox("int8 quantization", ["off", *INT8_MODES], key=Keys.RECOVER_INT8,
+                        help="auto: dynamic (MatMul/Gemm) for models without convolutions, static QDQ otherwise.")
+    settings = {"recalibrate": False, "epochs": 0, "distill": False, "temperature": 2.0, "alpha": 0.5,
+                "patience": None, "int8": None if int8 == "off" else int8, "schedule": spec.to_dict()}
+else:
+    cols = st.columns(3)
+    bn = cols[0].checkbox("Recalibrate batch norm", value=not blocked, key=Keys.RECOVER_BN,
+                          disabled=not batchnorm_layers(subject.model) or bool(blocked),
+                          help="Re-estimate running statistics (seconds).")
+    epochs = cols[1].slider("Fine-tuning epochs", 0, 30, 0 if blocked else 5, key=Keys.RECOVER_EPOCHS, disabled=not has_train,
+                            help=blocked or (None if has_train else "This data has no training split."))
+    int8 = cols[2].selectbox("int8 quantization", ["off", *INT8_MODES], key=Keys.RECOVER_INT8,
+                             help="auto: dynamic (MatMul/Gemm) for models without convolutions, static QDQ otherwise.")
+    distill = cols[1].toggle("Distil from the dense model", key=Keys.RECOVER_DISTILL, disabled=not epochs)
+    temperature = cols[1].number_input("Temperature", 1.0, 10.0, 2.0, 0.5, key=Keys.RECOVER_TEMPERATURE, disabled=not distill)
+    alpha = cols[1].number_input("Distillation weight", 0.0, 1.0, 0.5, 0.1, key=Keys.RECOVER_ALPHA, disabled=not distill)
+    patience = cols[0].number_input("Early stop after N epochs without improvement", 0, 30, 0, key=Keys.RECOVER_PATIENCE,
+                                    disabled=not epochs, help="On the validation split; 0: never. The best epoch is kept.")
+    settings = {"recalibrate": bn and not blocked, "epochs": epochs if has_train else 0, "distill": distill and bool(epochs),
+                "temperature": temperature, "alpha": alpha, "patience": patience or None,
+                "int8": None if int8 == "off" else int8}
 
 result = recover.last_run(plan, settings)
 if st.button("Run", type="primary", icon=":material/healing:", key="recover.run"):
@@ -77,4 +91,6 @@ if result["epochs"]:
 if result["int8"]:
     q = result["int8"]
     st.info(f"int8: {q['cpu']['note']}. Recipe **{q['recipe']['name']}**: {q['recipe']['summary']}.")
+if result.get("schedule"):
+    recover.show_schedule(result["schedule"], plan)
 st.caption("Every stage is also in the Prune page's history, from which it can be compared and restored.")

@@ -76,6 +76,7 @@ class Keys:
     RECOVER_ALPHA = "recover.alpha"
     RECOVER_PATIENCE = "recover.patience"
     RECOVER_INT8 = "recover.int8"
+    RECOVER_SCHEDULE = "recover.schedule"
 
     # Export page widgets.
     EXPORT_UPLOAD = "export.upload"
@@ -84,6 +85,10 @@ class Keys:
     @staticmethod
     def ratio(layer: str) -> str:
         return f"prune.ratio.{layer}"
+
+    @staticmethod
+    def schedule_option(schedule: str, option: str) -> str:
+        return f"recover.schedule.{schedule}.{option}"
 
     @staticmethod
     def lock(layer: str) -> str:

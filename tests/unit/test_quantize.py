@@ -28,8 +28,13 @@ from explorer.report import export_bundle
 from explorer.runtime import OrtModel, export_onnx
 from explorer.subject import Subject
 
-EXPECTED_MODE = {"digits-mlp": "dynamic", "digits-cnn": "static", "digits-resnet": "static"}
+EXPECTED_MODE = {"digits-mlp": "dynamic", "digits-cnn": "static", "digits-resnet": "static",
+                 "mnist-lenet300": "dynamic", "mnist-lenet5": "static", "mnist1d-mlp": "dynamic",
+                 "mnist1d-cnn": "static"}
 TOLERANCE = 0.01  # one point of accuracy
+# Share of test predictions int8 keeps. The MNIST-1D MLP is right on only ~61% of the test signals:
+# many sit near a decision boundary, so int8's rounding flips more of them (measured: 97.4%).
+MIN_AGREEMENT = {"mnist1d-mlp": 0.96}
 
 
 def _ops(path: Path) -> set[str]:
@@ -43,8 +48,10 @@ def test_int8_scores_within_one_point(zoo_name: str, subject: Callable[..., Subj
     assert cmp.mode == EXPECTED_MODE[zoo_name]
     assert cmp.path.is_file()
     assert abs(cmp.int8.accuracy - cmp.fp32.accuracy) <= TOLERANCE
-    assert cmp.agreement >= 0.98
-    assert cmp.int8.onnx_bytes < 0.5 * cmp.fp32.onnx_bytes  # int8 weights: about a quarter
+    assert cmp.agreement >= MIN_AGREEMENT.get(zoo_name, 0.98)
+    # int8 weights: about a quarter; the QDQ nodes and scales add a fixed few KB that only a model as
+    # small as the MNIST-1D CNN (5K weights, 22 KB of ONNX) notices.
+    assert cmp.int8.onnx_bytes < 0.5 * cmp.fp32.onnx_bytes + 8192
     ops = _ops(cmp.path)
     if cmp.mode == "static":
         assert {"QuantizeLinear", "DequantizeLinear"} <= ops
