@@ -8,6 +8,11 @@ The format is a contract (``../shared/DESIGN.md``)::
 
 Unknown keys, methods and layers and ratios outside [0, 1) are errors, never ignored. A plan
 replays on a fresh model: nothing in it is pickled.
+
+An optional top-level ``"round_to": N`` (local plans with a structured method) rounds the output
+channels every pruned group keeps up to a multiple of N (never more than the group has), so that
+dense CPU kernels see widths they run fast at (``explorer.latency``). A plan without it is written
+as before, byte for byte.
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ from typing import Any
 from explorer.errors import PlanError
 from explorer.methods import get_method
 
-__all__ = ["FORMAT", "VERSION", "LayerRule", "PruningPlan", "check_ratio"]
+__all__ = ["FORMAT", "MAX_ROUND_TO", "VERSION", "LayerRule", "PruningPlan", "check_ratio", "check_round_to"]
 
 FORMAT = "pruning-explorer/plan"
 VERSION = 1
 SCOPES = ("local", "global")
-_TOP_KEYS = {"format", "version", "model", "method", "scope", "layers", "ratio"}
+MAX_ROUND_TO = 1024
+_TOP_KEYS = {"format", "version", "model", "method", "scope", "layers", "ratio", "round_to"}
 _LAYER_KEYS = {"ratio", "method"}
 
 
@@ -40,6 +46,13 @@ def check_ratio(value: Any, where: str) -> float:
     if not math.isfinite(ratio) or not 0.0 <= ratio < 1.0:
         raise PlanError(f"{where}: ratio must be in [0, 1), got {value!r}")
     return ratio
+
+
+def check_round_to(value: Any, where: str) -> int:
+    """Return ``value`` as an int in [1, 1024] (1: no rounding), or raise PlanError naming ``where``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ROUND_TO:
+        raise PlanError(f"{where}: must be a whole number of channels in [1, {MAX_ROUND_TO}], got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,7 @@ class PruningPlan:
     scope: str = "local"
     ratio: float | None = None
     model: str | None = None
+    round_to: int | None = None  # kept channels rounded up to a multiple of it (local structured plans)
 
     def __post_init__(self) -> None:
         get_method(self.method)  # the registry validates the names
@@ -74,6 +88,13 @@ class PruningPlan:
             check_ratio(self.ratio, "global ratio")
         elif self.ratio is not None:
             raise PlanError("a top-level 'ratio' is only for scope 'global'; give per-layer ratios")
+        if self.round_to is not None:
+            check_round_to(self.round_to, "round_to")
+            if self.scope == "global":
+                raise PlanError("'round_to' is for local plans: a global ranking sets every group's count itself")
+            methods = {self.method, *(r.method for r in self.layers.values() if r.method)}
+            if not any(get_method(m).structured for m in methods):
+                raise PlanError(f"'round_to' rounds kept channel counts; {self.method} removes no channels")
 
     # --- construction --------------------------------------------------------------------------
 
@@ -117,8 +138,11 @@ class PruningPlan:
         ratio = data.get("ratio")
         if ratio is not None:
             ratio = check_ratio(ratio, "global ratio")
+        round_to = data.get("round_to")
+        if round_to is not None:
+            round_to = check_round_to(round_to, "'round_to'")
         return cls(method=data["method"], layers=layers, scope=data.get("scope", "local"),
-                   ratio=ratio, model=model)
+                   ratio=ratio, model=model, round_to=round_to)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> PruningPlan:
@@ -155,6 +179,8 @@ class PruningPlan:
         if self.ratio is not None:
             d["ratio"] = self.ratio
         d["layers"] = layers
+        if self.round_to is not None:
+            d["round_to"] = self.round_to
         return d
 
     def to_json(self) -> str:
@@ -184,6 +210,9 @@ class PruningPlan:
 
     def with_layers(self, layers: Mapping[str, LayerRule]) -> PruningPlan:
         return replace(self, layers=dict(layers))
+
+    def with_round_to(self, round_to: int | None) -> PruningPlan:
+        return replace(self, round_to=round_to)
 
     @property
     def is_empty(self) -> bool:
