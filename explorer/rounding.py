@@ -34,6 +34,7 @@ from explorer.subject import Subject
 __all__ = ["MULTIPLES", "GroupWidth", "Slowdown", "explain_slowdown", "pruned_widths", "rounded_plan"]
 
 MULTIPLES = (8, 16)  # the widths rounded plans try besides the plan's own
+SHOWN = 5  # costly groups named in the text (all of them are in to_dict)
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,8 @@ class Slowdown:
 
     @property
     def costly(self) -> list[GroupWidth]:
-        return [g for g in self.groups if g.cost]
+        """The groups whose width costs the plan, the costliest (slowest alone) first."""
+        return sorted((g for g in self.groups if g.cost), key=lambda g: -g.shares[g.kept].value)
 
     @property
     def rounded_plan(self) -> PruningPlan | None:
@@ -83,8 +85,9 @@ class Slowdown:
         if not costly:
             return ("no pruned group measured slower alone (the groups interact); the rounded plan keeps widths "
                     f"this CPU runs fast (multiples of {self.multiple})")
-        parts = [f"{', '.join(g.members)} ({g.cost})" for g in costly]
-        return f"the widths of {len(costly)} group(s) cost it: " + "; ".join(parts)
+        parts = [f"{', '.join(g.members)} ({g.cost})" for g in costly[:SHOWN]]
+        more = f"; and {len(costly) - SHOWN} more group(s)" if len(costly) > SHOWN else ""
+        return f"the widths of {len(costly)} group(s) cost it, costliest first: " + "; ".join(parts) + more
 
     def offer(self) -> str:
         if self.rounded is None or self.rounded.speedup is None:
@@ -186,9 +189,11 @@ def rounded_plan(plan: PruningPlan, groups: Sequence[GroupWidth], multiples: Seq
         ratio = (plan.ratio or 0.0) if plan.scope == "global" else max(plan.layers[n].ratio for n in listed)
         keep = plan.scope == "local" and kept_channels(g.channels, ratio, round_to) == g.chosen
         for name in listed:
-            if g.chosen >= g.channels:
+            if keep:
+                layers[name] = plan.layers[name]
+            elif g.chosen >= g.channels:  # the group is fastest dense: not pruned
                 layers.pop(name, None)
-            elif not keep:
+            else:
                 layers[name] = LayerRule(ratio_for_width(g.channels, g.chosen), plan.layers[name].method)
     if round_to is not None and not any(get_method(plan.method_of(n)).structured for n in layers):
         round_to = None
