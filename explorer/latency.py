@@ -28,8 +28,17 @@ from explorer.errors import PlanError
 from explorer.methods import get_method
 from explorer.progress import Progress, no_progress
 from explorer.prune import kept_channels
-from explorer.runtime import (MIN_ROUNDS, LatencyStats, OrtModel, Speedup, export_onnx, measure_latency, rounds_for,
-                              speedup_of, time_interleaved)
+from explorer.runtime import (
+    MIN_ROUNDS,
+    LatencyStats,
+    OrtModel,
+    Speedup,
+    export_onnx,
+    measure_latency,
+    rounds_for,
+    speedup_of,
+    time_interleaved,
+)
 from explorer.sensitivity.cache import PointCache, ratio_key
 from explorer.sensitivity.engines import engine_for
 from explorer.sensitivity.engines.depgraph import StructuredEngine
@@ -38,9 +47,19 @@ from explorer.subject import Subject
 
 __all__ = ["LATENCY_COLUMNS", "fast_multiple", "latency_curves", "time_with_dense"]
 
-LATENCY_COLUMNS = ["layer", "ratio", "channels_kept", "latency_ms_median", "latency_ms_p90",
-                   "latency_ms_spread", "members", "dense_ms_median", "latency_share", "latency_share_low",
-                   "latency_share_high"]
+LATENCY_COLUMNS = [
+    "layer",
+    "ratio",
+    "channels_kept",
+    "latency_ms_median",
+    "latency_ms_p90",
+    "latency_ms_spread",
+    "members",
+    "dense_ms_median",
+    "latency_share",
+    "latency_share_low",
+    "latency_share_high",
+]
 CURVE_ROUNDS = MIN_ROUNDS  # rounds of a group's window (every width of the group in each round)
 
 
@@ -52,12 +71,19 @@ def fast_multiple(cpuinfo: str | Path = "/proc/cpuinfo") -> int:
         text = Path(cpuinfo).read_text()
     except OSError:
         return 8
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    flags = next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
+        [],
+    )
     return 16 if "avx512f" in flags else 8
 
 
-def time_with_dense(subject: Subject, models: Sequence[nn.Module], rounds: int = CURVE_ROUNDS,
-                    folder: str | Path | None = None) -> list[Speedup]:
+def time_with_dense(
+    subject: Subject,
+    models: Sequence[nn.Module],
+    rounds: int = CURVE_ROUNDS,
+    folder: str | Path | None = None,
+) -> list[Speedup]:
     """Each of ``models`` against the dense model, all timed in one interleaved window.
 
     Returns one :class:`Speedup` per model (dense over that model, per round of the window).
@@ -65,31 +91,64 @@ def time_with_dense(subject: Subject, models: Sequence[nn.Module], rounds: int =
     x = subject.example_input
     with tempfile.TemporaryDirectory(prefix="explorer-latency-") as tmp:
         where = Path(folder or tmp)
-        sessions = [OrtModel(export_onnx(m, x, where / f"width{i}.onnx"), threads=subject.threads)
-                    for i, m in enumerate(models)]
+        sessions = [
+            OrtModel(export_onnx(m, x, where / f"width{i}.onnx"), threads=subject.threads)
+            for i, m in enumerate(models)
+        ]
         rounds, per_round = rounds_for(subject.runs, rounds)
         times = time_interleaved([subject.dense_session(), *sessions], x.numpy(), rounds, per_round)
     return [speedup_of(times, 0, i + 1, subject.threads) for i in range(len(models))]
 
 
-def _row(gid: str, ratio: float, kept: int, members: str, speedup: Speedup | None,
-         dense: LatencyStats | None = None) -> dict:
+def _row(
+    gid: str,
+    ratio: float,
+    kept: int,
+    members: str,
+    speedup: Speedup | None,
+    dense: LatencyStats | None = None,
+) -> dict:
     if speedup is None:  # the dense model itself
         assert dense is not None
-        return {"layer": gid, "ratio": ratio, "channels_kept": kept, "latency_ms_median": dense.median_ms,
-                "latency_ms_p90": dense.p90_ms, "latency_ms_spread": dense.spread_ms, "members": members,
-                "dense_ms_median": dense.median_ms, "latency_share": 1.0, "latency_share_low": 1.0,
-                "latency_share_high": 1.0}
+        return {
+            "layer": gid,
+            "ratio": ratio,
+            "channels_kept": kept,
+            "latency_ms_median": dense.median_ms,
+            "latency_ms_p90": dense.p90_ms,
+            "latency_ms_spread": dense.spread_ms,
+            "members": members,
+            "dense_ms_median": dense.median_ms,
+            "latency_share": 1.0,
+            "latency_share_low": 1.0,
+            "latency_share_high": 1.0,
+        }
     share = speedup.latency_share
-    return {"layer": gid, "ratio": ratio, "channels_kept": kept, "latency_ms_median": speedup.pruned.median_ms,
-            "latency_ms_p90": speedup.pruned.p90_ms, "latency_ms_spread": speedup.pruned.spread_ms,
-            "members": members, "dense_ms_median": speedup.dense.median_ms, "latency_share": share.value,
-            "latency_share_low": share.low, "latency_share_high": share.high}
+    return {
+        "layer": gid,
+        "ratio": ratio,
+        "channels_kept": kept,
+        "latency_ms_median": speedup.pruned.median_ms,
+        "latency_ms_p90": speedup.pruned.p90_ms,
+        "latency_ms_spread": speedup.pruned.spread_ms,
+        "members": members,
+        "dense_ms_median": speedup.dense.median_ms,
+        "latency_share": share.value,
+        "latency_share_low": share.low,
+        "latency_share_high": share.high,
+    }
 
 
-def latency_curves(subject: Subject, method: str = "l1-structured", ratios: Sequence[float] = DEFAULT_RATIOS,
-                   layers: Sequence[str] | None = None, on_progress: Progress = no_progress, *,
-                   round_to: int | None = None, cache: bool = True) -> pd.DataFrame:
+def latency_curves(
+    subject: Subject,
+    method: str = "l1-structured",
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+    layers: Sequence[str] | None = None,
+    on_progress: Progress = no_progress,
+    *,
+    round_to: int | None = None,
+    cache: bool = True,
+) -> pd.DataFrame:
     """Measured ONNX Runtime latency of the model with only one group pruned, per ratio.
 
     Every ratio of a group is timed in one window with the dense model (``subject.threads``
@@ -106,8 +165,11 @@ def latency_curves(subject: Subject, method: str = "l1-structured", ratios: Sequ
     """
     m = get_method(method)
     if not m.structured:
-        raise PlanError(f"latency curves need a structured method: {method} only zeroes weights, which does not "
-                        "change dense ONNX Runtime latency")
+        raise PlanError(
+            f"latency curves need a structured method: {method} only zeroes weights, which does "
+            "not "
+            "change dense ONNX Runtime latency"
+        )
     ratios = check_ratios(ratios)
     round_to = check_round_to(m, round_to)
     todo = select(subject, method, layers)
@@ -115,9 +177,17 @@ def latency_curves(subject: Subject, method: str = "l1-structured", ratios: Sequ
     assert isinstance(eng, StructuredEngine)
     store = None
     if cache:
-        store = PointCache("latency", subject, method, LATENCY_COLUMNS, round_to=round_to, threads=subject.threads,
-                           runs=subject.runs, timing=f"interleaved-{CURVE_ROUNDS}",
-                           machine=f"{platform.machine()}/{os.cpu_count()}/{platform.node()}")
+        store = PointCache(
+            "latency",
+            subject,
+            method,
+            LATENCY_COLUMNS,
+            round_to=round_to,
+            threads=subject.threads,
+            runs=subject.runs,
+            timing=f"interleaved-{CURVE_ROUNDS}",
+            machine=f"{platform.machine()}/{os.cpu_count()}/{platform.node()}",
+        )
     known = store.load() if store is not None else {}
     rk = ratio_key
     fresh: dict[tuple[str, float], dict] = {}
@@ -130,28 +200,41 @@ def latency_curves(subject: Subject, method: str = "l1-structured", ratios: Sequ
         for r in missing:
             by_width.setdefault(kept_channels(n, r, round_to), []).append(r)
         widths = [w for w in by_width if w < n]
-        on_progress(done / max(len(groups), 1), f"{gid}: timing {len(widths)} width(s) with the dense model")
+        on_progress(
+            done / max(len(groups), 1), f"{gid}: timing {len(widths)} width(s) with the dense model"
+        )
         models = [eng.pruned(gid, by_width[w][0], round_to, m) for w in widths]
-        speedups = dict(zip(widths, time_with_dense(subject, models))) if models else {}
+        timed = time_with_dense(subject, models) if models else []
+        speedups = dict(zip(widths, timed, strict=True))
         dense = None
         for w, rs in by_width.items():
             for r in rs:
                 if w in speedups:
                     fresh[(gid, rk(r))] = _row(gid, r, w, members, speedups[w])
                 else:  # rounding kept every channel: the dense model
-                    dense = dense or measure_latency(subject.dense_session(), subject.example_input.numpy(),
-                                                     runs=subject.runs)
+                    dense = dense or measure_latency(
+                        subject.dense_session(), subject.example_input.numpy(), runs=subject.runs
+                    )
                     fresh[(gid, rk(r))] = _row(gid, r, w, members, None, dense)
         if (gid, 0.0) not in known:
-            stats = next(iter(speedups.values())).dense if speedups else (dense or measure_latency(
-                subject.dense_session(), subject.example_input.numpy(), runs=subject.runs))
+            stats = (
+                next(iter(speedups.values())).dense
+                if speedups
+                else (
+                    dense
+                    or measure_latency(
+                        subject.dense_session(), subject.example_input.numpy(), runs=subject.runs
+                    )
+                )
+            )
             fresh[(gid, 0.0)] = _row(gid, 0.0, n, members, None, stats)
     if store is not None and fresh:
         store.save(fresh)
     on_progress(1.0, "done")
     known.update(fresh)
-    out = pd.DataFrame([known[(g, rk(r))] for g in todo for r in [0.0, *ratios]], columns=LATENCY_COLUMNS)
+    out = pd.DataFrame(
+        [known[(g, rk(r))] for g in todo for r in [0.0, *ratios]], columns=LATENCY_COLUMNS
+    )
     out["ratio"] = [0.0, *ratios] * len(todo)
     out["channels_kept"] = out["channels_kept"].astype(int)
     return out
-

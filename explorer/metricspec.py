@@ -56,7 +56,8 @@ class MetricSpec:
         return self.unlabelled_help if not labels and self.unlabelled_help else self.help
 
     def format(self, value: float, compact: bool = False) -> str:
-        """The value as every reader shows it; ``compact`` (cards) abbreviates large counts and sizes."""
+        """The value as every reader shows it; ``compact`` (cards) abbreviates large counts and "
+        "sizes."""
         if self.unit == "fraction":
             return f"{100 * value:.2f} %"
         if self.unit == "ms":
@@ -88,7 +89,9 @@ class MetricSpec:
     @property
     def column_format(self) -> str:
         """A printf format for table columns (after :attr:`scale`)."""
-        return {"fraction": "%.2f", "ms": "%.3f", "count": "localized", "bytes": "localized"}.get(self.unit, "%.4f")
+        return {"fraction": "%.2f", "ms": "%.3f", "count": "localized", "bytes": "localized"}.get(
+            self.unit, "%.4f"
+        )
 
     def column_label(self, labels: bool = True) -> str:
         short = self.short if labels or not self.unlabelled else self.unlabelled.lower()
@@ -97,28 +100,81 @@ class MetricSpec:
 
 
 SPECS: tuple[MetricSpec, ...] = (
-    MetricSpec("accuracy", "Accuracy", "accuracy", "fraction", "higher",
-               "Top-1 accuracy on the test split, from the pruned model run in ONNX Runtime. pp: percentage points.",
-               "Agreement", "Top-1 agreement with the dense model on the test split, from the pruned model run in "
-               "ONNX Runtime. pp: percentage points."),
-    MetricSpec("loss", "Loss", "loss", "plain", "lower",
-               "Mean cross-entropy on the test split; lower is better.",
-               "KL from dense", "Mean KL divergence from the dense model's predictions on the test split; lower is "
-               "better."),
-    MetricSpec("latency_ms_median", "Latency, median", "median", "ms", "lower",
-               "Median of the timed runs, ONNX Runtime CPU, batch 1."),
-    MetricSpec("latency_ms_p90", "Latency, p90", "p90", "ms", "lower",
-               "90th percentile of the timed runs, ONNX Runtime CPU, batch 1: the slow tail, noisier still on a "
-               "busy machine."),
-    MetricSpec("params_total", "Parameters", "params", "count", "lower",
-               "Every parameter of the pruned model (removed channels are gone)."),
-    MetricSpec("params_nonzero", "Nonzero params", "nonzero", "count", "lower",
-               "Parameters that are not exactly zero."),
-    MetricSpec("macs", "MACs", "MACs", "count", "lower",
-               "Multiply-accumulates per sample of the conv and linear layers."),
-    MetricSpec("onnx_bytes", "ONNX size", "ONNX", "bytes", "lower", "Size of the exported model.onnx."),
-    MetricSpec("onnx_gzip_bytes", "ONNX gzipped", "gzipped", "bytes", "lower",
-               "model.onnx after gzip: what zeroed weights save on disk."),
+    MetricSpec(
+        "accuracy",
+        "Accuracy",
+        "accuracy",
+        "fraction",
+        "higher",
+        "Top-1 accuracy on the test split, from the pruned model run in ONNX Runtime. pp: "
+        "percentage points.",
+        "Agreement",
+        "Top-1 agreement with the dense model on the test split, from the pruned model run in "
+        "ONNX Runtime. pp: percentage points.",
+    ),
+    MetricSpec(
+        "loss",
+        "Loss",
+        "loss",
+        "plain",
+        "lower",
+        "Mean cross-entropy on the test split; lower is better.",
+        "KL from dense",
+        "Mean KL divergence from the dense model's predictions on the test split; lower is better.",
+    ),
+    MetricSpec(
+        "latency_ms_median",
+        "Latency, median",
+        "median",
+        "ms",
+        "lower",
+        "Median of the timed runs, ONNX Runtime CPU, batch 1.",
+    ),
+    MetricSpec(
+        "latency_ms_p90",
+        "Latency, p90",
+        "p90",
+        "ms",
+        "lower",
+        "90th percentile of the timed runs, ONNX Runtime CPU, batch 1: the slow tail, noisier "
+        "still on a "
+        "busy machine.",
+    ),
+    MetricSpec(
+        "params_total",
+        "Parameters",
+        "params",
+        "count",
+        "lower",
+        "Every parameter of the pruned model (removed channels are gone).",
+    ),
+    MetricSpec(
+        "params_nonzero",
+        "Nonzero params",
+        "nonzero",
+        "count",
+        "lower",
+        "Parameters that are not exactly zero.",
+    ),
+    MetricSpec(
+        "macs",
+        "MACs",
+        "MACs",
+        "count",
+        "lower",
+        "Multiply-accumulates per sample of the conv and linear layers.",
+    ),
+    MetricSpec(
+        "onnx_bytes", "ONNX size", "ONNX", "bytes", "lower", "Size of the exported model.onnx."
+    ),
+    MetricSpec(
+        "onnx_gzip_bytes",
+        "ONNX gzipped",
+        "gzipped",
+        "bytes",
+        "lower",
+        "model.onnx after gzip: what zeroed weights save on disk.",
+    ),
 )
 
 _BY_KEY = {s.key: s for s in SPECS}

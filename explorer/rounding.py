@@ -31,7 +31,14 @@ from explorer.runtime import RoundRatios, Speedup
 from explorer.sensitivity.engines import engine_for
 from explorer.subject import Subject
 
-__all__ = ["MULTIPLES", "GroupWidth", "Slowdown", "explain_slowdown", "pruned_widths", "rounded_plan"]
+__all__ = [
+    "MULTIPLES",
+    "GroupWidth",
+    "Slowdown",
+    "explain_slowdown",
+    "pruned_widths",
+    "rounded_plan",
+]
 
 MULTIPLES = (8, 16)  # the widths rounded plans try besides the plan's own
 SHOWN = 5  # costly groups named in the text (all of them are in to_dict)
@@ -52,9 +59,18 @@ class GroupWidth:
     cost: str = ""  # why this group's width costs the plan ('' when it does not)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"group": self.group, "members": list(self.members), "channels": self.channels, "kept": self.kept,
-                "chosen": self.chosen, "cost": self.cost,
-                "widths": {str(w): {"share": r.value, "low": r.low, "high": r.high} for w, r in self.shares.items()}}
+        return {
+            "group": self.group,
+            "members": list(self.members),
+            "channels": self.channels,
+            "kept": self.kept,
+            "chosen": self.chosen,
+            "cost": self.cost,
+            "widths": {
+                str(w): {"share": r.value, "low": r.low, "high": r.high}
+                for w, r in self.shares.items()
+            },
+        }
 
 
 @dataclass(frozen=True)
@@ -77,30 +93,47 @@ class Slowdown:
         return self.rounded.plan if self.rounded is not None else None
 
     def headline(self) -> str:
-        return (f"slower than dense: {self.speedup.describe()} measured, although it does {self.mac_ratio:.2f}x "
-                "fewer MACs")
+        return (
+            f"slower than dense: {self.speedup.describe()} measured, although it does "
+            f"{self.mac_ratio:.2f}x "
+            "fewer MACs"
+        )
 
     def cause(self) -> str:
         costly = self.costly
         if not costly:
-            return ("no pruned group measured slower alone (the groups interact); the rounded plan keeps widths "
-                    f"this CPU runs fast (multiples of {self.multiple})")
+            return (
+                "no pruned group measured slower alone (the groups interact); the rounded plan "
+                "keeps widths "
+                f"this CPU runs fast (multiples of {self.multiple})"
+            )
         parts = [f"{', '.join(g.members)} ({g.cost})" for g in costly[:SHOWN]]
         more = f"; and {len(costly) - SHOWN} more group(s)" if len(costly) > SHOWN else ""
-        return f"the widths of {len(costly)} group(s) cost it, costliest first: " + "; ".join(parts) + more
+        return (
+            f"the widths of {len(costly)} group(s) cost it, costliest first: "
+            + "; ".join(parts)
+            + more
+        )
 
     def offer(self) -> str:
         if self.rounded is None or self.rounded.speedup is None:
             return "rounding the kept channels changes nothing here"
         plan = self.rounded.plan
         assert plan is not None
-        how = f"kept channels rounded up to multiples of {plan.round_to}" if plan.round_to else "measured widths"
+        how = (
+            f"kept channels rounded up to multiples of {plan.round_to}"
+            if plan.round_to
+            else "measured widths"
+        )
         moved = [g for g in self.groups if g.chosen != g.kept]
         sp = self.rounded.speedup
         verdict = "faster" if sp.faster else "slower" if sp.slower else "within noise"
-        return (f"the rounded plan ({how}; {len(moved)} group(s) widened): {sp.describe()} against dense, "
-                f"{verdict}, measured; accuracy {100 * self.rounded.pruned.accuracy:.2f}%, "
-                f"{self.rounded.mac_ratio:.2f}x fewer MACs than dense")
+        return (
+            f"the rounded plan ({how}; {len(moved)} group(s) widened): {sp.describe()} against "
+            "dense, "
+            f"{verdict}, measured; accuracy {100 * self.rounded.pruned.accuracy:.2f}%, "
+            f"{self.rounded.mac_ratio:.2f}x fewer MACs than dense"
+        )
 
     def lines(self) -> list[str]:
         return [self.headline(), self.cause(), self.offer()]
@@ -109,15 +142,25 @@ class Slowdown:
         rounded = None
         if self.rounded is not None:
             assert self.rounded.plan is not None
-            rounded = {"plan": self.rounded.plan.to_dict(), "accuracy": self.rounded.pruned.accuracy,
-                       "macs": self.rounded.pruned.macs,
-                       "speedup": self.rounded.speedup.to_dict() if self.rounded.speedup else None}
-        return {"slower": True, "text": self.lines(), "fast_multiple": self.multiple,
-                "groups": [g.to_dict() for g in self.groups], "costly": [g.group for g in self.costly],
-                "rounded": rounded}
+            rounded = {
+                "plan": self.rounded.plan.to_dict(),
+                "accuracy": self.rounded.pruned.accuracy,
+                "macs": self.rounded.pruned.macs,
+                "speedup": self.rounded.speedup.to_dict() if self.rounded.speedup else None,
+            }
+        return {
+            "slower": True,
+            "text": self.lines(),
+            "fast_multiple": self.multiple,
+            "groups": [g.to_dict() for g in self.groups],
+            "costly": [g.group for g in self.costly],
+            "rounded": rounded,
+        }
 
 
-def pruned_widths(subject: Subject, plan: PruningPlan) -> list[tuple[str, tuple[str, ...], int, int, str]]:
+def pruned_widths(
+    subject: Subject, plan: PruningPlan
+) -> list[tuple[str, tuple[str, ...], int, int, str]]:
     """(group, members, dense channels, kept channels, method) of every group ``plan`` really
     narrows, read off the pruned model (so global plans too)."""
     listed = [n for n in plan.layers if get_method(plan.method_of(n)).structured]
@@ -146,10 +189,12 @@ def _share(r: RoundRatios) -> str:
 
 def _versus(a: RoundRatios, b: RoundRatios) -> RoundRatios:
     """Per round, the latency share ``a`` over ``b`` (two widths timed in the same rounds)."""
-    return RoundRatios(tuple(x / y for x, y in zip(a.per_round, b.per_round)))
+    return RoundRatios(tuple(x / y for x, y in zip(a.per_round, b.per_round, strict=True)))
 
 
-def choose_width(kept: int, channels: int, shares: dict[int, RoundRatios], multiple: int) -> tuple[int, str]:
+def choose_width(
+    kept: int, channels: int, shares: dict[int, RoundRatios], multiple: int
+) -> tuple[int, str]:
     """The rounded width of one group, and why its own width costs the plan ('' if it does not).
 
     The rounded width is ``kept`` rounded up to the CPU's fast ``multiple``, unless another width
@@ -161,7 +206,11 @@ def choose_width(kept: int, channels: int, shares: dict[int, RoundRatios], multi
     default = _ceil(kept, multiple, channels)
     chosen = default
     if default in shares:
-        faster = [w for w in shares if w >= kept and w != default and _versus(shares[default], shares[w]).low > 1.0]
+        faster = [
+            w
+            for w in shares
+            if w >= kept and w != default and _versus(shares[default], shares[w]).low > 1.0
+        ]
         if faster:
             chosen = min(faster, key=lambda w: shares[w].value)
     own = shares.get(kept)
@@ -172,21 +221,35 @@ def choose_width(kept: int, channels: int, shares: dict[int, RoundRatios], multi
     steps = [w for w in shares if kept < w < channels and shares[w].value < own.value]
     if steps:
         w = min(steps, key=lambda v: shares[v].value)
-        return chosen, (f"{kept} of {channels} channels: {_share(own)}, slower than {w} channels "
-                        f"({shares[w].value:.2f}x): a bad step")
+        return chosen, (
+            f"{kept} of {channels} channels: {_share(own)}, slower than {w} channels "
+            f"({shares[w].value:.2f}x): a bad step"
+        )
     return chosen, ""
 
 
-def rounded_plan(plan: PruningPlan, groups: Sequence[GroupWidth], multiples: Sequence[int] = MULTIPLES) -> PruningPlan:
-    """``plan`` with each group keeping its ``chosen`` width: with a top-level ``round_to`` where one
-    multiple gives every chosen width (original ratios kept where they already round to it), else
-    with per-layer ratios that keep exactly those widths. Always a local plan."""
-    round_to = next((m for m in sorted(set(multiples), reverse=True)
-                     if all(g.chosen % m == 0 or g.chosen == g.channels for g in groups)), None)
+def rounded_plan(
+    plan: PruningPlan, groups: Sequence[GroupWidth], multiples: Sequence[int] = MULTIPLES
+) -> PruningPlan:
+    """``plan`` with each group keeping its ``chosen`` width: with a top-level ``round_to`` where
+    one multiple gives every chosen width (original ratios kept where they already round to it),
+    else with per-layer ratios that keep exactly those widths. Always a local plan."""
+    round_to = next(
+        (
+            m
+            for m in sorted(set(multiples), reverse=True)
+            if all(g.chosen % m == 0 or g.chosen == g.channels for g in groups)
+        ),
+        None,
+    )
     layers: dict[str, LayerRule] = dict(plan.layers) if plan.scope == "local" else {}
     for g in groups:
         listed = [n for n in g.members if n in plan.layers]
-        ratio = (plan.ratio or 0.0) if plan.scope == "global" else max(plan.layers[n].ratio for n in listed)
+        ratio = (
+            (plan.ratio or 0.0)
+            if plan.scope == "global"
+            else max(plan.layers[n].ratio for n in listed)
+        )
         keep = plan.scope == "local" and kept_channels(g.channels, ratio, round_to) == g.chosen
         for name in listed:
             if keep:
@@ -194,14 +257,23 @@ def rounded_plan(plan: PruningPlan, groups: Sequence[GroupWidth], multiples: Seq
             elif g.chosen >= g.channels:  # the group is fastest dense: not pruned
                 layers.pop(name, None)
             else:
-                layers[name] = LayerRule(ratio_for_width(g.channels, g.chosen), plan.layers[name].method)
+                layers[name] = LayerRule(
+                    ratio_for_width(g.channels, g.chosen), plan.layers[name].method
+                )
     if round_to is not None and not any(get_method(plan.method_of(n)).structured for n in layers):
         round_to = None
-    return PruningPlan(method=plan.method, layers=layers, scope="local", model=plan.model, round_to=round_to)
+    return PruningPlan(
+        method=plan.method, layers=layers, scope="local", model=plan.model, round_to=round_to
+    )
 
 
-def explain_slowdown(subject: Subject, evaluation: Evaluation, *, multiples: Sequence[int] = MULTIPLES,
-                     on_progress: Progress = no_progress) -> Slowdown | None:
+def explain_slowdown(
+    subject: Subject,
+    evaluation: Evaluation,
+    *,
+    multiples: Sequence[int] = MULTIPLES,
+    on_progress: Progress = no_progress,
+) -> Slowdown | None:
     """Why ``evaluation``'s plan measured slower than dense, with the rounded plan measured; None
     when it did not measure slower (in every round) or prunes no channels."""
     plan, speedup = evaluation.plan, evaluation.speedup
@@ -221,7 +293,8 @@ def explain_slowdown(subject: Subject, evaluation: Evaluation, *, multiples: Seq
         method = get_method(method_name)
         eng = engine_for(subject, method)
         models = [eng.pruned(gid, ratio_for_width(n, w), None, method) for w in widths]  # type: ignore[attr-defined]
-        shares = {w: sp.latency_share for w, sp in zip(widths, time_with_dense(subject, models))}
+        timed = time_with_dense(subject, models)
+        shares = {w: sp.latency_share for w, sp in zip(widths, timed, strict=True)}
         shares[n] = RoundRatios((1.0,) * len(shares[widths[0]].per_round))
         chosen, cost = choose_width(kept, n, shares, multiple)
         groups.append(GroupWidth(gid, members, n, kept, shares, chosen, cost))

@@ -44,12 +44,23 @@ def latency_card(spec: MetricSpec, evaluation: Evaluation) -> Card:
     quiet = r.within_noise
     delta = f"{100 * (1 / r.value - 1):+.1f} % · {r.value:.2f}x"
     stat = "p90s" if spec.key == "latency_ms_p90" else "medians"
-    help_text = (f"{spec.help} Dense and pruned were timed alternately in one window: {sp.rounds} rounds of "
-                 f"{sp.runs_per_round} runs each, {sp.pruned.threads} thread(s). Speedup = dense / pruned per round "
-                 f"({stat}): median {r.value:.2f}x, rounds {r.low:.2f}x to {r.high:.2f}x; within noise when that "
-                 f"range covers 1.0x. Dense in this window: {spec.format(dense)}.")
-    return Card(spec.label, spec.format(value), delta, "off" if quiet else "inverse",
-                "within noise" if quiet else "vs dense", help=help_text, arrow="off" if quiet else "auto")
+    help_text = (
+        f"{spec.help} Dense and pruned were timed alternately in one window: {sp.rounds} rounds of "
+        f"{sp.runs_per_round} runs each, {sp.pruned.threads} thread(s). Speedup = dense / pruned "
+        "per round "
+        f"({stat}): median {r.value:.2f}x, rounds {r.low:.2f}x to {r.high:.2f}x; within noise "
+        "when that "
+        f"range covers 1.0x. Dense in this window: {spec.format(dense)}."
+    )
+    return Card(
+        spec.label,
+        spec.format(value),
+        delta,
+        "off" if quiet else "inverse",
+        "within noise" if quiet else "vs dense",
+        help=help_text,
+        arrow="off" if quiet else "auto",
+    )
 
 
 def cards(evaluation: Evaluation) -> list[Card]:
@@ -64,6 +75,13 @@ def cards(evaluation: Evaluation) -> list[Card]:
         tip = spec.describe(labels)
         if spec.unit in ("count", "bytes"):
             tip += f" Dense: {spec.format(dense, compact=True)}."
-        out.append(Card(spec.name(labels), spec.format(value, compact=True), spec.delta(value, dense),
-                        "normal" if spec.better == "higher" else "inverse", help=tip))
+        out.append(
+            Card(
+                spec.name(labels),
+                spec.format(value, compact=True),
+                spec.delta(value, dense),
+                "normal" if spec.better == "higher" else "inverse",
+                help=tip,
+            )
+        )
     return out

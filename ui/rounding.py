@@ -38,8 +38,16 @@ def slowdown_note(subject: Subject, result: Evaluation) -> None:
     if found is None:
         return
     head, cause, offer = found.lines()
-    st.warning(f"**{head[0].upper()}{head[1:]}.** {cause[0].upper()}{cause[1:]}.", icon=":material/speed:")
+    st.warning(
+        f"**{head[0].upper()}{head[1:]}.** {cause[0].upper()}{cause[1:]}.", icon=":material/speed:"
+    )
     if found.rounded_plan is not None:
         st.markdown(f"{offer[0].upper()}{offer[1:]}.")
-        st.button("Use the rounded plan", key="prune.use_rounded", on_click=_use, args=(found.rounded_plan, subject),
-                  icon=":material/straighten:", type="primary")
+        st.button(
+            "Use the rounded plan",
+            key="prune.use_rounded",
+            on_click=_use,
+            args=(found.rounded_plan, subject),
+            icon=":material/straighten:",
+            type="primary",
+        )

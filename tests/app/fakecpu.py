@@ -34,7 +34,11 @@ def timing(share: float, rounds: int = 5) -> Speedup:
 def _onnx_widths(path: str) -> list[int]:
     graph = onnx.load(path).graph
     weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    return [int(weights[n.input[1]].shape[0]) for n in graph.node if n.op_type == "Conv" and n.input[1] in weights]
+    return [
+        int(weights[n.input[1]].shape[0])
+        for n in graph.node
+        if n.op_type == "Conv" and n.input[1] in weights
+    ]
 
 
 def clear_caches() -> None:
@@ -45,17 +49,31 @@ def clear_caches() -> None:
     ui.cache._slowdowns.clear()
 
 
-def install(monkeypatch: pytest.MonkeyPatch, dense_widths: list[int], share: float | None = None) -> None:
+def install(
+    monkeypatch: pytest.MonkeyPatch, dense_widths: list[int], share: float | None = None
+) -> None:
     """Patch the app's timings: every speedup from the channel counts of the file timed (or a
     fixed ``share`` of the dense latency). Call :func:`clear_caches` before and after."""
 
     def measure_speedup(dense, pruned, x, **kwargs) -> Speedup:  # noqa: ANN001, ANN003
-        return timing(share if share is not None else _share(_onnx_widths(pruned.session._model_path), dense_widths))
+        return timing(
+            share
+            if share is not None
+            else _share(_onnx_widths(pruned.session._model_path), dense_widths)
+        )
 
     def time_with_dense(subject, models: list[nn.Module], rounds: int = 5) -> list[Speedup]:  # noqa: ANN001
-        return [timing(share if share is not None else
-                       _share([m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)], dense_widths))
-                for model in models]
+        return [
+            timing(
+                share
+                if share is not None
+                else _share(
+                    [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)],
+                    dense_widths,
+                )
+            )
+            for model in models
+        ]
 
     monkeypatch.setattr("explorer.subject.measure_speedup", measure_speedup)
     monkeypatch.setattr(rounding, "time_with_dense", time_with_dense)
