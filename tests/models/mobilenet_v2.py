@@ -6,8 +6,8 @@ inverted residual blocks; ``data()`` (a ``PATH.py:FUNC`` data spec) returns that
 random images with random labels. Accuracy means nothing here (chance); what this model is for
 is the channel structure of mobile networks: 1x1 expansions, depthwise 3x3 convolutions (groups
 == channels, coupled with the expansion that feeds them), linear bottlenecks coupled through
-residual adds, and
-channel counts (16, 24, 32, 96, 144, 192, 384, 576, 960, 1280) that dense CPU kernels like.
+residual adds, and channel counts (16, 24, 32, 96, 144, 192, 384, 576, 960, 1280) that dense CPU
+kernels like.
 Removing 30% of those channels gives counts such as 23 or 67, which ONNX Runtime's blocked
 (NCHWc) convolutions cannot use.
 
