@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -89,7 +89,10 @@ class OnnxMetrics:
         return asdict(self)
 
 
-def with_latency(metrics: OnnxMetrics, stats: LatencyStats) -> Any:
+M = TypeVar("M", bound=OnnxMetrics)
+
+
+def with_latency(metrics: M, stats: LatencyStats) -> M:
     """``metrics`` with its latency fields replaced by ``stats`` (e.g. those of an interleaved window)."""
     return replace(metrics, latency_ms_median=stats.median_ms, latency_ms_p90=stats.p90_ms,
                    latency_ms_spread=stats.spread_ms, latency_threads=stats.threads, latency_runs=stats.runs)
