@@ -127,7 +127,7 @@ def _fake_curves(subject: Subject, method: str, ratios: object, layers: object =
     """Optimistic latency curves: each group's share of the dense latency follows its MACs."""
     rows = []
     for gid, members in subject.inventory.groups.items():
-        for r in [0.0, *alloc.STRUCTURED_RATIOS]:
+        for r in [0.0, *(ratios or alloc.STRUCTURED_RATIOS)]:  # type: ignore[misc]
             plan = PruningPlan(method=method, layers={m: LayerRule(r) for m in members}) if r else None
             model = subject.prune(plan) if plan else subject.model
             macs = sum(count_macs(model, subject.example_input).values()) / subject.inventory.total_macs
@@ -183,11 +183,12 @@ def test_latency_target_rounds_kept_channels_by_default(mlp: Subject, monkeypatc
     monkeypatch.setattr(Meter, "latency", lambda self, model: _timed([0.5] * 5))
     monkeypatch.setattr(latency_target, "latency_curves", _fake_curves)
     monkeypatch.setattr(alloc_core, "fast_multiple", lambda: 16)
-    result = alloc.allocate(mlp, ("latency", 0.7), "l1-structured", verify=False)
+    quick = {"verify": False, "ratios": (0.3, 0.6)}
+    result = alloc.allocate(mlp, ("latency", 0.7), "l1-structured", **quick)
     assert result.plan.round_to == 16
-    assert alloc.allocate(mlp, ("latency", 0.7), "l1-structured", verify=False, round_to=8).plan.round_to == 8
-    assert alloc.allocate(mlp, ("latency", 0.7), "l1-structured", verify=False, round_to=1).plan.round_to is None
-    assert alloc.allocate(mlp, ("macs", 0.7), "l1-structured", verify=False).plan.round_to is None
+    assert alloc.allocate(mlp, ("latency", 0.7), "l1-structured", round_to=8, **quick).plan.round_to == 8
+    assert alloc.allocate(mlp, ("latency", 0.7), "l1-structured", round_to=1, **quick).plan.round_to is None
+    assert alloc.allocate(mlp, ("macs", 0.7), "l1-structured", **quick).plan.round_to is None
     with pytest.raises(PlanError, match="round_to"):
         alloc.allocate(mlp, ("sparsity", 0.5), "l1-unstructured", verify=False, round_to=8)
 
