@@ -1,17 +1,18 @@
 """Dense vs pruned on every zoo model: measured ORT latency next to MACs and sizes.
 
 For each zoo model and each method, the plan prunes every layer it can at RATIO (structured: every
-dependency group; unstructured and 2:4: every layer). Dense and pruned are measured side by side
-in one run, interleaved, REPEATS times; the figures are medians over the repeats (each repeat
-itself the median of 50 timed runs after warm-up, 1 intra-op thread, batch 1).
+dependency group; unstructured and 2:4: every layer). The speedup is ``Subject.evaluate``'s: dense
+and pruned timed alternately in one window (7 rounds of 10 runs each, 1 intra-op thread, batch 1),
+the median of the per-round ratios with their range; "~" marks a ratio within noise (the range
+covers 1.0x). The latencies are the window's medians.
 
-    python benchmarks/zoo_latency.py [--repeats 5] [--ratio 0.5]
+    python benchmarks/zoo_latency.py [--ratio 0.5]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import os
 
 from explorer import PruningPlan, Subject, get_method
 from explorer.models import ZOO
@@ -29,32 +30,27 @@ def plan_for(subject: Subject, method: str, ratio: float) -> PruningPlan:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--ratio", type=float, default=0.5)
     args = parser.parse_args()
-    print(f"ratio {args.ratio}, {args.repeats} interleaved repeats, ORT CPU, 1 thread, batch 1\n")
-    header = (f"{'model':<15} {'method':<16} {'dense ms':>9} {'pruned ms':>9} {'speedup':>8} {'MAC ratio':>9} "
-              f"{'ONNX KB':>15} {'gzip KB':>15} {'accuracy':>15}")
+    print(f"ratio {args.ratio}, dense and pruned timed alternately (7 rounds x 10 runs), ORT CPU, 1 thread, batch 1; "
+          f"load average {os.getloadavg()[0]:.2f}\n")
+    header = (f"{'model':<15} {'method':<16} {'dense ms':>9} {'pruned ms':>9} {'speedup (rounds)':>24} "
+              f"{'MAC ratio':>9} {'ONNX KB':>15} {'gzip KB':>15} {'accuracy':>15}")
     print(header)
     print("-" * len(header))
     for name in ZOO:
         subject = Subject(f"zoo:{name}")
         for method in METHODS:
-            plan = plan_for(subject, method, args.ratio)
-            pruned_model = subject.prune(plan)
-            dense_ms, pruned_ms = [], []
-            for _ in range(args.repeats):
-                dense_m = subject.measure(subject.model)
-                pruned_m = subject.measure(pruned_model)
-                dense_ms.append(dense_m.latency_ms_median)
-                pruned_ms.append(pruned_m.latency_ms_median)
-            d, p = statistics.median(dense_ms), statistics.median(pruned_ms)
-            print(f"{name:<15} {method:<16} {d:>9.3f} {p:>9.3f} {d / p:>7.2f}x {dense_m.macs / pruned_m.macs:>8.2f}x "
-                  f"{dense_m.onnx_bytes / 1024:>7.0f}->{pruned_m.onnx_bytes / 1024:<6.0f} "
-                  f"{dense_m.onnx_gzip_bytes / 1024:>7.0f}->{pruned_m.onnx_gzip_bytes / 1024:<6.0f} "
-                  f"{100 * dense_m.accuracy:>6.2f}->{100 * pruned_m.accuracy:<6.2f}")
-    print("\nUnstructured and 2:4 zeros leave ONNX Runtime's dense CPU kernels with the same work: "
-          "expect ~1.0x; only the gzip size drops.")
+            ev = subject.evaluate(plan_for(subject, method, args.ratio))
+            d, p, sp = ev.dense, ev.pruned, ev.speedup
+            assert sp is not None
+            speed = f"{'~' if sp.within_noise else ' '}{sp.ratio:.2f}x ({sp.median.low:.2f}-{sp.median.high:.2f})"
+            print(f"{name:<15} {method:<16} {d.latency_ms_median:>9.3f} {p.latency_ms_median:>9.3f} {speed:>24} "
+                  f"{ev.mac_ratio:>8.2f}x {d.onnx_bytes / 1024:>7.0f}->{p.onnx_bytes / 1024:<6.0f} "
+                  f"{d.onnx_gzip_bytes / 1024:>7.0f}->{p.onnx_gzip_bytes / 1024:<6.0f} "
+                  f"{100 * d.accuracy:>6.2f}->{100 * p.accuracy:<6.2f}")
+    print(f"\n~: within noise. Unstructured and 2:4 zeros leave ONNX Runtime's dense CPU kernels with the same work: "
+          f"expect ~1.0x; only the gzip size drops. Load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -111,27 +111,28 @@ def cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_metrics(result: dict[str, Any], method_notes: list[str]) -> None:
-    dense = result["dense"]
-    labelled = result.get("labels", True)
-    rows = [
-        ("accuracy" if labelled else "agreement", "accuracy", lambda v: f"{100 * v:.2f}%"),
-        ("loss" if labelled else "KL from dense", "loss", lambda v: f"{v:.4f}"),
-        ("params", "params_total", lambda v: f"{v:,}"),
-        ("nonzero params", "params_nonzero", lambda v: f"{v:,}"),
-        ("MACs", "macs", lambda v: f"{v:,}"),
-        ("ONNX bytes", "onnx_bytes", lambda v: f"{v:,}"),
-        ("ONNX gzip bytes", "onnx_gzip_bytes", lambda v: f"{v:,}"),
-        ("latency median", "latency_ms_median", lambda v: f"{v:.3f} ms"),
-        ("latency p90", "latency_ms_p90", lambda v: f"{v:.3f} ms"),
-    ]
-    print(f"{'':<18} {'dense':>14} {'pruned':>14}")
-    for label, key, fmt in rows:
-        print(f"{label:<18} {fmt(dense[key]):>14} {fmt(result[key]):>14}")
-    speedup = dense["latency_ms_median"] / result["latency_ms_median"]
-    mac_ratio = dense["macs"] / result["macs"] if result["macs"] else float("inf")
-    print(f"measured ORT speedup {speedup:.2f}x (median, batch 1, {result['latency_threads']} thread(s)); "
-          f"MAC ratio {mac_ratio:.2f}x")
+def _print_metrics(result: Any, method_notes: list[str]) -> None:
+    """The evaluate table: every metric of ``explorer.metricspec`` dense and pruned, then the
+    interleaved speedup."""
+    from explorer.metricspec import SPECS
+
+    dense, pruned, sp = result.dense, result.pruned, result.speedup
+    width = max(len(s.name(result.labels)) for s in SPECS) + 2
+    print(f"{'':<{width}} {'dense':>16} {'pruned':>16}  change")
+    for s in SPECS:
+        d, p = getattr(dense, s.key), getattr(pruned, s.key)
+        change = s.delta(p, d)
+        if s.unit == "ms":  # the interleaved ratio, never the difference of two numbers
+            r = None if sp is None else sp.p90 if s.key == "latency_ms_p90" else sp.median
+            change = "" if r is None else f"{r.value:.2f}x speedup" + (" (within noise)" if r.within_noise else "")
+        print(f"{s.name(result.labels):<{width}} {s.format(d):>16} {s.format(p):>16}  {change or ''}")
+    mac = f"MAC ratio {result.mac_ratio:.2f}x"
+    if sp is None:
+        print(f"dense model alone (no plan); {mac}")
+    else:
+        verdict = "within noise" if sp.within_noise else "SLOWER than dense" if sp.slower else "faster"
+        print(f"measured ORT speedup {sp.ratio:.2f}x, {verdict} (rounds {sp.median.low:.2f}-{sp.median.high:.2f}x; "
+              f"{sp.method_text()}); p90 {sp.p90.value:.2f}x{' within noise' if sp.p90.within_noise else ''}; {mac}")
     for note in method_notes:
         print(f"note: {note}")
 
@@ -140,13 +141,36 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     subject = _subject(args)
     plan = _load_plan(args.plan, subject) if args.plan else None
     result = subject.evaluate(plan)
+    slowdown = None
+    if result.speedup is not None and result.speedup.slower:
+        from explorer.rounding import explain_slowdown
+
+        slowdown = explain_slowdown(subject, result, on_progress=ProgressBar("slower than dense: timing widths"))
+    if args.rounded_out:
+        if slowdown is None or slowdown.rounded_plan is None:
+            print(f"note: no rounded plan written to {args.rounded_out}: the plan did not measure slower than dense"
+                  + ("" if slowdown is None else " in a way rounding changes"), file=sys.stderr)
+        else:
+            try:
+                slowdown.rounded_plan.save(args.rounded_out)
+            except OSError as e:
+                raise _UsageError(f"--rounded-out {args.rounded_out}: cannot write ({e.strerror})") from None
     if args.json:
-        print(json.dumps(result, indent=2))
+        out = result.to_dict()
+        out["slowdown"] = slowdown.to_dict() if slowdown is not None else None
+        print(json.dumps(out, indent=2))
         return 0
     from explorer.methods import get_method
 
     methods = sorted({plan.method_of(n) for n in plan.layers}) if plan else []
     _print_metrics(result, [f"{m}: {get_method(m).runtime_note}" for m in methods])
+    if slowdown is not None:
+        for line in slowdown.lines():
+            print(f"slower: {line}")
+        if slowdown.rounded_plan is not None and not args.rounded_out:
+            print("slower: write the rounded plan with --rounded-out FILE")
+        elif slowdown.rounded_plan is not None:
+            print(f"slower: the rounded plan -> {args.rounded_out}")
     return 0
 
 
@@ -184,15 +208,25 @@ def cmd_allocate(args: argparse.Namespace) -> int:
     if args.method:
         get_method(args.method)
     subject = _subject(args)
-    result = allocate(subject, target, args.method, on_progress=ProgressBar("allocate"))
+    try:
+        result = allocate(subject, target, args.method, round_to=args.round_to, on_progress=ProgressBar("allocate"))
+    except ExplorerError as e:
+        if "round_to" in str(e):
+            raise type(e)(f"--round-to: {e}") from None
+        raise
     try:
         result.plan.save(args.out)
     except OSError as e:
         raise _UsageError(f"--out {args.out}: cannot write ({e.strerror})") from None
     unit = target.kind_spec.achieved_unit(result.size_metric)
-    print(f"target     {target.describe()} ({result.plan.method})")
+    rounding = f", kept channels rounded up to multiples of {result.plan.round_to}" if result.plan.round_to else ""
+    print(f"target     {target.describe()} ({result.plan.method}{rounding})")
     print(f"achieved   {100 * result.achieved:.1f}% {unit}, measured "
           f"({'met' if result.met else 'NOT met'}; {result.rounds} round(s))")
+    if result.speedup is not None:
+        share = result.speedup.latency_share
+        print(f"timing     median {100 * share.value:.1f}% of dense, rounds {100 * share.low:.1f}-{100 * share.high:.1f}% "
+              f"({result.speedup.method_text()}); met only when every round is within the target")
     verified = "not verified" if result.verified_accuracy is None else f"{100 * result.verified_accuracy:.2f}%"
     line = (f"accuracy   dense {100 * result.dense_accuracy:.2f}%, predicted {100 * result.predicted_accuracy:.2f}%, "
             f"verified {verified}")
@@ -336,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
     p.add_argument("--plan", metavar="FILE")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--rounded-out", metavar="FILE",
+                   help="where the plan measures slower than dense, write the rounded plan (kept channels at widths "
+                        "this CPU runs fast, measured) to FILE")
     timing_args(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -356,6 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     target = p.add_mutually_exclusive_group(required=True)
     for k in kinds:  # one flag per registered target kind
         target.add_argument(f"--target-{k.name}", type=float, metavar="F", help=k.cli_help)
+    p.add_argument("--round-to", type=_positive_int, metavar="N",
+                   help="structured methods: round kept channels up to a multiple of N (1: no rounding; default: "
+                        "the CPU's fast multiple, 16 with AVX-512 and 8 otherwise, for --target-latency, none for "
+                        "the others)")
     p.add_argument("--out", required=True, metavar="PLAN.json")
     timing_args(p)
     p.set_defaults(func=cmd_allocate)

@@ -2,14 +2,20 @@
 
 Without labels, ``accuracy`` is top-1 agreement with the dense model and ``loss`` is the KL
 divergence from the dense model's predictions (``labels`` is False in the metrics).
+
+:class:`Evaluation` is what ``Subject.evaluate`` returns and every reader (the CLI's JSON, the
+report, the app's cards) renders: the pruned and the dense metrics, their latencies measured in one
+interleaved window, and the speedup of that window (``explorer.runtime.measure_speedup``).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -18,9 +24,15 @@ from torch import nn
 from explorer.data import Dataset, Split
 from explorer.errors import DataError, ExportError
 from explorer.inspect import count_macs
-from explorer.runtime import OrtModel, export_onnx, gzip_size, measure_latency
+from explorer.runtime import LatencyStats, OrtModel, Speedup, export_onnx, gzip_size, measure_latency
 
-__all__ = ["Metrics", "OnnxMetrics", "check_labels", "evaluate_torch", "measure", "measure_onnx", "scores"]
+if TYPE_CHECKING:
+    from explorer.plan import PruningPlan
+
+Timer = Callable[[OrtModel, np.ndarray], LatencyStats]  # times a session on the example input
+
+__all__ = ["Evaluation", "Metrics", "OnnxMetrics", "check_labels", "evaluate_torch", "measure", "measure_onnx",
+           "scores", "with_latency"]
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
@@ -77,6 +89,15 @@ class OnnxMetrics:
         return asdict(self)
 
 
+M = TypeVar("M", bound=OnnxMetrics)
+
+
+def with_latency(metrics: M, stats: LatencyStats) -> M:
+    """``metrics`` with its latency fields replaced by ``stats`` (e.g. those of an interleaved window)."""
+    return replace(metrics, latency_ms_median=stats.median_ms, latency_ms_p90=stats.p90_ms,
+                   latency_ms_spread=stats.spread_ms, latency_threads=stats.threads, latency_runs=stats.runs)
+
+
 @dataclass(frozen=True)
 class Metrics(OnnxMetrics):
     """``OnnxMetrics`` of the exported model plus what the torch model tells: parameters and MACs.
@@ -91,12 +112,13 @@ class Metrics(OnnxMetrics):
 
 
 def measure_onnx(path: str | Path, data: Dataset, *, reference: np.ndarray | None = None, threads: int = 1,
-                 runs: int = 50) -> tuple[OnnxMetrics, np.ndarray]:
+                 runs: int = 50, timer: Timer | None = None) -> tuple[OnnxMetrics, np.ndarray]:
     """Score an ONNX file on ``data.test`` and time it (batch 1, ``threads`` intra-op threads).
 
     Returns the metrics and the logits. Accuracy uses every core (its own session); latency keeps
     the fixed thread count. ``reference``: the dense model's logits, for data without labels; None
-    there means this file is the dense model, its own reference (agreement 1).
+    there means this file is the dense model, its own reference (agreement 1). ``timer`` times the
+    file's session instead of :func:`measure_latency` (e.g. alternately with the dense model).
 
     Raises:
         ExportError: ONNX Runtime cannot load or run the file.
@@ -105,7 +127,8 @@ def measure_onnx(path: str | Path, data: Dataset, *, reference: np.ndarray | Non
     try:
         logits = OrtModel(path, threads=os.cpu_count() or 1)(data.test.x.numpy())
         session = OrtModel(path, threads=threads)
-        latency = measure_latency(session, data.example_input().numpy(), runs=runs)
+        x = data.example_input().numpy()
+        latency = timer(session, x) if timer is not None else measure_latency(session, x, runs=runs)
     except ExportError:
         raise
     except Exception as e:
@@ -123,7 +146,8 @@ def measure_onnx(path: str | Path, data: Dataset, *, reference: np.ndarray | Non
 
 
 def measure(model: nn.Module, data: Dataset, *, reference: np.ndarray | None = None,
-            onnx_path: str | Path | None = None, threads: int = 1, runs: int = 50) -> tuple[Metrics, np.ndarray]:
+            onnx_path: str | Path | None = None, threads: int = 1, runs: int = 50,
+            timer: Timer | None = None) -> tuple[Metrics, np.ndarray]:
     """Export ``model`` to ONNX and measure it there (``measure_onnx``), plus its parameters and
     MACs. Returns the metrics and the ORT logits.
 
@@ -132,11 +156,12 @@ def measure(model: nn.Module, data: Dataset, *, reference: np.ndarray | None = N
             unlabelled data: ``model`` is the dense model, its own reference (agreement 1).
         onnx_path: where to keep the ONNX file; a temporary file when None.
         threads: ONNX Runtime intra-op threads for the latency runs.
+        timer: how the exported file's session is timed (``measure_onnx``).
     """
     with tempfile.TemporaryDirectory(prefix="explorer-") as tmp:
         path = Path(onnx_path) if onnx_path is not None else Path(tmp) / "model.onnx"
         export_onnx(model, data.example_input(), path)
-        onnx, logits = measure_onnx(path, data, reference=reference, threads=threads, runs=runs)
+        onnx, logits = measure_onnx(path, data, reference=reference, threads=threads, runs=runs, timer=timer)
     params = list(model.parameters())
     metrics = Metrics(
         **onnx.to_dict(),
@@ -145,3 +170,41 @@ def measure(model: nn.Module, data: Dataset, *, reference: np.ndarray | None = N
         macs=sum(count_macs(model, data.example_input()).values()),
     )
     return metrics, logits
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation of a plan on a subject: what the CLI's JSON, the report and the pages read.
+
+    ``pruned`` and ``dense`` are the two models' metrics; when ``speedup`` is set their latency
+    fields are those of its interleaved window (so every latency shown next to another was timed
+    alongside it). ``plan`` is None for the dense model alone (``evaluate`` without a plan).
+    """
+
+    pruned: Metrics
+    dense: Metrics
+    model: str
+    data: str | None
+    plan: PruningPlan | None = None
+    speedup: Speedup | None = None
+
+    @property
+    def labels(self) -> bool:
+        return self.pruned.labels
+
+    @property
+    def mac_ratio(self) -> float:
+        """Dense over pruned multiply-accumulates (inf when the pruned model has none)."""
+        return self.dense.macs / self.pruned.macs if self.pruned.macs else float("inf")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``evaluate --json`` object: the pruned metrics, the dense ones under ``dense``, the
+        model and data specs, the plan (when there is one) and the interleaved ``speedup``."""
+        out: dict[str, Any] = dict(self.pruned.to_dict())
+        out["dense"] = self.dense.to_dict()
+        out["model"] = self.model
+        out["data"] = self.data
+        if self.plan is not None:
+            out["plan"] = self.plan.to_dict()
+        out["speedup"] = self.speedup.to_dict() if self.speedup is not None else None
+        return out

@@ -224,20 +224,26 @@ def proxy_curves(df: pd.DataFrame, highlight: str | None = None) -> go.Figure:
 
 
 def latency_curves(df: pd.DataFrame) -> go.Figure:
-    """Measured ORT latency with one group pruned, against the channels it keeps (the staircase)."""
+    """Measured ORT latency with one group pruned, as a share of the dense latency timed in the same
+    window (median of the rounds, their range as error bars), against the share of channels pruned
+    (the staircase: fewer channels are not always faster)."""
     fig = go.Figure()
     for i, (layer, rows) in enumerate(df.groupby("layer", sort=False)):
         rows = rows.sort_values("ratio")
         color = PALETTE[i % len(PALETTE)]
+        share = rows["latency_share"]
         fig.add_scatter(
-            x=100 * rows["ratio"], y=rows["latency_ms_median"], mode="lines+markers", name=layer,
+            x=100 * rows["ratio"], y=100 * share, mode="lines+markers", name=layer,
             line={"width": 2, "color": color, "shape": "hv"}, marker={"size": 5, "color": color},
-            error_y={"type": "data", "array": rows["latency_ms_spread"], "visible": True, "thickness": 1},
-            customdata=np.stack([rows["channels_kept"], rows["latency_ms_p90"]], axis=1),
+            error_y={"type": "data", "symmetric": False, "array": 100 * (rows["latency_share_high"] - share),
+                     "arrayminus": 100 * (share - rows["latency_share_low"]), "visible": True, "thickness": 1},
+            customdata=np.stack([rows["channels_kept"], rows["latency_ms_median"], rows["dense_ms_median"]], axis=1),
             hovertemplate=(f"{layer}<br>%{{x:.0f}} % pruned, %{{customdata[0]}} channels kept<br>"
-                           "median %{y:.3f} ms, p90 %{customdata[1]:.3f} ms<extra></extra>"))
+                           "%{y:.1f} % of the dense latency: %{customdata[1]:.3f} ms vs %{customdata[2]:.3f} ms"
+                           "<extra></extra>"))
+    fig.add_hline(y=100, line={"width": 1, "dash": "dot", "color": "#888"})
     fig.update_xaxes(title_text="channels pruned in this group only (%)")
-    fig.update_yaxes(title_text="ORT median latency (ms)")
+    fig.update_yaxes(title_text="ORT latency, % of dense (timed alternately)")
     return _layout(fig, 380, legend_below=True)
 
 

@@ -1,8 +1,16 @@
 """Latency against width: the measured ONNX Runtime latency of the model with one group pruned.
 
-Each point exports the really shrunk model and times it (the subject's intra-op threads and timed
-runs after warm-up; median, p90 and run-to-run spread). Zeros do not change dense latency, so only
-structured methods have latency curves.
+For each group, every width asked for is exported (the really shrunk model) and all of them are
+timed in one interleaved window together with the dense model (``explorer.runtime``): rounds of a
+few runs each, the order rotating from round to round. A point's ``latency_share`` is the median
+over the rounds of its latency over the dense model's in the same round, with the lowest and
+highest round (``latency_share_low``/``_high``): ratios that a busy machine does not fake. Zeros
+do not change dense latency, so only structured methods have latency curves.
+
+Kernels do not get faster channel by channel: ONNX Runtime's blocked (NCHWc) convolutions work on
+blocks of channels, so a width just below a multiple of the block can be slower than the multiple
+(the staircase), and a width that is no multiple at all can be slower than the dense model.
+:func:`fast_multiple` is the block this CPU uses.
 """
 
 from __future__ import annotations
@@ -14,38 +22,142 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
-import torch
 from torch import nn
 
 from explorer.errors import PlanError
 from explorer.methods import get_method
 from explorer.progress import Progress, no_progress
 from explorer.prune import kept_channels
-from explorer.runtime import LatencyStats, OrtModel, export_onnx, measure_latency
+from explorer.runtime import (
+    MIN_ROUNDS,
+    LatencyStats,
+    OrtModel,
+    Speedup,
+    export_onnx,
+    measure_latency,
+    rounds_for,
+    speedup_of,
+    time_interleaved,
+)
 from explorer.sensitivity.cache import PointCache, ratio_key
 from explorer.sensitivity.engines import engine_for
 from explorer.sensitivity.engines.depgraph import StructuredEngine
 from explorer.sensitivity.units import DEFAULT_RATIOS, check_ratios, check_round_to, select
 from explorer.subject import Subject
 
-__all__ = ["LATENCY_COLUMNS", "latency_curves", "time_model"]
+__all__ = ["LATENCY_COLUMNS", "fast_multiple", "latency_curves", "time_with_dense"]
 
-LATENCY_COLUMNS = ["layer", "ratio", "channels_kept", "latency_ms_median", "latency_ms_p90",
-                   "latency_ms_spread", "members"]
+LATENCY_COLUMNS = [
+    "layer",
+    "ratio",
+    "channels_kept",
+    "latency_ms_median",
+    "latency_ms_p90",
+    "latency_ms_spread",
+    "members",
+    "dense_ms_median",
+    "latency_share",
+    "latency_share_low",
+    "latency_share_high",
+]
+CURVE_ROUNDS = MIN_ROUNDS  # rounds of a group's window (every width of the group in each round)
 
 
-def latency_curves(subject: Subject, method: str = "l1-structured", ratios: Sequence[float] = DEFAULT_RATIOS,
-                   layers: Sequence[str] | None = None, on_progress: Progress = no_progress, *,
-                   round_to: int | None = None, cache: bool = True) -> pd.DataFrame:
+def fast_multiple(cpuinfo: str | Path = "/proc/cpuinfo") -> int:
+    """The channel multiple this CPU's dense convolution kernels run fast at: 16 with AVX-512
+    (ONNX Runtime's MLAS blocks NCHWc convolutions by 16 channels there), 8 otherwise (blocks of 8
+    with AVX2, and a common SIMD width elsewhere). The measured widths decide where it matters."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return 8
+    flags = next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
+        [],
+    )
+    return 16 if "avx512f" in flags else 8
+
+
+def time_with_dense(
+    subject: Subject,
+    models: Sequence[nn.Module],
+    rounds: int = CURVE_ROUNDS,
+    folder: str | Path | None = None,
+) -> list[Speedup]:
+    """Each of ``models`` against the dense model, all timed in one interleaved window.
+
+    Returns one :class:`Speedup` per model (dense over that model, per round of the window).
+    """
+    x = subject.example_input
+    with tempfile.TemporaryDirectory(prefix="explorer-latency-") as tmp:
+        where = Path(folder or tmp)
+        sessions = [
+            OrtModel(export_onnx(m, x, where / f"width{i}.onnx"), threads=subject.threads)
+            for i, m in enumerate(models)
+        ]
+        rounds, per_round = rounds_for(subject.runs, rounds)
+        times = time_interleaved([subject.dense_session(), *sessions], x.numpy(), rounds, per_round)
+    return [speedup_of(times, 0, i + 1, subject.threads) for i in range(len(models))]
+
+
+def _row(
+    gid: str,
+    ratio: float,
+    kept: int,
+    members: str,
+    speedup: Speedup | None,
+    dense: LatencyStats | None = None,
+) -> dict:
+    if speedup is None:  # the dense model itself
+        assert dense is not None
+        return {
+            "layer": gid,
+            "ratio": ratio,
+            "channels_kept": kept,
+            "latency_ms_median": dense.median_ms,
+            "latency_ms_p90": dense.p90_ms,
+            "latency_ms_spread": dense.spread_ms,
+            "members": members,
+            "dense_ms_median": dense.median_ms,
+            "latency_share": 1.0,
+            "latency_share_low": 1.0,
+            "latency_share_high": 1.0,
+        }
+    share = speedup.latency_share
+    return {
+        "layer": gid,
+        "ratio": ratio,
+        "channels_kept": kept,
+        "latency_ms_median": speedup.pruned.median_ms,
+        "latency_ms_p90": speedup.pruned.p90_ms,
+        "latency_ms_spread": speedup.pruned.spread_ms,
+        "members": members,
+        "dense_ms_median": speedup.dense.median_ms,
+        "latency_share": share.value,
+        "latency_share_low": share.low,
+        "latency_share_high": share.high,
+    }
+
+
+def latency_curves(
+    subject: Subject,
+    method: str = "l1-structured",
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+    layers: Sequence[str] | None = None,
+    on_progress: Progress = no_progress,
+    *,
+    round_to: int | None = None,
+    cache: bool = True,
+) -> pd.DataFrame:
     """Measured ONNX Runtime latency of the model with only one group pruned, per ratio.
 
-    Each point exports the really shrunk model and times it (``subject.threads`` intra-op threads,
-    ``subject.runs`` timed runs after warm-up; median, p90 and run-to-run spread). The ratio-0 row
-    of every group is the dense model, timed once per call. ``round_to`` rounds kept channel counts
-    up to a multiple of it (the staircase of channel alignment is then flat between multiples).
+    Every ratio of a group is timed in one window with the dense model (``subject.threads``
+    intra-op threads, ``subject.runs`` timed runs of each model in all): ``latency_share`` is the
+    median of the per-round shares of the dense latency, ``latency_share_low``/``_high`` their
+    range. The ratio-0 row of every group is the dense model (share 1). ``round_to`` rounds kept
+    channel counts up to a multiple of it (the staircase is then flat between multiples).
 
-    Returns a DataFrame with columns ``layer, ratio, channels_kept, latency_ms_median,
-    latency_ms_p90, latency_ms_spread, members``.
+    Returns a DataFrame with columns :data:`LATENCY_COLUMNS`.
 
     Raises:
         PlanError: a method that removes no channels (zeros do not change dense latency), or an
@@ -53,8 +165,11 @@ def latency_curves(subject: Subject, method: str = "l1-structured", ratios: Sequ
     """
     m = get_method(method)
     if not m.structured:
-        raise PlanError(f"latency curves need a structured method: {method} only zeroes weights, which does not "
-                        "change dense ONNX Runtime latency")
+        raise PlanError(
+            f"latency curves need a structured method: {method} only zeroes weights, which does "
+            "not "
+            "change dense ONNX Runtime latency"
+        )
     ratios = check_ratios(ratios)
     round_to = check_round_to(m, round_to)
     todo = select(subject, method, layers)
@@ -62,39 +177,64 @@ def latency_curves(subject: Subject, method: str = "l1-structured", ratios: Sequ
     assert isinstance(eng, StructuredEngine)
     store = None
     if cache:
-        store = PointCache("latency", subject, method, LATENCY_COLUMNS, round_to=round_to, threads=subject.threads,
-                            runs=subject.runs, machine=f"{platform.machine()}/{os.cpu_count()}/{platform.node()}")
+        store = PointCache(
+            "latency",
+            subject,
+            method,
+            LATENCY_COLUMNS,
+            round_to=round_to,
+            threads=subject.threads,
+            runs=subject.runs,
+            timing=f"interleaved-{CURVE_ROUNDS}",
+            machine=f"{platform.machine()}/{os.cpu_count()}/{platform.node()}",
+        )
     known = store.load() if store is not None else {}
     rk = ratio_key
-    x = subject.example_input
-    missing = [(g, r) for g in todo for r in [0.0, *ratios] if (g, rk(r)) not in known]
     fresh: dict[tuple[str, float], dict] = {}
-    dense_stats = None
-    with tempfile.TemporaryDirectory(prefix="explorer-latency-") as tmp:
-        for done, (gid, ratio) in enumerate(missing, start=1):
-            n = eng.channels(gid)
-            if ratio == 0.0:
-                if dense_stats is None:
-                    dense_stats = time_model(subject.model, x, Path(tmp) / "dense.onnx", subject)
-                stats, kept = dense_stats, n
-            else:
-                kept = kept_channels(n, ratio, round_to)
-                stats = time_model(eng.pruned(gid, ratio, round_to, m), x, Path(tmp) / "pruned.onnx", subject)
-            fresh[(gid, rk(ratio))] = {
-                "layer": gid, "ratio": ratio, "channels_kept": kept, "latency_ms_median": stats.median_ms,
-                "latency_ms_p90": stats.p90_ms, "latency_ms_spread": stats.spread_ms, "members": ",".join(todo[gid]),
-            }
-            on_progress(done / len(missing), f"{gid} @ {ratio:.2f}: {stats.median_ms:.3f} ms ({done}/{len(missing)})")
+    groups = [g for g in todo if any((g, rk(r)) not in known for r in [0.0, *ratios])]
+    for done, gid in enumerate(groups):
+        n = eng.channels(gid)
+        members = ",".join(todo[gid])
+        missing = [r for r in ratios if (gid, rk(r)) not in known]
+        by_width: dict[int, list[float]] = {}
+        for r in missing:
+            by_width.setdefault(kept_channels(n, r, round_to), []).append(r)
+        widths = [w for w in by_width if w < n]
+        on_progress(
+            done / max(len(groups), 1), f"{gid}: timing {len(widths)} width(s) with the dense model"
+        )
+        models = [eng.pruned(gid, by_width[w][0], round_to, m) for w in widths]
+        timed = time_with_dense(subject, models) if models else []
+        speedups = dict(zip(widths, timed, strict=True))
+        dense = None
+        for w, rs in by_width.items():
+            for r in rs:
+                if w in speedups:
+                    fresh[(gid, rk(r))] = _row(gid, r, w, members, speedups[w])
+                else:  # rounding kept every channel: the dense model
+                    dense = dense or measure_latency(
+                        subject.dense_session(), subject.example_input.numpy(), runs=subject.runs
+                    )
+                    fresh[(gid, rk(r))] = _row(gid, r, w, members, None, dense)
+        if (gid, 0.0) not in known:
+            stats = (
+                next(iter(speedups.values())).dense
+                if speedups
+                else (
+                    dense
+                    or measure_latency(
+                        subject.dense_session(), subject.example_input.numpy(), runs=subject.runs
+                    )
+                )
+            )
+            fresh[(gid, 0.0)] = _row(gid, 0.0, n, members, None, stats)
     if store is not None and fresh:
         store.save(fresh)
     on_progress(1.0, "done")
     known.update(fresh)
-    out = pd.DataFrame([known[(g, rk(r))] for g in todo for r in [0.0, *ratios]], columns=LATENCY_COLUMNS)
+    out = pd.DataFrame(
+        [known[(g, rk(r))] for g in todo for r in [0.0, *ratios]], columns=LATENCY_COLUMNS
+    )
     out["ratio"] = [0.0, *ratios] * len(todo)
+    out["channels_kept"] = out["channels_kept"].astype(int)
     return out
-
-
-def time_model(model: nn.Module, x: torch.Tensor, path: Path, subject: Subject) -> LatencyStats:
-    """Export ``model`` to ``path`` and time it at batch 1 as the subject times everything."""
-    export_onnx(model, x, path)
-    return measure_latency(OrtModel(path, threads=subject.threads), x.numpy(), runs=subject.runs)

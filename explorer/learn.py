@@ -39,7 +39,7 @@ class LearnResult:
     text: str  # the measured result, with its numbers
     holds: bool | None  # does the claim hold on this model? None: no yes/no question
     model: str  # model spec of the configuration to continue with
-    plan: dict[str, Any] | None = None  # plan JSON object to load into the Prune page
+    plan: PruningPlan | None = None  # the configuration to load into the Prune page
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -114,7 +114,7 @@ def magnitude_vs_random(subject: Subject, progress: Progress) -> LearnResult:
                if holds else "The claim does not hold at every sparsity on this model."))
     fig = _lines(df, "sparsity", "accuracy", "method", "Accuracy after pruning, no recovery", "sparsity", "accuracy")
     return LearnResult("magnitude", df, fig, text, holds, subject.model_spec,
-                       _plan(subject, "l1-unstructured", 0.9).to_dict())
+                       _plan(subject, "l1-unstructured", 0.9))
 
 
 def global_vs_uniform(subject: Subject, progress: Progress) -> LearnResult:
@@ -141,7 +141,7 @@ def global_vs_uniform(subject: Subject, progress: Progress) -> LearnResult:
             + ("The claim holds here." if holds else "The claim does not hold at every high sparsity on this model."))
     fig = _lines(df, "sparsity", "accuracy", "scope", "Global vs uniform L1 pruning", "sparsity", "accuracy")
     return LearnResult("global", df, fig, text, holds, subject.model_spec,
-                       _plan(subject, "l1-unstructured", 0.9, "global").to_dict(), extra={"per_layer_sparsity": per_layer})
+                       _plan(subject, "l1-unstructured", 0.9, "global"), extra={"per_layer_sparsity": per_layer})
 
 
 def layer_sensitivity(subject: Subject, progress: Progress) -> LearnResult:
@@ -170,7 +170,7 @@ def layer_sensitivity(subject: Subject, progress: Progress) -> LearnResult:
     fig = _lines(df, "ratio", "accuracy", "layer", "One layer pruned at a time", "ratio of the layer pruned", "accuracy")
     plan = PruningPlan(method="l1-unstructured", layers={n: LayerRule(tolerance[n]) for n in tolerance},
                        model=subject.model_spec)
-    return LearnResult("sensitivity", df, fig, text, holds, subject.model_spec, plan.to_dict(),
+    return LearnResult("sensitivity", df, fig, text, holds, subject.model_spec, plan,
                        extra={"tolerance": tolerance})
 
 
@@ -199,48 +199,55 @@ def finetune_recovers(subject: Subject, progress: Progress) -> LearnResult:
             + f"At {worst.sparsity:.0%}: pruned {_pct(worst.pruned)}, fine-tuned {_pct(worst['fine-tuned'])}. "
             + ("The claim holds here." if holds else "The claim does not hold here: most of the loss stayed."))
     return LearnResult("finetune", df, fig, text, holds, subject.model_spec,
-                       _plan(subject, "l1-unstructured", 0.9, "global").to_dict())
+                       _plan(subject, "l1-unstructured", 0.9, "global"))
 
 
 def zeros_vs_removal(subject: Subject, progress: Progress) -> LearnResult:
     convs = [layer.name for layer in subject.inventory.layers if layer.group]
     plans = {
-        "dense": None,
         "unstructured 50% (zeros)": _plan(subject, "l1-unstructured", 0.5, names=convs),
         "structured 50% (channels removed)": _plan(subject, "l1-structured", 0.5, names=convs),
     }
-    rows = []
+    results = {}
     for i, (label, plan) in enumerate(plans.items()):
-        progress(i / len(plans), f"measuring {label} in ONNX Runtime")
-        r = subject.evaluate(plan)
-        rows.append((label, r["latency_ms_median"], r["latency_ms_spread"], r["onnx_bytes"], r["onnx_gzip_bytes"],
-                     r["macs"], r["accuracy"]))
-    df = pd.DataFrame(rows, columns=["model", "latency_ms_median", "latency_ms_spread", "onnx_bytes",
-                                     "onnx_gzip_bytes", "macs", "accuracy"])
+        progress(i / len(plans), f"measuring {label} in ONNX Runtime, alternately with the dense model")
+        results[label] = subject.evaluate(plan)
+    first = next(iter(results.values()))
+    rows = [("dense", first.dense.latency_ms_median, 1.0, 1.0, 1.0, first.dense.onnx_bytes,
+             first.dense.onnx_gzip_bytes, first.dense.macs, first.dense.accuracy)]
+    for label, r in results.items():
+        assert r.speedup is not None
+        rows.append((label, r.pruned.latency_ms_median, r.speedup.ratio, r.speedup.median.low, r.speedup.median.high,
+                     r.pruned.onnx_bytes, r.pruned.onnx_gzip_bytes, r.pruned.macs, r.pruned.accuracy))
+    df = pd.DataFrame(rows, columns=["model", "latency_ms_median", "speedup", "speedup_low", "speedup_high",
+                                     "onnx_bytes", "onnx_gzip_bytes", "macs", "accuracy"])
     d, u, s = df.iloc[0], df.iloc[1], df.iloc[2]
-    u_speed, s_speed = d.latency_ms_median / u.latency_ms_median, d.latency_ms_median / s.latency_ms_median
-    noise = 3 * max(d.latency_ms_spread, u.latency_ms_spread)
-    u_flat = abs(d.latency_ms_median - u.latency_ms_median) <= max(noise, 0.05 * d.latency_ms_median)
-    holds = u.onnx_gzip_bytes < 0.8 * d.onnx_gzip_bytes and u_flat and s_speed > 1.5
-    text = (f"Measured in ONNX Runtime (1 thread, batch 1). Zeroing half the weights left the ONNX file the same size "
-            f"({u.onnx_bytes / 1024:.0f} KB) and the latency at {u.latency_ms_median:.3f} ms against "
-            f"{d.latency_ms_median:.3f} ms dense ({u_speed:.2f}x{', within noise' if u_flat else ''}); only the "
-            f"gzip size fell, {d.onnx_gzip_bytes / 1024:.0f} KB to {u.onnx_gzip_bytes / 1024:.0f} KB. Removing half "
-            f"the channels instead made it {s_speed:.2f}x faster ({s.latency_ms_median:.3f} ms) and "
+    zeros = results["unstructured 50% (zeros)"].speedup
+    channels = results["structured 50% (channels removed)"].speedup
+    assert zeros is not None and channels is not None
+    holds = bool(u.onnx_gzip_bytes < 0.8 * d.onnx_gzip_bytes and zeros.within_noise and channels.faster
+                 and channels.ratio > 1.5)
+    text = (f"Measured in ONNX Runtime (1 thread, batch 1; each model timed alternately with the dense one in "
+            f"{zeros.rounds} rounds). Zeroing half the weights left the ONNX file the same size "
+            f"({u.onnx_bytes / 1024:.0f} KB) and the speed at {zeros.describe()} against dense"
+            f"{'' if zeros.within_noise else ': outside the noise in this run'}; only the gzip size fell, "
+            f"{d.onnx_gzip_bytes / 1024:.0f} KB to {u.onnx_gzip_bytes / 1024:.0f} KB. Removing half the channels "
+            f"instead made it {channels.describe()} faster ({s.latency_ms_median:.3f} ms) and "
             f"{d.onnx_bytes / s.onnx_bytes:.1f}x smaller, for a MAC ratio of {d.macs / s.macs:.2f}x. "
             + ("The claim holds here." if holds else "The claim does not fully hold in this run."))
     fig = go.Figure()
     # Two y axes: offset groups keep the bars side by side (barmode="group" alone overlays them).
-    fig.add_trace(go.Bar(x=df.model, y=df.latency_ms_median, name="median latency (ms)", yaxis="y",
-                         offsetgroup=0))
+    fig.add_trace(go.Bar(x=df.model, y=df.speedup, name="speedup vs dense (x)", yaxis="y", offsetgroup=0,
+                         error_y=dict(type="data", symmetric=False, array=df.speedup_high - df.speedup,
+                                      arrayminus=df.speedup - df.speedup_low)))
     fig.add_trace(go.Bar(x=df.model, y=df.onnx_gzip_bytes / 1024, name="gzip size (KB)", yaxis="y2",
                          offsetgroup=1))
     fig.update_layout(title="Zeros vs removed channels, measured in ONNX Runtime", barmode="group", height=380,
-                      yaxis=dict(title="median latency (ms)"),
+                      yaxis=dict(title="speedup vs dense (median of rounds; bars: their range)"),
                       yaxis2=dict(title="gzip size (KB)", overlaying="y", side="right", tickformat=",.0f"),
                       margin=dict(l=40, r=40, t=50, b=40))
     return LearnResult("zeros", df, fig, text, holds, subject.model_spec,
-                       plans["structured 50% (channels removed)"].to_dict())
+                       plans["structured 50% (channels removed)"])
 
 
 def prune_plus_int8(subject: Subject, progress: Progress) -> LearnResult:
@@ -272,7 +279,7 @@ def prune_plus_int8(subject: Subject, progress: Progress) -> LearnResult:
             + ("The claim (80% or more) holds here." if holds else "The claim (80% or more) does not hold here."))
     fig = go.Figure(go.Bar(x=df.model, y=df.onnx_gzip_bytes / 1024, text=[f"{v / 1024:.0f} KB" for v in df.onnx_gzip_bytes]))
     fig.update_layout(title="Compressed (gzip) ONNX size", yaxis_title="KB", height=380, margin=dict(l=40, r=20, t=50, b=40))
-    return LearnResult("int8", df, fig, text, holds, subject.model_spec, plan.to_dict(),
+    return LearnResult("int8", df, fig, text, holds, subject.model_spec, plan,
                        extra={"int8": cmp.to_dict()})
 
 
@@ -300,7 +307,7 @@ def cliff(subject: Subject, progress: Progress) -> LearnResult:
                       height=380, margin=dict(l=40, r=20, t=50, b=40))
     plan_ratio = last_ok if last_ok is not None else 0.5
     return LearnResult("cliff", df, fig, text, holds, subject.model_spec,
-                       _plan(subject, "l1-unstructured", plan_ratio, "global").to_dict())
+                       _plan(subject, "l1-unstructured", plan_ratio, "global"))
 
 
 def regularisation(subject: Subject, progress: Progress) -> LearnResult:
@@ -335,7 +342,7 @@ def regularisation(subject: Subject, progress: Progress) -> LearnResult:
     long = df.melt(id_vars="sparsity", value_vars=["test accuracy", "train accuracy"], var_name="split", value_name="accuracy")
     fig = _lines(long, "sparsity", "accuracy", "split", "Light pruning + the same fine-tuning", "sparsity", "accuracy")
     return LearnResult("regularisation", df, fig, text, bool(better), subject.model_spec,
-                       _plan(subject, "l1-unstructured", float(best.sparsity) or 0.2, "global").to_dict())
+                       _plan(subject, "l1-unstructured", float(best.sparsity) or 0.2, "global"))
 
 
 def instability(subject: Subject, progress: Progress) -> LearnResult:
@@ -362,7 +369,7 @@ def instability(subject: Subject, progress: Progress) -> LearnResult:
         fig.add_trace(go.Box(y=part.accuracy, name=str(name), boxpoints="all"))
     fig.update_layout(title="Spread over 5 seeds", yaxis_title="accuracy", height=380, margin=dict(l=40, r=20, t=50, b=40))
     return LearnResult("seeds", df, fig, text, bool((spread > 0).any()), subject.model_spec,
-                       _plan(subject, "random-unstructured", 0.7).to_dict())
+                       _plan(subject, "random-unstructured", 0.7))
 
 
 def data_aware_criteria(subject: Subject, progress: Progress) -> LearnResult:

@@ -13,6 +13,11 @@ An optional ``"schedule"`` object says *when* the pruning happens (``explorer.sc
 ``{"name": "iterative", "rounds": 3, "epochs": 4}``: the export replays it. Its options are
 validated like the rest and kept as given (defaults are not written in), so it round-trips
 exactly; a plan without one is written as before, byte for byte.
+
+An optional top-level ``"round_to": N`` (local plans with a structured method) rounds the output
+channels every pruned group keeps up to a multiple of N (never more than the group has), so that
+dense CPU kernels see widths they run fast at (``explorer.latency``). A plan without it is written
+as before, byte for byte.
 """
 
 from __future__ import annotations
@@ -31,12 +36,13 @@ from explorer.methods import get_method
 if TYPE_CHECKING:
     from explorer.schedules import ScheduleSpec
 
-__all__ = ["FORMAT", "VERSION", "LayerRule", "PruningPlan", "check_ratio"]
+__all__ = ["FORMAT", "MAX_ROUND_TO", "VERSION", "LayerRule", "PruningPlan", "check_ratio", "check_round_to"]
 
 FORMAT = "pruning-explorer/plan"
 VERSION = 1
 SCOPES = ("local", "global")
-_TOP_KEYS = {"format", "version", "model", "method", "scope", "layers", "ratio", "schedule"}
+MAX_ROUND_TO = 1024
+_TOP_KEYS = {"format", "version", "model", "method", "scope", "layers", "ratio", "round_to", "schedule"}
 _LAYER_KEYS = {"ratio", "method"}
 
 
@@ -48,6 +54,13 @@ def check_ratio(value: Any, where: str) -> float:
     if not math.isfinite(ratio) or not 0.0 <= ratio < 1.0:
         raise PlanError(f"{where}: ratio must be in [0, 1), got {value!r}")
     return ratio
+
+
+def check_round_to(value: Any, where: str) -> int:
+    """Return ``value`` as an int in [1, 1024] (1: no rounding), or raise PlanError naming ``where``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ROUND_TO:
+        raise PlanError(f"{where}: must be a whole number of channels in [1, {MAX_ROUND_TO}], got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,7 @@ class PruningPlan:
     scope: str = "local"
     ratio: float | None = None
     model: str | None = None
+    round_to: int | None = None  # kept channels rounded up to a multiple of it (local structured plans)
     schedule: ScheduleSpec | None = None  # when to prune (None: one-shot, as before)
 
     def __post_init__(self) -> None:
@@ -83,6 +97,13 @@ class PruningPlan:
             check_ratio(self.ratio, "global ratio")
         elif self.ratio is not None:
             raise PlanError("a top-level 'ratio' is only for scope 'global'; give per-layer ratios")
+        if self.round_to is not None:
+            check_round_to(self.round_to, "round_to")
+            if self.scope == "global":
+                raise PlanError("'round_to' is for local plans: a global ranking sets every group's count itself")
+            methods = {self.method, *(r.method for r in self.layers.values() if r.method)}
+            if not any(get_method(m).structured for m in methods):
+                raise PlanError(f"'round_to' rounds kept channel counts; {self.method} removes no channels")
 
     # --- construction --------------------------------------------------------------------------
 
@@ -126,6 +147,9 @@ class PruningPlan:
         ratio = data.get("ratio")
         if ratio is not None:
             ratio = check_ratio(ratio, "global ratio")
+        round_to = data.get("round_to")
+        if round_to is not None:
+            round_to = check_round_to(round_to, "'round_to'")
         schedule = None
         if "schedule" in data:
             from explorer.schedules import ScheduleSpec
@@ -135,7 +159,7 @@ class PruningPlan:
             except ScheduleError as e:
                 raise PlanError(str(e)) from None
         return cls(method=data["method"], layers=layers, scope=data.get("scope", "local"),
-                   ratio=ratio, model=model, schedule=schedule)
+                   ratio=ratio, model=model, round_to=round_to, schedule=schedule)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> PruningPlan:
@@ -174,6 +198,8 @@ class PruningPlan:
         d["layers"] = layers
         if self.schedule is not None:
             d["schedule"] = self.schedule.to_dict()
+        if self.round_to is not None:
+            d["round_to"] = self.round_to
         return d
 
     def to_json(self) -> str:
@@ -206,6 +232,8 @@ class PruningPlan:
 
     def with_schedule(self, schedule: ScheduleSpec | None) -> PruningPlan:
         return replace(self, schedule=schedule)
+    def with_round_to(self, round_to: int | None) -> PruningPlan:
+        return replace(self, round_to=round_to)
 
     @property
     def is_empty(self) -> bool:

@@ -22,7 +22,7 @@ from explorer.inspect import PRUNABLE_TYPES, Inventory, build_dependency_graph, 
 from explorer.methods import ChannelMethod, LayerContext, WeightMethod, get_method, unstructured_mask
 from explorer.plan import PruningPlan
 
-__all__ = ["apply_plan", "fresh_copy", "kept_channels", "pruned_weight", "remove_channels"]
+__all__ = ["apply_plan", "fresh_copy", "kept_channels", "pruned_weight", "ratio_for_width", "remove_channels"]
 
 
 # --- applying a plan -----------------------------------------------------------------------------
@@ -35,11 +35,25 @@ def fresh_copy(model: nn.Module) -> nn.Module:
 
 def kept_channels(n_channels: int, ratio: float, round_to: int | None = None) -> int:
     """Channels a local structured plan keeps in a group of ``n_channels`` at ``ratio`` (at least
-    one). ``round_to`` rounds the kept count up to a multiple of it (Torch-Pruning's rule)."""
+    one). ``round_to`` rounds the kept count up to a multiple of it (Torch-Pruning's rule), never
+    above ``n_channels``: the result is a multiple of ``round_to`` or the whole group."""
     kept = n_channels - min(int(ratio * n_channels), n_channels - 1)
     if round_to and round_to > 1:
         kept = min(n_channels, math.ceil(kept / round_to) * round_to)
     return kept
+
+
+def ratio_for_width(n_channels: int, width: int) -> float:
+    """A ratio at which a group of ``n_channels`` keeps exactly ``width`` channels
+    (``kept_channels(n_channels, ratio) == width``), with as few decimals as that allows."""
+    if not 1 <= width <= n_channels:
+        raise ValueError(f"a group of {n_channels} channels cannot keep {width}")
+    exact = (n_channels - width + 0.5) / n_channels  # int(exact * n) == n - width, away from float edges
+    for digits in (2, 3, 4, 6):
+        ratio = round((n_channels - width) / n_channels, digits)
+        if ratio < 1 and kept_channels(n_channels, ratio) == width:
+            return ratio
+    return exact
 
 
 def _structured(model: nn.Module, example_input: torch.Tensor, ratios: dict[str, tuple[float, ChannelMethod]],
@@ -178,8 +192,8 @@ def apply_plan(model: nn.Module, plan: PruningPlan, example_input: torch.Tensor,
 
     Structured layers are pruned first (shapes change), then unstructured masks are computed on
     what remains. ``seed`` varies the masks of random methods (the same seed, the same masks).
-    ``round_to`` (local structured plans; not part of the plan format) rounds the channels each
-    group keeps up to a multiple of it, so dense kernels see aligned channel counts.
+    ``round_to`` (local structured plans) rounds the channels each group keeps up to a multiple of
+    it, so dense kernels see aligned channel counts; the plan's own ``round_to`` when None.
     ``calibration``: the data that data-aware methods score with.
 
     Raises:
@@ -189,6 +203,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan, example_input: torch.Tensor,
     """
     names = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
     plan.check_layers(names)
+    round_to = plan.round_to if round_to is None else round_to
     pruned = fresh_copy(model)
     structured: dict[str, tuple[float, ChannelMethod]] = {}
     unstructured: list[str] = []

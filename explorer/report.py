@@ -22,10 +22,13 @@ from torch import nn
 
 from explorer.capabilities import ort_ops
 from explorer.errors import ExportError
+from explorer.evaluate import Evaluation
 from explorer.inspect import PRUNABLE_TYPES, count_macs
+from explorer.metricspec import SPECS, spec
 from explorer.plan import PruningPlan
 from explorer.progress import Progress, no_progress
 from explorer.methods import get_method
+from explorer.rounding import Slowdown, explain_slowdown
 from explorer.subject import Subject
 
 __all__ = ["export_bundle", "layer_rows", "render_html", "versions"]
@@ -69,45 +72,54 @@ def layer_rows(subject: Subject, pruned: nn.Module, plan: PruningPlan) -> list[d
     return rows
 
 
-def _fmt(value: float | int, kind: str) -> str:
-    if kind == "pct":
-        return f"{100 * value:.2f}%"
-    if kind == "ms":
-        return f"{value:.3f} ms"
-    if kind == "float":
-        return f"{value:.4f}"
-    return f"{int(value):,}"
-
-
-_METRIC_ROWS = [
-    ("accuracy", "Accuracy", "pct"),
-    ("loss", "Loss", "float"),
-    ("params_total", "Parameters", "int"),
-    ("params_nonzero", "Nonzero parameters", "int"),
-    ("macs", "MACs per sample", "int"),
-    ("onnx_bytes", "ONNX bytes", "int"),
-    ("onnx_gzip_bytes", "ONNX gzip bytes", "int"),
-    ("latency_ms_median", "ORT latency, median", "ms"),
-    ("latency_ms_p90", "ORT latency, p90", "ms"),
-]
-
-
-def render_html(metrics: dict[str, Any], rows: list[dict[str, Any]], plan: PruningPlan) -> str:
-    """A self-contained HTML report (no scripts, no external files)."""
-    dense = metrics["dense"]
-    labelled = metrics.get("labels", True)
+def _metric_rows(evaluation: Evaluation) -> str:
+    """The metrics table: every metric of ``explorer.metricspec``, latencies with the interleaved ratio."""
     e = html.escape
+    sp = evaluation.speedup
     trs = []
-    for key, label, kind in _METRIC_ROWS:
-        if not labelled and key == "accuracy":
-            label = "Agreement with dense"
-        if not labelled and key == "loss":
-            label = "KL divergence from dense"
-        d, p = dense[key], metrics[key]
-        change = f"{p / d:.2f}x" if d and kind in ("int", "ms") else f"{(p - d) * (100 if kind == 'pct' else 1):+.2f}"
-        trs.append(f"<tr><td>{e(label)}</td><td>{_fmt(d, kind)}</td><td>{_fmt(p, kind)}</td><td>{change}</td></tr>")
-    speedup = dense["latency_ms_median"] / metrics["latency_ms_median"]
-    mac_ratio = dense["macs"] / metrics["macs"] if metrics["macs"] else float("inf")
+    for s in SPECS:
+        d, p = getattr(evaluation.dense, s.key), getattr(evaluation.pruned, s.key)
+        change = s.delta(p, d)
+        if s.unit == "ms":
+            r = None if sp is None else sp.p90 if s.key == "latency_ms_p90" else sp.median
+            change = "" if r is None else (f"{r.value:.2f}x speedup (rounds {r.low:.2f}-{r.high:.2f}x"
+                                           + (", within noise)" if r.within_noise else ")"))
+        trs.append(f"<tr><td>{e(s.name(evaluation.labels))}</td><td>{e(s.format(d))}</td><td>{e(s.format(p))}</td>"
+                   f"<td>{e(str(change))}</td></tr>")
+    return "".join(trs)
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _speedup_html(evaluation: Evaluation, slowdown: Slowdown | None) -> str:
+    e = html.escape
+    sp = evaluation.speedup
+    mac = f"a <b>MAC ratio of {evaluation.mac_ratio:.2f}x</b>"
+    if sp is None:
+        return f"<p>The dense model alone; {mac}.</p>"
+    verdict = ("within noise: the rounds' range covers 1.0x" if sp.within_noise else
+               "<b>slower than dense</b>" if sp.slower else "faster in every round")
+    out = (f"<p><b>Measured ORT speedup {sp.ratio:.2f}x</b> (rounds {sp.median.low:.2f}-{sp.median.high:.2f}x; "
+           f"{verdict}) next to {mac}. {e(_capital(sp.method_text()))}.</p>")
+    if slowdown is not None:
+        head, cause, offer = slowdown.lines()
+        out += (f"<p class=\"warn\"><b>{e(_capital(head))}.</b> {e(_capital(cause))}. {e(_capital(offer))}.</p>")
+        if slowdown.rounded_plan is not None:
+            out += f"<p>The rounded plan:</p><pre>{e(slowdown.rounded_plan.to_json())}</pre>"
+    return out
+
+
+def render_html(evaluation: Evaluation, rows: list[dict[str, Any]], plan: PruningPlan,
+                extra: dict[str, Any] | None = None, slowdown: Slowdown | None = None) -> str:
+    """A self-contained HTML report (no scripts, no external files).
+
+    ``extra``: what else metrics.json holds (``schedule``, ``recovery``, ``int8``, ``versions``); ``slowdown``:
+    why the plan measured slower than dense, with the rounded plan (``explorer.rounding``).
+    """
+    extra = extra or {}
+    e = html.escape
     methods = sorted({plan.method_of(n) for n in plan.layers} or {plan.method})
     notes = "".join(f"<li><b>{e(m)}</b>: {e(get_method(m).runtime_note)}</li>" for m in methods)
     layer_trs = "".join(
@@ -117,8 +129,9 @@ def render_html(metrics: dict[str, Any], rows: list[dict[str, Any]], plan: Pruni
             f"{r['nonzero']:,}", f"{100 * r['sparsity']:.1f}%", f"{r['dense_macs']:,}", f"{r['macs']:,}",
         )) + "</tr>" for r in rows
     )
+    rounding = f", kept channels rounded up to multiples of {plan.round_to}" if plan.round_to else ""
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Pruning report: {e(metrics.get('model', ''))}</title>
+<html lang="en"><head><meta charset="utf-8"><title>Pruning report: {e(evaluation.model)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; }}
 table {{ border-collapse: collapse; margin: 1rem 0; }}
@@ -126,22 +139,22 @@ td, th {{ border: 1px solid #ccc; padding: .3rem .6rem; text-align: right; }}
 td:first-child, th:first-child {{ text-align: left; }}
 th {{ background: #f3f3f3; }}
 .small {{ color: #666; font-size: .9rem; }}
+.warn {{ background: #fff4e5; border-left: 4px solid #f0a020; padding: .5rem .8rem; }}
 </style></head><body>
 <h1>Pruning report</h1>
-<p>Model <code>{e(str(metrics.get('model')))}</code>, data <code>{e(str(metrics.get('data')))}</code>,
-method <code>{e(plan.method)}</code>, scope <code>{e(plan.scope)}</code>.</p>
-<p><b>Measured ORT speedup {speedup:.2f}x</b> (median latency, batch 1, {dense['latency_threads']} thread(s),
-{dense['latency_runs']} timed runs after warm-up) next to a <b>MAC ratio of {mac_ratio:.2f}x</b>.</p>
+<p>Model <code>{e(str(evaluation.model))}</code>, data <code>{e(str(evaluation.data))}</code>,
+method <code>{e(plan.method)}</code>, scope <code>{e(plan.scope)}</code>{e(rounding)}.</p>
+{_speedup_html(evaluation, slowdown)}
 <ul>{notes}</ul>
 <h2>Metrics (measured on model.onnx in ONNX Runtime)</h2>
-<table><tr><th>Metric</th><th>Dense</th><th>Pruned</th><th>Change</th></tr>{''.join(trs)}</table>
-{_schedule_html(metrics)}
-{_recovery_html(metrics)}
+<table><tr><th>Metric</th><th>Dense</th><th>Pruned</th><th>Change</th></tr>{_metric_rows(evaluation)}</table>
+{_schedule_html(extra)}
+{_recovery_html(extra, evaluation.labels)}
 <h2>Layers</h2>
 <table><tr><th>Layer</th><th>Type</th><th>Group</th><th>Method</th><th>Ratio</th><th>Dense shape</th>
 <th>Shape</th><th>Nonzero</th><th>Sparsity</th><th>Dense MACs</th><th>MACs</th></tr>{layer_trs}</table>
 <h2>Plan</h2><pre>{e(plan.to_json())}</pre>
-<p class="small">{e(json.dumps(metrics.get('versions', {})))}</p>
+<p class="small">{e(json.dumps(extra.get('versions', {})))}</p>
 </body></html>
 """
 
@@ -171,7 +184,7 @@ def _schedule_html(metrics: dict[str, Any]) -> str:
             f"<th>Sparsity</th><th>Nonzero</th><th>Test accuracy</th><th>Val accuracy</th></tr>{cells}</table>")
 
 
-def _recovery_html(metrics: dict[str, Any]) -> str:
+def _recovery_html(metrics: dict[str, Any], labels: bool = True) -> str:
     """Fine-tuning and int8 sections, when the bundle has them ('' otherwise)."""
     e = html.escape
     parts = []
@@ -192,11 +205,9 @@ def _recovery_html(metrics: dict[str, Any]) -> str:
     if q:
         fp = q["fp32"]
         cells = "".join(
-            f"<tr><td>{e(label)}</td><td>{_fmt(fp[k], kind)}</td><td>{_fmt(q[k], kind)}</td></tr>"
-            for k, label, kind in (("accuracy", "Accuracy" if metrics.get("labels", True) else "Agreement with dense",
-                                    "pct"), ("onnx_bytes", "ONNX bytes", "int"),
-                                   ("onnx_gzip_bytes", "ONNX gzip bytes", "int"),
-                                   ("latency_ms_median", "ORT latency, median", "ms"))
+            f"<tr><td>{e(label)}</td><td>{e(fmt(fp[k]))}</td><td>{e(fmt(q[k]))}</td></tr>"
+            for k, label, fmt in ((k, spec(k).name(labels), spec(k).format)
+                                  for k in ("accuracy", "onnx_bytes", "onnx_gzip_bytes", "latency_ms_median"))
         )
         parts.append(
             f"<h2>int8 (model.int8.onnx, {e(q['mode'])})</h2>"
@@ -284,7 +295,11 @@ def export_bundle(subject: Subject, plan: PruningPlan, out_dir: str | Path,
     try:
         plan.save(files["plan"])
         stage(0.2, "exporting to ONNX and measuring in ONNX Runtime")
-        metrics_obj = subject.measure(pruned, onnx_path=files["onnx"])
+        evaluation = subject.evaluate(plan, onnx_path=files["onnx"], model=pruned)
+        slowdown = None
+        if evaluation.speedup is not None and evaluation.speedup.slower:
+            stage(0.45, "slower than dense: timing the widths of each group")
+            slowdown = explain_slowdown(subject, evaluation)
         int8 = None
         if quantize == "int8":
             from explorer.quantize import compare_int8
@@ -296,10 +311,10 @@ def export_bundle(subject: Subject, plan: PruningPlan, out_dir: str | Path,
         stage(0.6, "saving the PyTorch artifacts")
         pt2_error = _save_pt2(pruned, subject.example_input, files["pt2"])
         torch.save(pruned.state_dict(), files["state_dict"])
-        dense, _ = subject.dense()
-        metrics: dict[str, Any] = metrics_obj.to_dict()
-        metrics.update(dense=dense.to_dict(), model=subject.model_spec, data=subject.data_spec,
-                       plan=plan.to_dict(), versions=versions())
+        metrics: dict[str, Any] = evaluation.to_dict()
+        metrics.update(plan=plan.to_dict(), versions=versions())
+        if slowdown is not None:
+            metrics["slowdown"] = slowdown.to_dict()
         if pt2_error:
             metrics["pt2_error"] = pt2_error
         if schedule is not None:
@@ -312,7 +327,8 @@ def export_bundle(subject: Subject, plan: PruningPlan, out_dir: str | Path,
         rows = layer_rows(subject, pruned, plan)
         metrics["layers"] = rows
         files["metrics"].write_text(json.dumps(metrics, indent=2) + "\n")
-        files["report"].write_text(render_html(metrics, rows, plan))
+        extra = {k: metrics[k] for k in ("schedule", "recovery", "int8", "versions") if k in metrics}
+        files["report"].write_text(render_html(evaluation, rows, plan, extra, slowdown))
     except OSError as e:
         raise ExportError(f"--out {out}: cannot write ({e.strerror})") from None
     on_progress(1.0, "done")

@@ -1,19 +1,28 @@
 """The one place that exports to ONNX, builds ONNX Runtime sessions and times them.
 
 Sessions follow the house rule: CPU provider, a fixed ``intra_op_num_threads``, one inter-op
-thread, sequential execution. Latency: warm-up, at least 30 timed runs, median and p90 (and the
-run-to-run spread, so a UI can say "within noise").
+thread, sequential execution. Latency: warm-up, at least 30 timed runs, median and p90.
+
+A speedup is never the ratio of two latencies measured at different moments (on a busy machine
+that gives fake ratios): :func:`measure_speedup` times the dense and the pruned session
+alternately in one window, ``rounds`` rounds (at least 5) of a few runs each, the two back to back
+in every round and their order alternating from round to round. The speedup is the median of the
+per-round ratios (dense / pruned), its spread the lowest and highest per-round ratio, and it is
+"within noise" when that spread covers 1.0 (:class:`RoundRatios`).
 """
 
 from __future__ import annotations
 
 import gzip
 import io
+import math
 import statistics
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -23,12 +32,16 @@ from torch import nn
 from explorer.capabilities import ort_ops
 from explorer.errors import ExportError
 
-__all__ = ["LatencyStats", "OrtModel", "export_onnx", "gzip_size", "measure_latency", "ort_session",
+__all__ = ["DEFAULT_ROUNDS", "MIN_ROUNDS", "LatencyStats", "OrtModel", "RoundRatios", "Speedup", "Timeable",
+           "export_onnx", "gzip_size", "measure_latency", "measure_speedup", "ort_session", "time_interleaved",
            "torchscript_export"]
 
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 MIN_RUNS = 30
+MIN_ROUNDS = 5  # DESIGN.md rule 7: a speedup is measured in at least 5 alternating rounds
+DEFAULT_ROUNDS = 7  # odd: the median is one round's ratio; all 7 on one side of 1.0 by chance: 1.6 %
+MIN_ROUND_RUNS = 10  # timed runs of each session per round (its median is that round's latency)
 
 
 def ort_session(model: str | Path | bytes, threads: int = 1, *, optimize: bool = True) -> ort.InferenceSession:
@@ -119,12 +132,14 @@ class OrtModel:
     graph as exact float arithmetic on its dequantized values.
     """
 
-    def __init__(self, path: str | Path, threads: int = 1, *, optimize: bool = True) -> None:
+    def __init__(self, path: str | Path | bytes, threads: int = 1, *, optimize: bool = True,
+                 name: str | None = None) -> None:
         self.threads = threads
+        where = name or ("the ONNX model" if isinstance(path, bytes) else str(path))
         try:
             self.session = ort_session(path, threads, optimize=optimize)
         except Exception as e:
-            raise ExportError(f"{path}: ONNX Runtime cannot load it: {str(e).splitlines()[0]}") from None
+            raise ExportError(f"{where}: ONNX Runtime cannot load it: {str(e).splitlines()[0]}") from None
         self.input_name = self.session.get_inputs()[0].name
         first = (self.session.get_inputs()[0].shape or [None])[0]
         # A file that fixes its batch size (often 1): fed in batches of exactly that size.
@@ -159,6 +174,17 @@ class LatencyStats:
         return asdict(self)
 
 
+def _stats(times: Sequence[float], threads: int) -> LatencyStats:
+    median = statistics.median(times)
+    return LatencyStats(
+        median_ms=median,
+        p90_ms=float(np.percentile(times, 90)),
+        spread_ms=statistics.median(abs(t - median) for t in times),
+        runs=len(times),
+        threads=threads,
+    )
+
+
 def measure_latency(model: OrtModel, example_input: np.ndarray, runs: int = 50, warmup: int = 10) -> LatencyStats:
     """Time ``runs`` inferences of ``example_input`` (padded to a fixed batch size the file declares)
     after ``warmup`` untimed ones."""
@@ -172,11 +198,187 @@ def measure_latency(model: OrtModel, example_input: np.ndarray, runs: int = 50, 
         t0 = time.perf_counter_ns()
         run(None, feed)
         times.append((time.perf_counter_ns() - t0) / 1e6)
-    median = statistics.median(times)
-    return LatencyStats(
-        median_ms=median,
-        p90_ms=float(np.percentile(times, 90)),
-        spread_ms=statistics.median(abs(t - median) for t in times),
-        runs=runs,
-        threads=model.threads,
+    return _stats(times, model.threads)
+
+
+# --- speedups: dense and pruned timed alternately in one window -----------------------------------
+
+
+class _Session(Protocol):
+    def run(self, output_names: None, feed: dict[str, np.ndarray]) -> object: ...
+
+
+class Timeable(Protocol):
+    """What :func:`time_interleaved` needs of a model (an :class:`OrtModel`, or a fake in tests)."""
+
+    session: _Session
+    input_name: str
+    threads: int
+
+    def fit(self, x: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class RoundRatios:
+    """One ratio per round of an interleaved window, and its summary.
+
+    ``value`` is the median of the per-round ratios, ``low``/``high`` the lowest and highest of
+    them (the spread). The ratio is *within noise* when the spread covers 1.0: some round saw no
+    change or the opposite one.
+    """
+
+    per_round: tuple[float, ...]
+
+    @property
+    def value(self) -> float:
+        return statistics.median(self.per_round)
+
+    @property
+    def low(self) -> float:
+        return min(self.per_round)
+
+    @property
+    def high(self) -> float:
+        return max(self.per_round)
+
+    @property
+    def within_noise(self) -> bool:
+        return self.low <= 1.0 <= self.high
+
+    def inverse(self) -> RoundRatios:
+        """The same rounds as the reciprocal ratio (a speedup as a share of the dense latency)."""
+        return RoundRatios(tuple(1.0 / r for r in self.per_round))
+
+    def to_dict(self) -> dict[str, object]:
+        return {"value": self.value, "low": self.low, "high": self.high, "within_noise": self.within_noise,
+                "per_round": list(self.per_round)}
+
+
+@dataclass(frozen=True)
+class Speedup:
+    """Dense over pruned latency, the two timed alternately in one window (``DESIGN.md`` rule 7).
+
+    ``median``: per round, the dense median over the pruned median (above 1: the pruned model is
+    faster); ``p90`` the same of the rounds' 90th percentiles. ``dense`` and ``pruned`` pool every
+    timed run of the window (so a dense p90 is measured exactly like the pruned one).
+    """
+
+    median: RoundRatios
+    p90: RoundRatios
+    dense: LatencyStats
+    pruned: LatencyStats
+    rounds: int
+    runs_per_round: int
+
+    @property
+    def ratio(self) -> float:
+        return self.median.value
+
+    @property
+    def within_noise(self) -> bool:
+        return self.median.within_noise
+
+    @property
+    def slower(self) -> bool:
+        """Every round timed the pruned model slower than the dense one."""
+        return self.median.high < 1.0
+
+    @property
+    def faster(self) -> bool:
+        """Every round timed the pruned model faster than the dense one."""
+        return self.median.low > 1.0
+
+    @property
+    def latency_share(self) -> RoundRatios:
+        """Pruned over dense latency per round (what a latency target is measured in)."""
+        return self.median.inverse()
+
+    def describe(self) -> str:
+        """'1.32x (rounds 1.25-1.41x)', with ', within noise' when the rounds' spread covers 1.0."""
+        m = self.median
+        return f"{m.value:.2f}x (rounds {m.low:.2f}-{m.high:.2f}x{', within noise' if m.within_noise else ''})"
+
+    def method_text(self) -> str:
+        return (f"dense and pruned timed alternately in {self.rounds} rounds of {self.runs_per_round} runs each, "
+                f"batch 1, {self.pruned.threads} thread(s); the median of the per-round ratios")
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "ratio": self.ratio, "low": self.median.low, "high": self.median.high, "within_noise": self.within_noise,
+            "per_round": list(self.median.per_round), "p90": self.p90.to_dict(), "rounds": self.rounds,
+            "runs_per_round": self.runs_per_round, "threads": self.pruned.threads,
+            "dense_ms_median": self.dense.median_ms, "pruned_ms_median": self.pruned.median_ms,
+        }
+
+
+def round_order(n_models: int, round_index: int) -> list[int]:
+    """The order the models are timed in during round ``round_index``: rotated by one each round,
+    so every model is timed first equally often; with two models the order alternates (A B, B A,
+    A B, ...)."""
+    return [(i + round_index) % n_models for i in range(n_models)]
+
+
+def time_interleaved(models: Sequence[Timeable], example_input: np.ndarray, rounds: int = DEFAULT_ROUNDS,
+                     runs_per_round: int = MIN_ROUND_RUNS, warmup: int = 10,
+                     clock: Callable[[], int] = time.perf_counter_ns) -> list[list[list[float]]]:
+    """Time every model in one window: ``rounds`` rounds; in each, every model ``runs_per_round``
+    times back to back, in the order :func:`round_order` gives. Every model is warmed up
+    (``warmup`` untimed runs) before the first round.
+
+    Returns milliseconds as ``times[model][round][run]``. ``clock`` returns nanoseconds (a fake in
+    tests).
+    """
+    if rounds < 1 or runs_per_round < 1:
+        raise ValueError(f"need at least one round and one run per round, got {rounds} x {runs_per_round}")
+    feeds = [{m.input_name: np.ascontiguousarray(m.fit(example_input))} for m in models]
+    for m, feed in zip(models, feeds):
+        for _ in range(warmup):
+            m.session.run(None, feed)
+    times: list[list[list[float]]] = [[[] for _ in range(rounds)] for _ in models]
+    for r in range(rounds):
+        for i in round_order(len(models), r):
+            run, feed, out = models[i].session.run, feeds[i], times[i][r]
+            for _ in range(runs_per_round):
+                t0 = clock()
+                run(None, feed)
+                out.append((clock() - t0) / 1e6)
+    return times
+
+
+def per_round_ratios(numerator: Sequence[Sequence[float]], denominator: Sequence[Sequence[float]],
+                     stat: Callable[[Sequence[float]], float] = statistics.median) -> RoundRatios:
+    """``stat`` of each round of ``numerator`` over the same of ``denominator``."""
+    return RoundRatios(tuple(stat(a) / max(stat(b), 1e-12) for a, b in zip(numerator, denominator)))
+
+
+def _p90(values: Sequence[float]) -> float:
+    return float(np.percentile(values, 90))
+
+
+def speedup_of(times: Sequence[Sequence[Sequence[float]]], dense: int, pruned: int, threads: int) -> Speedup:
+    """The :class:`Speedup` of model ``pruned`` over model ``dense`` in an interleaved window."""
+    d, p = times[dense], times[pruned]
+    return Speedup(
+        median=per_round_ratios(d, p), p90=per_round_ratios(d, p, _p90),
+        dense=_stats([t for r in d for t in r], threads), pruned=_stats([t for r in p for t in r], threads),
+        rounds=len(d), runs_per_round=len(d[0]),
     )
+
+
+def rounds_for(runs: int, rounds: int = DEFAULT_ROUNDS) -> tuple[int, int]:
+    """(rounds, runs per round) that time each session at least ``runs`` (and 30) times in all."""
+    rounds = max(rounds, MIN_ROUNDS)
+    return rounds, max(MIN_ROUND_RUNS, math.ceil(max(runs, MIN_RUNS) / rounds))
+
+
+def measure_speedup(dense: Timeable, pruned: Timeable, example_input: np.ndarray, *, runs: int = 50,
+                    rounds: int = DEFAULT_ROUNDS, warmup: int = 10,
+                    clock: Callable[[], int] = time.perf_counter_ns) -> Speedup:
+    """Dense over pruned latency, timed alternately in one window (see the module docstring).
+
+    ``runs``: timed runs of each session in all (at least 30), split over ``rounds`` rounds (at
+    least 5) of at least 10 runs.
+    """
+    rounds, per_round = rounds_for(runs, rounds)
+    times = time_interleaved([dense, pruned], example_input, rounds, per_round, warmup, clock)
+    return speedup_of(times, 0, 1, pruned.threads)

@@ -7,6 +7,7 @@ a Subject can be shared by every user of the app.
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from pathlib import Path
 
@@ -16,12 +17,13 @@ from torch import nn
 from explorer.capabilities import Capabilities
 from explorer.data import Dataset, Split, load_data
 from explorer.errors import DataError
-from explorer.evaluate import Metrics, measure
+from explorer.evaluate import Evaluation, Metrics, measure, with_latency
 from explorer.inspect import Inventory, inventory
 from explorer.models import ZOO, load_model
 from explorer.models.loaders import input_shape_of
 from explorer.plan import PruningPlan
 from explorer.prune import apply_plan
+from explorer.runtime import LatencyStats, OrtModel, Speedup, export_onnx, measure_speedup
 
 __all__ = ["DEFAULT_MODEL", "Subject"]
 
@@ -55,6 +57,7 @@ class Subject:
         self.capabilities = Capabilities.of(self.model, self.inventory.structured_error)
         self._lock = threading.Lock()
         self._dense: tuple[Metrics, np.ndarray] | None = None
+        self._dense_session: OrtModel | None = None
 
     @property
     def layer_names(self) -> list[str]:
@@ -67,7 +70,8 @@ class Subject:
         return found[0] if found is not None else None
 
     def prune(self, plan: PruningPlan, *, round_to: int | None = None) -> nn.Module:
-        """A pruned copy of the base model."""
+        """A pruned copy of the base model (kept channels rounded as the plan's ``round_to`` says,
+        unless ``round_to`` is given)."""
         return apply_plan(self.model, plan, self.example_input, self.inventory, round_to=round_to,
                           calibration=self.calibration)
 
@@ -78,6 +82,21 @@ class Subject:
                 self._dense = measure(self.model, self.data, threads=self.threads, runs=self.runs)
             return self._dense
 
+    def dense_session(self) -> OrtModel:
+        """The dense model's ONNX Runtime session with the latency thread count (built once): the
+        reference every speedup is timed against."""
+        with self._lock:
+            if self._dense_session is None:
+                with tempfile.TemporaryDirectory(prefix="explorer-dense-") as tmp:
+                    path = export_onnx(self.model, self.example_input, Path(tmp) / "dense.onnx")
+                    self._dense_session = OrtModel(path.read_bytes(), threads=self.threads,
+                                                   name=f"{self.model_spec} (dense)")
+            return self._dense_session
+
+    def speedup(self, session: OrtModel) -> Speedup:
+        """Dense over ``session``'s latency, the two timed alternately in one window."""
+        return measure_speedup(self.dense_session(), session, self.example_input.numpy(), runs=self.runs)
+
     def measure(self, model: nn.Module, onnx_path: str | Path | None = None) -> Metrics:
         """Metrics of a (pruned) model of this subject, against the dense model where unlabelled."""
         _, reference = self.dense()
@@ -85,14 +104,25 @@ class Subject:
                              threads=self.threads, runs=self.runs)
         return metrics
 
-    def evaluate(self, plan: PruningPlan | None = None, onnx_path: str | Path | None = None) -> dict:
-        """The ``evaluate --json`` object: the pruned model's metrics, and the dense ones under 'dense'."""
-        dense, _ = self.dense()
-        pruned = dense if plan is None else self.measure(self.prune(plan), onnx_path)
-        out: dict = pruned.to_dict()
-        out["dense"] = dense.to_dict()
-        out["model"] = self.model_spec
-        out["data"] = self.data_spec
-        if plan is not None:
-            out["plan"] = plan.to_dict()
-        return out
+    def evaluate(self, plan: PruningPlan | None = None, onnx_path: str | Path | None = None, *,
+                 model: nn.Module | None = None) -> Evaluation:
+        """The pruned model's metrics next to the dense model's, with the interleaved speedup.
+
+        ``model``: an already pruned (e.g. fine-tuned) model of ``plan``; pruned afresh when None.
+        Without a plan or a model this is the dense model alone (no speedup). The latency fields of
+        both sides are those of the interleaved window, so they were timed alongside each other.
+        """
+        dense, reference = self.dense()
+        if plan is None and model is None:
+            return Evaluation(dense, dense, self.model_spec, self.data_spec)
+        pruned_model = model if model is not None else self.prune(plan)  # type: ignore[arg-type]
+        window: list[Speedup] = []
+
+        def timer(session: OrtModel, x: np.ndarray) -> LatencyStats:
+            window.append(self.speedup(session))
+            return window[-1].pruned
+
+        pruned, _ = measure(pruned_model, self.data, reference=reference, onnx_path=onnx_path,
+                            threads=self.threads, runs=self.runs, timer=timer)
+        speedup = window[0]
+        return Evaluation(pruned, with_latency(dense, speedup.dense), self.model_spec, self.data_spec, plan, speedup)

@@ -4,7 +4,7 @@ import streamlit as st
 
 from explorer.errors import ExplorerError
 from explorer.methods import get_method
-from ui import allocation, cache, controls, state, widgets
+from ui import allocation, cache, controls, rounding, state, widgets
 from ui.metrics import cards
 from ui.state import Keys
 
@@ -28,8 +28,9 @@ with right:
         st.error(str(e))
     if plan is not None and result is not None:
         if not plan.is_empty:  # the dense model is row 0 of the history already
-            state.add_history(plan.key(), draft, draft.summary(subject.inventory), result)
+            state.add_history(plan.key(), draft, draft.summary(subject.inventory), result.to_dict())
         widgets.metric_row(cards(result), per_row=2)
+        rounding.slowdown_note(subject, result)
         methods = sorted({plan.method_of(n) for n in plan.layers} | {plan.method})
         if subject.capabilities.structured_off:  # a structured method is off here: nothing to say of its speed
             methods = [m for m in methods if not get_method(m).structured]

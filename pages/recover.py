@@ -11,7 +11,6 @@ from explorer.loop import INT8_MODES
 from explorer.recover import batchnorm_layers
 from explorer.schedules import SCHEDULES
 from ui import recover, state, widgets
-from ui.metrics import fmt_bytes
 from ui.state import Keys
 
 state.ensure_router()
@@ -75,17 +74,9 @@ if result is None:
 
 rows = result["rows"]
 st.plotly_chart(figures.recovery_bars(rows), key="recover.bars")
-table = pd.DataFrame(rows).assign(
-    accuracy=lambda d: 100 * d.accuracy, onnx_bytes=lambda d: d.onnx_bytes.map(fmt_bytes),
-    onnx_gzip_bytes=lambda d: d.onnx_gzip_bytes.map(fmt_bytes))
-st.dataframe(table, hide_index=True, column_config={
-    "accuracy": st.column_config.NumberColumn("accuracy (%)" if subject.data.has_labels else "agreement (%)", format="%.2f"),
-    "loss": st.column_config.NumberColumn("loss", format="%.4f"),
-    "params_nonzero": st.column_config.NumberColumn("nonzero params", format="localized"),
-    "onnx_bytes": "ONNX", "onnx_gzip_bytes": "gzipped",
-    "latency_ms_median": st.column_config.NumberColumn("median (ms)", format="%.3f"),
-    "latency_ms_p90": st.column_config.NumberColumn("p90 (ms)", format="%.3f"),
-})
+keys = ["accuracy", "loss", "params_nonzero", "onnx_bytes", "onnx_gzip_bytes", "latency_ms_median", "latency_ms_p90"]
+st.dataframe(widgets.metric_table(pd.DataFrame(rows), ["stage"], keys).assign(note=[r["note"] for r in rows]),
+             hide_index=True, column_config=widgets.metric_columns(keys, subject.data.has_labels))
 if result["epochs"]:
     st.plotly_chart(figures.finetune_curve(result["epochs"]), key="recover.curve")
 if result["int8"]:

@@ -78,8 +78,9 @@ with st.expander("Table"):
 
 if get_method(wanted["method"]).structured:
     st.subheader("Latency curves", anchor=False)
-    st.caption("Measured ONNX Runtime latency of the model with only one group pruned, per ratio. Steps come from "
-               "channel counts: kernels run fastest at some widths, so fewer channels is not always faster.")
+    st.caption("Measured ONNX Runtime latency of the model with only one group pruned, per ratio, as a share of the "
+               "dense latency timed alternately with it (bars: the range of the rounds). Steps come from channel "
+               "counts: kernels run fastest at some widths, so fewer channels is not always faster.")
     round8 = st.toggle("Round kept channels to multiples of 8", key=Keys.SENS_ROUND8)
     round_to = 8 if round8 else None
     curves = cache.cached_latency_curves(model, data, wanted["method"], wanted["ratios"], round_to)

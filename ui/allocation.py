@@ -39,23 +39,31 @@ def _run(subject: Subject, key: tuple[Any, ...], work: Any) -> Any:
     return found
 
 
-def _use(plan: dict[str, Any], subject: Subject) -> None:
-    state.restore(Draft.from_plan(PruningPlan.from_dict(plan), subject.inventory), subject.inventory)
+def _use(plan: PruningPlan, subject: Subject) -> None:
+    state.restore(Draft.from_plan(plan, subject.inventory), subject.inventory)
     state.flash("success", "The sliders now hold the automatic allocation: edit it from here.")
 
 
-def _summary(a: dict[str, Any], labelled: bool) -> str:
+def _summary(a: alloc.Allocation, labelled: bool) -> str:
     what = "accuracy" if labelled else "agreement"
-    verified = "not verified" if a["verified_accuracy"] is None else f"verified {100 * a['verified_accuracy']:.2f}%"
-    text = (f"Achieved **{100 * a['achieved']:.1f}%** ({'met' if a['met'] else 'missed'}, measured after "
-            f"{a['rounds']} round(s)). {what.capitalize()}: dense {100 * a['dense_accuracy']:.2f}%, predicted from "
-            f"the curves {100 * a['predicted_accuracy']:.2f}%, {verified}.")
-    if a.get("candidates"):
+    verified = "not verified" if a.verified_accuracy is None else f"verified {100 * a.verified_accuracy:.2f}%"
+    text = (f"Achieved **{100 * a.achieved:.1f}%** {a.target.kind_spec.achieved_unit(a.size_metric)} "
+            f"({'met' if a.met else 'missed'}, measured after {a.rounds} round(s)).")
+    if a.speedup is not None:
+        share = a.speedup.latency_share
+        text += (f" Timed alternately with the dense model in {a.speedup.rounds} rounds: median "
+                 f"{100 * share.value:.1f}%, rounds {100 * share.low:.1f}% to {100 * share.high:.1f}%; met only when "
+                 "every round is within the target (the cards' rule).")
+    if a.plan.round_to:
+        text += f" Kept channels rounded up to multiples of {a.plan.round_to}."
+    text += (f" {what.capitalize()}: dense {100 * a.dense_accuracy:.2f}%, predicted from the curves "
+             f"{100 * a.predicted_accuracy:.2f}%, {verified}.")
+    if a.candidates:
         ranked = ", ".join(f"{name} {100 * acc:.2f}%" for name, acc in
-                           sorted(a["candidates"].items(), key=lambda kv: -kv[1]))
-        text += f" Compared on the evaluation data, each meeting the target: {ranked}; kept **{a['chosen']}**."
-    if a["flagged"]:
-        text += (f" Predicted and verified differ by {100 * abs(a['gap']):.1f} points: pruning several layers "
+                           sorted(a.candidates.items(), key=lambda kv: -kv[1]))
+        text += f" Compared on the evaluation data, each meeting the target: {ranked}; kept **{a.chosen}**."
+    if a.flagged and a.gap is not None:
+        text += (f" Predicted and verified differ by {100 * abs(a.gap):.1f} points: pruning several layers "
                  "interacts in ways the one-layer curves do not see.")
     return text
 
@@ -86,17 +94,18 @@ def section(subject: Subject) -> None:
         try:
             if left.button("Allocate", type="primary", key="prune.allocate"):
                 _run(subject, (model, data, kind, value, method),
-                     lambda p: alloc.allocate(subject, (kind, value), method, on_progress=p).to_dict())
+                     lambda p: alloc.allocate(subject, (kind, value), method, on_progress=p))
             found = _results().get((model, data, kind, value, method))
             if found is not None:
                 st.markdown(_summary(found, subject.data.has_labels))
-                st.button("Use this plan", key="prune.allocate.use", on_click=_use, args=(found["plan"], subject),
+                st.button("Use this plan", key="prune.allocate.use", on_click=_use, args=(found.plan, subject),
                           icon=":material/tune:")
             if right.button(f"Pareto front ({len(_FRONT)} targets)", key="prune.allocate.front"):
                 _run(subject, ("front", model, data, kind, method),
-                     lambda p: [a.to_dict() for a in alloc.pareto_front(subject, kind, _FRONT, method, on_progress=p)])
+                     lambda p: alloc.pareto_front(subject, kind, _FRONT, method, on_progress=p))
             front = _results().get(("front", model, data, kind, method))
             if front:
-                st.plotly_chart(figures.allocation_front(front), key="prune.allocate.front_chart")
+                st.plotly_chart(figures.allocation_front([a.to_dict() for a in front]),
+                                key="prune.allocate.front_chart")
         except ExplorerError as e:
             st.error(str(e))

@@ -26,9 +26,11 @@ import torch
 from explorer import latency
 from explorer import sensitivity as sens
 from explorer.bundle import zip_bundle
+from explorer.evaluate import Evaluation
 from explorer.plan import PruningPlan
 from explorer.progress import Progress, no_progress
 from explorer.report import export_bundle
+from explorer.rounding import Slowdown, explain_slowdown
 from explorer.methods import get_method
 from explorer.subject import Subject
 from explorer.weights import LayerView, channel_importance, layer_view, weight_stats
@@ -39,8 +41,8 @@ from explorer.weights import LayerView, channel_importance, layer_view, weight_s
 # 0.70-1.03 s with 2 (torch's default here). PRUNING_EXPLORER_TORCH_THREADS overrides it.
 torch.set_num_threads(int(os.environ.get("PRUNING_EXPLORER_TORCH_THREADS", "1")))
 
-__all__ = ["SharedResults", "bundle", "cached_bundle", "cached_sensitivity", "evaluation", "layer", "measure_lock",
-           "progress_bar", "sensitivity", "stats", "subject"]
+__all__ = ["SharedResults", "bundle", "cached_bundle", "cached_sensitivity", "cached_slowdown", "evaluation", "layer",
+           "measure_lock", "progress_bar", "sensitivity", "slowdown", "stats", "subject"]
 
 
 @st.cache_resource(show_spinner="Loading the model and measuring it dense…", max_entries=8)
@@ -58,11 +60,35 @@ def measure_lock() -> threading.Lock:
 
 
 @st.cache_data(max_entries=1024, show_spinner=False)
-def evaluation(model_spec: str, data_spec: str | None, plan_key: str, _plan: PruningPlan) -> dict[str, Any]:
-    """``Subject.evaluate(plan)``: the really pruned model exported and measured in ONNX Runtime."""
+def evaluation(model_spec: str, data_spec: str | None, plan_key: str, _plan: PruningPlan) -> Evaluation:
+    """``Subject.evaluate(plan)``: the really pruned model exported and measured in ONNX Runtime,
+    timed alternately with the dense model."""
     s = subject(model_spec, data_spec)
     with measure_lock():
         return s.evaluate(_plan)
+
+
+@st.cache_resource
+def _slowdowns() -> SharedResults:
+    return SharedResults(max_entries=32)
+
+
+def cached_slowdown(model_spec: str, data_spec: str | None, plan_key: str) -> Slowdown | None:
+    return _slowdowns().get((model_spec, data_spec, plan_key))
+
+
+def slowdown(model_spec: str, data_spec: str | None, result: Evaluation,
+             on_progress: Progress = no_progress) -> Slowdown | None:
+    """Why a plan measured slower than dense, and its rounded plan measured (``explorer.rounding``),
+    once per plan for the whole server."""
+    assert result.plan is not None
+    key = (model_spec, data_spec, result.plan.key())
+    found = _slowdowns().get(key)
+    if found is None:
+        with measure_lock():
+            found = explain_slowdown(subject(model_spec, data_spec), result, on_progress=on_progress)
+        _slowdowns().put(key, found)
+    return found
 
 
 class SharedResults:

@@ -12,6 +12,7 @@ from dataclasses import replace
 import streamlit as st
 
 from explorer.inspect import Inventory
+from explorer.latency import fast_multiple
 from explorer.methods import available_methods, get_method
 from explorer.subject import Subject
 from ui import state, widgets
@@ -27,6 +28,11 @@ def _on_method(inventory: Inventory) -> None:
 
 def _on_scope() -> None:
     state.set_draft(replace(state.draft(), scope=st.session_state[Keys.PRUNE_SCOPE]))
+
+
+def _on_round() -> None:
+    choice = st.session_state[Keys.PRUNE_ROUND]
+    state.set_draft(replace(state.draft(), round_to=None if choice == "off" else int(choice)))
 
 
 def _on_global(inventory: Inventory) -> None:
@@ -89,6 +95,16 @@ def prune_controls(subject: Subject) -> Draft:
     widgets.data_note(method, subject)
     if off and get_method(method).structured:
         st.warning(f"**{method}** is off for this model: {off}.", icon=":material/block:")
+    elif get_method(method).structured:
+        fast, own = fast_multiple(), state.draft().round_to
+        choices: list[str | int] = ["off", 8, 16] + ([own] if own and own not in (8, 16) else [])
+        st.radio("Round kept channels up to multiples of", choices, key=Keys.PRUNE_ROUND, on_change=_on_round,
+                 horizontal=True, disabled=state.draft().scope == "global",
+                 format_func=lambda v: f"{v} (fast on this CPU)" if v == fast else str(v),
+                 help="Dense CPU kernels run fastest at some widths: ONNX Runtime's blocked convolutions use "
+                      f"blocks of {fast} channels on this CPU, so 101 channels can be slower than 112. Rounding keeps "
+                      "a few more channels (never more than the layer has) so the pruned model gets faster. "
+                      "Local scope only.")
     st.slider("All layers", 0, 95, step=1, key=Keys.PRUNE_GLOBAL, on_change=_on_global, args=(inventory,),
               format="%d %%", help="Moves every layer that is neither locked nor skipped; in global scope, "
                                    "the share pruned across all of them, ranked together.")

@@ -26,7 +26,8 @@ class Draft:
 
     ``locked`` layers keep their ratio when the global slider moves; ``skipped`` layers are left
     out of the plan (never pruned). ``overrides`` are per-layer methods that came with an imported
-    plan; they are kept so that restoring the plan loses nothing.
+    plan; they are kept so that restoring the plan loses nothing. ``round_to`` rounds the channels
+    structured groups keep up to a multiple of it (the plan's ``round_to``; local scope only).
     """
 
     method: str = DEFAULT_METHOD
@@ -36,6 +37,7 @@ class Draft:
     locked: frozenset[str] = frozenset()
     skipped: frozenset[str] = frozenset()
     overrides: Mapping[str, str] = field(default_factory=dict)
+    round_to: int | None = None
 
     # --- queries ---------------------------------------------------------------------------------
 
@@ -107,7 +109,14 @@ class Draft:
         layers = {
             n: LayerRule(self.ratio(n), self.overrides.get(n)) for n in names if self.ratio(n) > 0
         }
-        return PruningPlan(method=self.method, layers=layers, model=model)
+        rounds = self.round_to if self.rounds_channels else None
+        return PruningPlan(method=self.method, layers=layers, model=model, round_to=rounds)
+
+    @property
+    def rounds_channels(self) -> bool:
+        """Whether ``round_to`` applies: set, local scope, and a method that removes channels."""
+        methods = {self.method, *self.overrides.values()}
+        return bool(self.round_to) and self.scope == "local" and any(get_method(m).structured for m in methods)
 
     @classmethod
     def from_plan(cls, plan: PruningPlan, inventory: Inventory) -> Draft:
@@ -130,7 +139,7 @@ class Draft:
                        ratios={n: ratio for n in plan.layers},
                        skipped=frozenset(n for n in inventory.names if n not in plan.layers))
         return cls(method=plan.method, ratios={n: r.ratio for n, r in plan.layers.items()},
-                   overrides=overrides)
+                   overrides=overrides, round_to=plan.round_to)
 
     def summary(self, inventory: Inventory) -> str:
         """One line for tables: method, scope and the non-zero ratios."""
@@ -139,7 +148,8 @@ class Draft:
             return f"{self.method}, global {self.global_ratio:.0%} over {n} layers"
         parts = [f"{n} {self.ratio(n):.0%}" for n in self.eligible(inventory)
                  if n not in self.skipped and self.ratio(n) > 0]
-        return f"{self.method}: " + (", ".join(parts) if parts else "dense")
+        rounding = f", channels rounded to multiples of {self.round_to}" if parts and self.rounds_channels else ""
+        return f"{self.method}: " + (", ".join(parts) if parts else "dense") + rounding
 
 
 def blocks(inventory: Inventory) -> list[list[str]]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import streamlit as st
 
 from explorer.learn import EXPERIMENTS, LearnResult, run_experiment
-from explorer.plan import PruningPlan
 from explorer.progress import Progress, no_progress
 from ui import cache, state
 from ui.draft import Draft
@@ -41,5 +40,5 @@ def continue_in_prune(result: LearnResult) -> None:
     assert result.plan is not None
     state.set_model(result.model, None)
     subject = cache.subject(result.model, None)
-    state.restore(Draft.from_plan(PruningPlan.from_dict(result.plan), subject.inventory), subject.inventory)
+    state.restore(Draft.from_plan(result.plan, subject.inventory), subject.inventory)
     state.flash("info", f"Loaded the configuration of the Learn experiment “{EXPERIMENTS[result.key].title}”.")

@@ -1,19 +1,21 @@
-"""Metric cards: the ``evaluate`` object turned into labelled values with deltas against dense.
+"""Metric cards: an ``Evaluation`` turned into labelled values with changes against dense.
 
-Pure Python (no streamlit); ``ui.widgets.metric_row`` draws the cards with ``st.metric``.
+Pure Python (no streamlit); ``ui.widgets.metric_row`` draws the cards with ``st.metric``. Labels,
+formats and help come from ``explorer.metricspec``. The two latency cards show the interleaved
+speedup (dense and pruned timed alternately in one window, ``explorer.runtime.Speedup``): the
+median of the per-round ratios, "within noise" when the rounds' range covers 1.0x, the p90 by the
+same rule with the dense p90 from the same window.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-__all__ = ["NOISE_SHARE", "Card", "cards", "fmt_bytes", "fmt_count", "latency_noise_ms", "within_noise"]
+from explorer.evaluate import Evaluation
+from explorer.metricspec import SPECS, MetricSpec, fmt_bytes, fmt_count
+from explorer.runtime import RoundRatios, Speedup
 
-# Repeated measurements of the same dense digits-cnn on the shared 2-core machine gave medians
-# 0.434-0.455 ms (about +-2.5 % around their middle), while each run's own spread (median absolute
-# deviation) was 0.001-0.008 ms: the spread alone understates how much two measurements differ.
-NOISE_SHARE = 0.05
+__all__ = ["Card", "cards", "fmt_bytes", "fmt_count", "latency_card"]
 
 
 @dataclass(frozen=True)
@@ -27,73 +29,59 @@ class Card:
     arrow: str = "auto"  # "off" for deltas that are notes, not changes
 
 
-def fmt_count(n: float) -> str:
-    """12,345 below a million; 1.23 M above."""
-    if abs(n) >= 1e6:
-        return f"{n / 1e6:.2f} M"
-    return f"{int(round(n)):,}"
+def _ratios(spec: MetricSpec, speedup: Speedup) -> RoundRatios:
+    return speedup.p90 if spec.key == "latency_ms_p90" else speedup.median
 
 
-def fmt_bytes(n: float) -> str:
-    if abs(n) >= 1e6:
-        return f"{n / 1e6:.2f} MB"
-    if abs(n) >= 1e3:
-        return f"{n / 1e3:.1f} kB"
-    return f"{int(n)} B"
+def latency_card(spec: MetricSpec, evaluation: Evaluation) -> Card:
+    """A latency card: the pruned latency of the window, and the change the interleaved per-round
+    ratios give (e.g. "-24.2 % · 1.32x"), "within noise" when their range covers 1.0x."""
+    value, dense = getattr(evaluation.pruned, spec.key), getattr(evaluation.dense, spec.key)
+    sp = evaluation.speedup
+    if sp is None:  # the dense model alone
+        return Card(spec.label, spec.format(value), None, "off", "", help=spec.help, arrow="off")
+    r = _ratios(spec, sp)
+    quiet = r.within_noise
+    delta = f"{100 * (1 / r.value - 1):+.1f} % · {r.value:.2f}x"
+    stat = "p90s" if spec.key == "latency_ms_p90" else "medians"
+    help_text = (
+        f"{spec.help} Dense and pruned were timed alternately in one window: {sp.rounds} rounds of "
+        f"{sp.runs_per_round} runs each, {sp.pruned.threads} thread(s). Speedup = dense / pruned "
+        "per round "
+        f"({stat}): median {r.value:.2f}x, rounds {r.low:.2f}x to {r.high:.2f}x; within noise "
+        "when that "
+        f"range covers 1.0x. Dense in this window: {spec.format(dense)}."
+    )
+    return Card(
+        spec.label,
+        spec.format(value),
+        delta,
+        "off" if quiet else "inverse",
+        "within noise" if quiet else "vs dense",
+        help=help_text,
+        arrow="off" if quiet else "auto",
+    )
 
 
-def latency_noise_ms(pruned: dict[str, Any], dense: dict[str, Any]) -> float:
-    """Smallest latency change worth reporting: 3x the runs' spreads, at least 5 % of dense."""
-    spread = 3 * (pruned["latency_ms_spread"] + dense["latency_ms_spread"])
-    return max(spread, NOISE_SHARE * dense["latency_ms_median"])
-
-
-def within_noise(pruned: dict[str, Any], dense: dict[str, Any], key: str = "latency_ms_median") -> bool:
-    return abs(pruned[key] - dense[key]) < latency_noise_ms(pruned, dense)
-
-
-def _relative(pruned: float, dense: float) -> str | int:
-    if pruned == dense:
-        return 0
-    return f"{100 * (pruned - dense) / dense:+.1f} %" if dense else f"{pruned - dense:+,}"
-
-
-def cards(result: dict[str, Any]) -> list[Card]:
-    """Cards for every metric of ``result`` (an ``evaluate`` object with its ``dense`` part)."""
-    d = result["dense"]
-    labels = result.get("labels", True)
-    acc_label = "Accuracy" if labels else "Agreement"
-    loss_label = "Loss" if labels else "KL from dense"
-    acc_delta = 100 * (result["accuracy"] - d["accuracy"])
-    loss_delta = result["loss"] - d["loss"]
-    out = [
-        Card(acc_label, f"{100 * result['accuracy']:.2f} %", 0 if acc_delta == 0 else f"{acc_delta:+.2f} pp",
-             help=("Top-1 accuracy" if labels else "Top-1 agreement with the dense model")
-             + " on the test split, from the pruned model run in ONNX Runtime. pp: percentage points."),
-        Card(loss_label, f"{result['loss']:.4f}", 0 if loss_delta == 0 else f"{loss_delta:+.4f}", "inverse",
-             help=("Mean cross-entropy" if labels else "Mean KL divergence from the dense model's predictions")
-             + " on the test split; lower is better."),
-    ]
-    noise = latency_noise_ms(result, d)
-    threads = f"{result['latency_threads']} thread(s), {result['latency_runs']} timed runs after warm-up"
-    for key, label in (("latency_ms_median", "Latency, median"), ("latency_ms_p90", "Latency, p90")):
-        change = result[key] - d[key]
-        quiet = abs(change) < noise
-        out.append(Card(
-            label, f"{result[key]:.3f} ms", f"{change:+.3f} ms",
-            "off" if quiet else "inverse",
-            "within noise" if quiet else "vs dense",
-            help=f"One sample per run, ONNX Runtime CPU, {threads}. Dense: {d[key]:.3f} ms. "
-                 f"Changes under ±{noise:.3f} ms (3x the runs' spread, at least 5 % of the dense median) "
-                 "are noise" + ("; the p90 tail is noisier still on a busy machine." if key.endswith("p90") else "."),
-        ))
-    for key, label, fmt, tip in (
-        ("params_total", "Parameters", fmt_count, "Every parameter of the pruned model (removed channels are gone)."),
-        ("params_nonzero", "Nonzero params", fmt_count, "Parameters that are not exactly zero."),
-        ("macs", "MACs", fmt_count, "Multiply-accumulates per sample of the conv and linear layers."),
-        ("onnx_bytes", "ONNX size", fmt_bytes, "Size of the exported model.onnx."),
-        ("onnx_gzip_bytes", "ONNX gzipped", fmt_bytes, "model.onnx after gzip: what zeroed weights save on disk."),
-    ):
-        out.append(Card(label, fmt(result[key]), _relative(result[key], d[key]), "inverse",
-                        help=f"{tip} Dense: {fmt(d[key])}."))
+def cards(evaluation: Evaluation) -> list[Card]:
+    """Cards for every metric of ``evaluation``, in the order of ``explorer.metricspec.SPECS``."""
+    labels = evaluation.labels
+    out = []
+    for spec in SPECS:
+        if spec.unit == "ms":
+            out.append(latency_card(spec, evaluation))
+            continue
+        value, dense = getattr(evaluation.pruned, spec.key), getattr(evaluation.dense, spec.key)
+        tip = spec.describe(labels)
+        if spec.unit in ("count", "bytes"):
+            tip += f" Dense: {spec.format(dense, compact=True)}."
+        out.append(
+            Card(
+                spec.name(labels),
+                spec.format(value, compact=True),
+                spec.delta(value, dense),
+                "normal" if spec.better == "higher" else "inverse",
+                help=tip,
+            )
+        )
     return out

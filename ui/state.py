@@ -50,6 +50,7 @@ class Keys:
     PRUNE_METHOD = "prune.method"
     PRUNE_SCOPE = "prune.scope"
     PRUNE_GLOBAL = "prune.global"
+    PRUNE_ROUND = "prune.round_to"  # "off" or a multiple of channels (structured methods)
     PRUNE_RESTORE = "prune.restore"
     ALLOC_KIND = "prune.alloc.kind"
     ALLOC_METHOD = "prune.alloc.method"  # suffixed with the target kind
@@ -183,6 +184,7 @@ def seed_prune_widgets(value: Draft, inventory: Inventory, force: bool = False) 
         Keys.PRUNE_METHOD: value.method,
         Keys.PRUNE_SCOPE: value.scope,
         Keys.PRUNE_GLOBAL: round(100 * value.global_ratio),
+        Keys.PRUNE_ROUND: value.round_to or "off",
     }
     for name in inventory.names:
         wanted[Keys.ratio(name)] = round(100 * value.ratio(name))

@@ -17,11 +17,12 @@ from explorer.methods.calibration import SAMPLES as CALIBRATION_SAMPLES
 from explorer.subject import Subject
 from ui import cache, state, uploads
 from ui.draft import Draft
-from ui.metrics import Card, fmt_bytes
+from explorer.metricspec import fmt_bytes, spec
+from ui.metrics import Card
 from ui.state import Keys
 
-__all__ = ["history_frame", "history_section", "import_plan", "layer_table", "metric_row", "page_link", "plain_card",
-           "require_subject", "sidebar"]
+__all__ = ["history_frame", "history_section", "import_plan", "layer_table", "metric_columns", "metric_row",
+           "metric_table", "page_link", "plain_card", "require_subject", "sidebar"]
 
 PAGES = {"model": "pages/model.py", "weights": "pages/weights.py", "sensitivity": "pages/sensitivity.py",
          "prune": "pages/prune.py", "export": "pages/export.py",
@@ -49,6 +50,29 @@ def metric_row(cards: list[Card], per_row: int = 3) -> None:
         for col, card in zip(st.columns(per_row), cards[start : start + per_row]):
             col.metric(card.label, card.value, card.delta, delta_color=card.delta_color, help=card.help or None,
                        delta_description=card.description or None, delta_arrow=card.arrow, border=True)
+
+
+def metric_table(frame: pd.DataFrame, first: list[str], keys: list[str]) -> pd.DataFrame:
+    """``frame``'s columns ``first`` then the metrics ``keys``, scaled and formatted for
+    :func:`metric_columns` (fractions in percent, sizes as text)."""
+    out = frame[first].copy()
+    for key in keys:
+        s = spec(key)
+        out[key] = frame[key].map(fmt_bytes) if s.unit == "bytes" else frame[key] * s.scale
+    return out
+
+
+def metric_columns(keys: list[str], labels: bool = True) -> dict[str, Any]:
+    """``st.dataframe`` column settings of the metrics ``keys``, from ``explorer.metricspec``."""
+    out: dict[str, Any] = {}
+    for key in keys:
+        s = spec(key)
+        if s.unit == "bytes":
+            out[key] = st.column_config.TextColumn(s.column_label(labels), help=s.help)
+        else:
+            out[key] = st.column_config.NumberColumn(s.column_label(labels), format=s.column_format,
+                                                     help=s.describe(labels))
+    return out
 
 
 def method_label(inventory: Inventory) -> Callable[[str], str]:
@@ -129,23 +153,12 @@ def history_section(subject: Subject, current_key: str | None) -> None:
     frame = history_frame(entries, subject.dense()[0].to_dict())
     current = next((e["n"] for e in entries if e["key"] == current_key), None)
     st.plotly_chart(figures.pareto(frame, current), key="prune.pareto")
-    table = frame.assign(
-        accuracy=100 * frame["accuracy"],
-        onnx_gzip_bytes=frame["onnx_gzip_bytes"].map(fmt_bytes),
-        onnx_bytes=frame["onnx_bytes"].map(fmt_bytes),
-    )[["n", "summary", "accuracy", "loss", "latency_ms_median", "latency_ms_p90", "params_total",
-       "params_nonzero", "macs", "onnx_bytes", "onnx_gzip_bytes"]]
-    st.dataframe(table, hide_index=True, column_config={
+    keys = ["accuracy", "loss", "latency_ms_median", "latency_ms_p90", "params_total", "params_nonzero", "macs",
+            "onnx_bytes", "onnx_gzip_bytes"]
+    st.dataframe(metric_table(frame, ["n", "summary"], keys), hide_index=True, column_config={
         "n": st.column_config.NumberColumn("#", help="0 is the dense model"),
         "summary": st.column_config.TextColumn("configuration", width="medium"),
-        "accuracy": st.column_config.NumberColumn("accuracy (%)", format="%.2f"),
-        "loss": st.column_config.NumberColumn("loss", format="%.4f"),
-        "latency_ms_median": st.column_config.NumberColumn("median (ms)", format="%.3f"),
-        "latency_ms_p90": st.column_config.NumberColumn("p90 (ms)", format="%.3f"),
-        "params_total": st.column_config.NumberColumn("params", format="localized"),
-        "params_nonzero": st.column_config.NumberColumn("nonzero", format="localized"),
-        "macs": st.column_config.NumberColumn("MACs", format="localized"),
-        "onnx_bytes": "ONNX", "onnx_gzip_bytes": "gzipped",
+        **metric_columns(keys, labels=bool(frame["labels"].iloc[0]) if "labels" in frame else True),
     })
     left, right = st.columns([3, 1], vertical_alignment="bottom")
     labels = {e["n"]: f"#{e['n']}: {e['summary']}" for e in entries}
@@ -174,7 +187,7 @@ def import_plan(raw: str | bytes, subject: Subject, data_spec: str | None) -> st
     result = cache.evaluation(subject.model_spec, data_spec, fitted.key(), fitted)
     state.restore(restored, subject.inventory)
     summary = restored.summary(subject.inventory)
-    state.add_history(fitted.key(), restored, summary, result)
+    state.add_history(fitted.key(), restored, summary, result.to_dict())
     if imported.model not in (None, subject.model_spec):
         summary += f" (made for {imported.model}; its layers fit this model)"
     return summary

@@ -11,8 +11,10 @@ built-in kinds; ``value`` F means:
 ``size``      the ONNX file is at most F x the dense one: its bytes for structured methods, its
               gzip-compressed bytes for unstructured and N:M methods (zeros only shrink the
               compressed file).
-``latency``   the measured ONNX Runtime median latency is at most F x the dense model's, both
-              timed in the same run. Structured methods only.
+``latency``   the measured ONNX Runtime latency is at most F x the dense model's in every round
+              of a window that times the two alternately (the slowest round decides, as the
+              app's cards decide "within noise"). Structured methods only; kept channels are
+              rounded up to the CPU's fast multiple unless ``round_to`` says otherwise.
 ============  ==================================================================================
 
 How (AIMET's workflow, with a knapsack instead of its equal-accuracy search), module by module:

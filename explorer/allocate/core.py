@@ -18,10 +18,12 @@ from explorer.allocate.owl import owl_ratios
 from explorer.allocate.problem import Problem, build_problem
 from explorer.allocate.targets import TargetKind, get_target
 from explorer.errors import PlanError
-from explorer.evaluate import evaluate_torch
-from explorer.methods import get_method, layer_is_hookable
-from explorer.plan import LayerRule, PruningPlan
+from explorer.evaluate import Evaluation, evaluate_torch
+from explorer.latency import fast_multiple
+from explorer.methods import Method, get_method, layer_is_hookable
+from explorer.plan import LayerRule, PruningPlan, check_round_to
 from explorer.progress import Progress, no_progress
+from explorer.runtime import Speedup
 from explorer.subject import Subject
 
 __all__ = ["FLAG_POINTS", "Allocation", "Target", "allocate", "default_method", "pareto_frame", "pareto_front"]
@@ -67,10 +69,11 @@ class Allocation:
     verified_accuracy: float | None  # None when not verified
     dense_accuracy: float
     rounds: int  # knapsack solves until the measured value met the target
-    metrics: dict[str, Any] = field(default_factory=dict)  # Subject.evaluate of the plan
+    evaluation: Evaluation | None = None  # Subject.evaluate of the plan (None when not verified)
     size_metric: str = ""  # "onnx_bytes" or "onnx_gzip_bytes" for size targets
     chosen: str = "knapsack"  # or the simple baseline that scored higher ("uniform", "global magnitude")
     candidates: dict[str, float] = field(default_factory=dict)  # accuracy of each candidate compared
+    speedup: Speedup | None = None  # timed targets: the interleaved timing that decided ``achieved``
 
     @property
     def gap(self) -> float | None:
@@ -89,13 +92,25 @@ class Allocation:
             "verified_accuracy": self.verified_accuracy, "dense_accuracy": self.dense_accuracy,
             "gap": self.gap, "flagged": self.flagged, "rounds": self.rounds, "size_metric": self.size_metric,
             "chosen": self.chosen, "candidates": self.candidates,
-            "plan": self.plan.to_dict(), "metrics": self.metrics,
+            "plan": self.plan.to_dict(), "metrics": self.evaluation.to_dict() if self.evaluation is not None else {},
+            "speedup": self.speedup.to_dict() if self.speedup is not None else None,
         }
 
 
 def default_method(kind: str) -> str:
     """The kind's default: unstructured magnitude for sparsity, channel removal for the others."""
     return get_target(kind).default_method
+
+
+def _round_to(kind: TargetKind, method: Method, round_to: int | None) -> int | None:
+    """The rounding of an allocation's plans: as asked (1: none), else the CPU's fast multiple for
+    kinds that round (latency) with structured methods."""
+    if round_to is not None:
+        round_to = check_round_to(round_to, "round_to")
+        if round_to > 1 and not method.structured:
+            raise PlanError(f"round_to rounds kept channel counts; {method.name} removes no channels")
+        return round_to if round_to > 1 else None
+    return fast_multiple() if kind.rounds_channels and method.structured else None
 
 
 def _plan(problem: Problem, picks: dict[str, int]) -> PruningPlan:
@@ -105,7 +120,8 @@ def _plan(problem: Problem, picks: dict[str, int]) -> PruningPlan:
         if ratio > 0:
             for member in problem.units[name]:
                 layers[member] = LayerRule(round(ratio, 4))
-    return PruningPlan(method=problem.method.name, layers=layers, model=problem.subject.model_spec)
+    return PruningPlan(method=problem.method.name, layers=layers, model=problem.subject.model_spec,
+                       round_to=problem.round_to if layers else None)
 
 
 def _predicted(problem: Problem, picks: dict[str, int]) -> float:
@@ -127,8 +143,9 @@ def _allocate(problem: Problem, target: Target, max_rounds: int, verify: bool, o
                         f"pruning every unit at its largest ratio reaches about {reach}")
     ask = goal
     lo = hi = None  # savings asked of the knapsack that missed / met the target
-    best: tuple[float, dict[str, int], float] | None = None  # (predicted damage, picks, achieved) that met it
-    last: tuple[dict[str, int], float] | None = None
+    # (predicted damage, picks, achieved, its timing) of the best plan that met it, and of the last one
+    best: tuple[float, dict[str, int], float, Speedup | None] | None = None
+    last: tuple[dict[str, int], float, Speedup | None] | None = None
     rounds, asked = 0, set()
     for rounds in range(1, max_rounds + 1):
         asked.add(round(ask, 6))
@@ -137,12 +154,12 @@ def _allocate(problem: Problem, target: Target, max_rounds: int, verify: bool, o
             break
         on_progress(0.9 + 0.05 * rounds / max_rounds, f"round {rounds}: measuring the plan")
         achieved = meter(_plan(problem, picks))
-        last = (picks, achieved)
+        last = (picks, achieved, meter.last)
         got = kind.saved(achieved)  # measured saving
         if target.met_by(achieved):
             damage = sum(float(problem.damage[n][c]) for n, c in picks.items())
             if best is None or damage < best[0]:
-                best = (damage, picks, achieved)
+                best = (damage, picks, achieved, meter.last)
             hi = ask
             if got - goal <= kind.tolerance:
                 break
@@ -155,9 +172,9 @@ def _allocate(problem: Problem, target: Target, max_rounds: int, verify: bool, o
         if round(ask, 6) in asked:
             break
     if best is not None:
-        _, picks, achieved = best
+        _, picks, achieved, timing = best
     elif last is not None:
-        picks, achieved = last
+        picks, achieved, timing = last
     else:
         raise PlanError(f"no allocation reaches {target.describe()} with {problem.method.name}")
     plan = _plan(problem, picks)
@@ -166,17 +183,17 @@ def _allocate(problem: Problem, target: Target, max_rounds: int, verify: bool, o
     if target.kind == "sparsity" and problem.method.kind == "unstructured":
         on_progress(0.96, "comparing with the simple baselines")
         plan, predicted, achieved, chosen, candidates = _best_of(problem, target, plan, predicted, achieved, meter)
-    metrics: dict[str, Any] = {}
+    evaluation = None
     verified = None
     if verify:
         on_progress(0.97, "verifying the plan")
-        metrics = problem.subject.evaluate(plan)
-        verified = float(metrics["accuracy"])
+        evaluation = problem.subject.evaluate(plan)
+        verified = float(evaluation.pruned.accuracy)
     on_progress(1.0, "done")
     return Allocation(plan=plan, target=target, achieved=achieved, met=target.met_by(achieved),
                       predicted_accuracy=predicted, verified_accuracy=verified, dense_accuracy=problem.dense_accuracy,
-                      rounds=rounds, metrics=metrics, size_metric=meter.size_metric, chosen=chosen,
-                      candidates=candidates)
+                      rounds=rounds, evaluation=evaluation, size_metric=meter.size_metric, chosen=chosen,
+                      candidates=candidates, speedup=timing)
 
 
 def _baselines(problem: Problem, sparsity: float) -> dict[str, PruningPlan]:
@@ -245,7 +262,7 @@ def _layer_sparsity(model: nn.Module, names: list[str]) -> dict[str, float]:
 
 def allocate(subject: Subject, target: Target | tuple[str, float], method: str | None = None, *,
              ratios: Sequence[float] | None = None, curves: pd.DataFrame | None = None,
-             loss_weight: float = 0.05, max_rounds: int = 8, verify: bool = True,
+             loss_weight: float = 0.05, max_rounds: int = 8, verify: bool = True, round_to: int | None = None,
              on_progress: Progress = no_progress) -> Allocation:
     """Per-layer ratios that reach ``target`` with the least predicted accuracy loss, measured and
     verified.
@@ -260,6 +277,9 @@ def allocate(subject: Subject, target: Target | tuple[str, float], method: str |
             accuracy drop ties).
         max_rounds: knapsack solves at most, when measured values miss the target.
         verify: evaluate the plan (``Subject.evaluate``: ONNX export, ONNX Runtime accuracy).
+        round_to: structured methods: kept channels rounded up to a multiple of it (the plan's
+            ``round_to``; 1: none). None: the CPU's fast multiple for targets that round
+            (latency; ``explorer.latency.fast_multiple``), no rounding for the others.
 
     Side effects: runs (and caches) sensitivity scans; writes temporary ONNX files.
 
@@ -269,7 +289,8 @@ def allocate(subject: Subject, target: Target | tuple[str, float], method: str |
     """
     tgt = _as_target(target)
     m = get_method(method or default_method(tgt.kind))
-    problem = build_problem(subject, m, tgt.kind_spec, ratios, curves, loss_weight, on_progress)
+    problem = build_problem(subject, m, tgt.kind_spec, ratios, curves, loss_weight, on_progress,
+                            _round_to(tgt.kind_spec, m, round_to))
     meter = Meter(subject, tgt, m)
     try:
         return _allocate(problem, tgt, max_rounds, verify, on_progress, meter)
@@ -279,7 +300,8 @@ def allocate(subject: Subject, target: Target | tuple[str, float], method: str |
 
 def pareto_front(subject: Subject, kind: str, values: Sequence[float], method: str | None = None, *,
                  ratios: Sequence[float] | None = None, loss_weight: float = 0.05, max_rounds: int = 8,
-                 verify: bool = True, on_progress: Progress = no_progress) -> list[Allocation]:
+                 verify: bool = True, round_to: int | None = None,
+                 on_progress: Progress = no_progress) -> list[Allocation]:
     """Allocations for several values of one kind of target (curves computed once), by value.
 
     Plot ``achieved`` against ``verified_accuracy`` for the trade-off; targets out of reach are
@@ -287,7 +309,8 @@ def pareto_front(subject: Subject, kind: str, values: Sequence[float], method: s
     """
     spec = get_target(kind)  # validates the kind
     m = get_method(method or spec.default_method)
-    problem = build_problem(subject, m, spec, ratios, None, loss_weight, lambda f, msg: on_progress(0.5 * f, msg))
+    problem = build_problem(subject, m, spec, ratios, None, loss_weight, lambda f, msg: on_progress(0.5 * f, msg),
+                            _round_to(spec, m, round_to))
     out = []
     for i, value in enumerate(sorted(values)):
         tgt = Target(kind, value)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,7 +10,7 @@ from torch import nn
 
 from explorer.methods import Method
 from explorer.plan import PruningPlan
-from explorer.runtime import OrtModel, export_onnx, gzip_size, measure_latency
+from explorer.runtime import OrtModel, Speedup, export_onnx, gzip_size
 from explorer.subject import Subject
 
 if TYPE_CHECKING:
@@ -23,17 +22,17 @@ __all__ = ["Meter"]
 class Meter:
     """Measures plans for one target; ``close()`` removes its temporary files."""
 
-    def __init__(self, subject: Subject, target: Target, method: Method, rounds_of_timing: int = 3) -> None:
+    def __init__(self, subject: Subject, target: Target, method: Method) -> None:
         self.subject, self.target, self.method = subject, target, method
-        self.rounds_of_timing = rounds_of_timing
         self.tmp = tempfile.TemporaryDirectory(prefix="explorer-allocate-")
         self.size_metric = target.kind_spec.size_metric(method)
-        self._dense_session: OrtModel | None = None
+        self.last: Speedup | None = None  # the interleaved timing of the last plan measured (timed targets)
 
     def close(self) -> None:
         self.tmp.cleanup()
 
     def __call__(self, plan: PruningPlan) -> float:
+        self.last = None
         return self.target.kind_spec.measure(self, self.subject.prune(plan))
 
     def size(self, model: nn.Module, name: str) -> int:
@@ -41,15 +40,9 @@ class Meter:
         path = export_onnx(model, self.subject.example_input, Path(self.tmp.name) / name)
         return path.stat().st_size if self.size_metric == "onnx_bytes" else gzip_size(path)
 
-    def latency_ratio(self, model: nn.Module) -> float:
-        """Pruned over dense median latency, the two timed in alternation to share the machine's state."""
-        x = self.subject.example_input
-        if self._dense_session is None:
-            path = export_onnx(self.subject.model, x, Path(self.tmp.name) / "dense.onnx")
-            self._dense_session = OrtModel(path, threads=self.subject.threads)
-        pruned = OrtModel(export_onnx(model, x, Path(self.tmp.name) / "pruned.onnx"), threads=self.subject.threads)
-        dense_ms, pruned_ms = [], []
-        for _ in range(self.rounds_of_timing):
-            dense_ms.append(measure_latency(self._dense_session, x.numpy(), runs=self.subject.runs).median_ms)
-            pruned_ms.append(measure_latency(pruned, x.numpy(), runs=self.subject.runs).median_ms)
-        return statistics.median(pruned_ms) / statistics.median(dense_ms)
+    def latency(self, model: nn.Module) -> Speedup:
+        """Dense over ``model``'s latency, the two timed alternately in one window
+        (``Subject.speedup``); kept for the plan being measured."""
+        path = export_onnx(model, self.subject.example_input, Path(self.tmp.name) / "pruned.onnx")
+        self.last = self.subject.speedup(OrtModel(path, threads=self.subject.threads))
+        return self.last

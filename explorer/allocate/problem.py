@@ -43,6 +43,7 @@ class Problem:
     saving: dict[str, np.ndarray]  # fraction of the dense metric saved per choice (alone)
     dense_accuracy: float
     curves: pd.DataFrame
+    round_to: int | None = None  # the plans' kept channels rounded up to a multiple of it
 
     @property
     def max_saving(self) -> float:
@@ -55,7 +56,10 @@ def _envelope(values: np.ndarray) -> np.ndarray:
 
 
 def build_problem(subject: Subject, method: Method, kind: TargetKind, ratios: Sequence[float] | None,
-                  curves: pd.DataFrame | None, loss_weight: float, on_progress: Progress) -> Problem:
+                  curves: pd.DataFrame | None, loss_weight: float, on_progress: Progress,
+                  round_to: int | None = None) -> Problem:
+    """The problem of ``kind`` with ``method``; ``round_to`` (structured methods) rounds kept
+    channels up to a multiple of it in the curves, the savings and the plans."""
     kind.check_method(method)
     grid = sorted({check_ratio(r, "allocation ratio") for r in (ratios or (
         STRUCTURED_RATIOS if method.structured else UNSTRUCTURED_RATIOS))} - {0.0})
@@ -63,7 +67,7 @@ def build_problem(subject: Subject, method: Method, kind: TargetKind, ratios: Se
         grid = [0.5]  # N:M has one pattern: a layer has it or not
     if curves is None:
         on_progress(0.0, f"sensitivity curves ({method.name})")
-        curves = sens.scan(subject, method.name, grid,
+        curves = sens.scan(subject, method.name, grid, round_to=round_to,
                            on_progress=lambda f, m: on_progress((0.6 if kind.timed else 0.9) * f, m))
     units = sens.units(subject, method.name)
     dense_rows = curves[curves.ratio == 0]
@@ -72,7 +76,7 @@ def build_problem(subject: Subject, method: Method, kind: TargetKind, ratios: Se
     dense_acc = float(dense_rows.accuracy.iloc[0])
     ctx = SavingsContext(subject=subject, method=method, grid=grid, on_progress=on_progress,
                          engine=engine_for(subject, method) if method.structured else None,
-                         total_weights=prunable_weights(subject.model, subject.layer_names)[0])
+                         total_weights=prunable_weights(subject.model, subject.layer_names)[0], round_to=round_to)
     kind.prepare(ctx)
     choices, damage, drop, saving = {}, {}, {}, {}
     for name in units:
@@ -92,4 +96,4 @@ def build_problem(subject: Subject, method: Method, kind: TargetKind, ratios: Se
         drop[name] = d
         choices[name] = ch
         saving[name] = kind.savings(ctx, name, r, ch)
-    return Problem(subject, method, kind, units, choices, damage, drop, saving, dense_acc, curves)
+    return Problem(subject, method, kind, units, choices, damage, drop, saving, dense_acc, curves, round_to)

@@ -17,13 +17,16 @@ from torch.nn.utils import prune as torch_prune
 from explorer import Subject
 from explorer import allocate as alloc
 from explorer.allocate.knapsack import BUCKETS, solve
+from explorer.allocate import core as alloc_core
 from explorer.allocate.meter import Meter
 from explorer.allocate.targets import latency as latency_target
 from explorer.cli import main
 from explorer.errors import PlanError
 from explorer.evaluate import evaluate_torch
 from explorer.inspect import count_macs
+from explorer.latency import LATENCY_COLUMNS
 from explorer.plan import LayerRule, PruningPlan
+from explorer.runtime import Speedup, speedup_of
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
@@ -102,43 +105,92 @@ def test_meets_counted_targets(mlp: Subject, kind: str, value: float, method: st
         achieved = sum(count_macs(model, mlp.example_input).values()) / mlp.inventory.total_macs
         assert achieved <= value and achieved == pytest.approx(result.achieved)
     else:
-        dense = result.metrics["dense"]
+        assert result.evaluation is not None
+        metrics = result.evaluation.to_dict()
+        dense = metrics["dense"]
         key = "onnx_bytes" if method.endswith("-structured") else "onnx_gzip_bytes"
         assert result.size_metric == key
-        assert result.metrics[key] / dense[key] <= value
-    assert result.verified_accuracy is not None
-    assert result.verified_accuracy == result.metrics["accuracy"]
+        assert metrics[key] / dense[key] <= value
+    assert result.verified_accuracy is not None and result.evaluation is not None
+    assert result.verified_accuracy == result.evaluation.pruned.accuracy
     assert result.flagged == (abs(result.predicted_accuracy - result.verified_accuracy) > alloc.FLAG_POINTS)
     assert set(result.plan.layers) <= set(mlp.layer_names)
+
+
+def _timed(shares: list[float]) -> Speedup:
+    """An interleaved timing whose rounds saw the pruned model at these shares of the dense latency."""
+    return speedup_of([[[10.0] * 3 for _ in shares], [[10.0 * x] * 3 for x in shares]], 0, 1, threads=1)
+
+
+def _fake_curves(subject: Subject, method: str, ratios: object, layers: object = None, on_progress: object = None,
+                 **kwargs: object) -> pd.DataFrame:
+    """Optimistic latency curves: each group's share of the dense latency follows its MACs."""
+    rows = []
+    for gid, members in subject.inventory.groups.items():
+        for r in [0.0, *(ratios or alloc.STRUCTURED_RATIOS)]:  # type: ignore[misc]
+            plan = PruningPlan(method=method, layers={m: LayerRule(r) for m in members}) if r else None
+            model = subject.prune(plan) if plan else subject.model
+            macs = sum(count_macs(model, subject.example_input).values()) / subject.inventory.total_macs
+            rows.append({"layer": gid, "ratio": r, "channels_kept": 1, "latency_ms_median": macs,
+                         "latency_ms_p90": macs, "latency_ms_spread": 0.0, "members": ",".join(members),
+                         "dense_ms_median": 1.0, "latency_share": macs, "latency_share_low": macs,
+                         "latency_share_high": macs})
+    return pd.DataFrame(rows, columns=LATENCY_COLUMNS)
 
 
 def test_latency_target_iterates_until_the_measure_meets_it(mlp: Subject, monkeypatch: pytest.MonkeyPatch) -> None:
     """The first measurements miss (a pessimistic meter); the allocator asks for more until it meets."""
     calls: list[float] = []
 
-    def fake_latency(self: Meter, model: torch.nn.Module) -> float:
+    def fake_latency(self: Meter, model: torch.nn.Module) -> Speedup:
         macs = sum(count_macs(model, mlp.example_input).values()) / mlp.inventory.total_macs
         calls.append(macs)
-        return 0.2 + 0.8 * macs  # a fixed overhead that MACs do not remove
+        share = 0.2 + 0.8 * macs  # a fixed overhead that MACs do not remove
+        self.last = _timed([share * f for f in (0.98, 1.0, 1.01, 0.99, 1.02)])
+        return self.last
 
-    def fake_curves(subject: Subject, method: str, ratios: object, layers: object = None, on_progress: object = None,
-                    **kwargs: object) -> pd.DataFrame:
-        rows = []
-        for gid, members in subject.inventory.groups.items():
-            for r in [0.0, *alloc.STRUCTURED_RATIOS]:
-                plan = PruningPlan(method=method, layers={m: LayerRule(r) for m in members}) if r else None
-                model = subject.prune(plan) if plan else subject.model
-                macs = sum(count_macs(model, subject.example_input).values()) / subject.inventory.total_macs
-                rows.append((gid, r, 1, macs, macs, ",".join(members)))  # optimistic: latency follows MACs
-        return pd.DataFrame(rows, columns=["layer", "ratio", "channels_kept", "latency_ms_median", "latency_ms_p90",
-                                           "members"])
-
-    monkeypatch.setattr(Meter, "latency_ratio", fake_latency)
-    monkeypatch.setattr(latency_target, "latency_curves", fake_curves)
-    result = alloc.allocate(mlp, ("latency", 0.7), "l1-structured")
+    monkeypatch.setattr(Meter, "latency", fake_latency)
+    monkeypatch.setattr(latency_target, "latency_curves", _fake_curves)
+    result = alloc.allocate(mlp, ("latency", 0.7), "l1-structured", round_to=1)
     assert result.met and result.achieved <= 0.7
     assert result.rounds > 1 and len(calls) == result.rounds
     assert calls[0] > calls[-1]  # asked for more after the first miss
+    assert result.speedup is not None and result.achieved == result.speedup.latency_share.high
+
+
+def test_latency_target_is_met_only_when_every_interleaved_round_is_within_it(
+        mlp: Subject, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cards' rule: a median within the target is not enough when a round is not (that plan's
+    card would not show a speedup in every round); met needs the slowest round within it."""
+    rounds = [0.5, 0.6, 0.65, 0.66, 0.9]  # median 0.65 <= 0.7, slowest 0.9 > 0.7
+
+    def timed(self: Meter, model: torch.nn.Module) -> Speedup:
+        self.last = _timed(rounds)
+        return self.last
+
+    monkeypatch.setattr(Meter, "latency", timed)
+    monkeypatch.setattr(latency_target, "latency_curves", _fake_curves)
+    result = alloc.allocate(mlp, ("latency", 0.7), "l1-structured", round_to=1, verify=False)
+    assert result.speedup is not None and result.speedup.latency_share.value == pytest.approx(0.65)
+    assert result.achieved == pytest.approx(0.9) and not result.met
+    rounds[-1] = 0.69  # now every round is within the target: met, and the card shows a speedup
+    result = alloc.allocate(mlp, ("latency", 0.7), "l1-structured", round_to=1, verify=False)
+    assert result.met and result.achieved == pytest.approx(0.69)
+    assert result.speedup is not None and result.speedup.faster and not result.speedup.within_noise
+
+
+def test_latency_target_rounds_kept_channels_by_default(mlp: Subject, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Meter, "latency", lambda self, model: _timed([0.5] * 5))
+    monkeypatch.setattr(latency_target, "latency_curves", _fake_curves)
+    monkeypatch.setattr(alloc_core, "fast_multiple", lambda: 16)
+    quick = {"verify": False, "ratios": (0.3, 0.6)}
+    result = alloc.allocate(mlp, ("latency", 0.7), "l1-structured", **quick)
+    assert result.plan.round_to == 16
+    assert alloc.allocate(mlp, ("latency", 0.7), "l1-structured", round_to=8, **quick).plan.round_to == 8
+    assert alloc.allocate(mlp, ("latency", 0.7), "l1-structured", round_to=1, **quick).plan.round_to is None
+    assert alloc.allocate(mlp, ("macs", 0.7), "l1-structured", **quick).plan.round_to is None
+    with pytest.raises(PlanError, match="round_to"):
+        alloc.allocate(mlp, ("sparsity", 0.5), "l1-unstructured", verify=False, round_to=8)
 
 
 def test_latency_target_measured() -> None:
@@ -146,7 +198,9 @@ def test_latency_target_measured() -> None:
     cnn = Subject("zoo:digits-cnn", runs=30)
     result = alloc.allocate(cnn, ("latency", 0.8), "l1-structured", ratios=(0.3, 0.6, 0.9))
     assert result.met == (result.achieved <= 0.8)
-    assert result.metrics["macs"] < result.metrics["dense"]["macs"]
+    assert result.speedup is not None and result.achieved == result.speedup.latency_share.high
+    assert result.evaluation is not None and result.evaluation.speedup is not None
+    assert result.evaluation.pruned.macs < result.evaluation.dense.macs
 
 
 def _brute_force(damage: list[np.ndarray], saving: list[np.ndarray], need: float) -> float:

@@ -107,7 +107,9 @@ def test_evaluate_json(which: str, capsys: pytest.CaptureFixture[str], unseen_ar
     assert result["params_total"] < result["dense"]["params_total"]
     assert result["latency_threads"] == 1
     code, text, _ = run(capsys, "evaluate", *args, "--plan", plan)  # the human table
-    assert code == 0 and "latency median" in text and "MAC ratio" in text
+    assert code == 0 and "Latency, median" in text and "MAC ratio" in text and "measured ORT speedup" in text
+    assert {"ratio", "low", "high", "within_noise", "per_round", "p90", "rounds"} <= result["speedup"].keys()
+    assert result["speedup"]["rounds"] >= 5 and result["speedup"]["low"] <= result["speedup"]["ratio"]
 
 
 def test_evaluate_without_labels_reports_agreement(capsys: pytest.CaptureFixture[str],

@@ -15,13 +15,15 @@ import pytest
 from explorer import figures
 from explorer.bundle import export_command, zip_bundle
 from explorer.errors import PlanError
+from explorer.evaluate import Evaluation, Metrics
+from explorer.runtime import speedup_of
 from explorer.plan import LayerRule, PruningPlan
 from explorer.methods import available_methods, get_method
 from explorer.weights import channel_importance, layer_view, removed_channels, weight_stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # ui/ sits next to app.py
 from ui.draft import Draft, blocks  # noqa: E402
-from ui.metrics import cards, latency_noise_ms, within_noise  # noqa: E402
+from ui.metrics import cards  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -178,24 +180,45 @@ def test_draft_round_trips_plans(resnet) -> None:
     assert [len(b) for b in blocks(inv)][:3] == [3, 1, 1]  # stem's residual group comes first
 
 
-def _result(**changes: float) -> dict:
-    dense = {"accuracy": 0.99, "loss": 0.03, "params_total": 1000, "params_nonzero": 1000, "macs": 5000,
-             "onnx_bytes": 4000, "onnx_gzip_bytes": 3000, "latency_ms_median": 1.0, "latency_ms_p90": 1.2,
-             "latency_ms_spread": 0.01, "latency_threads": 1, "latency_runs": 50, "labels": True}
-    return {**dense, **changes, "dense": dense}
+def _result(speedups: tuple[float, ...] = (1.0, 0.98, 1.03, 1.01, 0.99), p90: tuple[float, ...] | None = None,
+            **changes: float) -> Evaluation:
+    """An Evaluation with made-up numbers: the pruned model's ``changes``, and per-round speedups."""
+    base = {"accuracy": 0.99, "loss": 0.03, "params_total": 1000, "params_nonzero": 1000, "macs": 5000,
+            "onnx_bytes": 4000, "onnx_gzip_bytes": 3000, "latency_ms_median": 1.0, "latency_ms_p90": 1.2,
+            "latency_ms_spread": 0.01, "latency_threads": 1, "latency_runs": 50, "labels": True}
+    dense = Metrics(**base)
+    pruned = Metrics(**{**base, **changes})
+    rounds = [[[1.0] * 10 for _ in speedups], [[1.0 / s] * 10 for s in speedups]]
+    if p90 is not None:  # the last run of each round is the slow tail
+        rounds[0] = [r[:-1] + [3.0] for r in rounds[0]]
+        rounds[1] = [r[:-1] + [3.0 / q] for r, q in zip(rounds[1], p90)]
+    return Evaluation(pruned, dense, "zoo:digits-cnn", None, PruningPlan("l1-unstructured", {}),
+                      speedup_of(rounds, 0, 1, threads=1))
 
 
 def test_metric_cards_deltas_and_noise() -> None:
-    by_label = {c.label: c for c in cards(_result(accuracy=0.95, latency_ms_median=0.98, macs=2500))}
+    by_label = {c.label: c for c in cards(_result(accuracy=0.95, macs=2500))}
     assert by_label["Accuracy"].delta == "-4.00 pp"
     assert by_label["MACs"].delta == "-50.0 %" and by_label["MACs"].delta_color == "inverse"
     assert by_label["Parameters"].delta == 0
     quiet = by_label["Latency, median"]
-    assert quiet.description == "within noise" and quiet.delta_color == "off"
-    fast = {c.label: c for c in cards(_result(latency_ms_median=0.6))}["Latency, median"]
-    assert fast.description == "vs dense" and fast.delta == "-0.400 ms"
-    r = _result(latency_ms_spread=0.05)
-    assert latency_noise_ms(r, r["dense"]) == pytest.approx(3 * (0.05 + 0.01))
-    assert within_noise(_result(latency_ms_median=1.04), _result()["dense"])
+    assert quiet.description == "within noise" and quiet.delta_color == "off" and quiet.arrow == "off"
+    assert quiet.delta == "+0.0 % · 1.00x" and "rounds 0.98x to 1.03x" in quiet.help
+    fast = {c.label: c for c in cards(_result((1.3, 1.25, 1.35, 1.3, 1.4), latency_ms_median=0.77))}
+    assert fast["Latency, median"].description == "vs dense" and fast["Latency, median"].delta == "-23.1 % · 1.30x"
+    assert fast["Latency, median"].delta_color == "inverse"  # down is good
+    slow = {c.label: c for c in cards(_result((0.8, 0.78, 0.82, 0.79, 0.81)))}["Latency, median"]
+    assert slow.delta.startswith("+25.0 %") and slow.description == "vs dense"
     unlabelled = {c.label for c in cards(_result(labels=False))}
     assert {"Agreement", "KL from dense"} <= unlabelled
+
+
+def test_p90_card_uses_the_same_window_and_rule() -> None:
+    # Medians clearly faster, p90s all over the place: the p90 card says within noise on its own.
+    r = _result((1.3, 1.25, 1.35, 1.3, 1.4), p90=(0.5, 2.0, 1.1, 0.9, 1.6))
+    by_label = {c.label: c for c in cards(r)}
+    assert by_label["Latency, median"].description == "vs dense"
+    p90 = by_label["Latency, p90"]
+    assert r.speedup is not None and r.speedup.p90.within_noise and not r.speedup.within_noise
+    assert p90.description == "within noise" and "p90s" in p90.help and f"{r.speedup.p90.value:.2f}x" in p90.delta
+    assert f"Dense in this window: {r.dense.latency_ms_p90:.3f} ms" in p90.help

@@ -314,7 +314,7 @@ def test_unlabelled_data_scores_agreement_with_the_dense_model(tmp_path: Path) -
     dense, _ = s.dense()
     assert dense.labels is False and dense.accuracy == 1.0 and dense.loss == pytest.approx(0.0, abs=1e-6)
     plan = PruningPlan.uniform("l1-unstructured", s.layer_names, 0.9)
-    result = s.evaluate(plan)
+    result = s.evaluate(plan).to_dict()
     assert result["labels"] is False and result["accuracy"] < 1.0 and result["loss"] > 0
 
 

@@ -72,7 +72,7 @@ def test_measured_accuracy_is_the_onnx_accuracy(zoo_name: str, subject: Callable
                                                 mixed_plan: Callable[..., PruningPlan], tmp_path: Path) -> None:
     """Subject.evaluate's accuracy is the accuracy of the ONNX file it exported, recomputed here."""
     subj = subject(f"zoo:{zoo_name}")
-    result = subj.evaluate(mixed_plan(subj, 0.4), onnx_path=tmp_path / "m.onnx")
+    result = subj.evaluate(mixed_plan(subj, 0.4), onnx_path=tmp_path / "m.onnx").to_dict()
     logits = OrtModel(tmp_path / "m.onnx")(subj.data.test.x.numpy())
     assert subj.data.test.y is not None
     assert result["accuracy"] == float((logits.argmax(1) == subj.data.test.y.numpy()).mean())

@@ -319,7 +319,7 @@ def test_a_file_with_a_fixed_batch_size_is_fed_batch_by_batch(tmp_path: Path) ->
     dense, ort_logits = subject.dense()
     np.testing.assert_allclose(ort_logits, logits, atol=1e-6)
     assert dense.accuracy == pytest.approx(float((logits.argmax(1) == np.arange(21) % 5).mean()))
-    assert subject.evaluate(_plan("l1-unstructured", {"head": 0.5}))["params_nonzero"] < dense.params_nonzero
+    assert subject.evaluate(_plan("l1-unstructured", {"head": 0.5})).pruned.params_nonzero < dense.params_nonzero
 
 
 def test_data_aware_methods_refuse_weights_read_inside_onnx_runtime(tmp_path: Path) -> None:

@@ -164,3 +164,37 @@ def test_uniform_and_empty() -> None:
     assert PruningPlan.uniform("l1-structured", ["a"], 0.0).is_empty
     assert PruningPlan(method="2:4").is_empty
     assert math.isclose(PruningPlan.from_dict(plan.to_dict()).layers["b"].ratio, 0.5)
+
+
+# --- round_to ------------------------------------------------------------------------------------
+
+
+def test_round_to_round_trips_and_a_plan_without_it_is_unchanged(tmp_path: Path) -> None:
+    plain = PruningPlan(method="l1-structured", model="zoo:digits-cnn", layers={"features.3": LayerRule(0.3)})
+    text = plain.to_json()
+    assert "round_to" not in text
+    assert PruningPlan.from_json(text).to_json() == text  # byte for byte
+    rounded = plain.with_round_to(16)
+    d = rounded.to_dict()
+    assert d["round_to"] == 16 and list(d)[-1] == "round_to"  # appended after the contract's keys
+    again = PruningPlan.from_json(rounded.to_json())
+    assert again == rounded and again.round_to == 16 and again.key() == rounded.key() != plain.key()
+    rounded.save(tmp_path / "plan.json")
+    assert PruningPlan.load(tmp_path / "plan.json").to_json() == rounded.to_json()
+    # A mixed plan rounds its structured layers: valid when any layer's method removes channels.
+    mixed = PruningPlan.from_dict(_doc(round_to=8))
+    assert mixed.round_to == 8 and mixed.method == "l1-unstructured"
+
+
+@pytest.mark.parametrize(("value", "culprit"), [(0, "0"), (-8, "-8"), (8.0, "8.0"), ("8", "'8'"), (True, "True"),
+                                                (2048, "2048")])
+def test_bad_round_to_is_rejected(value: Any, culprit: str) -> None:
+    with pytest.raises(PlanError, match=f"round_to.*{culprit}"):
+        PruningPlan.from_dict(_doc(round_to=value))
+
+
+def test_round_to_needs_a_local_plan_that_removes_channels() -> None:
+    with pytest.raises(PlanError, match="removes no channels"):
+        PruningPlan.from_dict(_doc(layers={"features.0": 0.3}, round_to=8))
+    with pytest.raises(PlanError, match="local"):
+        PruningPlan.from_dict(_doc(method="l1-structured", scope="global", ratio=0.3, layers={"a": 0.0}, round_to=8))

@@ -174,6 +174,9 @@ def test_latency_curves(mlp: Subject) -> None:
         assert row.channels_kept == (n if row.ratio == 0 else kept_channels(n, row.ratio, 8))
         assert row.channels_kept % 8 == 0
         assert 0 < row.latency_ms_median <= row.latency_ms_p90
+        assert row.latency_share_low <= row.latency_share <= row.latency_share_high
+        if row.ratio == 0:
+            assert row.latency_share == 1.0 and row.dense_ms_median == row.latency_ms_median
 
 
 def test_user_errors(mlp: Subject) -> None:

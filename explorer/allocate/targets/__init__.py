@@ -39,6 +39,7 @@ class SavingsContext:
     on_progress: Callable[[float, str], None]
     engine: Any = None  # the structured engine (structured methods)
     total_weights: int = 0  # elements of every prunable weight
+    round_to: int | None = None  # kept channels rounded up to a multiple of it (structured methods)
     extra: dict[str, Any] = field(default_factory=dict)  # what a kind computes once (prepare)
 
 
@@ -54,6 +55,7 @@ class TargetKind:
     timed: ClassVar[bool] = False  # measured with a clock: noisy, never run concurrently with timing
     tolerance: ClassVar[float] = 0.01  # overshoot of the measured saving that is good enough
     fine_choices: ClassVar[bool] = True  # ratios between the scanned ones are choices too (savings interpolate)
+    rounds_channels: ClassVar[bool] = False  # plans round kept channels to the CPU's fast multiple by default
     default_method: ClassVar[str] = "l1-structured"
 
     # --- what value means ---------------------------------------------------------------------
@@ -147,9 +149,9 @@ def get_target(name: str) -> TargetKind:
 
 
 def latency_saving(curve: pd.DataFrame) -> np.ndarray:
-    """Savings along one group's latency curve (rows by ratio, ratio 0 first)."""
-    dense_ms = max(float(curve.latency_ms_median.iloc[0]), 1e-9)
-    return np.maximum(0.0, (dense_ms - curve.latency_ms_median.to_numpy(dtype=float)) / dense_ms)
+    """Savings along one group's latency curve (rows by ratio, ratio 0 first): one minus its share
+    of the dense latency, timed alternately with the dense model (median of the rounds)."""
+    return np.maximum(0.0, 1.0 - curve.latency_share.to_numpy(dtype=float))
 
 
 def prunable_weights(model: nn.Module, names: list[str]) -> tuple[int, int]:
@@ -173,10 +175,10 @@ def counted_savings(ctx: SavingsContext, unit: str, scanned: np.ndarray, choices
     linearly with them)."""
     from explorer.prune import kept_channels
 
-    n = ctx.engine.channels(unit)
-    values = [0.0 if x == 0 else saving_of(ctx.engine.pruned(unit, float(x), None, ctx.method)) for x in scanned]
-    removed_at = [n - kept_channels(n, float(x)) for x in scanned]
-    return np.maximum(0.0, np.interp([n - kept_channels(n, float(x)) for x in choices], removed_at, values))
+    n, rt = ctx.engine.channels(unit), ctx.round_to
+    values = [0.0 if x == 0 else saving_of(ctx.engine.pruned(unit, float(x), rt, ctx.method)) for x in scanned]
+    removed_at = [n - kept_channels(n, float(x), rt) for x in scanned]
+    return np.maximum(0.0, np.interp([n - kept_channels(n, float(x), rt) for x in choices], removed_at, values))
 
 
 def masked_weights(ctx: SavingsContext, unit: str, choices: np.ndarray) -> list[Any]:
