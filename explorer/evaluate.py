@@ -20,7 +20,8 @@ from explorer.errors import DataError, ExportError
 from explorer.inspect import count_macs
 from explorer.runtime import OrtModel, export_onnx, gzip_size, measure_latency
 
-__all__ = ["Metrics", "OnnxMetrics", "check_labels", "evaluate_torch", "measure", "measure_onnx", "scores"]
+__all__ = ["Metrics", "OnnxMetrics", "check_labels", "evaluate_torch", "measure", "measure_onnx", "sample_scores",
+           "scores"]
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
@@ -34,19 +35,25 @@ def check_labels(split: Split, n_classes: int, where: str) -> None:
         raise DataError(f"{where}: label {int(split.y.max())} is out of range for a model with {n_classes} outputs")
 
 
-def scores(logits: np.ndarray, y: np.ndarray | None, reference: np.ndarray | None) -> tuple[float, float]:
-    """(accuracy, loss) of ``logits``: against labels ``y``, else against ``reference`` logits."""
+def sample_scores(logits: np.ndarray, y: np.ndarray | None, reference: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample: whether ``logits`` are right (against labels ``y``, else agree with ``reference``
+    logits) and the loss term (cross-entropy, else KL divergence from ``reference``). Rows are
+    independent: scoring in chunks and concatenating gives the same terms as scoring at once."""
     logp = _log_softmax(logits)
     if y is not None:
-        accuracy = float((logits.argmax(1) == y).mean())
-        loss = float(-logp[np.arange(len(y)), y].mean())
-        return accuracy, loss
+        return logits.argmax(1) == y, -logp[np.arange(len(y)), y]
     if reference is None:
         raise ValueError("unlabelled data needs the dense model's logits as reference")
     ref_logp = _log_softmax(reference)
-    agreement = float((logits.argmax(1) == reference.argmax(1)).mean())
-    kl = float((np.exp(ref_logp) * (ref_logp - logp)).sum(1).mean())
-    return agreement, max(kl, 0.0)
+    return logits.argmax(1) == reference.argmax(1), (np.exp(ref_logp) * (ref_logp - logp)).sum(1)
+
+
+def scores(logits: np.ndarray, y: np.ndarray | None, reference: np.ndarray | None) -> tuple[float, float]:
+    """(accuracy, loss) of ``logits``: against labels ``y``, else against ``reference`` logits."""
+    correct, loss = sample_scores(logits, y, reference)
+    if y is not None:
+        return float(correct.mean()), float(loss.mean())
+    return float(correct.mean()), max(float(loss.mean()), 0.0)
 
 
 @torch.no_grad()
