@@ -29,6 +29,7 @@ import os
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -42,10 +43,10 @@ from explorer.evaluate import Metrics, check_labels, sample_scores
 from explorer.inspect import count_macs
 from explorer.onnx_template import OnnxTemplate, TemplateMiss
 from explorer.plan import PruningPlan
-from explorer.runtime import OrtModel, export_onnx, gzip_size, measure_latency
+from explorer.runtime import OrtModel, export_onnx, measure_latency
 from explorer.subject import Subject
 
-__all__ = ["LiveEvaluator", "LiveRun", "Refinement", "predicted_accuracy", "wilson"]
+__all__ = ["LiveEvaluator", "LiveRun", "Refinement", "evaluate_object", "gzip_length", "predicted_accuracy", "wilson"]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,18 @@ class Refinement:
 
 class _Cancelled(Exception):
     pass
+
+
+def gzip_length(data: bytes, cancelled: Callable[[], bool] = lambda: False, block: int = 1 << 22) -> int:
+    """``len(gzip.compress(data, 6))`` (``explorer.runtime.gzip_size``), streamed in blocks so that
+    a cancelled run stops compressing: zlib's output does not depend on how its input is fed."""
+    z = zlib.compressobj(6, zlib.DEFLATED, -15)
+    n = 10 + 8  # gzip header and trailer around the raw deflate stream
+    for start in range(0, len(data), block):
+        if cancelled():
+            return -1
+        n += len(z.compress(data[start : start + block]))
+    return n + len(z.flush())
 
 
 def _unit_of(subject: Subject, method: str, layer: str) -> str | None:
@@ -267,6 +280,11 @@ class LiveEvaluator:
             }
             session = self._session(path, model, written_by)
             del model, params
+            # Compressed in a thread meanwhile (zlib lets go of the GIL); stops when the run does.
+            gzip_bytes: list[int] = []
+            data = path.read_bytes()
+            zipper = threading.Thread(target=lambda: gzip_bytes.append(gzip_length(data, cancelled)), daemon=True)
+            zipper.start()
             base = replace(base, stage="scoring", static=static, written_by=written_by)
             correct = np.zeros(self.total, dtype=bool)
             losses = np.zeros(self.total, dtype=np.float64)
@@ -289,8 +307,8 @@ class LiveEvaluator:
                 yield replace(base, scored=scored, accuracy=k / scored, loss=self._loss(losses[done]),
                               interval=wilson(k, scored, self.total), elapsed=time.perf_counter() - t0)
             del session
-            check()
-            gzip_bytes = gzip_size(path)
+            zipper.join()
+            del data
             check()
             with self.lock:
                 timed = OrtModel(path, threads=self.subject.threads)
@@ -298,7 +316,7 @@ class LiveEvaluator:
             del timed
         accuracy, loss = float(correct.mean()), self._loss(losses)
         metrics = Metrics(
-            accuracy=accuracy, loss=loss, onnx_bytes=static["onnx_bytes"], onnx_gzip_bytes=gzip_bytes,
+            accuracy=accuracy, loss=loss, onnx_bytes=static["onnx_bytes"], onnx_gzip_bytes=gzip_bytes[0],
             latency_ms_median=latency.median_ms, latency_ms_p90=latency.p90_ms, latency_ms_spread=latency.spread_ms,
             latency_threads=latency.threads, latency_runs=latency.runs, labels=self.labels,
             params_total=static["params_total"], params_nonzero=static["params_nonzero"], macs=static["macs"],
