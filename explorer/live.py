@@ -229,9 +229,10 @@ class LiveEvaluator:
 
     # --- the stages ---------------------------------------------------------------------------
 
-    def start(self, plan: PruningPlan) -> LiveRun:
-        """Evaluate ``plan`` in a worker thread; poll the returned run."""
-        return LiveRun(self, plan)
+    def start(self, plan: PruningPlan, on_final: Callable[[Refinement], None] | None = None) -> LiveRun:
+        """Evaluate ``plan`` in a worker thread; poll the returned run. ``on_final`` is called (in
+        that thread) with the final refinement, even if nobody polls any more."""
+        return LiveRun(self, plan, on_final)
 
     def evaluate(self, plan: PruningPlan) -> dict[str, Any]:
         """The ``evaluate`` object of ``plan``, waiting for it (``Subject.evaluate``, faster)."""
@@ -372,8 +373,10 @@ class LiveRun:
     too, so that the caller can raise it where it is seen.
     """
 
-    def __init__(self, evaluator: LiveEvaluator, plan: PruningPlan) -> None:
+    def __init__(self, evaluator: LiveEvaluator, plan: PruningPlan,
+                 on_final: Callable[[Refinement], None] | None = None) -> None:
         self.plan = plan
+        self._on_final = on_final
         self.plan_key = plan.key()
         self.error: BaseException | None = None
         self._latest: Refinement | None = None
@@ -387,6 +390,8 @@ class LiveRun:
     def _work(self, evaluator: LiveEvaluator) -> None:
         try:
             for refinement in evaluator.refinements(self.plan, self._cancel.is_set):
+                if refinement.final and self._on_final is not None:
+                    self._on_final(refinement)
                 with self._changed:
                     self._latest = refinement
                     self._changed.notify_all()

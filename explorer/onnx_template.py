@@ -204,4 +204,24 @@ class OnnxTemplate:
             tensor.raw_data = np.ascontiguousarray(value, dtype=want).tobytes()
             del tensor.dims[:]
             tensor.dims.extend(value.shape)
+        self._regroup(out, model, changed)
         return out.SerializeToString()
+
+    def _regroup(self, out: object, model: nn.Module, changed: set[str]) -> None:
+        """A depthwise convolution that lost channels has fewer groups: its node says so."""
+        index = {init.name: k for k, init in enumerate(out.graph.initializer)}  # type: ignore[attr-defined]
+        modules = dict(model.named_modules())
+        for node in out.graph.node:  # type: ignore[attr-defined]
+            if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in index:
+                continue
+            recipe = self.recipes.get(index[node.input[1]])
+            if recipe is None or recipe.kind not in ("param", "fold_weight") or recipe.sources[0] not in changed:
+                continue
+            module = modules.get(recipe.sources[0].rsplit(".", 1)[0])
+            if not isinstance(module, _CONVS):
+                raise TemplateMiss(f"a Conv node reads {recipe.sources[0]}, which is not a convolution's weight")
+            attrs = [a for a in node.attribute if a.name == "group"]
+            if attrs:
+                attrs[0].i = module.groups
+            elif module.groups != 1:
+                raise TemplateMiss(f"the Conv node of {recipe.sources[0]} declares no groups")

@@ -51,6 +51,7 @@ class Keys:
     PRUNE_SCOPE = "prune.scope"
     PRUNE_GLOBAL = "prune.global"
     PRUNE_RESTORE = "prune.restore"
+    LIVE_RUN = "prune.live_run"  # the session's running evaluation (explorer.live.LiveRun)
     ALLOC_KIND = "prune.alloc.kind"
     ALLOC_METHOD = "prune.alloc.method"  # suffixed with the target kind
     ALLOC_VALUE = "prune.alloc.value"
