@@ -41,7 +41,7 @@ import torch
 from explorer.errors import ExplorerError
 from explorer.evaluate import Metrics, check_labels, sample_scores
 from explorer.inspect import count_macs
-from explorer.onnx_template import OnnxTemplate, TemplateMiss
+from explorer.onnx_template import OnnxTemplate, template_for, why_untemplated, write_onnx
 from explorer.plan import PruningPlan
 from explorer.runtime import OrtModel, export_onnx, measure_latency
 from explorer.subject import Subject
@@ -91,6 +91,7 @@ class Refinement:
     static: dict[str, int] = field(default_factory=dict)  # params_total, params_nonzero, macs, onnx_bytes
     written_by: str = ""  # "template" (the dense export, edited) or "exporter"
     elapsed: float = 0.0  # seconds since the run started
+    stages: dict[str, float] = field(default_factory=dict)  # final: seconds per stage (prune, write, ...)
     result: dict[str, Any] | None = None
 
     @property
@@ -190,12 +191,8 @@ class LiveEvaluator:
         self.x = split.x.numpy()
         self.y = split.y.numpy() if split.y is not None else None
         self.order = np.random.default_rng(SHUFFLE_SEED).permutation(self.total)
-        self.template: OnnxTemplate | None = None
-        self.template_miss = ""
-        try:
-            self.template = OnnxTemplate.of(subject.model, subject.example_input)
-        except TemplateMiss as e:
-            self.template_miss = str(e)
+        self.template: OnnxTemplate | None = template_for(subject)
+        self.template_miss = why_untemplated(subject)
         self._per_image = 0.0  # seconds to score one image, learnt from the chunks scored
         self._state_lock = threading.Lock()
 
@@ -267,11 +264,22 @@ class LiveEvaluator:
         if predicted is not None:
             yield replace(base, elapsed=time.perf_counter() - t0)
         check()
+        stages: dict[str, float] = {}
+        mark = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal mark
+            now = time.perf_counter()
+            stages[name] = stages.get(name, 0.0) + now - mark
+            mark = now
+
         model = self.subject.prune(plan)
+        lap("prune")
         check()
         with tempfile.TemporaryDirectory(prefix="explorer-live-") as tmp:
             path = Path(tmp) / "model.onnx"
             written_by = self._write(model, path)
+            lap("write")
             params = list(model.parameters())
             static = {
                 "params_total": sum(p.numel() for p in params),
@@ -279,7 +287,9 @@ class LiveEvaluator:
                 "macs": sum(count_macs(model, self.subject.example_input).values()),
                 "onnx_bytes": path.stat().st_size,
             }
+            lap("count")
             session = self._session(path, model, written_by)
+            lap("session")
             del model, params
             # Compressed in a thread meanwhile (zlib lets go of the GIL); stops when the run does.
             gzip_bytes: list[int] = []
@@ -305,16 +315,20 @@ class LiveEvaluator:
                 correct[idx], losses[idx], done[idx] = c, lo, True
                 scored += len(idx)
                 k = int(correct[done].sum())
+                lap("scoring")
                 yield replace(base, scored=scored, accuracy=k / scored, loss=self._loss(losses[done]),
                               interval=wilson(k, scored, self.total), elapsed=time.perf_counter() - t0)
             del session
+            lap("scoring")
             zipper.join()
+            lap("gzip")
             del data
             check()
             with self.lock:
                 timed = OrtModel(path, threads=self.subject.threads)
                 latency = measure_latency(timed, self.subject.example_input.numpy(), runs=self.subject.runs)
             del timed
+            lap("latency")
         accuracy, loss = float(correct.mean()), self._loss(losses)
         metrics = Metrics(
             accuracy=accuracy, loss=loss, onnx_bytes=static["onnx_bytes"], onnx_gzip_bytes=gzip_bytes[0],
@@ -323,7 +337,7 @@ class LiveEvaluator:
             params_total=static["params_total"], params_nonzero=static["params_nonzero"], macs=static["macs"],
         )
         yield replace(base, stage="final", scored=self.total, accuracy=accuracy, loss=loss,
-                      interval=(accuracy, accuracy), elapsed=time.perf_counter() - t0,
+                      interval=(accuracy, accuracy), elapsed=time.perf_counter() - t0, stages=stages,
                       result=evaluate_object(self.subject, plan, metrics))
 
     def _loss(self, terms: np.ndarray) -> float:
@@ -333,14 +347,7 @@ class LiveEvaluator:
 
     def _write(self, model: torch.nn.Module, path: Path) -> str:
         """Write ``model``'s ONNX file to ``path``: from the template when it can, else exported."""
-        if self.template is not None:
-            try:
-                path.write_bytes(self.template.render(model))
-                return "template"
-            except TemplateMiss as e:
-                log.info("template miss, exporting: %s", e)
-        export_onnx(model, self.subject.example_input, path)
-        return "exporter"
+        return write_onnx(self.subject, model, path)
 
     def _session(self, path: Path, model: torch.nn.Module, written_by: str) -> OrtModel:
         """The scoring session (every core, as ``measure_onnx`` scores). A file written from the

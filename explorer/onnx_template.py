@@ -21,16 +21,20 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
+import weakref
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from explorer.capabilities import ort_ops
-from explorer.runtime import INPUT_NAME, OUTPUT_NAME, torchscript_export
+from explorer.runtime import INPUT_NAME, OUTPUT_NAME, export_onnx, torchscript_export
 
-__all__ = ["OnnxTemplate", "TemplateMiss"]
+__all__ = ["OnnxTemplate", "TemplateMiss", "template_for", "why_untemplated", "write_onnx"]
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -225,3 +229,44 @@ class OnnxTemplate:
                 attrs[0].i = module.groups
             elif module.groups != 1:
                 raise TemplateMiss(f"the Conv node of {recipe.sources[0]} declares no groups")
+
+
+_TEMPLATES: weakref.WeakKeyDictionary[Any, OnnxTemplate | TemplateMiss] = weakref.WeakKeyDictionary()
+_TEMPLATES_LOCK = threading.Lock()
+
+
+def template_for(subject: Any) -> OnnxTemplate | None:
+    """The template of a Subject's base model, built once while the subject lives (None, with the
+    reason kept, where the model cannot be templated)."""
+    with _TEMPLATES_LOCK:
+        found = _TEMPLATES.get(subject)
+    if found is None:
+        try:
+            found = OnnxTemplate.of(subject.model, subject.example_input)
+        except TemplateMiss as e:
+            found = e
+        with _TEMPLATES_LOCK:
+            _TEMPLATES[subject] = found
+    return found if isinstance(found, OnnxTemplate) else None
+
+
+def why_untemplated(subject: Any) -> str:
+    """Why :func:`template_for` gives None for ``subject`` ("" when it does not)."""
+    template_for(subject)
+    found = _TEMPLATES.get(subject)
+    return str(found) if isinstance(found, TemplateMiss) else ""
+
+
+def write_onnx(subject: Any, model: nn.Module, path: str | Path) -> str:
+    """Write the ONNX file of a pruned copy of ``subject``'s model to ``path``: from the template when
+    it vouches for it (the exporter's own bytes, in milliseconds), else with ``export_onnx``.
+    Returns ``"template"`` or ``"exporter"``."""
+    template = template_for(subject)
+    if template is not None:
+        try:
+            Path(path).write_bytes(template.render(model))
+            return "template"
+        except TemplateMiss:
+            pass
+    export_onnx(model, subject.example_input, path)
+    return "exporter"

@@ -23,13 +23,15 @@ from typing import Protocol
 
 import numpy as np
 
+from explorer.distributed import Executor
 from explorer.errors import PlanError
 from explorer.evaluate import scores
 from explorer.methods import Method
 from explorer.progress import Progress
 from explorer.subject import Subject
 
-__all__ = ["CHUNK", "Engine", "Result", "Unavailable", "engine_for", "forget_engines", "score_logits"]
+__all__ = ["CHUNK", "Engine", "Result", "Unavailable", "engine_for", "forget_engines", "reduce_terms",
+           "score_logits"]
 
 CHUNK = 512  # samples per ONNX Runtime or PyTorch call
 
@@ -50,6 +52,14 @@ def score_logits(logits: np.ndarray, subject: Subject, reference: np.ndarray | N
     return Result(*scores(logits, y, reference))
 
 
+def reduce_terms(chunks: list[tuple[np.ndarray, np.ndarray]], labelled: bool) -> Result:
+    """The result of per-sample (correct, loss) terms scored chunk by chunk, in data order: what
+    :func:`score_logits` gives on the concatenated logits (rows are scored independently)."""
+    correct = np.concatenate([c for c, _ in chunks])
+    loss = float(np.concatenate([lo for _, lo in chunks]).mean())
+    return Result(float(correct.mean()), loss if labelled else max(loss, 0.0))
+
+
 class Engine(Protocol):
     name: str
 
@@ -64,7 +74,8 @@ class Engine(Protocol):
     def overhead(self) -> float: ...
 
     def run(self, method: Method, todo: dict[str, list[str]], ratios: dict[str, list[float]],
-            on_progress: Progress, round_to: int | None = None) -> Iterator[tuple[str, float, Result]]: ...
+            on_progress: Progress, round_to: int | None = None,
+            executor: Executor | None = None) -> Iterator[tuple[str, float, Result]]: ...
 
 
 _ENGINES: weakref.WeakKeyDictionary[Subject, dict[str, Engine]] = weakref.WeakKeyDictionary()

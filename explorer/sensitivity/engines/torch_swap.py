@@ -51,7 +51,10 @@ class TorchSwapEngine:
         return 0.0
 
     def run(self, method: Method, todo: dict[str, list[str]], ratios: dict[str, list[float]],
-            on_progress: Progress, round_to: int | None = None) -> Iterator[tuple[str, float, Result]]:
+            on_progress: Progress, round_to: int | None = None,
+            executor: object | None = None) -> Iterator[tuple[str, float, Result]]:
+        """Every point here, in PyTorch (``executor`` is ignored: a torch model is not shipped to
+        Ray workers, which would mean pickling the user's code)."""
         base, calibration = self.subject.model, self.subject.calibration
         total, done = sum(len(rs) for rs in ratios.values()) or 1, 0
         for name, rs in ratios.items():
