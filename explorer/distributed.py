@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from explorer.errors import ExplorerError
 
-__all__ = ["INSTALL_HINT", "Executor", "LocalExecutor", "RayExecutor", "RayUnavailable", "executor"]
+__all__ = ["INSTALL_HINT", "Executor", "LocalExecutor", "RayExecutor", "RayUnavailable", "executor", "ray_installed"]
 
 INSTALL_HINT = "pip install 'pruning-explorer[ray]'"
 
@@ -130,6 +130,12 @@ class RayExecutor:
         if self._started:
             self._ray.shutdown()
             self._started = False
+
+
+def ray_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
 
 
 def executor(workers: int | None = None, address: str | None = None) -> Executor:

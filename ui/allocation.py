@@ -82,7 +82,8 @@ def section(subject: Subject) -> None:
         try:
             if left.button("Allocate", type="primary", key="prune.allocate"):
                 _run(subject, (model, data, kind, value, method),
-                     lambda p: alloc.allocate(subject, (kind, value), method, on_progress=p).to_dict())
+                     lambda p: alloc.allocate(subject, (kind, value), method, on_progress=p,
+                                              executor=cache.executor()).to_dict())
             found = _results().get((model, data, kind, value, method))
             if found is not None:
                 st.markdown(_summary(found, subject.data.has_labels))
@@ -90,7 +91,8 @@ def section(subject: Subject) -> None:
                           icon=":material/tune:")
             if right.button(f"Pareto front ({len(_FRONT)} targets)", key="prune.allocate.front"):
                 _run(subject, ("front", model, data, kind, method),
-                     lambda p: [a.to_dict() for a in alloc.pareto_front(subject, kind, _FRONT, method, on_progress=p)])
+                     lambda p: [a.to_dict() for a in alloc.pareto_front(subject, kind, _FRONT, method, on_progress=p,
+                                                                       executor=cache.executor())])
             front = _results().get(("front", model, data, kind, method))
             if front:
                 st.plotly_chart(figures.allocation_front(front), key="prune.allocate.front_chart")

@@ -15,6 +15,7 @@ from explorer.allocate.knapsack import solve
 from explorer.allocate.meter import Meter
 from explorer.allocate.problem import Problem, build_problem
 from explorer.allocate.targets import TargetKind, get_target
+from explorer.distributed import Executor
 from explorer.errors import PlanError
 from explorer.evaluate import evaluate_torch
 from explorer.methods import get_method
@@ -226,7 +227,7 @@ def _best_of(problem: Problem, target: Target, plan: PruningPlan, predicted: flo
 def allocate(subject: Subject, target: Target | tuple[str, float], method: str | None = None, *,
              ratios: Sequence[float] | None = None, curves: pd.DataFrame | None = None,
              loss_weight: float = 0.05, max_rounds: int = 8, verify: bool = True,
-             on_progress: Progress = no_progress) -> Allocation:
+             on_progress: Progress = no_progress, executor: Executor | None = None) -> Allocation:
     """Per-layer ratios that reach ``target`` with the least predicted accuracy loss, measured and
     verified.
 
@@ -240,6 +241,7 @@ def allocate(subject: Subject, target: Target | tuple[str, float], method: str |
             accuracy drop ties).
         max_rounds: knapsack solves at most, when measured values miss the target.
         verify: evaluate the plan (``Subject.evaluate``: ONNX export, ONNX Runtime accuracy).
+        executor: where the sensitivity points are evaluated (here, or Ray tasks: the same points).
 
     Side effects: runs (and caches) sensitivity scans; writes temporary ONNX files.
 
@@ -249,7 +251,7 @@ def allocate(subject: Subject, target: Target | tuple[str, float], method: str |
     """
     tgt = _as_target(target)
     m = get_method(method or default_method(tgt.kind))
-    problem = build_problem(subject, m, tgt.kind_spec, ratios, curves, loss_weight, on_progress)
+    problem = build_problem(subject, m, tgt.kind_spec, ratios, curves, loss_weight, on_progress, executor)
     meter = Meter(subject, tgt, m)
     try:
         return _allocate(problem, tgt, max_rounds, verify, on_progress, meter)
@@ -259,7 +261,8 @@ def allocate(subject: Subject, target: Target | tuple[str, float], method: str |
 
 def pareto_front(subject: Subject, kind: str, values: Sequence[float], method: str | None = None, *,
                  ratios: Sequence[float] | None = None, loss_weight: float = 0.05, max_rounds: int = 8,
-                 verify: bool = True, on_progress: Progress = no_progress) -> list[Allocation]:
+                 verify: bool = True, on_progress: Progress = no_progress,
+                 executor: Executor | None = None) -> list[Allocation]:
     """Allocations for several values of one kind of target (curves computed once), by value.
 
     Plot ``achieved`` against ``verified_accuracy`` for the trade-off; targets out of reach are
@@ -267,7 +270,8 @@ def pareto_front(subject: Subject, kind: str, values: Sequence[float], method: s
     """
     spec = get_target(kind)  # validates the kind
     m = get_method(method or spec.default_method)
-    problem = build_problem(subject, m, spec, ratios, None, loss_weight, lambda f, msg: on_progress(0.5 * f, msg))
+    problem = build_problem(subject, m, spec, ratios, None, loss_weight, lambda f, msg: on_progress(0.5 * f, msg),
+                            executor)
     out = []
     for i, value in enumerate(sorted(values)):
         tgt = Target(kind, value)

@@ -16,6 +16,7 @@ import pandas as pd
 
 from explorer import sensitivity as sens
 from explorer.allocate.targets import SavingsContext, TargetKind, prunable_weights
+from explorer.distributed import Executor
 from explorer.errors import PlanError
 from explorer.methods import Method
 from explorer.plan import check_ratio
@@ -55,7 +56,8 @@ def _envelope(values: np.ndarray) -> np.ndarray:
 
 
 def build_problem(subject: Subject, method: Method, kind: TargetKind, ratios: Sequence[float] | None,
-                  curves: pd.DataFrame | None, loss_weight: float, on_progress: Progress) -> Problem:
+                  curves: pd.DataFrame | None, loss_weight: float, on_progress: Progress,
+                  executor: Executor | None = None) -> Problem:
     kind.check_method(method)
     grid = sorted({check_ratio(r, "allocation ratio") for r in (ratios or (
         STRUCTURED_RATIOS if method.structured else UNSTRUCTURED_RATIOS))} - {0.0})
@@ -63,7 +65,7 @@ def build_problem(subject: Subject, method: Method, kind: TargetKind, ratios: Se
         grid = [0.5]  # N:M has one pattern: a layer has it or not
     if curves is None:
         on_progress(0.0, f"sensitivity curves ({method.name})")
-        curves = sens.scan(subject, method.name, grid,
+        curves = sens.scan(subject, method.name, grid, executor=executor,
                            on_progress=lambda f, m: on_progress((0.6 if kind.timed else 0.9) * f, m))
     units = sens.units(subject, method.name)
     dense_rows = curves[curves.ratio == 0]
