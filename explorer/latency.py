@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,9 +20,10 @@ from torch import nn
 
 from explorer.errors import PlanError
 from explorer.methods import get_method
+from explorer.onnx_template import write_onnx
 from explorer.progress import Progress, no_progress
 from explorer.prune import kept_channels
-from explorer.runtime import LatencyStats, OrtModel, export_onnx, measure_latency
+from explorer.runtime import LatencyStats, OrtModel, measure_latency
 from explorer.sensitivity.cache import PointCache, ratio_key
 from explorer.sensitivity.engines import engine_for
 from explorer.sensitivity.engines.depgraph import StructuredEngine
@@ -70,6 +72,7 @@ def latency_curves(subject: Subject, method: str = "l1-structured", ratios: Sequ
     missing = [(g, r) for g in todo for r in [0.0, *ratios] if (g, rk(r)) not in known]
     fresh: dict[tuple[str, float], dict] = {}
     dense_stats = None
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="explorer-latency-") as tmp:
         for done, (gid, ratio) in enumerate(missing, start=1):
             n = eng.channels(gid)
@@ -84,7 +87,9 @@ def latency_curves(subject: Subject, method: str = "l1-structured", ratios: Sequ
                 "layer": gid, "ratio": ratio, "channels_kept": kept, "latency_ms_median": stats.median_ms,
                 "latency_ms_p90": stats.p90_ms, "latency_ms_spread": stats.spread_ms, "members": ",".join(todo[gid]),
             }
-            on_progress(done / len(missing), f"{gid} @ {ratio:.2f}: {stats.median_ms:.3f} ms ({done}/{len(missing)})")
+            left = (time.perf_counter() - start) / done * (len(missing) - done)
+            on_progress(done / len(missing), f"{gid} @ {ratio:.2f}: {stats.median_ms:.3f} ms ({done}/{len(missing)}, "
+                                             f"~{left:.0f} s left)")
     if store is not None and fresh:
         store.save(fresh)
     on_progress(1.0, "done")
@@ -95,6 +100,8 @@ def latency_curves(subject: Subject, method: str = "l1-structured", ratios: Sequ
 
 
 def time_model(model: nn.Module, x: torch.Tensor, path: Path, subject: Subject) -> LatencyStats:
-    """Export ``model`` to ``path`` and time it at batch 1 as the subject times everything."""
-    export_onnx(model, x, path)
+    """Write the ONNX file of ``model`` (the subject's model or a pruned copy) to ``path`` (from the
+    dense export's template where it can: the exporter's bytes without running it) and time it on
+    ``x`` at batch 1 as the subject times everything."""
+    write_onnx(subject, model, path)
     return measure_latency(OrtModel(path, threads=subject.threads), x.numpy(), runs=subject.runs)

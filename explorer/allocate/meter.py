@@ -11,7 +11,8 @@ from torch import nn
 
 from explorer.methods import Method
 from explorer.plan import PruningPlan
-from explorer.runtime import OrtModel, export_onnx, gzip_size, measure_latency
+from explorer.onnx_template import write_onnx
+from explorer.runtime import OrtModel, gzip_size, measure_latency
 from explorer.subject import Subject
 
 if TYPE_CHECKING:
@@ -38,16 +39,20 @@ class Meter:
 
     def size(self, model: nn.Module, name: str) -> int:
         """Bytes of ``model``'s ONNX file, gzipped when the size metric is the gzip size."""
-        path = export_onnx(model, self.subject.example_input, Path(self.tmp.name) / name)
+        path = Path(self.tmp.name) / name
+        write_onnx(self.subject, model, path)  # the exporter's bytes, from the dense export's template
         return path.stat().st_size if self.size_metric == "onnx_bytes" else gzip_size(path)
 
     def latency_ratio(self, model: nn.Module) -> float:
         """Pruned over dense median latency, the two timed in alternation to share the machine's state."""
         x = self.subject.example_input
         if self._dense_session is None:
-            path = export_onnx(self.subject.model, x, Path(self.tmp.name) / "dense.onnx")
+            path = Path(self.tmp.name) / "dense.onnx"
+            write_onnx(self.subject, self.subject.model, path)
             self._dense_session = OrtModel(path, threads=self.subject.threads)
-        pruned = OrtModel(export_onnx(model, x, Path(self.tmp.name) / "pruned.onnx"), threads=self.subject.threads)
+        path = Path(self.tmp.name) / "pruned.onnx"
+        write_onnx(self.subject, model, path)
+        pruned = OrtModel(path, threads=self.subject.threads)
         dense_ms, pruned_ms = [], []
         for _ in range(self.rounds_of_timing):
             dense_ms.append(measure_latency(self._dense_session, x.numpy(), runs=self.subject.runs).median_ms)
