@@ -21,7 +21,17 @@ from explorer.inspect import count_macs
 from explorer.runtime import OrtModel, export_onnx, gzip_size, measure_latency
 
 __all__ = ["Metrics", "OnnxMetrics", "check_labels", "evaluate_torch", "measure", "measure_onnx", "sample_scores",
-           "scores"]
+           "samples_per_call", "scores"]
+
+
+BATCH_BYTES = 32 * 2**20  # inputs per ONNX Runtime or PyTorch call (at 224 px about 50 images)
+
+
+def samples_per_call(x: np.ndarray | torch.Tensor, most: int = 512) -> int:
+    """Samples to run at once: at most ``most``, and at most :data:`BATCH_BYTES` of inputs, so that
+    a 224-px ResNet-50's activations stay well under a GB (a batch of 256 takes about 3 GB)."""
+    per = int(x[0].nbytes) if isinstance(x, np.ndarray) else int(x[0].numel() * x.element_size())
+    return max(1, min(most, BATCH_BYTES // max(per, 1)))
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
@@ -58,8 +68,9 @@ def scores(logits: np.ndarray, y: np.ndarray | None, reference: np.ndarray | Non
 
 @torch.no_grad()
 def evaluate_torch(model: nn.Module, split: Split, reference: np.ndarray | None = None,
-                   batch_size: int = 512) -> tuple[float, float]:
+                   batch_size: int | None = None) -> tuple[float, float]:
     """(accuracy, loss) of a torch model on ``split``; for scans, where no artifact is exported."""
+    batch_size = batch_size or samples_per_call(split.x)
     logits = np.concatenate([model(split.x[i : i + batch_size]).numpy() for i in range(0, len(split), batch_size)])
     y = split.y.numpy() if split.y is not None else None
     return scores(logits, y, reference)
@@ -110,7 +121,8 @@ def measure_onnx(path: str | Path, data: Dataset, *, reference: np.ndarray | Non
         DataError: labels out of range for the model's outputs.
     """
     try:
-        logits = OrtModel(path, threads=os.cpu_count() or 1)(data.test.x.numpy())
+        x = data.test.x.numpy()
+        logits = OrtModel(path, threads=os.cpu_count() or 1)(x, batch_size=samples_per_call(x, 256))
         session = OrtModel(path, threads=threads)
         latency = measure_latency(session, data.example_input().numpy(), runs=runs)
     except ExportError:

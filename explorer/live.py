@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from explorer.errors import ExplorerError
-from explorer.evaluate import Metrics, check_labels, sample_scores
+from explorer.evaluate import Metrics, check_labels, sample_scores, samples_per_call
 from explorer.inspect import count_macs
 from explorer.onnx_template import OnnxTemplate, template_for, why_untemplated, write_onnx
 from explorer.plan import PruningPlan
@@ -191,6 +191,7 @@ class LiveEvaluator:
         self.x = split.x.numpy()
         self.y = split.y.numpy() if split.y is not None else None
         self.order = np.random.default_rng(SHUFFLE_SEED).permutation(self.total)
+        self.most = samples_per_call(self.x)  # images per call, bounded in memory
         self.template: OnnxTemplate | None = template_for(subject)
         self.template_miss = why_untemplated(subject)
         self._per_image = 0.0  # seconds to score one image, learnt from the chunks scored
@@ -219,7 +220,8 @@ class LiveEvaluator:
         start, first = 0, True
         while start < self.total:
             per = self._per_image or 0.05
-            n = int(np.clip(round((FIRST_SECONDS if first else CHUNK_SECONDS) / per), 4 if first else 16, 512))
+            n = int(np.clip(round((FIRST_SECONDS if first else CHUNK_SECONDS) / per), 4 if first else 16,
+                            max(16, self.most)))
             yield self.order[start : start + n]
             start += n
             first = False

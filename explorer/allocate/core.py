@@ -17,7 +17,7 @@ from explorer.allocate.problem import Problem, build_problem
 from explorer.allocate.targets import TargetKind, get_target
 from explorer.distributed import Executor
 from explorer.errors import PlanError
-from explorer.evaluate import evaluate_torch
+from explorer.evaluate import evaluate_torch, samples_per_call
 from explorer.methods import get_method
 from explorer.plan import LayerRule, PruningPlan
 from explorer.progress import Progress, no_progress
@@ -207,7 +207,8 @@ def _best_of(problem: Problem, target: Target, plan: PruningPlan, predicted: flo
     reference = None
     if split.y is None:
         with torch.no_grad():
-            reference = torch.cat([subject.model(split.x[i : i + 512]) for i in range(0, len(split), 512)]).numpy()
+            n = samples_per_call(split.x)
+            reference = torch.cat([subject.model(split.x[i : i + n]) for i in range(0, len(split), n)]).numpy()
     accuracy = {"knapsack": evaluate_torch(subject.prune(plan), split, reference)[0]}
     best = ("knapsack", plan, predicted, achieved)
     for name, ratios in _baseline_ratios(problem, target.value).items():

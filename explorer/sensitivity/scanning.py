@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from explorer.distributed import Executor
-from explorer.evaluate import evaluate_torch
+from explorer.evaluate import evaluate_torch, samples_per_call
 from explorer.methods import get_method
 from explorer.plan import LayerRule, PruningPlan
 from explorer.progress import Progress, no_progress
@@ -110,7 +110,8 @@ def reference_scan(subject: Subject, method: str = "l1-unstructured", ratios: Se
     todo = select(subject, method, layers)
     split = subject.data.test
     with torch.no_grad():
-        dense_logits = np.concatenate([subject.model(split.x[i : i + 512]).numpy() for i in range(0, len(split), 512)])
+        n = samples_per_call(split.x)
+        dense_logits = np.concatenate([subject.model(split.x[i : i + n]).numpy() for i in range(0, len(split), n)])
     reference = dense_logits if split.y is None else None
     dense_acc, dense_loss = evaluate_torch(subject.model, split, reference)
     rows = []

@@ -19,7 +19,7 @@ from torch import nn
 
 from explorer.distributed import Executor, LocalExecutor
 from explorer.errors import PruneError
-from explorer.evaluate import sample_scores
+from explorer.evaluate import sample_scores, samples_per_call
 from explorer.inspect import build_dependency_graph, structured_groups
 from explorer.methods import ChannelMethod, Method, get_method
 from explorer.progress import Progress
@@ -39,9 +39,10 @@ def score_onnx(data: dict[str, np.ndarray | None], onnx: bytes, threads: int = 1
     session = ort_session(onnx, threads)
     name = session.get_inputs()[0].name
     x, y, ref = data["x"], data.get("y"), data.get("reference")
-    terms = [sample_scores(session.run(None, {name: x[i : i + CHUNK]})[0],
-                           y[i : i + CHUNK] if y is not None else None,
-                           ref[i : i + CHUNK] if y is None else None) for i in range(0, len(x), CHUNK)]
+    n = samples_per_call(x, CHUNK)
+    terms = [sample_scores(session.run(None, {name: x[i : i + n]})[0],
+                           y[i : i + n] if y is not None else None,
+                           ref[i : i + n] if y is None else None) for i in range(0, len(x), n)]
     return np.concatenate([c for c, _ in terms]), np.concatenate([lo for _, lo in terms])
 
 
@@ -76,7 +77,7 @@ class StructuredEngine:
         with tempfile.TemporaryDirectory(prefix="explorer-structured-") as tmp:
             path = Path(tmp) / "dense.onnx"
             write_onnx(subject, subject.model, path)
-            logits = OrtModel(path, threads=os.cpu_count() or 1)(x)
+            logits = OrtModel(path, threads=os.cpu_count() or 1)(x, batch_size=samples_per_call(x, CHUNK))
         self.reference = logits if split.y is None else None
         self.dense = score_logits(logits, subject, self.reference)
         self.data = {"x": x, "y": split.y.numpy() if split.y is not None else None, "reference": self.reference}

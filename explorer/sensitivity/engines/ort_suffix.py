@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from explorer.distributed import Executor, LocalExecutor
-from explorer.evaluate import sample_scores
+from explorer.evaluate import sample_scores, samples_per_call
 from explorer.methods import Method
 from explorer.progress import Progress
 from explorer.prune import pruned_weight
@@ -308,21 +308,27 @@ class OrtSuffixEngine:
 
     # evaluation
 
-    def _timed_pass(self) -> None:
+    def _timed_pass(self, sample: bool) -> None:
+        """The dense logits of every sample (timed), or with ``sample`` only the time of one call,
+        scaled to the whole evaluation data (the ETA need not score it all)."""
         x = self.subject.data.test.x.numpy()
         session = self.graph.capture(())
+        n = samples_per_call(x, CHUNK)
         start = time.perf_counter()
-        logits = np.concatenate([session.run(None, {INPUT_NAME: x[i : i + CHUNK]})[0] for i in range(0, len(x), CHUNK)])
+        if sample:
+            session.run(None, {INPUT_NAME: x[:n]})
+            self._eval_seconds = (time.perf_counter() - start) * len(x) / min(n, len(x))
+            return
+        logits = np.concatenate([session.run(None, {INPUT_NAME: x[i : i + n]})[0] for i in range(0, len(x), n)])
         self._eval_seconds = time.perf_counter() - start
-        if self._dense_logits is None:
-            self._dense_logits = logits
+        self._dense_logits = logits
 
     @property
     def eval_seconds(self) -> float:
         """Seconds of one dense pass over the evaluation data (measured once)."""
         with self.lock:
             if self._eval_seconds is None:
-                self._timed_pass()
+                self._timed_pass(sample=True)
             assert self._eval_seconds is not None
             return self._eval_seconds
 
@@ -330,7 +336,7 @@ class OrtSuffixEngine:
     def dense_logits(self) -> np.ndarray:
         with self.lock:
             if self._dense_logits is None:
-                self._timed_pass()
+                self._timed_pass(sample=False)
             assert self._dense_logits is not None
             return self._dense_logits
 
@@ -372,11 +378,11 @@ class OrtSuffixEngine:
 
     def chunk_size(self, needed: tuple[str, ...]) -> int:
         """Samples per chunk: the captured tensors of a chunk take at most ``_CAPTURE_BYTES``."""
-        if not needed:
-            return CHUNK
         x = self.subject.data.test.x.numpy()
+        if not needed:
+            return samples_per_call(x, CHUNK)
         per_sample = sum(a.nbytes for a in self.graph.capture(needed).run(list(needed), {INPUT_NAME: x[:1]}))
-        return int(min(CHUNK, max(8, _CAPTURE_BYTES // max(per_sample, 1))))
+        return int(min(samples_per_call(x, CHUNK), max(8, _CAPTURE_BYTES // max(per_sample, 1))))
 
     def run(self, method: Method, todo: dict[str, list[str]], ratios: dict[str, list[float]],
             on_progress: Progress, round_to: int | None = None,
