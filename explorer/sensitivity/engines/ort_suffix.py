@@ -28,6 +28,7 @@ __all__ = ["GraphSpec", "OrtSuffixEngine", "ScanJob", "SuffixGraph", "run_chunk"
 
 _CAPTURE_BYTES = 256 * 2**20  # at most this much of captured inner tensors at a time
 _SESSION_BYTES = 1024 * 2**20  # ONNX Runtime sessions kept between scans hold at most about this
+_GROUP_BYTES = 384 * 2**20  # weights of the suffixes run in one capture pass (sessions hold 2-3x that)
 
 
 class _WeightsAsInputs(nn.Module):
@@ -54,14 +55,25 @@ class _WeightsAsInputs(nn.Module):
 
 
 
-@dataclass
-class _Cut:
-    """The part of the graph a unit's weights influence, as a session of its own."""
+@dataclass(frozen=True)
+class _Plan:
+    """The part of the graph a unit's weights influence (found by walking the graph: no session)."""
 
-    suffix: object  # inputs: ``activations`` then ``weights``; output: the logits
+    nodes: frozenset[int]
     activations: list[str]  # data-dependent inputs (the model input and/or inner tensors)
     weights: list[str]  # the unit's weight inputs
     fraction: float  # share of the model's MACs the suffix runs
+    bytes: int  # weights the suffix holds as constants (its session holds them, and more)
+
+
+@dataclass
+class _Cut:
+    """A unit's suffix as a session of its own."""
+
+    suffix: object  # inputs: ``activations`` then ``weights``; output: the logits
+    activations: list[str]
+    weights: list[str]
+    fraction: float
 
 
 @dataclass(frozen=True)
@@ -113,6 +125,8 @@ class SuffixGraph:
         self.total_macs = max(sum(self.macs.values()), 1)
         self.weight_bytes = sum(a.nbytes for a in self.dense_weights.values()) + sum(
             int(np.prod(t.dims)) * 4 for t in graph.initializer)
+        self.init_bytes = {t.name: int(np.prod(t.dims)) * 4 for t in graph.initializer}
+        self.plans: dict[str, _Plan | None] = {}
         self.cuts: dict[str, _Cut | None] = {}
         self.captures: dict[tuple[str, ...], object] = {}
         self.lock = threading.Lock()
@@ -150,20 +164,15 @@ class SuffixGraph:
             stack.extend(i for i in self.nodes[k].input if i and i not in stop)
         return needed
 
-    def cut(self, members: list[str]) -> _Cut | None:
-        """The unit's suffix (built once); None when its weights do not reach the output."""
+    def plan(self, members: list[str]) -> _Plan | None:
+        """The unit's suffix, as nodes (found once); None when its weights do not reach the output."""
         key = ",".join(members)
         with self.lock:
-            if key not in self.cuts:
-                try:
-                    self.cuts[key] = self._cut(members)
-                except Unavailable:
-                    raise
-                except Exception as e:
-                    raise Unavailable(f"cutting the graph at {members} failed: {type(e).__name__}: {e}") from None
-            return self.cuts[key]
+            if key not in self.plans:
+                self.plans[key] = self._plan(members)
+            return self.plans[key]
 
-    def _cut(self, members: list[str]) -> _Cut | None:
+    def _plan(self, members: list[str]) -> _Plan | None:
         fed = {self.input_of[m] for m in members}
         downstream: set[int] = set()
         frontier = set(fed)
@@ -177,10 +186,38 @@ class SuffixGraph:
         reads = {i for k in downstream for i in self.nodes[k].input if i and i not in made}
         activations = sorted(reads - self.constant)
         nodes = downstream | self._closure(reads & self.constant, set(self.input_of.values()))
-        suffix = self._session(nodes, activations + sorted(fed), [OUTPUT_NAME], fed)
         downstream_layers = [n for n in self.layers if any(self.input_of[n] in self.nodes[k].input for k in downstream)]
         fraction = sum(self.macs[n] for n in downstream_layers) / self.total_macs
-        return _Cut(suffix, activations, sorted(fed), fraction)
+        used = {i for k in nodes for i in self.nodes[k].input}
+        size = sum(self.init_bytes.get(i, 0) for i in used) + sum(
+            a.nbytes for name, a in self.dense_weights.items() if name in used and name not in fed)
+        return _Plan(frozenset(nodes), activations, sorted(fed), fraction, size)
+
+    def cut(self, members: list[str]) -> _Cut | None:
+        """The unit's suffix as a session (built once, until :meth:`forget`); None when its weights
+        do not reach the output."""
+        key = ",".join(members)
+        plan = self.plan(members)
+        with self.lock:
+            if key not in self.cuts:
+                if plan is None:
+                    self.cuts[key] = None
+                else:
+                    try:
+                        suffix = self._session(set(plan.nodes), plan.activations + plan.weights, [OUTPUT_NAME],
+                                               set(plan.weights))
+                    except Unavailable:
+                        raise
+                    except Exception as e:
+                        raise Unavailable(f"cutting the graph at {members} failed: {type(e).__name__}: {e}") from None
+                    self.cuts[key] = _Cut(suffix, plan.activations, plan.weights, plan.fraction)
+            return self.cuts[key]
+
+    def held_bytes(self) -> int:
+        """About how many weight bytes the sessions built so far hold."""
+        with self.lock:
+            cuts = [self.plans[k].bytes for k, c in self.cuts.items() if c is not None and self.plans.get(k)]
+            return sum(cuts) + self.weight_bytes * len(self.captures)
 
     def capture(self, needed: tuple[str, ...]) -> object:
         """The dense model with the inner tensors ``needed`` as extra outputs (built once)."""
@@ -202,7 +239,6 @@ class ScanJob:
     """One weight-only scan's points: per unit its members and, per ratio, the pruned weights fed
     to its suffix (``reuse``: the same masks as the ratio before, the same numbers)."""
 
-    needed: tuple[str, ...]  # inner tensors the capture computes for every suffix
     members: dict[str, list[str]]
     weights: dict[str, list[dict[str, np.ndarray]]]
     reuse: dict[str, list[bool]]
@@ -223,24 +259,29 @@ def _graph(spec: GraphSpec, threads: int) -> SuffixGraph:
     return graph
 
 
-def run_chunk(graph: SuffixGraph | GraphSpec, job: ScanJob, data: dict[str, np.ndarray | None],
-              piece: tuple[int, int, list[str]],
+Piece = tuple[int, int, list[str], tuple[str, ...]]  # samples start:stop, the units, the tensors to capture
+
+
+def run_chunk(graph: SuffixGraph | GraphSpec, job: ScanJob, data: dict[str, np.ndarray | None], piece: Piece,
               on_point: Callable[[str, int], None] | None = None) -> dict[str, list[Terms]]:
     """Evaluate ``job``'s points of the units ``piece[2]`` on samples ``piece[0]:piece[1]``: one pass of
-    the capture, then each unit's suffix per ratio. The unit of work of a scan, here or on a Ray
-    worker (given a :class:`GraphSpec`, a worker builds the graph once, one thread per task).
+    the capture (the dense model with the inner tensors ``piece[3]`` as extra outputs), then each
+    unit's suffix per ratio. The unit of work of a scan, here or on a Ray worker (given a
+    :class:`GraphSpec`, a worker builds the graph once, one thread per task, and keeps its sessions
+    while they fit in memory).
 
     ``data``: ``x``, and ``y`` (labels) or ``reference`` (the dense model's logits).
     Returns, per unit, per ratio: per-sample correctness and loss terms.
     """
+    on_worker = isinstance(graph, GraphSpec)
     if isinstance(graph, GraphSpec):
         graph = _graph(graph, threads=1)
-    start, stop, units = piece
+    start, stop, units, needed = piece
     x = data["x"][start:stop]
     y = data["y"][start:stop] if data.get("y") is not None else None
     ref = data["reference"][start:stop] if y is None else None
-    outs = graph.capture(job.needed).run(None, {INPUT_NAME: x})
-    acts = {INPUT_NAME: x, **dict(zip(job.needed, outs[1:]))}
+    outs = graph.capture(needed).run(None, {INPUT_NAME: x})
+    acts = {INPUT_NAME: x, **dict(zip(needed, outs[1:]))}
     results: dict[str, list[Terms]] = {}
     for name in units:
         cut = graph.cut(job.members[name])
@@ -255,6 +296,8 @@ def run_chunk(graph: SuffixGraph | GraphSpec, job: ScanJob, data: dict[str, np.n
             if on_point is not None:
                 on_point(name, j)
         results[name] = terms
+    if on_worker and graph.held_bytes() > _SESSION_BYTES:
+        graph.forget()
     return results
 
 
@@ -303,8 +346,8 @@ class OrtSuffixEngine:
         except Exception as e:
             raise Unavailable(f"ONNX Runtime cannot run the export: {type(e).__name__}: {e}") from None
 
-    def cut(self, members: list[str]) -> _Cut | None:
-        return self.graph.cut(members)
+    def plan(self, members: list[str]) -> _Plan | None:
+        return self.graph.plan(members)
 
     # evaluation
 
@@ -350,10 +393,10 @@ class OrtSuffixEngine:
 
     def cost(self, members: list[str], n_ratios: int) -> float:
         """Estimated seconds for ``n_ratios`` points of a unit (one evaluation = ``eval_seconds``)."""
-        cut = self.cut(members)
-        if cut is None or not n_ratios:
+        plan = self.plan(members)
+        if plan is None or not n_ratios:
             return 0.0
-        return self.eval_seconds * n_ratios * max(cut.fraction, 0.02)
+        return self.eval_seconds * n_ratios * max(plan.fraction, 0.02)
 
     def overhead(self) -> float:
         return self.eval_seconds  # the capture pass
@@ -364,7 +407,7 @@ class OrtSuffixEngine:
         weights: dict[str, list[dict[str, np.ndarray]]] = {}
         reuse: dict[str, list[bool]] = {}
         for name, rs in ratios.items():
-            if self.cut(todo[name]) is None:
+            if self.plan(todo[name]) is None:
                 continue
             ws = [{self.input_of[m]: pruned_weight(method, base, m, r, calibration=calibration).numpy()
                    for m in todo[name]} for r in rs]
@@ -372,9 +415,30 @@ class OrtSuffixEngine:
             # A ratio whose masks equal the previous ratio's (N:M, or a count that rounds the
             # same) gives the same logits.
             reuse[name] = [j > 0 and all(np.array_equal(ws[j][k], ws[j - 1][k]) for k in ws[j]) for j in range(len(ws))]
-        cuts = [self.cut(todo[name]) for name in weights]
-        needed = tuple(sorted({a for c in cuts if c for a in c.activations} - {INPUT_NAME}))
-        return ScanJob(needed, {n: todo[n] for n in weights}, weights, reuse)
+        return ScanJob({n: todo[n] for n in weights}, weights, reuse)
+
+    def groups(self, job: ScanJob) -> list[tuple[list[str], tuple[str, ...]]]:
+        """The units in groups whose suffix sessions fit in :data:`_GROUP_BYTES` together (each
+        group is one capture pass over the data), with the inner tensors each group's capture
+        outputs. Decided by the job alone: Ray runs the very groups the local run does."""
+        out: list[tuple[list[str], tuple[str, ...]]] = []
+        group: list[str] = []
+        size = 0
+        for name in job.weights:
+            plan = self.plan(job.members[name])
+            assert plan is not None
+            if group and size + plan.bytes > _GROUP_BYTES:
+                out.append((group, self._needed(job, group)))
+                group, size = [], 0
+            group.append(name)
+            size += plan.bytes
+        if group:
+            out.append((group, self._needed(job, group)))
+        return out
+
+    def _needed(self, job: ScanJob, units: list[str]) -> tuple[str, ...]:
+        acts = {a for u in units for a in self.plan(job.members[u]).activations}  # type: ignore[union-attr]
+        return tuple(sorted(acts - {INPUT_NAME}))
 
     def chunk_size(self, needed: tuple[str, ...]) -> int:
         """Samples per chunk: the captured tensors of a chunk take at most ``_CAPTURE_BYTES``."""
@@ -391,17 +455,18 @@ class OrtSuffixEngine:
         executor = executor or LocalExecutor()
         job = self.job(method, todo, ratios)
         n = len(self.subject.data.test)
-        chunk = self.chunk_size(job.needed)
-        units = list(job.weights)
-        # Ray: at least two tasks per worker; several tasks of one chunk split its units (each
-        # repeats the chunk's capture: the same graph, the same numbers).
-        starts = list(range(0, n, chunk))
-        parts = 1 if executor.workers == 1 else max(1, min(len(units), -(-2 * executor.workers // len(starts))))
-        pieces = [(i, min(i + chunk, n), units[p::parts]) for i in starts for p in range(parts)]
+        pieces: list[Piece] = []
+        for units, needed in self.groups(job):
+            chunk = self.chunk_size(needed)
+            # Ray: at least two tasks per worker; several tasks of one chunk split its units (each
+            # repeats the chunk's capture: the same graph, the same numbers).
+            starts = list(range(0, n, chunk))
+            parts = 1 if executor.workers == 1 else max(1, min(len(units), -(-2 * executor.workers // len(starts))))
+            pieces += [(i, min(i + chunk, n), units[p::parts], needed) for i in starts for p in range(parts)]
         pieces = [p for p in pieces if p[2]]
         total = sum(len(job.weights[u]) * (p[1] - p[0]) for p in pieces for u in p[2]) or 1
         done = 0
-        terms: dict[str, list[list[Terms]]] = {u: [[] for _ in job.weights[u]] for u in units}
+        terms: dict[str, list[list[Terms]]] = {u: [[] for _ in job.weights[u]] for u in job.weights}
         by_piece: dict[int, dict[str, list[Terms]]] = {}
         data = {"x": self.subject.data.test.x.numpy(),
                 "y": self.subject.data.test.y.numpy() if self.subject.data.test.y is not None else None,
@@ -414,8 +479,10 @@ class OrtSuffixEngine:
                 on_progress(done / total, f"{name} @ {ratios[name][j]:.2f}")
             return note
 
-        if executor.workers == 1 and isinstance(executor, LocalExecutor):
+        if isinstance(executor, LocalExecutor):
             for k, piece in enumerate(pieces):
+                if k and piece[3] != pieces[k - 1][3]:  # a new group: free the last one's sessions
+                    self.graph.forget()
                 by_piece[k] = run_chunk(self.graph, job, data, piece, point_done(piece[1] - piece[0]))
         else:
             def arrived(k: int, result: dict[str, list[Terms]]) -> None:
@@ -432,7 +499,7 @@ class OrtSuffixEngine:
         with self.lock:
             # Each session holds its own copy of the weights it runs: keep them for the next scan
             # (the app scans unit by unit) unless that adds up to too much memory.
-            if self.graph.weight_bytes * (len(self.graph.cuts) + len(self.graph.captures)) > _SESSION_BYTES:
+            if self.graph.held_bytes() > _SESSION_BYTES:
                 self.graph.forget()
         labelled = self.subject.data.test.y is not None
         for name, rs in ratios.items():
