@@ -23,12 +23,14 @@ for each chunk and for the timing, so that two runs never time latency while ano
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import os
 import tempfile
 import threading
 import time
+import weakref
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -375,6 +377,20 @@ class LiveEvaluator:
         return session
 
 
+_RUNS: weakref.WeakSet[LiveRun] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_runs() -> None:
+    """Cancel the runs still going when the interpreter exits, and let them stop: a thread inside
+    ONNX Runtime at exit aborts the process."""
+    runs = list(_RUNS)
+    for run in runs:
+        run.cancel()
+    for run in runs:
+        run.join(timeout=60)
+
+
 class LiveRun:
     """One plan's evaluation in a worker thread: poll :meth:`latest`, or :meth:`wait` for more.
 
@@ -394,6 +410,7 @@ class LiveRun:
         self._done = False
         self._thread = threading.Thread(target=self._work, args=(evaluator,), daemon=True,
                                         name=f"live-{self.plan_key[:8]}")
+        _RUNS.add(self)
         self._thread.start()
 
     def _work(self, evaluator: LiveEvaluator) -> None:

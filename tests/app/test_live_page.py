@@ -35,9 +35,8 @@ def test_a_slider_on_a_224_px_model_is_evaluated_in_the_background(tmp_path: Pat
     assert not at.exception
     at.slider(key="prune.ratio.layer2.0.conv1").set_value(40).run()
     assert not at.exception and not at.error
-    shown = metrics(at)
-    assert "Agreement (so far)" in shown or "Agreement" in shown  # partial, or already final
-    assert shown["Parameters"] == metrics(at)["Parameters"]
+    # Drawn before the evaluation ended (a busy machine may not even have scored the first images).
+    assert not at.session_state["history"]
     deadline = time.monotonic() + 300
     while not at.session_state["history"] and time.monotonic() < deadline:
         time.sleep(0.5)
