@@ -7,11 +7,12 @@ stderr naming the culprit and exits with code 2; never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -78,6 +79,22 @@ def _load_plan(path: str, subject: Any) -> Any:
     except ExplorerError as e:
         raise type(e)(f"{path}: {e}") from None
     return plan
+
+
+@contextlib.contextmanager
+def _executor(args: argparse.Namespace) -> Iterator[Any]:
+    """Where the points run: here, a local Ray (``--workers N``) or a cluster (``--ray-address``)."""
+    from explorer.distributed import RayUnavailable, executor
+
+    flag = "--ray-address" if args.ray_address else "--workers"
+    try:
+        ex = executor(args.workers, args.ray_address)
+    except RayUnavailable as e:
+        raise RayUnavailable(f"{flag}: {e}") from None
+    try:
+        yield ex
+    finally:
+        ex.close()
 
 
 # --- commands ------------------------------------------------------------------------------------
@@ -184,7 +201,8 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     get_method(args.method)
     ratios = _ratios(args.ratios) if args.ratios else list(DEFAULT_RATIOS)
     subject = _subject(args)
-    df = scan(subject, args.method, ratios, on_progress=ProgressBar("sensitivity"))
+    with _executor(args) as ex:
+        df = scan(subject, args.method, ratios, on_progress=ProgressBar("sensitivity"), executor=ex)
     try:
         if out.suffix == ".csv":
             df.to_csv(out, index=False)
@@ -208,12 +226,14 @@ def cmd_allocate(args: argparse.Namespace) -> int:
     if args.method:
         get_method(args.method)
     subject = _subject(args)
-    try:
-        result = allocate(subject, target, args.method, round_to=args.round_to, on_progress=ProgressBar("allocate"))
-    except ExplorerError as e:
-        if "round_to" in str(e):
-            raise type(e)(f"--round-to: {e}") from None
-        raise
+    with _executor(args) as ex:
+        try:
+            result = allocate(subject, target, args.method, round_to=args.round_to,
+                              on_progress=ProgressBar("allocate"), executor=ex)
+        except ExplorerError as e:
+            if "round_to" in str(e):
+                raise type(e)(f"--round-to: {e}") from None
+            raise
     try:
         result.plan.save(args.out)
     except OSError as e:
@@ -316,6 +336,14 @@ def cmd_app(args: argparse.Namespace) -> int:
         env["PRUNING_EXPLORER_MODEL"] = args.model
     if args.data:
         env["PRUNING_EXPLORER_DATA"] = args.data
+    if args.workers or args.ray_address:  # the Sensitivity page's scans (and allocations) go to Ray
+        from explorer.distributed import INSTALL_HINT, RayUnavailable, ray_installed
+
+        if not ray_installed():
+            raise RayUnavailable(f"{'--ray-address' if args.ray_address else '--workers'}: Ray is not installed: "
+                                 f"{INSTALL_HINT}")
+        env["PRUNING_EXPLORER_WORKERS"] = str(args.workers or "")
+        env["PRUNING_EXPLORER_RAY_ADDRESS"] = args.ray_address or ""
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_script()), "--server.port", str(args.port),
            "--server.headless", "true", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
     print(f"Pruning Explorer: http://localhost:{args.port}", file=sys.stderr)
@@ -351,6 +379,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data", metavar="SPEC", help="zoo:NAME, PATH.npz, PATH.csv, an image folder (one subfolder per class) or "
                             "PATH.py:FUNC (zoo models bring their own)")
 
+    def ray_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--workers", type=_positive_int, metavar="N",
+                       help="evaluate the points on a local Ray with N CPUs (pip install 'pruning-explorer[ray]'); "
+                            "the same points as without")
+        p.add_argument("--ray-address", metavar="ADDR", help="evaluate the points on the Ray cluster at ADDR "
+                                                             "(every node needs pruning-explorer installed)")
+
     def timing_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--threads", type=_positive_int, default=1, help="ONNX Runtime intra-op threads for latency")
         p.add_argument("--runs", type=_positive_int, default=50, help="timed runs (at least 30 are made)")
@@ -359,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=_positive_int, default=8501)
     p.add_argument("--model", metavar="SPEC", help=f"model to open (default {DEFAULT_MODEL})")
     p.add_argument("--data", metavar="SPEC")
+    ray_args(p)
     p.set_defaults(func=cmd_app)
 
     p = sub.add_parser("layers", help="prunable layers and dependency groups")
@@ -381,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="l1-unstructured")
     p.add_argument("--ratios", metavar="R1,R2,...", help="ratios in [0, 1) (default 0.1,...,0.9)")
     p.add_argument("--out", required=True, metavar="FILE", help="FILE.csv or FILE.json")
+    ray_args(p)
     p.set_defaults(func=cmd_sensitivity)
 
     p = sub.add_parser("allocate", help="per-layer ratios for a target, verified (predicted vs measured accuracy)")
@@ -399,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the others)")
     p.add_argument("--out", required=True, metavar="PLAN.json")
     timing_args(p)
+    ray_args(p)
     p.set_defaults(func=cmd_allocate)
 
     p = sub.add_parser("export", help="prune, measure and write the export bundle")

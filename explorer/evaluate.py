@@ -32,7 +32,17 @@ if TYPE_CHECKING:
 Timer = Callable[[OrtModel, np.ndarray], LatencyStats]  # times a session on the example input
 
 __all__ = ["Evaluation", "Metrics", "OnnxMetrics", "check_labels", "evaluate_torch", "measure", "measure_onnx",
-           "scores", "with_latency"]
+           "sample_scores", "samples_per_call", "scores", "with_latency"]
+
+
+BATCH_BYTES = 32 * 2**20  # inputs per ONNX Runtime or PyTorch call (at 224 px about 50 images)
+
+
+def samples_per_call(x: np.ndarray | torch.Tensor, most: int = 512) -> int:
+    """Samples to run at once: at most ``most``, and at most :data:`BATCH_BYTES` of inputs, so that
+    a 224-px ResNet-50's activations stay well under a GB (a batch of 256 takes about 3 GB)."""
+    per = int(x[0].nbytes) if isinstance(x, np.ndarray) else int(x[0].numel() * x.element_size())
+    return max(1, min(most, BATCH_BYTES // max(per, 1)))
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
@@ -46,25 +56,32 @@ def check_labels(split: Split, n_classes: int, where: str) -> None:
         raise DataError(f"{where}: label {int(split.y.max())} is out of range for a model with {n_classes} outputs")
 
 
-def scores(logits: np.ndarray, y: np.ndarray | None, reference: np.ndarray | None) -> tuple[float, float]:
-    """(accuracy, loss) of ``logits``: against labels ``y``, else against ``reference`` logits."""
+def sample_scores(logits: np.ndarray, y: np.ndarray | None, reference: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample: whether ``logits`` are right (against labels ``y``, else agree with ``reference``
+    logits) and the loss term (cross-entropy, else KL divergence from ``reference``). Rows are
+    independent: scoring in chunks and concatenating gives the same terms as scoring at once."""
     logp = _log_softmax(logits)
     if y is not None:
-        accuracy = float((logits.argmax(1) == y).mean())
-        loss = float(-logp[np.arange(len(y)), y].mean())
-        return accuracy, loss
+        return logits.argmax(1) == y, -logp[np.arange(len(y)), y]
     if reference is None:
         raise ValueError("unlabelled data needs the dense model's logits as reference")
     ref_logp = _log_softmax(reference)
-    agreement = float((logits.argmax(1) == reference.argmax(1)).mean())
-    kl = float((np.exp(ref_logp) * (ref_logp - logp)).sum(1).mean())
-    return agreement, max(kl, 0.0)
+    return logits.argmax(1) == reference.argmax(1), (np.exp(ref_logp) * (ref_logp - logp)).sum(1)
+
+
+def scores(logits: np.ndarray, y: np.ndarray | None, reference: np.ndarray | None) -> tuple[float, float]:
+    """(accuracy, loss) of ``logits``: against labels ``y``, else against ``reference`` logits."""
+    correct, loss = sample_scores(logits, y, reference)
+    if y is not None:
+        return float(correct.mean()), float(loss.mean())
+    return float(correct.mean()), max(float(loss.mean()), 0.0)
 
 
 @torch.no_grad()
 def evaluate_torch(model: nn.Module, split: Split, reference: np.ndarray | None = None,
-                   batch_size: int = 512) -> tuple[float, float]:
+                   batch_size: int | None = None) -> tuple[float, float]:
     """(accuracy, loss) of a torch model on ``split``; for scans, where no artifact is exported."""
+    batch_size = batch_size or samples_per_call(split.x)
     logits = np.concatenate([model(split.x[i : i + batch_size]).numpy() for i in range(0, len(split), batch_size)])
     y = split.y.numpy() if split.y is not None else None
     return scores(logits, y, reference)
@@ -125,7 +142,8 @@ def measure_onnx(path: str | Path, data: Dataset, *, reference: np.ndarray | Non
         DataError: labels out of range for the model's outputs.
     """
     try:
-        logits = OrtModel(path, threads=os.cpu_count() or 1)(data.test.x.numpy())
+        x = data.test.x.numpy()
+        logits = OrtModel(path, threads=os.cpu_count() or 1)(x, batch_size=samples_per_call(x, 256))
         session = OrtModel(path, threads=threads)
         x = data.example_input().numpy()
         latency = timer(session, x) if timer is not None else measure_latency(session, x, runs=runs)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import platform
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from torch import nn
 
 from explorer.errors import PlanError
 from explorer.methods import get_method
+from explorer.onnx_template import write_onnx
 from explorer.progress import Progress, no_progress
 from explorer.prune import kept_channels
 from explorer.runtime import (
@@ -33,7 +35,6 @@ from explorer.runtime import (
     LatencyStats,
     OrtModel,
     Speedup,
-    export_onnx,
     measure_latency,
     rounds_for,
     speedup_of,
@@ -91,10 +92,10 @@ def time_with_dense(
     x = subject.example_input
     with tempfile.TemporaryDirectory(prefix="explorer-latency-") as tmp:
         where = Path(folder or tmp)
-        sessions = [
-            OrtModel(export_onnx(m, x, where / f"width{i}.onnx"), threads=subject.threads)
-            for i, m in enumerate(models)
-        ]
+        sessions = []
+        for i, m in enumerate(models):  # the exporter's bytes, from the dense export's template
+            write_onnx(subject, m, where / f"width{i}.onnx")
+            sessions.append(OrtModel(where / f"width{i}.onnx", threads=subject.threads))
         rounds, per_round = rounds_for(subject.runs, rounds)
         times = time_interleaved([subject.dense_session(), *sessions], x.numpy(), rounds, per_round)
     return [speedup_of(times, 0, i + 1, subject.threads) for i in range(len(models))]
@@ -192,6 +193,7 @@ def latency_curves(
     rk = ratio_key
     fresh: dict[tuple[str, float], dict] = {}
     groups = [g for g in todo if any((g, rk(r)) not in known for r in [0.0, *ratios])]
+    start = time.perf_counter()
     for done, gid in enumerate(groups):
         n = eng.channels(gid)
         members = ",".join(todo[gid])
@@ -200,8 +202,10 @@ def latency_curves(
         for r in missing:
             by_width.setdefault(kept_channels(n, r, round_to), []).append(r)
         widths = [w for w in by_width if w < n]
+        eta = f", ~{(time.perf_counter() - start) / done * (len(groups) - done):.0f} s left" if done else ""
         on_progress(
-            done / max(len(groups), 1), f"{gid}: timing {len(widths)} width(s) with the dense model"
+            done / max(len(groups), 1),
+            f"{gid}: timing {len(widths)} width(s) with the dense model ({done + 1}/{len(groups)}{eta})",
         )
         models = [eng.pruned(gid, by_width[w][0], round_to, m) for w in widths]
         timed = time_with_dense(subject, models) if models else []

@@ -240,8 +240,8 @@ def han_table(subject: Subject, progress: Progress) -> LearnResult:
                       columns=["layer", "paper", "ours"])
     verdicts = result.verdicts()
     holds = all(ok for _, ok, _ in verdicts)
-    text = (f"Han et al.'s rule (a layer's weights below q x its standard deviation go; q from each layer's "
-            f"sensitivity) in 3 rounds of pruning and 1 epoch of retraining each: "
+    text = ("Han et al.'s rule (a layer's weights below q x its standard deviation go; q from each layer's "
+            "sensitivity) in 3 rounds of pruning and 1 epoch of retraining each: "
             + " ".join(f"{_sentence(claim)}: {'holds' if ok else 'does not hold'} ({why})." for claim, ok, why in verdicts)
             + f" The paper: {100 * paper['dense_error']:.2f}% error dense, {100 * paper['pruned_error']:.2f}% pruned "
             "(trained on 60,000 digits; the zoo has 3,500). benchmarks/papers.py runs the longer version.")

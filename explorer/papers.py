@@ -166,7 +166,7 @@ class HanResult:
                f"{100 * f['error']:.2f}% test error against {100 * self.dense_error:.2f}% dense: "
                + ("no more error" if f["error"] <= self.dense_error else
                   f"{100 * (f['error'] - self.dense_error):.2f} points more error")
-               + ("" if f["compression"] >= 11.0 else f", and short of about 12x"))
+               + ("" if f["compression"] >= 11.0 else ", and short of about 12x"))
         shape_ok, lines = order_agreement(f["kept"], paper["kept"])
         return [(f"about {paper['compression']}x fewer weights with no more error than dense", ok, why),
                 (f"the kept share per layer has Table {paper['table']}'s shape", shape_ok, "; ".join(lines))]

@@ -4,8 +4,7 @@ import streamlit as st
 
 from explorer.errors import ExplorerError
 from explorer.methods import get_method
-from ui import allocation, cache, controls, rounding, state, widgets
-from ui.metrics import cards
+from ui import allocation, controls, live, rounding, state, widgets
 from ui.state import Keys
 
 state.ensure_router()
@@ -23,14 +22,14 @@ with right:
                "test samples, latency in ONNX Runtime. Deltas are against the dense model.")
     try:
         plan = draft.to_plan(subject.inventory, subject.model_spec)
-        result = cache.evaluation(subject.model_spec, st.session_state[Keys.DATA], plan.key(), plan)
+        result = live.section(subject, st.session_state[Keys.DATA], plan)  # final, or drawn as it refines
     except ExplorerError as e:
         st.error(str(e))
     if plan is not None and result is not None:
         if not plan.is_empty:  # the dense model is row 0 of the history already
             state.add_history(plan.key(), draft, draft.summary(subject.inventory), result.to_dict())
-        widgets.metric_row(cards(result), per_row=2)
         rounding.slowdown_note(subject, result)
+    if plan is not None:
         methods = sorted({plan.method_of(n) for n in plan.layers} | {plan.method})
         if subject.capabilities.structured_off:  # a structured method is off here: nothing to say of its speed
             methods = [m for m in methods if not get_method(m).structured]

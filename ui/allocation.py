@@ -94,7 +94,8 @@ def section(subject: Subject) -> None:
         try:
             if left.button("Allocate", type="primary", key="prune.allocate"):
                 _run(subject, (model, data, kind, value, method),
-                     lambda p: alloc.allocate(subject, (kind, value), method, on_progress=p))
+                     lambda p: alloc.allocate(subject, (kind, value), method, on_progress=p,
+                                              executor=cache.executor()))
             found = _results().get((model, data, kind, value, method))
             if found is not None:
                 st.markdown(_summary(found, subject.data.has_labels))
@@ -102,7 +103,8 @@ def section(subject: Subject) -> None:
                           icon=":material/tune:")
             if right.button(f"Pareto front ({len(_FRONT)} targets)", key="prune.allocate.front"):
                 _run(subject, ("front", model, data, kind, method),
-                     lambda p: alloc.pareto_front(subject, kind, _FRONT, method, on_progress=p))
+                     lambda p: alloc.pareto_front(subject, kind, _FRONT, method, on_progress=p,
+                                                  executor=cache.executor()))
             front = _results().get(("front", model, data, kind, method))
             if front:
                 st.plotly_chart(figures.allocation_front([a.to_dict() for a in front]),

@@ -23,9 +23,10 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from explorer import latency
+from explorer import distributed, latency
 from explorer import sensitivity as sens
 from explorer.bundle import zip_bundle
+from explorer.distributed import Executor
 from explorer.evaluate import Evaluation
 from explorer.plan import PruningPlan
 from explorer.progress import Progress, no_progress
@@ -57,6 +58,14 @@ def subject(model_spec: str, data_spec: str | None) -> Subject:
 @st.cache_resource
 def measure_lock() -> threading.Lock:
     return threading.Lock()
+
+
+@st.cache_resource(show_spinner="Connecting to Ray…")
+def executor() -> Executor:
+    """Where scans evaluate their points: here, or Ray (``pruning-explorer app --workers N`` or
+    ``--ray-address ADDR``, passed in the environment); one for the whole server."""
+    workers = os.environ.get("PRUNING_EXPLORER_WORKERS") or None
+    return distributed.executor(int(workers) if workers else None, os.environ.get("PRUNING_EXPLORER_RAY_ADDRESS") or None)
 
 
 @st.cache_data(max_entries=1024, show_spinner=False)
@@ -140,7 +149,7 @@ def sensitivity(model_spec: str, data_spec: str | None, method: str, ratios: tup
     """``explorer.sensitivity.scan``, run once per arguments for the whole server."""
     frame = cached_sensitivity(model_spec, data_spec, method, ratios)
     if frame is None:
-        frame = sens.scan(subject(model_spec, data_spec), method, ratios, on_progress=on_progress)
+        frame = sens.scan(subject(model_spec, data_spec), method, ratios, on_progress=on_progress, executor=executor())
         _scans().put((model_spec, data_spec, method, ratios), frame.copy())
     return frame
 

@@ -52,6 +52,7 @@ class Keys:
     PRUNE_GLOBAL = "prune.global"
     PRUNE_ROUND = "prune.round_to"  # "off" or a multiple of channels (structured methods)
     PRUNE_RESTORE = "prune.restore"
+    LIVE_RUN = "prune.live_run"  # the session's running evaluation (explorer.live.LiveRun)
     ALLOC_KIND = "prune.alloc.kind"
     ALLOC_METHOD = "prune.alloc.method"  # suffixed with the target kind
     ALLOC_VALUE = "prune.alloc.value"

@@ -184,7 +184,9 @@ def import_plan(raw: str | bytes, subject: Subject, data_spec: str | None) -> st
     imported = PruningPlan.from_json(raw)
     restored = Draft.from_plan(imported, subject.inventory)
     fitted = restored.to_plan(subject.inventory, subject.model_spec)
-    result = cache.evaluation(subject.model_spec, data_spec, fitted.key(), fitted)
+    from ui import live  # ui.live draws with these widgets
+
+    result = live.evaluation(subject.model_spec, data_spec, fitted)
     state.restore(restored, subject.inventory)
     summary = restored.summary(subject.inventory)
     state.add_history(fitted.key(), restored, summary, result.to_dict())

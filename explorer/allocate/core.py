@@ -17,8 +17,9 @@ from explorer.allocate.meter import Meter
 from explorer.allocate.owl import owl_ratios
 from explorer.allocate.problem import Problem, build_problem
 from explorer.allocate.targets import TargetKind, get_target
+from explorer.distributed import Executor
 from explorer.errors import PlanError
-from explorer.evaluate import Evaluation, evaluate_torch
+from explorer.evaluate import Evaluation, evaluate_torch, samples_per_call
 from explorer.latency import fast_multiple
 from explorer.methods import Method, get_method, layer_is_hookable
 from explorer.plan import LayerRule, PruningPlan, check_round_to
@@ -238,7 +239,8 @@ def _best_of(problem: Problem, target: Target, plan: PruningPlan, predicted: flo
     reference = None
     if split.y is None:
         with torch.no_grad():
-            reference = torch.cat([subject.model(split.x[i : i + 512]) for i in range(0, len(split), 512)]).numpy()
+            n = samples_per_call(split.x)
+            reference = torch.cat([subject.model(split.x[i : i + n]) for i in range(0, len(split), n)]).numpy()
     accuracy = {"knapsack": evaluate_torch(subject.prune(plan), split, reference)[0]}
     best = ("knapsack", plan, predicted, achieved)
     for name, candidate in _baselines(problem, target.value).items():
@@ -263,7 +265,7 @@ def _layer_sparsity(model: nn.Module, names: list[str]) -> dict[str, float]:
 def allocate(subject: Subject, target: Target | tuple[str, float], method: str | None = None, *,
              ratios: Sequence[float] | None = None, curves: pd.DataFrame | None = None,
              loss_weight: float = 0.05, max_rounds: int = 8, verify: bool = True, round_to: int | None = None,
-             on_progress: Progress = no_progress) -> Allocation:
+             on_progress: Progress = no_progress, executor: Executor | None = None) -> Allocation:
     """Per-layer ratios that reach ``target`` with the least predicted accuracy loss, measured and
     verified.
 
@@ -280,6 +282,7 @@ def allocate(subject: Subject, target: Target | tuple[str, float], method: str |
         round_to: structured methods: kept channels rounded up to a multiple of it (the plan's
             ``round_to``; 1: none). None: the CPU's fast multiple for targets that round
             (latency; ``explorer.latency.fast_multiple``), no rounding for the others.
+        executor: where the sensitivity points are evaluated (here, or Ray tasks: the same points).
 
     Side effects: runs (and caches) sensitivity scans; writes temporary ONNX files.
 
@@ -290,7 +293,7 @@ def allocate(subject: Subject, target: Target | tuple[str, float], method: str |
     tgt = _as_target(target)
     m = get_method(method or default_method(tgt.kind))
     problem = build_problem(subject, m, tgt.kind_spec, ratios, curves, loss_weight, on_progress,
-                            _round_to(tgt.kind_spec, m, round_to))
+                            _round_to(tgt.kind_spec, m, round_to), executor)
     meter = Meter(subject, tgt, m)
     try:
         return _allocate(problem, tgt, max_rounds, verify, on_progress, meter)
@@ -301,7 +304,7 @@ def allocate(subject: Subject, target: Target | tuple[str, float], method: str |
 def pareto_front(subject: Subject, kind: str, values: Sequence[float], method: str | None = None, *,
                  ratios: Sequence[float] | None = None, loss_weight: float = 0.05, max_rounds: int = 8,
                  verify: bool = True, round_to: int | None = None,
-                 on_progress: Progress = no_progress) -> list[Allocation]:
+                 on_progress: Progress = no_progress, executor: Executor | None = None) -> list[Allocation]:
     """Allocations for several values of one kind of target (curves computed once), by value.
 
     Plot ``achieved`` against ``verified_accuracy`` for the trade-off; targets out of reach are
@@ -310,7 +313,7 @@ def pareto_front(subject: Subject, kind: str, values: Sequence[float], method: s
     spec = get_target(kind)  # validates the kind
     m = get_method(method or spec.default_method)
     problem = build_problem(subject, m, spec, ratios, None, loss_weight, lambda f, msg: on_progress(0.5 * f, msg),
-                            _round_to(spec, m, round_to))
+                            _round_to(spec, m, round_to), executor)
     out = []
     for i, value in enumerate(sorted(values)):
         tgt = Target(kind, value)

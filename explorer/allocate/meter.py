@@ -10,7 +10,8 @@ from torch import nn
 
 from explorer.methods import Method
 from explorer.plan import PruningPlan
-from explorer.runtime import OrtModel, Speedup, export_onnx, gzip_size
+from explorer.onnx_template import write_onnx
+from explorer.runtime import OrtModel, Speedup, gzip_size
 from explorer.subject import Subject
 
 if TYPE_CHECKING:
@@ -37,12 +38,14 @@ class Meter:
 
     def size(self, model: nn.Module, name: str) -> int:
         """Bytes of ``model``'s ONNX file, gzipped when the size metric is the gzip size."""
-        path = export_onnx(model, self.subject.example_input, Path(self.tmp.name) / name)
+        path = Path(self.tmp.name) / name
+        write_onnx(self.subject, model, path)  # the exporter's bytes, from the dense export's template
         return path.stat().st_size if self.size_metric == "onnx_bytes" else gzip_size(path)
 
     def latency(self, model: nn.Module) -> Speedup:
         """Dense over ``model``'s latency, the two timed alternately in one window
         (``Subject.speedup``); kept for the plan being measured."""
-        path = export_onnx(model, self.subject.example_input, Path(self.tmp.name) / "pruned.onnx")
+        path = Path(self.tmp.name) / "pruned.onnx"
+        write_onnx(self.subject, model, path)  # the exporter's bytes, from the dense export's template
         self.last = self.subject.speedup(OrtModel(path, threads=self.subject.threads))
         return self.last

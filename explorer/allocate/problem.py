@@ -16,6 +16,7 @@ import pandas as pd
 
 from explorer import sensitivity as sens
 from explorer.allocate.targets import SavingsContext, TargetKind, prunable_weights
+from explorer.distributed import Executor
 from explorer.errors import PlanError
 from explorer.methods import Method
 from explorer.plan import check_ratio
@@ -57,9 +58,10 @@ def _envelope(values: np.ndarray) -> np.ndarray:
 
 def build_problem(subject: Subject, method: Method, kind: TargetKind, ratios: Sequence[float] | None,
                   curves: pd.DataFrame | None, loss_weight: float, on_progress: Progress,
-                  round_to: int | None = None) -> Problem:
+                  round_to: int | None = None, executor: Executor | None = None) -> Problem:
     """The problem of ``kind`` with ``method``; ``round_to`` (structured methods) rounds kept
-    channels up to a multiple of it in the curves, the savings and the plans."""
+    channels up to a multiple of it in the curves, the savings and the plans; ``executor``: where
+    the sensitivity points are evaluated (here, or Ray tasks)."""
     kind.check_method(method)
     grid = sorted({check_ratio(r, "allocation ratio") for r in (ratios or (
         STRUCTURED_RATIOS if method.structured else UNSTRUCTURED_RATIOS))} - {0.0})
@@ -67,7 +69,7 @@ def build_problem(subject: Subject, method: Method, kind: TargetKind, ratios: Se
         grid = [0.5]  # N:M has one pattern: a layer has it or not
     if curves is None:
         on_progress(0.0, f"sensitivity curves ({method.name})")
-        curves = sens.scan(subject, method.name, grid, round_to=round_to,
+        curves = sens.scan(subject, method.name, grid, round_to=round_to, executor=executor,
                            on_progress=lambda f, m: on_progress((0.6 if kind.timed else 0.9) * f, m))
     units = sens.units(subject, method.name)
     dense_rows = curves[curves.ratio == 0]

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from explorer.evaluate import evaluate_torch
+from explorer.distributed import Executor
+from explorer.evaluate import evaluate_torch, samples_per_call
 from explorer.methods import get_method
 from explorer.plan import LayerRule, PruningPlan
 from explorer.progress import Progress, no_progress
@@ -32,7 +33,8 @@ def scan_cache(subject: Subject, method: str, round_to: int | None) -> PointCach
 
 def scan(subject: Subject, method: str = "l1-unstructured", ratios: Sequence[float] = DEFAULT_RATIOS,
          layers: Sequence[str] | None = None, on_progress: Progress = no_progress, *,
-         round_to: int | None = None, cache: bool = True, engine: str = "auto") -> pd.DataFrame:
+         round_to: int | None = None, cache: bool = True, engine: str = "auto",
+         executor: Executor | None = None) -> pd.DataFrame:
     """Evaluate the model with one unit pruned at a time, at each ratio (ratio 0: the dense model).
 
     Args:
@@ -41,6 +43,8 @@ def scan(subject: Subject, method: str = "l1-unstructured", ratios: Sequence[flo
         cache: read and write the on-disk cache (side effect: files under :func:`cache_dir`).
         engine: ``"auto"`` (ONNX Runtime suffix engine, PyTorch when the model cannot be cut),
             ``"onnxruntime"``, ``"torch"``; structured methods always use the DepGraph engine.
+        executor: where the points are evaluated (:func:`explorer.distributed.executor`: here, or
+            Ray tasks); the same points either way. The PyTorch engine always runs here.
 
     Returns a DataFrame with columns ``layer, ratio, accuracy, loss, members``: for every unit a
     ratio-0 row (the dense model) then one row per ratio in increasing order.
@@ -63,14 +67,16 @@ def scan(subject: Subject, method: str = "l1-unstructured", ratios: Sequence[flo
         eng = engine_for(subject, m, engine)
         total = sum(len(rs) for rs in missing.values())
         start = time.perf_counter()
-        on_progress(0.0, f"{method}: {total} points with the {eng.name} engine")
+        where = f" on {executor.workers} Ray worker(s)" if executor is not None and executor.name == "ray" else ""
+        on_progress(0.0, f"{method}: {total} points with the {eng.name} engine{where}")
 
         def progress(fraction: float, message: str) -> None:
             left = (time.perf_counter() - start) * (1 - fraction) / max(fraction, 1e-9)
             on_progress(min(fraction, 1.0) * 0.999, f"{message} (~{left:.0f} s left)")
 
         pruned = {name: [r for r in rs if r > 0] for name, rs in missing.items()}
-        for name, ratio, result in eng.run(m, todo, {n: rs for n, rs in pruned.items() if rs}, progress, round_to):
+        for name, ratio, result in eng.run(m, todo, {n: rs for n, rs in pruned.items() if rs}, progress, round_to,
+                                           executor=executor):
             fresh[(name, rk(ratio))] = _row(name, ratio, result, ",".join(todo[name]))
         for name, rs in missing.items():
             if 0.0 in rs:
@@ -104,7 +110,8 @@ def reference_scan(subject: Subject, method: str = "l1-unstructured", ratios: Se
     todo = select(subject, method, layers)
     split = subject.data.test
     with torch.no_grad():
-        dense_logits = np.concatenate([subject.model(split.x[i : i + 512]).numpy() for i in range(0, len(split), 512)])
+        n = samples_per_call(split.x)
+        dense_logits = np.concatenate([subject.model(split.x[i : i + n]).numpy() for i in range(0, len(split), n)])
     reference = dense_logits if split.y is None else None
     dense_acc, dense_loss = evaluate_torch(subject.model, split, reference)
     rows = []

@@ -1,27 +1,49 @@
-"""Structured scans: one DepGraph, built once and copied together with the model per point."""
+"""Structured scans: one DepGraph, built once and copied together with the model per point; each
+shrunk model is written to ONNX (from the dense export's template: no exporter run) and scored in
+ONNX Runtime, here or as one Ray task per point (the file crosses the wire, not the model)."""
 
 from __future__ import annotations
 
 import copy
+import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn
 
+from explorer.distributed import Executor, LocalExecutor
 from explorer.errors import PlanError, PruneError
-from explorer.evaluate import evaluate_torch
+from explorer.evaluate import sample_scores, samples_per_call
 from explorer.inspect import build_dependency_graph, structured_groups
 from explorer.methods import ChannelMethod, Method, get_method
+from explorer.onnx_template import write_onnx
 from explorer.progress import Progress
 from explorer.prune import kept_channels, remove_channels
-from explorer.sensitivity.engines.base import CHUNK, Result, score_logits
+from explorer.runtime import OrtModel, ort_session
+from explorer.sensitivity.engines.base import CHUNK, Result, reduce_terms, score_logits
 from explorer.subject import Subject
 
-__all__ = ["StructuredEngine"]
+__all__ = ["StructuredEngine", "score_onnx"]
+
+
+def score_onnx(data: dict[str, np.ndarray | None], onnx: bytes, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample (correct, loss) terms of the model in ``onnx`` on ``data`` (``x``, and ``y`` or the
+    dense model's logits as ``reference``), scored in chunks of :data:`CHUNK`. One structured point,
+    here or on a Ray worker."""
+    session = ort_session(onnx, threads)
+    name = session.get_inputs()[0].name
+    x, y, ref = data["x"], data.get("y"), data.get("reference")
+    n = samples_per_call(x, CHUNK)
+    terms = [sample_scores(session.run(None, {name: x[i : i + n]})[0],
+                           y[i : i + n] if y is not None else None,
+                           ref[i : i + n] if y is None else None) for i in range(0, len(x), n)]
+    return np.concatenate([c for c, _ in terms]), np.concatenate([lo for _, lo in terms])
 
 
 class StructuredEngine:
@@ -51,17 +73,21 @@ class StructuredEngine:
         self._scorers: dict[str, Callable[[tp.Group], torch.Tensor]] = {}
         self.lock = threading.Lock()
         split = subject.data.test
-        with torch.no_grad():
-            logits = np.concatenate([subject.model(split.x[i : i + CHUNK]).numpy() for i in range(0, len(split), CHUNK)])
-        start = time.perf_counter()
-        pruned = (self.pruned(next(iter(self.groups)), 0.5, None, get_method("l1-structured")) if self.groups
-                  else copy.deepcopy(subject.model))
-        self.copy_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        evaluate_torch(pruned, split, logits)
-        self.eval_seconds = time.perf_counter() - start
+        x = split.x.numpy()
+        with tempfile.TemporaryDirectory(prefix="explorer-structured-") as tmp:
+            path = Path(tmp) / "dense.onnx"
+            write_onnx(subject, subject.model, path)
+            logits = OrtModel(path, threads=os.cpu_count() or 1)(x, batch_size=samples_per_call(x, CHUNK))
         self.reference = logits if split.y is None else None
         self.dense = score_logits(logits, subject, self.reference)
+        self.data = {"x": x, "y": split.y.numpy() if split.y is not None else None, "reference": self.reference}
+        start = time.perf_counter()
+        onnx = self.point_file(next(iter(self.groups)), 0.5, None, get_method("l1-structured")) if self.groups else None
+        self.copy_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        if onnx is not None:
+            score_onnx(self.data, onnx, os.cpu_count() or 1)
+        self.eval_seconds = time.perf_counter() - start
 
     def channels(self, gid: str) -> int:
         return len(self.groups[gid][0].idxs)
@@ -104,6 +130,14 @@ class StructuredEngine:
         model.requires_grad_(False)
         return model.eval()
 
+    def point_file(self, gid: str, ratio: float, round_to: int | None, method: Method) -> bytes:
+        """The ONNX file of the model with group ``gid`` pruned at ``ratio`` (the template's bytes,
+        or the exporter's where the template cannot vouch for it)."""
+        with tempfile.TemporaryDirectory(prefix="explorer-structured-") as tmp:
+            path = Path(tmp) / "pruned.onnx"
+            write_onnx(self.subject, self.pruned(gid, ratio, round_to, method), path)
+            return path.read_bytes()
+
     def cost(self, members: list[str], n_ratios: int) -> float:
         return (self.eval_seconds + self.copy_seconds) * n_ratios
 
@@ -111,14 +145,31 @@ class StructuredEngine:
         return 0.0
 
     def run(self, method: Method, todo: dict[str, list[str]], ratios: dict[str, list[float]],
-            on_progress: Progress, round_to: int | None = None) -> Iterator[tuple[str, float, Result]]:
-        total, done = sum(len(rs) for rs in ratios.values()) or 1, 0
-        for gid, rs in ratios.items():
-            for ratio in rs:
-                model = self.pruned(gid, ratio, round_to, method)
-                result = Result(*evaluate_torch(model, self.subject.data.test, self.reference))
-                done += 1
-                on_progress(done / total, f"{gid} @ {ratio:.2f}")
-                yield gid, ratio, result
+            on_progress: Progress, round_to: int | None = None,
+            executor: Executor | None = None) -> Iterator[tuple[str, float, Result]]:
+        """Yield ``(group, ratio, result)`` for every point: the shrunk model's file scored in ONNX
+        Runtime (one task per point on Ray; the files are written as tasks are submitted)."""
+        executor = executor or LocalExecutor()
+        points = [(gid, ratio) for gid, rs in ratios.items() for ratio in rs]
+        total, done = len(points) or 1, 0
+        results: dict[int, Result] = {}
+        labelled = self.subject.data.test.y is not None
+        threads = (os.cpu_count() or 1) if isinstance(executor, LocalExecutor) else 1
+
+        def arrived(k: int, terms: tuple[np.ndarray, np.ndarray]) -> None:
+            nonlocal done
+            results[k] = reduce_terms([terms], labelled)
+            done += 1
+            gid, ratio = points[k]
+            on_progress(done / total, f"{gid} @ {ratio:.2f}")
+
+        files = (self.point_file(gid, ratio, round_to, method) for gid, ratio in points)
+        executor.map(_score_point, (executor.put(self.data), threads), files, arrived)
+        for k, (gid, ratio) in enumerate(points):
+            yield gid, ratio, results[k]
+
+
+def _score_point(data: dict[str, np.ndarray | None], threads: int, onnx: bytes) -> tuple[np.ndarray, np.ndarray]:
+    return score_onnx(data, onnx, threads)
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from explorer.evaluate import evaluate_torch
+from explorer.evaluate import evaluate_torch, samples_per_call
 from explorer.methods import Method
 from explorer.progress import Progress
 from explorer.prune import pruned_weight
@@ -38,8 +38,8 @@ class TorchSwapEngine:
         split = subject.data.test
         start = time.perf_counter()
         with torch.no_grad():
-            self.dense_logits = np.concatenate([self.work(split.x[i : i + CHUNK]).numpy()
-                                                for i in range(0, len(split), CHUNK)])
+            n = samples_per_call(split.x, CHUNK)
+            self.dense_logits = np.concatenate([self.work(split.x[i : i + n]).numpy() for i in range(0, len(split), n)])
         self.eval_seconds = time.perf_counter() - start
         self.reference = self.dense_logits if split.y is None else None
         self.dense = score_logits(self.dense_logits, subject, self.reference)
@@ -51,7 +51,10 @@ class TorchSwapEngine:
         return 0.0
 
     def run(self, method: Method, todo: dict[str, list[str]], ratios: dict[str, list[float]],
-            on_progress: Progress, round_to: int | None = None) -> Iterator[tuple[str, float, Result]]:
+            on_progress: Progress, round_to: int | None = None,
+            executor: object | None = None) -> Iterator[tuple[str, float, Result]]:
+        """Every point here, in PyTorch (``executor`` is ignored: a torch model is not shipped to
+        Ray workers, which would mean pickling the user's code)."""
         base, calibration = self.subject.model, self.subject.calibration
         total, done = sum(len(rs) for rs in ratios.values()) or 1, 0
         for name, rs in ratios.items():

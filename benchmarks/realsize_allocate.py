@@ -1,0 +1,94 @@
+"""Allocation at real size: the four kinds of target on a 224-px model, from an empty cache and again
+with the curves cached (reopening the page).
+
+ResNet-18 (or ``--model``) from tests/models/realsize.py on 256 fixed random images without labels
+(accuracy is agreement with the dense model). Each target runs ``explorer.allocate.allocate``
+(sensitivity curves, savings, knapsack rounds measured on the pruned model, the baselines for
+sparsity, and the verification) with the progress messages printed as they come (they carry the
+ETA), then once more with everything the first run cached.
+
+    python benchmarks/realsize_allocate.py [--model resnet18] [--images 256] [--workers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from explorer import sensitivity as sens
+from explorer.allocate import Target, allocate
+from explorer.distributed import executor
+from explorer.subject import Subject
+
+MODELS = Path(__file__).resolve().parents[1] / "tests" / "models" / "realsize.py"
+TARGETS = (("sparsity", 0.5, "l1-unstructured"), ("macs", 0.7, "l1-structured"), ("size", 0.7, "l1-structured"),
+           ("latency", 0.8, "l1-structured"))
+
+
+def realsize():  # noqa: ANN201
+    spec = importlib.util.spec_from_file_location("_realsize_bench", MODELS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Printer:
+    """Prints a progress message every ``every`` seconds (with the time since the start)."""
+
+    def __init__(self, every: float = 15.0) -> None:
+        self.start = time.perf_counter()
+        self.last = -every
+        self.every = every
+
+    def __call__(self, fraction: float, message: str) -> None:
+        now = time.perf_counter() - self.start
+        if now - self.last >= self.every or fraction >= 1:
+            self.last = now
+            print(f"      {now:6.0f} s  {100 * fraction:5.1f}%  {message[:110]}", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--workers", type=int, help="scan on a local Ray with N workers")
+    args = parser.parse_args()
+    print(f"{os.cpu_count()} cores, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} at start")
+    with tempfile.TemporaryDirectory(prefix="realsize-") as tmp:
+        os.environ[sens.CACHE_ENV] = str(Path(tmp) / "cache")  # an empty cache
+        data = realsize().write_data(Path(tmp) / "images.npz", args.images)
+        subject = Subject(f"{MODELS}:{args.model}", str(data))
+        subject.dense()
+        ex = executor(workers=args.workers)
+        print(f"== {args.model} at 224x224, {args.images} images (agreement with the dense model)"
+              + (f", scans on Ray with {args.workers} workers" if args.workers else ""))
+        rows = []
+        try:
+            for kind, value, method in TARGETS:
+                target = Target(kind, value)
+                print(f"  {target.describe()} ({method}), empty cache:", flush=True)
+                t0 = time.perf_counter()
+                result = allocate(subject, target, method, on_progress=Printer(), executor=ex)
+                cold = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                allocate(subject, target, method, executor=ex)
+                warm = time.perf_counter() - t0
+                rows.append((target.describe(), method, result, cold, warm))
+        finally:
+            ex.close()
+        print(f"\n  {'target':<28} {'method':<16} {'achieved':>8} {'met':>4} {'rounds':>6} {'predicted':>9} "
+              f"{'verified':>8} {'cold s':>7} {'cached s':>8}")
+        for what, method, r, cold, warm in rows:
+            print(f"  {what:<28} {method:<16} {r.achieved:>8.3f} {'yes' if r.met else 'NO':>4} {r.rounds:>6} "
+                  f"{100 * r.predicted_accuracy:>8.2f}% {100 * (r.verified_accuracy or 0):>7.2f}% {cold:>7.0f} {warm:>8.0f}")
+    print(f"\nload average at end {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
