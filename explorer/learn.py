@@ -11,10 +11,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -22,6 +19,8 @@ import torch
 from torch import nn
 
 from explorer.evaluate import evaluate_torch
+from explorer.learn_base import Experiment, LearnResult, lines, pct
+from explorer.learn_schedules import SCHEDULE_EXPERIMENTS
 from explorer.methods.calibration import SAMPLES as CALIBRATION_SAMPLES
 from explorer.plan import LayerRule, PruningPlan
 from explorer.progress import Progress, no_progress
@@ -29,28 +28,6 @@ from explorer.prune import apply_plan
 from explorer.subject import Subject
 
 __all__ = ["EXPERIMENTS", "Experiment", "LearnResult", "run_experiment", "scope_figure", "scope_sparsity"]
-
-
-@dataclass
-class LearnResult:
-    key: str
-    table: pd.DataFrame
-    figure: go.Figure
-    text: str  # the measured result, with its numbers
-    holds: bool | None  # does the claim hold on this model? None: no yes/no question
-    model: str  # model spec of the configuration to continue with
-    plan: PruningPlan | None = None  # the configuration to load into the Prune page
-    seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Experiment:
-    key: str
-    title: str
-    claim: str
-    model: str
-    run: Callable[[Subject, Progress], LearnResult]
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -67,19 +44,6 @@ def _plan(subject: Subject, method: str, ratio: float, scope: str = "local",
         return PruningPlan(method=method, layers={n: LayerRule(ratio) for n in names}, scope="global",
                            ratio=ratio, model=subject.model_spec)
     return PruningPlan(method=method, layers={n: LayerRule(ratio) for n in names}, model=subject.model_spec)
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
-
-
-def _lines(df: pd.DataFrame, x: str, y: str, series: str, title: str, xtitle: str, ytitle: str) -> go.Figure:
-    fig = go.Figure()
-    for name, part in df.groupby(series, sort=False):
-        fig.add_trace(go.Scatter(x=part[x], y=part[y], mode="lines+markers", name=str(name)))
-    fig.update_layout(title=title, xaxis_title=xtitle, yaxis_title=ytitle, legend_title=series,
-                      margin=dict(l=40, r=20, t=50, b=40), height=380)
-    return fig
 
 
 def _finetune(model: nn.Module, subject: Subject, epochs: int, seed: int = 0) -> nn.Module:
@@ -108,11 +72,11 @@ def magnitude_vs_random(subject: Subject, progress: Progress) -> LearnResult:
     at = piv.loc[0.9]
     holds = wins == len(piv)
     text = (f"Magnitude pruning scored at least as well as random pruning at {wins} of {len(piv)} sparsities "
-            f"(every layer at the same ratio). At 90% sparsity: magnitude {_pct(at['magnitude (L1)'])}, random "
-            f"{_pct(at['random (mean of 3 seeds)'])}; the largest gap was {100 * gap:.1f} points. "
+            f"(every layer at the same ratio). At 90% sparsity: magnitude {pct(at['magnitude (L1)'])}, random "
+            f"{pct(at['random (mean of 3 seeds)'])}; the largest gap was {100 * gap:.1f} points. "
             + ("The claim holds here: small weights carry less of the function than random ones."
                if holds else "The claim does not hold at every sparsity on this model."))
-    fig = _lines(df, "sparsity", "accuracy", "method", "Accuracy after pruning, no recovery", "sparsity", "accuracy")
+    fig = lines(df, "sparsity", "accuracy", "method", "Accuracy after pruning, no recovery", "sparsity", "accuracy")
     return LearnResult("magnitude", df, fig, text, holds, subject.model_spec,
                        _plan(subject, "l1-unstructured", 0.9))
 
@@ -135,11 +99,11 @@ def global_vs_uniform(subject: Subject, progress: Progress) -> LearnResult:
     per_layer = {n: 1 - int(torch.count_nonzero(modules[n].weight)) / modules[n].weight.numel() for n in subject.layer_names}
     lo, hi = min(per_layer, key=per_layer.__getitem__), max(per_layer, key=per_layer.__getitem__)
     text = (f"At high sparsity (80% and above) global ranking beat the same ratio in every layer at {wins} of "
-            f"{len(high)} points. At 90%: global {_pct(at['global ranking'])}, uniform "
-            f"{_pct(at['same ratio in every layer'])}. Global ranking does not prune layers equally: at 90% it left "
-            f"{lo} only {_pct(per_layer[lo])} sparse and made {hi} {_pct(per_layer[hi])} sparse. "
+            f"{len(high)} points. At 90%: global {pct(at['global ranking'])}, uniform "
+            f"{pct(at['same ratio in every layer'])}. Global ranking does not prune layers equally: at 90% it left "
+            f"{lo} only {pct(per_layer[lo])} sparse and made {hi} {pct(per_layer[hi])} sparse. "
             + ("The claim holds here." if holds else "The claim does not hold at every high sparsity on this model."))
-    fig = _lines(df, "sparsity", "accuracy", "scope", "Global vs uniform L1 pruning", "sparsity", "accuracy")
+    fig = lines(df, "sparsity", "accuracy", "scope", "Global vs uniform L1 pruning", "sparsity", "accuracy")
     return LearnResult("global", df, fig, text, holds, subject.model_spec,
                        _plan(subject, "l1-unstructured", 0.9, "global"), extra={"per_layer_sparsity": per_layer})
 
@@ -167,7 +131,7 @@ def layer_sensitivity(subject: Subject, progress: Progress) -> LearnResult:
             f"weights per output is {corr:+.2f}"
             + (", consistent with that reading." if corr > 0.3 else ", so on this model fan-in alone does not explain it."))
     df["fan_in"] = df.layer.map(fan_in)
-    fig = _lines(df, "ratio", "accuracy", "layer", "One layer pruned at a time", "ratio of the layer pruned", "accuracy")
+    fig = lines(df, "ratio", "accuracy", "layer", "One layer pruned at a time", "ratio of the layer pruned", "accuracy")
     plan = PruningPlan(method="l1-unstructured", layers={n: LayerRule(tolerance[n]) for n in tolerance},
                        model=subject.model_spec)
     return LearnResult("sensitivity", df, fig, text, holds, subject.model_spec, plan,
@@ -189,14 +153,14 @@ def finetune_recovers(subject: Subject, progress: Progress) -> LearnResult:
     share = [b / lo for b, lo in zip(back, lost) if lo > 0.005]
     holds = bool(share) and statistics.mean(share) >= 0.5
     long = df.melt(id_vars="sparsity", var_name="model", value_name="accuracy")
-    fig = _lines(long, "sparsity", "accuracy", "model", "Global L1 pruning, then 5 epochs of fine-tuning",
+    fig = lines(long, "sparsity", "accuracy", "model", "Global L1 pruning, then 5 epochs of fine-tuning",
                  "sparsity", "accuracy")
     worst = df.iloc[-1]
-    text = (f"Dense accuracy {_pct(dense)}. After global L1 pruning and 5 epochs of fine-tuning (zeros kept zero), "
+    text = (f"Dense accuracy {pct(dense)}. After global L1 pruning and 5 epochs of fine-tuning (zeros kept zero), "
             + (f"fine-tuning won back on average {100 * statistics.mean(share):.0f}% of what pruning cost "
                f"(over the {len(share)} sparsities where pruning cost more than half a point). "
                if share else "pruning cost less than half a point at every sparsity, so there was little to recover. ")
-            + f"At {worst.sparsity:.0%}: pruned {_pct(worst.pruned)}, fine-tuned {_pct(worst['fine-tuned'])}. "
+            + f"At {worst.sparsity:.0%}: pruned {pct(worst.pruned)}, fine-tuned {pct(worst['fine-tuned'])}. "
             + ("The claim holds here." if holds else "The claim does not hold here: most of the loss stayed."))
     return LearnResult("finetune", df, fig, text, holds, subject.model_spec,
                        _plan(subject, "l1-unstructured", 0.9, "global"))
@@ -275,7 +239,7 @@ def prune_plus_int8(subject: Subject, progress: Progress) -> LearnResult:
     text = (f"Removing half the channels (then 3 epochs of fine-tuning) and quantizing to int8 took the compressed "
             f"model from {dense_gz / 1024:.0f} KB to {df.onnx_gzip_bytes.iloc[2] / 1024:.0f} KB: {100 * cut:.1f}% "
             f"smaller. Pruning alone gave {df.onnx_gzip_bytes.iloc[1] / 1024:.0f} KB. Accuracy: dense "
-            f"{_pct(dense_acc)}, pruned {_pct(df.accuracy.iloc[1])}, pruned int8 {_pct(df.accuracy.iloc[2])}. "
+            f"{pct(dense_acc)}, pruned {pct(df.accuracy.iloc[1])}, pruned int8 {pct(df.accuracy.iloc[2])}. "
             + ("The claim (80% or more) holds here." if holds else "The claim (80% or more) does not hold here."))
     fig = go.Figure(go.Bar(x=df.model, y=df.onnx_gzip_bytes / 1024, text=[f"{v / 1024:.0f} KB" for v in df.onnx_gzip_bytes]))
     fig.update_layout(title="Compressed (gzip) ONNX size", yaxis_title="KB", height=380, margin=dict(l=40, r=20, t=50, b=40))
@@ -296,7 +260,7 @@ def cliff(subject: Subject, progress: Progress) -> LearnResult:
     broken = df[df.accuracy < 0.5]
     first_broken = float(broken.sparsity.min()) if len(broken) else None
     holds = first_broken is not None
-    text = (f"Dense accuracy {_pct(dense)}. With global L1 pruning, accuracy stays within 2 points of dense up to "
+    text = (f"Dense accuracy {pct(dense)}. With global L1 pruning, accuracy stays within 2 points of dense up to "
             f"{last_ok:.0%} sparsity" if last_ok is not None else "Accuracy falls by more than 2 points already at 50%")
     text += (f"; it falls below 50% at {first_broken:.0%}. The cliff lies between those two points: past it each "
              f"extra percent of zeros removes weights the model cannot do without."
@@ -332,15 +296,15 @@ def regularisation(subject: Subject, progress: Progress) -> LearnResult:
     n_test = len(subject.data.test)
     better = best.sparsity > 0 and (best["test accuracy"] - base["test accuracy"]) * n_test >= 2
     text = (f"Each model was fine-tuned 8 epochs (mean of 2 seeds), the dense one included, so only the pruning "
-            f"differs. Dense: test {_pct(base['test accuracy'])}, train {_pct(base['train accuracy'])}. "
-            + (f"The best test accuracy came at {best.sparsity:.0%} sparsity ({_pct(best['test accuracy'])}), "
+            f"differs. Dense: test {pct(base['test accuracy'])}, train {pct(base['train accuracy'])}. "
+            + (f"The best test accuracy came at {best.sparsity:.0%} sparsity ({pct(best['test accuracy'])}), "
                f"{(best['test accuracy'] - base['test accuracy']) * n_test:.1f} more test samples right out of {n_test}: "
                "a small regularising effect here." if better else
                f"No pruned model beat the dense one on the test set by 2 samples or more (out of {n_test}): on this "
                "model light pruning does not measurably improve generalisation.")
             + f" Train-test gap: dense {100 * base.gap:.1f} points, at {df.sparsity.iloc[-1]:.0%} {100 * df.gap.iloc[-1]:.1f}.")
     long = df.melt(id_vars="sparsity", value_vars=["test accuracy", "train accuracy"], var_name="split", value_name="accuracy")
-    fig = _lines(long, "sparsity", "accuracy", "split", "Light pruning + the same fine-tuning", "sparsity", "accuracy")
+    fig = lines(long, "sparsity", "accuracy", "split", "Light pruning + the same fine-tuning", "sparsity", "accuracy")
     return LearnResult("regularisation", df, fig, text, bool(better), subject.model_spec,
                        _plan(subject, "l1-unstructured", float(best.sparsity) or 0.2, "global"))
 
@@ -357,7 +321,7 @@ def instability(subject: Subject, progress: Progress) -> LearnResult:
     df = pd.DataFrame(rows, columns=["setting", "seed", "accuracy"])
     stats = df.groupby("setting", sort=False).accuracy.agg(["mean", "std", "min", "max"])
     n_test = len(subject.data.test)
-    parts = [f"{name}: mean {_pct(r['mean'])}, std {100 * r['std']:.2f} points, range {_pct(r['min'])} to {_pct(r['max'])} "
+    parts = [f"{name}: mean {pct(r['mean'])}, std {100 * r['std']:.2f} points, range {pct(r['min'])} to {pct(r['max'])} "
              f"({(r['max'] - r['min']) * n_test:.0f} test samples)" for name, r in stats.iterrows()]
     spread = stats["max"] - stats["min"]
     text = ("Over 5 seeds: " + "; ".join(parts) + ". "
@@ -391,7 +355,7 @@ def data_aware_criteria(subject: Subject, progress: Progress) -> LearnResult:
     judged = [s for s in sparsities if s >= 0.7 and piv.loc[s].max() > chance + 0.05]
     wins = [s for s in judged if aware.loc[s].max() > magnitude.loc[s]]
     dense = _acc(subject, subject.model)
-    text = f"Every layer pruned at the same ratio, no retraining (dense {_pct(dense)}). "
+    text = f"Every layer pruned at the same ratio, no retraining (dense {pct(dense)}). "
     if not judged:
         holds = None
         text += ("From 70% sparsity on, every criterion is at chance on this model: there is nothing to compare, "
@@ -400,13 +364,13 @@ def data_aware_criteria(subject: Subject, progress: Progress) -> LearnResult:
         holds = len(wins) == len(judged)
         top = max(judged)
         text += (f"At {top:.0%} sparsity, the highest where a criterion still beats chance: magnitude "
-                 f"{_pct(magnitude.loc[top])}, Wanda {_pct(piv.loc[top, 'Wanda (wanda-unstructured)'])}, SparseGPT "
-                 f"{_pct(piv.loc[top, 'SparseGPT (sparsegpt-unstructured)'])}. From 70% on, a data-aware criterion "
+                 f"{pct(magnitude.loc[top])}, Wanda {pct(piv.loc[top, 'Wanda (wanda-unstructured)'])}, SparseGPT "
+                 f"{pct(piv.loc[top, 'SparseGPT (sparsegpt-unstructured)'])}. From 70% on, a data-aware criterion "
                  f"beat magnitude at {len(wins)} of the {len(judged)} sparsities where any criterion still worked. "
                  + ("The claim holds here. " if holds else "The claim does not hold at every one of them on this model. "))
     text += (f"Both read {_calibration_size(subject)} calibration samples; SparseGPT also updates the weights it "
              "keeps, Wanda only chooses which go.")
-    fig = _lines(df, "sparsity", "accuracy", "criterion", "Criteria before any retraining", "sparsity", "accuracy")
+    fig = lines(df, "sparsity", "accuracy", "criterion", "Criteria before any retraining", "sparsity", "accuracy")
     return LearnResult("criteria", df, fig, text, holds, subject.model_spec,
                        _plan(subject, "sparsegpt-unstructured", 0.7).to_dict())
 
@@ -462,9 +426,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.key: e for e in [
 ]}
 
 
-# When to prune and the two paper tables (explorer/learn_schedules.py, which imports the helpers above).
-from explorer.learn_schedules import SCHEDULE_EXPERIMENTS  # noqa: E402
-
+# When to prune and the two paper tables (explorer/learn_schedules.py).
 EXPERIMENTS.update({e.key: e for e in SCHEDULE_EXPERIMENTS})
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from explorer.evaluate import evaluate_torch
-from explorer.learn import Experiment, LearnResult, _lines, _pct
+from explorer.learn_base import Experiment, LearnResult, lines, pct
 from explorer.models.reinit import fresh_model
 from explorer.papers import HAN, LOTTERY, han_iterative, lottery_mnist1d
 from explorer.plan import LayerRule, PruningPlan
@@ -42,7 +42,7 @@ def _plan(subject: Subject, ratio: float, method: str = "l1-unstructured", names
 
 
 def _bars(df: pd.DataFrame, x: str, y: str, title: str, ytitle: str = "test accuracy") -> go.Figure:
-    fig = go.Figure(go.Bar(x=df[x], y=df[y], text=[_pct(v) for v in df[y]], textposition="outside"))
+    fig = go.Figure(go.Bar(x=df[x], y=df[y], text=[pct(v) for v in df[y]], textposition="outside"))
     low = max(0.0, float(df[y].min()) - 0.1)
     fig.update_layout(title=title, yaxis_title=ytitle, yaxis_range=[low, min(1.0, float(df[y].max()) + 0.05)],
                       height=380, margin=dict(l=40, r=20, t=50, b=40))
@@ -86,8 +86,8 @@ def gradual_vs_one_shot(subject: Subject, progress: Progress) -> LearnResult:
     holds = _won(float(best.accuracy), one, n)
     pruned_at_once = runs[df.schedule.iloc[0]].steps[1].accuracy
     text = (f"Every layer of {subject.model_spec} pruned to {s:.0%} (L1), {e} training epochs in each schedule. "
-            f"One-shot: {_pct(pruned_at_once)} right after pruning, {_pct(one)} after fine-tuning. "
-            f"Iterative: {_pct(df.accuracy.iloc[1])}; gradual: {_pct(df.accuracy.iloc[2])}. "
+            f"One-shot: {pct(pruned_at_once)} right after pruning, {pct(one)} after fine-tuning. "
+            f"Iterative: {pct(df.accuracy.iloc[1])}; gradual: {pct(df.accuracy.iloc[2])}. "
             + (f"{best.schedule.split(',')[0].capitalize()} beat one-shot by {(best.accuracy - one) * n:.0f} test "
                f"samples of {n}: pruning in steps lets training adapt before the next cut."
                if holds else
@@ -130,9 +130,9 @@ def init_vs_after(subject: Subject, progress: Progress) -> LearnResult:
     holds = _won(after_hi, snip_hi, n)
     lo = piv.loc[min(INIT_SPARSITIES)]
     text = (f"Same initialisation, {e} epochs each, weights ranked across all layers. At {min(INIT_SPARSITIES):.0%}: SNIP "
-            f"{_pct(lo['at initialisation (SNIP)'])}, after training {_pct(lo['after training (magnitude)'])}. "
-            f"At {max(INIT_SPARSITIES):.0%}: SNIP {_pct(hi['at initialisation (SNIP)'])}, after training "
-            f"{_pct(hi['after training (magnitude)'])}. "
+            f"{pct(lo['at initialisation (SNIP)'])}, after training {pct(lo['after training (magnitude)'])}. "
+            f"At {max(INIT_SPARSITIES):.0%}: SNIP {pct(hi['at initialisation (SNIP)'])}, after training "
+            f"{pct(hi['after training (magnitude)'])}. "
             + ("Pruning after training won at the highest sparsity: the trained weights say better which "
                "connections matter than one batch of gradients at initialisation does."
                if holds else
@@ -142,7 +142,7 @@ def init_vs_after(subject: Subject, progress: Progress) -> LearnResult:
                if _won(snip_hi, after_hi, n) else
                f"Neither won by {MIN_SAMPLES} test samples at the highest sparsity: here choosing the connections "
                "at initialisation cost nothing measurable."))
-    fig = _lines(df, "sparsity", "accuracy", "when", f"At initialisation vs after training ({e} epochs)",
+    fig = lines(df, "sparsity", "accuracy", "when", f"At initialisation vs after training ({e} epochs)",
                  "sparsity", "test accuracy")
     return LearnResult("snip", df, fig, text, holds, subject.model_spec,
                        _plan(subject, max(INIT_SPARSITIES), schedule=ScheduleSpec.make("snip", epochs=e),
@@ -170,9 +170,9 @@ def lottery_vs_reinit(subject: Subject, progress: Progress) -> LearnResult:
     holds = _won(rewind, reinit, n)
     dense = next(st for st in results[df.survivors.iloc[0]].steps if st.phase == "train" and st.round == 0
                  and st.epoch == 2).accuracy
-    text = (f"Train from a fresh initialisation (2 epochs: {_pct(dense)}), then twice: prune to {s:.0%} on a "
+    text = (f"Train from a fresh initialisation (2 epochs: {pct(dense)}), then twice: prune to {s:.0%} on a "
             f"geometric ramp, reset the surviving weights, retrain 2 epochs. The same masks' procedure, two "
-            f"resets: rewound to their initial values {_pct(rewind)}, re-initialised at random {_pct(reinit)}. "
+            f"resets: rewound to their initial values {pct(rewind)}, re-initialised at random {pct(reinit)}. "
             + (f"Rewinding won by {(rewind - reinit) * n:.0f} test samples of {n}: the initial values of the "
                "survivors matter, as the lottery-ticket hypothesis says."
                if holds else
@@ -210,9 +210,9 @@ def regularize_vs_finetune(subject: Subject, progress: Progress) -> LearnResult:
     n = len(subject.data.test)
     holds = _won(reg.final.accuracy, one.final.accuracy, n)
     text = (f"{REG_RATIO:.0%} of the output channels of {', '.join(names)} removed (L2), {e + f} epochs of training "
-            f"in both. Right after pruning: {_pct(at_prune(one))} without regularisation, {_pct(at_prune(reg))} "
+            f"in both. Right after pruning: {pct(at_prune(one))} without regularisation, {pct(at_prune(reg))} "
             f"after {e} epochs of group lasso (λ={REG_STRENGTH:g}), which pushes whole channels towards zero. "
-            f"At the end: {_pct(one.final.accuracy)} against {_pct(reg.final.accuracy)}. "
+            f"At the end: {pct(one.final.accuracy)} against {pct(reg.final.accuracy)}. "
             + (f"Regularising first won by {(reg.final.accuracy - one.final.accuracy) * n:.0f} test samples of {n}."
                if holds else
                f"Regularising first did not win by {MIN_SAMPLES} test samples (of {n}) at the end"
@@ -221,7 +221,7 @@ def regularize_vs_finetune(subject: Subject, progress: Progress) -> LearnResult:
     fig = go.Figure()
     for when, part in long.groupby("when", sort=False):
         fig.add_trace(go.Bar(x=part.schedule, y=part["test accuracy"], name=str(when),
-                             text=[_pct(v) for v in part["test accuracy"]], textposition="outside"))
+                             text=[pct(v) for v in part["test accuracy"]], textposition="outside"))
     fig.update_layout(barmode="group", title="Structured pruning: regularise first, or fine-tune after",
                       yaxis_title="test accuracy", height=380, margin=dict(l=40, r=20, t=50, b=40))
     return LearnResult("regularized", df, fig, text, holds, subject.model_spec,
@@ -249,7 +249,7 @@ def han_table(subject: Subject, progress: Progress) -> LearnResult:
     fig = go.Figure()
     for source, part in long.groupby("source", sort=False):
         fig.add_trace(go.Bar(x=part.layer, y=part["weights kept"], name=str(source),
-                             text=[_pct(v) for v in part["weights kept"]], textposition="outside"))
+                             text=[pct(v) for v in part["weights kept"]], textposition="outside"))
     fig.update_layout(barmode="group", title=f"Weights kept per layer (Table {paper['table']})", yaxis_tickformat=".0%",
                       height=380, margin=dict(l=40, r=20, t=50, b=40))
     ratios = {n: 1 - f["kept"][n] for n in subject.layer_names}
@@ -272,7 +272,7 @@ def lottery_notebook(subject: Subject, progress: Progress) -> LearnResult:
             "time; a random mask of 95% on the same initialisation. "
             + " ".join(f"{_sentence(claim)}: {'holds' if ok else 'does not hold'} ({why})." for claim, ok, why in verdicts)
             + f" {paper} benchmarks/papers.py runs two trials, more rounds and random pruning at 90% too.")
-    fig = _lines(df.assign(accuracy=df.best), "sparsity", "accuracy", "criterion",
+    fig = lines(df.assign(accuracy=df.best), "sparsity", "accuracy", "criterion",
                  "Best test accuracy while training, by sparsity", "sparsity", "test accuracy")
     plan = PruningPlan(method="l1-unstructured", layers={n: LayerRule(0.9) for n in subject.layer_names},
                        model=subject.model_spec, schedule=ScheduleSpec.make("lottery", rounds=3, epochs=5))

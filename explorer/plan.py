@@ -9,7 +9,7 @@ The format is a contract (``../shared/DESIGN.md``)::
 Unknown keys, methods and layers and ratios outside [0, 1) are errors, never ignored. A plan
 replays on a fresh model: nothing in it is pickled.
 
-An optional ``"schedule"`` object says *when* the pruning happens (``explorer.schedules``), e.g.
+An optional ``"schedule"`` object says *when* the pruning happens (``explorer.schedule_spec``, run by ``explorer.schedules``), e.g.
 ``{"name": "iterative", "rounds": 3, "epochs": 4}``: the export replays it. Its options are
 validated like the rest and kept as given (defaults are not written in), so it round-trips
 exactly; a plan without one is written as before, byte for byte.
@@ -28,13 +28,11 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from explorer.errors import PlanError, ScheduleError
 from explorer.methods import get_method
-
-if TYPE_CHECKING:
-    from explorer.schedules import ScheduleSpec
+from explorer.schedule_spec import ScheduleSpec
 
 __all__ = ["FORMAT", "MAX_ROUND_TO", "VERSION", "LayerRule", "PruningPlan", "check_ratio", "check_round_to"]
 
@@ -152,8 +150,6 @@ class PruningPlan:
             round_to = check_round_to(round_to, "'round_to'")
         schedule = None
         if "schedule" in data:
-            from explorer.schedules import ScheduleSpec
-
             try:
                 schedule = ScheduleSpec.from_dict(data["schedule"])
             except ScheduleError as e:

@@ -112,7 +112,7 @@ def _structured(model: nn.Module, example_input: torch.Tensor, ratios: dict[str,
 
 
 def remove_channels(dg: tp.DependencyGraph, group: tp.Group, idxs: list[int],
-                    compensate: Callable[[tp.Group], Callable[[], None]] | None = None) -> None:
+                    compensate: Callable[[tp.Group], Callable[[], None] | None] | None = None) -> None:
     """Remove channels ``idxs`` of ``group`` (and every coupled layer's), with the method's
     compensation around it. Raises what Torch-Pruning raises."""
     root = group[0].dep
@@ -124,7 +124,7 @@ def remove_channels(dg: tp.DependencyGraph, group: tp.Group, idxs: list[int],
 
 
 def _remove(dg: tp.DependencyGraph, group: tp.Group, members: list[str], idxs: list[int],
-            compensate: Callable[[tp.Group], Callable[[], None]] | None = None) -> None:
+            compensate: Callable[[tp.Group], Callable[[], None] | None] | None = None) -> None:
     if not idxs:
         return
     try:

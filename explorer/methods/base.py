@@ -184,7 +184,7 @@ class ChannelMethod(Method):
         raise NotImplementedError
 
     def compensation(self, model: nn.Module,
-                     calibration: Split | None) -> Callable[[tp.Group], Callable[[], None]] | None:
+                     calibration: Split | None) -> Callable[[tp.Group], Callable[[], None] | None] | None:
         """Optional training-free recovery: called with each concrete pruning group (its channels to
         go) just before it is pruned, it returns what to run right after (e.g. FLAP's bias
         compensation). None: nothing to do."""

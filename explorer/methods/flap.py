@@ -43,17 +43,17 @@ class _Fluctuation(tp.importance.GroupMagnitudeImportance):
 
     @torch.no_grad()
     def __call__(self, group: tp.Group) -> torch.Tensor | None:
-        imp, idx = [], []
+        # Summed into the root's channels by their root index: a reader behind a flatten reads
+        # every channel at several positions, all of which count for that channel.
+        total, found = torch.zeros(len(group[0].idxs)), False
         for m, idxs, root in _readers(group):
             if m not in self.moments:
                 continue
             _, var = self.moments[m]
-            w = m.weight.detach().transpose(0, 1)[idxs].flatten(1)  # (channels read, out * kernel)
-            imp.append(var[idxs] * w.pow(2).sum(1))
-            idx.append(root)
-        if not imp:
-            return None
-        return self._normalize(self._reduce(imp, idx), self.normalizer)
+            w = m.weight.detach().transpose(0, 1)[idxs].flatten(1)  # (inputs read, out * kernel)
+            total.scatter_add_(0, torch.tensor(root), (var[idxs] * w.pow(2).sum(1)).float())
+            found = True
+        return self._normalize(total, self.normalizer) if found else None
 
 
 class FlapStructured(ChannelMethod):
@@ -77,10 +77,12 @@ class FlapStructured(ChannelMethod):
                                "through a convolution or linear layer, so their fluctuation is "
                                "unknown; use another method")
 
-    def compensation(self, model: nn.Module, calibration: Split | None) -> Callable[[tp.Group], Callable[[], None]]:
+    def compensation(self, model: nn.Module, calibration: Split | None) -> Callable[[tp.Group], None]:
         moments = self._moments(model, calibration)
 
-        def before(group: tp.Group) -> Callable[[], None]:
+        def before(group: tp.Group) -> None:
+            # Added before the channels go: a reader whose own outputs are in the group (a residual
+            # block) then loses the same bias entries as its outputs, and no index is remapped.
             deltas = []
             with torch.no_grad():
                 for m, idxs, _ in _readers(group):
@@ -90,16 +92,12 @@ class FlapStructured(ChannelMethod):
                     w = m.weight.detach()[:, idxs]  # (out, removed, *kernel)
                     contribution = w.flatten(2).sum(2) if w.dim() > 2 else w
                     deltas.append((m, contribution @ mean[idxs].to(w.dtype)))
-
-            def after() -> None:
-                with torch.no_grad():
-                    for m, delta in deltas:
-                        if m.bias is None:
-                            m.bias = nn.Parameter(delta.clone(), requires_grad=m.weight.requires_grad)
-                        else:
-                            m.bias.add_(delta)
-
-            return after
+                for m, delta in deltas:
+                    if m.bias is None:
+                        m.bias = nn.Parameter(delta.clone(), requires_grad=m.weight.requires_grad)
+                    else:
+                        m.bias.add_(delta)
+            return None
 
         return before
 

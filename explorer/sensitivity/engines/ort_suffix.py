@@ -1,4 +1,9 @@
-"""Weight-only scans in ONNX Runtime: only the graph downstream of the pruned layer runs."""
+"""Weight-only scans in ONNX Runtime: only the graph downstream of the pruned layer runs.
+
+One concern: this engine. Its parts (the graph walk as plain bytes and arrays, suffix sessions
+grouped under a memory budget, one capture pass per group, the same groups as Ray tasks) only
+make sense together; the engines' shared face is :mod:`.base`.
+"""
 
 from __future__ import annotations
 
