@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ from torch import nn
 
 from explorer.errors import ExplorerError, ModelLoadError
 
-__all__ = ["PICKLE_SUFFIXES", "SAVE_ADVICE", "call_entrypoint", "check_finite", "input_shape_of", "load_model"]
+__all__ = ["PICKLE_SUFFIXES", "SAVE_ADVICE", "call_entrypoint", "check_finite", "input_shape_of", "load_model",
+           "logits_of"]
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".tar")
 SAVE_ADVICE = (
@@ -78,6 +80,29 @@ def input_shape_of(model: nn.Module) -> tuple[int | None, ...] | None:
     return None
 
 
+def logits_of(output: Any) -> Any:
+    """The logits in a model's output: a Hugging Face ``ModelOutput`` (or any mapping) gives its
+    ``logits``, a tuple or list its first element; a tensor (or anything else) is returned as is."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping) and "logits" in output:
+        return output["logits"]
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return output
+
+
+def _logits_hook(module: nn.Module, args: tuple, output: Any) -> Any:
+    return logits_of(output)
+
+
+def _use_logits(model: nn.Module) -> None:
+    """Make ``model`` return its logits: a forward hook (module names, and so plans, unchanged)
+    that takes them out of a ``ModelOutput``, a mapping or a tuple. Copies and exports keep it."""
+    if _logits_hook not in model._forward_hooks.values():
+        model.register_forward_hook(_logits_hook)
+
+
 def check_finite(model: nn.Module, spec: str) -> None:
     """Raise ModelLoadError naming the first parameter or buffer holding NaN or Inf."""
     for kind, items in (("weight", model.named_parameters()), ("buffer", model.named_buffers())):
@@ -131,6 +156,7 @@ def load_model(spec: str) -> nn.Module:
         model = call_entrypoint(spec, ModelLoadError)
         if not isinstance(model, nn.Module):
             raise ModelLoadError(f"{spec}: must return a torch.nn.Module, got {type(model).__name__}")
+        _use_logits(model)
     check_finite(model, spec)
     if not any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) for m in model.modules()):
         raise ModelLoadError(f"{spec}: no Conv or Linear layer holding its own weights was found, so there "

@@ -80,7 +80,7 @@ _UNARY: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "Reciprocal": torch.reciprocal, "Erf": torch.erf, "Floor": torch.floor, "Ceil": torch.ceil,
     "Round": torch.round, "Sin": torch.sin, "Cos": torch.cos, "Softplus": F.softplus,
     "Softsign": F.softsign, "Mish": F.mish, "HardSwish": F.hardswish, "Not": torch.logical_not,
-    "Sign": torch.sign, "Identity": lambda x: x,
+    "Sign": torch.sign, "Identity": lambda x: x, "IsNaN": torch.isnan,
 }
 
 _BINARY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
@@ -97,7 +97,7 @@ _OTHER_OPS = {
     "GlobalMaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Split",
     "Slice", "Gather", "Shape", "Size", "Expand", "Cast", "Constant", "ConstantOfShape",
     "Dropout", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "Pad", "Tile",
-    "ArgMax", "Range",
+    "ArgMax", "Range", "IsInf",
 }
 
 
@@ -202,7 +202,9 @@ class OnnxModule(nn.Module):
 
         self._buffer_of: dict[str, str] = {}  # ONNX constant name -> buffer attribute
         self._used_names: set[str] = set()
-        self._layer_of_weight: dict[str, str] = {}
+        self._layer_of_weight: dict[str, str] = {}  # weight initializer -> the (first) layer holding it
+        self._layer_of_key: dict[Any, str] = {}  # what makes nodes share a layer -> that layer
+        self.folded_nodes = 0  # constant-only nodes folded into initializers before loading
         nodes: list[_Node] = []
         skipped: set[int] = set()  # Add nodes folded into the Linear before them
         for index, n in enumerate(raw):
@@ -274,10 +276,18 @@ class OnnxModule(nn.Module):
         self._used_names.add(name)
         return name
 
-    def _add_layer(self, name: str, layer: nn.Module, weight: str) -> str:
-        """Register ``layer`` under the qualified ``name`` (containers created on the way)."""
-        if weight in self._layer_of_weight:  # a weight shared by two nodes: one layer, called twice
-            return self._layer_of_weight[weight]
+    def _add_layer(self, name: str, layer: nn.Module, weight: str, node: Any = None, *extra: str) -> str:
+        """Register ``layer`` under the qualified ``name`` (containers created on the way).
+
+        Two nodes alike in everything (op, constant inputs, attributes) share one layer, called
+        twice (a tied weight). Nodes that only share a weight initializer get a layer each: the
+        TorchScript exporter deduplicates equal initializers (two batch norms' ones and zeros),
+        which does not make the layers one.
+        """
+        key = weight if node is None else (node.op_type, node.domain, tuple(node.input[1:]), extra,
+                                           tuple(a.SerializeToString() for a in node.attribute))
+        if key in self._layer_of_key:
+            return self._layer_of_key[key]
         parts = [_component(p) for p in name.split(".")]
         qualified = ".".join(parts)
         if qualified in self._used_names or not self._can_nest(parts):
@@ -293,7 +303,8 @@ class OnnxModule(nn.Module):
                 self._used_names.add(".".join(parts[: i + 1]))
             parent = child
         parent.add_module(parts[-1], layer)
-        self._layer_of_weight[weight] = qualified
+        self._layer_of_weight.setdefault(weight, qualified)
+        self._layer_of_key[key] = qualified
         return qualified
 
     def _can_nest(self, parts: list[str]) -> bool:
@@ -364,7 +375,7 @@ class OnnxModule(nn.Module):
             layer.weight.copy_(w)
             if bias:
                 layer.bias.copy_(self._param(n.input[2]))
-        return self._source(self._add_layer(_layer_name(n, n.input[1], index), layer, n.input[1]), n.input[1])
+        return self._source(self._add_layer(_layer_name(n, n.input[1], index), layer, n.input[1], n), n.input[1])
 
     def _gemm(self, n: Any, attrs: dict[str, Any], index: int) -> str:
         b = self._param(n.input[1])
@@ -383,18 +394,19 @@ class OnnxModule(nn.Module):
             layer.weight.copy_(weight)
             if bias is not None:
                 layer.bias.copy_(bias)
-        name = self._add_layer(_layer_name(n, n.input[1], index), layer, n.input[1])
+        name = self._add_layer(_layer_name(n, n.input[1], index), layer, n.input[1], n)
         return self._source(name, n.input[1], None if attrs.get("transB", 0) else (1, 0), float(attrs.get("alpha", 1.0)))
 
     def _matmul(self, n: Any, index: int, bias_node: Any) -> str:
         b = self._param(n.input[1])  # (in, out)
         layer = nn.Linear(b.shape[0], b.shape[1], bias=bias_node is not None)
+        const = next(i for i in bias_node.input if i in self._consts) if bias_node is not None else ""
         with torch.no_grad():
             layer.weight.copy_(b.T)
             if bias_node is not None:
-                const = next(i for i in bias_node.input if i in self._consts)
                 layer.bias.copy_(self._param(const).reshape(-1).expand(b.shape[1]))
-        return self._source(self._add_layer(_layer_name(n, n.input[1], index), layer, n.input[1]), n.input[1], (1, 0))
+        name = self._add_layer(_layer_name(n, n.input[1], index), layer, n.input[1], n, const)
+        return self._source(name, n.input[1], (1, 0))
 
     def _batchnorm(self, n: Any, attrs: dict[str, Any], index: int) -> str:
         scale, bias, mean, var = (self._param(i) for i in n.input[1:5])
@@ -406,7 +418,7 @@ class OnnxModule(nn.Module):
             layer.running_mean.copy_(mean)
             layer.running_var.copy_(var)
         layer.eval()
-        return self._add_layer(_layer_name(n, n.input[1], index), layer, n.input[1])
+        return self._add_layer(_layer_name(n, n.input[1], index), layer, n.input[1], n)
 
     def _layernorm(self, n: Any, attrs: dict[str, Any], index: int) -> str:
         scale = self._param(n.input[1])
@@ -416,7 +428,7 @@ class OnnxModule(nn.Module):
             layer.weight.copy_(scale)
             if has_bias:
                 layer.bias.copy_(self._param(n.input[2]))
-        return self._add_layer(_layer_name(n, n.input[1], index), layer, n.input[1])
+        return self._add_layer(_layer_name(n, n.input[1], index), layer, n.input[1], n)
 
     # --- running ---------------------------------------------------------------------------------
 
@@ -564,6 +576,15 @@ class OnnxModule(nn.Module):
         if not x.is_floating_point() and not y.is_floating_point():
             return torch.div(x, y, rounding_mode="trunc")
         return torch.div(x, y)
+
+    def _op_IsInf(self, node: _Node, a: list[Value]) -> torch.Tensor:
+        x = a[0]
+        positive, negative = node.attrs.get("detect_positive", 1), node.attrs.get("detect_negative", 1)
+        if positive and negative:
+            return torch.isinf(x)
+        if positive:
+            return torch.isposinf(x)
+        return torch.isneginf(x) if negative else torch.zeros_like(x, dtype=torch.bool)
 
     def _op_Mod(self, node: _Node, a: list[Value]) -> torch.Tensor:
         if node.attrs.get("fmod", 0):
@@ -1079,6 +1100,42 @@ def _check_external_data(model: Any, path: Path) -> None:
                                      "which is missing next to the model")
 
 
+def _constant_nodes(model: Any) -> int:
+    """How many nodes (other than ``Constant``) compute only from constants: a computed bias, a
+    reshaped or scaled weight, an ``Identity`` of a deduplicated initializer..."""
+    known = {t.name for t in model.graph.initializer} | {""}
+    count = 0
+    for node in model.graph.node:  # topological in a valid graph
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            known.update(node.output)
+        elif node.input and node.domain in ("", "ai.onnx") and all(i in known for i in node.input):
+            known.update(node.output)
+            count += 1
+    return count
+
+
+def _fold_constant_subgraphs(model: Any, path: Path) -> tuple[Any, int]:
+    """Fold the graph's constant subgraphs into initializers with onnxscript's optimizer (the
+    constant folding torch's dynamo exporter runs), so that weights computed from constants
+    become layers like any other. Returns the model and how many nodes were folded."""
+    count = _constant_nodes(model)
+    if not count:
+        return model, 0
+    import onnx_ir.passes.common as common_passes
+    from onnxscript import ir
+    from onnxscript.optimizer import fold_constants_ir
+
+    try:
+        graph = ir.serde.deserialize_model(model)
+        fold_constants_ir(graph, input_size_limit=1 << 31, output_size_limit=1 << 31)
+        common_passes.RemoveUnusedNodesPass()(graph)
+        folded = ir.serde.serialize_model(graph)
+    except Exception as e:
+        raise ModelLoadError(f"{path}: {count} node(s) compute only from constants, and folding them failed "
+                             f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})") from None
+    return folded, count - _constant_nodes(folded)
+
+
 def load_onnx(path: str | Path) -> OnnxModule:
     """Read an ONNX file into an ``OnnxModule`` (eval mode).
 
@@ -1107,7 +1164,9 @@ def load_onnx(path: str | Path) -> OnnxModule:
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"{path}: invalid ONNX model ({first})") from None
+    model, folded = _fold_constant_subgraphs(model, path)
     module = OnnxModule(model, source=str(path)).eval()
+    module.folded_nodes = folded
     if module.ort_ops:  # those nodes run in ONNX Runtime: it must know them
         import onnxruntime as ort
 
