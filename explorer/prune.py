@@ -19,7 +19,9 @@ import torch_pruning as tp
 from torch import nn
 
 from explorer.errors import PlanError, PruneError, UnknownMethodError
-from explorer.inspect import PRUNABLE_TYPES, Inventory, build_dependency_graph, structured_groups
+from explorer.groups import GroupShape, expand, unit_importance
+from explorer.heads import FusedInProj, mha_head_importance, remove_mha_heads, update_head_counts, why_heads_fixed
+from explorer.inspect import PRUNABLE_TYPES, Inventory, build_dependency_graph, classified_groups
 from explorer.plan import PruningPlan
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "get_method",
     "kept_channels",
     "nm_mask",
+    "removal",
     "unstructured_mask",
 ]
 
@@ -152,6 +155,19 @@ def kept_channels(n_channels: int, ratio: float, round_to: int | None = None) ->
     return kept
 
 
+def removal(shape: GroupShape, importance: torch.Tensor, ratio: float, round_to: int | None = None) -> list[int]:
+    """Channels a local structured plan removes from a group of ``shape`` at ``ratio``, given the
+    per-channel ``importance`` (Torch-Pruning's group magnitude): the least important units (heads,
+    or positions of every block of a grouped convolution), at least one kept. ``round_to`` rounds
+    the kept count up to a multiple of it where a unit is one channel."""
+    units = unit_importance(shape, importance)
+    plain = shape.unit == 1 and shape.repeats == 1
+    n_prune = len(units) - kept_channels(len(units), ratio, round_to if plain else None)
+    if n_prune <= 0:
+        return []
+    return expand(shape, sorted(units.argsort()[:n_prune].tolist()))
+
+
 def _structured(model: nn.Module, example_input: torch.Tensor, ratios: dict[str, tuple[float, int]],
                 global_ratio: float | None, round_to: int | None = None) -> None:
     """Remove output channels in place. ``ratios``: layer -> (ratio, p of the norm)."""
@@ -160,50 +176,99 @@ def _structured(model: nn.Module, example_input: torch.Tensor, ratios: dict[str,
         dg = build_dependency_graph(model, example_input)
     except Exception as e:
         raise PruneError(f"structured pruning needs a traceable model; DepGraph failed: {type(e).__name__}: {e}") from None
-    plans = []  # (group, members, ratio, p)
-    groups = structured_groups(dg, model)
-    grouped = {m for _, members in groups for m in members}
+    modules = dict(model.named_modules())
+    fused = {n: ratios[n] for n in ratios if isinstance(modules.get(n), FusedInProj)}
+    plans = []  # (group, members, shape, ratio, p)
+    classified = classified_groups(dg, model)
+    grouped = {m for _, members, shape in classified if not shape.refused for m in members}
+    refused = {m: shape.refused for _, members, shape in classified if shape.refused for m in members}
     for name in ratios:
-        if name not in grouped:
+        if name in fused:
+            if why_heads_fixed(modules[name].owner):
+                raise PlanError(f"layer {name!r}: {why_heads_fixed(modules[name].owner)}")
+        elif name in refused:
+            raise PlanError(f"layer {name!r} cannot lose output channels (structured pruning off for its group: "
+                            f"{refused[name]}); use an unstructured method for it")
+        elif name not in grouped:
             raise PlanError(f"layer {name!r} cannot lose output channels (it feeds the model output or an "
                             "unsupported layer); use an unstructured method for it")
-    for group, members in groups:
+    for group, members, shape, in ((g, m, s) for g, m, s in classified if not s.refused):
         listed = [m for m in members if m in ratios]
         if not listed:
             continue
         ratio = max(ratios[m][0] for m in listed)  # a group moves together: its largest ratio wins
-        p = ratios[listed[0]][1]
-        plans.append((group, members, ratio, p))
+        plans.append((group, members, shape, ratio, ratios[listed[0]][1]))
     if global_ratio is not None:
-        # Rank channels across groups by their group norm normalised per group (Torch-Pruning's
-        # global pruning), keeping at least one channel in every group.
+        # Rank units across groups by their group norm normalised per group (Torch-Pruning's
+        # global pruning), keeping at least one unit in every group. A unit (a head, a position
+        # in every block) counts for the channels it holds.
         scored = []
-        for group, members, _, p in plans:
-            imp = tp.importance.GroupMagnitudeImportance(p=p, normalizer="mean")(group)
+        for group, _, shape, _, p in plans:
+            imp = unit_importance(shape, tp.importance.GroupMagnitudeImportance(p=p, normalizer="mean")(group))
             scored.append(imp)
-        if scored:
-            flat = torch.cat(scored)
-            k = int(global_ratio * flat.numel())
-            threshold = flat.sort().values[k - 1] if k else -float("inf")
-        for (group, members, _, p), imp in zip(plans, scored):
-            idxs = (imp <= threshold).nonzero().flatten().tolist()
-            idxs = idxs[: len(imp) - 1]
-            _remove(dg, group, members, idxs)
+        fused_scored = {n: mha_head_importance(modules[n].owner, p) for n, (_, p) in fused.items()}
+        fused_scored = {n: v / v.mean().clamp_min(1e-12) for n, v in fused_scored.items()}
+        weights = [torch.full_like(imp, float(shape.repeats * shape.unit)) for imp, (_, _, shape, _, _) in zip(scored, plans)]
+        weights += [torch.full_like(v, float(modules[n].owner.head_dim * 3)) for n, v in fused_scored.items()]
+        every = scored + list(fused_scored.values())
+        threshold = -float("inf")
+        if every:
+            flat, w = torch.cat(every), torch.cat(weights)
+            order = flat.argsort()
+            budget = global_ratio * float(w.sum())
+            taken = torch.cumsum(w[order], 0) <= budget
+            if bool(taken.any()):
+                threshold = float(flat[order][taken].max())
+        removals = []
+        for (group, members, shape, _, _), imp in zip(plans, scored):
+            units = (imp <= threshold).nonzero().flatten().tolist()[: len(imp) - 1]
+            removals.append((group, members, expand(shape, units)))
+        for name, imp in fused_scored.items():
+            remove_mha_heads(modules[name].owner, (imp <= threshold).nonzero().flatten().tolist()[: len(imp) - 1])
     else:
         # Rank every group on the unpruned model first: removing one group's channels shifts the
         # indices that other groups hold into a shared consumer (a concatenation), so a group
         # scored after another was pruned would index stale channels.
         removals = []
-        for group, members, ratio, p in plans:
-            n_channels = len(group[0].idxs)
-            n_prune = n_channels - kept_channels(n_channels, ratio, round_to)
-            if n_prune <= 0:
-                continue
+        for group, members, shape, ratio, p in plans:
             imp = tp.importance.GroupMagnitudeImportance(p=p)(group)
-            removals.append((group, members, imp.argsort()[:n_prune].tolist()))
-        for group, members, idxs in removals:
-            _remove(dg, group, members, idxs)
+            removals.append((group, members, removal(shape, imp, ratio, round_to)))
+        for name, (ratio, p) in fused.items():
+            mha = modules[name].owner
+            imp = mha_head_importance(mha, p)
+            n_prune = mha.num_heads - kept_channels(mha.num_heads, ratio)
+            remove_mha_heads(mha, sorted(imp.argsort()[:n_prune].tolist()))
+    heads_of = {id(group): shape for group, _, shape, _, _ in plans if shape.heads}
+    for group, members, idxs in removals:
+        _remove(dg, group, members, idxs)
+        if id(group) in heads_of and idxs:
+            _update_heads(model, members, heads_of[id(group)], idxs)
     model.requires_grad_(False)
+
+
+def _update_heads(model: nn.Module, members: list[str], shape: GroupShape, idxs: list[int]) -> None:
+    """Head counts of the attention module holding ``members`` (their longest common parent)."""
+    parts = [m.split(".") for m in members]
+    common: list[str] = []
+    for level in zip(*[p[:-1] for p in parts]):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    attention = model.get_submodule(".".join(common)) if common else model
+    block = shape.channels // shape.repeats
+    removed = {(i % block) // shape.unit for i in idxs}
+    kept = [h for h in range(shape.heads) if h not in removed]
+    layers = {model.get_submodule(m) for m in members}
+    update_head_counts(attention, layers, shape.heads, shape.unit, kept)
+
+
+def _out_of_range(item: object) -> bool:
+    dep, idxs = item.dep, item.idxs  # type: ignore[attr-defined]
+    if dep.target.type != tp.ops.OPTYPE.PARAMETER or not idxs:
+        return False
+    param = dep.target.module
+    dim = getattr(getattr(dep.handler, "__self__", None), "pruning_dim", -1)
+    return max(int(i) for i in idxs) >= param.shape[dim]
 
 
 def _remove(dg: tp.DependencyGraph, group: tp.Group, members: list[str], idxs: list[int]) -> None:
@@ -211,7 +276,12 @@ def _remove(dg: tp.DependencyGraph, group: tp.Group, members: list[str], idxs: l
         return
     root = group[0].dep
     try:
-        dg.get_pruning_group(root.target.module, root.handler, sorted(idxs)).prune()
+        pruning = dg.get_pruning_group(root.target.module, root.handler, sorted(idxs))
+        # A bare parameter that DepGraph couples with indices it does not have (a per-head relative
+        # position bias table, met through the attention scores) is not one of the group's
+        # channels: it is left to the head update (explorer.heads.update_head_counts).
+        pruning._group = [item for item in pruning._group if not _out_of_range(item)]
+        pruning.prune()
     except Exception as e:
         raise PruneError(f"removing channels of group {members} failed: {type(e).__name__}: {e}") from None
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from explorer.errors import ExplorerError, ModelLoadError
+from explorer.heads import attach_in_proj
 
 __all__ = ["PICKLE_SUFFIXES", "SAVE_ADVICE", "call_entrypoint", "check_finite", "input_shape_of", "load_model",
            "logits_of"]
@@ -103,6 +104,33 @@ def _use_logits(model: nn.Module) -> None:
         model.register_forward_hook(_logits_hook)
 
 
+class _Conv1dLinear(nn.Linear):
+    """Hugging Face's ``Conv1D`` (GPT-2's layers): a linear layer whose weight is stored
+    transposed. As an ``nn.Linear`` it is listed, pruned and exported like one."""
+
+    display_type = "Conv1D (a Linear)"
+
+
+def _conv1d_as_linear(model: nn.Module) -> None:
+    """Replace every ``transformers`` ``Conv1D`` by the ``nn.Linear`` computing the same (its weight
+    transposed; the names, and so the plans, are unchanged)."""
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            cls = type(child)
+            if cls.__name__ != "Conv1D" or not cls.__module__.startswith("transformers") \
+                    or not isinstance(getattr(child, "weight", None), torch.Tensor) or child.weight.ndim != 2:
+                continue
+            n_in, n_out = child.weight.shape
+            linear = _Conv1dLinear(n_in, n_out, bias=child.bias is not None)
+            with torch.no_grad():
+                linear.weight.copy_(child.weight.T)
+                if child.bias is not None:
+                    linear.bias.copy_(child.bias)
+            linear.requires_grad_(child.weight.requires_grad)
+            linear.train(child.training)
+            setattr(parent, child_name, linear)
+
+
 def check_finite(model: nn.Module, spec: str) -> None:
     """Raise ModelLoadError naming the first parameter or buffer holding NaN or Inf."""
     for kind, items in (("weight", model.named_parameters()), ("buffer", model.named_buffers())):
@@ -157,7 +185,9 @@ def load_model(spec: str) -> nn.Module:
         if not isinstance(model, nn.Module):
             raise ModelLoadError(f"{spec}: must return a torch.nn.Module, got {type(model).__name__}")
         _use_logits(model)
+        _conv1d_as_linear(model)
     check_finite(model, spec)
+    attach_in_proj(model)  # nn.MultiheadAttention's fused query/key/value projection: a listed layer
     if not any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) for m in model.modules()):
         raise ModelLoadError(f"{spec}: no Conv or Linear layer holding its own weights was found, so there "
                              "is nothing to prune (weights computed at run time are not layers)")

@@ -32,6 +32,7 @@ from torch import fx, nn
 
 from explorer.errors import ModelLoadError
 from explorer.models.files import read_model_file
+from explorer.models.loaders import logits_of
 from explorer.tolerance import REL_TOL, relative_error
 
 __all__ = ["TORCH_VERSION_CHECKED", "check_archive", "load_program"]
@@ -218,6 +219,62 @@ def check_archive(data: bytes, path: Path) -> None:
         _walk(program, path)
 
 
+# --- output structures ------------------------------------------------------------------------
+
+# Containers torch's pytree deserializes itself. Another type named in an output spec (a Hugging
+# Face ModelOutput) would have to be imported and registered first: it is read as the plain dict
+# of its fields instead, and its logits are the model's output.
+_PLAIN_SPECS = {"builtins.tuple", "builtins.list", "builtins.dict", "collections.OrderedDict", None}
+
+
+def _plain_spec(node: Any, renamed: list[str]) -> Any:
+    if not isinstance(node, dict):
+        return node
+    if node.get("type") not in _PLAIN_SPECS:
+        renamed.append(str(node["type"]))
+        node = {**node, "type": "builtins.dict"}
+    return {**node, "children_spec": [_plain_spec(c, renamed) for c in node.get("children_spec") or []]}
+
+
+def _plain_outputs(data: bytes, path: Path) -> tuple[bytes, str]:
+    """The archive with every output spec naming another type read as a dict of the same fields,
+    and the name of the type replaced (empty when none was)."""
+    archive = zipfile.ZipFile(io.BytesIO(data))
+    renamed: list[str] = []
+    files: dict[str, bytes] = {}
+    for name in archive.namelist():
+        content = archive.read(name)
+        if name.split("/", 1)[-1].startswith("models/") and name.endswith(".json"):
+            program = json.loads(content)
+            for entry in program.get("graph_module", {}).get("module_call_graph", []):
+                signature = entry.get("signature") or {}
+                spec = signature.get("out_spec")
+                if isinstance(spec, str):
+                    version, tree = json.loads(spec)
+                    signature["out_spec"] = json.dumps([version, _plain_spec(tree, renamed)])
+            content = json.dumps(program).encode()
+        files[name] = content
+    if not renamed:
+        return data, ""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+        for name, content in files.items():
+            z.writestr(name, content)
+    return out.getvalue(), renamed[0]
+
+
+def _logits_leaf(program: Any) -> int | None:
+    """Which output leaf holds the logits: the one keyed ``logits`` where the program returns a
+    dict (or a ModelOutput read as one) of tensors, else None (a single output)."""
+    spec = program.call_spec.out_spec
+    if spec is None or spec.type is not dict or not isinstance(spec.context, (list, tuple)):
+        return None
+    keys = list(spec.context)
+    if "logits" in keys and all(child.num_leaves == 1 for child in spec.children()):
+        return keys.index("logits")
+    return None
+
+
 # --- from an fx graph to layers ------------------------------------------------------------------
 
 
@@ -293,7 +350,7 @@ def _to_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, str, str, l
             linear.bias = _as_param(b[1])
         feeds = [wt] + ([node.args[0]] if b is not None else [])
         return linear, w[0], "linear", feeds, x
-    convs = {_aten("conv1d"): 1, _aten("conv2d"): 2, _aten("conv3d"): 3}
+    convs = {_aten(f"conv{d}d", overload) for d in (1, 2, 3) for overload in ("default", "padding")}
     if t in convs or t == _aten("convolution"):
         if t == _aten("convolution"):
             if _arg(node, 6, "transposed", False) or any(_arg(node, 7, "output_padding", [0])):
@@ -381,9 +438,50 @@ def _free_batch(gm: fx.GraphModule, batch: int | None) -> None:
             node.args = (src, [-1, *shape[1:]])
 
 
-def program_to_layers(gm: fx.GraphModule, batch: int | None = None) -> fx.GraphModule:
+# Ops that take a shape, and the Tensor method doing the same: the TorchScript ONNX exporter traces
+# a size flowing into a method call as a shape, but records it as a constant in an op call.
+_SHAPE_METHODS = {"view": "view", "reshape": "reshape", "_unsafe_view": "reshape", "expand": "expand",
+                  "repeat": "repeat", "new_zeros": "new_zeros", "new_ones": "new_ones", "new_empty": "new_empty"}
+
+
+def _has_symbol(value: Any) -> bool:
+    if isinstance(value, fx.Node):
+        return True
+    return isinstance(value, (list, tuple)) and any(_has_symbol(v) for v in value)
+
+
+def _traceable_sizes(gm: fx.GraphModule) -> None:
+    """Sizes that follow the input's batch are computed so that the TorchScript ONNX exporter
+    traces them as shapes: ``aten.sym_size.int(x, d)`` becomes ``x.size(d)``, and a view, reshape
+    or expand to a shape holding such a size becomes the Tensor method. Run, both are the same;
+    traced, the op calls would be recorded with the example's sizes as constants, and the exported
+    file would only run at the example's batch size."""
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target == _aten("sym_size", "int"):
+            with gm.graph.inserting_before(node):
+                size = gm.graph.call_method("size", (node.args[0], node.args[1]))
+            node.replace_all_uses_with(size)
+            gm.graph.erase_node(node)
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+            continue
+        packet = node.target.overloadpacket.__name__
+        method = _SHAPE_METHODS.get(packet)
+        if method is None or node.target._overloadname != "default" or len(node.args) < 2 \
+                or not _has_symbol(node.args[1]):
+            continue
+        with gm.graph.inserting_before(node):
+            call = gm.graph.call_method(method, (node.args[0], list(node.args[1])), dict(node.kwargs))
+        call.meta = dict(node.meta)
+        node.replace_all_uses_with(call)
+        gm.graph.erase_node(node)
+
+
+def program_to_layers(gm: fx.GraphModule, batch: int | None = None, output: int | None = None) -> fx.GraphModule:
     """Rewrite ``gm`` (from ``ExportedProgram.module()``) in place: layers instead of aten calls
-    on its own weights, no guard module, batch-size-free reshapes. Returns ``gm``."""
+    on its own weights, no guard module, batch-size-free reshapes, and the one output leaf
+    ``output`` (the logits; None: the program must have one) returned as a plain tensor.
+    Returns ``gm``."""
     for node in list(gm.graph.nodes):
         if node.op == "call_module" and node.target == "_guards_fn":
             gm.graph.erase_node(node)
@@ -420,15 +518,18 @@ def program_to_layers(gm: fx.GraphModule, batch: int | None = None) -> fx.GraphM
                 pending += [a for a in n.args if isinstance(a, fx.Node)]
                 gm.graph.erase_node(n)
     _free_batch(gm, batch)
+    _traceable_sizes(gm)
     # The program's pytree calling convention (flatten args, unflatten outputs) becomes a plain
     # ``forward(x) -> tensor``: simpler to trace, and deep copies skip pytree specs.
-    output = next(n for n in gm.graph.nodes if n.op == "output")
-    outs = output.args[0]
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    outs = out_node.args[0]
     if isinstance(gm.graph._codegen, fx.graph._PyTreeCodeGen):
+        if isinstance(outs, (tuple, list)) and output is not None and output < len(outs):
+            outs = [outs[output]]
         if not isinstance(outs, (tuple, list)) or len(outs) != 1 or not isinstance(outs[0], fx.Node):
             raise ValueError(f"the program returns {len(outs) if isinstance(outs, (tuple, list)) else 'a structure of'} "
-                             "values; it must return one tensor of logits")
-        output.args = (outs[0],)
+                             "values; it must return one tensor of logits (or a dict or ModelOutput holding 'logits')")
+        out_node.args = (outs[0],)
         gm.graph._codegen = fx.graph.CodeGen()
     for attr in ("_in_spec", "_out_spec"):
         gm.__dict__.pop(attr, None)
@@ -472,6 +573,7 @@ def load_program(path: str | Path) -> nn.Module:
     if not data.startswith(b"PK\x03\x04"):
         raise ModelLoadError(f"{path}: not a torch.export archive (a .pt2 is a zip written by torch.export.save)")
     check_archive(data, path)
+    data, output_type = _plain_outputs(data, path)
     try:
         contents = load_pt2(io.BytesIO(data))  # not torch.export.load: no fallback to the old format
         programs = contents.exported_programs
@@ -508,14 +610,17 @@ def load_program(path: str | Path) -> nn.Module:
     reference = None
     if sample is not None:
         with torch.no_grad():
-            reference = gm(sample)
+            reference = logits_of(gm(sample))
     try:
-        program_to_layers(gm, batch=int(sample.shape[0]) if sample is not None and sample.ndim else None)
+        program_to_layers(gm, batch=int(sample.shape[0]) if sample is not None and sample.ndim else None,
+                          output=_logits_leaf(program))
     except Exception as e:
         raise ModelLoadError(f"{path}: cannot turn the program's weights into layers ({type(e).__name__}: {e})") from None
     gm.requires_grad_(False)
     gm.eval()
     gm.input_shape = tuple(sample.shape[1:]) if sample is not None else None  # the example's sample shape
+    if output_type:
+        gm.output_note = f"the logits of its {output_type.rpartition('.')[2]}"
     if sample is not None and isinstance(reference, torch.Tensor):
         batch = torch.cat([sample, sample, sample])
         try:
