@@ -17,6 +17,7 @@ from torch import nn
 
 from explorer.data import Dataset, Split
 from explorer.errors import DataError, ExportError
+from explorer.inputs import run_model
 from explorer.inspect import count_macs
 from explorer.runtime import OrtModel, export_onnx, gzip_size, measure_latency
 
@@ -53,7 +54,8 @@ def scores(logits: np.ndarray, y: np.ndarray | None, reference: np.ndarray | Non
 def evaluate_torch(model: nn.Module, split: Split, reference: np.ndarray | None = None,
                    batch_size: int = 512) -> tuple[float, float]:
     """(accuracy, loss) of a torch model on ``split``; for scans, where no artifact is exported."""
-    logits = np.concatenate([model(split.x[i : i + batch_size]).numpy() for i in range(0, len(split), batch_size)])
+    logits = np.concatenate([run_model(model, split.x[i : i + batch_size]).numpy()
+                             for i in range(0, len(split), batch_size)])
     y = split.y.numpy() if split.y is not None else None
     return scores(logits, y, reference)
 

@@ -23,6 +23,7 @@ from torch import nn
 from explorer.errors import DataError
 from explorer.groups import GroupShape, Probe, attach, group_shape
 from explorer.heads import FusedInProj, why_heads_fixed
+from explorer.inputs import Inputs, batch_size, run_model
 from explorer.models.ort_nodes import OrtWeight
 
 __all__ = ["PRUNABLE_TYPES", "Inventory", "LayerInfo", "build_dependency_graph", "classified_groups", "count_macs",
@@ -74,24 +75,26 @@ class Inventory:
         raise KeyError(name)
 
 
-def _run(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _shown(x: torch.Tensor | Inputs) -> str:
+    return f"inputs {x.describe()}" if isinstance(x, Inputs) else f"input of shape {tuple(x.shape)}"
+
+
+def _run(model: nn.Module, x: torch.Tensor | Inputs) -> torch.Tensor:
     try:
-        out = model(x)
+        out = run_model(model, x)
     except Exception as e:
-        raise DataError(
-            f"the model does not accept input of shape {tuple(x.shape)}: {type(e).__name__}: {e}"
-        ) from None
+        raise DataError(f"the model does not accept {_shown(x)}: {type(e).__name__}: {e}") from None
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise DataError(f"the model must return (N, classes) logits for input {tuple(x.shape)}, got {shape}")
+        raise DataError(f"the model must return (N, classes) logits for {_shown(x)}, got {shape}")
     return out
 
 
-def count_macs(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
+def count_macs(model: nn.Module, example_input: torch.Tensor | Inputs) -> dict[str, int]:
     """Multiply-accumulates per sample of every conv, linear and attention module (by name)."""
     macs: dict[str, int] = {}
     hooks = []
-    batch = example_input.shape[0]
+    batch = batch_size(example_input)
 
     def hook(name: str):  # noqa: ANN202
         def fn(module: nn.Module, inputs: tuple, output: object) -> None:
@@ -133,7 +136,7 @@ def count_macs(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
     return macs
 
 
-def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
+def build_dependency_graph(model: nn.Module, example_input: torch.Tensor | Inputs) -> tp.DependencyGraph:
     """DepGraph of ``model`` (which must have requires_grad parameters: DepGraph traces autograd).
 
     Torch-Pruning warns about bare ``nn.Parameter``s (e.g. a position embedding) that it leaves
@@ -143,7 +146,8 @@ def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.
     with torch.enable_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
         with probe:
-            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input,
+                                                       forward_fn=lambda m, x: run_model(m, x))
     attach(dg, model, probe)
     return dg
 
@@ -241,7 +245,7 @@ class _Opaque(Exception):
     """The model runs ops no tracer can see through (an ONNX graph partly run in ONNX Runtime)."""
 
 
-def inventory(model: nn.Module, example_input: torch.Tensor) -> Inventory:
+def inventory(model: nn.Module, example_input: torch.Tensor | Inputs) -> Inventory:
     """List the prunable layers of ``model`` (not modified) for an input like ``example_input``."""
     macs = count_macs(model, example_input)
     work = copy.deepcopy(model).eval()

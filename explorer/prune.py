@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -20,6 +20,7 @@ from torch import nn
 
 from explorer.errors import PlanError, PruneError, UnknownMethodError
 from explorer.groups import GroupShape, expand, unit_importance
+from explorer.inputs import Inputs, run_model
 from explorer.heads import FusedInProj, mha_head_importance, remove_mha_heads, update_head_counts, why_heads_fixed
 from explorer.inspect import PRUNABLE_TYPES, Inventory, build_dependency_graph, classified_groups
 from explorer.plan import PruningPlan
@@ -33,6 +34,7 @@ __all__ = [
     "nm_mask",
     "removal",
     "unstructured_mask",
+    "verified",
 ]
 
 Kind = Literal["unstructured", "semi-structured", "structured"]
@@ -168,7 +170,7 @@ def removal(shape: GroupShape, importance: torch.Tensor, ratio: float, round_to:
     return expand(shape, sorted(units.argsort()[:n_prune].tolist()))
 
 
-def _structured(model: nn.Module, example_input: torch.Tensor, ratios: dict[str, tuple[float, int]],
+def _structured(model: nn.Module, example_input: torch.Tensor | Inputs, ratios: dict[str, tuple[float, int]],
                 global_ratio: float | None, round_to: int | None = None) -> None:
     """Remove output channels in place. ``ratios``: layer -> (ratio, p of the norm)."""
     model.requires_grad_(True)
@@ -204,8 +206,8 @@ def _structured(model: nn.Module, example_input: torch.Tensor, ratios: dict[str,
         # in every block) counts for the channels it holds.
         scored = []
         for group, _, shape, _, p in plans:
-            imp = unit_importance(shape, tp.importance.GroupMagnitudeImportance(p=p, normalizer="mean")(group))
-            scored.append(imp)
+            imp = unit_importance(shape, _importance(dg, group, shape, p))
+            scored.append(imp / imp.mean().clamp_min(1e-12))  # Torch-Pruning's "mean" normalizer
         fused_scored = {n: mha_head_importance(modules[n].owner, p) for n, (_, p) in fused.items()}
         fused_scored = {n: v / v.mean().clamp_min(1e-12) for n, v in fused_scored.items()}
         weights = [torch.full_like(imp, float(shape.repeats * shape.unit)) for imp, (_, _, shape, _, _) in zip(scored, plans)]
@@ -231,7 +233,7 @@ def _structured(model: nn.Module, example_input: torch.Tensor, ratios: dict[str,
         # scored after another was pruned would index stale channels.
         removals = []
         for group, members, shape, ratio, p in plans:
-            imp = tp.importance.GroupMagnitudeImportance(p=p)(group)
+            imp = _importance(dg, group, shape, p)
             removals.append((group, members, removal(shape, imp, ratio, round_to)))
         for name, (ratio, p) in fused.items():
             mha = modules[name].owner
@@ -240,10 +242,68 @@ def _structured(model: nn.Module, example_input: torch.Tensor, ratios: dict[str,
             remove_mha_heads(mha, sorted(imp.argsort()[:n_prune].tolist()))
     heads_of = {id(group): shape for group, _, shape, _, _ in plans if shape.heads}
     for group, members, idxs in removals:
-        _remove(dg, group, members, idxs)
-        if id(group) in heads_of and idxs:
-            _update_heads(model, members, heads_of[id(group)], idxs)
+        shape = heads_of.get(id(group))
+        if shape is not None and shape.repeats > 1:
+            _remove_fused(dg, group, members, shape, idxs)
+        else:
+            _remove(dg, group, members, idxs)
+        if shape is not None and idxs:
+            _update_heads(model, members, shape, idxs)
     model.requires_grad_(False)
+
+
+def _importance(dg: tp.DependencyGraph, group: tp.Group, shape: GroupShape, p: int) -> torch.Tensor:
+    """Per-channel importance of ``group``: Torch-Pruning's group magnitude (the p-norm of every
+    coupled weight slice, averaged over the group); for a fused query/key/value layer, the same
+    computed layer by layer (DepGraph's split mapping misplaces its blocks)."""
+    if not (shape.heads and shape.repeats > 1):
+        return tp.importance.GroupMagnitudeImportance(p=p)(group)
+    block = shape.channels // shape.repeats
+    imp = torch.zeros(shape.channels)
+    seen: set[int] = set()
+    for dep, _ in group:
+        module = dep.target.module
+        if id(module) in seen or not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+            continue
+        seen.add(id(module))
+        w = module.weight.detach().abs().pow(p)
+        if dg.is_out_channel_pruning_fn(dep.handler):
+            imp += w.reshape(w.shape[0], -1).sum(1)
+            if module.bias is not None:
+                imp += module.bias.detach().abs().pow(p)
+        elif w.shape[1] == block:
+            imp += w.transpose(0, 1).reshape(block, -1).sum(1).repeat(shape.repeats)
+    return imp
+
+
+def _remove_fused(dg: tp.DependencyGraph, group: tp.Group, members: list[str], shape: GroupShape,
+                  idxs: list[int]) -> None:
+    """Whole heads out of a fused query/key/value layer (GPT-2's ``c_attn``): its rows of every
+    block, and the consumers' inputs (the attention output, one block wide) at the heads' positions.
+    Done layer by layer: DepGraph's split mapping misplaces the blocks of a fused projection."""
+    if not idxs:
+        return
+    block = shape.channels // shape.repeats
+    within = sorted({i % block for i in idxs})
+    done: set[int] = set()
+    try:
+        for dep, _ in group:
+            module = dep.target.module
+            if id(module) in done or not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+                continue
+            pruner = dg.get_pruner_of_module(module)
+            if dg.is_out_channel_pruning_fn(dep.handler):
+                pruner.prune_out_channels(module, idxs)
+            elif pruner.get_in_channels(module) == block:
+                pruner.prune_in_channels(module, within)
+            else:
+                raise PruneError(f"{type(module).__name__} reads {pruner.get_in_channels(module)} channels of a "
+                                 f"fused projection of {shape.repeats} x {block}")
+            done.add(id(module))
+    except PruneError:
+        raise
+    except Exception as e:
+        raise PruneError(f"removing heads of {members} failed: {type(e).__name__}: {e}") from None
 
 
 def _update_heads(model: nn.Module, members: list[str], shape: GroupShape, idxs: list[int]) -> None:
@@ -262,13 +322,15 @@ def _update_heads(model: nn.Module, members: list[str], shape: GroupShape, idxs:
     update_head_counts(attention, layers, shape.heads, shape.unit, kept)
 
 
-def _out_of_range(item: object) -> bool:
-    dep, idxs = item.dep, item.idxs  # type: ignore[attr-defined]
-    if dep.target.type != tp.ops.OPTYPE.PARAMETER or not idxs:
+def _foreign_param(item: object, channels: int) -> bool:
+    """A bare parameter DepGraph couples with the group, along a dimension that is not as long as
+    the group's channels: a per-head table (a relative position bias, met through the attention
+    scores), not a copy of the channels. It is left to the head update."""
+    dep = item.dep  # type: ignore[attr-defined]
+    if dep.target.type != tp.ops.OPTYPE.PARAMETER or not item.idxs:  # type: ignore[attr-defined]
         return False
-    param = dep.target.module
     dim = getattr(getattr(dep.handler, "__self__", None), "pruning_dim", -1)
-    return max(int(i) for i in idxs) >= param.shape[dim]
+    return dep.target.module.shape[dim] != channels
 
 
 def _remove(dg: tp.DependencyGraph, group: tp.Group, members: list[str], idxs: list[int]) -> None:
@@ -277,13 +339,71 @@ def _remove(dg: tp.DependencyGraph, group: tp.Group, members: list[str], idxs: l
     root = group[0].dep
     try:
         pruning = dg.get_pruning_group(root.target.module, root.handler, sorted(idxs))
-        # A bare parameter that DepGraph couples with indices it does not have (a per-head relative
-        # position bias table, met through the attention scores) is not one of the group's
-        # channels: it is left to the head update (explorer.heads.update_head_counts).
-        pruning._group = [item for item in pruning._group if not _out_of_range(item)]
+        pruning._group = [item for item in pruning._group if not _foreign_param(item, len(group[0].idxs))]
         pruning.prune()
     except Exception as e:
         raise PruneError(f"removing channels of group {members} failed: {type(e).__name__}: {e}") from None
+
+
+def _trial(model: nn.Module, example_input: torch.Tensor | Inputs, inventory: Inventory,
+           gids: list[str]) -> str:
+    """Remove one unit (a channel, a head) from each of the groups ``gids`` of a fresh copy and run
+    it; the error it raises (empty when the model still returns its logits)."""
+    ratios = {}
+    for gid in gids:
+        info = inventory[gid]
+        units = info.heads or info.out_channels
+        ratios[gid] = (min(1.5 / max(units, 2), 0.99), 1)  # one unit of the group
+    pruned = fresh_copy(model)
+    try:
+        _structured(pruned, example_input, ratios, None)
+        with torch.no_grad():
+            out = run_model(pruned, example_input)
+    except Exception as e:
+        text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        return f"{type(e).__name__}: {text}".removeprefix("PruneError: ")
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        return f"the pruned model returns {type(out).__name__} instead of (N, classes) logits"
+    return ""
+
+
+def verified(model: nn.Module, example_input: torch.Tensor | Inputs, inventory: Inventory) -> Inventory:
+    """``inventory`` with every group that cannot lose a unit refused, with the error.
+
+    One copy loses a unit in every group at once and runs; only where that fails are the groups
+    bisected (a few more copies), so a structure DepGraph groups but cannot remove (a reshape to
+    constant channel counts in an exported graph, a pattern its index mapping misreads) is named
+    and refused while every other group stays prunable.
+    """
+    if inventory.structured_error or not inventory.groups:
+        return inventory
+    refused: dict[str, str] = {}
+
+    def search(gids: list[str]) -> bool:
+        error = _trial(model, example_input, inventory, gids)
+        if not error:
+            return True
+        if len(gids) == 1:
+            refused[gids[0]] = error
+            return False
+        half = len(gids) // 2
+        left, right = search(gids[:half]), search(gids[half:])
+        if left and right:  # each half alone is fine, together they break: name them all
+            refused.update({g: f"removing its channels together with other groups' breaks the model ({error})"
+                            for g in gids})
+        return False
+
+    search(list(inventory.groups))
+    if not refused:
+        return inventory
+    layers = []
+    for layer in inventory.layers:
+        if layer.group in refused:
+            why = f"structured pruning off for its group: removing its channels breaks the model ({refused[layer.group]})"
+            layer = replace(layer, group=None, heads=0, note=why)
+        layers.append(layer)
+    groups = {g: m for g, m in inventory.groups.items() if g not in refused}
+    return replace(inventory, layers=tuple(layers), groups=groups)
 
 
 @torch.no_grad()
@@ -320,7 +440,7 @@ def _unstructured(model: nn.Module, plan: PruningPlan, names: list[str], seed: i
             w.mul_(unstructured_mask(method.score(w, _generator(name, seed)), ratio))
 
 
-def apply_plan(model: nn.Module, plan: PruningPlan, example_input: torch.Tensor,
+def apply_plan(model: nn.Module, plan: PruningPlan, example_input: torch.Tensor | Inputs,
                inventory: Inventory | None = None, *, seed: int = 0, round_to: int | None = None) -> nn.Module:
     """Return a pruned copy of ``model``; ``model`` itself is not modified.
 
@@ -354,7 +474,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan, example_input: torch.Tensor,
         try:
             _structured(pruned, example_input, structured, plan.ratio if is_global else None, round_to)
             with torch.no_grad():  # DepGraph can mis-group exotic graphs (e.g. decomposed attention)
-                pruned(example_input)
+                run_model(pruned, example_input)
         except (PlanError, PruneError):
             raise
         except Exception as e:

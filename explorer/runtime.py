@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from explorer.errors import ExportError
+from explorer.inputs import Inputs, export_args
 
 __all__ = ["LatencyStats", "OrtModel", "export_onnx", "gzip_size", "measure_latency"]
 
@@ -27,8 +28,11 @@ INPUT_NAME, OUTPUT_NAME = "input", "output"
 MIN_RUNS = 30
 
 
-def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path) -> Path:
+def export_onnx(model: nn.Module, example_input: torch.Tensor | Inputs, path: str | Path) -> Path:
     """Export ``model`` to a single ONNX file with a dynamic batch dimension.
+
+    One input is named ``input``; several named ``Inputs`` keep their names (``input_ids``...), so
+    the file is fed by name.
 
     Uses the TorchScript exporter (tens of milliseconds on small models, which keeps the app live);
     falls back to the dynamo exporter for models it cannot handle. An ONNX file loaded with ops
@@ -48,12 +52,14 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path)
     fastpath = torch.backends.mha.get_fastpath_enabled()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
+        args, kwargs, named = export_args(model, example_input)
+        names = named or [INPUT_NAME]
         try:
             torch.backends.mha.set_fastpath_enabled(False)
             torch.onnx.export(
-                model, (example_input,), str(path), dynamo=False, opset_version=OPSET,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                model, args, str(path), kwargs=kwargs or None, dynamo=False, opset_version=OPSET,
+                input_names=names, output_names=[OUTPUT_NAME],
+                dynamic_axes={**{name: {0: "batch"} for name in names}, OUTPUT_NAME: {0: "batch"}},
             )
             return path
         except Exception as e:
@@ -62,11 +68,14 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path)
             torch.backends.mha.set_fastpath_enabled(fastpath)
         try:
             # A batch of 2: torch.export specializes a dimension of size 1 to a constant.
-            batch2 = torch.cat([example_input[:1], example_input[:1]])
+            one = example_input[:1]
+            batch2 = one.cat(one) if isinstance(one, Inputs) else torch.cat([one, one])
+            args, kwargs, _ = export_args(model, batch2)
+            batch = torch.export.Dim("batch")
+            dims = {name: {0: batch} for name in kwargs} if kwargs else tuple({0: batch} for _ in args)
             program = torch.onnx.export(
-                model, (batch2,), dynamo=True, input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME], dynamic_shapes=({0: torch.export.Dim("batch")},),
-                verbose=False,
+                model, args, kwargs=kwargs or None, dynamo=True, input_names=names,
+                output_names=[OUTPUT_NAME], dynamic_shapes=dims, verbose=False,
             )
             assert program is not None
             program.save(str(path), external_data=False)
@@ -96,7 +105,8 @@ class OrtModel:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise ExportError(f"{path}: ONNX Runtime cannot load it: {str(e).splitlines()[0]}") from None
-        self.input_name = self.session.get_inputs()[0].name
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.input_name = self.input_names[0]
         first = (self.session.get_inputs()[0].shape or [None])[0]
         # A file that fixes its batch size (often 1): fed in batches of exactly that size.
         self.fixed_batch: int | None = first if isinstance(first, int) and first > 0 else None
@@ -109,12 +119,23 @@ class OrtModel:
             return x[: self.fixed_batch]
         return np.concatenate([x, np.repeat(x[-1:], self.fixed_batch - len(x), axis=0)])
 
-    def __call__(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    def feeds(self, x: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The session's feeds for one array (its only input) or named arrays (by name; in order
+        where the file names its inputs otherwise), padded to a fixed batch size."""
+        if not isinstance(x, dict):
+            return {self.input_name: np.ascontiguousarray(self.fit(x))}
+        named = x if set(x) == set(self.input_names) else dict(zip(self.input_names, x.values()))
+        if len(named) != len(self.input_names):
+            raise ExportError(f"the ONNX model takes inputs {self.input_names}; the data has {list(x)}")
+        return {name: np.ascontiguousarray(self.fit(named[name])) for name in self.input_names}
+
+    def __call__(self, x: np.ndarray | dict[str, np.ndarray], batch_size: int = 256) -> np.ndarray:
         batch_size = self.fixed_batch or batch_size
-        outs = [
-            self.session.run(None, {self.input_name: self.fit(x[i : i + batch_size])})[0][: len(x[i : i + batch_size])]
-            for i in range(0, len(x), batch_size)
-        ]
+        n = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+        piece = (lambda i: {k: v[i : i + batch_size] for k, v in x.items()}) if isinstance(x, dict) \
+            else (lambda i: x[i : i + batch_size])
+        outs = [self.session.run(None, self.feeds(piece(i)))[0][: min(batch_size, n - i)]
+                for i in range(0, n, batch_size)]
         return np.concatenate(outs)
 
 
@@ -130,11 +151,12 @@ class LatencyStats:
         return asdict(self)
 
 
-def measure_latency(model: OrtModel, example_input: np.ndarray, runs: int = 50, warmup: int = 10) -> LatencyStats:
+def measure_latency(model: OrtModel, example_input: np.ndarray | dict[str, np.ndarray], runs: int = 50,
+                    warmup: int = 10) -> LatencyStats:
     """Time ``runs`` inferences of ``example_input`` (padded to a fixed batch size the file declares)
     after ``warmup`` untimed ones."""
     runs = max(runs, MIN_RUNS)
-    feed = {model.input_name: np.ascontiguousarray(model.fit(example_input))}
+    feed = model.feeds(example_input)
     run = model.session.run
     for _ in range(warmup):
         run(None, feed)

@@ -20,7 +20,7 @@ from explorer.inspect import Inventory, inventory
 from explorer.models import ZOO, load_model
 from explorer.models.loaders import input_shape_of
 from explorer.plan import PruningPlan
-from explorer.prune import apply_plan
+from explorer.prune import apply_plan, verified
 
 __all__ = ["DEFAULT_MODEL", "Subject"]
 
@@ -48,7 +48,10 @@ class Subject:
         self.model.requires_grad_(False)
         self.example_input = self.data.example_input()
         try:
-            self.inventory: Inventory = inventory(self.model, self.example_input)
+            # Groups that cannot lose a channel (or head) without breaking the model are refused here,
+            # with the error, so that every other group stays prunable.
+            self.inventory: Inventory = verified(self.model, self.example_input,
+                                                 inventory(self.model, self.example_input))
         except DataError as e:
             raise DataError(f"{model_spec} with data {data_spec}: {e}") from None
         self._lock = threading.Lock()

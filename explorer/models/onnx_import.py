@@ -102,6 +102,7 @@ _OTHER_OPS = {
 
 
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "PRelu", "Max", "Min", "Sum", "Mean", "Where"}
+_TOKENS = {"Expand", "Tile", "Concat"}  # ops that carry a constant token's channels into the activations
 
 
 def supported_ops() -> list[str]:
@@ -165,19 +166,23 @@ class OnnxModule(nn.Module):
         init = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
         self._consts: dict[str, np.ndarray] = dict(init)  # every constant value, for attribute-like inputs
         inputs = [i.name for i in graph.input if i.name not in init]
-        if len(inputs) != 1:
-            raise ModelLoadError(f"{source}: the model must take exactly one input, it takes {len(inputs)} ({inputs})")
+        if not inputs:
+            raise ModelLoadError(f"{source}: the graph takes no input")
+        # Several inputs (a text model's input_ids and attention_mask) are fed by these names.
+        self.input_names: tuple[str, ...] = tuple(inputs)
         self.input_name = inputs[0]
         declared = next(i for i in graph.input if i.name == self.input_name).type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
                 for d in declared.shape.dim] if declared.HasField("shape") else []
-        # The per-sample input shape the file declares (None where a dimension is free).
-        self.input_shape: tuple[int | None, ...] | None = tuple(dims[1:]) if len(dims) > 1 else None
+        # The per-sample input shape the file declares (None where a dimension is free; None for
+        # several inputs: their data is named, not shaped to fit).
+        self.input_shape: tuple[int | None, ...] | None = \
+            tuple(dims[1:]) if len(dims) > 1 and len(inputs) == 1 else None
         if not graph.output:
             raise ModelLoadError(f"{source}: the graph has no output")
         self.output_name = graph.output[0].name
 
-        raw = _toposort(list(graph.node), {self.input_name, *init, ""}, source)
+        raw = _toposort(list(graph.node), {*self.input_names, *init, ""}, source)
         shapes, types = _inferred(model)
         constant_outputs = {c.output[0] for c in raw if c.op_type == "Constant"}
         # Nodes without a torch equivalent here (or a Conv whose weight is computed) run in ONNX
@@ -245,15 +250,19 @@ class OnnxModule(nn.Module):
         self._ort_weights(nodes)
         # Constants the remaining nodes read become buffers (they travel with copies and exports).
         # A float tensor combined element-wise with activations (a positional embedding, a
-        # per-channel scale) becomes a frozen parameter instead: DepGraph then prunes it along
-        # with the channels it meets.
+        # per-channel scale), or a token expanded to the batch and joined to them (a ViT's class
+        # token), becomes a frozen parameter instead: DepGraph then prunes it along with the
+        # channels it meets.
         for node in nodes:
             for name, owned in zip(node.inputs, node.owned):
                 if name in self._consts and name not in self._buffer_of and not owned and name not in self._ort_weight:
                     value = torch.from_numpy(np.array(self._consts[name]))
                     attr = self._unique("const_" + _component(name))
-                    if node.op in _ELEMENTWISE and value.is_floating_point() and value.numel() > 1 \
-                            and any(i not in self._consts for i in node.inputs):
+                    if value.is_floating_point() and value.numel() > 1 and (
+                            (node.op in _ELEMENTWISE and any(i not in self._consts for i in node.inputs))
+                            or (node.op in _TOKENS and value.dim() >= 2
+                                and (name == node.inputs[0] or node.op == "Concat")
+                                and any(i not in self._consts for i in node.inputs))):
                         self.register_parameter(attr, nn.Parameter(value, requires_grad=False))
                     else:
                         self.register_buffer(attr, value)
@@ -448,8 +457,16 @@ class OnnxModule(nn.Module):
     def _const(self, name: str | None) -> np.ndarray | None:
         return self._consts.get(name) if name else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        env: dict[str, Value] = {self.input_name: x}
+    def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
+        """Run the graph on its inputs, given in ``input_names`` order or by name."""
+        if len(args) > len(self.input_names) or set(kwargs) - set(self.input_names[len(args):]):
+            raise TypeError(f"the graph takes inputs {list(self.input_names)}; got {len(args)} positional "
+                            f"and {sorted(kwargs)}")
+        env: dict[str, Value] = dict(zip(self.input_names, args))
+        env.update(kwargs)
+        missing = [n for n in self.input_names if n not in env]
+        if missing:
+            raise TypeError(f"the graph takes inputs {list(self.input_names)}; {missing} not given")
         for node in self._nodes:
             args = [None if owned else self._value(env, name) for name, owned in zip(node.inputs, node.owned)]
             try:
@@ -854,7 +871,19 @@ class OnnxModule(nn.Module):
     def _op_Size(self, node: _Node, a: list[Value]) -> torch.Tensor:
         return torch._shape_as_tensor(a[0]).prod()
 
+    def _traced_shape(self, name: str, value: Value) -> list[Any] | None:
+        """A computed shape while the TorchScript ONNX exporter traces this module: its entries as
+        0-d tensors, which the tracer follows (Python ints would be recorded as constants, and the
+        export would only run at the example's batch size). None otherwise."""
+        if self._const(name) is not None or value is None or not torch.jit.is_tracing():
+            return None
+        return list(value.reshape(-1).to(torch.int64).unbind(0))
+
     def _op_Expand(self, node: _Node, a: list[Value]) -> torch.Tensor:
+        traced = self._traced_shape(node.inputs[1], a[1])
+        if traced is not None:  # ONNX Expand broadcasts both ways: as adding zeros of that shape
+            zeros = torch.zeros(traced, dtype=a[0].dtype)
+            return torch.logical_or(a[0], zeros) if a[0].dtype == torch.bool else a[0] + zeros
         shape = self._ints(node.inputs[1], a[1])
         return a[0].expand(torch.broadcast_shapes(tuple(a[0].shape), tuple(shape)))
 
@@ -870,6 +899,9 @@ class OnnxModule(nn.Module):
     def _op_ConstantOfShape(self, node: _Node, a: list[Value]) -> torch.Tensor:
         value = node.attrs.get("value")
         fill = torch.from_numpy(np.array(value).reshape(-1)[:1]) if value is not None else torch.zeros(1)
+        traced = self._traced_shape(node.inputs[0], a[0])
+        if traced is not None:
+            return torch.full(traced, fill.item(), dtype=fill.dtype) if traced else fill.reshape(()).clone()
         return fill.expand(self._ints(node.inputs[0], a[0])).clone()
 
     def _op_Range(self, node: _Node, a: list[Value]) -> torch.Tensor:

@@ -32,6 +32,7 @@ from torch import fx, nn
 
 from explorer.errors import ModelLoadError
 from explorer.models.files import read_model_file
+from explorer.inputs import Inputs, run_model
 from explorer.models.loaders import logits_of
 from explorer.tolerance import REL_TOL, relative_error
 
@@ -45,6 +46,10 @@ _ALLOWED_DIRS = ("data/weights/", "data/constants/", "data/sample_inputs/", "mod
 _OP_NAMESPACES = {"aten", "prims", "higher_order"}
 _OPERATOR_FUNCS = {"getitem", "add", "sub", "mul", "floordiv", "truediv", "mod", "neg", "pow", "eq",
                    "ne", "lt", "le", "gt", "ge", "and_", "or_", "not_", "pos", "abs"}
+# aten operators spelled as Python's dunder methods (a text model's mask: ``mask & causal``); any
+# other name with '__' could reach a Python attribute of torch.ops instead of an operator.
+_ATEN_DUNDER_OPS = {f"__{op}__" for op in ("and", "or", "xor", "lshift", "rshift", "iand", "ior", "ixor",
+                                           "ilshift", "irshift")}
 _TARGET_OPS = re.compile(r"^torch\.ops\.([a-z_][a-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 _TARGET_SYM = re.compile(r"^torch\.(_?sym_[a-z_]+|_check|_check_is_size)$")
 _TARGET_MATH = re.compile(r"^math\.[a-z][a-z0-9_]*$")
@@ -100,7 +105,9 @@ def _check_expr(expr: str, path: Path) -> None:
 def _check_target(target: str, path: Path) -> None:
     m = _TARGET_OPS.match(target)
     ok = (
-        (m is not None and m.group(1) in _OP_NAMESPACES and "__" not in target)
+        (m is not None and m.group(1) in _OP_NAMESPACES
+         and ("__" not in target or (m.group(1) == "aten" and m.group(2) in _ATEN_DUNDER_OPS
+                                     and "__" not in (m.group(3) or ""))))
         or _TARGET_SYM.match(target) is not None
         or _TARGET_MATH.match(target) is not None
         or (target.startswith("_operator.") and target[len("_operator."):] in _OPERATOR_FUNCS)
@@ -425,16 +432,19 @@ def _free_batch(gm: fx.GraphModule, batch: int | None) -> None:
             continue
         src, shape = node.args[0], node.args[1]
         val = src.meta.get("val") if isinstance(src, fx.Node) else None
-        if val is None or not isinstance(shape, (list, tuple)) or not all(isinstance(s, int) for s in shape):
+        if val is None or not isinstance(shape, (list, tuple)) or not shape \
+                or not all(isinstance(s, int) for s in shape[1:]):
             continue
         dims = list(val.shape)
+        batch_dim = shape[0] == -1 or shape[0] == dims[0] or isinstance(shape[0], fx.Node)  # a dynamic batch: sym_size
         if len(dims) >= 3 and len(shape) == 2 and all(isinstance(d, int) for d in dims[1:]) \
-                and shape[1] == math.prod(dims[1:]) and (shape[0] == -1 or shape[0] == dims[0]):
+                and shape[1] == math.prod(dims[1:]) and batch_dim:
             with gm.graph.inserting_before(node):
                 flat = gm.graph.call_function(_aten("flatten", "using_ints"), (src, 1, -1))
             node.replace_all_uses_with(flat)
             gm.graph.erase_node(node)
-        elif batch is not None and shape and shape[0] == batch and dims and dims[0] == batch and -1 not in shape:
+        elif batch is not None and isinstance(shape[0], int) and shape[0] == batch and dims and dims[0] == batch \
+                and -1 not in shape:
             node.args = (src, [-1, *shape[1:]])
 
 
@@ -584,11 +594,7 @@ def load_program(path: str | Path) -> nn.Module:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         raise ModelLoadError(f"{path}: torch cannot read the program ({type(e).__name__}: {first})") from None
     program._guards_code = []  # never exec code from the file (ExportedProgram.module() would)
-    sample = None
-    if program.example_inputs is not None:
-        args, kwargs = program.example_inputs
-        if len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
-            sample = args[0]
+    example = program.example_inputs  # (args, kwargs), as exported
     try:
         gm = program.module(check_guards=False)
     except Exception as e:
@@ -604,32 +610,38 @@ def load_program(path: str | Path) -> nn.Module:
         if isinstance(module, fx.GraphModule):
             for node in module.graph.nodes:
                 node.meta = {k: node.meta[k] for k in ("val", "tensor_meta") if k in node.meta}
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    if len(placeholders) != 1:
-        raise ModelLoadError(f"{path}: the program must take exactly one tensor input, it takes {len(placeholders)}")
+    names = tuple(n.name for n in gm.graph.nodes if n.op == "placeholder")
+    if not names:
+        raise ModelLoadError(f"{path}: the program takes no input")
+    # The example, in the order of the program's inputs: one tensor, or named Inputs (input_ids...).
+    leaves = torch.utils._pytree.tree_leaves(example) if example is not None else []
+    sample: torch.Tensor | Inputs | None = None
+    if len(leaves) == len(names) and all(isinstance(t, torch.Tensor) and t.ndim for t in leaves):
+        sample = leaves[0] if len(leaves) == 1 else Inputs(tuple(zip(names, leaves)))
     reference = None
     if sample is not None:
         with torch.no_grad():
-            reference = logits_of(gm(sample))
+            reference = logits_of(gm(*example[0], **example[1]))
     try:
-        program_to_layers(gm, batch=int(sample.shape[0]) if sample is not None and sample.ndim else None,
-                          output=_logits_leaf(program))
+        program_to_layers(gm, batch=len(sample) if sample is not None else None, output=_logits_leaf(program))
     except Exception as e:
         raise ModelLoadError(f"{path}: cannot turn the program's weights into layers ({type(e).__name__}: {e})") from None
     gm.requires_grad_(False)
     gm.eval()
-    gm.input_shape = tuple(sample.shape[1:]) if sample is not None else None  # the example's sample shape
+    gm.input_names = names  # several inputs are taken in this order
+    # The example's per-sample shape (what data is shaped to; none for several named inputs).
+    gm.input_shape = tuple(sample.shape[1:]) if isinstance(sample, torch.Tensor) else None
     if output_type:
         gm.output_note = f"the logits of its {output_type.rpartition('.')[2]}"
     if sample is not None and isinstance(reference, torch.Tensor):
-        batch = torch.cat([sample, sample, sample])
+        batch = sample.cat(sample).cat(sample) if isinstance(sample, Inputs) else torch.cat([sample, sample, sample])
         try:
             with torch.no_grad():
-                out = gm(sample)
-                out3 = gm(batch)
+                out = run_model(gm, sample)
+                out3 = run_model(gm, batch)
         except Exception as e:
             raise ModelLoadError(
-                f"{path}: the program only runs at its example's batch size {sample.shape[0]} "
+                f"{path}: the program only runs at its example's batch size {len(sample)} "
                 f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); export it with "
                 "dynamic_shapes={'x': {0: torch.export.Dim('batch')}}"
             ) from None
