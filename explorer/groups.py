@@ -89,7 +89,7 @@ class Probe(TorchFunctionMode):
             if split not in known:
                 known.append(split)
         elif x.dim() == 4 and out.dim() == 5 and out.shape[0] == x.shape[0] and out.shape[1] > 1 \
-                and out.shape[1] * out.shape[2] == x.shape[1] and out.shape[3:] == x.shape[2:] \
+                and out.shape[2] > 1 and out.shape[1] * out.shape[2] == x.shape[1] and out.shape[3:] == x.shape[2:] \
                 and out.grad_fn is not None:
             self.shuffles.append(out.grad_fn)
 
@@ -109,6 +109,30 @@ def _guarded_reshape_mapping(graph: tp.DependencyGraph, node: Any) -> None:
 
 if tp.dependency.index_mapping.update_reshape_index_mapping is _reshape_mapping:
     tp.dependency.index_mapping.update_reshape_index_mapping = _guarded_reshape_mapping
+
+
+# Torch-Pruning 1.6 maps indices into a concatenation (and out of a split) without checking that
+# they exist in that piece. Where its graph holds a cycle through such a mapping (a Llama's rotary
+# embedding concatenates halves of the heads), the indices grow by the offset on every turn and
+# building a group never ends. An index a piece does not have is dropped: a piece of n channels
+# only has indices 0..n-1.
+def _bounded(mapping: type, forward: bool) -> None:
+    call = mapping.__call__
+    if getattr(call, "explorer_bounded", False):
+        return
+
+    def bounded(self: Any, idxs: list) -> list:
+        if self.reverse != forward:
+            size = self.offset[1] - self.offset[0]
+            idxs = [i for i in idxs if 0 <= i.idx < size]
+        return call(self, idxs)
+
+    bounded.explorer_bounded = True  # type: ignore[attr-defined]
+    mapping.__call__ = bounded
+
+
+_bounded(tp.dependency.index_mapping._ConcatIndexMapping, forward=True)  # piece -> concatenation
+_bounded(tp.dependency.index_mapping._SplitIndexMapping, forward=False)  # piece -> what was split
 
 
 def attach(dg: tp.DependencyGraph, model: nn.Module, probe: Probe) -> None:
