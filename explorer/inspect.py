@@ -201,7 +201,9 @@ def structured_groups(
 ) -> list[tuple[tp.Group, list[str]]]:
     """Every group whose out channels may be removed, with the names of its prunable members
     (groups refused by ``explorer.groups``, e.g. through a channel shuffle, are left out)."""
-    return [(group, members) for group, members, shape in classified_groups(dg, model) if not shape.refused]
+    classified = classified_groups(dg, model)
+    refused = {m for _, members, shape in classified if shape.refused for m in members}
+    return [(group, members) for group, members, shape in classified if not shape.refused and not refused & set(members)]
 
 
 _FIXED = "coupled with a layer that structured pruning does not change"
@@ -265,11 +267,17 @@ def inventory(model: nn.Module, example_input: torch.Tensor | Inputs) -> Invento
         names = {m: n for n, m in work.named_modules()}
         outputs = {names[m] for m in output_layers(dg, work)}
         order = {n: i for i, (n, _) in enumerate(work.named_modules())}
-        for _, members, shape in classified_groups(dg, work):
+        classified = classified_groups(dg, work)
+        refused = {n for _, members, shape in classified if shape.refused for n in members}
+        for _, members, shape in classified:
             members = sorted(members, key=order.__getitem__)
             if shape.refused:
                 for n in members:
                     fixed[n] = f"structured pruning off for its group: {shape.refused}"
+                continue
+            if refused & set(members):  # a layer also in a refused group: refused with it
+                for n in members:
+                    fixed.setdefault(n, "structured pruning off: coupled with a group that cannot lose channels")
                 continue
             gid = members[0]
             groups[gid] = tuple(members)

@@ -182,8 +182,8 @@ def _structured(model: nn.Module, example_input: torch.Tensor | Inputs, ratios: 
     fused = {n: ratios[n] for n in ratios if isinstance(modules.get(n), FusedInProj)}
     plans = []  # (group, members, shape, ratio, p)
     classified = classified_groups(dg, model)
-    grouped = {m for _, members, shape in classified if not shape.refused for m in members}
     refused = {m: shape.refused for _, members, shape in classified if shape.refused for m in members}
+    grouped = {m for _, members, shape in classified if not shape.refused for m in members} - set(refused)
     for name in ratios:
         if name in fused:
             if why_heads_fixed(modules[name].owner):
@@ -194,7 +194,7 @@ def _structured(model: nn.Module, example_input: torch.Tensor | Inputs, ratios: 
         elif name not in grouped:
             raise PlanError(f"layer {name!r} cannot lose output channels (it feeds the model output or an "
                             "unsupported layer); use an unstructured method for it")
-    for group, members, shape, in ((g, m, s) for g, m, s in classified if not s.refused):
+    for group, members, shape, in ((g, m, s) for g, m, s in classified if not s.refused and not set(m) & set(refused)):
         listed = [m for m in members if m in ratios]
         if not listed:
             continue

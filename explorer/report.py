@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from explorer.errors import ExportError
+from explorer.inputs import Inputs, export_args
 from explorer.inspect import PRUNABLE_TYPES, count_macs
 from explorer.plan import PruningPlan
 from explorer.progress import Progress, no_progress
@@ -178,7 +179,7 @@ def _recovery_html(metrics: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def _save_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> str:
+def _save_pt2(model: nn.Module, example: torch.Tensor | Inputs, path: Path) -> str:
     """Save a torch.export program; returns '' or the reason it could not be exported."""
     ops = getattr(model, "ort_ops", ())
     if ops:
@@ -187,7 +188,8 @@ def _save_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> str:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.export.export(model, (example,))
+            args, kwargs, _ = export_args(model, example)
+            program = torch.export.export(model, args, kwargs=kwargs or None)
             torch.export.save(program, str(path))
         return ""
     except Exception as e:
@@ -248,7 +250,7 @@ def export_bundle(subject: Subject, plan: PruningPlan, out_dir: str | Path,
         dense, _ = subject.dense()
         metrics: dict[str, Any] = metrics_obj.to_dict()
         metrics.update(dense=dense.to_dict(), model=subject.model_spec, data=subject.data_spec,
-                       plan=plan.to_dict(), versions=versions())
+                       inputs=subject.data.inputs, plan=plan.to_dict(), versions=versions())
         if pt2_error:
             metrics["pt2_error"] = pt2_error
         if recovery is not None:

@@ -87,6 +87,7 @@ class Subject:
         out["dense"] = dense.to_dict()
         out["model"] = self.model_spec
         out["data"] = self.data_spec
+        out["inputs"] = self.data.inputs  # what the model was fed: names, dtypes, per-sample shapes
         if plan is not None:
             out["plan"] = plan.to_dict()
         return out

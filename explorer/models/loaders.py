@@ -132,12 +132,15 @@ def _conv1d_as_linear(model: nn.Module) -> None:
 
 
 def check_finite(model: nn.Module, spec: str) -> None:
-    """Raise ModelLoadError naming the first parameter or buffer holding NaN or Inf."""
-    for kind, items in (("weight", model.named_parameters()), ("buffer", model.named_buffers())):
-        for name, tensor in items:
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                bad = int((~torch.isfinite(tensor)).sum())
-                raise ModelLoadError(f"{spec}: {kind} {name!r} holds {bad} NaN or Inf value(s)")
+    """Raise ModelLoadError naming the first parameter holding NaN or Inf, or buffer holding NaN
+    (a buffer may hold an infinity on purpose: an attention mask's -inf)."""
+    for name, tensor in model.named_parameters():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ModelLoadError(f"{spec}: weight {name!r} holds {bad} NaN or Inf value(s)")
+    for name, tensor in model.named_buffers():
+        if tensor.is_floating_point() and bool(torch.isnan(tensor).any()):
+            raise ModelLoadError(f"{spec}: buffer {name!r} holds {int(torch.isnan(tensor).sum())} NaN value(s)")
 
 
 def _file(spec: str) -> Path:

@@ -15,9 +15,10 @@ off, and ``write_onnx`` writes the user's own graph with the pruned (zeroed) wei
 gets measured and exported. Control flow (subgraphs) is refused.
 
 Layers are named after the model's own names where the file keeps them: the weight initializer
-(``features.0.weight`` gives ``features.0``, as PyTorch's dynamo exporter writes) or the node's
-scope (``/features/features.0/Conv`` gives ``features.0``, as the TorchScript exporter writes);
-otherwise the sanitized node name.
+(``features.0.weight`` gives ``features.0``, as PyTorch's dynamo exporter writes), the module scope
+the dynamo exporter records in a node's metadata (for a weight it transposed and renamed), or the
+node's scope (``/features/features.0/Conv`` gives ``features.0``, as the TorchScript exporter
+writes); otherwise the sanitized node name.
 
 Nothing is unpickled: ONNX is protobuf. Tensors stored outside the file ("external data") are
 read only from plain file names in the model's own folder.
@@ -97,7 +98,7 @@ _OTHER_OPS = {
     "GlobalMaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Split",
     "Slice", "Gather", "Shape", "Size", "Expand", "Cast", "Constant", "ConstantOfShape",
     "Dropout", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "Pad", "Tile",
-    "ArgMax", "Range", "IsInf",
+    "ArgMax", "Range", "IsInf", "GatherElements", "GatherND",
 }
 
 
@@ -139,10 +140,27 @@ def _scope_name(node_name: str) -> str | None:
     return current if current and _QUALIFIED.match(current) else None
 
 
+def _module_scope(node: Any) -> str | None:
+    """The module a node came from, as torch's dynamo exporter records it in the node's metadata
+    (``pkg.torch.onnx.name_scopes``: ``['', 'vit', ..., 'vit.layers.0.attention.q_proj', 'linear']``)."""
+    import ast
+
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                return None
+            if isinstance(scopes, list) and len(scopes) >= 2 and isinstance(scopes[-2], str) \
+                    and _QUALIFIED.match(scopes[-2]):
+                return scopes[-2]
+    return None
+
+
 def _layer_name(node: Any, weight_name: str | None, index: int) -> str:
     if weight_name and weight_name.endswith(".weight") and _QUALIFIED.match(weight_name[:-7]):
         return weight_name[:-7]
-    scoped = _scope_name(node.name)
+    scoped = _module_scope(node) or _scope_name(node.name)
     if scoped:
         return scoped
     if node.name:
@@ -189,7 +207,8 @@ class OnnxModule(nn.Module):
         # Runtime, one node at a time; they export back unchanged. Structured pruning and
         # fine-tuning are off for such a graph; measuring writes the user's own graph back.
         in_ort = {id(n) for n in raw
-                  if n.domain not in ("", "ai.onnx") or n.op_type not in supported_ops()
+                  if n.domain not in ("", "ai.onnx")
+                  or (n.op_type not in supported_ops() and not (n.op_type == "Resize" and _resize_mode(n, source)))
                   or (n.op_type == "Conv" and n.input[1] not in init and n.input[1] not in constant_outputs)}
         self.ort_ops: tuple[str, ...] = tuple(sorted({
             (f"{n.domain}." if n.domain not in ("", "ai.onnx") else "") + n.op_type for n in raw if id(n) in in_ort}))
@@ -765,7 +784,24 @@ class OnnxModule(nn.Module):
         axis = int(node.attrs.get("axis", 1)) % (x.dim() + 1) if x.dim() else 0
         if axis == 0:
             return x.reshape(1, -1)
+        if axis == x.dim():  # every dimension before the axis: (numel, 1)
+            return x.reshape(-1, 1)
         return x.flatten(axis).flatten(0, axis - 1) if axis > 1 else x.flatten(1)
+
+    def _op_Resize(self, node: _Node, a: list[Value]) -> torch.Tensor:
+        """Linear and cubic Resize (what vision models use on feature maps and position
+        embeddings) as ``F.interpolate``, which computes the same; other modes run in ONNX Runtime."""
+        x = a[0]
+        mode = {"linear": ("linear", "bilinear", "trilinear"), "cubic": (None, "bicubic", None)}[node.attrs["mode"]]
+        torch_mode = mode[x.dim() - 3]
+        align = node.attrs.get("coordinate_transformation_mode", "half_pixel") == "align_corners"
+        sizes = a[3] if len(a) > 3 else None
+        if sizes is not None and sizes.numel():
+            return F.interpolate(x, size=[int(v) for v in self._ints(node.inputs[3], sizes)[2:]], mode=torch_mode,
+                                 align_corners=align)
+        scales = [float(v) for v in (self._const(node.inputs[2]) if self._const(node.inputs[2]) is not None
+                                     else a[2]).reshape(-1).tolist()][2:]
+        return F.interpolate(x, scale_factor=scales, mode=torch_mode, align_corners=align, recompute_scale_factor=False)
 
     def _op_Reshape(self, node: _Node, a: list[Value]) -> torch.Tensor:
         x = a[0]
@@ -863,6 +899,26 @@ class OnnxModule(nn.Module):
         out = torch.index_select(x, axis, idx.reshape(-1))
         return out.reshape((*x.shape[:axis], *idx.shape, *x.shape[axis + 1 :]))
 
+    def _op_GatherElements(self, node: _Node, a: list[Value]) -> torch.Tensor:
+        x, idx = a
+        axis = int(node.attrs.get("axis", 0)) % x.dim()
+        idx = idx.to(torch.int64)
+        return torch.gather(x, axis, torch.where(idx < 0, idx + x.shape[axis], idx))
+
+    def _op_GatherND(self, node: _Node, a: list[Value]) -> torch.Tensor:
+        x, idx = a
+        batch = int(node.attrs.get("batch_dims", 0))
+        idx = idx.to(torch.int64)
+        depth = idx.shape[-1]
+        lead = x.shape[:batch]
+        flat_x = x.reshape(-1, *x.shape[batch:])  # (B, ...) with the batch dims merged
+        flat_i = idx.reshape(flat_x.shape[0], -1, depth)  # (B, M, depth)
+        sizes = torch.tensor(x.shape[batch:batch + depth])
+        flat_i = torch.where(flat_i < 0, flat_i + sizes, flat_i)
+        rows = torch.arange(flat_x.shape[0]).reshape(-1, 1).expand(-1, flat_i.shape[1])
+        picked = flat_x[(rows, *flat_i.unbind(-1))]  # (B, M, rest...)
+        return picked.reshape(*lead, *idx.shape[batch:-1], *x.shape[batch + depth:])
+
     def _op_Shape(self, node: _Node, a: list[Value]) -> torch.Tensor:
         shape = torch._shape_as_tensor(a[0])
         start, end = node.attrs.get("start", 0), node.attrs.get("end")
@@ -902,7 +958,8 @@ class OnnxModule(nn.Module):
         traced = self._traced_shape(node.inputs[0], a[0])
         if traced is not None:
             return torch.full(traced, fill.item(), dtype=fill.dtype) if traced else fill.reshape(()).clone()
-        return fill.expand(self._ints(node.inputs[0], a[0])).clone()
+        shape = self._ints(node.inputs[0], a[0])
+        return fill.expand(shape).clone() if shape else fill.reshape(()).clone()  # an empty shape: a scalar
 
     def _op_Range(self, node: _Node, a: list[Value]) -> torch.Tensor:
         start, limit, delta = a
@@ -1003,6 +1060,19 @@ def _foldable_bias(matmul: Any, consumers: dict[str, list[Any]], consts: dict[st
     if bias.ndim == 1 and bias.shape[0] in (1, width):
         return add
     return None
+
+
+def _resize_mode(node: Any, source: str) -> bool:
+    """Is this Resize one ``F.interpolate`` computes exactly (linear or cubic on 1-3 spatial
+    dimensions, half-pixel or align-corners coordinates, no antialiasing, N and C kept)?"""
+    attrs = _attributes(node, source)
+    mode, coords = attrs.get("mode", "nearest"), attrs.get("coordinate_transformation_mode", "half_pixel")
+    if mode not in ("linear", "cubic") or coords not in ("half_pixel", "pytorch_half_pixel", "align_corners"):
+        return False
+    if attrs.get("antialias", 0) or attrs.get("exclude_outside", 0) or attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch" \
+            or float(attrs.get("cubic_coeff_a", -0.75)) != -0.75 or attrs.get("axes") is not None:
+        return False
+    return len(node.input) >= 3
 
 
 def _is_flatten(node: Any, consts: dict[str, np.ndarray], shapes: dict[str, list[int | None]]) -> bool:

@@ -347,12 +347,18 @@ def _to_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, str, str, l
     if t in (_aten("addmm"), _aten("mm")):  # decomposed linear: addmm(bias, x, t(w)) or mm(x, t(w))
         x, wt = (node.args[1], node.args[2]) if t == _aten("addmm") else (node.args[0], node.args[1])
         w = _transposed_weight(gm, wt)
+        stored = None
+        if w is None:  # Hugging Face's Conv1D (GPT-2): addmm(bias, x, w) on a weight stored (in, out)
+            stored = _tensor_attr(gm, wt)
+            if stored is None or stored[1].ndim != 2 or len(wt.users) != 1:
+                return None
+            w = (stored[0], stored[1].detach().T.contiguous())
         b = _tensor_attr(gm, node.args[0]) if t == _aten("addmm") else None
-        if w is None or (t == _aten("addmm") and (b is None or b[1].ndim != 1)) or \
+        if (t == _aten("addmm") and (b is None or b[1].ndim != 1)) or \
                 node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
             return None
         linear = nn.Linear(w[1].shape[1], w[1].shape[0], bias=b is not None)
-        linear.weight = _as_param(w[1])
+        linear.weight = _as_param(w[1]) if stored is None else nn.Parameter(w[1], requires_grad=False)
         if b is not None:
             linear.bias = _as_param(b[1])
         feeds = [wt] + ([node.args[0]] if b is not None else [])
