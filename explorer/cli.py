@@ -146,6 +146,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from explorer.prune import get_method
 
     methods = sorted({plan.method_of(n) for n in plan.layers}) if plan else []
+    print(f"fed: {result['inputs']}" + (f"; used: {result['output']}" if result.get("output") else ""))
     _print_metrics(result, [f"{m}: {get_method(m).runtime_note}" for m in methods])
     return 0
 

@@ -81,7 +81,10 @@ class Probe(TorchFunctionMode):
             offset += piece.shape[-1]
 
     def _reshaped(self, x: torch.Tensor, out: torch.Tensor) -> None:
-        if id(x) in self._linear and out.dim() == x.dim() + 1 and out.shape[:-2] == x.shape[:-1] \
+        if id(x) in self._linear and out.dim() != x.dim() and out.numel() == x.numel() \
+                and out.shape[-1] == x.shape[-1]:  # leading dims regrouped ((N*L, C) <-> (N, L, C)): the same channels
+            self._linear[id(out)] = (out, *self._linear[id(x)][1:])
+        elif id(x) in self._linear and out.dim() == x.dim() + 1 and out.shape[:-2] == x.shape[:-1] \
                 and out.shape[-2] > 1 and out.shape[-1] > 1 and out.shape[-2] * out.shape[-1] == x.shape[-1]:
             _, weight, offset = self._linear[id(x)]
             split = HeadSplit(offset, int(out.shape[-2]), int(out.shape[-1]))

@@ -20,8 +20,14 @@ from torch import nn
 
 from explorer.errors import PlanError, PruneError, UnknownMethodError
 from explorer.groups import GroupShape, expand, unit_importance
+from explorer.heads import (
+    FusedInProj,
+    mha_head_importance,
+    remove_mha_heads,
+    update_head_counts,
+    why_heads_fixed,
+)
 from explorer.inputs import Inputs, run_model
-from explorer.heads import FusedInProj, mha_head_importance, remove_mha_heads, update_head_counts, why_heads_fixed
 from explorer.inspect import PRUNABLE_TYPES, Inventory, build_dependency_graph, classified_groups
 from explorer.plan import PruningPlan
 
@@ -30,9 +36,12 @@ __all__ = [
     "apply_plan",
     "available_methods",
     "get_method",
+    "group_importance",
     "kept_channels",
     "nm_mask",
+    "prune_mha_heads",
     "removal",
+    "remove_channels",
     "unstructured_mask",
     "verified",
 ]
@@ -206,7 +215,7 @@ def _structured(model: nn.Module, example_input: torch.Tensor | Inputs, ratios: 
         # in every block) counts for the channels it holds.
         scored = []
         for group, _, shape, _, p in plans:
-            imp = unit_importance(shape, _importance(dg, group, shape, p))
+            imp = unit_importance(shape, group_importance(dg, group, shape, p))
             scored.append(imp / imp.mean().clamp_min(1e-12))  # Torch-Pruning's "mean" normalizer
         fused_scored = {n: mha_head_importance(modules[n].owner, p) for n, (_, p) in fused.items()}
         fused_scored = {n: v / v.mean().clamp_min(1e-12) for n, v in fused_scored.items()}
@@ -233,26 +242,45 @@ def _structured(model: nn.Module, example_input: torch.Tensor | Inputs, ratios: 
         # scored after another was pruned would index stale channels.
         removals = []
         for group, members, shape, ratio, p in plans:
-            imp = _importance(dg, group, shape, p)
+            imp = group_importance(dg, group, shape, p)
             removals.append((group, members, removal(shape, imp, ratio, round_to)))
         for name, (ratio, p) in fused.items():
-            mha = modules[name].owner
-            imp = mha_head_importance(mha, p)
-            n_prune = mha.num_heads - kept_channels(mha.num_heads, ratio)
-            remove_mha_heads(mha, sorted(imp.argsort()[:n_prune].tolist()))
-    heads_of = {id(group): shape for group, _, shape, _, _ in plans if shape.heads}
+            prune_mha_heads(model, name, ratio, p)
+    shapes = {id(group): shape for group, _, shape, _, _ in plans}
     for group, members, idxs in removals:
-        shape = heads_of.get(id(group))
-        if shape is not None and shape.repeats > 1:
-            _remove_fused(dg, group, members, shape, idxs)
-        else:
-            _remove(dg, group, members, idxs)
-        if shape is not None and idxs:
-            _update_heads(model, members, shape, idxs)
+        remove_channels(dg, model, group, members, shapes[id(group)], idxs)
     model.requires_grad_(False)
 
 
-def _importance(dg: tp.DependencyGraph, group: tp.Group, shape: GroupShape, p: int) -> torch.Tensor:
+def prune_mha_heads(model: nn.Module, name: str, ratio: float, p: int) -> None:
+    """Remove the least important heads (p-norm) of the ``nn.MultiheadAttention`` whose fused
+    projection is layer ``name``, at ``ratio`` of its heads (at least one kept), in place."""
+    mha = model.get_submodule(name).owner
+    imp = mha_head_importance(mha, p)
+    n_prune = mha.num_heads - kept_channels(mha.num_heads, ratio)
+    remove_mha_heads(mha, sorted(imp.argsort()[:n_prune].tolist()))
+
+
+def remove_channels(dg: tp.DependencyGraph, model: nn.Module, group: tp.Group, members: list[str],
+                    shape: GroupShape, idxs: list[int]) -> None:
+    """Remove channels ``idxs`` (from ``removal``) of ``group`` in ``model`` (DepGraph's), with
+    what goes with them: a fused query/key/value layer done layer by layer, the attention module's
+    head counts and per-head tables updated.
+
+    Raises:
+        PruneError: naming the group.
+    """
+    if not idxs:
+        return
+    if shape.heads and shape.repeats > 1:
+        _remove_fused(dg, group, members, shape, idxs)
+    else:
+        _remove(dg, group, members, idxs)
+    if shape.heads:
+        _update_heads(model, members, shape, idxs)
+
+
+def group_importance(dg: tp.DependencyGraph, group: tp.Group, shape: GroupShape, p: int) -> torch.Tensor:
     """Per-channel importance of ``group``: Torch-Pruning's group magnitude (the p-norm of every
     coupled weight slice, averaged over the group); for a fused query/key/value layer, the same
     computed layer by layer (DepGraph's split mapping misplaces its blocks)."""

@@ -51,15 +51,22 @@ from torch import nn
 
 from explorer.errors import PlanError, PruneError
 from explorer.evaluate import evaluate_torch, scores
-from explorer.inspect import build_dependency_graph, structured_groups
+from explorer.groups import GroupShape
+from explorer.heads import FusedInProj
+from explorer.inputs import Inputs, run_model
+from explorer.inspect import build_dependency_graph, classified_groups
 from explorer.plan import LayerRule, PruningPlan, check_ratio
 from explorer.progress import Progress, no_progress
 from explorer.prune import (
     PruneMethod,
     _generator,
     get_method,
+    group_importance,
     kept_channels,
     nm_mask,
+    prune_mha_heads,
+    removal,
+    remove_channels,
     unstructured_mask,
 )
 from explorer.runtime import (
@@ -320,6 +327,8 @@ class _OrtEngine:
         from onnx import helper, numpy_helper, shape_inference
 
         self._onnx, self._helper, self._nph = onnx, helper, numpy_helper
+        if isinstance(subject.example_input, Inputs):  # the suffix graphs feed one input
+            raise _Unavailable("the model takes several named inputs")
         self.subject = subject
         self.layers = list(subject.layer_names)
         self.input_of = {n: f"weight:{n}" for n in self.layers}
@@ -572,7 +581,7 @@ class _TorchEngine:
         split = subject.data.test
         start = time.perf_counter()
         with torch.no_grad():
-            self.dense_logits = np.concatenate([self.work(split.x[i : i + _CHUNK]).numpy()
+            self.dense_logits = np.concatenate([run_model(self.work, split.x[i : i + _CHUNK]).numpy()
                                                 for i in range(0, len(split), _CHUNK)])
         self.eval_seconds = time.perf_counter() - start
         self.reference = self.dense_logits if split.y is None else None
@@ -619,19 +628,24 @@ class _StructuredEngine:
         self.work.requires_grad_(True)
         try:
             self.dg = build_dependency_graph(self.work, subject.example_input)
-            found = structured_groups(self.dg, self.work)
+            found = classified_groups(self.dg, self.work)
         except Exception as e:
             raise PruneError(f"structured pruning needs a traceable model; DepGraph failed: {type(e).__name__}: {e}") from None
-        by_members = {frozenset(members): group for group, members in found}
+        by_members = {frozenset(members): (group, shape) for group, members, shape in found if not shape.refused}
         self.groups: dict[str, tp.Group] = {}
+        self.shapes: dict[str, GroupShape] = {}  # how each group loses channels (heads, channel groups)
+        self.heads: dict[str, int] = {}  # nn.MultiheadAttention's fused projections: pruned by heads, no group
         for gid, members in subject.inventory.groups.items():
             if frozenset(members) in by_members:
-                self.groups[gid] = by_members[frozenset(members)]
+                self.groups[gid], self.shapes[gid] = by_members[frozenset(members)]
+            elif isinstance(dict(self.work.named_modules()).get(gid), FusedInProj):
+                self.heads[gid] = subject.inventory[gid].heads
         self._importance: dict[tuple[str, int], torch.Tensor] = {}
         self.lock = threading.Lock()
         split = subject.data.test
         with torch.no_grad():
-            logits = np.concatenate([subject.model(split.x[i : i + _CHUNK]).numpy() for i in range(0, len(split), _CHUNK)])
+            logits = np.concatenate([run_model(subject.model, split.x[i : i + _CHUNK]).numpy()
+                                     for i in range(0, len(split), _CHUNK)])
         start = time.perf_counter()
         pruned = self.pruned(next(iter(self.groups)), 0.5, None, 1) if self.groups else copy.deepcopy(subject.model)
         self.copy_seconds = time.perf_counter() - start
@@ -642,23 +656,25 @@ class _StructuredEngine:
         self.dense = _scores(logits, subject, self.reference)
 
     def channels(self, gid: str) -> int:
-        return len(self.groups[gid][0].idxs)
+        return self.heads[gid] if gid in self.heads else len(self.groups[gid][0].idxs)
 
     def importance(self, gid: str, p: int) -> torch.Tensor:
         with self.lock:
             if (gid, p) not in self._importance:
                 with torch.no_grad():
-                    self._importance[(gid, p)] = tp.importance.GroupMagnitudeImportance(p=p)(self.groups[gid])
+                    self._importance[(gid, p)] = group_importance(self.dg, self.groups[gid], self.shapes[gid], p)
             return self._importance[(gid, p)]
 
     def pruned(self, gid: str, ratio: float, round_to: int | None, p: int) -> nn.Module:
         """A copy of the model with group ``gid`` pruned at ``ratio`` (the base model is untouched)."""
+        if gid in self.heads:
+            model = copy.deepcopy(self.subject.model).eval()
+            prune_mha_heads(model, gid, ratio, p)
+            return model
         group = self.groups[gid]
-        n = len(group[0].idxs)
-        n_prune = n - kept_channels(n, ratio, round_to)
-        if n_prune <= 0:
+        idxs = removal(self.shapes[gid], self.importance(gid, p), ratio, round_to)
+        if not idxs:
             return copy.deepcopy(self.subject.model).eval()
-        idxs = sorted(self.importance(gid, p).argsort()[:n_prune].tolist())
         # Share what is not the model's state: autograd nodes (cannot be copied) and Torch-Pruning's
         # pruner singletons (its code compares handlers with them by identity).
         memo: dict[int, object] = {id(self.dg.ops): self.dg.ops}
@@ -667,9 +683,11 @@ class _StructuredEngine:
         for pruner in [*self.dg.REGISTERED_PRUNERS.values(), *self.dg.CUSTOMIZED_PRUNERS.values()]:
             memo[id(pruner)] = pruner
         with self.lock:
-            model, dg, root = copy.deepcopy((self.work, self.dg, group[0].dep), memo)
+            model, dg, copied = copy.deepcopy((self.work, self.dg, group), memo)
         try:
-            dg.get_pruning_group(root.target.module, root.handler, idxs).prune()
+            remove_channels(dg, model, copied, list(self.subject.inventory.groups[gid]), self.shapes[gid], idxs)
+        except PruneError:
+            raise
         except Exception as e:
             raise PruneError(f"removing channels of group {gid!r} failed: {type(e).__name__}: {e}") from None
         model.requires_grad_(False)
@@ -810,7 +828,8 @@ def reference_scan(subject: Subject, method: str = "l1-unstructured", ratios: Se
     todo = _select(subject, method, layers)
     split = subject.data.test
     with torch.no_grad():
-        dense_logits = np.concatenate([subject.model(split.x[i : i + 512]).numpy() for i in range(0, len(split), 512)])
+        dense_logits = np.concatenate([run_model(subject.model, split.x[i : i + 512]).numpy()
+                                       for i in range(0, len(split), 512)])
     reference = dense_logits if split.y is None else None
     dense_acc, dense_loss = evaluate_torch(subject.model, split, reference)
     rows = []
@@ -972,6 +991,6 @@ def latency_curves(subject: Subject, method: str = "l1-structured", ratios: Sequ
     return out
 
 
-def _time_model(model: nn.Module, x: torch.Tensor, path: Path, subject: Subject) -> LatencyStats:
+def _time_model(model: nn.Module, x: torch.Tensor | Inputs, path: Path, subject: Subject) -> LatencyStats:
     export_onnx(model, x, path)
     return measure_latency(OrtModel(path, threads=subject.threads), x.numpy(), runs=subject.runs)

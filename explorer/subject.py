@@ -58,6 +58,12 @@ class Subject:
         self._dense: tuple[Metrics, np.ndarray] | None = None
 
     @property
+    def output_note(self) -> str:
+        """What of the model's output is used as its logits, where it returns more (a Hugging Face
+        ``ModelOutput``, a graph with several outputs); empty for a plain tensor."""
+        return getattr(self.model, "output_note", "")
+
+    @property
     def layer_names(self) -> list[str]:
         return self.inventory.names
 
@@ -88,6 +94,8 @@ class Subject:
         out["model"] = self.model_spec
         out["data"] = self.data_spec
         out["inputs"] = self.data.inputs  # what the model was fed: names, dtypes, per-sample shapes
+        if self.output_note:
+            out["output"] = self.output_note
         if plan is not None:
             out["plan"] = plan.to_dict()
         return out

@@ -94,7 +94,11 @@ def logits_of(output: Any) -> Any:
 
 
 def _logits_hook(module: nn.Module, args: tuple, output: Any) -> Any:
-    return logits_of(output)
+    logits = logits_of(output)
+    if logits is not output and "output_note" not in module.__dict__:  # said once, on the Model page and by evaluate
+        kind = "logits" if isinstance(output, Mapping) else "first element"
+        module.__dict__["output_note"] = f"the {kind} of its {type(output).__name__}"
+    return logits
 
 
 def _use_logits(model: nn.Module) -> None:

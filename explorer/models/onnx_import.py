@@ -2,7 +2,8 @@
 
 Weights become real layers: ``Conv`` an ``nn.Conv1d/2d/3d``, ``Gemm`` and ``MatMul`` with a
 constant weight an ``nn.Linear`` (a following ``Add`` of a constant bias is folded into it),
-``BatchNormalization`` a batch-norm module and ``LayerNormalization`` an ``nn.LayerNorm``. Every
+``BatchNormalization`` a batch-norm module, ``LayerNormalization`` an ``nn.LayerNorm`` and a
+``Gather`` of rows of a constant table (token embeddings) an ``nn.Embedding``. Every
 other supported op is a torch function, run in the graph's topological order by ``forward``.
 Because the layers are real modules, Torch-Pruning's DepGraph (which traces autograd) can group
 and remove their channels, and the module exports back to ONNX like any other.
@@ -199,6 +200,8 @@ class OnnxModule(nn.Module):
         if not graph.output:
             raise ModelLoadError(f"{source}: the graph has no output")
         self.output_name = graph.output[0].name
+        if len(graph.output) > 1:  # what evaluation uses, said on the Model page and by evaluate
+            self.output_note = f"the first of its {len(graph.output)} outputs, {self.output_name!r}"
 
         raw = _toposort(list(graph.node), {*self.input_names, *init, ""}, source)
         shapes, types = _inferred(model)
@@ -219,6 +222,7 @@ class OnnxModule(nn.Module):
         for n in raw:  # Constant nodes: known at load, like initializers
             if n.op_type == "Constant":
                 self._consts[n.output[0]] = _constant_value(n, source)
+        producers = {o: n for n in raw for o in n.output}
         consumers: dict[str, list[Any]] = {}
         for n in raw:
             for name in n.input:
@@ -254,6 +258,11 @@ class OnnxModule(nn.Module):
                     skipped.add(id(bias_node))
                     outs = tuple(bias_node.output)
                 op = "Linear"
+            elif op == "Gather" and ins[0] in self._consts and ins[1] not in self._consts \
+                    and int(attrs.get("axis", 0)) == 0 and self._consts[ins[0]].ndim == 2 \
+                    and self._consts[ins[0]].dtype.kind == "f":  # a lookup table: token or position embeddings
+                module = self._embedding(n, index)
+                op = "Embedding"
             elif op == "BatchNormalization" and all(i in self._consts for i in ins[1:5]):
                 if attrs.get("training_mode", 0):
                     raise ModelLoadError(f"{source}: node {n.name!r} is a BatchNormalization in training mode")
@@ -264,6 +273,10 @@ class OnnxModule(nn.Module):
                 module = self._layernorm(n, attrs, index)
             elif op == "Reshape" and _is_flatten(n, self._consts, shapes):
                 op, ins, attrs = "Flatten", ins[:1], {"axis": 1}
+            elif op == "Reshape" and _keeps_last(n, self._consts, shapes, producers):
+                attrs = {**attrs, "keep_last": 1}  # (.., C) -> (.., C): C follows pruned channels
+            elif op == "Reshape" and _heads_reshape(n, self._consts, shapes):
+                attrs = {**attrs, "heads": _heads_reshape(n, self._consts, shapes)}
             node = _Node(op=op, name=n.name, inputs=ins, outputs=outs, attrs=attrs, module=module)
             nodes.append(replace(node, owned=tuple(_owned(node, i) for i in ins)))
         self._ort_weights(nodes)
@@ -436,6 +449,13 @@ class OnnxModule(nn.Module):
         name = self._add_layer(_layer_name(n, n.input[1], index), layer, n.input[1], n, const)
         return self._source(name, n.input[1], (1, 0))
 
+    def _embedding(self, n: Any, index: int) -> str:
+        table = self._param(n.input[0])
+        layer = nn.Embedding(table.shape[0], table.shape[1])
+        with torch.no_grad():
+            layer.weight.copy_(table)
+        return self._add_layer(_layer_name(n, n.input[0], index), layer, n.input[0], n)
+
     def _batchnorm(self, n: Any, attrs: dict[str, Any], index: int) -> str:
         scale, bias, mean, var = (self._param(i) for i in n.input[1:5])
         layer = _AnyRankBatchNorm(scale.numel(), eps=float(attrs.get("epsilon", 1e-5)),
@@ -583,6 +603,12 @@ class OnnxModule(nn.Module):
         if len(a) > 2 and a[2] is not None:
             y = y + float(attrs.get("beta", 1.0)) * a[2]
         return y
+
+    def _op_Embedding(self, node: _Node, a: list[Value]) -> torch.Tensor:
+        assert node.module is not None and a[1] is not None
+        layer = self.get_submodule(node.module)
+        idx = a[1].to(torch.int64)
+        return layer(torch.where(idx < 0, idx + layer.num_embeddings, idx))
 
     def _op_Linear(self, node: _Node, a: list[Value]) -> torch.Tensor:
         assert node.module is not None
@@ -811,8 +837,16 @@ class OnnxModule(nn.Module):
             shape = [int(v) for v in np.asarray(const).reshape(-1)]
             if not allowzero:
                 shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+            if node.attrs.get("keep_last"):
+                shape[-1] = x.shape[-1]
+            elif node.attrs.get("heads") == "split":  # (.., H*D) -> (.., H, D): H from the (pruned) width
+                shape[-2] = x.shape[-1] // shape[-1]
+            elif node.attrs.get("heads") == "merge":  # (.., H, D) -> (.., H*D)
+                shape[-1] = x.shape[-2] * x.shape[-1]
             return x.reshape(shape)
         shape_t = a[1].to(torch.int64)
+        if node.attrs.get("keep_last"):
+            shape_t = torch.cat([shape_t[:-1], torch._shape_as_tensor(x)[-1:]])
         if not allowzero:  # a 0 copies the input's size at that position
             current = torch._shape_as_tensor(x)[: shape_t.numel()]
             if shape_t.numel() > x.dim():
@@ -862,6 +896,9 @@ class OnnxModule(nn.Module):
             n = int(node.attrs.get("num_outputs", len(node.outputs)))
             size = -(-x.shape[axis] // n)
             sizes = [min(size, x.shape[axis] - i * size) for i in range(n)]
+        if len(sizes) > 1 and len(set(sizes)) == 1 and sum(sizes) != x.shape[axis] \
+                and x.shape[axis] % len(sizes) == 0:  # an even split stays even once the channels are pruned
+            sizes = [x.shape[axis] // len(sizes)] * len(sizes)
         return torch.split(x, sizes, dim=axis)
 
     def _op_Slice(self, node: _Node, a: list[Value]) -> torch.Tensor:
@@ -1041,6 +1078,8 @@ def _owned(node: _Node, name: str) -> bool:
         return name != node.inputs[0]
     if node.op == "Gemm":  # a constant C is kept too: added in forward when not folded into the bias
         return name == node.inputs[1]
+    if node.op == "Embedding":
+        return name == node.inputs[0]
     return False
 
 
@@ -1086,6 +1125,42 @@ def _is_flatten(node: Any, consts: dict[str, np.ndarray], shapes: dict[str, list
         return False
     width = math.prod(d for d in src[1:] if d is not None)
     return target[1] == width and (target[0] in (-1, 0) or target[0] == src[0])
+
+
+def _keeps_last(node: Any, consts: dict[str, np.ndarray], shapes: dict[str, list[int | None]],
+                producers: dict[str, Any]) -> bool:
+    """A Reshape that keeps the input's last dimension (``[-1, 768]`` around a linear layer, constant
+    or computed): that dimension then follows the channels when they are pruned."""
+    src = shapes.get(node.input[0])
+    if len(node.input) < 2 or not src or len(src) < 2 or src[-1] is None or src[-1] <= 1:
+        return False
+    if node.input[1] in consts:
+        target = [int(v) for v in np.asarray(consts[node.input[1]]).reshape(-1)]
+        return len(target) >= 2 and target[-1] == src[-1]
+    # A computed shape: what inference says of the output, or a Concat ending in the width as a constant.
+    target = shapes.get(node.output[0]) or []
+    if len(target) >= 2 and target[-1] == src[-1]:
+        return True
+    concat = producers.get(node.input[1])
+    if concat is None or concat.op_type != "Concat" or len(concat.input) < 2 or concat.input[-1] not in consts:
+        return False
+    last = np.asarray(consts[concat.input[-1]]).reshape(-1)
+    return last.size == 1 and int(last[0]) == src[-1]
+
+
+def _heads_reshape(node: Any, consts: dict[str, np.ndarray], shapes: dict[str, list[int | None]]) -> str:
+    """``split`` for a Reshape to a constant shape that splits the last dimension into heads
+    ((.., H*D) -> (.., H, D)), ``merge`` for the reverse; the head count then follows heads pruned
+    whole (an exporter that wrote the count as a constant). Empty otherwise."""
+    src = shapes.get(node.input[0])
+    if len(node.input) < 2 or node.input[1] not in consts or not src or any(d is None for d in src[-2:]):
+        return ""
+    target = [int(v) for v in np.asarray(consts[node.input[1]]).reshape(-1)]
+    if len(target) == len(src) + 1 and target[-1] > 1 and target[-2] > 1 and target[-2] * target[-1] == src[-1]:
+        return "split"
+    if len(target) == len(src) - 1 and len(src) >= 3 and target[-1] == src[-2] * src[-1] and src[-2] > 1:
+        return "merge"
+    return ""
 
 
 def _inferred(model: Any) -> tuple[dict[str, list[int | None]], dict[str, int]]:

@@ -31,8 +31,8 @@ import torch
 from torch import fx, nn
 
 from explorer.errors import ModelLoadError
-from explorer.models.files import read_model_file
 from explorer.inputs import Inputs, run_model
+from explorer.models.files import read_model_file
 from explorer.models.loaders import logits_of
 from explorer.tolerance import REL_TOL, relative_error
 
@@ -412,6 +412,15 @@ def _to_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, str, str, l
         bn.weight, bn.bias = _as_param(w), _as_param(b)
         bn.running_mean, bn.running_var = mean.detach().clone(), var.detach().clone()
         return bn, wn, "bn", [a for a in node.args[1:5] if isinstance(a, fx.Node)], node.args[0]
+    if t == _aten("embedding"):  # a lookup table: an nn.Embedding (DepGraph prunes its width with the channels)
+        w = _tensor_attr(gm, node.args[0])
+        if w is None or w[1].ndim != 2 or any(_arg(node, i, k, d) != d for i, k, d in
+                                               ((3, "scale_grad_by_freq", False), (4, "sparse", False))):
+            return None
+        padding = _arg(node, 2, "padding_idx", -1)
+        emb = nn.Embedding(w[1].shape[0], w[1].shape[1], padding_idx=None if padding < 0 else padding)
+        emb.weight = _as_param(w[1])
+        return emb, w[0], "emb", [node.args[0]], node.args[1]
     if t == _aten("layer_norm"):
         shape = node.args[1]
         w, b = _tensor_attr(gm, _arg(node, 2, "weight", None)), _tensor_attr(gm, _arg(node, 3, "bias", None))
@@ -454,10 +463,42 @@ def _free_batch(gm: fx.GraphModule, batch: int | None) -> None:
             node.args = (src, [-1, *shape[1:]])
 
 
+def _follow_channels(gm: fx.GraphModule) -> None:
+    """A view that keeps the last dimension (``view(x, [-1, 768])`` around a linear layer, as
+    Hugging Face's ``Conv1D`` does) gets that dimension from its input when run: written as the
+    example's size, it would break once the channels are pruned."""
+    views = {_aten("view"), _aten("reshape"), _aten("_unsafe_view")}
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in views:
+            continue
+        src, shape = node.args[0], node.args[1]
+        val = src.meta.get("val") if isinstance(src, fx.Node) else None
+        if val is None or not isinstance(shape, (list, tuple)) or len(shape) < 2 or val.dim() < 2 \
+                or not isinstance(shape[-1], int) or not isinstance(val.shape[-1], int) \
+                or shape[-1] != val.shape[-1] or shape[-1] <= 1:
+            continue
+        with gm.graph.inserting_before(node):
+            size = gm.graph.call_method("size", (src, -1))
+        node.args = (src, [*shape[:-1], size])
+    for node in list(gm.graph.nodes):  # an even split of the last dimension stays even (a fused q/k/v)
+        if node.op != "call_function" or node.target != _aten("split", "Tensor") or len(node.args) < 3:
+            continue
+        src, size, dim = node.args[:3]
+        val = src.meta.get("val") if isinstance(src, fx.Node) else None
+        if val is None or not isinstance(size, int) or dim not in (-1, val.dim() - 1) \
+                or not isinstance(val.shape[-1], int) or val.shape[-1] % size or val.shape[-1] == size:
+            continue
+        with gm.graph.inserting_before(node):
+            width = gm.graph.call_method("size", (src, -1))
+            piece = gm.graph.call_function(__import__("operator").floordiv, (width, val.shape[-1] // size))
+        node.args = (src, piece, dim)
+
+
 # Ops that take a shape, and the Tensor method doing the same: the TorchScript ONNX exporter traces
 # a size flowing into a method call as a shape, but records it as a constant in an op call.
 _SHAPE_METHODS = {"view": "view", "reshape": "reshape", "_unsafe_view": "reshape", "expand": "expand",
-                  "repeat": "repeat", "new_zeros": "new_zeros", "new_ones": "new_ones", "new_empty": "new_empty"}
+                  "repeat": "repeat", "new_zeros": "new_zeros", "new_ones": "new_ones", "new_empty": "new_empty",
+                  "split": "split"}
 
 
 def _has_symbol(value: Any) -> bool:
@@ -483,11 +524,13 @@ def _traceable_sizes(gm: fx.GraphModule) -> None:
             continue
         packet = node.target.overloadpacket.__name__
         method = _SHAPE_METHODS.get(packet)
-        if method is None or node.target._overloadname != "default" or len(node.args) < 2 \
-                or not _has_symbol(node.args[1]):
+        overload = node.target._overloadname
+        if method is None or overload not in ("default", "Tensor") or (overload == "Tensor") != (packet == "split") \
+                or len(node.args) < 2 or not _has_symbol(node.args[1]):
             continue
+        shape = list(node.args[1]) if isinstance(node.args[1], (list, tuple)) else node.args[1]
         with gm.graph.inserting_before(node):
-            call = gm.graph.call_method(method, (node.args[0], list(node.args[1])), dict(node.kwargs))
+            call = gm.graph.call_method(method, (node.args[0], shape, *node.args[2:]), dict(node.kwargs))
         call.meta = dict(node.meta)
         node.replace_all_uses_with(call)
         gm.graph.erase_node(node)
@@ -519,12 +562,14 @@ def program_to_layers(gm: fx.GraphModule, batch: int | None = None, output: int 
         if node.target == _aten("_native_batch_norm_legit_no_training"):
             for user in list(node.users):  # (out, mean, invstd): only the output is used in inference
                 if user.target is __import__("operator").getitem and user.args[1] == 0:
+                    call.meta.update({k: user.meta[k] for k in ("val", "tensor_meta") if k in user.meta})
                     user.replace_all_uses_with(call)
                     gm.graph.erase_node(user)
             if node.users:
                 gm.graph.erase_node(call)
                 continue
         else:
+            call.meta.update({k: node.meta[k] for k in ("val", "tensor_meta") if k in node.meta})  # shapes, for later rewrites
             node.replace_all_uses_with(call)
         gm.graph.erase_node(node)
         pending = list(tensor_nodes)
@@ -534,6 +579,7 @@ def program_to_layers(gm: fx.GraphModule, batch: int | None = None, output: int 
                 pending += [a for a in n.args if isinstance(a, fx.Node)]
                 gm.graph.erase_node(n)
     _free_batch(gm, batch)
+    _follow_channels(gm)
     _traceable_sizes(gm)
     # The program's pytree calling convention (flatten args, unflatten outputs) becomes a plain
     # ``forward(x) -> tensor``: simpler to trace, and deep copies skip pytree specs.

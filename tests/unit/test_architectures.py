@@ -59,11 +59,15 @@ DOORS = ("entry", "pt2", "onnx-ts", "onnx-dynamo")
 # the cell comes back when torch fixes it.
 DYNAMO_CANNOT_EXPORT = {"swin": "Failed to decompose the FX graph"}
 
-# Groups refused with a reason, per architecture (and door): layer-name pattern -> reason pattern.
-REFUSED: dict[str, dict[str, str]] = {
+# Groups refused with a reason, per architecture or (architecture, door): layer-name pattern ->
+# reason pattern.
+REFUSED: dict[str | tuple[str, str], dict[str, str]] = {
     # A unit's output (both branches' last convs, and what feeds the next stage's branch1) is shuffled.
     "shufflenet_v2": {r"^stage\d\.\d\.branch(1\.2|2\.5)$|^stage[3-9]\.0\.branch1\.0$": "channel shuffle"},
     "llama": {r"self_attn\.[qkv]_proj$": "grouped-query attention"},
+    # torch's dynamo exporter writes GPT-2's fused projection with constant split and merge shapes
+    # that DepGraph does not follow into the output projection: the trial removal fails, says so.
+    ("gpt2", "onnx-dynamo"): {r"attn\.c_attn$": "breaks the model"},
 }
 
 
@@ -195,7 +199,7 @@ def test_layers(files: _Files, name: str, door: str) -> None:
     for layer in inv.layers:
         assert (layer.group is None) == bool(layer.note), f"{layer.name}: a group or a reason, not both"
     assert inv.groups, "structured pruning has something to remove in every architecture"
-    for pattern, reason in REFUSED.get(name, {}).items():
+    for pattern, reason in {**REFUSED.get(name, {}), **REFUSED.get((name, door), {})}.items():
         matched = [layer for layer in inv.layers if re.search(pattern, layer.name)]
         assert matched, pattern
         for layer in matched:
