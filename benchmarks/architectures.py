@@ -87,9 +87,14 @@ def measure(name: str) -> dict:
     np.savez(data, **arch.make_data(name, n=8, real=True))
     # The entrypoint the user gives: a file whose function builds the model at its real size.
     entry = tmp / "model.py"
-    entry.write_text(f"import importlib.util, sys\nspec = importlib.util.spec_from_file_location('a', {str(ARCH_PATH)!r})\n"
-                     "a = importlib.util.module_from_spec(spec); sys.modules['a'] = a; spec.loader.exec_module(a)\n"
-                     f"def build():\n    return a.build({name!r}, real=True)\n")
+    entry.write_text(
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('a', {str(ARCH_PATH)!r})\n"
+        "a = importlib.util.module_from_spec(spec)\n"
+        "sys.modules['a'] = a\n"
+        "spec.loader.exec_module(a)\n"
+        f"def build():\n    return a.build({name!r}, real=True)\n"
+    )
     t0 = time.perf_counter()
     subject = Subject(f"{entry}:build", str(data), threads=1, runs=30)
     entry_s = time.perf_counter() - t0
@@ -106,9 +111,14 @@ def measure(name: str) -> dict:
         row["onnx_groups"] = len(onnx_subject.inventory.groups)
         del onnx_subject
     except Exception as e:  # reported in the table, not hidden
-        row["onnx_load_s"], row["onnx_error"] = time.perf_counter() - t0, f"{type(e).__name__}: {str(e)[:120]}"
+        row["onnx_load_s"], row["onnx_error"] = (
+            time.perf_counter() - t0,
+            f"{type(e).__name__}: {str(e)[:120]}",
+        )
 
-    layers = {layer.name: LayerRule(0.3) for layer in subject.inventory.layers if layer.group is not None}
+    layers = {
+        layer.name: LayerRule(0.3) for layer in subject.inventory.layers if layer.group is not None
+    }
     row["structured_layers"] = f"{len(layers)}/{len(subject.inventory.layers)}"
     dense_path = export_onnx(subject.model, x, tmp / "dense.onnx")
     dense = OrtModel(dense_path, threads=1)
@@ -120,7 +130,9 @@ def measure(name: str) -> dict:
         row["ratio"], row["spread"] = _interleaved(dense, pruned_session, feeds)
         from explorer.inspect import count_macs
 
-        row["mac_ratio"] = subject.inventory.total_macs / max(sum(count_macs(pruned, x).values()), 1)
+        row["mac_ratio"] = subject.inventory.total_macs / max(
+            sum(count_macs(pruned, x).values()), 1
+        )
         batch = subject.data.test.x[:4]
         with torch.no_grad():
             ours = run_model(pruned, batch).numpy()
@@ -133,22 +145,34 @@ def _fmt(row: dict) -> str:
     mac = f"{row['mac_ratio']:.2f}x" if "mac_ratio" in row else "-"
     parity = f"{row['parity']:.1e}" if "parity" in row else "-"
     onnx = f"{row['onnx_load_s']:.1f}" + (" (error)" if "onnx_error" in row else "")
-    return (f"| {row['name']} | {row['params'] / 1e6:.1f} M | {row['entry_load_s']:.1f} | {onnx} | "
-            f"{row['structured_layers']} | {row['dense_ms']:.1f} | {ratio} | {mac} | {parity} |")
+    return (
+        f"| {row['name']} | {row['params'] / 1e6:.1f} M | {row['entry_load_s']:.1f} | {onnx} | "
+        f"{row['structured_layers']} | {row['dense_ms']:.1f} | {ratio} | {mac} | {parity} |"
+    )
 
 
 def main(names: list[str]) -> None:
     arch = _architectures()
     names = names or list(arch.ARCHS)
     print(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
-    print(f"ONNX Runtime CPU, 1 thread, batch 1; ratio: dense/pruned latency, {ROUNDS} interleaved rounds of "
-          f"{RUNS_PER_ROUND} runs (median ± half the range); plan: l2-structured 30% on every layer that can lose channels\n")
-    print("| architecture | params | open, entrypoint (s) | open, .onnx (s) | structured layers | dense (ms) | "
-          "30% structured: measured ratio | MAC ratio | ONNX parity |")
+    print(
+        f"ONNX Runtime CPU, 1 thread, batch 1; ratio: dense/pruned latency, {ROUNDS} interleaved "
+        f"rounds of {RUNS_PER_ROUND} runs (median ± half the range); plan: l2-structured 30% on "
+        "every layer that can lose channels\n"
+    )
+    print(
+        "| architecture | params | open, entrypoint (s) | open, .onnx (s) | structured layers | "
+        "dense (ms) | "
+        "30% structured: measured ratio | MAC ratio | ONNX parity |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for name in names:
-        proc = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True, text=True,
-                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        proc = subprocess.run(
+            [sys.executable, __file__, "--one", name],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
         lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
         if proc.returncode or not lines:
             tail = (proc.stderr.strip().splitlines() or ["?"])[-1][:160]

@@ -12,10 +12,10 @@ turned into layers (the same tensors flow through the same shapes):
 - **channel groups**: a grouped convolution (RegNet, ResNeXt) or a group norm, whose channels come
   in ``G`` equal blocks; the same positions are removed from every block (Torch-Pruning's
   ``in_channel_groups`` / ``out_channel_groups``), so every group keeps the same width.
-- **channel shuffles**: a 4-D ``(N, C, H, W)`` tensor reshaped to ``(N, G, C/G, H, W)`` (ShuffleNet's
-  channel shuffle, a group norm written out): the reordering that follows is not an index
-  mapping DepGraph knows, so a group whose channels pass through it is refused with that reason
-  (removing them would silently compute something else).
+- **channel shuffles**: a 4-D ``(N, C, H, W)`` tensor reshaped to ``(N, G, C/G, H, W)``
+  (ShuffleNet's channel shuffle, a group norm written out): the reordering that follows is not an
+  index mapping DepGraph knows, so a group whose channels pass through it is refused with that
+  reason (removing them would silently compute something else).
 """
 
 from __future__ import annotations
@@ -30,9 +30,13 @@ from torch.overrides import TorchFunctionMode
 
 __all__ = ["GroupShape", "Probe", "attach", "expand", "group_shape", "unit_importance"]
 
-SHUFFLE_REASON = ("its channels pass through a channel shuffle (reshaped into groups and reordered), "
-                  "which Torch-Pruning's index mapping does not follow")
-UNMAPPED_REASON = "its channels pass through a reshape whose channel counts Torch-Pruning cannot infer"
+SHUFFLE_REASON = (
+    "its channels pass through a channel shuffle (reshaped into groups and reordered), "
+    "which Torch-Pruning's index mapping does not follow"
+)
+UNMAPPED_REASON = (
+    "its channels pass through a reshape whose channel counts Torch-Pruning cannot infer"
+)
 
 
 @dataclass(frozen=True)
@@ -50,11 +54,15 @@ class Probe(TorchFunctionMode):
 
     def __init__(self) -> None:
         super().__init__()
-        self._linear: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}  # id(out) -> (out, weight, offset)
+        self._linear: dict[
+            int, tuple[torch.Tensor, torch.Tensor, int]
+        ] = {}  # id(out) -> (out, weight, offset)
         self.heads: dict[int, list[HeadSplit]] = {}  # id(weight) -> its head splits
         self.shuffles: list[Any] = []  # grad_fn of every channel-splitting reshape
 
-    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None
+    ) -> Any:
         out = func(*args, **(kwargs or {}))
         name = getattr(func, "__name__", "")
         x = args[0] if args and isinstance(args[0], torch.Tensor) else None
@@ -81,19 +89,36 @@ class Probe(TorchFunctionMode):
             offset += piece.shape[-1]
 
     def _reshaped(self, x: torch.Tensor, out: torch.Tensor) -> None:
-        if id(x) in self._linear and out.dim() != x.dim() and out.numel() == x.numel() \
-                and out.shape[-1] == x.shape[-1]:  # leading dims regrouped ((N*L, C) <-> (N, L, C)): the same channels
+        if (
+            id(x) in self._linear
+            and out.dim() != x.dim()
+            and out.numel() == x.numel()
+            and out.shape[-1] == x.shape[-1]
+        ):  # leading dims regrouped ((N*L, C) <-> (N, L, C)): the same channels
             self._linear[id(out)] = (out, *self._linear[id(x)][1:])
-        elif id(x) in self._linear and out.dim() == x.dim() + 1 and out.shape[:-2] == x.shape[:-1] \
-                and out.shape[-2] > 1 and out.shape[-1] > 1 and out.shape[-2] * out.shape[-1] == x.shape[-1]:
+        elif (
+            id(x) in self._linear
+            and out.dim() == x.dim() + 1
+            and out.shape[:-2] == x.shape[:-1]
+            and out.shape[-2] > 1
+            and out.shape[-1] > 1
+            and out.shape[-2] * out.shape[-1] == x.shape[-1]
+        ):
             _, weight, offset = self._linear[id(x)]
             split = HeadSplit(offset, int(out.shape[-2]), int(out.shape[-1]))
             known = self.heads.setdefault(id(weight), [])
             if split not in known:
                 known.append(split)
-        elif x.dim() == 4 and out.dim() == 5 and out.shape[0] == x.shape[0] and out.shape[1] > 1 \
-                and out.shape[2] > 1 and out.shape[1] * out.shape[2] == x.shape[1] and out.shape[3:] == x.shape[2:] \
-                and out.grad_fn is not None:
+        elif (
+            x.dim() == 4
+            and out.dim() == 5
+            and out.shape[0] == x.shape[0]
+            and out.shape[1] > 1
+            and out.shape[2] > 1
+            and out.shape[1] * out.shape[2] == x.shape[1]
+            and out.shape[3:] == x.shape[2:]
+            and out.grad_fn is not None
+        ):
             self.shuffles.append(out.grad_fn)
 
 
@@ -140,17 +165,26 @@ _bounded(tp.dependency.index_mapping._SplitIndexMapping, forward=False)  # piece
 
 def attach(dg: tp.DependencyGraph, model: nn.Module, probe: Probe) -> None:
     """Store what ``probe`` saw on ``dg``: head splits per module, shuffle nodes."""
-    by_weight = {id(m.weight): m for m in model.modules() if isinstance(getattr(m, "weight", None), torch.Tensor)}
-    dg.explorer_heads = {by_weight[w]: splits for w, splits in probe.heads.items() if w in by_weight}
+    by_weight = {
+        id(m.weight): m
+        for m in model.modules()
+        if isinstance(getattr(m, "weight", None), torch.Tensor)
+    }
+    dg.explorer_heads = {
+        by_weight[w]: splits for w, splits in probe.heads.items() if w in by_weight
+    }
     shuffles = {id(g) for g in probe.shuffles}
-    dg.explorer_shuffles = {node for node in dg.module2node.values() if id(node.grad_fn) in shuffles}
+    dg.explorer_shuffles = {
+        node for node in dg.module2node.values() if id(node.grad_fn) in shuffles
+    }
     dg.__dict__.setdefault("explorer_unmapped", set())
 
 
 @dataclass(frozen=True)
 class GroupShape:
     """How the ``channels`` of a group may be removed: in ``repeats`` equal blocks with the same
-    positions removed from each, ``unit`` channels at a time (a head), or not at all (``refused``)."""
+    positions removed from each, ``unit`` channels at a time (a head), or not at all
+    (``refused``)."""
 
     channels: int
     repeats: int = 1
@@ -175,8 +209,11 @@ def _channel_groups(dg: tp.DependencyGraph, group: tp.Group) -> int:
         if pruner is None:
             continue
         try:
-            count = pruner.get_out_channel_groups(module) if dg.is_out_channel_pruning_fn(dep.handler) \
+            count = (
+                pruner.get_out_channel_groups(module)
+                if dg.is_out_channel_pruning_fn(dep.handler)
                 else pruner.get_in_channel_groups(module)
+            )
         except Exception:  # a pseudo op without the notion
             continue
         if isinstance(count, int) and count > 1:
@@ -184,7 +221,9 @@ def _channel_groups(dg: tp.DependencyGraph, group: tp.Group) -> int:
     return max(found)
 
 
-def _head_shape(dg: tp.DependencyGraph, group: tp.Group, channels: int, names: dict[nn.Module, str]) -> GroupShape | None:
+def _head_shape(
+    dg: tp.DependencyGraph, group: tp.Group, channels: int, names: dict[nn.Module, str]
+) -> GroupShape | None:
     heads: dict[nn.Module, list[HeadSplit]] = getattr(dg, "explorer_heads", {})
     members = {dep.target.module for dep, _ in group if dg.is_out_channel_pruning_fn(dep.handler)}
     split = {m: heads[m] for m in members if m in heads}
@@ -193,16 +232,29 @@ def _head_shape(dg: tp.DependencyGraph, group: tp.Group, channels: int, names: d
     shapes = {(len(s), s[0].heads, s[0].head_dim) for s in split.values()}
     dims = {(h.heads, h.head_dim) for s in split.values() for h in s}
     if len(shapes) != 1 or len(dims) != 1:
-        counts = sorted({f"{names.get(m, '?')}: {h.heads} heads of {h.head_dim}" for m, s in split.items() for h in s})
-        return GroupShape(channels, refused=f"its attention heads differ between coupled layers ({'; '.join(counts)}), "
-                                            "as in grouped-query attention; whole heads cannot be removed from all alike")
+        counts = sorted(
+            {
+                f"{names.get(m, '?')}: {h.heads} heads of {h.head_dim}"
+                for m, s in split.items()
+                for h in s
+            }
+        )
+        return GroupShape(
+            channels,
+            refused=f"its attention heads differ between coupled layers ({'; '.join(counts)}), "
+            "as in grouped-query attention; whole heads cannot be removed from all alike",
+        )
     repeats, heads_per, head_dim = shapes.pop()
     if repeats * heads_per * head_dim != channels:
-        return GroupShape(channels, refused=f"only part of its {channels} channels are split into attention heads")
+        return GroupShape(
+            channels, refused=f"only part of its {channels} channels are split into attention heads"
+        )
     return GroupShape(channels, repeats=repeats, unit=head_dim, heads=heads_per)
 
 
-def group_shape(dg: tp.DependencyGraph, group: tp.Group, names: dict[nn.Module, str] | None = None) -> GroupShape:
+def group_shape(
+    dg: tp.DependencyGraph, group: tp.Group, names: dict[nn.Module, str] | None = None
+) -> GroupShape:
     """How ``group``'s channels may be removed (see the module docstring)."""
     names = names or {}
     channels = len(group[0].idxs)
@@ -218,14 +270,22 @@ def group_shape(dg: tp.DependencyGraph, group: tp.Group, names: dict[nn.Module, 
     if repeats > 1 and channels % repeats == 0:
         return GroupShape(channels, repeats=repeats)
     if repeats > 1:
-        return GroupShape(channels, refused=f"its {channels} channels do not split into {repeats} equal channel groups")
+        return GroupShape(
+            channels,
+            refused=f"its {channels} channels do not split into {repeats} equal channel groups",
+        )
     return GroupShape(channels)
 
 
 def expand(shape: GroupShape, units: list[int]) -> list[int]:
     """Channel indices of the removed ``units`` (head or within-block positions), in every block."""
     block = shape.channels // shape.repeats
-    return sorted(b * block + u * shape.unit + j for b in range(shape.repeats) for u in units for j in range(shape.unit))
+    return sorted(
+        b * block + u * shape.unit + j
+        for b in range(shape.repeats)
+        for u in units
+        for j in range(shape.unit)
+    )
 
 
 def unit_importance(shape: GroupShape, importance: torch.Tensor) -> torch.Tensor:
@@ -233,4 +293,3 @@ def unit_importance(shape: GroupShape, importance: torch.Tensor) -> torch.Tensor
     for channel groups and heads): one score per unit a ratio counts."""
     imp = importance.reshape(shape.repeats, -1).mean(0)
     return imp.reshape(-1, shape.unit).mean(1)
-

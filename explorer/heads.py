@@ -1,9 +1,9 @@
-"""Attention heads: ``nn.MultiheadAttention``'s fused projection as a layer, and removing whole heads.
+"""Attention heads: ``nn.MultiheadAttention``'s fused projection as a layer; whole heads removed.
 
 ``nn.MultiheadAttention`` keeps its query/key/value projection as one parameter (``in_proj_weight``,
 3E x E) rather than a layer, so on a torchvision ViT a quarter of the weights would be in no listed
-layer. ``FusedInProj`` lists it: a child module whose ``weight`` *is* that parameter (no copy, no new
-state-dict key), so unstructured and N:M methods prune it like any layer, and structured methods
+layer. ``FusedInProj`` lists it: a child module whose ``weight`` *is* that parameter (no copy, no
+new state-dict key), so unstructured and N:M methods prune it like any layer, and structured methods
 remove whole heads: the head's rows of the query, key and value projections and its columns of the
 output projection. The module then computes attention with fewer heads of the same size
 (``HeadPrunedMultiheadAttention``: the same parameters, its own forward, since PyTorch's requires
@@ -23,8 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FusedInProj", "HeadPrunedMultiheadAttention", "attach_in_proj", "mha_head_importance",
-           "remove_mha_heads", "update_head_counts", "why_heads_fixed"]
+__all__ = [
+    "FusedInProj",
+    "HeadPrunedMultiheadAttention",
+    "attach_in_proj",
+    "mha_head_importance",
+    "remove_mha_heads",
+    "update_head_counts",
+    "why_heads_fixed",
+]
 
 
 class FusedInProj(nn.Module):
@@ -52,18 +59,24 @@ class FusedInProj(nn.Module):
     def out_channels(self) -> int:
         return int(self.owner.in_proj_weight.shape[0])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # the projection alone (never called by the owner)
+    def forward(
+        self, x: torch.Tensor
+    ) -> torch.Tensor:  # the projection alone (never called by the owner)
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
-        return f"{self.weight.shape[1]} -> {self.weight.shape[0]} (query, key, value of {self.owner.num_heads} heads)"
+        heads = self.owner.num_heads
+        return f"{self.weight.shape[1]} -> {self.weight.shape[0]} (q, k, v of {heads} heads)"
 
 
 def attach_in_proj(model: nn.Module) -> None:
     """Give every ``nn.MultiheadAttention`` with a fused projection its ``in_proj`` layer."""
     for module in list(model.modules()):
-        if isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None \
-                and not isinstance(module._modules.get("in_proj"), FusedInProj):
+        if (
+            isinstance(module, nn.MultiheadAttention)
+            and module.in_proj_weight is not None
+            and not isinstance(module._modules.get("in_proj"), FusedInProj)
+        ):
             children = dict(module._modules)
             module._modules.clear()  # listed before out_proj, in the order attention runs them
             module.add_module("in_proj", FusedInProj(module))
@@ -73,7 +86,7 @@ def attach_in_proj(model: nn.Module) -> None:
 def why_heads_fixed(mha: nn.MultiheadAttention) -> str:
     """Why the heads of ``mha`` cannot be removed (empty when they can)."""
     if mha.bias_k is not None or mha.add_zero_attn:
-        return "its heads cannot be removed: the attention adds learned key/value biases or a zero attention"
+        return "its heads cannot be removed: the attention adds learned key/value biases or zeros"
     if mha.num_heads < 2:
         return "its heads cannot be removed: the attention has a single head"
     return ""
@@ -83,16 +96,25 @@ class HeadPrunedMultiheadAttention(nn.MultiheadAttention):
     """``nn.MultiheadAttention`` with fewer heads than the embedding spans (same parameter names:
     ``in_proj_weight`` is 3 * heads * head_dim x E, ``out_proj`` E x heads * head_dim)."""
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                key_padding_mask: torch.Tensor | None = None, need_weights: bool = True,
-                attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
-                is_causal: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: torch.Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if not self.batch_first:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         n, length, _ = query.shape
         heads, dim = self.num_heads, self.head_dim
         wq, wk, wv = self.in_proj_weight.chunk(3)
-        bq, bk, bv = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None, None, None)
+        bq, bk, bv = (
+            self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None, None, None)
+        )
         q = F.linear(query, wq, bq).reshape(n, length, heads, dim).transpose(1, 2)
         k = F.linear(key, wk, bk).reshape(n, key.shape[1], heads, dim).transpose(1, 2)
         v = F.linear(value, wv, bv).reshape(n, value.shape[1], heads, dim).transpose(1, 2)
@@ -101,10 +123,16 @@ class HeadPrunedMultiheadAttention(nn.MultiheadAttention):
             attn_mask = torch.ones(length, key.shape[1], dtype=torch.bool, device=q.device).triu(1)
         if attn_mask is not None:
             mask = attn_mask if attn_mask.dim() == 2 else attn_mask.reshape(n, heads, length, -1)
-            scores = scores.masked_fill(mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+            scores = (
+                scores.masked_fill(mask, float("-inf"))
+                if mask.dtype == torch.bool
+                else scores + mask
+            )
         if key_padding_mask is not None:
             pad = key_padding_mask[:, None, None, :]
-            scores = scores.masked_fill(pad, float("-inf")) if pad.dtype == torch.bool else scores + pad
+            scores = (
+                scores.masked_fill(pad, float("-inf")) if pad.dtype == torch.bool else scores + pad
+            )
         weights = torch.softmax(scores, dim=-1)
         if self.training and self.dropout > 0:
             weights = F.dropout(weights, p=self.dropout)
@@ -120,7 +148,9 @@ def _head_rows(mha: nn.MultiheadAttention, heads: list[int]) -> list[int]:
     """Rows of ``in_proj_weight`` (query, key and value blocks) of ``heads``."""
     inner = mha.in_proj_weight.shape[0] // 3
     dim = inner // mha.num_heads
-    return sorted(block * inner + h * dim + j for block in range(3) for h in heads for j in range(dim))
+    return sorted(
+        block * inner + h * dim + j for block in range(3) for h in heads for j in range(dim)
+    )
 
 
 def mha_head_importance(mha: nn.MultiheadAttention, p: int) -> torch.Tensor:
@@ -128,7 +158,9 @@ def mha_head_importance(mha: nn.MultiheadAttention, p: int) -> torch.Tensor:
     projection columns, averaged over its channels (as Torch-Pruning scores a head)."""
     inner = mha.in_proj_weight.shape[0] // 3
     w = mha.in_proj_weight.detach().abs().pow(p)
-    per_channel = w.reshape(3, inner, -1).sum(dim=(0, 2)) + mha.out_proj.weight.detach().abs().pow(p).sum(0)
+    per_channel = w.reshape(3, inner, -1).sum(dim=(0, 2)) + mha.out_proj.weight.detach().abs().pow(
+        p
+    ).sum(0)
     if mha.in_proj_bias is not None:
         per_channel = per_channel + mha.in_proj_bias.detach().abs().pow(p).reshape(3, inner).sum(0)
     return per_channel.reshape(mha.num_heads, -1).mean(1)
@@ -157,13 +189,26 @@ def remove_mha_heads(mha: nn.MultiheadAttention, heads: list[int]) -> None:
     mha._qkv_same_embed_dim = False  # keeps nn.TransformerEncoderLayer off its fused fast path
 
 
-_HEAD_COUNTS = ("num_attention_heads", "num_heads", "n_heads", "n_head", "num_attention_heads_per_partition")
-_HEAD_WIDTHS = ("all_head_size", "split_size", "inner_dim", "embed_dim", "hidden_size_per_partition")
+_HEAD_COUNTS = (
+    "num_attention_heads",
+    "num_heads",
+    "n_heads",
+    "n_head",
+    "num_attention_heads_per_partition",
+)
+_HEAD_WIDTHS = (
+    "all_head_size",
+    "split_size",
+    "inner_dim",
+    "embed_dim",
+    "hidden_size_per_partition",
+)
 
 
 @torch.no_grad()
-def update_head_counts(attention: nn.Module, skip: set[nn.Module], heads: int, head_dim: int,
-                       kept: list[int]) -> None:
+def update_head_counts(
+    attention: nn.Module, skip: set[nn.Module], heads: int, head_dim: int, kept: list[int]
+) -> None:
     """After whole heads went from the layers under ``attention``: its head counts and widths
     (``num_heads``, ``all_head_size``, ``split_size``...) become ``len(kept)`` heads, and every
     tensor under it with one dimension of ``heads`` entries (a relative position bias table) keeps
@@ -172,7 +217,9 @@ def update_head_counts(attention: nn.Module, skip: set[nn.Module], heads: int, h
         if getattr(attention, name, None) == heads and isinstance(getattr(attention, name), int):
             setattr(attention, name, len(kept))
     for name in _HEAD_WIDTHS:
-        if getattr(attention, name, None) == heads * head_dim and isinstance(getattr(attention, name), int):
+        if getattr(attention, name, None) == heads * head_dim and isinstance(
+            getattr(attention, name), int
+        ):
             setattr(attention, name, len(kept) * head_dim)
     index = torch.tensor(kept)
     for module in attention.modules():
@@ -180,8 +227,17 @@ def update_head_counts(attention: nn.Module, skip: set[nn.Module], heads: int, h
             continue
         for store in (module._parameters, module._buffers):
             for key, t in list(store.items()):
-                if t is None or not t.is_floating_point() or t.dim() < 2 or list(t.shape).count(heads) != 1:
+                if (
+                    t is None
+                    or not t.is_floating_point()
+                    or t.dim() < 2
+                    or list(t.shape).count(heads) != 1
+                ):
                     continue
                 dim = list(t.shape).index(heads)
                 value = t.index_select(dim, index).clone()
-                store[key] = nn.Parameter(value, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else value
+                store[key] = (
+                    nn.Parameter(value, requires_grad=t.requires_grad)
+                    if isinstance(t, nn.Parameter)
+                    else value
+                )

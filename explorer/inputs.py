@@ -34,8 +34,10 @@ class Inputs:
             raise ValueError("Inputs needs at least one tensor")
         sizes = {int(t.shape[0]) if t.dim() else -1 for _, t in self.tensors}
         if len(sizes) != 1 or -1 in sizes:
-            raise ValueError(f"inputs must share their first (batch) dimension, got "
-                             f"{[(n, tuple(t.shape)) for n, t in self.tensors]}")
+            raise ValueError(
+                f"inputs must share their first (batch) dimension, got "
+                f"{[(n, tuple(t.shape)) for n, t in self.tensors]}"
+            )
 
     @classmethod
     def of(cls, tensors: dict[str, torch.Tensor]) -> Inputs:
@@ -70,11 +72,16 @@ class Inputs:
         return {name: t.detach().cpu().numpy() for name, t in self.tensors}
 
     def cat(self, other: Inputs) -> Inputs:
-        return Inputs(tuple((name, torch.cat([t, other.as_dict()[name]])) for name, t in self.tensors))
+        return Inputs(
+            tuple((name, torch.cat([t, other.as_dict()[name]])) for name, t in self.tensors)
+        )
 
     def describe(self) -> str:
-        """``input_ids int64 (16,), attention_mask int64 (16,)``: name, dtype and per-sample shape."""
-        return ", ".join(f"{name} {str(t.dtype).removeprefix('torch.')} {tuple(t.shape[1:])}" for name, t in self.tensors)
+        """``input_ids int64 (16,), attention_mask int64 (16,)``: names, dtypes, sample shapes."""
+        return ", ".join(
+            f"{name} {str(t.dtype).removeprefix('torch.')} {tuple(t.shape[1:])}"
+            for name, t in self.tensors
+        )
 
 
 def _takes_keywords(model: nn.Module, names: tuple[str, ...]) -> bool:
@@ -107,7 +114,9 @@ def run_model(model: nn.Module, x: torch.Tensor | Inputs) -> Any:
     return model(**tensors) if order is None else model(*(tensors[n] for n in order))
 
 
-def export_args(model: nn.Module, x: torch.Tensor | Inputs) -> tuple[tuple, dict[str, torch.Tensor], list[str] | None]:
+def export_args(
+    model: nn.Module, x: torch.Tensor | Inputs
+) -> tuple[tuple, dict[str, torch.Tensor], list[str] | None]:
     """``(args, kwargs, names)`` that call ``model`` as ``run_model`` does (for torch.export and
     the ONNX exporters), and the inputs' names in that order (None for a single tensor)."""
     if not isinstance(x, Inputs):

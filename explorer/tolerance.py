@@ -24,7 +24,9 @@ def _array(value: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.asarray(value, dtype=np.float64)
 
 
-def relative_error(output: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Tensor) -> float:
+def relative_error(
+    output: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Tensor
+) -> float:
     """``max |output - reference| / max |reference|`` (inf on a shape mismatch or a NaN)."""
     out, ref = _array(output), _array(reference)
     if out.shape != ref.shape:
@@ -35,6 +37,8 @@ def relative_error(output: np.ndarray | torch.Tensor, reference: np.ndarray | to
     return error if np.isfinite(error) else float("inf")
 
 
-def agree(output: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Tensor, rel: float = REL_TOL) -> bool:
+def agree(
+    output: np.ndarray | torch.Tensor, reference: np.ndarray | torch.Tensor, rel: float = REL_TOL
+) -> bool:
     """Do the two outputs agree to ``rel`` of the reference's scale?"""
     return relative_error(output, reference) <= rel

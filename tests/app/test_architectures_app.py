@@ -42,16 +42,28 @@ def _files(name: str, door: str, root: Path) -> tuple[str, str]:
         warnings.simplefilter("ignore")
         if door == "pt2":
             path = root / f"{name}.pt2"
-            torch.export.save(torch.export.export(model, args, kwargs=kwargs, dynamic_shapes=({0: batch},)), path)
+            torch.export.save(
+                torch.export.export(model, args, kwargs=kwargs, dynamic_shapes=({0: batch},)), path
+            )
         else:
             path = root / f"{name}.onnx"
             names = list(kwargs)
-            torch.onnx.export(model, args, str(path), kwargs=kwargs, dynamo=False, input_names=names,
-                              output_names=["logits"], dynamic_axes={n: {0: "batch"} for n in [*names, "logits"]})
+            torch.onnx.export(
+                model,
+                args,
+                str(path),
+                kwargs=kwargs,
+                dynamo=False,
+                input_names=names,
+                output_names=["logits"],
+                dynamic_axes={n: {0: "batch"} for n in [*names, "logits"]},
+            )
     return str(path), str(data)
 
 
-@pytest.mark.parametrize(("name", "door"), [("vit", "entry"), ("bert", "onnx"), ("shufflenet_v2", "pt2")])
+@pytest.mark.parametrize(
+    ("name", "door"), [("vit", "entry"), ("bert", "onnx"), ("shufflenet_v2", "pt2")]
+)
 def test_architecture_on_every_page(tmp_path: Path, name: str, door: str) -> None:
     model, data = _files(name, door, tmp_path)
     at = open_app(timeout=180)
@@ -61,11 +73,17 @@ def test_architecture_on_every_page(tmp_path: Path, name: str, door: str) -> Non
     at.button[0].click().run()
     assert not at.exception and not at.error, at.error
     caption = " ".join(c.value for c in at.caption)
-    assert ("input_ids int64 (16,), attention_mask int64 (16,)" if name == "bert" else "x float32 (3, 32, 32)") in caption
+    assert (
+        "input_ids int64 (16,), attention_mask int64 (16,)"
+        if name == "bert"
+        else "x float32 (3, 32, 32)"
+    ) in caption
     table = at.dataframe[0].value
     if name == "shufflenet_v2":  # refused groups say why; the branches' inner convs still prune
         notes = dict(zip(table["name"], table["note"]))
-        assert "channel shuffle" in notes["stage2.0.branch2.5"] and notes["stage2.0.branch2.0"] == ""
+        assert (
+            "channel shuffle" in notes["stage2.0.branch2.5"] and notes["stage2.0.branch2.0"] == ""
+        )
 
     at.switch_page("pages/prune.py").run()
     assert not at.exception and not at.error

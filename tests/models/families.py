@@ -32,25 +32,43 @@ def _make_divisible(v: float, divisor: int = 8, min_value: int | None = None) ->
 class ConvNormActivation(nn.Sequential):
     """torchvision.ops.Conv2dNormActivation: conv, batch norm, activation (``0``, ``1``, ``2``)."""
 
-    def __init__(self, c_in: int, c_out: int, kernel: int = 3, stride: int = 1, groups: int = 1,
-                 activation: Callable[..., nn.Module] | None = nn.ReLU, dilation: int = 1,
-                 eps: float = 1e-5) -> None:
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        kernel: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        activation: Callable[..., nn.Module] | None = nn.ReLU,
+        dilation: int = 1,
+        eps: float = 1e-5,
+    ) -> None:
         padding = (kernel - 1) // 2 * dilation
         layers: list[nn.Module] = [
-            nn.Conv2d(c_in, c_out, kernel, stride, padding, dilation=dilation, groups=groups, bias=False),
+            nn.Conv2d(
+                c_in, c_out, kernel, stride, padding, dilation=dilation, groups=groups, bias=False
+            ),
             nn.BatchNorm2d(c_out, eps=eps),
         ]
         if activation is not None:
-            layers.append(activation(inplace=True) if activation in (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU)
-                          else activation())
+            layers.append(
+                activation(inplace=True)
+                if activation in (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU)
+                else activation()
+            )
         super().__init__(*layers)
 
 
 class SqueezeExcitation(nn.Module):
-    """torchvision.ops.SqueezeExcitation: pool, fc1 (1x1 conv), activation, fc2, scale, ``scale * x``."""
+    """torchvision.ops.SqueezeExcitation: pool, fc1 (1x1 conv), activation, fc2, ``scale * x``."""
 
-    def __init__(self, channels: int, squeeze: int, activation: Callable[..., nn.Module] = nn.ReLU,
-                 scale_activation: Callable[..., nn.Module] = nn.Sigmoid) -> None:
+    def __init__(
+        self,
+        channels: int,
+        squeeze: int,
+        activation: Callable[..., nn.Module] = nn.ReLU,
+        scale_activation: Callable[..., nn.Module] = nn.Sigmoid,
+    ) -> None:
         super().__init__()
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc1 = nn.Conv2d(channels, squeeze, 1)
@@ -78,8 +96,13 @@ class Fire(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.squeeze_activation(self.squeeze(x))
-        return torch.cat([self.expand1x1_activation(self.expand1x1(x)),
-                          self.expand3x3_activation(self.expand3x3(x))], 1)
+        return torch.cat(
+            [
+                self.expand1x1_activation(self.expand1x1(x)),
+                self.expand3x3_activation(self.expand3x3(x)),
+            ],
+            1,
+        )
 
 
 class SqueezeNet(nn.Module):
@@ -87,8 +110,11 @@ class SqueezeNet(nn.Module):
 
     def __init__(self, stem: int, fires: Sequence[tuple[int, int] | None], classes: int) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(3, stem, 3, stride=2), nn.ReLU(inplace=True),
-                                   nn.MaxPool2d(3, 2, ceil_mode=True)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(3, stem, 3, stride=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, ceil_mode=True),
+        ]
         c = stem
         for fire in fires:
             if fire is None:
@@ -98,8 +124,12 @@ class SqueezeNet(nn.Module):
                 c = 2 * fire[1]
         self.features = nn.Sequential(*layers)
         # The classifier is a 1x1 conv whose output channels are the classes.
-        self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(c, classes, 1), nn.ReLU(inplace=True),
-                                        nn.AdaptiveAvgPool2d((1, 1)))
+        self.classifier = nn.Sequential(
+            nn.Dropout(0.5),
+            nn.Conv2d(c, classes, 1),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d((1, 1)),
+        )
         for m in self.modules():  # torchvision's initialisation
             if isinstance(m, nn.Conv2d):
                 if m is self.classifier[1]:
@@ -153,7 +183,9 @@ class _Transition(nn.Sequential):
 
 
 class DenseNet(nn.Module):
-    def __init__(self, growth: int, blocks: Sequence[int], init: int, bn_size: int, classes: int) -> None:
+    def __init__(
+        self, growth: int, blocks: Sequence[int], init: int, bn_size: int, classes: int
+    ) -> None:
         super().__init__()
         self.features = nn.Sequential()
         self.features.add_module("conv0", nn.Conv2d(3, init, 7, stride=2, padding=3, bias=False))
@@ -194,16 +226,24 @@ class ShuffleUnit(nn.Module):
         branch = c_out // 2
         if stride > 1:
             self.branch1 = nn.Sequential(
-                nn.Conv2d(c_in, c_in, 3, stride, 1, groups=c_in, bias=False), nn.BatchNorm2d(c_in),
-                nn.Conv2d(c_in, branch, 1, bias=False), nn.BatchNorm2d(branch), nn.ReLU(inplace=True),
+                nn.Conv2d(c_in, c_in, 3, stride, 1, groups=c_in, bias=False),
+                nn.BatchNorm2d(c_in),
+                nn.Conv2d(c_in, branch, 1, bias=False),
+                nn.BatchNorm2d(branch),
+                nn.ReLU(inplace=True),
             )
         else:
             self.branch1 = nn.Sequential()
         c2 = c_in if stride > 1 else branch
         self.branch2 = nn.Sequential(
-            nn.Conv2d(c2, branch, 1, bias=False), nn.BatchNorm2d(branch), nn.ReLU(inplace=True),
-            nn.Conv2d(branch, branch, 3, stride, 1, groups=branch, bias=False), nn.BatchNorm2d(branch),
-            nn.Conv2d(branch, branch, 1, bias=False), nn.BatchNorm2d(branch), nn.ReLU(inplace=True),
+            nn.Conv2d(c2, branch, 1, bias=False),
+            nn.BatchNorm2d(branch),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(branch, branch, 3, stride, 1, groups=branch, bias=False),
+            nn.BatchNorm2d(branch),
+            nn.Conv2d(branch, branch, 1, bias=False),
+            nn.BatchNorm2d(branch),
+            nn.ReLU(inplace=True),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -218,16 +258,24 @@ class ShuffleUnit(nn.Module):
 class ShuffleNetV2(nn.Module):
     def __init__(self, repeats: Sequence[int], channels: Sequence[int], classes: int) -> None:
         super().__init__()
-        self.conv1 = nn.Sequential(nn.Conv2d(3, channels[0], 3, 2, 1, bias=False), nn.BatchNorm2d(channels[0]),
-                                   nn.ReLU(inplace=True))
+        self.conv1 = nn.Sequential(
+            nn.Conv2d(3, channels[0], 3, 2, 1, bias=False),
+            nn.BatchNorm2d(channels[0]),
+            nn.ReLU(inplace=True),
+        )
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         c = channels[0]
         for i, (n, c_out) in enumerate(zip(repeats, channels[1:])):
-            units = [ShuffleUnit(c, c_out, 2)] + [ShuffleUnit(c_out, c_out, 1) for _ in range(n - 1)]
+            units = [ShuffleUnit(c, c_out, 2)] + [
+                ShuffleUnit(c_out, c_out, 1) for _ in range(n - 1)
+            ]
             setattr(self, f"stage{i + 2}", nn.Sequential(*units))
             c = c_out
-        self.conv5 = nn.Sequential(nn.Conv2d(c, channels[-1], 1, bias=False), nn.BatchNorm2d(channels[-1]),
-                                   nn.ReLU(inplace=True))
+        self.conv5 = nn.Sequential(
+            nn.Conv2d(c, channels[-1], 1, bias=False),
+            nn.BatchNorm2d(channels[-1]),
+            nn.ReLU(inplace=True),
+        )
         self.fc = nn.Linear(channels[-1], classes)
         self.stages = len(repeats)
 
@@ -244,18 +292,26 @@ class ShuffleNetV2(nn.Module):
 class _V3Block(nn.Module):
     """torchvision's MobileNetV3 InvertedResidual: expand, depthwise, SE (hardsigmoid), project."""
 
-    def __init__(self, c_in: int, kernel: int, expanded: int, c_out: int, se: bool, hs: bool, stride: int) -> None:
+    def __init__(
+        self, c_in: int, kernel: int, expanded: int, c_out: int, se: bool, hs: bool, stride: int
+    ) -> None:
         super().__init__()
         self.use_res_connect = stride == 1 and c_in == c_out
         act = nn.Hardswish if hs else nn.ReLU
         layers: list[nn.Module] = []
         if expanded != c_in:
             layers.append(ConvNormActivation(c_in, expanded, 1, activation=act, eps=0.001))
-        layers.append(ConvNormActivation(expanded, expanded, kernel, stride, groups=expanded, activation=act,
-                                         eps=0.001))
+        layers.append(
+            ConvNormActivation(
+                expanded, expanded, kernel, stride, groups=expanded, activation=act, eps=0.001
+            )
+        )
         if se:
-            layers.append(SqueezeExcitation(expanded, _make_divisible(expanded // 4, 8),
-                                            scale_activation=nn.Hardsigmoid))
+            layers.append(
+                SqueezeExcitation(
+                    expanded, _make_divisible(expanded // 4, 8), scale_activation=nn.Hardsigmoid
+                )
+            )
         layers.append(ConvNormActivation(expanded, c_out, 1, activation=None, eps=0.001))
         self.block = nn.Sequential(*layers)
 
@@ -267,25 +323,35 @@ class _V3Block(nn.Module):
 class MobileNetV3(nn.Module):
     """``blocks``: (c_in, kernel, expanded, c_out, se, hardswish, stride) as torchvision's table."""
 
-    def __init__(self, blocks: Sequence[tuple], last: int, classes: int, width: float = 1.0) -> None:
+    def __init__(
+        self, blocks: Sequence[tuple], last: int, classes: int, width: float = 1.0
+    ) -> None:
         super().__init__()
         adj = lambda c: _make_divisible(c * width, 8)  # noqa: E731
         first = adj(blocks[0][0])
-        layers: list[nn.Module] = [ConvNormActivation(3, first, 3, 2, activation=nn.Hardswish, eps=0.001)]
+        layers: list[nn.Module] = [
+            ConvNormActivation(3, first, 3, 2, activation=nn.Hardswish, eps=0.001)
+        ]
         for c_in, k, exp, c_out, se, hs, s in blocks:
             layers.append(_V3Block(adj(c_in), k, adj(exp), adj(c_out), se, hs, s))
         last_in = adj(blocks[-1][3])
-        layers.append(ConvNormActivation(last_in, 6 * last_in, 1, activation=nn.Hardswish, eps=0.001))
+        layers.append(
+            ConvNormActivation(last_in, 6 * last_in, 1, activation=nn.Hardswish, eps=0.001)
+        )
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Linear(6 * last_in, last), nn.Hardswish(inplace=True),
-                                        nn.Dropout(0.2, inplace=True), nn.Linear(last, classes))
+        self.classifier = nn.Sequential(
+            nn.Linear(6 * last_in, last),
+            nn.Hardswish(inplace=True),
+            nn.Dropout(0.2, inplace=True),
+            nn.Linear(last, classes),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
-# --- MNASNet ---------------------------------------------------------------------------------------
+# --- MNASNet --------------------------------------------------------------------------------------
 
 
 class _MnasResidual(nn.Module):
@@ -294,10 +360,14 @@ class _MnasResidual(nn.Module):
         mid = c_in * expansion
         self.apply_residual = c_in == c_out and stride == 1
         self.layers = nn.Sequential(
-            nn.Conv2d(c_in, mid, 1, bias=False), nn.BatchNorm2d(mid, momentum=0.0003), nn.ReLU(inplace=True),
+            nn.Conv2d(c_in, mid, 1, bias=False),
+            nn.BatchNorm2d(mid, momentum=0.0003),
+            nn.ReLU(inplace=True),
             nn.Conv2d(mid, mid, kernel, padding=kernel // 2, stride=stride, groups=mid, bias=False),
-            nn.BatchNorm2d(mid, momentum=0.0003), nn.ReLU(inplace=True),
-            nn.Conv2d(mid, c_out, 1, bias=False), nn.BatchNorm2d(c_out, momentum=0.0003),
+            nn.BatchNorm2d(mid, momentum=0.0003),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, c_out, 1, bias=False),
+            nn.BatchNorm2d(c_out, momentum=0.0003),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -307,22 +377,37 @@ class _MnasResidual(nn.Module):
 class MNASNet(nn.Module):
     """``stacks``: (c_out, kernel, stride, expansion, repeats) after the stem, as torchvision's."""
 
-    def __init__(self, stem: int, sep: int, stacks: Sequence[tuple[int, int, int, int, int]], last: int,
-                 classes: int) -> None:
+    def __init__(
+        self,
+        stem: int,
+        sep: int,
+        stacks: Sequence[tuple[int, int, int, int, int]],
+        last: int,
+        classes: int,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = [
-            nn.Conv2d(3, stem, 3, padding=1, stride=2, bias=False), nn.BatchNorm2d(stem, momentum=0.0003),
+            nn.Conv2d(3, stem, 3, padding=1, stride=2, bias=False),
+            nn.BatchNorm2d(stem, momentum=0.0003),
             nn.ReLU(inplace=True),
             nn.Conv2d(stem, stem, 3, padding=1, stride=1, groups=stem, bias=False),
-            nn.BatchNorm2d(stem, momentum=0.0003), nn.ReLU(inplace=True),
-            nn.Conv2d(stem, sep, 1, bias=False), nn.BatchNorm2d(sep, momentum=0.0003),
+            nn.BatchNorm2d(stem, momentum=0.0003),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(stem, sep, 1, bias=False),
+            nn.BatchNorm2d(sep, momentum=0.0003),
         ]
         c = sep
         for c_out, k, s, e, n in stacks:
-            units = [_MnasResidual(c, c_out, k, s, e)] + [_MnasResidual(c_out, c_out, k, 1, e) for _ in range(n - 1)]
+            units = [_MnasResidual(c, c_out, k, s, e)] + [
+                _MnasResidual(c_out, c_out, k, 1, e) for _ in range(n - 1)
+            ]
             layers.append(nn.Sequential(*units))
             c = c_out
-        layers += [nn.Conv2d(c, last, 1, bias=False), nn.BatchNorm2d(last, momentum=0.0003), nn.ReLU(inplace=True)]
+        layers += [
+            nn.Conv2d(c, last, 1, bias=False),
+            nn.BatchNorm2d(last, momentum=0.0003),
+            nn.ReLU(inplace=True),
+        ]
         self.layers = nn.Sequential(*layers)
         self.classifier = nn.Sequential(nn.Dropout(0.2, inplace=True), nn.Linear(last, classes))
 
@@ -330,7 +415,7 @@ class MNASNet(nn.Module):
         return self.classifier(self.layers(x).mean([2, 3]))
 
 
-# --- Inception v3: parallel branches ---------------------------------------------------------------
+# --- Inception v3: parallel branches --------------------------------------------------------------
 
 
 class BasicConv2d(nn.Module):
@@ -438,7 +523,9 @@ class Inception(nn.Module):
 
 
 class _BottleneckTransform(nn.Sequential):
-    def __init__(self, c_in: int, c_out: int, stride: int, group_width: int, se_ratio: float) -> None:
+    def __init__(
+        self, c_in: int, c_out: int, stride: int, group_width: int, se_ratio: float
+    ) -> None:
         super().__init__()
         groups = c_out // group_width
         self.a = ConvNormActivation(c_in, c_out, 1)
@@ -449,10 +536,15 @@ class _BottleneckTransform(nn.Sequential):
 
 
 class _ResBottleneckBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int, group_width: int, se_ratio: float) -> None:
+    def __init__(
+        self, c_in: int, c_out: int, stride: int, group_width: int, se_ratio: float
+    ) -> None:
         super().__init__()
-        self.proj = ConvNormActivation(c_in, c_out, 1, stride, activation=None) \
-            if c_in != c_out or stride != 1 else None
+        self.proj = (
+            ConvNormActivation(c_in, c_out, 1, stride, activation=None)
+            if c_in != c_out or stride != 1
+            else None
+        )
         self.f = _BottleneckTransform(c_in, c_out, stride, group_width, se_ratio)
         self.activation = nn.ReLU(inplace=True)
 
@@ -463,8 +555,14 @@ class _ResBottleneckBlock(nn.Module):
 class RegNet(nn.Module):
     """RegNetY (``se_ratio`` 0.25) or RegNetX (0); ``stages``: (width, depth) with group width."""
 
-    def __init__(self, stem: int, stages: Sequence[tuple[int, int]], group_width: int, se_ratio: float,
-                 classes: int) -> None:
+    def __init__(
+        self,
+        stem: int,
+        stages: Sequence[tuple[int, int]],
+        group_width: int,
+        se_ratio: float,
+        classes: int,
+    ) -> None:
         super().__init__()
         self.stem = ConvNormActivation(3, stem, 3, 2)
         trunk = []
@@ -472,9 +570,16 @@ class RegNet(nn.Module):
         for i, (width, depth) in enumerate(stages):
             stage = nn.Sequential()
             for j in range(depth):
-                stage.add_module(f"block{i + 1}-{j}",  # torchvision's names: a '-' in every weight name
-                                 _ResBottleneckBlock(c if j == 0 else width, width, 2 if j == 0 else 1,
-                                                     min(group_width, width), se_ratio))
+                stage.add_module(
+                    f"block{i + 1}-{j}",  # torchvision's names: a '-' in every weight name
+                    _ResBottleneckBlock(
+                        c if j == 0 else width,
+                        width,
+                        2 if j == 0 else 1,
+                        min(group_width, width),
+                        se_ratio,
+                    ),
+                )
             trunk.append((f"block{i + 1}", stage))
             c = width
         self.trunk_output = nn.Sequential()
@@ -493,7 +598,13 @@ class RegNet(nn.Module):
 
 class _MLPBlock(nn.Sequential):
     def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(0.0), nn.Linear(hidden, dim), nn.Dropout(0.0))
+        super().__init__(
+            nn.Linear(dim, hidden),
+            nn.GELU(),
+            nn.Dropout(0.0),
+            nn.Linear(hidden, dim),
+            nn.Dropout(0.0),
+        )
 
 
 class _EncoderBlock(nn.Module):
@@ -513,7 +624,9 @@ class _EncoderBlock(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    def __init__(self, image: int, patch: int, layers: int, heads: int, dim: int, hidden: int, classes: int) -> None:
+    def __init__(
+        self, image: int, patch: int, layers: int, heads: int, dim: int, hidden: int, classes: int
+    ) -> None:
         super().__init__()
         self.patch_size, self.hidden_dim = patch, dim
         self.conv_proj = nn.Conv2d(3, dim, patch, stride=patch)
@@ -539,23 +652,51 @@ class VisionTransformer(nn.Module):
         return self.heads(x[:, 0])
 
 
-# --- the table -------------------------------------------------------------------------------------
+# --- the table ------------------------------------------------------------------------------------
 
-_V3_SMALL = [  # torchvision mobilenet_v3_small: c_in, kernel, expanded, c_out, SE, hardswish, stride
-    (16, 3, 16, 16, True, False, 2), (16, 3, 72, 24, False, False, 2), (24, 3, 88, 24, False, False, 1),
-    (24, 5, 96, 40, True, True, 2), (40, 5, 240, 40, True, True, 1), (40, 5, 240, 40, True, True, 1),
-    (40, 5, 120, 48, True, True, 1), (48, 5, 144, 48, True, True, 1), (48, 5, 288, 96, True, True, 2),
-    (96, 5, 576, 96, True, True, 1), (96, 5, 576, 96, True, True, 1),
+# torchvision's mobilenet_v3_small: c_in, kernel, expanded, c_out, SE, hardswish, stride
+_V3_SMALL = [
+    (16, 3, 16, 16, True, False, 2),
+    (16, 3, 72, 24, False, False, 2),
+    (24, 3, 88, 24, False, False, 1),
+    (24, 5, 96, 40, True, True, 2),
+    (40, 5, 240, 40, True, True, 1),
+    (40, 5, 240, 40, True, True, 1),
+    (40, 5, 120, 48, True, True, 1),
+    (48, 5, 144, 48, True, True, 1),
+    (48, 5, 288, 96, True, True, 2),
+    (96, 5, 576, 96, True, True, 1),
+    (96, 5, 576, 96, True, True, 1),
 ]
-_MNAS_1_0 = [(24, 3, 2, 3, 3), (40, 5, 2, 3, 3), (80, 5, 2, 6, 3), (96, 3, 1, 6, 2), (192, 5, 2, 6, 4), (320, 3, 1, 6, 1)]
-_SQUEEZE_1_1 = [(16, 64), (16, 64), None, (32, 128), (32, 128), None, (48, 192), (48, 192), (64, 256), (64, 256)]
+_MNAS_1_0 = [
+    (24, 3, 2, 3, 3),
+    (40, 5, 2, 3, 3),
+    (80, 5, 2, 6, 3),
+    (96, 3, 1, 6, 2),
+    (192, 5, 2, 6, 4),
+    (320, 3, 1, 6, 1),
+]
+_SQUEEZE_1_1 = [
+    (16, 64),
+    (16, 64),
+    None,
+    (32, 128),
+    (32, 128),
+    None,
+    (48, 192),
+    (48, 192),
+    (64, 256),
+    (64, 256),
+]
 
 # Small enough for the test matrix (32x32 inputs, a few layers), the same structure.
 SMALL: dict[str, Callable[[int], nn.Module]] = {
     "squeezenet": lambda k: SqueezeNet(16, [(4, 8), (4, 8), None, (8, 16)], k),
     "densenet": lambda k: DenseNet(growth=8, blocks=(2, 2), init=16, bn_size=2, classes=k),
     "shufflenet_v2": lambda k: ShuffleNetV2((2, 2), (8, 16, 32, 64), k),
-    "mobilenet_v3": lambda k: MobileNetV3([_V3_SMALL[i] for i in (0, 1, 2, 3, 4)], 64, k, width=0.5),
+    "mobilenet_v3": lambda k: MobileNetV3(
+        [_V3_SMALL[i] for i in (0, 1, 2, 3, 4)], 64, k, width=0.5
+    ),
     "mnasnet": lambda k: MNASNet(8, 8, [(16, 3, 2, 3, 2), (24, 5, 2, 3, 1)], 64, k),
     "inception": lambda k: Inception(2, 1, 1, k),
     "regnet_tv": lambda k: RegNet(16, [(16, 1), (32, 2)], 8, 0.25, k),
@@ -566,7 +707,9 @@ SMALL: dict[str, Callable[[int], nn.Module]] = {
 # 1.0, an Inception v3 trunk, RegNetY-400MF, ViT-B/16), for the benchmark at 224 px.
 REAL: dict[str, Callable[[int], nn.Module]] = {
     "squeezenet": lambda k: SqueezeNet(64, _SQUEEZE_1_1, k),
-    "densenet": lambda k: DenseNet(growth=32, blocks=(6, 12, 24, 16), init=64, bn_size=4, classes=k),
+    "densenet": lambda k: DenseNet(
+        growth=32, blocks=(6, 12, 24, 16), init=64, bn_size=4, classes=k
+    ),
     "shufflenet_v2": lambda k: ShuffleNetV2((4, 8, 4), (24, 116, 232, 464, 1024), k),
     "mobilenet_v3": lambda k: MobileNetV3(_V3_SMALL, 1024, k),
     "mnasnet": lambda k: MNASNet(32, 16, _MNAS_1_0, 1280, k),
@@ -579,4 +722,3 @@ REAL: dict[str, Callable[[int], nn.Module]] = {
 def build_family(name: str, classes: int, real: bool = False) -> nn.Module:
     """A randomly initialised replica (``SMALL`` or ``REAL`` sizes) with ``classes`` outputs."""
     return (REAL if real else SMALL)[name](classes)
-

@@ -1,8 +1,8 @@
-"""Every common architecture (tests/models/architectures.py: Hugging Face ``transformers`` models and
-torchvision replicas) through every door a user has: the ``PATH.py:FUNC`` entrypoint, a ``.pt2``
-saved with ``torch.export.save``, and ``.onnx`` files from both of torch's exporters (TorchScript and
-dynamo), each as the user writes it (Hugging Face models return a ``ModelOutput``, text models take
-``input_ids`` and ``attention_mask`` by name).
+"""Every common architecture (tests/models/architectures.py: Hugging Face ``transformers`` models
+and torchvision replicas) through every door a user has: the ``PATH.py:FUNC`` entrypoint, a
+``.pt2`` saved with ``torch.export.save``, and ``.onnx`` files from both of torch's exporters
+(TorchScript and dynamo), each as the user writes it (Hugging Face models return a
+``ModelOutput``, text models take ``input_ids`` and ``attention_mask`` by name).
 
 Oracles: the original torch model (each door loads the same function), ONNX Runtime on the user's
 own ONNX file, ONNX Runtime on the pruned model's export (equal to the pruned torch model within
@@ -62,8 +62,10 @@ DYNAMO_CANNOT_EXPORT = {"swin": "Failed to decompose the FX graph"}
 # Groups refused with a reason, per architecture or (architecture, door): layer-name pattern ->
 # reason pattern.
 REFUSED: dict[str | tuple[str, str], dict[str, str]] = {
-    # A unit's output (both branches' last convs, and what feeds the next stage's branch1) is shuffled.
-    "shufflenet_v2": {r"^stage\d\.\d\.branch(1\.2|2\.5)$|^stage[3-9]\.0\.branch1\.0$": "channel shuffle"},
+    # A unit's output (both branches' last convs, what feeds the next stage's branch1) is shuffled.
+    "shufflenet_v2": {
+        r"^stage\d\.\d\.branch(1\.2|2\.5)$|^stage[3-9]\.0\.branch1\.0$": "channel shuffle"
+    },
     "llama": {r"self_attn\.[qkv]_proj$": "grouped-query attention"},
     # torch's dynamo exporter writes GPT-2's fused projection with constant split and merge shapes
     # that DepGraph does not follow into the output projection: the trial removal fails, says so.
@@ -90,7 +92,7 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-# --- the files a user has --------------------------------------------------------------------------
+# --- the files a user has -------------------------------------------------------------------------
 
 
 def _example(name: str, n: int = 2) -> tuple[tuple, dict[str, torch.Tensor]]:
@@ -107,14 +109,25 @@ def _export(name: str, door: str, model: nn.Module, path: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if door == "pt2":
-            torch.export.save(torch.export.export(model, args, kwargs=kwargs, dynamic_shapes=dims), path)
+            torch.export.save(
+                torch.export.export(model, args, kwargs=kwargs, dynamic_shapes=dims), path
+            )
         elif door == "onnx-ts":
-            torch.onnx.export(model, args, str(path), kwargs=kwargs or None, dynamo=False, opset_version=17,
-                              input_names=names, output_names=["logits"],
-                              dynamic_axes={**{k: {0: "batch"} for k in names}, "logits": {0: "batch"}})
+            torch.onnx.export(
+                model,
+                args,
+                str(path),
+                kwargs=kwargs or None,
+                dynamo=False,
+                opset_version=17,
+                input_names=names,
+                output_names=["logits"],
+                dynamic_axes={**{k: {0: "batch"} for k in names}, "logits": {0: "batch"}},
+            )
         else:
-            program = torch.onnx.export(model, args, kwargs=kwargs or None, dynamo=True, dynamic_shapes=dims,
-                                        verbose=False)
+            program = torch.onnx.export(
+                model, args, kwargs=kwargs or None, dynamo=True, dynamic_shapes=dims, verbose=False
+            )
             assert program is not None
             program.save(str(path), external_data=False)
     return path
@@ -150,7 +163,9 @@ class _Files:
     def subject(self, name: str, door: str) -> Subject:
         key = (name, door)
         if key not in self.subjects:
-            self.subjects[key] = Subject(self.spec(name, door), str(self.data(name)), threads=1, runs=30)
+            self.subjects[key] = Subject(
+                self.spec(name, door), str(self.data(name)), threads=1, runs=30
+            )
         return self.subjects[key]
 
 
@@ -164,14 +179,16 @@ def _reference(files: _Files, name: str, x: torch.Tensor | Inputs) -> np.ndarray
         return logits_of(run_model(files.model(name), x)).numpy()
 
 
-def _ort_vs_torch(model: nn.Module, x: torch.Tensor | Inputs, example: torch.Tensor | Inputs, path: Path) -> float:
+def _ort_vs_torch(
+    model: nn.Module, x: torch.Tensor | Inputs, example: torch.Tensor | Inputs, path: Path
+) -> float:
     onnx_path = export_onnx(model, example, path)
     with torch.no_grad():
         ours = run_model(model, x).numpy()
     return relative_error(OrtModel(onnx_path)(x.numpy()), ours)
 
 
-# --- layers ----------------------------------------------------------------------------------------
+# --- layers ---------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("name", "door"), CELLS)
@@ -187,17 +204,26 @@ def test_layers(files: _Files, name: str, door: str) -> None:
             ours = run_model(subj.model, x).numpy()
         assert relative_error(ours, OrtModel(subj.model_spec)(x.numpy())) <= REL_TOL
     # Every weight matrix a layer multiplies by is in a listed layer (embedding tables are lookups;
-    # an ONNX graph's other constants, kept as frozen ``const_*`` parameters, are added, not multiplied).
+    # an ONNX graph's other constants, frozen ``const_*`` parameters, are added, not multiplied).
     modules = dict(subj.model.named_modules())
     listed = {id(modules[layer.name].weight) for layer in inv.layers}
     lookups = {id(m.weight) for m in subj.model.modules() if isinstance(m, nn.Embedding)}
-    matrices = [p for n, p in subj.model.named_parameters() if p.dim() >= 2 and id(p) not in lookups
-                and not re.search(r"(embedding|token|table|pos_embed|class_token|layer_scale|^const_)", n)]
+    matrices = [
+        p
+        for n, p in subj.model.named_parameters()
+        if p.dim() >= 2
+        and id(p) not in lookups
+        and not re.search(r"(embedding|token|table|pos_embed|class_token|layer_scale|^const_)", n)
+    ]
     unlisted = [p.numel() for p in matrices if id(p) not in listed]
-    assert sum(unlisted) <= 0.02 * sum(p.numel() for p in matrices), "weights outside every listed layer"
+    assert sum(unlisted) <= 0.02 * sum(p.numel() for p in matrices), (
+        "weights outside every listed layer"
+    )
     assert inv.names == [n for n, m in subj.model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
     for layer in inv.layers:
-        assert (layer.group is None) == bool(layer.note), f"{layer.name}: a group or a reason, not both"
+        assert (layer.group is None) == bool(layer.note), (
+            f"{layer.name}: a group or a reason, not both"
+        )
     assert inv.groups, "structured pruning has something to remove in every architecture"
     for pattern, reason in {**REFUSED.get(name, {}), **REFUSED.get((name, door), {})}.items():
         matched = [layer for layer in inv.layers if re.search(pattern, layer.name)]
@@ -206,12 +232,18 @@ def test_layers(files: _Files, name: str, door: str) -> None:
             assert layer.group is None and re.search(reason, layer.note), (layer.name, layer.note)
 
 
-# --- every method ------------------------------------------------------------------------------------
+# --- every method ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("name", "door"), CELLS)
-def test_method(files: _Files, name: str, door: str, method: str,
-                full_plan: Callable[..., PruningPlan], tmp_path: Path) -> None:
+def test_method(
+    files: _Files,
+    name: str,
+    door: str,
+    method: str,
+    full_plan: Callable[..., PruningPlan],
+    tmp_path: Path,
+) -> None:
     subj = files.subject(name, door)
     plan = full_plan(subj, method, 0.3)
     pruned = subj.prune(plan)
@@ -225,18 +257,23 @@ def test_method(files: _Files, name: str, door: str, method: str,
                 assert weight.shape[0] % (layer.out_channels // layer.heads) == 0
                 assert weight.shape[0] < layer.out_channels
     for layer in subj.inventory.layers:  # what cannot lose channels says so when asked
-        if layer.group is None and get_method(method).structured and not layer.note.startswith("output"):
+        if (
+            layer.group is None
+            and get_method(method).structured
+            and not layer.note.startswith("output")
+        ):
             with pytest.raises(PlanError, match=re.escape(layer.name)):
                 subj.prune(PruningPlan(method=method, layers={layer.name: LayerRule(0.3)}))
             break
 
 
-# --- evaluate and export ----------------------------------------------------------------------------
+# --- evaluate and export --------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("name", "door"), CELLS)
-def test_evaluate_and_export(files: _Files, name: str, door: str,
-                             mixed_plan: Callable[..., PruningPlan], tmp_path: Path) -> None:
+def test_evaluate_and_export(
+    files: _Files, name: str, door: str, mixed_plan: Callable[..., PruningPlan], tmp_path: Path
+) -> None:
     subj = files.subject(name, door)
     plan = mixed_plan(subj, 0.3)
     out = export_bundle(subj, plan, tmp_path / "bundle")
@@ -246,25 +283,46 @@ def test_evaluate_and_export(files: _Files, name: str, door: str,
     data = np.load(files.data(name))
     feeds = {k: data[k] for k in data.files if k != "y"}
     logits = OrtModel(out["onnx"])(feeds["x"] if "x" in feeds else feeds)
-    assert metrics["accuracy"] == float((logits.argmax(1) == data["y"]).mean()), "metrics.json describes model.onnx"
+    assert metrics["accuracy"] == float((logits.argmax(1) == data["y"]).mean()), (
+        "metrics.json describes model.onnx"
+    )
 
 
-# --- attention heads ----------------------------------------------------------------------------------
+# --- attention heads ------------------------------------------------------------------------------
 
 # (architecture, head layer, the layer reading the heads' output, columns per head)
 HEAD_ORACLES = [
     ("vit", "vit.layers.0.attention.q_proj", "vit.layers.0.attention.o_proj"),
-    ("bert", "bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.0.attention.output.dense"),
-    ("distilbert", "distilbert.transformer.layer.0.attention.q_lin", "distilbert.transformer.layer.0.attention.out_lin"),
-    ("swin", "swin.encoder.layers.1.blocks.0.attention.q_proj", "swin.encoder.layers.1.blocks.0.attention.o_proj"),
+    (
+        "bert",
+        "bert.encoder.layer.0.attention.self.query",
+        "bert.encoder.layer.0.attention.output.dense",
+    ),
+    (
+        "distilbert",
+        "distilbert.transformer.layer.0.attention.q_lin",
+        "distilbert.transformer.layer.0.attention.out_lin",
+    ),
+    (
+        "swin",
+        "swin.encoder.layers.1.blocks.0.attention.q_proj",
+        "swin.encoder.layers.1.blocks.0.attention.o_proj",
+    ),
     ("gpt2", "transformer.h.0.attn.c_attn", "transformer.h.0.attn.c_proj"),
-    ("vit_tv", "encoder.layers.encoder_layer_0.self_attention.in_proj",
-     "encoder.layers.encoder_layer_0.self_attention.out_proj"),
+    (
+        "vit_tv",
+        "encoder.layers.encoder_layer_0.self_attention.in_proj",
+        "encoder.layers.encoder_layer_0.self_attention.out_proj",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "heads_layer", "reader"), HEAD_ORACLES, ids=[h[0] for h in HEAD_ORACLES])
-def test_removing_heads_equals_silencing_them(files: _Files, name: str, heads_layer: str, reader: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "heads_layer", "reader"), HEAD_ORACLES, ids=[h[0] for h in HEAD_ORACLES]
+)
+def test_removing_heads_equals_silencing_them(
+    files: _Files, name: str, heads_layer: str, reader: str
+) -> None:
     """Removing whole heads computes exactly what the dense model computes with those heads'
     outputs zeroed (their columns of the output projection), and the head counts follow."""
     subj = files.subject(name, "entry")
@@ -275,21 +333,29 @@ def test_removing_heads_equals_silencing_them(files: _Files, name: str, heads_la
     dense_cols = dict(subj.model.named_modules())[reader].weight
     kept_cols = dict(pruned.named_modules())[reader].weight
     assert kept_cols.shape[1] == (info.heads - info.heads // 2) * head_dim
-    kept = [h for h in range(info.heads) if any(torch.equal(dense_cols[:, h * head_dim:(h + 1) * head_dim],
-                                                            kept_cols[:, k * head_dim:(k + 1) * head_dim])
-                                                for k in range(kept_cols.shape[1] // head_dim))]
+    kept = [
+        h
+        for h in range(info.heads)
+        if any(
+            torch.equal(
+                dense_cols[:, h * head_dim : (h + 1) * head_dim],
+                kept_cols[:, k * head_dim : (k + 1) * head_dim],
+            )
+            for k in range(kept_cols.shape[1] // head_dim)
+        )
+    ]
     assert len(kept) == info.heads - info.heads // 2
     masked = copy.deepcopy(subj.model)  # the dense model with the removed heads' columns zeroed
     with torch.no_grad():
         weight = dict(masked.named_modules())[reader].weight
         for h in range(info.heads):
             if h not in kept:
-                weight[:, h * head_dim:(h + 1) * head_dim] = 0
+                weight[:, h * head_dim : (h + 1) * head_dim] = 0
         x = subj.data.test.x
         assert relative_error(run_model(pruned, x), run_model(masked, x)) <= REL_TOL
 
 
-# --- what torch cannot export, and full-size structures -----------------------------------------------
+# --- what torch cannot export, and full-size structures -------------------------------------------
 
 
 @pytest.mark.parametrize("name", sorted(DYNAMO_CANNOT_EXPORT))
@@ -300,8 +366,8 @@ def test_dynamo_exporter_cannot_export(files: _Files, name: str, tmp_path: Path)
 
 
 def test_full_size_shufflenet_is_listed_and_its_branches_prune() -> None:
-    """At torchvision's size Torch-Pruning divided by zero on the channel shuffle and no layer could
-    lose channels; now the groups through the shuffle say why and the branches' inner convs prune."""
+    """At torchvision's size Torch-Pruning divided by zero on the channel shuffle and no layer
+    could lose channels; now the groups through the shuffle say why and the inner convs prune."""
     from explorer.inspect import inventory
     from explorer.prune import apply_plan
 
@@ -309,7 +375,11 @@ def test_full_size_shufflenet_is_listed_and_its_branches_prune() -> None:
     x = torch.rand(1, 3, 224, 224)
     inv = inventory(model, x)
     assert inv.structured_error == ""
-    shuffled = [layer for layer in inv.layers if "channel shuffle" in layer.note or "cannot infer" in layer.note]
+    shuffled = [
+        layer
+        for layer in inv.layers
+        if "channel shuffle" in layer.note or "cannot infer" in layer.note
+    ]
     assert shuffled and any(layer.name == "conv1.0" for layer in shuffled)
     inner = [g for g in inv.groups if re.fullmatch(r"stage\d\.\d\.branch2\.0", g)]
     assert len(inner) >= 10
