@@ -21,14 +21,21 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torch_pruning as tp
 from torch import nn
+
+from explorer.errors import PruneError
+from explorer.groups import GroupShape
 
 __all__ = [
     "FusedInProj",
     "HeadPrunedMultiheadAttention",
     "attach_in_proj",
+    "fused_magnitude",
     "mha_head_importance",
+    "remove_fused_heads",
     "remove_mha_heads",
+    "update_group_heads",
     "update_head_counts",
     "why_heads_fixed",
 ]
@@ -241,3 +248,76 @@ def update_head_counts(
                     if isinstance(t, nn.Parameter)
                     else value
                 )
+
+
+def fused_magnitude(dg: tp.DependencyGraph, group: tp.Group, shape: GroupShape, p: int) -> torch.Tensor:
+    """Per-channel p-norm magnitude of a group holding a fused query/key/value layer (GPT-2's
+    ``c_attn``), Torch-Pruning's group magnitude computed layer by layer: DepGraph's split mapping
+    misplaces the blocks of a fused projection."""
+    block = shape.channels // shape.repeats
+    imp = torch.zeros(shape.channels)
+    seen: set[int] = set()
+    for dep, _ in group:
+        module = dep.target.module
+        if id(module) in seen or not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+            continue
+        seen.add(id(module))
+        w = module.weight.detach().abs().pow(p)
+        if dg.is_out_channel_pruning_fn(dep.handler):
+            imp += w.reshape(w.shape[0], -1).sum(1)
+            if module.bias is not None:
+                imp += module.bias.detach().abs().pow(p)
+        elif w.shape[1] == block:
+            imp += w.transpose(0, 1).reshape(block, -1).sum(1).repeat(shape.repeats)
+    return imp
+
+
+def remove_fused_heads(dg: tp.DependencyGraph, group: tp.Group, members: list[str], shape: GroupShape,
+                       idxs: list[int]) -> None:
+    """Whole heads out of a fused query/key/value layer (GPT-2's ``c_attn``): its rows of every
+    block, and the consumers' inputs (the attention output, one block wide) at the heads' positions.
+    Done layer by layer: DepGraph's split mapping misplaces the blocks of a fused projection.
+
+    Raises:
+        PruneError: naming the layers.
+    """
+    if not idxs:
+        return
+    block = shape.channels // shape.repeats
+    within = sorted({i % block for i in idxs})
+    done: set[int] = set()
+    try:
+        for dep, _ in group:
+            module = dep.target.module
+            if id(module) in done or not isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+                continue
+            pruner = dg.get_pruner_of_module(module)
+            if dg.is_out_channel_pruning_fn(dep.handler):
+                pruner.prune_out_channels(module, idxs)
+            elif pruner.get_in_channels(module) == block:
+                pruner.prune_in_channels(module, within)
+            else:
+                raise PruneError(f"{type(module).__name__} reads {pruner.get_in_channels(module)} channels of a "
+                                 f"fused projection of {shape.repeats} x {block}")
+            done.add(id(module))
+    except PruneError:
+        raise
+    except Exception as e:
+        raise PruneError(f"removing heads of {members} failed: {type(e).__name__}: {e}") from None
+
+
+def update_group_heads(model: nn.Module, members: list[str], shape: GroupShape, idxs: list[int]) -> None:
+    """After channels ``idxs`` (whole heads) went from ``members``: the head counts of the
+    attention module holding them (their longest common parent)."""
+    parts = [m.split(".") for m in members]
+    common: list[str] = []
+    for level in zip(*[p[:-1] for p in parts]):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    attention = model.get_submodule(".".join(common)) if common else model
+    block = shape.channels // shape.repeats
+    removed = {(i % block) // shape.unit for i in idxs}
+    kept = [h for h in range(shape.heads) if h not in removed]
+    layers = {model.get_submodule(m) for m in members}
+    update_head_counts(attention, layers, shape.heads, shape.unit, kept)

@@ -122,8 +122,10 @@ def export_args(
     if not isinstance(x, Inputs):
         return (x,), {}, None
     order, tensors = _order(model, x), x.as_dict()
-    if order is None:
-        return (), tensors, list(tensors)
+    if order is None:  # by keyword: the exporters lay the inputs out in the signature's order
+        params = list(inspect.signature(model.forward).parameters)
+        names = sorted(tensors, key=params.index)
+        return (), {n: tensors[n] for n in names}, names
     return tuple(tensors[n] for n in order), {}, list(order)
 
 

@@ -20,6 +20,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from explorer.capabilities import ort_ops
 from explorer.errors import DataError
 from explorer.groups import GroupShape, Probe, attach, group_shape
 from explorer.heads import FusedInProj, why_heads_fixed
@@ -63,6 +64,8 @@ class Inventory:
     total_params: int = 0
     total_macs: int = 0
     structured_error: str = ""  # why DepGraph could not trace the model (structured methods off)
+    group_batchnorms: dict[str, tuple[str, ...]] = field(default_factory=dict)  # group id -> its batch norms
+    ort_ops: tuple[str, ...] = ()  # ops run in ONNX Runtime as they are (the user's own graph is exported)
 
     @property
     def names(self) -> list[str]:
@@ -254,14 +257,15 @@ def inventory(model: nn.Module, example_input: torch.Tensor | Inputs) -> Invento
     work.requires_grad_(True)
     group_of: dict[str, str] = {}
     groups: dict[str, tuple[str, ...]] = {}
+    batchnorms: dict[str, tuple[str, ...]] = {}
     structured_error = ""
     outputs: set[str] = set()
     fixed: dict[str, str] = {}  # layer -> why its channels are fixed
     heads: dict[str, int] = {}  # layer -> attention heads its group removes whole
     try:
-        ort_ops = getattr(model, "ort_ops", ())
-        if ort_ops:
-            raise _Opaque(f"the graph runs {list(ort_ops)} in ONNX Runtime (no torch equivalent here), so no "
+        ops = ort_ops(model)
+        if ops:
+            raise _Opaque(f"the graph runs {list(ops)} in ONNX Runtime (no torch equivalent here), so no "
                           "channel can be followed through it; unstructured and 2:4 pruning work on its weights")
         dg = build_dependency_graph(work, example_input)
         names = {m: n for n, m in work.named_modules()}
@@ -269,7 +273,7 @@ def inventory(model: nn.Module, example_input: torch.Tensor | Inputs) -> Invento
         order = {n: i for i, (n, _) in enumerate(work.named_modules())}
         classified = classified_groups(dg, work)
         refused = {n for _, members, shape in classified if shape.refused for n in members}
-        for _, members, shape in classified:
+        for group, members, shape in classified:
             members = sorted(members, key=order.__getitem__)
             if shape.refused:
                 for n in members:
@@ -281,6 +285,9 @@ def inventory(model: nn.Module, example_input: torch.Tensor | Inputs) -> Invento
                 continue
             gid = members[0]
             groups[gid] = tuple(members)
+            batchnorms[gid] = tuple(dict.fromkeys(
+                names[dep.target.module] for dep, _ in group
+                if isinstance(dep.target.module, nn.modules.batchnorm._BatchNorm) and dep.target.module in names))
             for n in members:
                 group_of[n] = gid
                 heads[n] = shape.heads
@@ -309,7 +316,7 @@ def inventory(model: nn.Module, example_input: torch.Tensor | Inputs) -> Invento
         if name not in group_of:
             if structured_error:
                 note = ("structured pruning off: part of the graph runs in ONNX Runtime"
-                        if getattr(model, "ort_ops", ()) else "structured pruning off: model not traceable")
+                        if ort_ops(model) else "structured pruning off: model not traceable")
             elif name in outputs:
                 note = "output layer: its channels are the model's outputs"
             else:
@@ -325,5 +332,6 @@ def inventory(model: nn.Module, example_input: torch.Tensor | Inputs) -> Invento
     return Inventory(
         layers=tuple(layers), groups=groups,
         total_params=sum(p.numel() for p in model.parameters()),
-        total_macs=sum(macs.values()), structured_error=structured_error,
+        total_macs=sum(macs.values()), structured_error=structured_error, group_batchnorms=batchnorms,
+        ort_ops=ort_ops(model),
     )

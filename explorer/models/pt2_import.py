@@ -1,5 +1,7 @@
 """Load a program saved with ``torch.export.save`` (``.pt2``) without running anything it carries.
 
+One concern: the safe door for ``.pt2`` files (the archive's checks, then the program's layers).
+
 ``torch.export.load`` is not safe on a file from someone else: in torch 2.13 it unpickles tensor
 subclasses, custom objects and (on a failed safe load) the example inputs, ``exec``s the program's
 guard code, evaluates its shape expressions with ``sympy.sympify`` (``eval``), imports modules
@@ -24,6 +26,7 @@ import json
 import math
 import re
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +36,7 @@ from torch import fx, nn
 from explorer.errors import ModelLoadError
 from explorer.inputs import Inputs, run_model
 from explorer.models.files import read_model_file
-from explorer.models.loaders import logits_of
+from explorer.models.outputs import logits_of
 from explorer.tolerance import REL_TOL, relative_error
 
 __all__ = ["TORCH_VERSION_CHECKED", "check_archive", "load_program"]
@@ -406,9 +409,9 @@ def _to_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, str, str, l
             return None
         (wn, w), (_, b), (_, mean), (_, var) = tensors  # type: ignore[misc]
         momentum, eps = (node.args[6], node.args[7]) if t == _aten("batch_norm") else (node.args[5], node.args[6])
-        from explorer.models.onnx_import import _AnyRankBatchNorm
+        from explorer.models.onnx_import import AnyRankBatchNorm
 
-        bn = _AnyRankBatchNorm(w.shape[0], eps=float(eps), momentum=float(momentum))
+        bn = AnyRankBatchNorm(w.shape[0], eps=float(eps), momentum=float(momentum))
         bn.weight, bn.bias = _as_param(w), _as_param(b)
         bn.running_mean, bn.running_var = mean.detach().clone(), var.detach().clone()
         return bn, wn, "bn", [a for a in node.args[1:5] if isinstance(a, fx.Node)], node.args[0]
@@ -438,15 +441,21 @@ def _as_param(t: torch.Tensor) -> nn.Parameter:
     return t if isinstance(t, nn.Parameter) else nn.Parameter(t.detach(), requires_grad=False)
 
 
-def _free_batch(gm: fx.GraphModule, batch: int | None) -> None:
-    """Reshapes that flatten (N, C, ...) to (N, C*...) become ``flatten(x, 1)`` (their width then
-    follows pruned channels); a view that hard-codes the example's batch size gets -1 there."""
+def _views(gm: fx.GraphModule) -> Iterator[tuple[fx.Node, Any, Any, Any]]:
+    """Every view or reshape of the graph (a snapshot: callers may rewrite them): the node, its
+    source, the shape it asks for and the source's example value (None where unknown)."""
     views = {_aten("view"), _aten("reshape"), _aten("_unsafe_view")}
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target not in views:
             continue
         src, shape = node.args[0], node.args[1]
-        val = src.meta.get("val") if isinstance(src, fx.Node) else None
+        yield node, src, shape, src.meta.get("val") if isinstance(src, fx.Node) else None
+
+
+def _free_batch(gm: fx.GraphModule, batch: int | None) -> None:
+    """Reshapes that flatten (N, C, ...) to (N, C*...) become ``flatten(x, 1)`` (their width then
+    follows pruned channels); a view that hard-codes the example's batch size gets -1 there."""
+    for node, src, shape, val in _views(gm):
         if val is None or not isinstance(shape, (list, tuple)) or not shape \
                 or not all(isinstance(s, int) for s in shape[1:]):
             continue
@@ -467,12 +476,7 @@ def _follow_channels(gm: fx.GraphModule) -> None:
     """A view that keeps the last dimension (``view(x, [-1, 768])`` around a linear layer, as
     Hugging Face's ``Conv1D`` does) gets that dimension from its input when run: written as the
     example's size, it would break once the channels are pruned."""
-    views = {_aten("view"), _aten("reshape"), _aten("_unsafe_view")}
-    for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target not in views:
-            continue
-        src, shape = node.args[0], node.args[1]
-        val = src.meta.get("val") if isinstance(src, fx.Node) else None
+    for node, src, shape, val in _views(gm):
         if val is None or not isinstance(shape, (list, tuple)) or len(shape) < 2 or val.dim() < 2 \
                 or not isinstance(shape[-1], int) or not isinstance(val.shape[-1], int) \
                 or shape[-1] != val.shape[-1] or shape[-1] <= 1:

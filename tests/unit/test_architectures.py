@@ -30,9 +30,9 @@ from torch import nn
 from explorer.errors import PlanError
 from explorer.inputs import Inputs, run_model
 from explorer.inspect import PRUNABLE_TYPES, count_macs
-from explorer.models.loaders import logits_of
+from explorer.models.outputs import logits_of
 from explorer.plan import LayerRule, PruningPlan
-from explorer.prune import get_method
+from explorer.methods import get_method
 from explorer.report import export_bundle
 from explorer.runtime import OrtModel, export_onnx
 from explorer.subject import Subject
