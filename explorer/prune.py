@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 import torch_pruning as tp
@@ -18,11 +19,17 @@ from torch import nn
 
 from explorer.data import Split
 from explorer.errors import PlanError, PruneError
-from explorer.inspect import PRUNABLE_TYPES, Inventory, build_dependency_graph, structured_groups
+from explorer.groups import GroupShape, expand, unit_importance
+from explorer.heads import FusedInProj, remove_fused_heads, remove_mha_heads, update_group_heads, why_heads_fixed
+from explorer.inputs import Inputs, run_model
+from explorer.inspect import PRUNABLE_TYPES, Inventory, build_dependency_graph, classified_groups
 from explorer.methods import ChannelMethod, LayerContext, WeightMethod, get_method, unstructured_mask
 from explorer.plan import PruningPlan
 
-__all__ = ["apply_plan", "fresh_copy", "kept_channels", "pruned_weight", "ratio_for_width", "remove_channels"]
+__all__ = ["apply_plan", "fresh_copy", "group_scores", "kept_channels", "prune_mha_heads", "pruned_weight",
+           "ratio_for_width", "removal", "remove_channels", "verified"]
+
+Compensation = Callable[[tp.Group], Callable[[], None] | None]
 
 
 # --- applying a plan -----------------------------------------------------------------------------
@@ -56,8 +63,57 @@ def ratio_for_width(n_channels: int, width: int) -> float:
     return exact
 
 
-def _structured(model: nn.Module, example_input: torch.Tensor, ratios: dict[str, tuple[float, ChannelMethod]],
-                global_ratio: float | None, round_to: int | None = None, calibration: Split | None = None) -> None:
+def removal(shape: GroupShape, importance: torch.Tensor, ratio: float, round_to: int | None = None) -> list[int]:
+    """Channels a local structured plan removes from a group of ``shape`` at ``ratio``, given the
+    per-channel ``importance`` (a method's scores): the least important units (heads, or positions
+    of every block of a grouped convolution), at least one kept. ``round_to`` rounds the kept count
+    up to a multiple of it where a unit is one channel."""
+    units = unit_importance(shape, importance)
+    plain = shape.unit == 1 and shape.repeats == 1
+    n_prune = len(units) - kept_channels(len(units), ratio, round_to if plain else None)
+    if n_prune <= 0:
+        return []
+    return expand(shape, sorted(units.argsort()[:n_prune].tolist()))
+
+
+def group_scores(method: ChannelMethod, scorer: Callable[[tp.Group], torch.Tensor], dg: tp.DependencyGraph,
+                 group: tp.Group, shape: GroupShape, members: list[str]) -> torch.Tensor:
+    """Per-channel scores of ``group`` under ``method`` (``scorer`` is its Torch-Pruning importance);
+    a group holding a fused query/key/value layer is scored by ``method.fused_scores`` instead.
+
+    Raises:
+        PlanError: the method cannot score that group.
+    """
+    if shape.heads and shape.repeats > 1:
+        found = method.fused_scores(dg, group, shape)
+        if found is None:
+            raise PlanError(f"{method.name} cannot score the heads of the fused query/key/value layer in "
+                            f"{members} (Torch-Pruning misplaces its blocks); use l1-structured or l2-structured")
+        return found
+    return scorer(group)
+
+
+def _head_scores(model: nn.Module, name: str, method: ChannelMethod) -> torch.Tensor:
+    mha = model.get_submodule(name).owner
+    found = method.head_scores(mha)
+    if found is None:
+        raise PlanError(f"layer {name!r}: {method.name} cannot score the heads of nn.MultiheadAttention's fused "
+                        "projection; use l1-structured or l2-structured")
+    return found
+
+
+def prune_mha_heads(model: nn.Module, name: str, ratio: float, method: ChannelMethod) -> None:
+    """Remove the least important heads (``method.head_scores``) of the ``nn.MultiheadAttention``
+    whose fused projection is layer ``name``, at ``ratio`` of its heads (at least one kept), in place."""
+    mha = model.get_submodule(name).owner
+    imp = _head_scores(model, name, method)
+    n_prune = mha.num_heads - kept_channels(mha.num_heads, ratio)
+    remove_mha_heads(mha, sorted(imp.argsort()[:n_prune].tolist()))
+
+
+def _structured(model: nn.Module, example_input: torch.Tensor | Inputs,
+                ratios: dict[str, tuple[float, ChannelMethod]], global_ratio: float | None,
+                round_to: int | None = None, calibration: Split | None = None) -> None:
     """Remove output channels in place. ``ratios``: layer -> (ratio, its method). A group is scored
     by the method of its first listed member."""
     model.requires_grad_(True)
@@ -65,74 +121,192 @@ def _structured(model: nn.Module, example_input: torch.Tensor, ratios: dict[str,
         dg = build_dependency_graph(model, example_input)
     except Exception as e:
         raise PruneError(f"structured pruning needs a traceable model; DepGraph failed: {type(e).__name__}: {e}") from None
-    plans = []  # (group, members, ratio, method)
-    groups = structured_groups(dg, model)
-    grouped = {m for _, members in groups for m in members}
+    modules = dict(model.named_modules())
+    fused = {n: ratios[n] for n in ratios if isinstance(modules.get(n), FusedInProj)}
+    plans = []  # (group, members, shape, ratio, method)
+    classified = classified_groups(dg, model)
+    refused = {m: shape.refused for _, members, shape in classified if shape.refused for m in members}
+    grouped = {m for _, members, shape in classified if not shape.refused for m in members} - set(refused)
     for name in ratios:
-        if name not in grouped:
+        if name in fused:
+            if why_heads_fixed(modules[name].owner):
+                raise PlanError(f"layer {name!r}: {why_heads_fixed(modules[name].owner)}")
+        elif name in refused:
+            raise PlanError(f"layer {name!r} cannot lose output channels (structured pruning off for its group: "
+                            f"{refused[name]}); use an unstructured method for it")
+        elif name not in grouped:
             raise PlanError(f"layer {name!r} cannot lose output channels (it feeds the model output or an "
                             "unsupported layer); use an unstructured method for it")
-    for group, members in groups:
+    for group, members, shape in classified:
+        if shape.refused or set(members) & set(refused):
+            continue
         listed = [m for m in members if m in ratios]
         if not listed:
             continue
         ratio = max(ratios[m][0] for m in listed)  # a group moves together: its largest ratio wins
-        plans.append((group, members, ratio, ratios[listed[0]][1]))
+        plans.append((group, members, shape, ratio, ratios[listed[0]][1]))
     methods = {m.name: m for *_, m in plans}
     scorers = {name: m.scorer(model, calibration, global_ranking=global_ratio is not None)
                for name, m in methods.items()}
     compensations = {name: m.compensation(model, calibration) for name, m in methods.items()}
+
+    def scores(group: tp.Group, members: list[str], shape: GroupShape, method: ChannelMethod) -> torch.Tensor:
+        return group_scores(method, scorers[method.name], dg, group, shape, members)
+
     if global_ratio is not None:
-        # Rank channels across groups by their importance normalised per group (Torch-Pruning's
-        # global pruning), keeping at least one channel in every group.
-        scored = [scorers[method.name](group) for group, _, _, method in plans]
-        if scored:
-            flat = torch.cat(scored)
-            k = int(global_ratio * flat.numel())
-            threshold = flat.sort().values[k - 1] if k else -float("inf")
-        for (group, members, _, method), imp in zip(plans, scored):
-            idxs = (imp <= threshold).nonzero().flatten().tolist()
-            idxs = idxs[: len(imp) - 1]
-            _remove(dg, group, members, idxs, compensations[method.name])
+        # Rank units across groups by their scores normalised per group (Torch-Pruning's global
+        # pruning; the methods' scorers normalise theirs), keeping at least one unit in every group.
+        # A unit (a head, a position in every block) counts for the channels it holds.
+        scored = []
+        for group, members, shape, _, method in plans:
+            imp = unit_importance(shape, scores(group, members, shape, method))
+            if shape.heads and shape.repeats > 1:  # fused_scores: not normalised by the scorer
+                imp = imp / imp.mean().clamp_min(1e-12)  # Torch-Pruning's "mean" normalizer
+            scored.append(imp)
+        fused_scored = {n: _head_scores(model, n, method) for n, (_, method) in fused.items()}
+        fused_scored = {n: v / v.mean().clamp_min(1e-12) for n, v in fused_scored.items()}
+        weights = [torch.full_like(imp, float(shape.repeats * shape.unit)) for imp, (_, _, shape, _, _) in zip(scored, plans)]
+        weights += [torch.full_like(v, float(modules[n].owner.head_dim * 3)) for n, v in fused_scored.items()]
+        every = scored + list(fused_scored.values())
+        threshold = -float("inf")
+        if every:
+            flat, w = torch.cat(every), torch.cat(weights)
+            order = flat.argsort()
+            taken = torch.cumsum(w[order], 0) <= global_ratio * float(w.sum())
+            if bool(taken.any()):
+                threshold = float(flat[order][taken].max())
+        removals = []
+        for (group, members, shape, _, method), imp in zip(plans, scored):
+            units = (imp <= threshold).nonzero().flatten().tolist()[: len(imp) - 1]
+            removals.append((group, members, shape, expand(shape, units), method))
+        for name, imp in fused_scored.items():
+            remove_mha_heads(modules[name].owner, (imp <= threshold).nonzero().flatten().tolist()[: len(imp) - 1])
     else:
         # Rank every group on the unpruned model first: removing one group's channels shifts the
         # indices that other groups hold into a shared consumer (a concatenation), so a group
         # scored after another was pruned would index stale channels.
-        removals = []
-        for group, members, ratio, method in plans:
-            n_channels = len(group[0].idxs)
-            n_prune = n_channels - kept_channels(n_channels, ratio, round_to)
-            if n_prune <= 0:
-                continue
-            imp = scorers[method.name](group)
-            removals.append((group, members, imp.argsort()[:n_prune].tolist(), compensations[method.name]))
-        for group, members, idxs, compensate in removals:
-            _remove(dg, group, members, idxs, compensate)
+        removals = [(group, members, shape, removal(shape, scores(group, members, shape, method), ratio, round_to),
+                     method) for group, members, shape, ratio, method in plans]
+        for name, (ratio, method) in fused.items():
+            prune_mha_heads(model, name, ratio, method)
+    for group, members, shape, idxs, method in removals:
+        remove_channels(dg, model, group, members, shape, idxs, compensations[method.name])
     model.requires_grad_(False)
 
 
-def remove_channels(dg: tp.DependencyGraph, group: tp.Group, idxs: list[int],
-                    compensate: Callable[[tp.Group], Callable[[], None] | None] | None = None) -> None:
-    """Remove channels ``idxs`` of ``group`` (and every coupled layer's), with the method's
-    compensation around it. Raises what Torch-Pruning raises."""
-    root = group[0].dep
-    concrete = dg.get_pruning_group(root.target.module, root.handler, sorted(idxs))
-    after = compensate(concrete) if compensate is not None else None
-    concrete.prune()
-    if after is not None:
-        after()
+def remove_channels(dg: tp.DependencyGraph, model: nn.Module, group: tp.Group, members: list[str],
+                    shape: GroupShape, idxs: list[int], compensate: Compensation | None = None) -> None:
+    """Remove channels ``idxs`` (from ``removal``) of ``group`` in ``model`` (DepGraph's), with
+    the method's compensation around it and what goes with them: a fused query/key/value layer
+    done layer by layer, the attention module's head counts and per-head tables updated.
+
+    Raises:
+        PlanError: raised by the compensation.
+        PruneError: naming the group.
+    """
+    if not idxs:
+        return
+    if shape.heads and shape.repeats > 1:
+        if compensate is not None:
+            raise PruneError(f"removing heads of {members}: a fused query/key/value layer is pruned layer by "
+                             "layer, without the method's compensation")
+        remove_fused_heads(dg, group, members, shape, idxs)
+    else:
+        _remove(dg, group, members, idxs, compensate)
+    if shape.heads:
+        update_group_heads(model, members, shape, idxs)
+
+
+def _foreign_param(item: object, channels: int) -> bool:
+    """A bare parameter DepGraph couples with the group, along a dimension that is not as long as
+    the group's channels: a per-head table (a relative position bias, met through the attention
+    scores), not a copy of the channels. It is left to the head update."""
+    dep = item.dep  # type: ignore[attr-defined]
+    if dep.target.type != tp.ops.OPTYPE.PARAMETER or not item.idxs:  # type: ignore[attr-defined]
+        return False
+    dim = getattr(getattr(dep.handler, "__self__", None), "pruning_dim", -1)
+    return dep.target.module.shape[dim] != channels
 
 
 def _remove(dg: tp.DependencyGraph, group: tp.Group, members: list[str], idxs: list[int],
-            compensate: Callable[[tp.Group], Callable[[], None] | None] | None = None) -> None:
-    if not idxs:
-        return
+            compensate: Compensation | None = None) -> None:
+    """Channels ``idxs`` out of ``group``'s concrete pruning group, touching only what holds them
+    (per-head tables are left to the head update)."""
+    root = group[0].dep
     try:
-        remove_channels(dg, group, idxs, compensate)
+        concrete = dg.get_pruning_group(root.target.module, root.handler, sorted(idxs))
+        concrete._group = [item for item in concrete._group if not _foreign_param(item, len(group[0].idxs))]
+        after = compensate(concrete) if compensate is not None else None
+        concrete.prune()
+        if after is not None:
+            after()
     except PlanError:
         raise
     except Exception as e:
         raise PruneError(f"removing channels of group {members} failed: {type(e).__name__}: {e}") from None
+
+
+def _trial(model: nn.Module, example_input: torch.Tensor | Inputs, inventory: Inventory,
+           gids: list[str]) -> str:
+    """Remove one unit (a channel, a head) from each of the groups ``gids`` of a fresh copy and run
+    it; the error it raises (empty when the model still returns its logits)."""
+    method = get_method("l1-structured")
+    assert isinstance(method, ChannelMethod)
+    ratios = {}
+    for gid in gids:
+        info = inventory[gid]
+        units = info.heads or info.out_channels
+        ratios[gid] = (min(1.5 / max(units, 2), 0.99), method)  # one unit of the group
+    pruned = fresh_copy(model)
+    try:
+        _structured(pruned, example_input, ratios, None)
+        with torch.no_grad():
+            out = run_model(pruned, example_input)
+    except Exception as e:
+        text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        return f"{type(e).__name__}: {text}".removeprefix("PruneError: ")
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        return f"the pruned model returns {type(out).__name__} instead of (N, classes) logits"
+    return ""
+
+
+def verified(model: nn.Module, example_input: torch.Tensor | Inputs, inventory: Inventory) -> Inventory:
+    """``inventory`` with every group that cannot lose a unit refused, with the error.
+
+    One copy loses a unit in every group at once and runs; only where that fails are the groups
+    bisected (a few more copies), so a structure DepGraph groups but cannot remove (a reshape to
+    constant channel counts in an exported graph, a pattern its index mapping misreads) is named
+    and refused while every other group stays prunable.
+    """
+    if inventory.structured_error or not inventory.groups:
+        return inventory
+    refused: dict[str, str] = {}
+
+    def search(gids: list[str]) -> bool:
+        error = _trial(model, example_input, inventory, gids)
+        if not error:
+            return True
+        if len(gids) == 1:
+            refused[gids[0]] = error
+            return False
+        half = len(gids) // 2
+        left, right = search(gids[:half]), search(gids[half:])
+        if left and right:  # each half alone is fine, together they break: name them all
+            refused.update({g: f"removing its channels together with other groups' breaks the model ({error})"
+                            for g in gids})
+        return False
+
+    search(list(inventory.groups))
+    if not refused:
+        return inventory
+    layers = []
+    for layer in inventory.layers:
+        if layer.group in refused:
+            why = f"structured pruning off for its group: removing its channels breaks the model ({refused[layer.group]})"
+            layer = replace(layer, group=None, heads=0, note=why)
+        layers.append(layer)
+    groups = {g: m for g, m in inventory.groups.items() if g not in refused}
+    return replace(inventory, layers=tuple(layers), groups=groups)
 
 
 def pruned_weight(method: str | WeightMethod, model: nn.Module, layer: str, ratio: float, *, seed: int = 0,
@@ -185,7 +359,7 @@ def _unstructured(model: nn.Module, plan: PruningPlan, names: list[str], seed: i
         modules[name].weight.copy_(w)
 
 
-def apply_plan(model: nn.Module, plan: PruningPlan, example_input: torch.Tensor,
+def apply_plan(model: nn.Module, plan: PruningPlan, example_input: torch.Tensor | Inputs,
                inventory: Inventory | None = None, *, seed: int = 0, round_to: int | None = None,
                calibration: Split | None = None) -> nn.Module:
     """Return a pruned copy of ``model``; ``model`` itself is not modified.
@@ -222,7 +396,7 @@ def apply_plan(model: nn.Module, plan: PruningPlan, example_input: torch.Tensor,
         try:
             _structured(pruned, example_input, structured, plan.ratio if is_global else None, round_to, calibration)
             with torch.no_grad():  # DepGraph can mis-group exotic graphs (e.g. decomposed attention)
-                pruned(example_input)
+                run_model(pruned, example_input)
         except (PlanError, PruneError):
             raise
         except Exception as e:

@@ -23,6 +23,7 @@ from torch import nn
 from explorer.capabilities import ort_ops
 from explorer.errors import ExportError
 from explorer.evaluate import Evaluation
+from explorer.inputs import Inputs, export_args
 from explorer.inspect import PRUNABLE_TYPES, count_macs
 from explorer.metricspec import SPECS, spec
 from explorer.plan import PruningPlan
@@ -219,7 +220,7 @@ def _recovery_html(metrics: dict[str, Any], labels: bool = True) -> str:
     return "\n".join(parts)
 
 
-def _save_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> str:
+def _save_pt2(model: nn.Module, example: torch.Tensor | Inputs, path: Path) -> str:
     """Save a torch.export program; returns '' or the reason it could not be exported."""
     ops = ort_ops(model)
     if ops:
@@ -228,7 +229,8 @@ def _save_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> str:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.export.export(model, (example,))
+            args, kwargs, _ = export_args(model, example)
+            program = torch.export.export(model, args, kwargs=kwargs or None)
             torch.export.save(program, str(path))
         return ""
     except Exception as e:
@@ -311,7 +313,7 @@ def export_bundle(subject: Subject, plan: PruningPlan, out_dir: str | Path,
         stage(0.6, "saving the PyTorch artifacts")
         pt2_error = _save_pt2(pruned, subject.example_input, files["pt2"])
         torch.save(pruned.state_dict(), files["state_dict"])
-        metrics: dict[str, Any] = evaluation.to_dict()
+        metrics: dict[str, Any] = evaluation.to_dict()  # with the inputs the model was fed
         metrics.update(plan=plan.to_dict(), versions=versions())
         if slowdown is not None:
             metrics["slowdown"] = slowdown.to_dict()

@@ -31,6 +31,7 @@ from torch import nn
 
 from explorer.capabilities import ort_ops
 from explorer.errors import ExportError
+from explorer.inputs import Inputs, export_args
 
 __all__ = ["DEFAULT_ROUNDS", "MIN_ROUNDS", "LatencyStats", "OrtModel", "RoundRatios", "Speedup", "Timeable",
            "export_onnx", "gzip_size", "measure_latency", "measure_speedup", "ort_session", "time_interleaved",
@@ -63,7 +64,8 @@ def ort_session(model: str | Path | bytes, threads: int = 1, *, optimize: bool =
 
 def torchscript_export(model: nn.Module, args: tuple[torch.Tensor, ...], f: str | Path | io.BytesIO, *,
                        input_names: list[str], output_names: list[str],
-                       dynamic_axes: dict[str, dict[int, str]]) -> None:
+                       dynamic_axes: dict[str, dict[int, str]],
+                       kwargs: dict[str, torch.Tensor] | None = None) -> None:
     """``torch.onnx.export`` with the TorchScript exporter (tens of milliseconds on small models) at
     our opset, warnings silenced. nn.TransformerEncoderLayer's inference fast path is one fused op
     that no exporter handles: it is off during the export. Raises what the exporter raises."""
@@ -72,15 +74,18 @@ def torchscript_export(model: nn.Module, args: tuple[torch.Tensor, ...], f: str 
         warnings.simplefilter("ignore")
         try:
             torch.backends.mha.set_fastpath_enabled(False)
-            torch.onnx.export(model, args, f if isinstance(f, io.BytesIO) else str(f), dynamo=False,
-                              opset_version=OPSET, input_names=input_names, output_names=output_names,
+            torch.onnx.export(model, args, f if isinstance(f, io.BytesIO) else str(f), kwargs=kwargs or None,
+                              dynamo=False, opset_version=OPSET, input_names=input_names, output_names=output_names,
                               dynamic_axes=dynamic_axes)
         finally:
             torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
-def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path) -> Path:
+def export_onnx(model: nn.Module, example_input: torch.Tensor | Inputs, path: str | Path) -> Path:
     """Export ``model`` to a single ONNX file with a dynamic batch dimension.
+
+    One input is named ``input``; several named ``Inputs`` keep their names (``input_ids``...), so
+    the file is fed by name.
 
     Uses the TorchScript exporter (tens of milliseconds on small models, which keeps the app live);
     falls back to the dynamo exporter for models it cannot handle. An ONNX file loaded with ops
@@ -96,9 +101,11 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path)
         return model.write_onnx(path)  # type: ignore[operator]
     model = model.eval()
     errors = []
+    args, kwargs, named = export_args(model, example_input)
+    names = named or [INPUT_NAME]
     try:
-        torchscript_export(model, (example_input,), path, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        torchscript_export(model, args, path, kwargs=kwargs, input_names=names, output_names=[OUTPUT_NAME],
+                           dynamic_axes={**{name: {0: "batch"} for name in names}, OUTPUT_NAME: {0: "batch"}})
         return path
     except Exception as e:
         errors.append(f"torchscript exporter: {type(e).__name__}: {e}")
@@ -106,11 +113,14 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path)
         warnings.simplefilter("ignore")
         try:
             # A batch of 2: torch.export specializes a dimension of size 1 to a constant.
-            batch2 = torch.cat([example_input[:1], example_input[:1]])
+            one = example_input[:1]
+            batch2 = one.cat(one) if isinstance(one, Inputs) else torch.cat([one, one])
+            args, kwargs, _ = export_args(model, batch2)
+            batch = torch.export.Dim("batch")
+            dims = {name: {0: batch} for name in kwargs} if kwargs else tuple({0: batch} for _ in args)
             program = torch.onnx.export(
-                model, (batch2,), dynamo=True, input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME], dynamic_shapes=({0: torch.export.Dim("batch")},),
-                verbose=False,
+                model, args, kwargs=kwargs or None, dynamo=True, input_names=names,
+                output_names=[OUTPUT_NAME], dynamic_shapes=dims, verbose=False,
             )
             assert program is not None
             program.save(str(path), external_data=False)
@@ -140,7 +150,8 @@ class OrtModel:
             self.session = ort_session(path, threads, optimize=optimize)
         except Exception as e:
             raise ExportError(f"{where}: ONNX Runtime cannot load it: {str(e).splitlines()[0]}") from None
-        self.input_name = self.session.get_inputs()[0].name
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.input_name = self.input_names[0]
         first = (self.session.get_inputs()[0].shape or [None])[0]
         # A file that fixes its batch size (often 1): fed in batches of exactly that size.
         self.fixed_batch: int | None = first if isinstance(first, int) and first > 0 else None
@@ -153,12 +164,23 @@ class OrtModel:
             return x[: self.fixed_batch]
         return np.concatenate([x, np.repeat(x[-1:], self.fixed_batch - len(x), axis=0)])
 
-    def __call__(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    def feeds(self, x: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The session's feeds for one array (its only input) or named arrays (by name; in order
+        where the file names its inputs otherwise), padded to a fixed batch size."""
+        if not isinstance(x, dict):
+            return {self.input_name: np.ascontiguousarray(self.fit(x))}
+        named = x if set(x) == set(self.input_names) else dict(zip(self.input_names, x.values()))
+        if len(named) != len(self.input_names):
+            raise ExportError(f"the ONNX model takes inputs {self.input_names}; the data has {list(x)}")
+        return {name: np.ascontiguousarray(self.fit(named[name])) for name in self.input_names}
+
+    def __call__(self, x: np.ndarray | dict[str, np.ndarray], batch_size: int = 256) -> np.ndarray:
         batch_size = self.fixed_batch or batch_size
-        outs = [
-            self.session.run(None, {self.input_name: self.fit(x[i : i + batch_size])})[0][: len(x[i : i + batch_size])]
-            for i in range(0, len(x), batch_size)
-        ]
+        n = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+        piece = (lambda i: {k: v[i : i + batch_size] for k, v in x.items()}) if isinstance(x, dict) \
+            else (lambda i: x[i : i + batch_size])
+        outs = [self.session.run(None, self.feeds(piece(i)))[0][: min(batch_size, n - i)]
+                for i in range(0, n, batch_size)]
         return np.concatenate(outs)
 
 
@@ -185,11 +207,12 @@ def _stats(times: Sequence[float], threads: int) -> LatencyStats:
     )
 
 
-def measure_latency(model: OrtModel, example_input: np.ndarray, runs: int = 50, warmup: int = 10) -> LatencyStats:
+def measure_latency(model: OrtModel, example_input: np.ndarray | dict[str, np.ndarray], runs: int = 50,
+                    warmup: int = 10) -> LatencyStats:
     """Time ``runs`` inferences of ``example_input`` (padded to a fixed batch size the file declares)
     after ``warmup`` untimed ones."""
     runs = max(runs, MIN_RUNS)
-    feed = {model.input_name: np.ascontiguousarray(model.fit(example_input))}
+    feed = model.feeds(example_input)
     run = model.session.run
     for _ in range(warmup):
         run(None, feed)
@@ -318,7 +341,7 @@ def round_order(n_models: int, round_index: int) -> list[int]:
     return [(i + round_index) % n_models for i in range(n_models)]
 
 
-def time_interleaved(models: Sequence[Timeable], example_input: np.ndarray, rounds: int = DEFAULT_ROUNDS,
+def time_interleaved(models: Sequence[Timeable], example_input: np.ndarray | dict[str, np.ndarray], rounds: int = DEFAULT_ROUNDS,
                      runs_per_round: int = MIN_ROUND_RUNS, warmup: int = 10,
                      clock: Callable[[], int] = time.perf_counter_ns) -> list[list[list[float]]]:
     """Time every model in one window: ``rounds`` rounds; in each, every model ``runs_per_round``
@@ -330,7 +353,8 @@ def time_interleaved(models: Sequence[Timeable], example_input: np.ndarray, roun
     """
     if rounds < 1 or runs_per_round < 1:
         raise ValueError(f"need at least one round and one run per round, got {rounds} x {runs_per_round}")
-    feeds = [{m.input_name: np.ascontiguousarray(m.fit(example_input))} for m in models]
+    feeds = [m.feeds(example_input) if isinstance(example_input, dict)  # named inputs (an OrtModel)
+             else {m.input_name: np.ascontiguousarray(m.fit(example_input))} for m in models]
     for m, feed in zip(models, feeds):
         for _ in range(warmup):
             m.session.run(None, feed)

@@ -22,7 +22,7 @@ from explorer.inspect import Inventory, inventory
 from explorer.models import ZOO, load_model
 from explorer.models.loaders import input_shape_of
 from explorer.plan import PruningPlan
-from explorer.prune import apply_plan
+from explorer.prune import apply_plan, verified
 from explorer.runtime import LatencyStats, OrtModel, Speedup, export_onnx, measure_speedup
 
 __all__ = ["DEFAULT_MODEL", "Subject"]
@@ -51,13 +51,22 @@ class Subject:
         self.model.requires_grad_(False)
         self.example_input = self.data.example_input()
         try:
-            self.inventory: Inventory = inventory(self.model, self.example_input)
+            # Groups that cannot lose a channel (or head) without breaking the model are refused here,
+            # with the error, so that every other group stays prunable.
+            self.inventory: Inventory = verified(self.model, self.example_input,
+                                                 inventory(self.model, self.example_input))
         except DataError as e:
             raise DataError(f"{model_spec} with data {data_spec}: {e}") from None
         self.capabilities = Capabilities.of(self.model, self.inventory.structured_error)
         self._lock = threading.Lock()
         self._dense: tuple[Metrics, np.ndarray] | None = None
         self._dense_session: OrtModel | None = None
+
+    @property
+    def output_note(self) -> str:
+        """What of the model's output is used as its logits, where it returns more (a Hugging Face
+        ``ModelOutput``, a graph with several outputs); empty for a plain tensor."""
+        return getattr(self.model, "output_note", "")
 
     @property
     def layer_names(self) -> list[str]:
@@ -113,8 +122,9 @@ class Subject:
         both sides are those of the interleaved window, so they were timed alongside each other.
         """
         dense, reference = self.dense()
+        fed = {"inputs": self.data.inputs, "output": self.output_note}  # what the model was fed and gave
         if plan is None and model is None:
-            return Evaluation(dense, dense, self.model_spec, self.data_spec)
+            return Evaluation(dense, dense, self.model_spec, self.data_spec, **fed)
         pruned_model = model if model is not None else self.prune(plan)  # type: ignore[arg-type]
         window: list[Speedup] = []
 
@@ -125,4 +135,5 @@ class Subject:
         pruned, _ = measure(pruned_model, self.data, reference=reference, onnx_path=onnx_path,
                             threads=self.threads, runs=self.runs, timer=timer)
         speedup = window[0]
-        return Evaluation(pruned, with_latency(dense, speedup.dense), self.model_spec, self.data_spec, plan, speedup)
+        return Evaluation(pruned, with_latency(dense, speedup.dense), self.model_spec, self.data_spec, plan, speedup,
+                          **fed)

@@ -38,8 +38,8 @@ with st.form("model.open", border=True):
 subject = widgets.require_subject()
 dense = subject.dense()[0]
 st.subheader(f"{uploads.display(subject.model_spec)}, dense", anchor=False)
-st.caption(f"Evaluated on {uploads.display(subject.data.spec)}: {len(subject.data.test):,} test samples of shape "
-           f"{' x '.join(map(str, subject.data.input_shape))}.")
+st.caption(f"Evaluated on {uploads.display(subject.data.spec)}: {len(subject.data.test):,} test samples; fed "
+           f"{subject.data.inputs}" + (f"; its output used: {subject.output_note}" if subject.output_note else "") + ".")
 acc_label = "Accuracy" if dense.labels else "Agreement with dense"
 widgets.metric_row([
     widgets.plain_card("Parameters", fmt_count(dense.params_total), "all layers"),

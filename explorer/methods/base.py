@@ -29,6 +29,7 @@ from explorer.errors import PlanError
 
 if TYPE_CHECKING:
     from explorer.data import Split
+    from explorer.groups import GroupShape
     from explorer.inspect import Inventory
 
 __all__ = [
@@ -56,6 +57,7 @@ def layer_generator(layer: str, seed: int = 0) -> torch.Generator:
 
 
 HOOKABLE_TYPES = ("Linear", "Conv1d", "Conv2d")
+FUSED_IN_PROJ = "MultiheadAttention.in_proj"  # explorer.heads.FusedInProj's display type
 
 
 def layer_is_hookable(layer: str, inventory: Inventory) -> str | None:
@@ -190,10 +192,28 @@ class ChannelMethod(Method):
         compensation). None: nothing to do."""
         return None
 
+    def fused_scores(self, dg: tp.DependencyGraph, group: tp.Group, shape: GroupShape) -> torch.Tensor | None:
+        """Per-channel scores of a group holding a fused query/key/value layer (GPT-2's ``c_attn``),
+        which Torch-Pruning's importances misplace (its split mapping): None where the method
+        cannot score one (the group is then refused with the reason)."""
+        return None
+
+    def head_scores(self, mha: nn.MultiheadAttention) -> torch.Tensor | None:
+        """One score per head of an ``nn.MultiheadAttention`` (its fused ``in_proj`` is no DepGraph
+        group): None where the method cannot score them."""
+        return None
+
+    def scores_heads(self) -> bool:
+        """Can the method score fused attention projections (``fused_scores`` and ``head_scores``)?"""
+        return type(self).head_scores is not ChannelMethod.head_scores
+
     def applies_to(self, layer: str, inventory: Inventory) -> str | None:
         info = inventory[layer]
         if info.group is None:
             return inventory.structured_error or info.note or "its output channels cannot be removed"
+        if info.type == FUSED_IN_PROJ and not self.scores_heads():
+            return (f"{self.name} scores Torch-Pruning groups; the heads of nn.MultiheadAttention's fused "
+                    "projection are scored by their weights' norm (l1-structured, l2-structured)")
         return None
 
 

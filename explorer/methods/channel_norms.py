@@ -4,18 +4,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-
 from typing import TYPE_CHECKING
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
+from explorer.heads import fused_magnitude, mha_head_importance
 from explorer.methods import register
 from explorer.methods.base import ChannelMethod
 
 if TYPE_CHECKING:
     from explorer.data import Split
+    from explorer.groups import GroupShape
 
 
 class ChannelNorm(ChannelMethod):
@@ -26,6 +27,12 @@ class ChannelNorm(ChannelMethod):
         # Global ranking compares groups of different sizes: each group's scores are normalised by
         # their mean (Torch-Pruning's default normaliser, spelt out).
         return tp.importance.GroupMagnitudeImportance(p=self.p, normalizer="mean")
+
+    def fused_scores(self, dg: tp.DependencyGraph, group: tp.Group, shape: GroupShape) -> torch.Tensor:
+        return fused_magnitude(dg, group, shape, self.p)
+
+    def head_scores(self, mha: nn.MultiheadAttention) -> torch.Tensor:
+        return mha_head_importance(mha, self.p)
 
 
 class L1Structured(ChannelNorm):

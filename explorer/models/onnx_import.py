@@ -5,7 +5,8 @@ naming of the layers they make); the part of a graph run in ONNX Runtime is ``or
 
 Weights become real layers: ``Conv`` an ``nn.Conv1d/2d/3d``, ``Gemm`` and ``MatMul`` with a
 constant weight an ``nn.Linear`` (a following ``Add`` of a constant bias is folded into it),
-``BatchNormalization`` a batch-norm module and ``LayerNormalization`` an ``nn.LayerNorm``. Every
+``BatchNormalization`` a batch-norm module, ``LayerNormalization`` an ``nn.LayerNorm`` and a
+``Gather`` of rows of a constant table (token embeddings) an ``nn.Embedding``. Every
 other supported op is a torch function, run in the graph's topological order by ``forward``.
 Because the layers are real modules, Torch-Pruning's DepGraph (which traces autograd) can group
 and remove their channels, and the module exports back to ONNX like any other.
@@ -18,9 +19,10 @@ off, and ``write_onnx`` writes the user's own graph with the pruned (zeroed) wei
 gets measured and exported. Control flow (subgraphs) is refused.
 
 Layers are named after the model's own names where the file keeps them: the weight initializer
-(``features.0.weight`` gives ``features.0``, as PyTorch's dynamo exporter writes) or the node's
-scope (``/features/features.0/Conv`` gives ``features.0``, as the TorchScript exporter writes);
-otherwise the sanitized node name.
+(``features.0.weight`` gives ``features.0``, as PyTorch's dynamo exporter writes), the module scope
+the dynamo exporter records in a node's metadata (for a weight it transposed and renamed), or the
+node's scope (``/features/features.0/Conv`` gives ``features.0``, as the TorchScript exporter
+writes); otherwise the sanitized node name.
 
 Nothing is unpickled: ONNX is protobuf. Tensors stored outside the file ("external data") are
 read only from plain file names in the model's own folder.
@@ -83,7 +85,7 @@ _UNARY: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "Reciprocal": torch.reciprocal, "Erf": torch.erf, "Floor": torch.floor, "Ceil": torch.ceil,
     "Round": torch.round, "Sin": torch.sin, "Cos": torch.cos, "Softplus": F.softplus,
     "Softsign": F.softsign, "Mish": F.mish, "HardSwish": F.hardswish, "Not": torch.logical_not,
-    "Sign": torch.sign, "Identity": lambda x: x,
+    "Sign": torch.sign, "Identity": lambda x: x, "IsNaN": torch.isnan,
 }
 
 _BINARY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
@@ -100,11 +102,12 @@ _OTHER_OPS = {
     "GlobalMaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Split",
     "Slice", "Gather", "Shape", "Size", "Expand", "Cast", "Constant", "ConstantOfShape",
     "Dropout", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "Pad", "Tile",
-    "ArgMax", "Range",
+    "ArgMax", "Range", "IsInf", "GatherElements", "GatherND",
 }
 
 
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "PRelu", "Max", "Min", "Sum", "Mean", "Where"}
+_TOKENS = {"Expand", "Tile", "Concat"}  # ops that carry a constant token's channels into the activations
 
 
 def supported_ops() -> list[str]:
@@ -141,10 +144,27 @@ def _scope_name(node_name: str) -> str | None:
     return current if current and _QUALIFIED.match(current) else None
 
 
+def _module_scope(node: Any) -> str | None:
+    """The module a node came from, as torch's dynamo exporter records it in the node's metadata
+    (``pkg.torch.onnx.name_scopes``: ``['', 'vit', ..., 'vit.layers.0.attention.q_proj', 'linear']``)."""
+    import ast
+
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                return None
+            if isinstance(scopes, list) and len(scopes) >= 2 and isinstance(scopes[-2], str) \
+                    and _QUALIFIED.match(scopes[-2]):
+                return scopes[-2]
+    return None
+
+
 def _layer_name(node: Any, weight_name: str | None, index: int) -> str:
     if weight_name and weight_name.endswith(".weight") and _QUALIFIED.match(weight_name[:-7]):
         return weight_name[:-7]
-    scoped = _scope_name(node.name)
+    scoped = _module_scope(node) or _scope_name(node.name)
     if scoped:
         return scoped
     if node.name:
@@ -168,26 +188,33 @@ class OnnxModule(nn.Module):
         init = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
         self._consts: dict[str, np.ndarray] = dict(init)  # every constant value, for attribute-like inputs
         inputs = [i.name for i in graph.input if i.name not in init]
-        if len(inputs) != 1:
-            raise ModelLoadError(f"{source}: the model must take exactly one input, it takes {len(inputs)} ({inputs})")
+        if not inputs:
+            raise ModelLoadError(f"{source}: the graph takes no input")
+        # Several inputs (a text model's input_ids and attention_mask) are fed by these names.
+        self.input_names: tuple[str, ...] = tuple(inputs)
         self.input_name = inputs[0]
         declared = next(i for i in graph.input if i.name == self.input_name).type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
                 for d in declared.shape.dim] if declared.HasField("shape") else []
-        # The per-sample input shape the file declares (None where a dimension is free).
-        self.input_shape: tuple[int | None, ...] | None = tuple(dims[1:]) if len(dims) > 1 else None
+        # The per-sample input shape the file declares (None where a dimension is free; None for
+        # several inputs: their data is named, not shaped to fit).
+        self.input_shape: tuple[int | None, ...] | None = \
+            tuple(dims[1:]) if len(dims) > 1 and len(inputs) == 1 else None
         if not graph.output:
             raise ModelLoadError(f"{source}: the graph has no output")
         self.output_name = graph.output[0].name
+        if len(graph.output) > 1:  # what evaluation uses, said on the Model page and by evaluate
+            self.output_note = f"the first of its {len(graph.output)} outputs, {self.output_name!r}"
 
-        raw = _toposort(list(graph.node), {self.input_name, *init, ""}, source)
+        raw = _toposort(list(graph.node), {*self.input_names, *init, ""}, source)
         shapes, types = _inferred(model)
         constant_outputs = {c.output[0] for c in raw if c.op_type == "Constant"}
         # Nodes without a torch equivalent here (or a Conv whose weight is computed) run in ONNX
         # Runtime, one node at a time; they export back unchanged. Structured pruning and
         # fine-tuning are off for such a graph; measuring writes the user's own graph back.
         in_ort = {id(n) for n in raw
-                  if n.domain not in ("", "ai.onnx") or n.op_type not in supported_ops()
+                  if n.domain not in ("", "ai.onnx")
+                  or (n.op_type not in supported_ops() and not (n.op_type == "Resize" and _resize_mode(n, source)))
                   or (n.op_type == "Conv" and n.input[1] not in init and n.input[1] not in constant_outputs)}
         self.ort_ops: tuple[str, ...] = tuple(sorted({
             (f"{n.domain}." if n.domain not in ("", "ai.onnx") else "") + n.op_type for n in raw if id(n) in in_ort}))
@@ -198,6 +225,7 @@ class OnnxModule(nn.Module):
         for n in raw:  # Constant nodes: known at load, like initializers
             if n.op_type == "Constant":
                 self._consts[n.output[0]] = _constant_value(n, source)
+        producers = {o: n for n in raw for o in n.output}
         consumers: dict[str, list[Any]] = {}
         for n in raw:
             for name in n.input:
@@ -205,7 +233,9 @@ class OnnxModule(nn.Module):
 
         self._buffer_of: dict[str, str] = {}  # ONNX constant name -> buffer attribute
         self._used_names: set[str] = set()
-        self._layer_of_weight: dict[str, str] = {}
+        self._layer_of_weight: dict[str, str] = {}  # weight initializer -> the (first) layer holding it
+        self._layer_of_key: dict[Any, str] = {}  # what makes nodes share a layer -> that layer
+        self.folded_nodes = 0  # constant-only nodes folded into initializers before loading
         nodes: list[_Node] = []
         skipped: set[int] = set()  # Add nodes folded into the Linear before them
         for index, n in enumerate(raw):
@@ -231,6 +261,11 @@ class OnnxModule(nn.Module):
                     skipped.add(id(bias_node))
                     outs = tuple(bias_node.output)
                 op = "Linear"
+            elif op == "Gather" and ins[0] in self._consts and ins[1] not in self._consts \
+                    and int(attrs.get("axis", 0)) == 0 and self._consts[ins[0]].ndim == 2 \
+                    and self._consts[ins[0]].dtype.kind == "f":  # a lookup table: token or position embeddings
+                module = self._embedding(n, index)
+                op = "Embedding"
             elif op == "BatchNormalization" and all(i in self._consts for i in ins[1:5]):
                 if attrs.get("training_mode", 0):
                     raise ModelLoadError(f"{source}: node {n.name!r} is a BatchNormalization in training mode")
@@ -241,20 +276,28 @@ class OnnxModule(nn.Module):
                 module = self._layernorm(n, attrs, index)
             elif op == "Reshape" and _is_flatten(n, self._consts, shapes):
                 op, ins, attrs = "Flatten", ins[:1], {"axis": 1}
+            elif op == "Reshape" and _keeps_last(n, self._consts, shapes, producers):
+                attrs = {**attrs, "keep_last": 1}  # (.., C) -> (.., C): C follows pruned channels
+            elif op == "Reshape" and _heads_reshape(n, self._consts, shapes):
+                attrs = {**attrs, "heads": _heads_reshape(n, self._consts, shapes)}
             node = _Node(op=op, name=n.name, inputs=ins, outputs=outs, attrs=attrs, module=module)
             nodes.append(replace(node, owned=tuple(_owned(node, i) for i in ins)))
         self._ort_weights(nodes)
         # Constants the remaining nodes read become buffers (they travel with copies and exports).
         # A float tensor combined element-wise with activations (a positional embedding, a
-        # per-channel scale) becomes a frozen parameter instead: DepGraph then prunes it along
-        # with the channels it meets.
+        # per-channel scale), or a token expanded to the batch and joined to them (a ViT's class
+        # token), becomes a frozen parameter instead: DepGraph then prunes it along with the
+        # channels it meets.
         for node in nodes:
             for name, owned in zip(node.inputs, node.owned):
                 if name in self._consts and name not in self._buffer_of and not owned and name not in self._ort_weight:
                     value = torch.from_numpy(np.array(self._consts[name]))
                     attr = self._unique("const_" + _component(name))
-                    if node.op in _ELEMENTWISE and value.is_floating_point() and value.numel() > 1 \
-                            and any(i not in self._consts for i in node.inputs):
+                    if value.is_floating_point() and value.numel() > 1 and (
+                            (node.op in _ELEMENTWISE and any(i not in self._consts for i in node.inputs))
+                            or (node.op in _TOKENS and value.dim() >= 2
+                                and (name == node.inputs[0] or node.op == "Concat")
+                                and any(i not in self._consts for i in node.inputs))):
                         self.register_parameter(attr, nn.Parameter(value, requires_grad=False))
                     else:
                         self.register_buffer(attr, value)
@@ -277,10 +320,18 @@ class OnnxModule(nn.Module):
         self._used_names.add(name)
         return name
 
-    def _add_layer(self, name: str, layer: nn.Module, weight: str) -> str:
-        """Register ``layer`` under the qualified ``name`` (containers created on the way)."""
-        if weight in self._layer_of_weight:  # a weight shared by two nodes: one layer, called twice
-            return self._layer_of_weight[weight]
+    def _add_layer(self, name: str, layer: nn.Module, weight: str, node: Any = None, *extra: str) -> str:
+        """Register ``layer`` under the qualified ``name`` (containers created on the way).
+
+        Two nodes alike in everything (op, constant inputs, attributes) share one layer, called
+        twice (a tied weight). Nodes that only share a weight initializer get a layer each: the
+        TorchScript exporter deduplicates equal initializers (two batch norms' ones and zeros),
+        which does not make the layers one.
+        """
+        key = weight if node is None else (node.op_type, node.domain, tuple(node.input[1:]), extra,
+                                           tuple(a.SerializeToString() for a in node.attribute))
+        if key in self._layer_of_key:
+            return self._layer_of_key[key]
         parts = [_component(p) for p in name.split(".")]
         qualified = ".".join(parts)
         if qualified in self._used_names or not self._can_nest(parts):
@@ -296,7 +347,8 @@ class OnnxModule(nn.Module):
                 self._used_names.add(".".join(parts[: i + 1]))
             parent = child
         parent.add_module(parts[-1], layer)
-        self._layer_of_weight[weight] = qualified
+        self._layer_of_weight.setdefault(weight, qualified)
+        self._layer_of_key[key] = qualified
         return qualified
 
     def _can_nest(self, parts: list[str]) -> bool:
@@ -367,7 +419,7 @@ class OnnxModule(nn.Module):
             layer.weight.copy_(w)
             if bias:
                 layer.bias.copy_(self._param(n.input[2]))
-        return self._source(self._add_layer(_layer_name(n, n.input[1], index), layer, n.input[1]), n.input[1])
+        return self._source(self._add_layer(_layer_name(n, n.input[1], index), layer, n.input[1], n), n.input[1])
 
     def _gemm(self, n: Any, attrs: dict[str, Any], index: int) -> str:
         b = self._param(n.input[1])
@@ -386,18 +438,26 @@ class OnnxModule(nn.Module):
             layer.weight.copy_(weight)
             if bias is not None:
                 layer.bias.copy_(bias)
-        name = self._add_layer(_layer_name(n, n.input[1], index), layer, n.input[1])
+        name = self._add_layer(_layer_name(n, n.input[1], index), layer, n.input[1], n)
         return self._source(name, n.input[1], None if attrs.get("transB", 0) else (1, 0), float(attrs.get("alpha", 1.0)))
 
     def _matmul(self, n: Any, index: int, bias_node: Any) -> str:
         b = self._param(n.input[1])  # (in, out)
         layer = nn.Linear(b.shape[0], b.shape[1], bias=bias_node is not None)
+        const = next(i for i in bias_node.input if i in self._consts) if bias_node is not None else ""
         with torch.no_grad():
             layer.weight.copy_(b.T)
             if bias_node is not None:
-                const = next(i for i in bias_node.input if i in self._consts)
                 layer.bias.copy_(self._param(const).reshape(-1).expand(b.shape[1]))
-        return self._source(self._add_layer(_layer_name(n, n.input[1], index), layer, n.input[1]), n.input[1], (1, 0))
+        name = self._add_layer(_layer_name(n, n.input[1], index), layer, n.input[1], n, const)
+        return self._source(name, n.input[1], (1, 0))
+
+    def _embedding(self, n: Any, index: int) -> str:
+        table = self._param(n.input[0])
+        layer = nn.Embedding(table.shape[0], table.shape[1])
+        with torch.no_grad():
+            layer.weight.copy_(table)
+        return self._add_layer(_layer_name(n, n.input[0], index), layer, n.input[0], n)
 
     def _batchnorm(self, n: Any, attrs: dict[str, Any], index: int) -> str:
         scale, bias, mean, var = (self._param(i) for i in n.input[1:5])
@@ -409,7 +469,7 @@ class OnnxModule(nn.Module):
             layer.running_mean.copy_(mean)
             layer.running_var.copy_(var)
         layer.eval()
-        return self._add_layer(_layer_name(n, n.input[1], index), layer, n.input[1])
+        return self._add_layer(_layer_name(n, n.input[1], index), layer, n.input[1], n)
 
     def _layernorm(self, n: Any, attrs: dict[str, Any], index: int) -> str:
         scale = self._param(n.input[1])
@@ -419,7 +479,7 @@ class OnnxModule(nn.Module):
             layer.weight.copy_(scale)
             if has_bias:
                 layer.bias.copy_(self._param(n.input[2]))
-        return self._add_layer(_layer_name(n, n.input[1], index), layer, n.input[1])
+        return self._add_layer(_layer_name(n, n.input[1], index), layer, n.input[1], n)
 
     # --- running ---------------------------------------------------------------------------------
 
@@ -439,8 +499,16 @@ class OnnxModule(nn.Module):
     def _const(self, name: str | None) -> np.ndarray | None:
         return self._consts.get(name) if name else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        env: dict[str, Value] = {self.input_name: x}
+    def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
+        """Run the graph on its inputs, given in ``input_names`` order or by name."""
+        if len(args) > len(self.input_names) or set(kwargs) - set(self.input_names[len(args):]):
+            raise TypeError(f"the graph takes inputs {list(self.input_names)}; got {len(args)} positional "
+                            f"and {sorted(kwargs)}")
+        env: dict[str, Value] = dict(zip(self.input_names, args))
+        env.update(kwargs)
+        missing = [n for n in self.input_names if n not in env]
+        if missing:
+            raise TypeError(f"the graph takes inputs {list(self.input_names)}; {missing} not given")
         for node in self._nodes:
             args = [None if owned else self._value(env, name) for name, owned in zip(node.inputs, node.owned)]
             try:
@@ -539,6 +607,12 @@ class OnnxModule(nn.Module):
             y = y + float(attrs.get("beta", 1.0)) * a[2]
         return y
 
+    def _op_Embedding(self, node: _Node, a: list[Value]) -> torch.Tensor:
+        assert node.module is not None and a[1] is not None
+        layer = self.get_submodule(node.module)
+        idx = a[1].to(torch.int64)
+        return layer(torch.where(idx < 0, idx + layer.num_embeddings, idx))
+
     def _op_Linear(self, node: _Node, a: list[Value]) -> torch.Tensor:
         assert node.module is not None
         return self.get_submodule(node.module)(a[0])
@@ -567,6 +641,15 @@ class OnnxModule(nn.Module):
         if not x.is_floating_point() and not y.is_floating_point():
             return torch.div(x, y, rounding_mode="trunc")
         return torch.div(x, y)
+
+    def _op_IsInf(self, node: _Node, a: list[Value]) -> torch.Tensor:
+        x = a[0]
+        positive, negative = node.attrs.get("detect_positive", 1), node.attrs.get("detect_negative", 1)
+        if positive and negative:
+            return torch.isinf(x)
+        if positive:
+            return torch.isposinf(x)
+        return torch.isneginf(x) if negative else torch.zeros_like(x, dtype=torch.bool)
 
     def _op_Mod(self, node: _Node, a: list[Value]) -> torch.Tensor:
         if node.attrs.get("fmod", 0):
@@ -730,7 +813,24 @@ class OnnxModule(nn.Module):
         axis = int(node.attrs.get("axis", 1)) % (x.dim() + 1) if x.dim() else 0
         if axis == 0:
             return x.reshape(1, -1)
+        if axis == x.dim():  # every dimension before the axis: (numel, 1)
+            return x.reshape(-1, 1)
         return x.flatten(axis).flatten(0, axis - 1) if axis > 1 else x.flatten(1)
+
+    def _op_Resize(self, node: _Node, a: list[Value]) -> torch.Tensor:
+        """Linear and cubic Resize (what vision models use on feature maps and position
+        embeddings) as ``F.interpolate``, which computes the same; other modes run in ONNX Runtime."""
+        x = a[0]
+        mode = {"linear": ("linear", "bilinear", "trilinear"), "cubic": (None, "bicubic", None)}[node.attrs["mode"]]
+        torch_mode = mode[x.dim() - 3]
+        align = node.attrs.get("coordinate_transformation_mode", "half_pixel") == "align_corners"
+        sizes = a[3] if len(a) > 3 else None
+        if sizes is not None and sizes.numel():
+            return F.interpolate(x, size=[int(v) for v in self._ints(node.inputs[3], sizes)[2:]], mode=torch_mode,
+                                 align_corners=align)
+        scales = [float(v) for v in (self._const(node.inputs[2]) if self._const(node.inputs[2]) is not None
+                                     else a[2]).reshape(-1).tolist()][2:]
+        return F.interpolate(x, scale_factor=scales, mode=torch_mode, align_corners=align, recompute_scale_factor=False)
 
     def _op_Reshape(self, node: _Node, a: list[Value]) -> torch.Tensor:
         x = a[0]
@@ -740,8 +840,16 @@ class OnnxModule(nn.Module):
             shape = [int(v) for v in np.asarray(const).reshape(-1)]
             if not allowzero:
                 shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+            if node.attrs.get("keep_last"):
+                shape[-1] = x.shape[-1]
+            elif node.attrs.get("heads") == "split":  # (.., H*D) -> (.., H, D): H from the (pruned) width
+                shape[-2] = x.shape[-1] // shape[-1]
+            elif node.attrs.get("heads") == "merge":  # (.., H, D) -> (.., H*D)
+                shape[-1] = x.shape[-2] * x.shape[-1]
             return x.reshape(shape)
         shape_t = a[1].to(torch.int64)
+        if node.attrs.get("keep_last"):
+            shape_t = torch.cat([shape_t[:-1], torch._shape_as_tensor(x)[-1:]])
         if not allowzero:  # a 0 copies the input's size at that position
             current = torch._shape_as_tensor(x)[: shape_t.numel()]
             if shape_t.numel() > x.dim():
@@ -791,6 +899,9 @@ class OnnxModule(nn.Module):
             n = int(node.attrs.get("num_outputs", len(node.outputs)))
             size = -(-x.shape[axis] // n)
             sizes = [min(size, x.shape[axis] - i * size) for i in range(n)]
+        if len(sizes) > 1 and len(set(sizes)) == 1 and sum(sizes) != x.shape[axis] \
+                and x.shape[axis] % len(sizes) == 0:  # an even split stays even once the channels are pruned
+            sizes = [x.shape[axis] // len(sizes)] * len(sizes)
         return torch.split(x, sizes, dim=axis)
 
     def _op_Slice(self, node: _Node, a: list[Value]) -> torch.Tensor:
@@ -828,6 +939,26 @@ class OnnxModule(nn.Module):
         out = torch.index_select(x, axis, idx.reshape(-1))
         return out.reshape((*x.shape[:axis], *idx.shape, *x.shape[axis + 1 :]))
 
+    def _op_GatherElements(self, node: _Node, a: list[Value]) -> torch.Tensor:
+        x, idx = a
+        axis = int(node.attrs.get("axis", 0)) % x.dim()
+        idx = idx.to(torch.int64)
+        return torch.gather(x, axis, torch.where(idx < 0, idx + x.shape[axis], idx))
+
+    def _op_GatherND(self, node: _Node, a: list[Value]) -> torch.Tensor:
+        x, idx = a
+        batch = int(node.attrs.get("batch_dims", 0))
+        idx = idx.to(torch.int64)
+        depth = idx.shape[-1]
+        lead = x.shape[:batch]
+        flat_x = x.reshape(-1, *x.shape[batch:])  # (B, ...) with the batch dims merged
+        flat_i = idx.reshape(flat_x.shape[0], -1, depth)  # (B, M, depth)
+        sizes = torch.tensor(x.shape[batch:batch + depth])
+        flat_i = torch.where(flat_i < 0, flat_i + sizes, flat_i)
+        rows = torch.arange(flat_x.shape[0]).reshape(-1, 1).expand(-1, flat_i.shape[1])
+        picked = flat_x[(rows, *flat_i.unbind(-1))]  # (B, M, rest...)
+        return picked.reshape(*lead, *idx.shape[batch:-1], *x.shape[batch + depth:])
+
     def _op_Shape(self, node: _Node, a: list[Value]) -> torch.Tensor:
         shape = torch._shape_as_tensor(a[0])
         start, end = node.attrs.get("start", 0), node.attrs.get("end")
@@ -836,7 +967,19 @@ class OnnxModule(nn.Module):
     def _op_Size(self, node: _Node, a: list[Value]) -> torch.Tensor:
         return torch._shape_as_tensor(a[0]).prod()
 
+    def _traced_shape(self, name: str, value: Value) -> list[Any] | None:
+        """A computed shape while the TorchScript ONNX exporter traces this module: its entries as
+        0-d tensors, which the tracer follows (Python ints would be recorded as constants, and the
+        export would only run at the example's batch size). None otherwise."""
+        if self._const(name) is not None or value is None or not torch.jit.is_tracing():
+            return None
+        return list(value.reshape(-1).to(torch.int64).unbind(0))
+
     def _op_Expand(self, node: _Node, a: list[Value]) -> torch.Tensor:
+        traced = self._traced_shape(node.inputs[1], a[1])
+        if traced is not None:  # ONNX Expand broadcasts both ways: as adding zeros of that shape
+            zeros = torch.zeros(traced, dtype=a[0].dtype)
+            return torch.logical_or(a[0], zeros) if a[0].dtype == torch.bool else a[0] + zeros
         shape = self._ints(node.inputs[1], a[1])
         return a[0].expand(torch.broadcast_shapes(tuple(a[0].shape), tuple(shape)))
 
@@ -852,7 +995,11 @@ class OnnxModule(nn.Module):
     def _op_ConstantOfShape(self, node: _Node, a: list[Value]) -> torch.Tensor:
         value = node.attrs.get("value")
         fill = torch.from_numpy(np.array(value).reshape(-1)[:1]) if value is not None else torch.zeros(1)
-        return fill.expand(self._ints(node.inputs[0], a[0])).clone()
+        traced = self._traced_shape(node.inputs[0], a[0])
+        if traced is not None:
+            return torch.full(traced, fill.item(), dtype=fill.dtype) if traced else fill.reshape(()).clone()
+        shape = self._ints(node.inputs[0], a[0])
+        return fill.expand(shape).clone() if shape else fill.reshape(()).clone()  # an empty shape: a scalar
 
     def _op_Range(self, node: _Node, a: list[Value]) -> torch.Tensor:
         start, limit, delta = a
@@ -934,6 +1081,8 @@ def _owned(node: _Node, name: str) -> bool:
         return name != node.inputs[0]
     if node.op == "Gemm":  # a constant C is kept too: added in forward when not folded into the bias
         return name == node.inputs[1]
+    if node.op == "Embedding":
+        return name == node.inputs[0]
     return False
 
 
@@ -955,6 +1104,19 @@ def _foldable_bias(matmul: Any, consumers: dict[str, list[Any]], consts: dict[st
     return None
 
 
+def _resize_mode(node: Any, source: str) -> bool:
+    """Is this Resize one ``F.interpolate`` computes exactly (linear or cubic on 1-3 spatial
+    dimensions, half-pixel or align-corners coordinates, no antialiasing, N and C kept)?"""
+    attrs = _attributes(node, source)
+    mode, coords = attrs.get("mode", "nearest"), attrs.get("coordinate_transformation_mode", "half_pixel")
+    if mode not in ("linear", "cubic") or coords not in ("half_pixel", "pytorch_half_pixel", "align_corners"):
+        return False
+    if attrs.get("antialias", 0) or attrs.get("exclude_outside", 0) or attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch" \
+            or float(attrs.get("cubic_coeff_a", -0.75)) != -0.75 or attrs.get("axes") is not None:
+        return False
+    return len(node.input) >= 3
+
+
 def _is_flatten(node: Any, consts: dict[str, np.ndarray], shapes: dict[str, list[int | None]]) -> bool:
     """A Reshape of (N, C, ...) to the constant (N or -1, C * ...): a flatten whose width must follow
     the channels when they are pruned."""
@@ -966,6 +1128,42 @@ def _is_flatten(node: Any, consts: dict[str, np.ndarray], shapes: dict[str, list
         return False
     width = math.prod(d for d in src[1:] if d is not None)
     return target[1] == width and (target[0] in (-1, 0) or target[0] == src[0])
+
+
+def _keeps_last(node: Any, consts: dict[str, np.ndarray], shapes: dict[str, list[int | None]],
+                producers: dict[str, Any]) -> bool:
+    """A Reshape that keeps the input's last dimension (``[-1, 768]`` around a linear layer, constant
+    or computed): that dimension then follows the channels when they are pruned."""
+    src = shapes.get(node.input[0])
+    if len(node.input) < 2 or not src or len(src) < 2 or src[-1] is None or src[-1] <= 1:
+        return False
+    if node.input[1] in consts:
+        target = [int(v) for v in np.asarray(consts[node.input[1]]).reshape(-1)]
+        return len(target) >= 2 and target[-1] == src[-1]
+    # A computed shape: what inference says of the output, or a Concat ending in the width as a constant.
+    target = shapes.get(node.output[0]) or []
+    if len(target) >= 2 and target[-1] == src[-1]:
+        return True
+    concat = producers.get(node.input[1])
+    if concat is None or concat.op_type != "Concat" or len(concat.input) < 2 or concat.input[-1] not in consts:
+        return False
+    last = np.asarray(consts[concat.input[-1]]).reshape(-1)
+    return last.size == 1 and int(last[0]) == src[-1]
+
+
+def _heads_reshape(node: Any, consts: dict[str, np.ndarray], shapes: dict[str, list[int | None]]) -> str:
+    """``split`` for a Reshape to a constant shape that splits the last dimension into heads
+    ((.., H*D) -> (.., H, D)), ``merge`` for the reverse; the head count then follows heads pruned
+    whole (an exporter that wrote the count as a constant). Empty otherwise."""
+    src = shapes.get(node.input[0])
+    if len(node.input) < 2 or node.input[1] not in consts or not src or any(d is None for d in src[-2:]):
+        return ""
+    target = [int(v) for v in np.asarray(consts[node.input[1]]).reshape(-1)]
+    if len(target) == len(src) + 1 and target[-1] > 1 and target[-2] > 1 and target[-2] * target[-1] == src[-1]:
+        return "split"
+    if len(target) == len(src) - 1 and len(src) >= 3 and target[-1] == src[-2] * src[-1] and src[-2] > 1:
+        return "merge"
+    return ""
 
 
 def _inferred(model: Any) -> tuple[dict[str, list[int | None]], dict[str, int]]:
@@ -1082,6 +1280,42 @@ def _check_external_data(model: Any, path: Path) -> None:
                                      "which is missing next to the model")
 
 
+def _constant_nodes(model: Any) -> int:
+    """How many nodes (other than ``Constant``) compute only from constants: a computed bias, a
+    reshaped or scaled weight, an ``Identity`` of a deduplicated initializer..."""
+    known = {t.name for t in model.graph.initializer} | {""}
+    count = 0
+    for node in model.graph.node:  # topological in a valid graph
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            known.update(node.output)
+        elif node.input and node.domain in ("", "ai.onnx") and all(i in known for i in node.input):
+            known.update(node.output)
+            count += 1
+    return count
+
+
+def _fold_constant_subgraphs(model: Any, path: Path) -> tuple[Any, int]:
+    """Fold the graph's constant subgraphs into initializers with onnxscript's optimizer (the
+    constant folding torch's dynamo exporter runs), so that weights computed from constants
+    become layers like any other. Returns the model and how many nodes were folded."""
+    count = _constant_nodes(model)
+    if not count:
+        return model, 0
+    import onnx_ir.passes.common as common_passes
+    from onnxscript import ir
+    from onnxscript.optimizer import fold_constants_ir
+
+    try:
+        graph = ir.serde.deserialize_model(model)
+        fold_constants_ir(graph, input_size_limit=1 << 31, output_size_limit=1 << 31)
+        common_passes.RemoveUnusedNodesPass()(graph)
+        folded = ir.serde.serialize_model(graph)
+    except Exception as e:
+        raise ModelLoadError(f"{path}: {count} node(s) compute only from constants, and folding them failed "
+                             f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})") from None
+    return folded, count - _constant_nodes(folded)
+
+
 def load_onnx(path: str | Path) -> OnnxModule:
     """Read an ONNX file into an ``OnnxModule`` (eval mode).
 
@@ -1110,7 +1344,9 @@ def load_onnx(path: str | Path) -> OnnxModule:
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"{path}: invalid ONNX model ({first})") from None
+    model, folded = _fold_constant_subgraphs(model, path)
     module = OnnxModule(model, source=str(path)).eval()
+    module.folded_nodes = folded
     if module.ort_ops:  # those nodes run in ONNX Runtime: it must know them
         import onnxruntime as ort
 

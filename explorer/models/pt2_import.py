@@ -26,6 +26,7 @@ import json
 import math
 import re
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,10 @@ import torch
 from torch import fx, nn
 
 from explorer.errors import ModelLoadError
+from explorer.inputs import Inputs, run_model
 from explorer.models.files import read_model_file
+from explorer.models.outputs import logits_of
+from explorer.tolerance import REL_TOL, relative_error
 
 __all__ = ["TORCH_VERSION_CHECKED", "check_archive", "load_program"]
 
@@ -45,6 +49,10 @@ _ALLOWED_DIRS = ("data/weights/", "data/constants/", "data/sample_inputs/", "mod
 _OP_NAMESPACES = {"aten", "prims", "higher_order"}
 _OPERATOR_FUNCS = {"getitem", "add", "sub", "mul", "floordiv", "truediv", "mod", "neg", "pow", "eq",
                    "ne", "lt", "le", "gt", "ge", "and_", "or_", "not_", "pos", "abs"}
+# aten operators spelled as Python's dunder methods (a text model's mask: ``mask & causal``); any
+# other name with '__' could reach a Python attribute of torch.ops instead of an operator.
+_ATEN_DUNDER_OPS = {f"__{op}__" for op in ("and", "or", "xor", "lshift", "rshift", "iand", "ior", "ixor",
+                                           "ilshift", "irshift")}
 _TARGET_OPS = re.compile(r"^torch\.ops\.([a-z_][a-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 _TARGET_SYM = re.compile(r"^torch\.(_?sym_[a-z_]+|_check|_check_is_size)$")
 _TARGET_MATH = re.compile(r"^math\.[a-z][a-z0-9_]*$")
@@ -60,11 +68,14 @@ _SYMPY_NAMES = {
     "IntTrueDiv", "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt", "RoundToInt",
     "RoundDecimal", "ToFloat", "Identity", "BitwiseFn_bitwise_and", "BitwiseFn_bitwise_or",
 }
-# Names that end up in the Python code torch.fx generates for the program (placeholders, attribute
-# paths): plain (dotted) identifiers only, so a name cannot carry code.
+# Names that end up in the Python code torch.fx generates for the program: variables (node and
+# argument names) are plain dotted identifiers only, so a name cannot carry code. Attribute paths
+# (weight names) may also hold '-' (torchvision's RegNet names a block 'block1-0'): torch.fx writes
+# such a part as getattr(module, "block1-0"), a quoted string, which can hold no quote here.
 _DOTTED = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
-_CODE_NAMES = {"name", "as_name", "parameter_name", "buffer_name", "tensor_constant_name", "custom_obj_name",
-               "fqn", "arg_name"}
+_PATH = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$")
+_CODE_NAMES = {"name", "as_name", "arg_name"}
+_PATH_NAMES = {"parameter_name", "buffer_name", "tensor_constant_name", "custom_obj_name", "fqn"}
 _EXPR_TOKEN = re.compile(
     r"\s+|(?P<num>\d+(\.\d+)?([eE][+-]?\d+)?)|(?P<str>'[A-Za-z0-9_.+\-]*')"
     r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<kw>=(?!=))|(?P<op>==|!=|<=|>=|\*\*|[(),+\-*/%<>])"
@@ -97,7 +108,9 @@ def _check_expr(expr: str, path: Path) -> None:
 def _check_target(target: str, path: Path) -> None:
     m = _TARGET_OPS.match(target)
     ok = (
-        (m is not None and m.group(1) in _OP_NAMESPACES and "__" not in target)
+        (m is not None and m.group(1) in _OP_NAMESPACES
+         and ("__" not in target or (m.group(1) == "aten" and m.group(2) in _ATEN_DUNDER_OPS
+                                     and "__" not in (m.group(3) or ""))))
         or _TARGET_SYM.match(target) is not None
         or _TARGET_MATH.match(target) is not None
         or (target.startswith("_operator.") and target[len("_operator."):] in _OPERATOR_FUNCS)
@@ -106,8 +119,8 @@ def _check_target(target: str, path: Path) -> None:
         raise _refuse(path, f"the program calls {target!r}, which is not a registered torch operator")
 
 
-def _check_name(name: Any, path: Path) -> None:
-    if isinstance(name, str) and name and not _DOTTED.match(name):
+def _check_name(name: Any, path: Path, pattern: re.Pattern[str] = _DOTTED) -> None:
+    if isinstance(name, str) and name and not pattern.match(name):
         raise _refuse(path, f"the program names something {name[:60]!r} (only identifiers are read)")
 
 
@@ -127,6 +140,8 @@ def _walk(value: Any, path: Path, depth: int = 0, names: bool = True) -> None:
         if names:
             for key in _CODE_NAMES & value.keys():
                 _check_name(value[key], path)
+            for key in _PATH_NAMES & value.keys():
+                _check_name(value[key], path, _PATH)
             for name in value.get("forward_arg_names") or []:
                 _check_name(name, path)
         expr = value.get("expr_str")
@@ -196,7 +211,7 @@ def check_archive(data: bytes, path: Path) -> None:
                 except (ValueError, AttributeError):
                     raise ModelLoadError(f"{path}: corrupt archive ({name} is not JSON)") from None
                 for fqn, meta in config.items():
-                    if not _DOTTED.match(str(fqn)):
+                    if not _PATH.match(str(fqn)):
                         raise _refuse(path, f"a {kind[:-1]} is named {str(fqn)[:60]!r} (only identifiers are read)")
                     if not isinstance(meta, dict) or meta.get("use_pickle") or \
                             not str(meta.get("path_name", "")).startswith(("weight_", "tensor_")):
@@ -212,6 +227,62 @@ def check_archive(data: bytes, path: Path) -> None:
         except (ValueError, UnicodeDecodeError):
             raise ModelLoadError(f"{path}: corrupt archive ({model_file} is not JSON)") from None
         _walk(program, path)
+
+
+# --- output structures ------------------------------------------------------------------------
+
+# Containers torch's pytree deserializes itself. Another type named in an output spec (a Hugging
+# Face ModelOutput) would have to be imported and registered first: it is read as the plain dict
+# of its fields instead, and its logits are the model's output.
+_PLAIN_SPECS = {"builtins.tuple", "builtins.list", "builtins.dict", "collections.OrderedDict", None}
+
+
+def _plain_spec(node: Any, renamed: list[str]) -> Any:
+    if not isinstance(node, dict):
+        return node
+    if node.get("type") not in _PLAIN_SPECS:
+        renamed.append(str(node["type"]))
+        node = {**node, "type": "builtins.dict"}
+    return {**node, "children_spec": [_plain_spec(c, renamed) for c in node.get("children_spec") or []]}
+
+
+def _plain_outputs(data: bytes, path: Path) -> tuple[bytes, str]:
+    """The archive with every output spec naming another type read as a dict of the same fields,
+    and the name of the type replaced (empty when none was)."""
+    archive = zipfile.ZipFile(io.BytesIO(data))
+    renamed: list[str] = []
+    files: dict[str, bytes] = {}
+    for name in archive.namelist():
+        content = archive.read(name)
+        if name.split("/", 1)[-1].startswith("models/") and name.endswith(".json"):
+            program = json.loads(content)
+            for entry in program.get("graph_module", {}).get("module_call_graph", []):
+                signature = entry.get("signature") or {}
+                spec = signature.get("out_spec")
+                if isinstance(spec, str):
+                    version, tree = json.loads(spec)
+                    signature["out_spec"] = json.dumps([version, _plain_spec(tree, renamed)])
+            content = json.dumps(program).encode()
+        files[name] = content
+    if not renamed:
+        return data, ""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+        for name, content in files.items():
+            z.writestr(name, content)
+    return out.getvalue(), renamed[0]
+
+
+def _logits_leaf(program: Any) -> int | None:
+    """Which output leaf holds the logits: the one keyed ``logits`` where the program returns a
+    dict (or a ModelOutput read as one) of tensors, else None (a single output)."""
+    spec = program.call_spec.out_spec
+    if spec is None or spec.type is not dict or not isinstance(spec.context, (list, tuple)):
+        return None
+    keys = list(spec.context)
+    if "logits" in keys and all(child.num_leaves == 1 for child in spec.children()):
+        return keys.index("logits")
+    return None
 
 
 # --- from an fx graph to layers ------------------------------------------------------------------
@@ -279,17 +350,23 @@ def _to_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, str, str, l
     if t in (_aten("addmm"), _aten("mm")):  # decomposed linear: addmm(bias, x, t(w)) or mm(x, t(w))
         x, wt = (node.args[1], node.args[2]) if t == _aten("addmm") else (node.args[0], node.args[1])
         w = _transposed_weight(gm, wt)
+        stored = None
+        if w is None:  # Hugging Face's Conv1D (GPT-2): addmm(bias, x, w) on a weight stored (in, out)
+            stored = _tensor_attr(gm, wt)
+            if stored is None or stored[1].ndim != 2 or len(wt.users) != 1:
+                return None
+            w = (stored[0], stored[1].detach().T.contiguous())
         b = _tensor_attr(gm, node.args[0]) if t == _aten("addmm") else None
-        if w is None or (t == _aten("addmm") and (b is None or b[1].ndim != 1)) or \
+        if (t == _aten("addmm") and (b is None or b[1].ndim != 1)) or \
                 node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
             return None
         linear = nn.Linear(w[1].shape[1], w[1].shape[0], bias=b is not None)
-        linear.weight = _as_param(w[1])
+        linear.weight = _as_param(w[1]) if stored is None else nn.Parameter(w[1], requires_grad=False)
         if b is not None:
             linear.bias = _as_param(b[1])
         feeds = [wt] + ([node.args[0]] if b is not None else [])
         return linear, w[0], "linear", feeds, x
-    convs = {_aten("conv1d"): 1, _aten("conv2d"): 2, _aten("conv3d"): 3}
+    convs = {_aten(f"conv{d}d", overload) for d in (1, 2, 3) for overload in ("default", "padding")}
     if t in convs or t == _aten("convolution"):
         if t == _aten("convolution"):
             if _arg(node, 6, "transposed", False) or any(_arg(node, 7, "output_padding", [0])):
@@ -338,6 +415,15 @@ def _to_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, str, str, l
         bn.weight, bn.bias = _as_param(w), _as_param(b)
         bn.running_mean, bn.running_var = mean.detach().clone(), var.detach().clone()
         return bn, wn, "bn", [a for a in node.args[1:5] if isinstance(a, fx.Node)], node.args[0]
+    if t == _aten("embedding"):  # a lookup table: an nn.Embedding (DepGraph prunes its width with the channels)
+        w = _tensor_attr(gm, node.args[0])
+        if w is None or w[1].ndim != 2 or any(_arg(node, i, k, d) != d for i, k, d in
+                                               ((3, "scale_grad_by_freq", False), (4, "sparse", False))):
+            return None
+        padding = _arg(node, 2, "padding_idx", -1)
+        emb = nn.Embedding(w[1].shape[0], w[1].shape[1], padding_idx=None if padding < 0 else padding)
+        emb.weight = _as_param(w[1])
+        return emb, w[0], "emb", [node.args[0]], node.args[1]
     if t == _aten("layer_norm"):
         shape = node.args[1]
         w, b = _tensor_attr(gm, _arg(node, 2, "weight", None)), _tensor_attr(gm, _arg(node, 3, "bias", None))
@@ -355,31 +441,110 @@ def _as_param(t: torch.Tensor) -> nn.Parameter:
     return t if isinstance(t, nn.Parameter) else nn.Parameter(t.detach(), requires_grad=False)
 
 
-def _free_batch(gm: fx.GraphModule, batch: int | None) -> None:
-    """Reshapes that flatten (N, C, ...) to (N, C*...) become ``flatten(x, 1)`` (their width then
-    follows pruned channels); a view that hard-codes the example's batch size gets -1 there."""
+def _views(gm: fx.GraphModule) -> Iterator[tuple[fx.Node, Any, Any, Any]]:
+    """Every view or reshape of the graph (a snapshot: callers may rewrite them): the node, its
+    source, the shape it asks for and the source's example value (None where unknown)."""
     views = {_aten("view"), _aten("reshape"), _aten("_unsafe_view")}
     for node in list(gm.graph.nodes):
         if node.op != "call_function" or node.target not in views:
             continue
         src, shape = node.args[0], node.args[1]
-        val = src.meta.get("val") if isinstance(src, fx.Node) else None
-        if val is None or not isinstance(shape, (list, tuple)) or not all(isinstance(s, int) for s in shape):
+        yield node, src, shape, src.meta.get("val") if isinstance(src, fx.Node) else None
+
+
+def _free_batch(gm: fx.GraphModule, batch: int | None) -> None:
+    """Reshapes that flatten (N, C, ...) to (N, C*...) become ``flatten(x, 1)`` (their width then
+    follows pruned channels); a view that hard-codes the example's batch size gets -1 there."""
+    for node, src, shape, val in _views(gm):
+        if val is None or not isinstance(shape, (list, tuple)) or not shape \
+                or not all(isinstance(s, int) for s in shape[1:]):
             continue
         dims = list(val.shape)
+        batch_dim = shape[0] == -1 or shape[0] == dims[0] or isinstance(shape[0], fx.Node)  # a dynamic batch: sym_size
         if len(dims) >= 3 and len(shape) == 2 and all(isinstance(d, int) for d in dims[1:]) \
-                and shape[1] == math.prod(dims[1:]) and (shape[0] == -1 or shape[0] == dims[0]):
+                and shape[1] == math.prod(dims[1:]) and batch_dim:
             with gm.graph.inserting_before(node):
                 flat = gm.graph.call_function(_aten("flatten", "using_ints"), (src, 1, -1))
             node.replace_all_uses_with(flat)
             gm.graph.erase_node(node)
-        elif batch is not None and shape and shape[0] == batch and dims and dims[0] == batch and -1 not in shape:
+        elif batch is not None and isinstance(shape[0], int) and shape[0] == batch and dims and dims[0] == batch \
+                and -1 not in shape:
             node.args = (src, [-1, *shape[1:]])
 
 
-def program_to_layers(gm: fx.GraphModule, batch: int | None = None) -> fx.GraphModule:
+def _follow_channels(gm: fx.GraphModule) -> None:
+    """A view that keeps the last dimension (``view(x, [-1, 768])`` around a linear layer, as
+    Hugging Face's ``Conv1D`` does) gets that dimension from its input when run: written as the
+    example's size, it would break once the channels are pruned."""
+    for node, src, shape, val in _views(gm):
+        if val is None or not isinstance(shape, (list, tuple)) or len(shape) < 2 or val.dim() < 2 \
+                or not isinstance(shape[-1], int) or not isinstance(val.shape[-1], int) \
+                or shape[-1] != val.shape[-1] or shape[-1] <= 1:
+            continue
+        with gm.graph.inserting_before(node):
+            size = gm.graph.call_method("size", (src, -1))
+        node.args = (src, [*shape[:-1], size])
+    for node in list(gm.graph.nodes):  # an even split of the last dimension stays even (a fused q/k/v)
+        if node.op != "call_function" or node.target != _aten("split", "Tensor") or len(node.args) < 3:
+            continue
+        src, size, dim = node.args[:3]
+        val = src.meta.get("val") if isinstance(src, fx.Node) else None
+        if val is None or not isinstance(size, int) or dim not in (-1, val.dim() - 1) \
+                or not isinstance(val.shape[-1], int) or val.shape[-1] % size or val.shape[-1] == size:
+            continue
+        with gm.graph.inserting_before(node):
+            width = gm.graph.call_method("size", (src, -1))
+            piece = gm.graph.call_function(__import__("operator").floordiv, (width, val.shape[-1] // size))
+        node.args = (src, piece, dim)
+
+
+# Ops that take a shape, and the Tensor method doing the same: the TorchScript ONNX exporter traces
+# a size flowing into a method call as a shape, but records it as a constant in an op call.
+_SHAPE_METHODS = {"view": "view", "reshape": "reshape", "_unsafe_view": "reshape", "expand": "expand",
+                  "repeat": "repeat", "new_zeros": "new_zeros", "new_ones": "new_ones", "new_empty": "new_empty",
+                  "split": "split"}
+
+
+def _has_symbol(value: Any) -> bool:
+    if isinstance(value, fx.Node):
+        return True
+    return isinstance(value, (list, tuple)) and any(_has_symbol(v) for v in value)
+
+
+def _traceable_sizes(gm: fx.GraphModule) -> None:
+    """Sizes that follow the input's batch are computed so that the TorchScript ONNX exporter
+    traces them as shapes: ``aten.sym_size.int(x, d)`` becomes ``x.size(d)``, and a view, reshape
+    or expand to a shape holding such a size becomes the Tensor method. Run, both are the same;
+    traced, the op calls would be recorded with the example's sizes as constants, and the exported
+    file would only run at the example's batch size."""
+    for node in list(gm.graph.nodes):
+        if node.op == "call_function" and node.target == _aten("sym_size", "int"):
+            with gm.graph.inserting_before(node):
+                size = gm.graph.call_method("size", (node.args[0], node.args[1]))
+            node.replace_all_uses_with(size)
+            gm.graph.erase_node(node)
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+            continue
+        packet = node.target.overloadpacket.__name__
+        method = _SHAPE_METHODS.get(packet)
+        overload = node.target._overloadname
+        if method is None or overload not in ("default", "Tensor") or (overload == "Tensor") != (packet == "split") \
+                or len(node.args) < 2 or not _has_symbol(node.args[1]):
+            continue
+        shape = list(node.args[1]) if isinstance(node.args[1], (list, tuple)) else node.args[1]
+        with gm.graph.inserting_before(node):
+            call = gm.graph.call_method(method, (node.args[0], shape, *node.args[2:]), dict(node.kwargs))
+        call.meta = dict(node.meta)
+        node.replace_all_uses_with(call)
+        gm.graph.erase_node(node)
+
+
+def program_to_layers(gm: fx.GraphModule, batch: int | None = None, output: int | None = None) -> fx.GraphModule:
     """Rewrite ``gm`` (from ``ExportedProgram.module()``) in place: layers instead of aten calls
-    on its own weights, no guard module, batch-size-free reshapes. Returns ``gm``."""
+    on its own weights, no guard module, batch-size-free reshapes, and the one output leaf
+    ``output`` (the logits; None: the program must have one) returned as a plain tensor.
+    Returns ``gm``."""
     for node in list(gm.graph.nodes):
         if node.op == "call_module" and node.target == "_guards_fn":
             gm.graph.erase_node(node)
@@ -401,12 +566,14 @@ def program_to_layers(gm: fx.GraphModule, batch: int | None = None) -> fx.GraphM
         if node.target == _aten("_native_batch_norm_legit_no_training"):
             for user in list(node.users):  # (out, mean, invstd): only the output is used in inference
                 if user.target is __import__("operator").getitem and user.args[1] == 0:
+                    call.meta.update({k: user.meta[k] for k in ("val", "tensor_meta") if k in user.meta})
                     user.replace_all_uses_with(call)
                     gm.graph.erase_node(user)
             if node.users:
                 gm.graph.erase_node(call)
                 continue
         else:
+            call.meta.update({k: node.meta[k] for k in ("val", "tensor_meta") if k in node.meta})  # shapes, for later rewrites
             node.replace_all_uses_with(call)
         gm.graph.erase_node(node)
         pending = list(tensor_nodes)
@@ -416,15 +583,19 @@ def program_to_layers(gm: fx.GraphModule, batch: int | None = None) -> fx.GraphM
                 pending += [a for a in n.args if isinstance(a, fx.Node)]
                 gm.graph.erase_node(n)
     _free_batch(gm, batch)
+    _follow_channels(gm)
+    _traceable_sizes(gm)
     # The program's pytree calling convention (flatten args, unflatten outputs) becomes a plain
     # ``forward(x) -> tensor``: simpler to trace, and deep copies skip pytree specs.
-    output = next(n for n in gm.graph.nodes if n.op == "output")
-    outs = output.args[0]
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    outs = out_node.args[0]
     if isinstance(gm.graph._codegen, fx.graph._PyTreeCodeGen):
+        if isinstance(outs, (tuple, list)) and output is not None and output < len(outs):
+            outs = [outs[output]]
         if not isinstance(outs, (tuple, list)) or len(outs) != 1 or not isinstance(outs[0], fx.Node):
             raise ValueError(f"the program returns {len(outs) if isinstance(outs, (tuple, list)) else 'a structure of'} "
-                             "values; it must return one tensor of logits")
-        output.args = (outs[0],)
+                             "values; it must return one tensor of logits (or a dict or ModelOutput holding 'logits')")
+        out_node.args = (outs[0],)
         gm.graph._codegen = fx.graph.CodeGen()
     for attr in ("_in_spec", "_out_spec"):
         gm.__dict__.pop(attr, None)
@@ -468,6 +639,7 @@ def load_program(path: str | Path) -> nn.Module:
     if not data.startswith(b"PK\x03\x04"):
         raise ModelLoadError(f"{path}: not a torch.export archive (a .pt2 is a zip written by torch.export.save)")
     check_archive(data, path)
+    data, output_type = _plain_outputs(data, path)
     try:
         contents = load_pt2(io.BytesIO(data))  # not torch.export.load: no fallback to the old format
         programs = contents.exported_programs
@@ -478,11 +650,7 @@ def load_program(path: str | Path) -> nn.Module:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         raise ModelLoadError(f"{path}: torch cannot read the program ({type(e).__name__}: {first})") from None
     program._guards_code = []  # never exec code from the file (ExportedProgram.module() would)
-    sample = None
-    if program.example_inputs is not None:
-        args, kwargs = program.example_inputs
-        if len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
-            sample = args[0]
+    example = program.example_inputs  # (args, kwargs), as exported
     try:
         gm = program.module(check_guards=False)
     except Exception as e:
@@ -498,33 +666,43 @@ def load_program(path: str | Path) -> nn.Module:
         if isinstance(module, fx.GraphModule):
             for node in module.graph.nodes:
                 node.meta = {k: node.meta[k] for k in ("val", "tensor_meta") if k in node.meta}
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    if len(placeholders) != 1:
-        raise ModelLoadError(f"{path}: the program must take exactly one tensor input, it takes {len(placeholders)}")
+    names = tuple(n.name for n in gm.graph.nodes if n.op == "placeholder")
+    if not names:
+        raise ModelLoadError(f"{path}: the program takes no input")
+    # The example, in the order of the program's inputs: one tensor, or named Inputs (input_ids...).
+    leaves = torch.utils._pytree.tree_leaves(example) if example is not None else []
+    sample: torch.Tensor | Inputs | None = None
+    if len(leaves) == len(names) and all(isinstance(t, torch.Tensor) and t.ndim for t in leaves):
+        sample = leaves[0] if len(leaves) == 1 else Inputs(tuple(zip(names, leaves)))
     reference = None
     if sample is not None:
         with torch.no_grad():
-            reference = gm(sample)
+            reference = logits_of(gm(*example[0], **example[1]))
     try:
-        program_to_layers(gm, batch=int(sample.shape[0]) if sample is not None and sample.ndim else None)
+        program_to_layers(gm, batch=len(sample) if sample is not None else None, output=_logits_leaf(program))
     except Exception as e:
         raise ModelLoadError(f"{path}: cannot turn the program's weights into layers ({type(e).__name__}: {e})") from None
     gm.requires_grad_(False)
     gm.eval()
-    gm.input_shape = tuple(sample.shape[1:]) if sample is not None else None  # the example's sample shape
+    gm.input_names = names  # several inputs are taken in this order
+    # The example's per-sample shape (what data is shaped to; none for several named inputs).
+    gm.input_shape = tuple(sample.shape[1:]) if isinstance(sample, torch.Tensor) else None
+    if output_type:
+        gm.output_note = f"the logits of its {output_type.rpartition('.')[2]}"
     if sample is not None and isinstance(reference, torch.Tensor):
-        batch = torch.cat([sample, sample, sample])
+        batch = sample.cat(sample).cat(sample) if isinstance(sample, Inputs) else torch.cat([sample, sample, sample])
         try:
             with torch.no_grad():
-                out = gm(sample)
-                out3 = gm(batch)
+                out = run_model(gm, sample)
+                out3 = run_model(gm, batch)
         except Exception as e:
             raise ModelLoadError(
-                f"{path}: the program only runs at its example's batch size {sample.shape[0]} "
+                f"{path}: the program only runs at its example's batch size {len(sample)} "
                 f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); export it with "
                 "dynamic_shapes={'x': {0: torch.export.Dim('batch')}}"
             ) from None
-        if not torch.allclose(out, reference, rtol=1e-4, atol=1e-5) or \
-                not torch.allclose(out3[: len(sample)], reference, rtol=1e-4, atol=1e-5):
-            raise ModelLoadError(f"{path}: turning the program into layers changed its outputs; please report it")
+        error = max(relative_error(out, reference), relative_error(out3[: len(sample)], reference))
+        if error > REL_TOL:
+            raise ModelLoadError(f"{path}: turning the program into layers changed its outputs (by {error:.1e} of "
+                                 "their scale); please report it")
     return gm

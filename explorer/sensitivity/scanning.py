@@ -13,6 +13,7 @@ import torch
 
 from explorer.distributed import Executor
 from explorer.evaluate import evaluate_torch, samples_per_call
+from explorer.inputs import run_model
 from explorer.methods import get_method
 from explorer.plan import LayerRule, PruningPlan
 from explorer.progress import Progress, no_progress
@@ -111,7 +112,8 @@ def reference_scan(subject: Subject, method: str = "l1-unstructured", ratios: Se
     split = subject.data.test
     with torch.no_grad():
         n = samples_per_call(split.x)
-        dense_logits = np.concatenate([subject.model(split.x[i : i + n]).numpy() for i in range(0, len(split), n)])
+        dense_logits = np.concatenate([run_model(subject.model, split.x[i : i + n]).numpy()
+                                       for i in range(0, len(split), n)])
     reference = dense_logits if split.y is None else None
     dense_acc, dense_loss = evaluate_torch(subject.model, split, reference)
     rows = []

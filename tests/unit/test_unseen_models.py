@@ -148,7 +148,10 @@ def test_transformer_says_why_attention_is_not_pruned_structurally(unseen_subjec
             with pytest.raises(PlanError, match=name.replace(".", r"\.")):  # without the inventory too
                 apply_plan(subj.model, plan, subj.example_input)
     assert inv["head"].note.startswith("output layer")
-    assert set(inv.groups) == {"encoder.layers.0.linear1", "encoder.layers.1.linear1"}
+    # nn.MultiheadAttention's fused projection is a layer of its own, pruned by whole heads.
+    assert set(inv.groups) == {"encoder.layers.0.linear1", "encoder.layers.1.linear1",
+                               "encoder.layers.0.self_attn.in_proj", "encoder.layers.1.self_attn.in_proj"}
+    assert inv["encoder.layers.0.self_attn.in_proj"].heads == 4 and inv["encoder.layers.0.self_attn.in_proj"].shape == (96, 32)
 
 
 def test_transformer_ffn_shrinks_structurally(unseen_subject: SubjectOf, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,11 +21,13 @@ from torch import nn
 from explorer.distributed import Executor, LocalExecutor
 from explorer.errors import PlanError, PruneError
 from explorer.evaluate import sample_scores, samples_per_call
-from explorer.inspect import build_dependency_graph, structured_groups
+from explorer.groups import GroupShape
+from explorer.heads import FusedInProj
+from explorer.inspect import build_dependency_graph, classified_groups
 from explorer.methods import ChannelMethod, Method, get_method
 from explorer.onnx_template import write_onnx
 from explorer.progress import Progress
-from explorer.prune import kept_channels, remove_channels
+from explorer.prune import group_scores, prune_mha_heads, removal, remove_channels
 from explorer.runtime import OrtModel, ort_session
 from explorer.sensitivity.engines.base import CHUNK, Result, reduce_terms, score_logits
 from explorer.subject import Subject
@@ -32,17 +35,22 @@ from explorer.subject import Subject
 __all__ = ["StructuredEngine", "score_onnx"]
 
 
-def score_onnx(data: dict[str, np.ndarray | None], onnx: bytes, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def score_onnx(data: dict[str, Any], onnx: bytes, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Per-sample (correct, loss) terms of the model in ``onnx`` on ``data`` (``x``, and ``y`` or the
     dense model's logits as ``reference``), scored in chunks of :data:`CHUNK`. One structured point,
     here or on a Ray worker."""
     session = ort_session(onnx, threads)
-    name = session.get_inputs()[0].name
+    names = [i.name for i in session.get_inputs()]
     x, y, ref = data["x"], data.get("y"), data.get("reference")
+    if isinstance(x, dict):  # named inputs, fed by name (in the file's order where it names them otherwise)
+        named = x if set(x) == set(names) else dict(zip(names, x.values()))
+        length = len(next(iter(named.values())))
+    else:
+        named, length = {names[0]: x}, len(x)
     n = samples_per_call(x, CHUNK)
-    terms = [sample_scores(session.run(None, {name: x[i : i + n]})[0],
+    terms = [sample_scores(session.run(None, {k: v[i : i + n] for k, v in named.items()})[0],
                            y[i : i + n] if y is not None else None,
-                           ref[i : i + n] if y is None else None) for i in range(0, len(x), n)]
+                           ref[i : i + n] if y is None else None) for i in range(0, length, n)]
     return np.concatenate([c for c, _ in terms]), np.concatenate([lo for _, lo in terms])
 
 
@@ -61,19 +69,24 @@ class StructuredEngine:
         self.work.requires_grad_(True)
         try:
             self.dg = build_dependency_graph(self.work, subject.example_input)
-            found = structured_groups(self.dg, self.work)
+            found = classified_groups(self.dg, self.work)
         except Exception as e:
             raise PruneError(f"structured pruning needs a traceable model; DepGraph failed: {type(e).__name__}: {e}") from None
-        by_members = {frozenset(members): group for group, members in found}
+        by_members = {frozenset(members): (group, shape) for group, members, shape in found if not shape.refused}
         self.groups: dict[str, tp.Group] = {}
+        self.shapes: dict[str, GroupShape] = {}  # how each group loses channels (heads, channel groups)
+        self.heads: dict[str, int] = {}  # nn.MultiheadAttention's fused projections: pruned by heads, no group
+        modules = dict(self.work.named_modules())
         for gid, members in subject.inventory.groups.items():
             if frozenset(members) in by_members:
-                self.groups[gid] = by_members[frozenset(members)]
+                self.groups[gid], self.shapes[gid] = by_members[frozenset(members)]
+            elif isinstance(modules.get(gid), FusedInProj):
+                self.heads[gid] = subject.inventory[gid].heads
         self._importance: dict[tuple[str, str], torch.Tensor] = {}
         self._scorers: dict[str, Callable[[tp.Group], torch.Tensor]] = {}
         self.lock = threading.Lock()
         split = subject.data.test
-        x = split.x.numpy()
+        x = split.x.numpy()  # an array, or named arrays for a model of several inputs
         with tempfile.TemporaryDirectory(prefix="explorer-structured-") as tmp:
             path = Path(tmp) / "dense.onnx"
             write_onnx(subject, subject.model, path)
@@ -90,7 +103,7 @@ class StructuredEngine:
         self.eval_seconds = time.perf_counter() - start
 
     def channels(self, gid: str) -> int:
-        return len(self.groups[gid][0].idxs)
+        return self.heads[gid] if gid in self.heads else len(self.groups[gid][0].idxs)
 
     def importance(self, gid: str, method: Method) -> torch.Tensor:
         """The channel scores of group ``gid`` under ``method`` on the unpruned model (cached)."""
@@ -100,17 +113,23 @@ class StructuredEngine:
                 self._scorers[method.name] = method.scorer(self.work, self.subject.calibration)
             if (gid, method.name) not in self._importance:
                 with torch.no_grad():
-                    self._importance[(gid, method.name)] = self._scorers[method.name](self.groups[gid])
+                    self._importance[(gid, method.name)] = group_scores(
+                        method, self._scorers[method.name], self.dg, self.groups[gid], self.shapes[gid],
+                        list(self.subject.inventory.groups[gid]))
             return self._importance[(gid, method.name)]
 
     def pruned(self, gid: str, ratio: float, round_to: int | None, method: Method) -> nn.Module:
-        """A copy of the model with group ``gid`` pruned at ``ratio`` (the base model is untouched)."""
+        """A copy of the model with group ``gid`` pruned at ``ratio`` (the base model is untouched),
+        its channels removed by the same rule as :func:`explorer.prune.apply_plan`'s."""
+        assert isinstance(method, ChannelMethod)
+        if gid in self.heads:
+            model = copy.deepcopy(self.subject.model).eval()
+            prune_mha_heads(model, gid, ratio, method)
+            return model
         group = self.groups[gid]
-        n = len(group[0].idxs)
-        n_prune = n - kept_channels(n, ratio, round_to)
-        if n_prune <= 0:
+        idxs = removal(self.shapes[gid], self.importance(gid, method), ratio, round_to)
+        if not idxs:
             return copy.deepcopy(self.subject.model).eval()
-        idxs = sorted(self.importance(gid, method).argsort()[:n_prune].tolist())
         # Share what is not the model's state: autograd nodes (cannot be copied) and Torch-Pruning's
         # pruner singletons (its code compares handlers with them by identity).
         memo: dict[int, object] = {id(self.dg.ops): self.dg.ops}
@@ -120,10 +139,10 @@ class StructuredEngine:
             memo[id(pruner)] = pruner
         with self.lock:
             model, dg, group_copy = copy.deepcopy((self.work, self.dg, group), memo)
-        assert isinstance(method, ChannelMethod)
         try:
-            remove_channels(dg, group_copy, idxs, method.compensation(model, self.subject.calibration))
-        except PlanError:
+            remove_channels(dg, model, group_copy, list(self.subject.inventory.groups[gid]), self.shapes[gid], idxs,
+                            method.compensation(model, self.subject.calibration))
+        except (PlanError, PruneError):
             raise
         except Exception as e:
             raise PruneError(f"removing channels of group {gid!r} failed: {type(e).__name__}: {e}") from None

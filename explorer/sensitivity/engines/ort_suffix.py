@@ -22,6 +22,7 @@ from torch import nn
 
 from explorer.distributed import Executor, LocalExecutor
 from explorer.evaluate import sample_scores, samples_per_call
+from explorer.inputs import Inputs
 from explorer.methods import Method
 from explorer.progress import Progress
 from explorer.prune import pruned_weight
@@ -323,6 +324,8 @@ class OrtSuffixEngine:
     def __init__(self, subject: Subject) -> None:
         import onnx
 
+        if isinstance(subject.example_input, Inputs):  # the suffix graphs feed one input
+            raise Unavailable("the model takes several named inputs")
         self.subject = subject
         self.layers = list(subject.layer_names)
         input_of = {n: f"weight:{n}" for n in self.layers}

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from explorer.evaluate import evaluate_torch, samples_per_call
+from explorer.inputs import run_model
 from explorer.methods import Method
 from explorer.progress import Progress
 from explorer.prune import pruned_weight
@@ -39,7 +40,8 @@ class TorchSwapEngine:
         start = time.perf_counter()
         with torch.no_grad():
             n = samples_per_call(split.x, CHUNK)
-            self.dense_logits = np.concatenate([self.work(split.x[i : i + n]).numpy() for i in range(0, len(split), n)])
+            self.dense_logits = np.concatenate([run_model(self.work, split.x[i : i + n]).numpy()
+                                                for i in range(0, len(split), n)])
         self.eval_seconds = time.perf_counter() - start
         self.reference = self.dense_logits if split.y is None else None
         self.dense = score_logits(self.dense_logits, subject, self.reference)

@@ -1,0 +1,389 @@
+"""Every common architecture (tests/models/architectures.py: Hugging Face ``transformers`` models
+and torchvision replicas) through every door a user has: the ``PATH.py:FUNC`` entrypoint, a
+``.pt2`` saved with ``torch.export.save``, and ``.onnx`` files from both of torch's exporters
+(TorchScript and dynamo), each as the user writes it (Hugging Face models return a
+``ModelOutput``, text models take ``input_ids`` and ``attention_mask`` by name).
+
+Oracles: the original torch model (each door loads the same function), ONNX Runtime on the user's
+own ONNX file, ONNX Runtime on the pruned model's export (equal to the pruned torch model within
+``REL_TOL`` of the output scale), and for attention heads the dense model with those heads' output
+columns zeroed (removing a head is exactly that). Structures that cannot be pruned are asserted
+refused with their reason, never skipped.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import re
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from explorer.errors import PlanError
+from explorer.inputs import Inputs, run_model
+from explorer.inspect import PRUNABLE_TYPES, count_macs
+from explorer.models.outputs import logits_of
+from explorer.plan import LayerRule, PruningPlan
+from explorer.methods import get_method
+from explorer.report import export_bundle
+from explorer.runtime import OrtModel, export_onnx
+from explorer.subject import Subject
+from explorer.tolerance import REL_TOL, relative_error
+
+ARCH_PATH = Path(__file__).resolve().parents[1] / "models" / "architectures.py"
+
+
+def _load_architectures():  # noqa: ANN202
+    name = "_explorer_test_architectures"
+    spec = importlib.util.spec_from_file_location(name, ARCH_PATH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+ARCH = _load_architectures()
+NAMES = list(ARCH.ARCHS)
+DOORS = ("entry", "pt2", "onnx-ts", "onnx-dynamo")
+
+# torch 2.13's dynamo ONNX exporter itself fails on these (no file to load): asserted below, so
+# the cell comes back when torch fixes it.
+DYNAMO_CANNOT_EXPORT = {"swin": "Failed to decompose the FX graph"}
+
+# Groups refused with a reason, per architecture or (architecture, door): layer-name pattern ->
+# reason pattern.
+REFUSED: dict[str | tuple[str, str], dict[str, str]] = {
+    # A unit's output (both branches' last convs, what feeds the next stage's branch1) is shuffled.
+    "shufflenet_v2": {
+        r"^stage\d\.\d\.branch(1\.2|2\.5)$|^stage[3-9]\.0\.branch1\.0$": "channel shuffle"
+    },
+    "llama": {r"self_attn\.[qkv]_proj$": "grouped-query attention"},
+    # torch's dynamo exporter writes GPT-2's fused projection with constant split and merge shapes
+    # that DepGraph does not follow into the output projection: the trial removal fails, says so.
+    ("gpt2", "onnx-dynamo"): {r"attn\.c_attn$": "breaks the model"},
+}
+
+
+def _cells() -> Iterator[tuple[str, str]]:
+    for name in NAMES:
+        for door in DOORS:
+            if not (door == "onnx-dynamo" and name in DYNAMO_CANNOT_EXPORT):
+                yield name, door
+
+
+CELLS = [pytest.param(n, d, id=f"{n}-{d}") for n, d in _cells()]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny tensors: a second thread only adds contention on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --- the files a user has -------------------------------------------------------------------------
+
+
+def _example(name: str, n: int = 2) -> tuple[tuple, dict[str, torch.Tensor]]:
+    inputs = {k: torch.from_numpy(v) for k, v in ARCH.make_inputs(name, n).items()}
+    return ((), inputs) if "input_ids" in inputs else ((inputs["x"],), {})
+
+
+def _export(name: str, door: str, model: nn.Module, path: Path) -> Path:
+    """The model file as its user writes it (a dynamic batch; named inputs for text models)."""
+    args, kwargs = _example(name)
+    batch = torch.export.Dim("batch")
+    dims: tuple | dict = {k: {0: batch} for k in kwargs} if kwargs else ({0: batch},)
+    names = list(kwargs) or ["pixel_values"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if door == "pt2":
+            torch.export.save(
+                torch.export.export(model, args, kwargs=kwargs, dynamic_shapes=dims), path
+            )
+        elif door == "onnx-ts":
+            torch.onnx.export(
+                model,
+                args,
+                str(path),
+                kwargs=kwargs or None,
+                dynamo=False,
+                opset_version=17,
+                input_names=names,
+                output_names=["logits"],
+                dynamic_axes={**{k: {0: "batch"} for k in names}, "logits": {0: "batch"}},
+            )
+        else:
+            program = torch.onnx.export(
+                model, args, kwargs=kwargs or None, dynamo=True, dynamic_shapes=dims, verbose=False
+            )
+            assert program is not None
+            program.save(str(path), external_data=False)
+    return path
+
+
+class _Files:
+    """Each architecture built once; its data and door files written once per session."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.models: dict[str, nn.Module] = {}
+        self.subjects: dict[tuple[str, str], Subject] = {}
+
+    def model(self, name: str) -> nn.Module:
+        if name not in self.models:
+            self.models[name] = ARCH.build(name)
+        return self.models[name]
+
+    def data(self, name: str) -> Path:
+        path = self.root / f"{name}.npz"
+        if not path.exists():
+            np.savez(path, **ARCH.make_data(name))
+        return path
+
+    def spec(self, name: str, door: str) -> str:
+        if door == "entry":
+            return f"{ARCH_PATH}:{name}"
+        path = self.root / f"{name}-{door}.{'pt2' if door == 'pt2' else 'onnx'}"
+        if not path.exists():
+            _export(name, door, self.model(name), path)
+        return str(path)
+
+    def subject(self, name: str, door: str) -> Subject:
+        key = (name, door)
+        if key not in self.subjects:
+            self.subjects[key] = Subject(
+                self.spec(name, door), str(self.data(name)), threads=1, runs=30
+            )
+        return self.subjects[key]
+
+
+@pytest.fixture(scope="session")
+def files(tmp_path_factory: pytest.TempPathFactory) -> _Files:
+    return _Files(tmp_path_factory.mktemp("architectures"))
+
+
+def _reference(files: _Files, name: str, x: torch.Tensor | Inputs) -> np.ndarray:
+    with torch.no_grad():
+        return logits_of(run_model(files.model(name), x)).numpy()
+
+
+def _ort_vs_torch(
+    model: nn.Module, x: torch.Tensor | Inputs, example: torch.Tensor | Inputs, path: Path
+) -> float:
+    onnx_path = export_onnx(model, example, path)
+    with torch.no_grad():
+        ours = run_model(model, x).numpy()
+    return relative_error(OrtModel(onnx_path)(x.numpy()), ours)
+
+
+# --- layers ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "door"), CELLS)
+def test_layers(files: _Files, name: str, door: str) -> None:
+    subj = files.subject(name, door)
+    inv = subj.inventory
+    x = subj.data.test.x
+    assert inv.structured_error == "", inv.structured_error
+    # The door computes what the user's model computes.
+    assert relative_error(run_model(subj.model, x).detach(), _reference(files, name, x)) <= REL_TOL
+    if door.startswith("onnx"):  # and the interpreter what ONNX Runtime computes on the user's file
+        with torch.no_grad():
+            ours = run_model(subj.model, x).numpy()
+        assert relative_error(ours, OrtModel(subj.model_spec)(x.numpy())) <= REL_TOL
+    # Every weight matrix a layer multiplies by is in a listed layer (embedding tables are lookups;
+    # an ONNX graph's other constants, frozen ``const_*`` parameters, are added, not multiplied).
+    modules = dict(subj.model.named_modules())
+    listed = {id(modules[layer.name].weight) for layer in inv.layers}
+    lookups = {id(m.weight) for m in subj.model.modules() if isinstance(m, nn.Embedding)}
+    matrices = [
+        p
+        for n, p in subj.model.named_parameters()
+        if p.dim() >= 2
+        and id(p) not in lookups
+        and not re.search(r"(embedding|token|table|pos_embed|class_token|layer_scale|^const_)", n)
+    ]
+    unlisted = [p.numel() for p in matrices if id(p) not in listed]
+    assert sum(unlisted) <= 0.02 * sum(p.numel() for p in matrices), (
+        "weights outside every listed layer"
+    )
+    assert inv.names == [n for n, m in subj.model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+    for layer in inv.layers:
+        assert (layer.group is None) == bool(layer.note), (
+            f"{layer.name}: a group or a reason, not both"
+        )
+    assert inv.groups, "structured pruning has something to remove in every architecture"
+    for pattern, reason in {**REFUSED.get(name, {}), **REFUSED.get((name, door), {})}.items():
+        matched = [layer for layer in inv.layers if re.search(pattern, layer.name)]
+        assert matched, pattern
+        for layer in matched:
+            assert layer.group is None and re.search(reason, layer.note), (layer.name, layer.note)
+
+
+# --- every method ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "door"), CELLS)
+def test_method(
+    files: _Files,
+    name: str,
+    door: str,
+    method: str,
+    full_plan: Callable[..., PruningPlan],
+    tmp_path: Path,
+) -> None:
+    subj = files.subject(name, door)
+    plan = full_plan(subj, method, 0.3)
+    pruned = subj.prune(plan)
+    x = subj.data.test.x[:8]
+    assert _ort_vs_torch(pruned, x, subj.example_input, tmp_path / "p.onnx") <= REL_TOL
+    if get_method(method).structured:
+        assert sum(count_macs(pruned, subj.example_input).values()) < subj.inventory.total_macs
+        for layer in subj.inventory.layers:
+            if layer.heads and layer.name in plan.layers:  # whole heads went: the head size stays
+                weight = dict(pruned.named_modules())[layer.name].weight
+                assert weight.shape[0] % (layer.out_channels // layer.heads) == 0
+                assert weight.shape[0] < layer.out_channels
+    for layer in subj.inventory.layers:  # what cannot lose channels says so when asked
+        if (
+            layer.group is None
+            and get_method(method).structured
+            and not layer.note.startswith("output")
+        ):
+            with pytest.raises(PlanError, match=re.escape(layer.name)):
+                subj.prune(PruningPlan(method=method, layers={layer.name: LayerRule(0.3)}))
+            break
+
+
+# --- evaluate and export --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "door"), CELLS)
+def test_evaluate_and_export(
+    files: _Files, name: str, door: str, mixed_plan: Callable[..., PruningPlan], tmp_path: Path
+) -> None:
+    subj = files.subject(name, door)
+    plan = mixed_plan(subj, 0.3)
+    out = export_bundle(subj, plan, tmp_path / "bundle")
+    metrics = json.loads(out["metrics"].read_text())
+    assert metrics["inputs"] == subj.data.inputs  # what was fed is said
+    assert metrics["macs"] < metrics["dense"]["macs"]
+    data = np.load(files.data(name))
+    feeds = {k: data[k] for k in data.files if k != "y"}
+    logits = OrtModel(out["onnx"])(feeds["x"] if "x" in feeds else feeds)
+    assert metrics["accuracy"] == float((logits.argmax(1) == data["y"]).mean()), (
+        "metrics.json describes model.onnx"
+    )
+
+
+# --- attention heads ------------------------------------------------------------------------------
+
+# (architecture, head layer, the layer reading the heads' output, columns per head)
+HEAD_ORACLES = [
+    ("vit", "vit.layers.0.attention.q_proj", "vit.layers.0.attention.o_proj"),
+    (
+        "bert",
+        "bert.encoder.layer.0.attention.self.query",
+        "bert.encoder.layer.0.attention.output.dense",
+    ),
+    (
+        "distilbert",
+        "distilbert.transformer.layer.0.attention.q_lin",
+        "distilbert.transformer.layer.0.attention.out_lin",
+    ),
+    (
+        "swin",
+        "swin.encoder.layers.1.blocks.0.attention.q_proj",
+        "swin.encoder.layers.1.blocks.0.attention.o_proj",
+    ),
+    ("gpt2", "transformer.h.0.attn.c_attn", "transformer.h.0.attn.c_proj"),
+    (
+        "vit_tv",
+        "encoder.layers.encoder_layer_0.self_attention.in_proj",
+        "encoder.layers.encoder_layer_0.self_attention.out_proj",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "heads_layer", "reader"), HEAD_ORACLES, ids=[h[0] for h in HEAD_ORACLES]
+)
+def test_removing_heads_equals_silencing_them(
+    files: _Files, name: str, heads_layer: str, reader: str
+) -> None:
+    """Removing whole heads computes exactly what the dense model computes with those heads'
+    outputs zeroed (their columns of the output projection), and the head counts follow."""
+    subj = files.subject(name, "entry")
+    info = subj.inventory[heads_layer]
+    assert info.heads >= 2 and info.group is not None
+    pruned = subj.prune(PruningPlan(method="l1-structured", layers={heads_layer: LayerRule(0.5)}))
+    head_dim = dict(subj.model.named_modules())[reader].weight.shape[1] // info.heads
+    dense_cols = dict(subj.model.named_modules())[reader].weight
+    kept_cols = dict(pruned.named_modules())[reader].weight
+    assert kept_cols.shape[1] == (info.heads - info.heads // 2) * head_dim
+    kept = [
+        h
+        for h in range(info.heads)
+        if any(
+            torch.equal(
+                dense_cols[:, h * head_dim : (h + 1) * head_dim],
+                kept_cols[:, k * head_dim : (k + 1) * head_dim],
+            )
+            for k in range(kept_cols.shape[1] // head_dim)
+        )
+    ]
+    assert len(kept) == info.heads - info.heads // 2
+    masked = copy.deepcopy(subj.model)  # the dense model with the removed heads' columns zeroed
+    with torch.no_grad():
+        weight = dict(masked.named_modules())[reader].weight
+        for h in range(info.heads):
+            if h not in kept:
+                weight[:, h * head_dim : (h + 1) * head_dim] = 0
+        x = subj.data.test.x
+        assert relative_error(run_model(pruned, x), run_model(masked, x)) <= REL_TOL
+
+
+# --- what torch cannot export, and full-size structures -------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(DYNAMO_CANNOT_EXPORT))
+def test_dynamo_exporter_cannot_export(files: _Files, name: str, tmp_path: Path) -> None:
+    """The cells left out above: torch's own dynamo exporter fails on the model (not our door)."""
+    with pytest.raises(Exception, match=DYNAMO_CANNOT_EXPORT[name]):
+        _export(name, "onnx-dynamo", files.model(name), tmp_path / "m.onnx")
+
+
+def test_full_size_shufflenet_is_listed_and_its_branches_prune() -> None:
+    """At torchvision's size Torch-Pruning divided by zero on the channel shuffle and no layer
+    could lose channels; now the groups through the shuffle say why and the inner convs prune."""
+    from explorer.inspect import inventory
+    from explorer.prune import apply_plan
+
+    model = ARCH._families().build_family("shufflenet_v2", 10, real=True).eval()
+    x = torch.rand(1, 3, 224, 224)
+    inv = inventory(model, x)
+    assert inv.structured_error == ""
+    shuffled = [
+        layer
+        for layer in inv.layers
+        if "channel shuffle" in layer.note or "cannot infer" in layer.note
+    ]
+    assert shuffled and any(layer.name == "conv1.0" for layer in shuffled)
+    inner = [g for g in inv.groups if re.fullmatch(r"stage\d\.\d\.branch2\.0", g)]
+    assert len(inner) >= 10
+    pruned = apply_plan(model, PruningPlan.uniform("l1-structured", inner, 0.5), x, inv)
+    with torch.no_grad():
+        assert pruned(x).shape == (1, 10)
+    assert sum(count_macs(pruned, x).values()) < inv.total_macs
