@@ -1,6 +1,7 @@
-"""Start ``streamlit run app.py`` on a free loopback port and wait until it is healthy.
+"""Start the app's server on a free loopback port, as ``pruning-explorer app`` does
+(``explorer.cli.app_command``), and wait until it is healthy.
 
-Shared by the browser test, ``take_screenshots.py`` and ``benchmarks/soak.py``.
+Shared by the browser tests, ``take_screenshots.py`` and the benchmarks.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ import contextlib
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -31,10 +31,10 @@ def start(timeout: float = 60.0, cwd: str | Path | None = None,
           env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     """Start the app in a subprocess (from ``cwd``, default a neutral folder, with ``env`` added to
     the environment) and wait until it is healthy; return the process and its URL."""
+    from explorer.cli import app_command
+
     port = free_port()
-    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true",
-           "--server.address", "127.0.0.1", "--server.port", str(port),
-           "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
+    cmd = app_command(port, "--server.address", "127.0.0.1")
     proc = subprocess.Popen(cmd, cwd=cwd or "/", env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
