@@ -147,13 +147,19 @@ def _recovery_html(metrics: dict[str, Any]) -> str:
     e = html.escape
     parts = []
     rec = metrics.get("recovery")
-    if rec:
+    if rec and "history" not in rec:  # batch-norm recalibration only
+        parts.append(f"<h2>Recovery</h2><p>Batch-norm statistics re-estimated on the "
+                     f"{e(rec.get('calibration_split', 'training'))} split; weights unchanged. The metrics above "
+                     "are the recalibrated model's.</p>")
+    elif rec:
         cfg = rec.get("settings", {})
         first, best = rec["history"][0], rec["history"][rec["best_epoch"]]
         val = ("" if best.get("val_accuracy") is None or first.get("val_accuracy") is None else
                f" Validation accuracy {100 * first['val_accuracy']:.2f}% before, {100 * best['val_accuracy']:.2f}% after.")
         parts.append(
-            f"<h2>Fine-tuning</h2><p>{cfg.get('epochs')} epoch(s) asked, epoch {rec['best_epoch']} kept "
+            f"<h2>Fine-tuning</h2><p>"
+            + ("Batch-norm statistics re-estimated first; " if rec.get("recalibrated") else "")
+            + f"{cfg.get('epochs')} epoch(s) asked, epoch {rec['best_epoch']} kept "
             f"({e(rec['stopped'])}, {rec['seconds']:.1f} s), lr {cfg.get('lr')}"
             + (f", distilled from the dense model (T={cfg.get('temperature')}, alpha={cfg.get('alpha')})"
                if rec.get("distilled") else "")
@@ -197,16 +203,22 @@ def _save_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> str:
 
 def export_bundle(subject: Subject, plan: PruningPlan, out_dir: str | Path,
                   on_progress: Progress = no_progress, model: nn.Module | None = None,
-                  quantize: str | None = None, recovery: dict[str, Any] | None = None) -> dict[str, Path]:
+                  quantize: str | None = None, recovery: dict[str, Any] | None = None,
+                  int8_mode: str = "auto", model_name: str | None = None,
+                  data_name: str | None = None) -> dict[str, Path]:
     """Prune, measure and write the export bundle into ``out_dir`` (created if missing).
 
     Args:
         model: an already pruned (e.g. fine-tuned) model of this plan; pruned afresh when None.
-        quantize: ``"int8"`` also writes ``model.int8.onnx`` (``explorer.quantize``: dynamic for
-            models without convolutions, static QDQ calibrated on the data otherwise) and its
+        quantize: ``"int8"`` also writes ``model.int8.onnx`` (``explorer.quantize``) and its
             numbers, measured next to model.onnx, under ``"int8"`` in metrics.json.
-        recovery: how ``model`` was recovered (``FinetuneResult.to_dict()``), kept under
+        int8_mode: ``auto`` (dynamic for models without convolutions, static QDQ calibrated on
+            the data otherwise), ``dynamic`` or ``static``.
+        recovery: how ``model`` was recovered (``explorer.loop.recovery_record``), kept under
             ``"recovery"`` in metrics.json.
+        model_name, data_name: how plan.json, metrics.json and report.html name the model and the
+            data (an uploaded file by its own name rather than its path on this server); the
+            specs by default.
 
     Returns:
         The written files by role: plan, onnx, int8 (if asked), pt2 (if torch.export could
@@ -225,7 +237,8 @@ def export_bundle(subject: Subject, plan: PruningPlan, out_dir: str | Path,
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ExportError(f"--out {out}: cannot create the folder ({e.strerror})") from None
-    plan = replace(plan, model=plan.model or subject.model_spec)
+    model_label, data_label = model_name or subject.model_spec, data_name or subject.data_spec
+    plan = replace(plan, model=model_name or plan.model or subject.model_spec)
     on_progress(0.05, "pruning")
     pruned = model if model is not None else subject.prune(plan)
     files = {"plan": out / "plan.json", "onnx": out / "model.onnx", "pt2": out / "model.pt2",
@@ -240,14 +253,14 @@ def export_bundle(subject: Subject, plan: PruningPlan, out_dir: str | Path,
 
             on_progress(0.5, "int8: quantizing model.onnx and measuring it")
             files["int8"] = out / "model.int8.onnx"
-            int8 = compare_int8(files["onnx"], subject.data, files["int8"], reference=subject.dense()[1],
-                                threads=subject.threads, runs=subject.runs).to_dict()
+            int8 = compare_int8(files["onnx"], subject.data, files["int8"], mode=int8_mode,
+                                reference=subject.dense()[1], threads=subject.threads, runs=subject.runs).to_dict()
         on_progress(0.6, "saving the PyTorch artifacts")
         pt2_error = _save_pt2(pruned, subject.example_input, files["pt2"])
         torch.save(pruned.state_dict(), files["state_dict"])
         dense, _ = subject.dense()
         metrics: dict[str, Any] = metrics_obj.to_dict()
-        metrics.update(dense=dense.to_dict(), model=subject.model_spec, data=subject.data_spec,
+        metrics.update(dense=dense.to_dict(), model=model_label, data=data_label,
                        plan=plan.to_dict(), versions=versions())
         if pt2_error:
             metrics["pt2_error"] = pt2_error

@@ -136,25 +136,54 @@ def stats(model_spec: str, data_spec: str | None) -> pd.DataFrame:
     return weight_stats(subject(model_spec, data_spec).model)
 
 
-def cached_bundle(model_spec: str, data_spec: str | None, plan_key: str) -> dict[str, bytes] | None:
-    return _bundles().get((model_spec, data_spec, plan_key))
+def _bundle_key(model_spec: str, data_spec: str | None, plan: PruningPlan, recovered: dict[str, Any] | None,
+                names: tuple[str | None, str | None]) -> tuple[Any, ...]:
+    rec = None if recovered is None else (recovered.get("weights"), (recovered.get("settings") or {}).get("int8"))
+    return model_spec, data_spec, plan.key(), rec, names
 
 
-def bundle(model_spec: str, data_spec: str | None, plan: PruningPlan,
-           on_progress: Progress = no_progress) -> dict[str, bytes]:
+def cached_bundle(model_spec: str, data_spec: str | None, plan: PruningPlan, recovered: dict[str, Any] | None = None,
+                  names: tuple[str | None, str | None] = (None, None)) -> dict[str, bytes] | None:
+    return _bundles().get(_bundle_key(model_spec, data_spec, plan, recovered, names))
+
+
+def recovered_model(subject: Subject, plan: PruningPlan, weights: str) -> torch.nn.Module:
+    """The Recover page's fp32 model of ``plan``: pruned afresh, then its saved weights loaded."""
+    from explorer.sessions import load_weights
+
+    model = subject.prune(plan)
+    model.load_state_dict(load_weights(weights))
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def bundle(model_spec: str, data_spec: str | None, plan: PruningPlan, on_progress: Progress = no_progress,
+           recovered: dict[str, Any] | None = None,
+           names: tuple[str | None, str | None] = (None, None)) -> dict[str, bytes]:
     """The export bundle's files as bytes by file name, plus ``bundle.zip`` holding all of them.
 
-    Built once per (model, data, plan) for the whole server, in a temporary folder removed after.
+    ``recovered``: a Recover page run (``ui.recover.run``) whose recovered weights and int8 mode
+    the bundle carries instead of the plan alone. ``names``: how the bundle names the model and
+    the data (uploaded files by their own names). Built once per arguments for the whole server,
+    in a temporary folder removed after.
     """
-    found = cached_bundle(model_spec, data_spec, plan.key())
+    found = cached_bundle(model_spec, data_spec, plan, recovered, names)
     if found is not None:
         return found
     s = subject(model_spec, data_spec)
+    model, recovery, quantize, mode = None, None, None, "auto"
+    if recovered is not None:
+        if recovered.get("weights"):
+            model, recovery = recovered_model(s, plan, recovered["weights"]), recovered.get("recovery")
+        int8 = (recovered.get("settings") or {}).get("int8")
+        if int8:
+            quantize, mode = "int8", int8
     with tempfile.TemporaryDirectory(prefix="explorer-export-") as tmp, measure_lock():
-        files = export_bundle(s, plan, tmp, on_progress=on_progress)
+        files = export_bundle(s, plan, tmp, on_progress=on_progress, model=model, quantize=quantize,
+                              recovery=recovery, int8_mode=mode, model_name=names[0], data_name=names[1])
         out = {Path(p).name: Path(p).read_bytes() for p in files.values()}
         out["bundle.zip"] = zip_bundle(files)
-    _bundles().put((model_spec, data_spec, plan.key()), out)
+    _bundles().put(_bundle_key(model_spec, data_spec, plan, recovered, names), out)
     return out
 
 

@@ -100,8 +100,7 @@ def history_frame(entries: list[dict[str, Any]], dense: dict[str, Any]) -> pd.Da
 def _restore(entries: list[dict[str, Any]], subject: Subject) -> None:
     n = st.session_state[Keys.PRUNE_RESTORE]
     entry = next(e for e in entries if e["n"] == n)
-    draft: Draft = entry["draft"]
-    state.restore(draft, subject.inventory)
+    state.restore(Draft.from_dict(entry["draft"]), subject.inventory)
     state.flash("success", f"Restored configuration #{n}: {entry['summary']}")
 
 
