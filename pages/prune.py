@@ -5,7 +5,7 @@ import streamlit as st
 from explorer.errors import ExplorerError
 from explorer.prune import get_method
 from ui import allocation, cache, controls, state, widgets
-from ui.metrics import cards
+from ui.metrics import accuracy_warning, cards
 from ui.state import Keys
 
 state.ensure_router()
@@ -24,12 +24,17 @@ with right:
     try:
         plan = draft.to_plan(subject.inventory, subject.model_spec)
         result = cache.evaluation(subject.model_spec, st.session_state[Keys.DATA], plan.key(), plan)
+        baseline = cache.dense_baseline(subject.model_spec, st.session_state[Keys.DATA])
     except ExplorerError as e:
         st.error(str(e))
     if plan is not None and result is not None:
         if not plan.is_empty:  # the dense model is row 0 of the history already
             state.add_history(plan.key(), draft, draft.summary(subject.inventory), result)
-        widgets.metric_row(cards(result), per_row=2)
+        widgets.metric_row(cards(result, baseline), per_row=2)
+        warning = accuracy_warning(result["accuracy"], result["dense"]["accuracy"], subject.dense()[1].shape[1],
+                                   subject.data.has_labels)
+        if warning and not plan.is_empty:
+            st.warning(warning, icon=":material/warning:")
         methods = sorted({plan.method_of(n) for n in plan.layers} | {plan.method})
         if subject.inventory.structured_error:  # a structured method is off here: nothing to say of its speed
             methods = [m for m in methods if not get_method(m).structured]

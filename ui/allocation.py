@@ -15,6 +15,7 @@ from explorer.prune import available_methods, get_method
 from explorer.subject import Subject
 from ui import cache, state
 from ui.draft import Draft
+from ui.metrics import accuracy_warning
 from ui.state import Keys
 
 __all__ = ["section"]
@@ -46,8 +47,11 @@ def _use(plan: dict[str, Any], subject: Subject) -> None:
     state.flash("success", "The sliders now hold the automatic allocation: edit it from here.")
 
 
-def _summary(a: dict[str, Any], labelled: bool) -> str:
+def _summary(a: dict[str, Any], labelled: bool, n_classes: int) -> str:
     what = "accuracy" if labelled else "agreement"
+    # TODO(latency target): "met" should come from the interleaved dense/pruned speedup measurement
+    # (explorer.runtime, being built in another lane) with the cards' noise rule, so that a plan
+    # whose card says "within noise" is not reported as meeting a latency target.
     verified = "not verified" if a["verified_accuracy"] is None else f"verified {100 * a['verified_accuracy']:.2f}%"
     text = (f"Achieved **{100 * a['achieved']:.1f}%** ({'met' if a['met'] else 'missed'}, measured after "
             f"{a['rounds']} round(s)). {what.capitalize()}: dense {100 * a['dense_accuracy']:.2f}%, predicted from "
@@ -55,6 +59,10 @@ def _summary(a: dict[str, Any], labelled: bool) -> str:
     if a["flagged"]:
         text += (f" Predicted and verified differ by {100 * abs(a['gap']):.1f} points: pruning several layers "
                  "interacts in ways the one-layer curves do not see.")
+    if a["verified_accuracy"] is not None:
+        warning = accuracy_warning(a["verified_accuracy"], a["dense_accuracy"], n_classes, labelled)
+        if warning:
+            text += f"\n\n:warning: **{warning}**"
     return text
 
 
@@ -85,7 +93,7 @@ def section(subject: Subject) -> None:
                      lambda p: alloc.allocate(subject, (kind, value), method, on_progress=p).to_dict())
             found = _results().get((model, data, kind, value, method))
             if found is not None:
-                st.markdown(_summary(found, subject.data.has_labels))
+                st.markdown(_summary(found, subject.data.has_labels, subject.dense()[1].shape[1]))
                 st.button("Use this plan", key="prune.allocate.use", on_click=_use, args=(found["plan"], subject),
                           icon=":material/tune:")
             if right.button(f"Pareto front ({len(_FRONT)} targets)", key="prune.allocate.front"):

@@ -64,6 +64,29 @@ def evaluation(model_spec: str, data_spec: str | None, plan_key: str, _plan: Pru
         return s.evaluate(_plan)
 
 
+@st.cache_data(max_entries=256, show_spinner=False)
+def layer_shares(model_spec: str, data_spec: str | None, plan_key: str, _plan: PruningPlan) -> dict[str, float]:
+    """What a (global) plan really takes from each layer: the share of its output channels removed
+    (structured methods) or of its weights zeroed (the others), measured on the pruned copy."""
+    s = subject(model_spec, data_spec)
+    pruned = dict(s.prune(_plan).named_modules())
+    out = {}
+    for info in s.inventory.layers:
+        w = pruned[info.name].weight
+        if get_method(_plan.method_of(info.name)).structured:
+            out[info.name] = 1 - w.shape[0] / info.shape[0]
+        else:
+            out[info.name] = 1 - int(torch.count_nonzero(w)) / w.numel()
+    return out
+
+
+def dense_baseline(model_spec: str, data_spec: str | None) -> dict[str, Any]:
+    """The dense model measured as any plan is (the empty plan: a fresh copy exported and timed),
+    once per server: what the latency cards compare with."""
+    empty = PruningPlan("l1-unstructured", model=model_spec)
+    return evaluation(model_spec, data_spec, empty.key(), empty)
+
+
 class SharedResults:
     """A small thread-safe LRU of finished results shared by every session.
 
@@ -116,6 +139,17 @@ def sensitivity(model_spec: str, data_spec: str | None, method: str, ratios: tup
         frame = sens.scan(subject(model_spec, data_spec), method, ratios, on_progress=on_progress)
         _scans().put((model_spec, data_spec, method, ratios), frame.copy())
     return frame
+
+
+def scan_if_cached(model_spec: str, data_spec: str | None, method: str,
+                   ratios: tuple[float, ...]) -> pd.DataFrame | None:
+    """A scan that needs no new point: from the shared results, or read from the on-disk curves."""
+    frame = cached_sensitivity(model_spec, data_spec, method, tuple(ratios))
+    if frame is not None:
+        return frame
+    if estimate(model_spec, data_spec, method, tuple(ratios)).points:
+        return None
+    return sensitivity(model_spec, data_spec, method, tuple(ratios))
 
 
 @st.cache_data(max_entries=256, show_spinner=False)

@@ -8,12 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["NOISE_SHARE", "Card", "cards", "fmt_bytes", "fmt_count", "latency_noise_ms", "within_noise"]
+__all__ = ["FAR_BELOW", "NOISE_SHARE", "Card", "accuracy_warning", "cards", "fmt_bytes", "fmt_count",
+           "latency_noise_ms", "within_noise"]
 
 # Repeated measurements of the same dense digits-cnn on the shared 2-core machine gave medians
 # 0.434-0.455 ms (about +-2.5 % around their middle), while each run's own spread (median absolute
 # deviation) was 0.001-0.008 ms: the spread alone understates how much two measurements differ.
 NOISE_SHARE = 0.05
+FAR_BELOW = 0.10  # accuracy more than 10 points below dense is flagged (accuracy_warning)
 
 
 @dataclass(frozen=True)
@@ -42,14 +44,41 @@ def fmt_bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
-def latency_noise_ms(pruned: dict[str, Any], dense: dict[str, Any]) -> float:
-    """Smallest latency change worth reporting: 3x the runs' spreads, at least 5 % of dense."""
+def latency_noise_ms(pruned: dict[str, Any], dense: dict[str, Any], key: str = "latency_ms_median") -> float:
+    """Smallest latency change worth reporting for ``key``.
+
+    Median: 3x the runs' spreads, at least 5 % of dense. p90: the tail of a run is where a busy
+    machine's interruptions land, so it moves far more than the median between two runs of the
+    same model; its band is the median's, widened to the larger tail width (p90 - median) of the
+    two runs.
+    """
     spread = 3 * (pruned["latency_ms_spread"] + dense["latency_ms_spread"])
-    return max(spread, NOISE_SHARE * dense["latency_ms_median"])
+    band = max(spread, NOISE_SHARE * dense["latency_ms_median"])
+    if key == "latency_ms_p90":
+        tails = [r["latency_ms_p90"] - r["latency_ms_median"] for r in (pruned, dense)]
+        band = max(band, *tails)
+    return band
 
 
 def within_noise(pruned: dict[str, Any], dense: dict[str, Any], key: str = "latency_ms_median") -> bool:
-    return abs(pruned[key] - dense[key]) < latency_noise_ms(pruned, dense)
+    return abs(pruned[key] - dense[key]) < latency_noise_ms(pruned, dense, key)
+
+
+def accuracy_warning(accuracy: float, dense: float, n_classes: int, labelled: bool = True) -> str:
+    """A warning when ``accuracy`` is near chance or far below dense ('' when it is neither).
+
+    Near chance: the plan kept less than a tenth of what the dense model scores above chance
+    (1 / ``n_classes``). Far below: more than 10 points under dense.
+    """
+    what = "accuracy" if labelled else "agreement with the dense model"
+    chance = 1.0 / max(n_classes, 1)
+    if dense > chance and accuracy - chance < 0.1 * (dense - chance):
+        return (f"The {what} ({100 * accuracy:.2f} %) is near chance ({100 * chance:.1f} % for {n_classes} classes): "
+                "this plan breaks the model. Recover it on the Recover page (fine-tuning) or choose a looser target.")
+    if dense - accuracy > FAR_BELOW:
+        return (f"The {what} ({100 * accuracy:.2f} %) is {100 * (dense - accuracy):.1f} points below dense "
+                f"({100 * dense:.2f} %). Recover it on the Recover page (fine-tuning) or choose a looser target.")
+    return ""
 
 
 def _relative(pruned: float, dense: float) -> str | int:
@@ -58,9 +87,15 @@ def _relative(pruned: float, dense: float) -> str | int:
     return f"{100 * (pruned - dense) / dense:+.1f} %" if dense else f"{pruned - dense:+,}"
 
 
-def cards(result: dict[str, Any]) -> list[Card]:
-    """Cards for every metric of ``result`` (an ``evaluate`` object with its ``dense`` part)."""
+def cards(result: dict[str, Any], baseline: dict[str, Any] | None = None) -> list[Card]:
+    """Cards for every metric of ``result`` (an ``evaluate`` object with its ``dense`` part).
+
+    ``baseline``: the dense model measured the way ``result`` was (the evaluation of the empty
+    plan); the latency cards compare against it rather than against the measurement taken when
+    the model was loaded, so that both sides of a latency delta were timed alike.
+    """
     d = result["dense"]
+    timed = baseline if baseline is not None else d
     labels = result.get("labels", True)
     acc_label = "Accuracy" if labels else "Agreement"
     loss_label = "Loss" if labels else "KL from dense"
@@ -74,18 +109,20 @@ def cards(result: dict[str, Any]) -> list[Card]:
              help=("Mean cross-entropy" if labels else "Mean KL divergence from the dense model's predictions")
              + " on the test split; lower is better."),
     ]
-    noise = latency_noise_ms(result, d)
     threads = f"{result['latency_threads']} thread(s), {result['latency_runs']} timed runs after warm-up"
     for key, label in (("latency_ms_median", "Latency, median"), ("latency_ms_p90", "Latency, p90")):
-        change = result[key] - d[key]
+        noise = latency_noise_ms(result, timed, key)
+        change = result[key] - timed[key]
         quiet = abs(change) < noise
+        rule = ("3x the runs' spread, at least 5 % of the dense median" if key.endswith("median") else
+                "the median's band, or the larger tail (p90 - median) of the two runs: the tail is where a busy "
+                "machine's interruptions land")
         out.append(Card(
-            label, f"{result[key]:.3f} ms", f"{change:+.3f} ms",
+            label, f"{result[key]:.3f} ms", 0 if change == 0 else f"{change:+.3f} ms",
             "off" if quiet else "inverse",
             "within noise" if quiet else "vs dense",
-            help=f"One sample per run, ONNX Runtime CPU, {threads}. Dense: {d[key]:.3f} ms. "
-                 f"Changes under ±{noise:.3f} ms (3x the runs' spread, at least 5 % of the dense median) "
-                 "are noise" + ("; the p90 tail is noisier still on a busy machine." if key.endswith("p90") else "."),
+            help=f"One sample per run, ONNX Runtime CPU, {threads}. Dense, timed the same way: {timed[key]:.3f} ms. "
+                 f"Changes under ±{noise:.3f} ms ({rule}) are noise.",
         ))
     for key, label, fmt, tip in (
         ("params_total", "Parameters", fmt_count, "Every parameter of the pruned model (removed channels are gone)."),

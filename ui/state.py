@@ -54,6 +54,8 @@ class Keys:
     PRUNE_SCOPE = "prune.scope"
     PRUNE_GLOBAL = "prune.global"
     PRUNE_RESTORE = "prune.restore"
+    COMPARE_A = "prune.compare.a"
+    COMPARE_B = "prune.compare.b"
     ALLOC_KIND = "prune.alloc.kind"
     ALLOC_METHOD = "prune.alloc.method"  # suffixed with the target kind
     ALLOC_VALUE = "prune.alloc.value"
@@ -230,5 +232,8 @@ def seed_weights_widgets(value: Draft, layer: str, force: bool = False) -> None:
 
 
 def on_weights_layer() -> None:
-    """Callback of the Weights page's layer picker: preview the draft's values for the new layer."""
-    seed_weights_widgets(draft(), st.session_state[Keys.WEIGHTS_LAYER], force=True)
+    """Callback of the Weights page's layer picker: the preview keeps the method the user chose and
+    starts at the draft's ratio for the new layer."""
+    value, layer = draft(), st.session_state[Keys.WEIGHTS_LAYER]
+    ratio = value.ratio(layer) if value.scope == "local" else value.global_ratio
+    st.session_state[Keys.WEIGHTS_RATIO] = round(100 * ratio) or 50

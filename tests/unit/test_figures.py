@@ -21,7 +21,7 @@ from explorer.weights import channel_importance, layer_view, removed_channels, w
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # ui/ sits next to app.py
 from ui.draft import Draft, blocks  # noqa: E402
-from ui.metrics import cards, latency_noise_ms, within_noise  # noqa: E402
+from ui.metrics import accuracy_warning, cards, latency_noise_ms, within_noise  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +197,34 @@ def test_metric_cards_deltas_and_noise() -> None:
     assert within_noise(_result(latency_ms_median=1.04), _result()["dense"])
     unlabelled = {c.label for c in cards(_result(labels=False))}
     assert {"Agreement", "KL from dense"} <= unlabelled
+
+
+def test_p90_card_within_its_noise_band() -> None:
+    """The issue's case: at 0% pruning the dense p90 had a long tail (4.956 ms against a 0.148 ms
+    median) and the pruned p90 read 3.129 ms more: that is the tail's noise, not a change."""
+    dense = {**_result()["dense"], "latency_ms_median": 0.148, "latency_ms_p90": 4.956, "latency_ms_spread": 0.004}
+    same = {**dense, "latency_ms_median": 0.150, "latency_ms_p90": 8.085, "dense": dense}
+    p90 = {c.label: c for c in cards(same)}["Latency, p90"]
+    assert p90.description == "within noise" and p90.delta_color == "off"
+    assert latency_noise_ms(same, dense, "latency_ms_p90") == pytest.approx(8.085 - 0.150)
+    # A quiet tail and a real change: shown as a change.
+    quiet = {**_result()["dense"], "latency_ms_median": 1.0, "latency_ms_p90": 1.1}
+    faster = {**quiet, "latency_ms_median": 0.5, "latency_ms_p90": 0.55, "dense": quiet}
+    assert {c.label: c for c in cards(faster)}["Latency, p90"].description == "vs dense"
+
+
+def test_latency_cards_compare_with_the_dense_model_timed_alike() -> None:
+    result = _result(latency_ms_median=1.0, latency_ms_p90=1.2)
+    slow_load = {**result["dense"], "latency_ms_median": 2.0, "latency_ms_p90": 2.4}  # timed while loading
+    result["dense"] = slow_load
+    by_label = {c.label: c for c in cards(result, baseline=_result()["dense"])}
+    assert by_label["Latency, median"].delta == 0 and by_label["Latency, p90"].delta == 0
+    assert "timed the same way: 1.000 ms" in by_label["Latency, median"].help
+
+
+def test_accuracy_warning_near_chance_and_far_below_dense() -> None:
+    assert "near chance (10.0 % for 10 classes)" in accuracy_warning(0.0956, 0.99, 10)
+    assert "Recover page" in accuracy_warning(0.0956, 0.99, 10)
+    far = accuracy_warning(0.236, 0.99, 10)
+    assert "75.4 points below dense" in far and "looser target" in far
+    assert accuracy_warning(0.95, 0.99, 10) == ""
