@@ -42,7 +42,9 @@ __all__ = ["SharedResults", "bundle", "cached_bundle", "cached_sensitivity", "ev
            "progress_bar", "sensitivity", "stats", "subject"]
 
 
-@st.cache_resource(show_spinner="Loading the model and measuring it dense…", max_entries=8)
+# A Subject holds a model, its data and its scans' activations: a few are kept (the least recently
+# used goes first), so that a long session of uploads does not keep every model it opened.
+@st.cache_resource(show_spinner="Loading the model and measuring it dense…", max_entries=4)
 def subject(model_spec: str, data_spec: str | None) -> Subject:
     """The shared Subject, with its dense metrics already measured."""
     s = Subject(model_spec, data_spec)
@@ -94,9 +96,12 @@ class SharedResults:
     would record the bar's updates and replay them into a page that no longer has the bar.
     """
 
-    def __init__(self, max_entries: int) -> None:
+    def __init__(self, max_entries: int, max_bytes: int | None = None,
+                 size: Callable[[Any], int] | None = None) -> None:
         self._items: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._max = max_entries
+        self._max_bytes, self._size = max_bytes, size
+        self._bytes: dict[tuple[Any, ...], int] = {}
         self._lock = threading.Lock()
 
     def get(self, key: tuple[Any, ...]) -> Any | None:
@@ -107,11 +112,18 @@ class SharedResults:
             return None
 
     def put(self, key: tuple[Any, ...], value: Any) -> None:
+        """Keep ``value``; the least recently used entries go beyond ``max_entries`` (or beyond
+        ``max_bytes`` by ``size``, the newest entry always kept)."""
         with self._lock:
             self._items[key] = value
             self._items.move_to_end(key)
-            while len(self._items) > self._max:
-                self._items.popitem(last=False)
+            if self._size is not None:
+                self._bytes[key] = self._size(value)
+            while len(self._items) > self._max or (
+                    self._max_bytes is not None and len(self._items) > 1
+                    and sum(self._bytes.values()) > self._max_bytes):
+                old, _ = self._items.popitem(last=False)
+                self._bytes.pop(old, None)
 
 
 @st.cache_resource
@@ -119,9 +131,12 @@ def _scans() -> SharedResults:
     return SharedResults(max_entries=64)
 
 
+BUNDLE_BYTES = 256 * 2**20  # the export bundles kept for download, all together (each holds a few models)
+
+
 @st.cache_resource
 def _bundles() -> SharedResults:
-    return SharedResults(max_entries=16)
+    return SharedResults(max_entries=16, max_bytes=BUNDLE_BYTES, size=lambda files: sum(map(len, files.values())))
 
 
 def cached_sensitivity(model_spec: str, data_spec: str | None, method: str,
@@ -157,7 +172,8 @@ def _importance(model_spec: str, data_spec: str | None, name: str, p: int) -> np
     return channel_importance(subject(model_spec, data_spec), name, p)
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
+# A LayerView holds a layer's weights and mask (megabytes for a large layer): 32 of them, for an hour.
+@st.cache_data(max_entries=32, ttl=3600, show_spinner=False)
 def layer(model_spec: str, data_spec: str | None, name: str, method: str, ratio: float) -> LayerView:
     """What ``method`` at ``ratio`` does to one layer's weights (see explorer.weights)."""
     m = get_method(method)

@@ -10,6 +10,7 @@ import contextlib
 import os
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -35,13 +36,16 @@ def start(timeout: float = 60.0, cwd: str | Path | None = None,
 
     port = free_port()
     cmd = app_command(port, "--server.address", "127.0.0.1")
-    proc = subprocess.Popen(cmd, cwd=cwd or "/", env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    env = {"MALLOC_ARENA_MAX": "2", **os.environ, **(env or {})}  # as pruning-explorer app sets it
+    # The server's output goes to a file, not a pipe nobody reads (a full pipe would block it).
+    log = tempfile.NamedTemporaryFile("w+", prefix="explorer-server-", suffix=".log", delete=False)
+    proc = subprocess.Popen(cmd, cwd=cwd or "/", env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc.log_path = log.name  # type: ignore[attr-defined]
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
+            raise RuntimeError(f"streamlit exited with {proc.returncode}: {Path(log.name).read_text()[-4000:]}")
         try:
             with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
                 if r.status == 200:
