@@ -289,6 +289,10 @@ def _ort_session(model_bytes: bytes) -> object:
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    # No memory arena: an engine keeps a session per unit, and each arena would keep the peak of a
+    # whole-test-set run (measured on a residual CNN: two scans 2.1 GB RSS with arenas, 1.1 GB
+    # without, at the same speed).
+    opts.enable_cpu_mem_arena = False
     return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
 
 
@@ -724,6 +728,13 @@ def _engine(subject: Subject, method: PruneMethod, engine: str = "auto") -> _Eng
     with _ENGINES_LOCK:
         _ENGINES[subject][kind] = built
     return built
+
+
+def release(subject: Subject) -> None:
+    """Drop the engines built for ``subject`` (sessions per unit, captured activations: hundreds
+    of MB on a CNN). A later scan builds them again; points already scanned come from the cache."""
+    with _ENGINES_LOCK:
+        _ENGINES.pop(subject, None)
 
 
 # --- the scan --------------------------------------------------------------------------------------

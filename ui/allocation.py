@@ -9,6 +9,7 @@ import streamlit as st
 
 from explorer import allocate as alloc
 from explorer import figures
+from explorer import sensitivity as sens
 from explorer.errors import ExplorerError
 from explorer.plan import PruningPlan
 from explorer.prune import available_methods, get_method
@@ -36,7 +37,10 @@ def _run(subject: Subject, key: tuple[Any, ...], work: Any) -> Any:
     if found is None:
         update, done = cache.progress_bar("Allocating:")
         with cache.measure_lock():  # measured latency must not overlap another session's timing
-            found = work(update)
+            try:
+                found = work(update)
+            finally:
+                sens.release(subject)  # the scan's engine (sessions, activations) need not stay
         done()
         _results().put(key, found)
     return found

@@ -151,7 +151,11 @@ def sensitivity(model_spec: str, data_spec: str | None, method: str, ratios: tup
     """``explorer.sensitivity.scan``, run once per arguments for the whole server."""
     frame = cached_sensitivity(model_spec, data_spec, method, ratios)
     if frame is None:
-        frame = sens.scan(subject(model_spec, data_spec), method, ratios, on_progress=on_progress)
+        s = subject(model_spec, data_spec)
+        try:
+            frame = sens.scan(s, method, ratios, on_progress=on_progress)
+        finally:
+            sens.release(s)  # the points are on disk now; the engine's sessions need not stay
         _scans().put((model_spec, data_spec, method, ratios), frame.copy())
     return frame
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from explorer import sensitivity as sens
 from explorer.learn import EXPERIMENTS, LearnResult, run_experiment
 from explorer.plan import PruningPlan
 from explorer.progress import Progress, no_progress
@@ -31,7 +32,10 @@ def run(key: str, on_progress: Progress = no_progress) -> LearnResult:
     if result is None:
         subject = cache.subject(EXPERIMENTS[key].model, None)
         with cache.measure_lock():  # timings of concurrent sessions would disturb each other
-            result = run_experiment(key, subject, on_progress)
+            try:
+                result = run_experiment(key, subject, on_progress)
+            finally:
+                sens.release(subject)  # "Layers differ" scans: its engine need not stay
         _results().put((key,), result)
     return result
 
