@@ -149,3 +149,4 @@ def test_torch_pruning_refuses_zeros(subject: Callable[..., Subject]) -> None:
     mixed = PruningPlan("l1-structured", {"features.3": LayerRule(0.5, "l2-structured")})
     with pytest.raises(PlanError, match=r"layer\(s\) \['features.3'\] use another method"):
         to_nni(mixed)
+
