@@ -49,10 +49,10 @@ if files is None and slot.button("Build the export", type="primary", icon=":mate
 if files is not None:
     st.caption(exporting.measured(files))
     files = {name: payload for name, payload in files.items() if name != "plan.json"}  # offered above
-    cols = st.columns(len(files))
-    for col, (name, payload) in zip(cols, sorted(files.items(), key=lambda kv: kv[0] != "bundle.zip")):
-        col.download_button(name, payload, file_name=name, icon=":material/download:", width="stretch",
-                            type="primary" if name == "bundle.zip" else "secondary", key=f"export.file.{name}")
+    with st.container(horizontal=True, gap="small"):  # full file names; a narrow page wraps them
+        for name, payload in sorted(files.items(), key=lambda kv: kv[0] != "bundle.zip"):
+            st.download_button(name, payload, file_name=name, icon=":material/download:", width="content",
+                               type="primary" if name == "bundle.zip" else "secondary", key=f"export.file.{name}")
     pt2 = ("model.pt2 is a torch.export program (torch.export.load); " if "model.pt2" in files else
            f"no model.pt2: {json.loads(files['metrics.json']).get('pt2_error', 'torch.export could not export it')}; ")
     int8 = "model.int8.onnx is the int8 model; " if "model.int8.onnx" in files else ""
@@ -64,7 +64,7 @@ exporting.converters(plan, subject)
 
 st.subheader("Reproduce it from the command line", anchor=False)
 command = export_command(names[0], names[1], "plan.json", "export", chosen.settings)
-st.code(command, language="bash")
+st.code(command, language="bash", wrap_lines=True)
 st.caption(exporting.command_caption(model, data, names, chosen.settings))
 
 st.subheader("Import a plan", anchor=False)

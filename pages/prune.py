@@ -24,7 +24,7 @@ with right:
     try:
         plan = draft.to_plan(subject.inventory, subject.model_spec)
         result = cache.evaluation(subject.model_spec, st.session_state[Keys.DATA], plan.key(), plan)
-        baseline = cache.dense_baseline(subject.model_spec, st.session_state[Keys.DATA])
+        baseline = result if plan.is_empty else cache.dense_baseline(subject.model_spec, st.session_state[Keys.DATA])
     except ExplorerError as e:
         st.error(str(e))
     if plan is not None and result is not None:

@@ -36,19 +36,22 @@ recover.seed_widgets(bool(blocked))
 has_train = subject.data.train is not None and not blocked
 has_bn = bool(batchnorm_layers(subject.model))
 cols = st.columns(3)
-bn = cols[0].checkbox("Recalibrate batch norm", key=Keys.RECOVER_BN, disabled=not has_bn or bool(blocked),
-                      help="Re-estimate running statistics (seconds)." if has_bn else "This model has no batch norm.")
+bn = cols[0].checkbox("Recalibrate BN", key=Keys.RECOVER_BN, disabled=not has_bn or bool(blocked),
+                      help="Re-estimate the batch-norm running statistics on the training split (seconds)." if has_bn
+                      else "This model has no batch norm.")
 epochs = cols[1].slider("Fine-tuning epochs", 0, 30, key=Keys.RECOVER_EPOCHS, disabled=not has_train,
                         help=blocked or (None if has_train else "This data has no training split."))
 int8 = cols[2].selectbox("int8 quantization", ["off", *INT8_MODES], key=Keys.RECOVER_INT8,
                          help="auto: dynamic (MatMul/Gemm) for models without convolutions, static QDQ otherwise.")
-distill = cols[1].toggle("Distil from the dense model", key=Keys.RECOVER_DISTILL, disabled=not epochs)
+distill = cols[1].toggle("Distil from dense", key=Keys.RECOVER_DISTILL, disabled=not epochs,
+                         help="Fine-tune towards the dense model's outputs (knowledge distillation) as well as the labels.")
 temperature = cols[1].number_input("Temperature", 1.0, 10.0, step=0.5, key=Keys.RECOVER_TEMPERATURE,
                                    disabled=not distill)
 alpha = cols[1].number_input("Distillation weight", 0.0, 1.0, step=0.1, key=Keys.RECOVER_ALPHA, disabled=not distill)
-patience = cols[0].number_input("Early stop after N epochs without improvement", 0, 30, key=Keys.RECOVER_PATIENCE,
+patience = cols[0].number_input("Early stop (patience)", 0, 30, key=Keys.RECOVER_PATIENCE,
                                 disabled=not epochs or subject.data.val is None,
-                                help="On the validation split; 0: never. The best epoch is kept." if subject.data.val
+                                help="Stop after this many epochs without a better validation score; 0: never. "
+                                     "The best epoch is kept." if subject.data.val
                                 else "This data has no validation split: every epoch runs, the last one is kept.")
 settings = {"recalibrate": bn and has_bn and not blocked, "epochs": epochs if has_train else 0,
             "distill": distill and bool(epochs), "temperature": temperature, "alpha": alpha,

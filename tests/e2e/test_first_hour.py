@@ -46,7 +46,7 @@ def test_the_engineers_first_hour(tmp_path: Path) -> None:
             edited = hour.slider_value(page, "stages.0.conv.0")
 
             hour.open_page(page, "Recover")
-            assert page.get_by_role("checkbox", name="Recalibrate batch norm").is_checked()  # a .pt2's BN
+            assert page.get_by_role("checkbox", name="Recalibrate BN").is_checked()  # a .pt2's BN
             hour.recover(page, epochs=2, int8="auto")
 
             hour.open_page(page, "Export")
