@@ -101,7 +101,9 @@ LATENCY_COLUMNS = ["layer", "ratio", "channels_kept", "latency_ms_median", "late
 CACHE_ENV = "PRUNING_EXPLORER_CACHE"
 _SCAN_VERSION = 1  # bump when the numbers a scan produces change: old cache files are then ignored
 _CHUNK = 512  # samples per ONNX Runtime call
-_CAPTURE_BYTES = 256 * 2**20  # at most this much of captured inner tensors at a time
+# At most this much of captured inner tensors at a time. Measured on a residual CNN (3 ratios): a
+# scan's peak RSS +747 MB at 256 MB, +356 MB at 64 MB, for 20 % more CPU time.
+_CAPTURE_BYTES = 64 * 2**20
 _SESSION_BYTES = 1024 * 2**20  # ONNX Runtime sessions kept between scans hold at most about this
 
 

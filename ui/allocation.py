@@ -41,6 +41,7 @@ def _run(subject: Subject, key: tuple[Any, ...], work: Any) -> Any:
                 found = work(update)
             finally:
                 sens.release(subject)  # the scan's engine (sessions, activations) need not stay
+                cache.trim()
         done()
         _results().put(key, found)
     return found

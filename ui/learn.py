@@ -36,6 +36,7 @@ def run(key: str, on_progress: Progress = no_progress) -> LearnResult:
                 result = run_experiment(key, subject, on_progress)
             finally:
                 sens.release(subject)  # "Layers differ" scans: its engine need not stay
+                cache.trim()
         _results().put((key,), result)
     return result
 

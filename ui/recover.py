@@ -74,7 +74,10 @@ def run(subject: Subject, plan: PruningPlan, draft: Draft, settings: dict[str, A
     """
     st.session_state[_RUNNING] = _key(plan, settings)
     update, done = cache.progress_bar("Recovering:")
-    result = run_loop(subject, plan, on_progress=update, **settings)
+    try:
+        result = run_loop(subject, plan, on_progress=update, **settings)
+    finally:
+        cache.trim()
     done()
     weights = None
     if result.recovery is not None and result.model is not None:
