@@ -8,7 +8,7 @@ page was opened (and at the first real page) go to ``--out``; at each, the navig
 listed, and a page list with Streamlit's legacy entries (``app``, ``export``, ... from the pages/
 folder) is reported as a failure.
 
-    python benchmarks/first_seconds.py [--out /tmp/first-seconds] [--model zoo:digits-cnn] [--legacy]
+    python benchmarks/first_seconds.py [--out /tmp/first-seconds] [--model SPEC] [--legacy]
 
 ``--legacy`` starts it as plain ``streamlit run app.py`` instead, for comparison.
 """
@@ -50,9 +50,13 @@ def run(out: Path, model: str, legacy: bool = False) -> list[str]:
     cmd = app_command(port, "--server.address", "127.0.0.1")
     if legacy:  # the plain ``streamlit run app.py`` of before, for comparison
         cmd = [sys.executable, "-m", "streamlit", *cmd[4:]]
-    proc = subprocess.Popen(cmd, cwd="/",
-                            env={**os.environ, "PRUNING_EXPLORER_MODEL": model},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd,
+        cwd="/",
+        env={**os.environ, "PRUNING_EXPLORER_MODEL": model},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     lines, legacy_seen = [], []
     try:
@@ -79,7 +83,9 @@ def run(out: Path, model: str, legacy: bool = False) -> list[str]:
                     at = shots.pop(0)
                     page.screenshot(path=out / f"t{at:.1f}s.png")
                     links = nav_links(page)
-                    lines.append(f"screenshot at {at:.1f} s      navigation {links or '(none yet)'}")
+                    lines.append(
+                        f"screenshot at {at:.1f} s      navigation {links or '(none yet)'}"
+                    )
                     if LEGACY & set(links):
                         legacy_seen.append(f"{at:.1f} s: {links}")
                 links = nav_links(page)
@@ -87,18 +93,27 @@ def run(out: Path, model: str, legacy: bool = False) -> list[str]:
                     legacy_seen.append(f"{now:.1f} s: {links}")
                 if "navigation" not in seen and OURS <= set(links):
                     seen["navigation"] = time.monotonic() - t0
-                if "title" not in seen and page.get_by_role("heading", name="Model", exact=True).count():
+                if (
+                    "title" not in seen
+                    and page.get_by_role("heading", name="Model", exact=True).count()
+                ):
                     seen["title"] = time.monotonic() - t0
                 if "title" in seen and metric.count():
                     seen["numbers"] = time.monotonic() - t0
                     page.screenshot(path=out / "first-real-page.png")
                 page.wait_for_timeout(50)
             browser.close()
-        for what, label in (("navigation", "app's navigation"), ("title", "Model page title"),
-                            ("numbers", "Model page numbers")):
+        for what, label in (
+            ("navigation", "app's navigation"),
+            ("title", "Model page title"),
+            ("numbers", "Model page numbers"),
+        ):
             shown = f"{seen[what]:5.2f} s" if what in seen else "  never"
             lines.append(f"{label:<23} {shown} after the server's start")
-        lines.append("legacy page list: " + ("SEEN at " + "; ".join(legacy_seen[:3]) if legacy_seen else "never shown"))
+        lines.append(
+            "legacy page list: "
+            + ("SEEN at " + "; ".join(legacy_seen[:3]) if legacy_seen else "never shown")
+        )
         lines.append(f"screenshots in {out}")
     finally:
         stop_server(proc)
@@ -109,7 +124,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/first-seconds"))
     parser.add_argument("--model", default="zoo:digits-cnn")
-    parser.add_argument("--legacy", action="store_true", help="start it as plain `streamlit run app.py`")
+    parser.add_argument(
+        "--legacy", action="store_true", help="start it as plain `streamlit run app.py`"
+    )
     args = parser.parse_args()
     if not os.access(CHROMIUM, os.X_OK):
         sys.exit(f"{CHROMIUM} is missing (apt-get install chromium)")

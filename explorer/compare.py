@@ -19,9 +19,14 @@ __all__ = ["METRICS", "metric_rows", "predict_accuracy", "ratio_rows"]
 
 # (key, label, kind): what the comparison lists, in this order.
 METRICS = (
-    ("accuracy", "accuracy", "pct"), ("loss", "loss", "float"), ("params_total", "parameters", "int"),
-    ("params_nonzero", "nonzero parameters", "int"), ("macs", "MACs", "int"), ("onnx_bytes", "ONNX bytes", "int"),
-    ("onnx_gzip_bytes", "ONNX gzip bytes", "int"), ("latency_ms_median", "latency median (ms)", "ms"),
+    ("accuracy", "accuracy", "pct"),
+    ("loss", "loss", "float"),
+    ("params_total", "parameters", "int"),
+    ("params_nonzero", "nonzero parameters", "int"),
+    ("macs", "MACs", "int"),
+    ("onnx_bytes", "ONNX bytes", "int"),
+    ("onnx_gzip_bytes", "ONNX gzip bytes", "int"),
+    ("latency_ms_median", "latency median (ms)", "ms"),
     ("latency_ms_p90", "latency p90 (ms)", "ms"),
 )
 
@@ -60,12 +65,28 @@ def metric_rows(a: Mapping[str, float], b: Mapping[str, float]) -> list[dict[str
             continue
         scale = 100.0 if kind == "pct" else 1.0
         va, vb = float(a[key]) * scale, float(b[key]) * scale
-        rows.append({"metric": label + (" (%)" if kind == "pct" else ""), "kind": kind, "A": va, "B": vb,
-                     "B - A": vb - va})
+        rows.append(
+            {
+                "metric": label + (" (%)" if kind == "pct" else ""),
+                "kind": kind,
+                "A": va,
+                "B": vb,
+                "B - A": vb - va,
+            }
+        )
     return rows
 
 
-def ratio_rows(layers: list[str], a: Mapping[str, float], b: Mapping[str, float]) -> list[dict[str, object]]:
+def ratio_rows(
+    layers: list[str], a: Mapping[str, float], b: Mapping[str, float]
+) -> list[dict[str, object]]:
     """One row per layer: the share A and B take from it (percent) and the difference."""
-    return [{"layer": n, "A (%)": 100 * a.get(n, 0.0), "B (%)": 100 * b.get(n, 0.0),
-             "B - A (points)": 100 * (b.get(n, 0.0) - a.get(n, 0.0))} for n in layers]
+    return [
+        {
+            "layer": n,
+            "A (%)": 100 * a.get(n, 0.0),
+            "B (%)": 100 * b.get(n, 0.0),
+            "B - A (points)": 100 * (b.get(n, 0.0) - a.get(n, 0.0)),
+        }
+        for n in layers
+    ]

@@ -1,11 +1,11 @@
-"""Plans other pruning tools can read: NNI's ``config_list`` and Torch-Pruning's ``pruning_ratio_dict``.
+"""Plans other tools can read: NNI's ``config_list`` and Torch-Pruning's ``pruning_ratio_dict``.
 
 ``to_nni(plan)`` writes NNI v3's config list: one entry per distinct ratio, with the layers of that
 ratio under ``op_names`` and the ratio as ``sparse_ratio`` (a global plan is one entry with a
 ``global_group_id``: NNI then ranks all its layers together, as our global scope does).
 ``from_nni(config, inventory, method)`` reads a config list back into a plan, checked against the
 model's layers like any plan: ``op_types``, ``op_names_re`` and the ``exclude_*`` keys (and the
-legacy ``exclude``, ``sparsity``, ``sparsity_per_layer``, ``total_sparsity`` and ``op_partial_names``)
+legacy ``exclude``, ``sparsity``, ``sparsity_per_layer``, ``total_sparsity``, ``op_partial_names``)
 select layers; an entry with a key this tool cannot honour (``sparse_threshold``,
 ``max_sparse_ratio``, ``target_settings``, a block ``granularity``...) or a layer two entries give
 different ratios is refused with a message naming the entry. Unknown layers are errors, not
@@ -34,20 +34,40 @@ from explorer.inspect import Inventory
 from explorer.plan import LayerRule, PruningPlan, check_ratio
 from explorer.prune import get_method
 
-__all__ = ["GLOBAL_GROUP", "from_nni", "load_config_list", "nni_pruner", "to_nni", "to_torch_pruning",
-           "torch_pruning_note"]
+__all__ = [
+    "GLOBAL_GROUP",
+    "from_nni",
+    "load_config_list",
+    "nni_pruner",
+    "to_nni",
+    "to_torch_pruning",
+    "torch_pruning_note",
+]
 
 GLOBAL_GROUP = "pruning-explorer-global"
-_SELECT = {"op_names", "op_types", "op_names_re", "op_partial_names", "exclude_op_names", "exclude_op_types",
-           "exclude_op_names_re", "exclude"}
-_RATIO = ("sparse_ratio", "sparsity_per_layer", "sparsity", "total_sparsity")  # the first three: per layer
+_SELECT = {
+    "op_names",
+    "op_types",
+    "op_names_re",
+    "op_partial_names",
+    "exclude_op_names",
+    "exclude_op_types",
+    "exclude_op_names_re",
+    "exclude",
+}
+_RATIO = (
+    "sparse_ratio",
+    "sparsity_per_layer",
+    "sparsity",
+    "total_sparsity",
+)  # the first three: per layer
 _ACCEPTED = _SELECT | set(_RATIO) | {"global_group_id", "granularity", "target_names"}
 _WHY_NOT = {
     "sparse_threshold": "a threshold on the pruner's own metric, not a ratio",
     "max_sparse_ratio": "a bound for NNI's own allocation; give the ratio itself",
     "min_sparse_ratio": "a bound for NNI's own allocation; give the ratio itself",
     "max_sparsity_per_layer": "a bound for NNI's own allocation; give the ratio itself",
-    "dependency_group_id": "coupled layers are found from the model's graph here (DepGraph); drop the key",
+    "dependency_group_id": "coupled layers are found from the model's graph (DepGraph); drop it",
     "target_settings": "per-target settings; give 'sparse_ratio' for the layer's weight",
     "apply_method": "masks are applied by zeroing or removing here; drop the key",
     "internal_metric_block": "a block metric of NNI's own pruners",
@@ -63,8 +83,10 @@ _WHY_NOT = {
 def _single_method(plan: PruningPlan, tool: str) -> None:
     mixed = sorted({n for n in plan.layers if plan.method_of(n) != plan.method})
     if mixed:
-        raise PlanError(f"{tool} runs one criterion per config: layer(s) {mixed} use another method than the "
-                        f"plan's {plan.method!r}; split the plan by method")
+        raise PlanError(
+            f"{tool} runs one criterion per config: layer(s) {mixed} use another method than the "
+            f"plan's {plan.method!r}; split the plan by method"
+        )
 
 
 def to_nni(plan: PruningPlan) -> list[dict[str, Any]]:
@@ -77,7 +99,13 @@ def to_nni(plan: PruningPlan) -> list[dict[str, Any]]:
     if plan.scope == "global":
         if plan.is_empty:
             return []
-        return [{"op_names": list(plan.layers), "sparse_ratio": plan.ratio, "global_group_id": GLOBAL_GROUP}]
+        return [
+            {
+                "op_names": list(plan.layers),
+                "sparse_ratio": plan.ratio,
+                "global_group_id": GLOBAL_GROUP,
+            }
+        ]
     by_ratio: dict[float, list[str]] = {}
     for name, rule in plan.layers.items():
         if rule.ratio > 0:
@@ -95,9 +123,15 @@ def nni_pruner(method: str) -> str:
     if method == "l1-unstructured":
         return "nni.compression.pruning.LevelPruner (single weights by magnitude)"
     if m.kind == "semi-structured":
-        return ("NNI has no N:M pruner: LevelPruner at sparse_ratio 0.5 zeroes half the weights by magnitude, "
-                "but not in the 2-of-4 pattern")
-    return f"no NNI pruner ranks weights as {method} does; LevelPruner zeroes the same share by magnitude"
+        return (
+            "NNI has no N:M pruner: LevelPruner at sparse_ratio 0.5 zeroes half the weights by "
+            "magnitude, "
+            "but not in the 2-of-4 pattern"
+        )
+    return (
+        f"no NNI pruner ranks weights as {method} does; LevelPruner zeroes the same share by "
+        "magnitude"
+    )
 
 
 # --- NNI -> plan ---------------------------------------------------------------------------------
@@ -114,7 +148,9 @@ def load_config_list(path: str | Path) -> list[Any]:
     if isinstance(data, dict) and "config_list" in data:
         data = data["config_list"]
     if not isinstance(data, list):
-        raise PlanError(f"{path}: a config list is a JSON list of objects, got {type(data).__name__}")
+        raise PlanError(
+            f"{path}: a config list is a JSON list of objects, got {type(data).__name__}"
+        )
     return data
 
 
@@ -122,7 +158,11 @@ def _names(entry: Mapping[str, Any], key: str, where: str) -> list[str]:
     value = entry.get(key)
     if value is None:
         return []
-    if isinstance(value, str) or not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    if (
+        isinstance(value, str)
+        or not isinstance(value, list)
+        or not all(isinstance(v, str) for v in value)
+    ):
         raise PlanError(f"{where}: '{key}' must be a list of strings, got {value!r}")
     return value
 
@@ -133,7 +173,9 @@ def _regexes(entry: Mapping[str, Any], key: str, where: str) -> list[re.Pattern[
         try:
             out.append(re.compile(text))
         except re.error as e:
-            raise PlanError(f"{where}: '{key}' has a bad regular expression {text!r} ({e})") from None
+            raise PlanError(
+                f"{where}: '{key}' has a bad regular expression {text!r} ({e})"
+            ) from None
     return out
 
 
@@ -147,19 +189,32 @@ def _select(entry: Mapping[str, Any], inventory: Inventory, where: str) -> list[
     unknown = [n for n in names if n not in known]
     if unknown:
         shown = ", ".join(known[:8]) + (", ..." if len(known) > 8 else "")
-        raise PlanError(f"{where}: unknown layer(s) {unknown} for this model; its prunable layers are: {shown}")
+        raise PlanError(
+            f"{where}: unknown layer(s) {unknown} for this model; its prunable layers are: {shown}"
+        )
     by_name = any(entry.get(k) is not None for k in ("op_names", "op_names_re", "op_partial_names"))
     if not by_name and not types:
         raise PlanError(f"{where}: selects no layer (give 'op_names', 'op_names_re' or 'op_types')")
-    chosen = [n for n in known if not by_name or n in names or any(p in n for p in partial)
-              or any(p.fullmatch(n) for p in patterns)]
+    chosen = [
+        n
+        for n in known
+        if not by_name
+        or n in names
+        or any(p in n for p in partial)
+        or any(p.fullmatch(n) for p in patterns)
+    ]
     if types and "default" not in types:
         chosen = [n for n in chosen if inventory[n].type in types]
     drop_names = set(_names(entry, "exclude_op_names", where))
     drop_types = set(_names(entry, "exclude_op_types", where))
     drop_patterns = _regexes(entry, "exclude_op_names_re", where)
-    return [n for n in chosen if n not in drop_names and inventory[n].type not in drop_types
-            and not any(p.fullmatch(n) for p in drop_patterns)]
+    return [
+        n
+        for n in chosen
+        if n not in drop_names
+        and inventory[n].type not in drop_types
+        and not any(p.fullmatch(n) for p in drop_patterns)
+    ]
 
 
 def _ratio(entry: Mapping[str, Any], where: str) -> tuple[float, bool] | None:
@@ -173,8 +228,9 @@ def _ratio(entry: Mapping[str, Any], where: str) -> tuple[float, bool] | None:
     return check_ratio(entry[key], f"{where}: '{key}'"), key == "total_sparsity"
 
 
-def from_nni(config: list[Any], inventory: Inventory, method: str | None = None,
-             model: str | None = None) -> PruningPlan:
+def from_nni(
+    config: list[Any], inventory: Inventory, method: str | None = None, model: str | None = None
+) -> PruningPlan:
     """The plan a config list stands for, checked against ``inventory``'s layers.
 
     Args:
@@ -205,14 +261,19 @@ def from_nni(config: list[Any], inventory: Inventory, method: str | None = None,
                 raise PlanError(f"{where}: unknown key {key!r}; this reads {sorted(_ACCEPTED)}")
         granularity = entry.get("granularity", "default")
         if granularity not in ("default", "out_channel"):
-            raise PlanError(f"{where}: granularity {granularity!r} is not supported (only 'default' and "
-                            "'out_channel': weights, or whole output channels)")
+            raise PlanError(
+                f"{where}: granularity {granularity!r} is not supported (only 'default' and "
+                "'out_channel': weights, or whole output channels)"
+            )
         out_channel |= granularity == "out_channel"
         targets = entry.get("target_names")
-        if targets is not None and not (isinstance(targets, list) and "weight" in targets
-                                        and set(targets) <= {"weight", "bias"}):
-            raise PlanError(f"{where}: target_names {targets!r} is not supported (a plan prunes weights; "
-                            "['weight'] or ['weight', 'bias'])")
+        if targets is not None and not (
+            isinstance(targets, list) and "weight" in targets and set(targets) <= {"weight", "bias"}
+        ):
+            raise PlanError(
+                f"{where}: target_names {targets!r} is not supported (a plan prunes weights; "
+                "['weight'] or ['weight', 'bias'])"
+            )
         layers = _select(entry, inventory, where)
         exclude = entry.get("exclude", False)
         if not isinstance(exclude, bool):
@@ -224,7 +285,9 @@ def from_nni(config: list[Any], inventory: Inventory, method: str | None = None,
             excluded.update(layers)
             continue
         if ratio is None:
-            raise PlanError(f"{where}: no ratio (give 'sparse_ratio' in [0, 1), or 'exclude': true)")
+            raise PlanError(
+                f"{where}: no ratio (give 'sparse_ratio' in [0, 1), or 'exclude': true)"
+            )
         value, ranked = ratio
         group = entry.get("global_group_id")
         if ranked:  # legacy total_sparsity: the entry's layers ranked together
@@ -232,13 +295,17 @@ def from_nni(config: list[Any], inventory: Inventory, method: str | None = None,
         if group is not None:
             first = groups.setdefault(str(group), (value, i))
             if first[0] != value:
-                raise PlanError(f"{where}: global group {group!r} has ratio {value} here and {first[0]} in "
-                                f"entry {first[1]}; one group has one ratio")
+                raise PlanError(
+                    f"{where}: global group {group!r} has ratio {value} here and {first[0]} in "
+                    f"entry {first[1]}; one group has one ratio"
+                )
             grouped.update(layers)
         for name in layers:
             if name in rules and rules[name][0] != value:
-                raise PlanError(f"{where}: layer {name!r} gets ratio {value}, entry {rules[name][1]} gave it "
-                                f"{rules[name][0]}; NNI versions disagree on which wins, so give it once")
+                raise PlanError(
+                    f"{where}: layer {name!r} gets ratio {value}, entry {rules[name][1]} gave it "
+                    f"{rules[name][0]}; NNI versions disagree on which wins, so give it once"
+                )
             rules.setdefault(name, (value, i))
     for name in excluded:
         rules.pop(name, None)
@@ -249,24 +316,42 @@ def from_nni(config: list[Any], inventory: Inventory, method: str | None = None,
     if m.structured:
         for name in names:
             if inventory[name].group is None:
-                why = inventory.structured_error or inventory[name].note or "not in a dependency group"
-                raise PlanError(f"config_list entry {rules[name][1]}: layer {name!r} cannot lose output channels "
-                                f"with {method} ({why})")
+                why = (
+                    inventory.structured_error
+                    or inventory[name].note
+                    or "not in a dependency group"
+                )
+                raise PlanError(
+                    f"config_list entry {rules[name][1]}: layer {name!r} cannot lose output "
+                    "channels "
+                    f"with {method} ({why})"
+                )
     if groups:
         if len(groups) > 1 or set(names) - grouped:
-            raise PlanError("a plan has one scope: these entries mix global groups "
-                            f"{sorted(groups)} with per-layer ratios or other groups; give one global group or none")
+            raise PlanError(
+                "a plan has one scope: these entries mix global groups "
+                f"{sorted(groups)} with per-layer ratios or other groups; give one global group "
+                "or none"
+            )
         ratio = next(iter(groups.values()))[0]
-        return PruningPlan(method=method, layers={n: LayerRule(ratio) for n in names}, scope="global",
-                           ratio=ratio, model=model)
-    return PruningPlan(method=method, layers={n: LayerRule(rules[n][0]) for n in names}, model=model)
+        return PruningPlan(
+            method=method,
+            layers={n: LayerRule(ratio) for n in names},
+            scope="global",
+            ratio=ratio,
+            model=model,
+        )
+    return PruningPlan(
+        method=method, layers={n: LayerRule(rules[n][0]) for n in names}, model=model
+    )
 
 
 # --- plan -> Torch-Pruning -----------------------------------------------------------------------
 
 
-def to_torch_pruning(plan: PruningPlan, inventory: Inventory | None = None,
-                     round_to: int | None = None) -> dict[str, Any]:
+def to_torch_pruning(
+    plan: PruningPlan, inventory: Inventory | None = None, round_to: int | None = None
+) -> dict[str, Any]:
     """Torch-Pruning settings that reproduce a structured ``plan``: ``pruning_ratio_dict``
     (layer name -> ratio), the importance, ``global_pruning``, ``pruning_ratio`` and ``round_to``.
 
@@ -282,8 +367,11 @@ def to_torch_pruning(plan: PruningPlan, inventory: Inventory | None = None,
     _single_method(plan, "Torch-Pruning")
     m = get_method(plan.method)
     if not m.structured:
-        raise PlanError(f"Torch-Pruning removes channels; {plan.method!r} only zeroes weights: use a structured "
-                        "method, or convert to NNI's config list instead")
+        raise PlanError(
+            f"Torch-Pruning removes channels; {plan.method!r} only zeroes weights: use a "
+            "structured "
+            "method, or convert to NNI's config list instead"
+        )
     is_global = plan.scope == "global"
     ratios = {} if is_global else {n: r.ratio for n, r in plan.layers.items() if r.ratio > 0}
     if inventory is not None and not is_global:
@@ -307,19 +395,32 @@ def to_torch_pruning(plan: PruningPlan, inventory: Inventory | None = None,
 
 
 def torch_pruning_note(plan: PruningPlan, round_to: int | None = None) -> str:
-    """How to use the file with Torch-Pruning (its keys are module names; the pruner takes modules)."""
+    """How to use the file with Torch-Pruning (keys are module names; the pruner takes modules)."""
     m = get_method(plan.method)
-    where = ("pruning_ratio_dict={model.get_submodule(name): ratio for the file's layers}, pruning_ratio=0.0 (a "
-             "layer not listed stays whole; the default would prune it at 0.5)" if plan.scope == "local" else
-             f"pruning_ratio={plan.ratio}, global_pruning=True")
-    rounding = (" Rounding: Torch-Pruning removes ceil(n * ratio) of n channels where this tool removes "
-                "floor(n * ratio) (n: a group's channels, or all ranked channels of a global plan): the two differ "
-                "by one channel where n * ratio is not a whole number.")
-    return (f"Torch-Pruning: tp.pruner.MetaPruner(model, example_inputs, importance="
-            f"{_importance(m.norm_p, plan.scope)}, {where}, round_to={round_to}, ignored_layers=[the modules of "
-            "ignored_layers]), then .step(). A dependency group loses the same channels in all its layers."
-            + rounding)
+    where = (
+        "pruning_ratio_dict={model.get_submodule(name): ratio for the file's layers}, "
+        "pruning_ratio=0.0 (a "
+        "layer not listed stays whole; the default would prune it at 0.5)"
+        if plan.scope == "local"
+        else f"pruning_ratio={plan.ratio}, global_pruning=True"
+    )
+    rounding = (
+        " Rounding: Torch-Pruning removes ceil(n * ratio) of n channels where this tool removes "
+        "floor(n * ratio) (n: a group's channels, or all ranked channels of a global plan): "
+        "the two "
+        "differ "
+        "by one channel where n * ratio is not a whole number."
+    )
+    return (
+        f"Torch-Pruning: tp.pruner.MetaPruner(model, example_inputs, importance="
+        f"{_importance(m.norm_p, plan.scope)}, {where}, round_to={round_to}, "
+        "ignored_layers=[the modules of ignored_layers]), then .step(). A dependency group loses "
+        "the "
+        "same channels in all its layers." + rounding
+    )
 
 
 def _importance(p: int | None, scope: str) -> str:
-    return f"tp.importance.GroupMagnitudeImportance(p={p}" + (", normalizer='mean')" if scope == "global" else ")")
+    return f"tp.importance.GroupMagnitudeImportance(p={p}" + (
+        ", normalizer='mean')" if scope == "global" else ")"
+    )

@@ -157,7 +157,7 @@ def _recovery_html(metrics: dict[str, Any]) -> str:
         val = ("" if best.get("val_accuracy") is None or first.get("val_accuracy") is None else
                f" Validation accuracy {100 * first['val_accuracy']:.2f}% before, {100 * best['val_accuracy']:.2f}% after.")
         parts.append(
-            f"<h2>Fine-tuning</h2><p>"
+            "<h2>Fine-tuning</h2><p>"
             + ("Batch-norm statistics re-estimated first; " if rec.get("recalibrated") else "")
             + f"{cfg.get('epochs')} epoch(s) asked, epoch {rec['best_epoch']} kept "
             f"({e(rec['stopped'])}, {rec['seconds']:.1f} s), lr {cfg.get('lr')}"

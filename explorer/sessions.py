@@ -31,8 +31,17 @@ from typing import Any
 
 from explorer.errors import ExplorerError
 
-__all__ = ["SessionInfo", "SessionStore", "cache_root", "is_session_id", "load_weights", "new_session_id",
-           "store_upload", "store_weights", "uploads_dir"]
+__all__ = [
+    "SessionInfo",
+    "SessionStore",
+    "cache_root",
+    "is_session_id",
+    "load_weights",
+    "new_session_id",
+    "store_upload",
+    "store_weights",
+    "uploads_dir",
+]
 
 SCHEMA_VERSION = 1
 MAX_SESSIONS = 500  # the oldest beyond this are dropped (with files no kept session points at)
@@ -107,8 +116,9 @@ def load_weights(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, ValueError) as e:
-        raise ExplorerError(f"the recovered weights {Path(path).name} cannot be read ({e}); run the recovery "
-                            "again") from None
+        raise ExplorerError(
+            f"the recovered weights {Path(path).name} cannot be read ({e}); run the recovery again"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -133,8 +143,10 @@ class SessionStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, created REAL NOT NULL, "
-                       "updated REAL NOT NULL, title TEXT NOT NULL, state TEXT NOT NULL)")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, created REAL NOT NULL, "
+                "updated REAL NOT NULL, title TEXT NOT NULL, state TEXT NOT NULL)"
+            )
             db.execute("CREATE INDEX IF NOT EXISTS sessions_updated ON sessions (updated)")
 
     @contextmanager
@@ -147,7 +159,7 @@ class SessionStore:
             db.close()
 
     def load(self, session_id: str) -> dict[str, Any] | None:
-        """The state saved under ``session_id``, or None (unknown id, or a state of another schema)."""
+        """The state saved under ``session_id``; None: unknown id, or another schema's state."""
         with self._connect() as db:
             row = db.execute("SELECT state FROM sessions WHERE id = ?", (session_id,)).fetchone()
         if row is None:
@@ -160,18 +172,26 @@ class SessionStore:
 
     def save(self, session_id: str, state: dict[str, Any], title: str) -> None:
         """Insert or replace the session's state (a JSON object; ``version`` is set here)."""
-        text = json.dumps({**state, "version": SCHEMA_VERSION}, allow_nan=True, separators=(",", ":"))
+        text = json.dumps(
+            {**state, "version": SCHEMA_VERSION}, allow_nan=True, separators=(",", ":")
+        )
         now = time.time()
         with self._connect() as db:
-            db.execute("INSERT INTO sessions (id, created, updated, title, state) VALUES (?, ?, ?, ?, ?) "
-                       "ON CONFLICT(id) DO UPDATE SET updated = excluded.updated, title = excluded.title, "
-                       "state = excluded.state", (session_id, now, now, title, text))
+            db.execute(
+                "INSERT INTO sessions (id, created, updated, title, state) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET updated = excluded.updated, title = excluded.title, "
+                "state = excluded.state",
+                (session_id, now, now, title, text),
+            )
 
     def recent(self, limit: int = 10, exclude: str | None = None) -> list[SessionInfo]:
         """The most recently used sessions, newest first."""
         with self._connect() as db:
-            rows = db.execute("SELECT id, title, created, updated FROM sessions WHERE id != ? "
-                              "ORDER BY updated DESC LIMIT ?", (exclude or "", limit)).fetchall()
+            rows = db.execute(
+                "SELECT id, title, created, updated FROM sessions WHERE id != ? "
+                "ORDER BY updated DESC LIMIT ?",
+                (exclude or "", limit),
+            ).fetchall()
         return [SessionInfo(*row) for row in rows]
 
     def delete(self, session_id: str) -> None:
@@ -182,8 +202,12 @@ class SessionStore:
         """Drop all but the ``keep`` most recent sessions, then the upload and weight files that no
         kept session mentions. Returns the number of sessions dropped."""
         with self._connect() as db:
-            old = [r[0] for r in db.execute("SELECT id FROM sessions ORDER BY updated DESC LIMIT -1 OFFSET ?",
-                                            (keep,)).fetchall()]
+            old = [
+                r[0]
+                for r in db.execute(
+                    "SELECT id FROM sessions ORDER BY updated DESC LIMIT -1 OFFSET ?", (keep,)
+                ).fetchall()
+            ]
             db.executemany("DELETE FROM sessions WHERE id = ?", [(i,) for i in old])
             states = [r[0] for r in db.execute("SELECT state FROM sessions").fetchall()]
         if old:

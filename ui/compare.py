@@ -1,5 +1,6 @@
 """The Prune page's comparison: two configurations of the history side by side (every metric, the
-per-layer ratios, and the sensitivity curves' prediction of their accuracy against the measured one)."""
+per-layer ratios, and the sensitivity curves' prediction of their accuracy against the measured
+one)."""
 
 from __future__ import annotations
 
@@ -47,7 +48,9 @@ def _structured(plan: PruningPlan, layer: str) -> bool:
     return get_method(plan.method_of(layer)).structured
 
 
-def _prediction(plan: PruningPlan, ratios: dict[str, float], subject: Subject) -> tuple[float | None, str]:
+def _prediction(
+    plan: PruningPlan, ratios: dict[str, float], subject: Subject
+) -> tuple[float | None, str]:
     """(predicted accuracy, why there is none) from this session's scan of the plan's method."""
     if plan.is_empty:
         return float(subject.dense()[0].accuracy), ""
@@ -58,7 +61,9 @@ def _prediction(plan: PruningPlan, ratios: dict[str, float], subject: Subject) -
     method = methods.pop()
     if scan is None or scan["method"] != method:
         return None, f"no scan of {method} (Sensitivity page)"
-    curves = cache.scan_if_cached(subject.model_spec, st.session_state[Keys.DATA], method, scan["ratios"])
+    curves = cache.scan_if_cached(
+        subject.model_spec, st.session_state[Keys.DATA], method, scan["ratios"]
+    )
     if curves is None:
         return None, f"no scan of {method} (Sensitivity page)"
     predicted = predict_accuracy(ratios, curves)
@@ -76,7 +81,12 @@ def _formatted(row: dict[str, Any]) -> dict[str, str]:
             return f"{v:{sign},.0f}"
         return f"{v:{sign}.{ {'pct': 2, 'ms': 3, 'float': 4}[kind] }f}"
 
-    return {"metric": row["metric"], "A": fmt(row["A"]), "B": fmt(row["B"]), "B - A": fmt(row["B - A"], True)}
+    return {
+        "metric": row["metric"],
+        "A": fmt(row["A"]),
+        "B": fmt(row["B"]),
+        "B - A": fmt(row["B - A"], True),
+    }
 
 
 def section(subject: Subject, entries: list[dict[str, Any]]) -> None:
@@ -105,8 +115,12 @@ def section(subject: Subject, entries: list[dict[str, Any]]) -> None:
         return
     (ma, ra, pa, wa, ea), (mb, rb, pb, wb, eb) = sides
     what = "accuracy" if subject.data.has_labels else "agreement"
-    st.dataframe(pd.DataFrame([_formatted(r) for r in metric_rows(ma, mb)]), hide_index=True,
-                 key="prune.compare.metrics", width="stretch")
+    st.dataframe(
+        pd.DataFrame([_formatted(r) for r in metric_rows(ma, mb)]),
+        hide_index=True,
+        key="prune.compare.metrics",
+        width="stretch",
+    )
 
     def cell(predicted: float | None, why: str, measured: float) -> tuple[str, str]:
         if predicted is None:
@@ -115,18 +129,43 @@ def section(subject: Subject, entries: list[dict[str, Any]]) -> None:
 
     pred_a, gap_a = cell(pa, wa, ma["accuracy"])
     pred_b, gap_b = cell(pb, wb, mb["accuracy"])
-    st.dataframe(pd.DataFrame([
-        {"": f"{what}, measured (%)", "A": f"{100 * ma['accuracy']:.2f}", "B": f"{100 * mb['accuracy']:.2f}"},
-        {"": f"{what}, predicted from the curves (%)", "A": pred_a, "B": pred_b},
-        {"": "measured - predicted (points)", "A": gap_a, "B": gap_b},
-    ]), hide_index=True, key="prune.compare.prediction", width="stretch")
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "": f"{what}, measured (%)",
+                    "A": f"{100 * ma['accuracy']:.2f}",
+                    "B": f"{100 * mb['accuracy']:.2f}",
+                },
+                {"": f"{what}, predicted from the curves (%)", "A": pred_a, "B": pred_b},
+                {"": "measured - predicted (points)", "A": gap_a, "B": gap_b},
+            ]
+        ),
+        hide_index=True,
+        key="prune.compare.prediction",
+        width="stretch",
+    )
     recovered = [side for side, e in (("A", ea), ("B", eb)) if e and " + " in e["summary"]]
-    st.caption("Predicted: dense minus what each layer (or group) alone loses at its ratio on the Sensitivity "
-                  "page's curves; layers interact, so the measured accuracy is often lower."
-                  + (f" {' and '.join(recovered)} went through recovery after pruning: its measured accuracy is "
-                     "the recovered one." if recovered else ""))
+    st.caption(
+        "Predicted: dense minus what each layer (or group) alone loses at its ratio on the "
+        "Sensitivity "
+        "page's curves; layers interact, so the measured accuracy is often lower."
+        + (
+            f" {' and '.join(recovered)} went through recovery after pruning: its measured "
+            "accuracy is "
+            "the recovered one."
+            if recovered
+            else ""
+        )
+    )
     layers = [n for n in subject.layer_names if ra.get(n) or rb.get(n)]
     if layers:
-        st.dataframe(pd.DataFrame(ratio_rows(layers, ra, rb)), hide_index=True, key="prune.compare.ratios",
-                     column_config={c: st.column_config.NumberColumn(c, format="%.1f")
-                                    for c in ("A (%)", "B (%)", "B - A (points)")})
+        st.dataframe(
+            pd.DataFrame(ratio_rows(layers, ra, rb)),
+            hide_index=True,
+            key="prune.compare.ratios",
+            column_config={
+                c: st.column_config.NumberColumn(c, format="%.1f")
+                for c in ("A (%)", "B (%)", "B - A (points)")
+            },
+        )

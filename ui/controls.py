@@ -74,20 +74,19 @@ def _layer_row(draft: Draft, inventory: Inventory, name: str, shares: dict[str, 
     # A horizontal row: the slider takes what the labels leave, lock and skip keep their full labels
     # (and wrap below the slider where the column is too narrow for the three).
     row = st.container(horizontal=True, vertical_alignment="center", gap="small")
-    slider = row
-    lock = skip = row.container(horizontal=True, width="content", gap="small")  # the two wrap together
     shape = "×".join(map(str, info.shape))
     own = draft.overrides.get(name)
     label = f"{name} · {info.type} {shape}" + (f" · {own}" if own and not is_global else "")
     if name in shares:
         label += f" · {100 * shares[name]:.1f} % in the global ranking"
-    slider.slider(
+    row.slider(
         label, 0, 95, step=1, key=Keys.ratio(name), format="%d %%",
         on_change=_on_ratio, args=(name, inventory),
         help=why or ("What the global ranking takes from this layer (set by All layers)." if name in shares
                      else _ratio_help(draft, name)),
         disabled=bool(why) or is_global or name in draft.locked or name in draft.skipped, width="stretch",
     )
+    lock = skip = row.container(horizontal=True, width="content", gap="small")  # after the slider; wrap together
     lock.checkbox("lock", key=Keys.lock(name), on_change=_on_flag, args=(name, "locked", Keys.lock(name)),
                   disabled=bool(why) or is_global, width="content")
     skip.checkbox("skip", key=Keys.skip(name), on_change=_on_flag, args=(name, "skipped", Keys.skip(name)),

@@ -29,7 +29,14 @@ __all__ = ["attach", "recent", "resume", "save", "session_id"]
 
 QUERY = "session"
 # Per-user keys kept, with how to write them as JSON and read them back.
-_PLAIN = (Keys.MODEL, Keys.DATA, Keys.UPLOAD_NAMES, Keys.HISTORY, Keys.RECOVER_RESULTS, Keys.RECOVER_SETTINGS)
+_PLAIN = (
+    Keys.MODEL,
+    Keys.DATA,
+    Keys.UPLOAD_NAMES,
+    Keys.HISTORY,
+    Keys.RECOVER_RESULTS,
+    Keys.RECOVER_SETTINGS,
+)
 
 
 @st.cache_resource(show_spinner=False)
@@ -46,14 +53,18 @@ def session_id() -> str | None:
 
 def _snapshot() -> dict[str, Any]:
     out: dict[str, Any] = {key: st.session_state.get(key) for key in _PLAIN}
-    out[Keys.DRAFTS] = {sid: d.to_dict() for sid, d in st.session_state.get(Keys.DRAFTS, {}).items()}
-    out[Keys.SCANS] = {sid: {"method": s["method"], "ratios": list(s["ratios"])}
-                       for sid, s in st.session_state.get(Keys.SCANS, {}).items()}
+    out[Keys.DRAFTS] = {
+        sid: d.to_dict() for sid, d in st.session_state.get(Keys.DRAFTS, {}).items()
+    }
+    out[Keys.SCANS] = {
+        sid: {"method": s["method"], "ratios": list(s["ratios"])}
+        for sid, s in st.session_state.get(Keys.SCANS, {}).items()
+    }
     return out
 
 
 def _restore(saved: dict[str, Any]) -> None:
-    """Put a saved state into ``st.session_state`` (drafts of methods that no longer exist are dropped)."""
+    """Put a saved state into ``st.session_state`` (drafts of methods now unknown are dropped)."""
     from explorer.errors import ExplorerError
     from ui.draft import Draft
 
@@ -67,14 +78,22 @@ def _restore(saved: dict[str, Any]) -> None:
         except (ExplorerError, TypeError, ValueError):
             continue
     st.session_state[Keys.DRAFTS] = drafts
-    st.session_state[Keys.SCANS] = {sid: {"method": s["method"], "ratios": tuple(s["ratios"])}
-                                    for sid, s in (saved.get(Keys.SCANS) or {}).items()}
+    st.session_state[Keys.SCANS] = {
+        sid: {"method": s["method"], "ratios": tuple(s["ratios"])}
+        for sid, s in (saved.get(Keys.SCANS) or {}).items()
+    }
 
 
 def _worth_keeping(snap: dict[str, Any]) -> bool:
     """A visitor who only looked at the default model leaves no session behind."""
-    return bool(snap[Keys.HISTORY] or snap[Keys.DRAFTS] or snap[Keys.SCANS] or snap[Keys.RECOVER_RESULTS]
-                or snap[Keys.UPLOAD_NAMES] or snap[Keys.MODEL] != state.default_model())
+    return bool(
+        snap[Keys.HISTORY]
+        or snap[Keys.DRAFTS]
+        or snap[Keys.SCANS]
+        or snap[Keys.RECOVER_RESULTS]
+        or snap[Keys.UPLOAD_NAMES]
+        or snap[Keys.MODEL] != state.default_model()
+    )
 
 
 def _title(snap: dict[str, Any]) -> str:
@@ -85,7 +104,8 @@ def _title(snap: dict[str, Any]) -> str:
     mine = [e for e in snap[Keys.HISTORY] or [] if e["subject"] == state.subject_id()]
     text = model + (f" on {data}" if data else "")
     if mine:
-        text += f" · {len(mine)} configuration{'s' if len(mine) != 1 else ''}, last: {mine[-1]['summary']}"
+        plural = "s" if len(mine) != 1 else ""
+        text += f" · {len(mine)} configuration{plural}, last: {mine[-1]['summary']}"
     return text
 
 
@@ -101,7 +121,10 @@ def attach() -> None:
         else:
             sid = new_session_id()
             if wanted:
-                state.flash("info", f"There is no saved session {wanted!r} on this server: this is a new one.")
+                state.flash(
+                    "info",
+                    f"There is no saved session {wanted!r} on this server: this is a new one.",
+                )
         st.session_state[Keys.SESSION_ID] = sid
     if st.query_params.get(QUERY) != sid:  # a page change may drop the query string: put it back
         st.query_params[QUERY] = sid
@@ -139,7 +162,9 @@ def resume(other: str) -> None:
     _restore(saved)
     st.session_state[Keys.SESSION_ID] = other
     st.query_params[QUERY] = other
-    state.flash("success", "Resumed the saved session: model, plan, history, scans and recovery results.")
+    state.flash(
+        "success", "Resumed the saved session: model, plan, history, scans and recovery results."
+    )
 
 
 def escape(text: str) -> str:

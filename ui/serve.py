@@ -32,9 +32,9 @@ def _warm() -> None:
     """Import the libraries and load the app's first model into the shared cache."""
     try:
         import torch  # noqa: F401  (the bulk of a cold start)
+        from streamlit import runtime
 
         import explorer.subject  # noqa: F401
-        from streamlit import runtime
 
         while not runtime.exists():  # st.cache_* need the server's runtime
             time.sleep(0.05)

@@ -36,11 +36,18 @@ def user_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     data = load_data("zoo:digits-32")
     assert data.train is not None and data.train.y is not None
     model = residual_net()
-    program = torch.export.export(model, (data.test.x[:2],), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    program = torch.export.export(
+        model, (data.test.x[:2],), dynamic_shapes=({0: torch.export.Dim("batch")},)
+    )
     torch.export.save(program, root / "mynet.pt2")
     buf = io.BytesIO()
-    np.savez(buf, x=data.test.x.numpy()[:200], y=data.test.y.numpy()[:200],
-             x_train=data.train.x.numpy()[:256], y_train=data.train.y.numpy()[:256])
+    np.savez(
+        buf,
+        x=data.test.x.numpy()[:200],
+        y=data.test.y.numpy()[:200],
+        x_train=data.train.x.numpy()[:256],
+        y_train=data.train.y.numpy()[:256],
+    )
     return {"mynet.pt2": (root / "mynet.pt2").read_bytes(), "digits.npz": buf.getvalue()}
 
 
@@ -70,7 +77,9 @@ def _upload(at: AppTest, files: dict[str, bytes]) -> AppTest:
     return at
 
 
-def test_a_reload_brings_back_model_plan_history_scans_and_recovery(user_files: dict[str, bytes]) -> None:
+def test_a_reload_brings_back_model_plan_history_scans_and_recovery(
+    user_files: dict[str, bytes],
+) -> None:
     at = _upload(open_app(), user_files)
     at.switch_page("pages/prune.py").run()
     at.selectbox(key="prune.method").set_value("l1-structured").run()
@@ -88,12 +97,17 @@ def test_a_reload_brings_back_model_plan_history_scans_and_recovery(user_files: 
     history = [e["summary"] for e in at.session_state["history"]]
 
     again = _reload(at, "prune")
-    assert [c.value for c in again.sidebar.code] == ["mynet.pt2 (uploaded)", "digits.npz (uploaded)"]
+    assert [c.value for c in again.sidebar.code] == [
+        "mynet.pt2 (uploaded)",
+        "digits.npz (uploaded)",
+    ]
     assert again.selectbox(key="prune.method").value == "l1-structured"
     assert again.slider(key="prune.ratio.stages.1.conv.0").value == 50
     assert [e["summary"] for e in again.session_state["history"]] == history
     again.switch_page("pages/sensitivity.py").run()
-    assert "sensitivity.chart" in [c.key for c in again.get("plotly_chart")]  # from the cache on disk
+    assert "sensitivity.chart" in [
+        c.key for c in again.get("plotly_chart")
+    ]  # from the cache on disk
     again.switch_page("pages/recover.py").run()
     assert again.slider(key="recover.epochs").value == 1  # the last run's settings
     assert again.dataframe[0].value.equals(table)  # its numbers, without running it again
@@ -110,8 +124,9 @@ def test_model_page_lists_recent_sessions_and_resumes_one() -> None:
     buttons[0].click().run()
     assert not other.exception
     assert _session_id(other) == sid
-    assert [e["summary"] for e in other.session_state["history"]] == [e["summary"] for e in
-                                                                      first.session_state["history"]]
+    assert [e["summary"] for e in other.session_state["history"]] == [
+        e["summary"] for e in first.session_state["history"]
+    ]
     other.switch_page("pages/prune.py").run()
     assert other.slider(key="prune.ratio.features.7").value == 35
 
@@ -142,19 +157,29 @@ def test_export_carries_the_recovered_model_and_its_numbers(tmp_path: Path) -> N
     at.switch_page("pages/export.py").run()
     assert at.radio(key="export.what").value == "recovered"
     label = at.radio(key="export.what").format_func("recovered")
-    assert "fine-tuned 1 epoch(s)" in label and f"{100 * tuned:.2f} %" in label and f"{100 * int8:.2f} %" in label
+    assert (
+        "fine-tuned 1 epoch(s)" in label
+        and f"{100 * tuned:.2f} %" in label
+        and f"{100 * int8:.2f} %" in label
+    )
     command = next(c.value for c in at.code if c.value.startswith("pruning-explorer export"))
     assert "--finetune-epochs 1" in command and "--quantize int8 --int8-mode dynamic" in command
     at.button(key="export.build").click().run(timeout=300)
     assert not at.exception and not at.error
     files = {b.proto.label: b for b in at.get("download_button")}
-    assert {"model.onnx", "model.int8.onnx", "metrics.json", "report.html", "bundle.zip"} <= set(files)
+    assert {"model.onnx", "model.int8.onnx", "metrics.json", "report.html", "bundle.zip"} <= set(
+        files
+    )
     import ui.cache
 
     plan = PruningPlan.from_json(at.code[0].value)
-    bundle = ui.cache.cached_bundle("zoo:digits-cnn", None, plan,
-                                    next(iter(at.session_state["recover.results"].values())),
-                                    ("zoo:digits-cnn", None))
+    bundle = ui.cache.cached_bundle(
+        "zoo:digits-cnn",
+        None,
+        plan,
+        next(iter(at.session_state["recover.results"].values())),
+        ("zoo:digits-cnn", None),
+    )
     assert bundle is not None
     m = json.loads(bundle["metrics.json"])
     assert m["accuracy"] == pytest.approx(tuned, abs=1e-9)  # the fine-tuned weights, measured again
@@ -172,7 +197,9 @@ def test_export_carries_the_recovered_model_and_its_numbers(tmp_path: Path) -> N
     assert "model.int8.onnx" not in alone
 
 
-def test_plans_reports_and_commands_name_uploads_by_their_file_names(user_files: dict[str, bytes]) -> None:
+def test_plans_reports_and_commands_name_uploads_by_their_file_names(
+    user_files: dict[str, bytes],
+) -> None:
     at = _upload(open_app(), user_files)
     at.switch_page("pages/prune.py").run()
     at.slider(key="prune.ratio.stages.0.conv.0").set_value(30).run()
@@ -181,14 +208,22 @@ def test_plans_reports_and_commands_name_uploads_by_their_file_names(user_files:
     plan = json.loads(at.code[0].value)
     assert plan["model"] == "mynet.pt2"
     command = next(c.value for c in at.code if c.value.startswith("pruning-explorer export"))
-    assert command == "pruning-explorer export --model mynet.pt2 --data digits.npz --plan plan.json --out export"
+    assert (
+        command == "pruning-explorer export --model mynet.pt2 --data digits.npz --plan plan.json "
+        "--out export"
+    )
     assert any("`mynet.pt2` and `digits.npz`" in c.value for c in at.caption)
     at.button(key="export.build").click().run(timeout=300)
     assert not at.exception and not at.error
     import ui.cache
 
-    bundle = ui.cache.cached_bundle(at.session_state["model_spec"], at.session_state["data_spec"],
-                                    PruningPlan.from_dict(plan), None, ("mynet.pt2", "digits.npz"))
+    bundle = ui.cache.cached_bundle(
+        at.session_state["model_spec"],
+        at.session_state["data_spec"],
+        PruningPlan.from_dict(plan),
+        None,
+        ("mynet.pt2", "digits.npz"),
+    )
     assert bundle is not None
     server_path = str(uploads_dir())
     for name in ("plan.json", "metrics.json", "report.html"):
@@ -199,7 +234,8 @@ def test_plans_reports_and_commands_name_uploads_by_their_file_names(user_files:
 
 
 def test_recover_runs_bn_recalibration_on_a_pt2_model_and_charts_without_validation(
-        user_files: dict[str, bytes]) -> None:
+    user_files: dict[str, bytes],
+) -> None:
     at = _upload(open_app(), user_files)
     at.switch_page("pages/prune.py").run()
     at.selectbox(key="prune.method").set_value("l1-structured").run()
@@ -209,7 +245,12 @@ def test_recover_runs_bn_recalibration_on_a_pt2_model_and_charts_without_validat
     at.slider(key="recover.epochs").set_value(2).run()
     at.button(key="recover.run").click().run(timeout=300)
     assert not at.exception and not at.error
-    assert list(at.dataframe[0].value["stage"]) == ["dense", "pruned", "BN recalibrated", "fine-tuned"]
+    assert list(at.dataframe[0].value["stage"]) == [
+        "dense",
+        "pruned",
+        "BN recalibrated",
+        "fine-tuned",
+    ]
     curve = next(c for c in at.get("plotly_chart") if c.key == "recover.curve")
     spec = json.loads(curve.proto.spec)
     assert [t["name"] for t in spec["data"]] == ["training loss"]
@@ -221,7 +262,9 @@ def test_an_interrupted_recover_run_says_cancelled() -> None:
     at = open_app("prune")
     at.slider(key="prune.ratio.features.7").set_value(50).run()
     at.switch_page("pages/recover.py").run()
-    at.session_state["recover.running"] = "a run that a click interrupted"  # what Cancel leaves behind
+    at.session_state["recover.running"] = (
+        "a run that a click interrupted"  # what Cancel leaves behind
+    )
     at.run()
     assert any(w.value.startswith("Cancelled") for w in at.warning)
     at.run()
@@ -245,10 +288,19 @@ def test_global_scope_sliders_show_each_layers_real_share() -> None:
     assert not at.exception
     subject = ui.cache.subject("zoo:digits-cnn", None)
     names = subject.layer_names
-    pruned = dict(subject.prune(PruningPlan("l1-unstructured", {n: LayerRule(0.6) for n in names}, scope="global",
-                                            ratio=0.6)).named_modules())
-    shares = {n: 1 - int(torch.count_nonzero(pruned[n].weight)) / pruned[n].weight.numel() for n in names}
-    assert len({round(v, 2) for v in shares.values()}) > 1  # global ranking does not prune layers alike
+    pruned = dict(
+        subject.prune(
+            PruningPlan(
+                "l1-unstructured", {n: LayerRule(0.6) for n in names}, scope="global", ratio=0.6
+            )
+        ).named_modules()
+    )
+    shares = {
+        n: 1 - int(torch.count_nonzero(pruned[n].weight)) / pruned[n].weight.numel() for n in names
+    }
+    assert (
+        len({round(v, 2) for v in shares.values()}) > 1
+    )  # global ranking does not prune layers alike
     for name, share in shares.items():
         slider = at.slider(key=f"prune.ratio.{name}")
         assert slider.disabled and slider.value == min(95, round(100 * share)), name
@@ -260,7 +312,10 @@ def test_global_scope_sliders_show_each_layers_real_share() -> None:
 def test_cards_at_zero_pruning_show_no_change_and_a_broken_plan_is_flagged() -> None:
     at = open_app("prune")
     cards = {m.label: m for m in at.metric}
-    assert cards["Latency, p90"].proto.delta in ("", "0")  # the dense model against itself, timed alike
+    assert cards["Latency, p90"].proto.delta in (
+        "",
+        "0",
+    )  # the dense model against itself, timed alike
     at.radio(key="prune.scope").set_value("global").run()
     at.slider(key="prune.global").set_value(95).run()
     assert not at.exception

@@ -39,13 +39,15 @@ def start(timeout: float = 60.0, cwd: str | Path | None = None,
     env = {"MALLOC_ARENA_MAX": "2", **os.environ, **(env or {})}  # as pruning-explorer app sets it
     # The server's output goes to a file, not a pipe nobody reads (a full pipe would block it).
     log = tempfile.NamedTemporaryFile("w+", prefix="explorer-server-", suffix=".log", delete=False)
-    proc = subprocess.Popen(cmd, cwd=cwd or "/", env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=cwd or "/", env=env, stdout=log, stderr=subprocess.STDOUT,
+                            text=True)
     proc.log_path = log.name  # type: ignore[attr-defined]
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited with {proc.returncode}: {Path(log.name).read_text()[-4000:]}")
+            output = Path(log.name).read_text()[-4000:]
+            raise RuntimeError(f"streamlit exited with {proc.returncode}: {output}")
         try:
             with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
                 if r.status == 200:

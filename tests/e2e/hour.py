@@ -40,19 +40,28 @@ def residual_files(folder: Path, variant: int = 0) -> tuple[Path, Path]:
                 p.add_(1e-3 * torch.randn(p.shape, generator=g))
     folder.mkdir(parents=True, exist_ok=True)
     model_path = folder / ("mynet.pt2" if not variant else f"mynet-{variant}.pt2")
-    program = torch.export.export(model, (data.test.x[:2],), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    program = torch.export.export(
+        model, (data.test.x[:2],), dynamic_shapes=({0: torch.export.Dim("batch")},)
+    )
     torch.export.save(program, model_path)
     data_path = folder / "digits.npz"
     if not data_path.exists():
-        np.savez(data_path, x=data.test.x.numpy()[:200], y=data.test.y.numpy()[:200],
-                 x_train=data.train.x.numpy()[:256], y_train=data.train.y.numpy()[:256])
+        np.savez(
+            data_path,
+            x=data.test.x.numpy()[:200],
+            y=data.test.y.numpy()[:200],
+            x_train=data.train.x.numpy()[:256],
+            y_train=data.train.y.numpy()[:256],
+        )
     return model_path, data_path
 
 
 def idle(page: Page, timeout: int = LONG) -> None:
     """Wait until the script run that the last action started is over."""
     page.wait_for_timeout(400)
-    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for(timeout=timeout)
+    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for(
+        timeout=timeout
+    )
     page.wait_for_timeout(300)
 
 
@@ -97,7 +106,9 @@ def upload(page: Page, model: Path, data: Path) -> None:
     inputs.nth(1).set_input_files(str(data))
     idle(page)
     page.get_by_role("button", name="Open").click()
-    expect(page.get_by_role("heading", name=f"{model.name} (uploaded), dense")).to_be_visible(timeout=LONG)
+    expect(page.get_by_role("heading", name=f"{model.name} (uploaded), dense")).to_be_visible(
+        timeout=LONG
+    )
     idle(page)
 
 
@@ -136,7 +147,7 @@ def recover(page: Page, epochs: int = 2, int8: str = "auto") -> None:
 
 def export_choice(page: Page) -> str:
     """The label of the Export page's chosen "What to export"."""
-    return page.get_by_test_id("stRadio").locator('label:has(input:checked)').inner_text()
+    return page.get_by_test_id("stRadio").locator("label:has(input:checked)").inner_text()
 
 
 def build_and_download(page: Page, folder: Path) -> dict[str, bytes]:
@@ -159,4 +170,6 @@ def import_plan(page: Page, plan: Path) -> None:
     idle(page)
     page.get_by_role("button", name="Restore this plan").click()
     idle(page)
-    expect(page.get_by_text(re.compile(f"^Restored {re.escape(plan.name)}"))).to_be_visible(timeout=LONG)
+    expect(page.get_by_text(re.compile(f"^Restored {re.escape(plan.name)}"))).to_be_visible(
+        timeout=LONG
+    )

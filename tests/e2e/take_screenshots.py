@@ -32,7 +32,7 @@ def settle(page: Page) -> None:
 
 
 def shoot(page: Page, name: str, width: int = WIDTH) -> None:
-    """Screenshot the whole page: the main area scrolls inside the app, so grow the viewport to fit."""
+    """Screenshot the whole page (the main area scrolls inside the app: the viewport grows to fit)."""
     if width != WIDTH:
         page.set_viewport_size({"width": width, "height": 1000})
         page.wait_for_timeout(1500)
@@ -77,7 +77,7 @@ def main() -> None:
         for layer, steps in (("features.3", -30), ("features.7", -30), ("features.11", -20)):
             move_slider(page, layer, steps)
         shoot(page, "prune.png")
-        shoot(page, "prune-1024.png", 1024)  # lock, skip, the cards and the tables at a narrow width
+        shoot(page, "prune-1024.png", 1024)  # lock, skip, cards and tables at a narrow width
 
         open_page(page, "Recover")
         settle(page)

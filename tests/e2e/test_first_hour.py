@@ -19,7 +19,9 @@ from appserver import CHROMIUM, CHROMIUM_ARGS, serve  # noqa: E402
 pytestmark = pytest.mark.browser
 
 
-@pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason=f"{CHROMIUM} is missing (make test installs it)")
+@pytest.mark.skipif(
+    not os.access(CHROMIUM, os.X_OK), reason=f"{CHROMIUM} is missing (make test installs it)"
+)
 @pytest.mark.timeout(1800)
 def test_the_engineers_first_hour(tmp_path: Path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
@@ -27,13 +29,17 @@ def test_the_engineers_first_hour(tmp_path: Path) -> None:
 
     model, data = hour.residual_files(tmp_path / "mine")
     cache = tmp_path / "cache"  # a server of its own: nothing cached from other tests
-    with serve(timeout=120, cwd=tmp_path, env={"PRUNING_EXPLORER_CACHE": str(cache)}) as url, \
-            sync_api.sync_playwright() as pw:
+    with (
+        serve(timeout=120, cwd=tmp_path, env={"PRUNING_EXPLORER_CACHE": str(cache)}) as url,
+        sync_api.sync_playwright() as pw,
+    ):
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
             page.goto(url)
-            sync_api.expect(page.get_by_role("heading", name="Model", exact=True)).to_be_visible(timeout=hour.LONG)
+            sync_api.expect(page.get_by_role("heading", name="Model", exact=True)).to_be_visible(
+                timeout=hour.LONG
+            )
             hour.upload(page, model, data)
             assert "?session=" in page.url
 
@@ -51,10 +57,22 @@ def test_the_engineers_first_hour(tmp_path: Path) -> None:
 
             hour.open_page(page, "Export")
             label = hour.export_choice(page)
-            assert label.startswith("The plan after the Recover page's run") and "fine-tuned 2 epoch(s)" in label
-            tuned, int8 = (float(v) for v in re.search(r"accuracy ([\d.]+) %, int8 ([\d.]+) %", label).groups())
-            command = page.get_by_test_id("stCode").filter(has_text="pruning-explorer export").inner_text()
-            assert "--model mynet.pt2 --data digits.npz" in command and "--finetune-epochs 2" in command
+            assert (
+                label.startswith("The plan after the Recover page's run")
+                and "fine-tuned 2 epoch(s)" in label
+            )
+            tuned, int8 = (
+                float(v) for v in re.search(r"accuracy ([\d.]+) %, int8 ([\d.]+) %", label).groups()
+            )
+            command = (
+                page.get_by_test_id("stCode")
+                .filter(has_text="pruning-explorer export")
+                .inner_text()
+            )
+            assert (
+                "--model mynet.pt2 --data digits.npz" in command
+                and "--finetune-epochs 2" in command
+            )
             assert "--quantize int8" in command
             files = hour.build_and_download(page, tmp_path)
             metrics = json.loads(files["metrics.json"])
@@ -70,18 +88,24 @@ def test_the_engineers_first_hour(tmp_path: Path) -> None:
 
             # A reload: the same session, nothing lost.
             page.reload()
-            sync_api.expect(page.get_by_role("heading", name="Export", exact=True)).to_be_visible(timeout=hour.LONG)
+            sync_api.expect(page.get_by_role("heading", name="Export", exact=True)).to_be_visible(
+                timeout=hour.LONG
+            )
             hour.idle(page)
             assert hour.export_choice(page) == label
             assert page.get_by_role("button", name="bundle.zip").count()  # built once, still there
-            sync_api.expect(page.get_by_test_id("stSidebar").get_by_text("mynet.pt2 (uploaded)")).to_be_visible()
+            sync_api.expect(
+                page.get_by_test_id("stSidebar").get_by_text("mynet.pt2 (uploaded)")
+            ).to_be_visible()
             hour.open_page(page, "Prune")
             assert hour.slider_value(page, "stages.0.conv.0") == edited
 
             # A new browser context (another machine, say): the plan imports onto the same files.
             other = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
             other.goto(url)
-            sync_api.expect(other.get_by_role("heading", name="Model", exact=True)).to_be_visible(timeout=hour.LONG)
+            sync_api.expect(other.get_by_role("heading", name="Model", exact=True)).to_be_visible(
+                timeout=hour.LONG
+            )
             assert other.url != page.url  # a session of its own
             hour.upload(other, model, data)
             hour.open_page(other, "Export")

@@ -13,7 +13,9 @@ from explorer.subject import Subject
 CNN = "zoo:digits-cnn"
 
 
-def test_predicted_accuracy_is_dense_minus_the_curves_drops(subject: Callable[..., Subject]) -> None:
+def test_predicted_accuracy_is_dense_minus_the_curves_drops(
+    subject: Callable[..., Subject],
+) -> None:
     """The comparison's prediction, against the scan it reads (one layer: exactly its point)."""
     from explorer.compare import predict_accuracy
     from explorer.sensitivity import scan
@@ -31,8 +33,12 @@ def test_predicted_accuracy_is_dense_minus_the_curves_drops(subject: Callable[..
 
 
 def test_metric_and_ratio_rows() -> None:
-    rows = {r["metric"]: r for r in metric_rows({"accuracy": 0.9, "macs": 100}, {"accuracy": 0.8, "macs": 50})}
+    rows = {
+        r["metric"]: r
+        for r in metric_rows({"accuracy": 0.9, "macs": 100}, {"accuracy": 0.8, "macs": 50})
+    }
     assert rows["accuracy (%)"]["B - A"] == pytest.approx(-10.0) and rows["MACs"]["B - A"] == -50
     assert ratio_rows(["a", "b"], {"a": 0.5}, {"b": 0.25}) == [
         {"layer": "a", "A (%)": 50.0, "B (%)": 0.0, "B - A (points)": -50.0},
-        {"layer": "b", "A (%)": 0.0, "B (%)": 25.0, "B - A (points)": 25.0}]
+        {"layer": "b", "A (%)": 0.0, "B (%)": 25.0, "B - A (points)": 25.0},
+    ]

@@ -12,8 +12,15 @@ import pytest
 import torch
 
 from explorer.errors import ExplorerError
-from explorer.sessions import (SessionStore, cache_root, is_session_id, load_weights, new_session_id, store_upload,
-                               store_weights)
+from explorer.sessions import (
+    SessionStore,
+    cache_root,
+    is_session_id,
+    load_weights,
+    new_session_id,
+    store_upload,
+    store_weights,
+)
 
 
 @pytest.fixture
@@ -27,12 +34,21 @@ def test_state_round_trips_as_json_text(cache: Path) -> None:
     assert store.path == cache_root() / "sessions.sqlite"
     sid = new_session_id()
     assert is_session_id(sid) and not is_session_id("../etc") and not is_session_id(None)
-    state = {"model_spec": "zoo:digits-cnn", "history": [{"n": 1, "metrics": {"accuracy": 0.99}}],
-             "drafts": {"zoo:digits-cnn|": {"ratios": {"features.3": 0.3}}}}
+    state = {
+        "model_spec": "zoo:digits-cnn",
+        "history": [{"n": 1, "metrics": {"accuracy": 0.99}}],
+        "drafts": {"zoo:digits-cnn|": {"ratios": {"features.3": 0.3}}},
+    }
     store.save(sid, state, "zoo:digits-cnn · 1 configuration")
     assert store.load(sid) == {**state, "version": 1}
-    raw = sqlite3.connect(store.path).execute("SELECT state FROM sessions WHERE id = ?", (sid,)).fetchone()[0]
-    assert json.loads(raw)["history"][0]["metrics"]["accuracy"] == 0.99  # plain JSON text, nothing pickled
+    raw = (
+        sqlite3.connect(store.path)
+        .execute("SELECT state FROM sessions WHERE id = ?", (sid,))
+        .fetchone()[0]
+    )
+    assert (
+        json.loads(raw)["history"][0]["metrics"]["accuracy"] == 0.99
+    )  # plain JSON text, nothing pickled
     assert store.load("unknown-id-123") is None
     store.save(sid, {**state, "model_spec": "zoo:digits-mlp"}, "later")
     assert store.load(sid)["model_spec"] == "zoo:digits-mlp"
@@ -46,7 +62,9 @@ def test_recent_sessions_newest_first_and_pruning_drops_unreferenced_files(cache
     for i in range(4):
         sid = new_session_id()
         ids.append(sid)
-        state = {"model_spec": str(upload) if i == 3 else str(orphan) if i == 0 else "zoo:digits-cnn"}
+        state = {
+            "model_spec": str(upload) if i == 3 else str(orphan) if i == 0 else "zoo:digits-cnn"
+        }
         store.save(sid, state, f"session {i}")
         time.sleep(0.01)
     assert [s.id for s in store.recent(10)] == ids[::-1]
