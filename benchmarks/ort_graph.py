@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from explorer import sensitivity as sens
+from explorer.sensitivity.engines import engine_for
 from explorer.allocate import allocate
 from explorer.plan import LayerRule, PruningPlan
-from explorer.prune import available_methods, get_method
+from explorer.methods import available_methods, get_method
 from explorer.subject import Subject
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +83,7 @@ def main() -> None:
         slow = sens.reference_scan(subject, "l1-unstructured", ratios)
         t_slow = time.perf_counter() - t0
         same = int((np.abs(fast.accuracy.to_numpy() - slow.accuracy.to_numpy()) < 1e-9).sum())
-        print(f"\nsensitivity, {len(fast)} points: {sens._engine(subject, get_method('l1-unstructured')).name} "
+        print(f"\nsensitivity, {len(fast)} points: {engine_for(subject, get_method('l1-unstructured')).name} "
               f"{t_fast:.2f} s vs Distiller's loop {t_slow:.2f} s ({t_slow / t_fast:.1f}x); "
               f"{same}/{len(fast)} accuracies identical")
 

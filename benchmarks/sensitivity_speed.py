@@ -27,6 +27,8 @@ import torch
 
 from explorer import Subject
 from explorer import sensitivity as sens
+from explorer.methods import get_method
+from explorer.sensitivity.engines import engine_for, forget_engines
 
 HERE = Path(__file__).resolve().parent
 # (model spec, data spec): a zoo model, and a residual net the zoo does not have.
@@ -50,21 +52,21 @@ def bench(model_spec: str, data_spec: str | None, repeats: int) -> bool:
         start = time.perf_counter()
         ref = sens.reference_scan(subject, METHOD, sens.DEFAULT_RATIOS)
         ref_times.append(time.perf_counter() - start)
-        sens._ENGINES.pop(subject, None)  # ours pays for its engine (export, cuts, sessions) every time
+        forget_engines(subject)  # ours pays for its engine (export, cuts, sessions) every time
         start = time.perf_counter()
         fast = sens.scan(subject, METHOD, sens.DEFAULT_RATIOS, cache=False)
         fast_times.append(time.perf_counter() - start)
         print(f"  repeat {i + 1}: Distiller loop {ref_times[-1]:7.2f} s   ours {fast_times[-1]:6.2f} s   "
               f"({ref_times[-1] / fast_times[-1]:.1f}x)", flush=True)
     assert ref is not None and fast is not None
-    engine = sens._ENGINES.get(subject, {}).get("auto")
+    engine = engine_for(subject, get_method(METHOD))
     same_rows = list(ref.layer) == list(fast.layer) and list(ref.ratio) == list(fast.ratio)
     diff = np.abs(ref.accuracy.to_numpy() - fast.accuracy.to_numpy())
     worst = float(diff.max()) * n
     exact = int((diff == 0).sum())
     ok = same_rows and worst <= 1 + 1e-9
     t_ref, t_fast = statistics.median(ref_times), statistics.median(fast_times)
-    print(f"  engine: {engine.name if engine else '?'}")
+    print(f"  engine: {engine.name}")
     print(f"  median of {repeats}: Distiller loop {t_ref:.2f} s, ours {t_fast:.2f} s -> {t_ref / t_fast:.1f}x faster")
     print(f"  points: {exact}/{len(diff)} identical accuracy, worst difference {worst:.0f} sample(s) of {n}, "
           f"max |loss difference| {np.abs(ref.loss.to_numpy() - fast.loss.to_numpy()).max():.2e} -> "

@@ -142,7 +142,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    from explorer.prune import get_method
+    from explorer.methods import get_method
 
     methods = sorted({plan.method_of(n) for n in plan.layers}) if plan else []
     _print_metrics(result, [f"{m}: {get_method(m).runtime_note}" for m in methods])
@@ -150,7 +150,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
-    from explorer.prune import get_method
+    from explorer.methods import get_method
     from explorer.sensitivity import DEFAULT_RATIOS, scan
 
     out = Path(args.out)
@@ -172,12 +172,14 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 
 
 def cmd_allocate(args: argparse.Namespace) -> int:
-    from explorer.allocate import Target, allocate
-    from explorer.prune import get_method
+    from explorer.allocate import Target, allocate, target_kinds
+    from explorer.methods import get_method
 
-    kind, value = next((k, v) for k in ("sparsity", "macs", "latency", "size")
-                       if (v := getattr(args, f"target_{k}")) is not None)
-    target = Target(kind, value)
+    kind, value = next((k.name, v) for k in target_kinds() if (v := getattr(args, f"target_{k.name}")) is not None)
+    try:
+        target = Target(kind, value)
+    except ExplorerError as e:
+        raise type(e)(f"--target-{kind}: {e}") from None
     if args.method:
         get_method(args.method)
     subject = _subject(args)
@@ -186,9 +188,7 @@ def cmd_allocate(args: argparse.Namespace) -> int:
         result.plan.save(args.out)
     except OSError as e:
         raise _UsageError(f"--out {args.out}: cannot write ({e.strerror})") from None
-    unit = {"sparsity": "of the prunable weights zero or removed", "macs": "of the dense MACs",
-            "latency": "of the dense ORT latency (median, timed alongside it)",
-            "size": f"of the dense ONNX {'gzip bytes' if result.size_metric == 'onnx_gzip_bytes' else 'bytes'}"}[kind]
+    unit = target.kind_spec.achieved_unit(result.size_metric)
     print(f"target     {target.describe()} ({result.plan.method})")
     print(f"achieved   {100 * result.achieved:.1f}% {unit}, measured "
           f"({'met' if result.met else 'NOT met'}; {result.rounds} round(s))")
@@ -198,8 +198,12 @@ def cmd_allocate(args: argparse.Namespace) -> int:
     if result.flagged and result.gap is not None:
         line += f"  (!) predicted and verified differ by {100 * abs(result.gap):.1f} points: the layers interact"
     print(line)
+    if result.candidates:
+        ranked = ", ".join(f"{name} {100 * acc:.2f}%" for name, acc in
+                           sorted(result.candidates.items(), key=lambda kv: -kv[1]))
+        print(f"compared   on the evaluation data, each at the target: {ranked}")
     if result.chosen != "knapsack":
-        print(f"note       the {result.chosen} baseline scored higher than the knapsack's plan on the data; kept it")
+        print(f"note       the {result.chosen} plan scored higher than the knapsack's on the data; kept it")
     print(f"plan       {len(result.plan.layers)} layer(s) -> {args.out}")
     if not result.met:
         print(f"warning: the measured value missed {target.describe()}", file=sys.stderr)
@@ -424,16 +428,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("allocate", help="per-layer ratios for a target, verified (predicted vs measured accuracy)")
     model_args(p)
-    p.add_argument("--method", help="pruning method (default: l1-unstructured for --target-sparsity, "
-                                    "l1-structured for the others)")
+    from explorer.allocate.targets import target_kinds
+
+    kinds = target_kinds()
+    defaults = ", ".join(f"{k.default_method} for --target-{k.name}" for k in kinds)
+    p.add_argument("--method", help=f"pruning method (default: {defaults})")
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--target-sparsity", type=float, metavar="F",
-                        help="fraction of the prunable weights to zero (or remove), e.g. 0.8")
-    target.add_argument("--target-macs", type=float, metavar="F", help="fraction of the dense MACs to keep, e.g. 0.5")
-    target.add_argument("--target-latency", type=float, metavar="F",
-                        help="fraction of the dense ONNX Runtime latency to keep, e.g. 0.7 (measured)")
-    target.add_argument("--target-size", type=float, metavar="F",
-                        help="fraction of the dense ONNX size to keep (gzip bytes for unstructured methods), e.g. 0.5")
+    for k in kinds:  # one flag per registered target kind
+        target.add_argument(f"--target-{k.name}", type=float, metavar="F", help=k.cli_help)
     p.add_argument("--out", required=True, metavar="PLAN.json")
     timing_args(p)
     p.set_defaults(func=cmd_allocate)

@@ -12,7 +12,9 @@ different ratios is refused with a message naming the entry. Unknown layers are 
 ignored (NNI ignores them; a plan does not).
 
 ``to_torch_pruning(plan)`` writes ``{"pruning_ratio_dict": {layer: ratio}}`` for a structured plan,
-with the importance, ``global_pruning`` and ``round_to`` that reproduce it in Torch-Pruning.
+with the importance, ``global_pruning`` and ``round_to`` that reproduce it in Torch-Pruning (the
+importance of the method's counterpart there: channel norms, group Taylor, batch-norm scale; null,
+and the note says so, for a criterion Torch-Pruning does not have).
 
 ``sparse_ratio`` means what a plan's ratio means: the share of a layer's weights zeroed
 (unstructured) or of its output channels removed (structured, NNI's ``out_channel``
@@ -32,7 +34,8 @@ from typing import Any
 from explorer.errors import PlanError
 from explorer.inspect import Inventory
 from explorer.plan import LayerRule, PruningPlan, check_ratio
-from explorer.prune import get_method
+from explorer.methods import Method, get_method
+from explorer.methods.channel_norms import ChannelNorm
 
 __all__ = [
     "GLOBAL_GROUP",
@@ -116,11 +119,17 @@ def to_nni(plan: PruningPlan) -> list[dict[str, Any]]:
 def nni_pruner(method: str) -> str:
     """The NNI v3 pruner whose criterion matches ``method``, with what differs, as one sentence."""
     m = get_method(method)
-    if m.structured and m.norm_p == 1:
-        return "nni.compression.pruning.L1NormPruner (output channels by L1 norm)"
-    if m.structured and m.norm_p == 2:
-        return "nni.compression.pruning.L2NormPruner (output channels by L2 norm)"
-    if method == "l1-unstructured":
+    if isinstance(m, ChannelNorm) and m.p in (1, 2):
+        return f"nni.compression.pruning.L{m.p}NormPruner (output channels by L{m.p} norm)"
+    if m.name == "taylor-structured":
+        return ("nni.compression.pruning.TaylorPruner (output channels by first-order Taylor "
+                "importance, with gradients of training data)")
+    if m.structured:
+        return (
+            f"no NNI pruner ranks channels as {m.name} does; L1NormPruner removes the same share "
+            "of output channels by L1 norm"
+        )
+    if m.name == "l1-unstructured":
         return "nni.compression.pruning.LevelPruner (single weights by magnitude)"
     if m.kind == "semi-structured":
         return (
@@ -384,7 +393,7 @@ def to_torch_pruning(
         "pruning_ratio_dict": ratios,
         "pruning_ratio": float(plan.ratio or 0.0) if is_global else 0.0,
         "global_pruning": is_global,
-        "importance": _importance(m.norm_p, plan.scope),
+        "importance": _importance(m, plan.scope),
         "round_to": round_to,
     }
     if inventory is not None:
@@ -411,16 +420,29 @@ def torch_pruning_note(plan: PruningPlan, round_to: int | None = None) -> str:
         "differ "
         "by one channel where n * ratio is not a whole number."
     )
+    importance = _importance(m, plan.scope)
+    if importance is None:
+        importance = "<an importance of your choice>"
+        rounding += (f" No Torch-Pruning importance ranks channels as {m.name} does: the ratios hold, "
+                     "the channels chosen may differ.")
+    elif m.needs_data:
+        rounding += (f" {m.name} reads data: Torch-Pruning's importance needs the same (for Taylor, "
+                     "loss.backward() on the calibration data before .step()).")
     return (
         f"Torch-Pruning: tp.pruner.MetaPruner(model, example_inputs, importance="
-        f"{_importance(m.norm_p, plan.scope)}, {where}, round_to={round_to}, "
+        f"{importance}, {where}, round_to={round_to}, "
         "ignored_layers=[the modules of ignored_layers]), then .step(). A dependency group loses "
         "the "
         "same channels in all its layers." + rounding
     )
 
 
-def _importance(p: int | None, scope: str) -> str:
-    return f"tp.importance.GroupMagnitudeImportance(p={p}" + (
-        ", normalizer='mean')" if scope == "global" else ")"
-    )
+def _importance(method: Method, scope: str) -> str | None:
+    """The Torch-Pruning importance that ranks channels as ``method`` does (None: none does)."""
+    norm = "normalizer='mean'" if scope == "global" else ""
+    if isinstance(method, ChannelNorm):
+        return f"tp.importance.GroupMagnitudeImportance(p={method.p}" + (f", {norm})" if norm else ")")
+    counterpart = {"taylor-structured": "GroupTaylorImportance", "bn-scale-structured": "BNScaleImportance"}
+    if method.name in counterpart:
+        return f"tp.importance.{counterpart[method.name]}({norm})"
+    return None

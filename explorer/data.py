@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from explorer.entrypoints import call_entrypoint
 from explorer.errors import DataError
 
 __all__ = ["IMAGE_SUFFIXES", "MAX_DATA_BYTES", "Dataset", "Split", "load_data", "zoo_datasets", "zoo_input_shape"]
@@ -64,6 +65,15 @@ class Dataset:
     def example_input(self) -> torch.Tensor:
         """One sample with a batch dimension of 1: what export and latency use."""
         return self.test.x[:1].clone()
+
+    def calibration(self) -> tuple[Split, str] | None:
+        """The split that calibration (int8 ranges, data-aware criteria) reads, and its name: train,
+        else val, else test (then numbers measured on test are optimistic). None: no data at all."""
+        for name in ("train", "val", "test"):
+            split = getattr(self, name)
+            if split is not None and len(split):
+                return split, name
+        return None
 
     def fingerprint(self) -> str:
         """A short hash of the evaluation data, for caches keyed by data."""
@@ -318,8 +328,6 @@ def _fit_shape(data: Dataset, input_shape: InputShape | None) -> Dataset:
 
 
 def _load_entrypoint(spec: str) -> Dataset:
-    from explorer.models.loaders import call_entrypoint
-
     out = call_entrypoint(spec, DataError)
     if not (isinstance(out, tuple) and len(out) == 2):
         raise DataError(f"{spec}: must return a tuple (x, y), got {type(out).__name__}")

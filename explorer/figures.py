@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from explorer.prune import get_method
+from explorer.methods import get_method
 from explorer.weights import LayerView
 
 __all__ = [
@@ -80,7 +80,7 @@ def channel_bars(view: LayerView) -> go.Figure:
     if gone.any():
         fig.add_hline(y=float(scores[gone].max()), line_dash="dash", line_color=GONE)
     fig.update_layout(barmode="overlay", bargap=0.1,
-                      title_text=f"{view.name}: output-channel importance (group L{get_method(view.method).norm_p} norm)")
+                      title_text=f"{view.name}: output-channel importance ({get_method(view.method).score_label})")
     fig.update_xaxes(title_text="output channel")
     fig.update_yaxes(title_text="importance")
     return _layout(fig, 320)

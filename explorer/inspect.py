@@ -17,6 +17,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from explorer.capabilities import ort_ops
 from explorer.errors import DataError
 from explorer.models.ort_nodes import OrtWeight
 
@@ -55,6 +56,8 @@ class Inventory:
     total_params: int = 0
     total_macs: int = 0
     structured_error: str = ""  # why DepGraph could not trace the model (structured methods off)
+    group_batchnorms: dict[str, tuple[str, ...]] = field(default_factory=dict)  # group id -> its batch norms
+    ort_ops: tuple[str, ...] = ()  # ops run in ONNX Runtime as they are (the user's own graph is exported)
 
     @property
     def names(self) -> list[str]:
@@ -222,22 +225,26 @@ def inventory(model: nn.Module, example_input: torch.Tensor) -> Inventory:
     work.requires_grad_(True)
     group_of: dict[str, str] = {}
     groups: dict[str, tuple[str, ...]] = {}
+    batchnorms: dict[str, tuple[str, ...]] = {}
     structured_error = ""
     outputs: set[str] = set()
     fixed: dict[str, str] = {}  # layer -> why its channels are fixed
     try:
-        ort_ops = getattr(model, "ort_ops", ())
-        if ort_ops:
-            raise _Opaque(f"the graph runs {list(ort_ops)} in ONNX Runtime (no torch equivalent here), so no "
+        ops = ort_ops(model)
+        if ops:
+            raise _Opaque(f"the graph runs {list(ops)} in ONNX Runtime (no torch equivalent here), so no "
                           "channel can be followed through it; unstructured and 2:4 pruning work on its weights")
         dg = build_dependency_graph(work, example_input)
         names = {m: n for n, m in work.named_modules()}
         outputs = {names[m] for m in output_layers(dg, work)}
         order = {n: i for i, (n, _) in enumerate(work.named_modules())}
-        for _, members in structured_groups(dg, work):
+        for group, members in structured_groups(dg, work):
             members = sorted(members, key=order.__getitem__)
             gid = members[0]
             groups[gid] = tuple(members)
+            batchnorms[gid] = tuple(dict.fromkeys(
+                names[dep.target.module] for dep, _ in group
+                if isinstance(dep.target.module, nn.modules.batchnorm._BatchNorm) and dep.target.module in names))
             for n in members:
                 group_of[n] = gid
         fixed = {n: _why_fixed(dg, m, names, outputs) for m, n in names.items()
@@ -258,7 +265,7 @@ def inventory(model: nn.Module, example_input: torch.Tensor) -> Inventory:
         if name not in group_of:
             if structured_error:
                 note = ("structured pruning off: part of the graph runs in ONNX Runtime"
-                        if getattr(model, "ort_ops", ()) else "structured pruning off: model not traceable")
+                        if ort_ops(model) else "structured pruning off: model not traceable")
             elif name in outputs:
                 note = "output layer: its channels are the model's outputs"
             else:
@@ -273,5 +280,6 @@ def inventory(model: nn.Module, example_input: torch.Tensor) -> Inventory:
     return Inventory(
         layers=tuple(layers), groups=groups,
         total_params=sum(p.numel() for p in model.parameters()),
-        total_macs=sum(macs.values()), structured_error=structured_error,
+        total_macs=sum(macs.values()), structured_error=structured_error, group_batchnorms=batchnorms,
+        ort_ops=ort_ops(model),
     )

@@ -4,6 +4,8 @@ Every experiment runs for real (in well under a minute on 2 cores) and ends in a
 figure and a paragraph whose every number comes from that run. The verdict is computed from the
 numbers: when a claim does not hold on this model, the text says so. Each result carries a plan
 that reproduces its key configuration in the Prune page.
+
+One concern: the Learn page's claims, one function per experiment (and the few helpers they share).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from torch import nn
 
 from explorer.evaluate import evaluate_torch
+from explorer.methods.calibration import SAMPLES as CALIBRATION_SAMPLES
 from explorer.plan import LayerRule, PruningPlan
 from explorer.progress import Progress, no_progress
 from explorer.prune import apply_plan
@@ -404,6 +407,50 @@ def instability(subject: Subject, progress: Progress) -> LearnResult:
                        _plan(subject, "random-unstructured", 0.7).to_dict())
 
 
+def data_aware_criteria(subject: Subject, progress: Progress) -> LearnResult:
+    sparsities = [0.5, 0.6, 0.7, 0.8, 0.9]
+    criteria = {"magnitude (l1-unstructured)": "l1-unstructured", "Wanda (wanda-unstructured)": "wanda-unstructured",
+                "SparseGPT (sparsegpt-unstructured)": "sparsegpt-unstructured"}
+    rows = []
+    total = len(sparsities) * len(criteria)
+    for i, s in enumerate(sparsities):
+        for j, (label, method) in enumerate(criteria.items()):
+            progress((i * len(criteria) + j) / total, f"{method} at {s:.0%}")
+            rows.append((label, s, _acc(subject, subject.prune(_plan(subject, method, s)))))
+    df = pd.DataFrame(rows, columns=["criterion", "sparsity", "accuracy"])
+    piv = df.pivot(index="sparsity", columns="criterion", values="accuracy")
+    magnitude = piv["magnitude (l1-unstructured)"]
+    aware = piv[["Wanda (wanda-unstructured)", "SparseGPT (sparsegpt-unstructured)"]]
+    chance = 1.0 / max(int(subject.data.test.y.max()) + 1, 2) if subject.data.test.y is not None else 0.0
+    # High sparsity, where some criterion still works: where all are at chance there is nothing to compare.
+    judged = [s for s in sparsities if s >= 0.7 and piv.loc[s].max() > chance + 0.05]
+    wins = [s for s in judged if aware.loc[s].max() > magnitude.loc[s]]
+    dense = _acc(subject, subject.model)
+    text = f"Every layer pruned at the same ratio, no retraining (dense {_pct(dense)}). "
+    if not judged:
+        holds = None
+        text += ("From 70% sparsity on, every criterion is at chance on this model: there is nothing to compare, "
+                 "so the claim cannot be judged here.")
+    else:
+        holds = len(wins) == len(judged)
+        top = max(judged)
+        text += (f"At {top:.0%} sparsity, the highest where a criterion still beats chance: magnitude "
+                 f"{_pct(magnitude.loc[top])}, Wanda {_pct(piv.loc[top, 'Wanda (wanda-unstructured)'])}, SparseGPT "
+                 f"{_pct(piv.loc[top, 'SparseGPT (sparsegpt-unstructured)'])}. From 70% on, a data-aware criterion "
+                 f"beat magnitude at {len(wins)} of the {len(judged)} sparsities where any criterion still worked. "
+                 + ("The claim holds here. " if holds else "The claim does not hold at every one of them on this model. "))
+    text += (f"Both read {_calibration_size(subject)} calibration samples; SparseGPT also updates the weights it "
+             "keeps, Wanda only chooses which go.")
+    fig = _lines(df, "sparsity", "accuracy", "criterion", "Criteria before any retraining", "sparsity", "accuracy")
+    return LearnResult("criteria", df, fig, text, holds, subject.model_spec,
+                       _plan(subject, "sparsegpt-unstructured", 0.7).to_dict())
+
+
+def _calibration_size(subject: Subject) -> int:
+    found = subject.data.calibration()
+    return min(len(found[0]), CALIBRATION_SAMPLES) if found is not None else 0
+
+
 def scope_sparsity(subject: Subject, ratio: float) -> pd.DataFrame:
     """Per-layer sparsity of L1 pruning at ``ratio``: the same ratio everywhere vs global ranking."""
     rows = []
@@ -444,6 +491,9 @@ EXPERIMENTS: dict[str, Experiment] = {e.key: e for e in [
                "zoo:digits-mlp", regularisation),
     Experiment("seeds", "Instability", "Results vary with the seed; small differences can be noise.",
                "zoo:digits-mlp", instability),
+    Experiment("criteria", "Data beats magnitude", "At high sparsity, criteria that read calibration data (Wanda, "
+               "SparseGPT) keep far more accuracy than magnitude, before any retraining.", "zoo:digits-cnn",
+               data_aware_criteria),
 ]}
 
 

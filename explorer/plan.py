@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from explorer.errors import PlanError
+from explorer.methods import get_method
 
 __all__ = ["FORMAT", "VERSION", "LayerRule", "PruningPlan", "check_ratio"]
 
@@ -58,9 +59,7 @@ class PruningPlan:
     model: str | None = None
 
     def __post_init__(self) -> None:
-        from explorer.prune import get_method  # the registry validates the name
-
-        get_method(self.method)
+        get_method(self.method)  # the registry validates the names
         if self.scope not in SCOPES:
             raise PlanError(f"scope must be one of {list(SCOPES)}, got {self.scope!r}")
         for name, rule in self.layers.items():

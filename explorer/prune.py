@@ -1,4 +1,4 @@
-"""Pruning methods (one registry) and applying a plan to a fresh copy of a model.
+"""Apply a plan to a fresh copy of a model; the methods (``explorer.methods``) say what goes.
 
 Unstructured and N:M methods zero weights (masks computed as ``torch.nn.utils.prune`` does, then
 baked in: no hooks, no ``weight_orig``). Structured methods remove output channels for real with
@@ -11,128 +11,18 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from explorer.errors import PlanError, PruneError, UnknownMethodError
+from explorer.data import Split
+from explorer.errors import PlanError, PruneError
 from explorer.inspect import PRUNABLE_TYPES, Inventory, build_dependency_graph, structured_groups
+from explorer.methods import ChannelMethod, LayerContext, WeightMethod, get_method, unstructured_mask
 from explorer.plan import PruningPlan
 
-__all__ = [
-    "PruneMethod",
-    "apply_plan",
-    "available_methods",
-    "get_method",
-    "kept_channels",
-    "nm_mask",
-    "unstructured_mask",
-]
-
-Kind = Literal["unstructured", "semi-structured", "structured"]
-# Scores for unstructured ranking: higher = more important. The generator makes random methods
-# reproducible (seeded per layer).
-ScoreFn = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class PruneMethod:
-    name: str
-    kind: Kind
-    summary: str
-    score: ScoreFn | None = None  # unstructured: per-weight importance
-    norm_p: int | None = None  # structured: p of the channel norm
-
-    @property
-    def structured(self) -> bool:
-        return self.kind == "structured"
-
-    @property
-    def speeds_up_dense_cpu(self) -> bool:
-        """Only removed channels make dense CPU kernels (ONNX Runtime's included) faster."""
-        return self.structured
-
-    @property
-    def runtime_note(self) -> str:
-        if self.structured:
-            return "Channels are removed: the ONNX model really shrinks and dense CPU kernels run faster."
-        return (
-            "Zeros only: ONNX Runtime's dense CPU kernels do the same work, so latency does not drop; "
-            "the compressed (gzip) file shrinks."
-        )
-
-
-_METHODS: dict[str, PruneMethod] = {}
-
-
-def _register(method: PruneMethod) -> None:
-    _METHODS[method.name] = method
-
-
-def available_methods() -> list[str]:
-    return sorted(_METHODS)
-
-
-def get_method(name: str) -> PruneMethod:
-    try:
-        return _METHODS[name]
-    except (KeyError, TypeError):
-        raise UnknownMethodError(f"unknown pruning method {name!r}; choose from {available_methods()}") from None
-
-
-_register(PruneMethod("l1-unstructured", "unstructured",
-                      "zero the weights of smallest magnitude", score=lambda w, g: w.abs()))
-_register(PruneMethod("random-unstructured", "unstructured",
-                      "zero weights chosen at random (seeded): the baseline magnitude should beat",
-                      score=lambda w, g: torch.rand(w.shape, generator=g)))
-_register(PruneMethod("2:4", "semi-structured",
-                      "in every block of 4 consecutive input weights, zero the 2 smallest (50% sparsity; "
-                      "any ratio > 0 applies the pattern)"))
-_register(PruneMethod("l1-structured", "structured",
-                      "remove the output channels of smallest L1 norm (coupled layers with them)", norm_p=1))
-_register(PruneMethod("l2-structured", "structured",
-                      "remove the output channels of smallest L2 norm (coupled layers with them)", norm_p=2))
-
-
-# --- masks ---------------------------------------------------------------------------------------
-
-
-def unstructured_mask(scores: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Keep-mask zeroing ``round(ratio * n)`` lowest scores, exactly as ``prune.L1Unstructured``."""
-    mask = torch.ones_like(scores, dtype=torch.bool)
-    k = round(ratio * scores.numel())
-    if k:
-        idx = torch.topk(scores.reshape(-1), k=k, largest=False).indices
-        mask.view(-1)[idx] = False
-    return mask
-
-
-def nm_mask(weight: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
-    """Keep-mask zeroing the ``n`` smallest of every ``m`` consecutive input weights.
-
-    Input weights are the flattened (in, kh, kw) of a conv or the inputs of a linear. A trailing
-    block shorter than ``m`` loses ``len * n // m`` weights.
-    """
-    rows = weight.detach().abs().reshape(weight.shape[0], -1)
-    mask = torch.ones_like(rows, dtype=torch.bool)
-    full = rows.shape[1] // m * m
-    if full:
-        blocks = rows[:, :full].reshape(rows.shape[0], -1, m)
-        drop = blocks.topk(n, dim=-1, largest=False).indices
-        mask[:, :full].reshape(rows.shape[0], -1, m).scatter_(-1, drop, False)
-    tail = rows.shape[1] - full
-    if tail and tail * n // m:
-        drop = rows[:, full:].topk(tail * n // m, dim=-1, largest=False).indices
-        mask[:, full:].scatter_(-1, drop, False)
-    return mask.reshape(weight.shape)
-
-
-def _generator(layer: str, seed: int = 0) -> torch.Generator:
-    # A per-layer seed (stable across processes, unlike hash()) keeps random pruning reproducible.
-    return torch.Generator().manual_seed((sum(ord(c) * 31**i for i, c in enumerate(layer)) + 7919 * seed) % 2**31)
+__all__ = ["apply_plan", "fresh_copy", "kept_channels", "pruned_weight", "remove_channels"]
 
 
 # --- applying a plan -----------------------------------------------------------------------------
@@ -152,15 +42,16 @@ def kept_channels(n_channels: int, ratio: float, round_to: int | None = None) ->
     return kept
 
 
-def _structured(model: nn.Module, example_input: torch.Tensor, ratios: dict[str, tuple[float, int]],
-                global_ratio: float | None, round_to: int | None = None) -> None:
-    """Remove output channels in place. ``ratios``: layer -> (ratio, p of the norm)."""
+def _structured(model: nn.Module, example_input: torch.Tensor, ratios: dict[str, tuple[float, ChannelMethod]],
+                global_ratio: float | None, round_to: int | None = None, calibration: Split | None = None) -> None:
+    """Remove output channels in place. ``ratios``: layer -> (ratio, its method). A group is scored
+    by the method of its first listed member."""
     model.requires_grad_(True)
     try:
         dg = build_dependency_graph(model, example_input)
     except Exception as e:
         raise PruneError(f"structured pruning needs a traceable model; DepGraph failed: {type(e).__name__}: {e}") from None
-    plans = []  # (group, members, ratio, p)
+    plans = []  # (group, members, ratio, method)
     groups = structured_groups(dg, model)
     grouped = {m for _, members in groups for m in members}
     for name in ratios:
@@ -172,61 +63,91 @@ def _structured(model: nn.Module, example_input: torch.Tensor, ratios: dict[str,
         if not listed:
             continue
         ratio = max(ratios[m][0] for m in listed)  # a group moves together: its largest ratio wins
-        p = ratios[listed[0]][1]
-        plans.append((group, members, ratio, p))
+        plans.append((group, members, ratio, ratios[listed[0]][1]))
+    methods = {m.name: m for *_, m in plans}
+    scorers = {name: m.scorer(model, calibration, global_ranking=global_ratio is not None)
+               for name, m in methods.items()}
+    compensations = {name: m.compensation(model, calibration) for name, m in methods.items()}
     if global_ratio is not None:
-        # Rank channels across groups by their group norm normalised per group (Torch-Pruning's
+        # Rank channels across groups by their importance normalised per group (Torch-Pruning's
         # global pruning), keeping at least one channel in every group.
-        scored = []
-        for group, members, _, p in plans:
-            imp = tp.importance.GroupMagnitudeImportance(p=p, normalizer="mean")(group)
-            scored.append(imp)
+        scored = [scorers[method.name](group) for group, _, _, method in plans]
         if scored:
             flat = torch.cat(scored)
             k = int(global_ratio * flat.numel())
             threshold = flat.sort().values[k - 1] if k else -float("inf")
-        for (group, members, _, p), imp in zip(plans, scored):
+        for (group, members, _, method), imp in zip(plans, scored):
             idxs = (imp <= threshold).nonzero().flatten().tolist()
             idxs = idxs[: len(imp) - 1]
-            _remove(dg, group, members, idxs)
+            _remove(dg, group, members, idxs, compensations[method.name])
     else:
         # Rank every group on the unpruned model first: removing one group's channels shifts the
         # indices that other groups hold into a shared consumer (a concatenation), so a group
         # scored after another was pruned would index stale channels.
         removals = []
-        for group, members, ratio, p in plans:
+        for group, members, ratio, method in plans:
             n_channels = len(group[0].idxs)
             n_prune = n_channels - kept_channels(n_channels, ratio, round_to)
             if n_prune <= 0:
                 continue
-            imp = tp.importance.GroupMagnitudeImportance(p=p)(group)
-            removals.append((group, members, imp.argsort()[:n_prune].tolist()))
-        for group, members, idxs in removals:
-            _remove(dg, group, members, idxs)
+            imp = scorers[method.name](group)
+            removals.append((group, members, imp.argsort()[:n_prune].tolist(), compensations[method.name]))
+        for group, members, idxs, compensate in removals:
+            _remove(dg, group, members, idxs, compensate)
     model.requires_grad_(False)
 
 
-def _remove(dg: tp.DependencyGraph, group: tp.Group, members: list[str], idxs: list[int]) -> None:
+def remove_channels(dg: tp.DependencyGraph, group: tp.Group, idxs: list[int],
+                    compensate: Callable[[tp.Group], Callable[[], None]] | None = None) -> None:
+    """Remove channels ``idxs`` of ``group`` (and every coupled layer's), with the method's
+    compensation around it. Raises what Torch-Pruning raises."""
+    root = group[0].dep
+    concrete = dg.get_pruning_group(root.target.module, root.handler, sorted(idxs))
+    after = compensate(concrete) if compensate is not None else None
+    concrete.prune()
+    if after is not None:
+        after()
+
+
+def _remove(dg: tp.DependencyGraph, group: tp.Group, members: list[str], idxs: list[int],
+            compensate: Callable[[tp.Group], Callable[[], None]] | None = None) -> None:
     if not idxs:
         return
-    root = group[0].dep
     try:
-        dg.get_pruning_group(root.target.module, root.handler, sorted(idxs)).prune()
+        remove_channels(dg, group, idxs, compensate)
+    except PlanError:
+        raise
     except Exception as e:
         raise PruneError(f"removing channels of group {members} failed: {type(e).__name__}: {e}") from None
 
 
+def pruned_weight(method: str | WeightMethod, model: nn.Module, layer: str, ratio: float, *, seed: int = 0,
+                  calibration: Split | None = None) -> torch.Tensor:
+    """The weight that ``{layer: ratio}`` under ``method`` leaves in ``model`` (a new tensor;
+    ``model`` is not modified): the same masks (and updated weights) as :func:`apply_plan`."""
+    m = get_method(method)
+    if not isinstance(m, WeightMethod):
+        raise PlanError(f"{m.name} removes channels; it has no weight mask")
+    with torch.no_grad():
+        return m.prune_weight(LayerContext(model, layer, seed, calibration), ratio)
+
+
 @torch.no_grad()
-def _unstructured(model: nn.Module, plan: PruningPlan, names: list[str], seed: int = 0) -> None:
+def _unstructured(model: nn.Module, plan: PruningPlan, names: list[str], seed: int = 0,
+                  calibration: Split | None = None) -> None:
     modules = dict(model.named_modules())
     if plan.scope == "global":
         method = get_method(plan.method)
-        if method.kind == "semi-structured":
-            for name in names:
-                modules[name].weight.mul_(nm_mask(modules[name].weight))
+        assert isinstance(method, WeightMethod) and plan.ratio is not None
+        contexts = [LayerContext(model, n, seed, calibration) for n in names]
+        if method.kind == "semi-structured":  # the pattern is per layer: nothing to rank globally
+            new = [method.prune_weight(ctx, plan.ratio) for ctx in contexts]
+            for ctx, w in zip(contexts, new):
+                ctx.module.weight.copy_(w)
             return
-        assert method.score is not None and plan.ratio is not None
-        scores = [method.score(modules[n].weight, _generator(n, seed)) for n in names]
+        if not method.supports_global:
+            raise PlanError(f"{method.name} prunes layer by layer; use scope 'local'")
+        scores = [method.scores(ctx) for ctx in contexts]
         if not scores:
             return
         flat = torch.cat([s.reshape(-1) for s in scores])
@@ -237,27 +158,29 @@ def _unstructured(model: nn.Module, plan: PruningPlan, names: list[str], seed: i
             w.mul_(keep[start : start + s.numel()].reshape(w.shape))
             start += s.numel()
         return
+    # Every layer's new weight is computed on the model as it is before any of them changes, so
+    # data-aware methods see the inputs of the unpruned layers (as their papers score them).
+    new = {}
     for name in names:
-        method = get_method(plan.method_of(name))
         ratio = plan.layers[name].ratio
-        w = modules[name].weight
-        if ratio == 0:
-            continue
-        if method.kind == "semi-structured":
-            w.mul_(nm_mask(w))
-        else:
-            assert method.score is not None
-            w.mul_(unstructured_mask(method.score(w, _generator(name, seed)), ratio))
+        if ratio:
+            method = get_method(plan.method_of(name))
+            assert isinstance(method, WeightMethod)
+            new[name] = method.prune_weight(LayerContext(model, name, seed, calibration), ratio)
+    for name, w in new.items():
+        modules[name].weight.copy_(w)
 
 
 def apply_plan(model: nn.Module, plan: PruningPlan, example_input: torch.Tensor,
-               inventory: Inventory | None = None, *, seed: int = 0, round_to: int | None = None) -> nn.Module:
+               inventory: Inventory | None = None, *, seed: int = 0, round_to: int | None = None,
+               calibration: Split | None = None) -> nn.Module:
     """Return a pruned copy of ``model``; ``model`` itself is not modified.
 
     Structured layers are pruned first (shapes change), then unstructured masks are computed on
     what remains. ``seed`` varies the masks of random methods (the same seed, the same masks).
     ``round_to`` (local structured plans; not part of the plan format) rounds the channels each
     group keeps up to a multiple of it, so dense kernels see aligned channel counts.
+    ``calibration``: the data that data-aware methods score with.
 
     Raises:
         PlanError: a layer the model does not have, or a structured method on a layer whose
@@ -267,22 +190,22 @@ def apply_plan(model: nn.Module, plan: PruningPlan, example_input: torch.Tensor,
     names = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
     plan.check_layers(names)
     pruned = fresh_copy(model)
-    structured: dict[str, tuple[float, int]] = {}
+    structured: dict[str, tuple[float, ChannelMethod]] = {}
     unstructured: list[str] = []
     for name in plan.layers:
         method = get_method(plan.method_of(name))
-        if method.structured:
-            if inventory is not None and inventory[name].group is None:
-                why = inventory.structured_error or inventory[name].note
+        if inventory is not None and (why := method.applies_to(name, inventory)):
+            if method.structured:
                 raise PlanError(f"layer {name!r} cannot lose output channels ({why}); use an unstructured method")
-            assert method.norm_p is not None
-            structured[name] = (plan.layers[name].ratio, method.norm_p)
+            raise PlanError(f"layer {name!r}: {method.name} cannot prune it ({why})")
+        if isinstance(method, ChannelMethod):
+            structured[name] = (plan.layers[name].ratio, method)
         else:
             unstructured.append(name)
     if structured:
         is_global = plan.scope == "global"
         try:
-            _structured(pruned, example_input, structured, plan.ratio if is_global else None, round_to)
+            _structured(pruned, example_input, structured, plan.ratio if is_global else None, round_to, calibration)
             with torch.no_grad():  # DepGraph can mis-group exotic graphs (e.g. decomposed attention)
                 pruned(example_input)
         except (PlanError, PruneError):
@@ -292,6 +215,6 @@ def apply_plan(model: nn.Module, plan: PruningPlan, example_input: torch.Tensor,
             raise PruneError(f"removing channels of {sorted(structured)} broke the model "
                              f"({type(e).__name__}: {detail}); use an unstructured method there") from None
     if unstructured:
-        _unstructured(pruned, plan, unstructured, seed)
+        _unstructured(pruned, plan, unstructured, seed, calibration)
     pruned.requires_grad_(False)
     return pruned.eval()

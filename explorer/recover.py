@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from explorer.capabilities import Capabilities
 from explorer.data import Dataset, Split
 from explorer.errors import DataError, RecoverError
 from explorer.evaluate import check_labels, scores
@@ -104,11 +105,7 @@ def not_recoverable(model: nn.Module) -> str:
     An ONNX graph with nodes run in ONNX Runtime has no gradient through them, and only zeroed
     weights can be written back into it (``OnnxModule.write_onnx``).
     """
-    ops = getattr(model, "ort_ops", ())
-    if not ops:
-        return ""
-    return (f"the graph runs {list(ops)} in ONNX Runtime: no gradient flows through them and only zeroed "
-            "weights can be written back into it, so recalibration and fine-tuning are off")
+    return Capabilities.of(model).training_off
 
 
 def recalibrate_bn(model: nn.Module, split: Split, *, batch_size: int = 64,

@@ -18,11 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from explorer.capabilities import ort_ops
 from explorer.errors import ExportError
 from explorer.inspect import PRUNABLE_TYPES, count_macs
 from explorer.plan import PruningPlan
 from explorer.progress import Progress, no_progress
-from explorer.prune import get_method
+from explorer.methods import get_method
 from explorer.subject import Subject
 
 __all__ = ["export_bundle", "layer_rows", "render_html", "versions"]
@@ -178,7 +179,8 @@ def _recovery_html(metrics: dict[str, Any]) -> str:
         parts.append(
             f"<h2>int8 (model.int8.onnx, {e(q['mode'])})</h2>"
             f"<table><tr><th>Metric</th><th>fp32</th><th>int8</th></tr>{cells}</table>"
-            f"<p class=\"small\">{e(q['cpu']['note'])}.</p>"
+            f"<p class=\"small\">{e(q['cpu']['note'])}. Recipe {e(q['recipe']['name'])}: "
+            f"{e(q['recipe']['summary'])}.</p>"
             + "".join(f"<p class=\"small\">Note: {e(n)}.</p>" for n in q.get("notes", []))
         )
     return "\n".join(parts)
@@ -186,7 +188,7 @@ def _recovery_html(metrics: dict[str, Any]) -> str:
 
 def _save_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> str:
     """Save a torch.export program; returns '' or the reason it could not be exported."""
-    ops = getattr(model, "ort_ops", ())
+    ops = ort_ops(model)
     if ops:
         return (f"the graph runs {list(ops)} in ONNX Runtime, which torch.export cannot capture; model.onnx is "
                 "your own graph with the pruned weights, model_state.pt the pruned weights by layer")

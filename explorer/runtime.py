@@ -1,12 +1,14 @@
-"""ONNX export, ONNX Runtime sessions and latency statistics.
+"""The one place that exports to ONNX, builds ONNX Runtime sessions and times them.
 
-Latency follows the house rule: CPU provider, fixed ``intra_op_num_threads``, warm-up, at least 30
-timed runs, median and p90 (and the run-to-run spread, so a UI can say "within noise").
+Sessions follow the house rule: CPU provider, a fixed ``intra_op_num_threads``, one inter-op
+thread, sequential execution. Latency: warm-up, at least 30 timed runs, median and p90 (and the
+run-to-run spread, so a UI can say "within noise").
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import statistics
 import time
 import warnings
@@ -18,13 +20,53 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from explorer.capabilities import ort_ops
 from explorer.errors import ExportError
 
-__all__ = ["LatencyStats", "OrtModel", "export_onnx", "gzip_size", "measure_latency"]
+__all__ = ["LatencyStats", "OrtModel", "export_onnx", "gzip_size", "measure_latency", "ort_session",
+           "torchscript_export"]
 
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 MIN_RUNS = 30
+
+
+def ort_session(model: str | Path | bytes, threads: int = 1, *, optimize: bool = True,
+                arena: bool = True) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session of a file or a serialized model, with ``threads`` intra-op threads.
+
+    ``optimize=False`` turns every graph optimisation off (no fusion). ``arena=False`` turns the CPU
+    memory arena off (the session then gives back what a run allocated instead of keeping its
+    peak). Raises what ONNX Runtime raises; callers say which file it was.
+    """
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    opts.log_severity_level = 3
+    opts.enable_cpu_mem_arena = arena
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+
+
+def torchscript_export(model: nn.Module, args: tuple[torch.Tensor, ...], f: str | Path | io.BytesIO, *,
+                       input_names: list[str], output_names: list[str],
+                       dynamic_axes: dict[str, dict[int, str]]) -> None:
+    """``torch.onnx.export`` with the TorchScript exporter (tens of milliseconds on small models) at
+    our opset, warnings silenced. nn.TransformerEncoderLayer's inference fast path is one fused op
+    that no exporter handles: it is off during the export. Raises what the exporter raises."""
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        try:
+            torch.backends.mha.set_fastpath_enabled(False)
+            torch.onnx.export(model, args, f if isinstance(f, io.BytesIO) else str(f), dynamo=False,
+                              opset_version=OPSET, input_names=input_names, output_names=output_names,
+                              dynamic_axes=dynamic_axes)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path) -> Path:
@@ -40,26 +82,18 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | Path)
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if getattr(model, "ort_ops", ()):  # an ONNX graph partly run in ONNX Runtime: the user's own graph
+    if ort_ops(model):  # an ONNX graph partly run in ONNX Runtime: the user's own graph
         return model.write_onnx(path)  # type: ignore[operator]
     model = model.eval()
     errors = []
-    # nn.TransformerEncoderLayer's inference fast path is one fused op that no exporter handles.
-    fastpath = torch.backends.mha.get_fastpath_enabled()
+    try:
+        torchscript_export(model, (example_input,), path, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        return path
+    except Exception as e:
+        errors.append(f"torchscript exporter: {type(e).__name__}: {e}")
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        try:
-            torch.backends.mha.set_fastpath_enabled(False)
-            torch.onnx.export(
-                model, (example_input,), str(path), dynamo=False, opset_version=OPSET,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            )
-            return path
-        except Exception as e:
-            errors.append(f"torchscript exporter: {type(e).__name__}: {e}")
-        finally:
-            torch.backends.mha.set_fastpath_enabled(fastpath)
         try:
             # A batch of 2: torch.export specializes a dimension of size 1 to a constant.
             batch2 = torch.cat([example_input[:1], example_input[:1]])
@@ -82,18 +116,16 @@ def gzip_size(path: str | Path) -> int:
 
 
 class OrtModel:
-    """An ONNX Runtime CPU session with a fixed number of intra-op threads."""
+    """An ONNX Runtime CPU session with a fixed number of intra-op threads.
 
-    def __init__(self, path: str | Path, threads: int = 1) -> None:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
+    ``optimize=False`` turns every graph optimisation off (no fusion), e.g. to run a QDQ int8
+    graph as exact float arithmetic on its dequantized values.
+    """
+
+    def __init__(self, path: str | Path, threads: int = 1, *, optimize: bool = True) -> None:
         self.threads = threads
         try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self.session = ort_session(path, threads, optimize=optimize)
         except Exception as e:
             raise ExportError(f"{path}: ONNX Runtime cannot load it: {str(e).splitlines()[0]}") from None
         self.input_name = self.session.get_inputs()[0].name

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from explorer.data import Dataset, load_data
+from explorer.capabilities import Capabilities
+from explorer.data import Dataset, Split, load_data
 from explorer.errors import DataError
 from explorer.evaluate import Metrics, measure
 from explorer.inspect import Inventory, inventory
@@ -51,6 +52,7 @@ class Subject:
             self.inventory: Inventory = inventory(self.model, self.example_input)
         except DataError as e:
             raise DataError(f"{model_spec} with data {data_spec}: {e}") from None
+        self.capabilities = Capabilities.of(self.model, self.inventory.structured_error)
         self._lock = threading.Lock()
         self._dense: tuple[Metrics, np.ndarray] | None = None
 
@@ -58,9 +60,16 @@ class Subject:
     def layer_names(self) -> list[str]:
         return self.inventory.names
 
-    def prune(self, plan: PruningPlan) -> nn.Module:
+    @property
+    def calibration(self) -> Split | None:
+        """The data data-aware methods score with (train, else val, else test)."""
+        found = self.data.calibration()
+        return found[0] if found is not None else None
+
+    def prune(self, plan: PruningPlan, *, round_to: int | None = None) -> nn.Module:
         """A pruned copy of the base model."""
-        return apply_plan(self.model, plan, self.example_input, self.inventory)
+        return apply_plan(self.model, plan, self.example_input, self.inventory, round_to=round_to,
+                          calibration=self.calibration)
 
     def dense(self) -> tuple[Metrics, np.ndarray]:
         """The dense model's metrics and ORT logits on the evaluation data (measured once)."""

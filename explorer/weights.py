@@ -12,13 +12,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from explorer.errors import PlanError
 from explorer.inspect import PRUNABLE_TYPES, build_dependency_graph, structured_groups
 from explorer.plan import LayerRule, PruningPlan, check_ratio
-from explorer.prune import fresh_copy, get_method
+from explorer.methods import ChannelMethod, get_method
+from explorer.prune import fresh_copy
 from explorer.subject import Subject
 
 __all__ = ["NEAR_ZERO", "LayerView", "channel_importance", "layer_view", "removed_channels", "weight_stats"]
@@ -34,8 +34,9 @@ class LayerView:
     method: str
     kind: str  # the method's kind: unstructured, semi-structured or structured
     ratio: float
-    weights: np.ndarray  # float32
+    weights: np.ndarray  # float32, before pruning
     keep: np.ndarray  # bool: False where the weight is zeroed or its output channel removed
+    after: np.ndarray  # float32: the weights after pruning (updated ones too, for SparseGPT)
     threshold: float | None  # the magnitude cut when the mask is one (|w| <= threshold go)
     channel_scores: np.ndarray | None  # structured: importance per output channel, shape (out,)
     removed: np.ndarray | None  # structured: indices of the removed output channels
@@ -53,15 +54,19 @@ def _module(model: nn.Module, name: str) -> nn.Module:
     return module
 
 
-def channel_importance(subject: Subject, name: str, p: int) -> np.ndarray:
-    """Importance of each output channel of ``name``'s dependency group (Lp group magnitude).
+def channel_importance(subject: Subject, name: str, method: str | ChannelMethod) -> np.ndarray:
+    """Importance of each output channel of ``name``'s dependency group under a structured method.
 
-    This is the score the structured methods rank channels by (lowest goes first). Builds a
-    DepGraph on a fresh copy of the model: a fraction of a second to ~1 s on the zoo models.
+    This is the score the method ranks channels by (lowest goes first). Builds a DepGraph on a
+    fresh copy of the model: a fraction of a second to ~1 s on the zoo models.
 
     Raises:
-        PlanError: the layer is in no dependency group (its channels cannot be removed).
+        PlanError: the layer is in no dependency group (its channels cannot be removed), or the
+            method is not structured.
     """
+    m = get_method(method)
+    if not isinstance(m, ChannelMethod):
+        raise PlanError(f"{m.name} zeroes weights; it has no channel scores")
     _module(subject.model, name)  # raises PlanError naming the layers when unknown
     info = subject.inventory[name]
     if info.group is None:
@@ -70,9 +75,10 @@ def channel_importance(subject: Subject, name: str, p: int) -> np.ndarray:
     work = fresh_copy(subject.model)
     work.requires_grad_(True)
     dg = build_dependency_graph(work, subject.example_input)
+    score = m.scorer(work, subject.calibration)
     for group, members in structured_groups(dg, work):
         if name in members:
-            imp = tp.importance.GroupMagnitudeImportance(p=p)(group)
+            imp = score(group)
             return imp.detach().numpy().astype(np.float64)
     raise PlanError(f"layer {name!r}: no dependency group found for it in this model")
 
@@ -100,19 +106,20 @@ def layer_view(subject: Subject, name: str, method: str, ratio: float,
     channel_scores = removed = None
     threshold: float | None = None
     if m.structured:
-        assert m.norm_p is not None
-        channel_scores = scores if scores is not None else channel_importance(subject, name, m.norm_p)
+        channel_scores = scores if scores is not None else channel_importance(subject, name, m)
         removed = removed_channels(channel_scores, ratio)
         keep = np.ones_like(w, dtype=bool)
         keep[removed] = False
+        after = w * keep
     else:
         pruned = subject.prune(PruningPlan(method=method, layers={name: LayerRule(ratio)}))
         pw = _module(pruned, name).weight.detach().numpy()
+        after = pw.astype(np.float32)
         keep = ~((pw == 0) & (w != 0))  # weights the method zeroed (zeros already there stay "kept")
         gone, kept = np.abs(w[~keep]), np.abs(w[keep])
         if gone.size and kept.size and gone.max() <= kept.min():
             threshold = float(gone.max())  # the mask is a magnitude cut
-    return LayerView(name=name, method=method, kind=m.kind, ratio=ratio, weights=w, keep=keep,
+    return LayerView(name=name, method=method, kind=m.kind, ratio=ratio, weights=w, keep=keep, after=after,
                      threshold=threshold, channel_scores=channel_scores, removed=removed)
 
 

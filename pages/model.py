@@ -66,15 +66,14 @@ st.subheader("Prunable layers", anchor=False)
 st.caption("Layers in one dependency group share output channels (a residual add, a concatenation...): "
            "structured methods remove the same channels from all of them. A layer in no group cannot "
            "lose output channels; unstructured methods still apply.")
-ort_ops = getattr(subject.model, "ort_ops", ())
-if ort_ops:
-    st.info(f"Part of this graph runs in ONNX Runtime as it is: {', '.join(ort_ops)}. Histograms, unstructured "
+if subject.capabilities.own_graph:
+    st.info(f"Part of this graph runs in ONNX Runtime as it is: {', '.join(subject.capabilities.ort_ops)}. Histograms, unstructured "
             "and 2:4 pruning (the weights those ops read are layers too), sensitivity, allocation for sparsity or "
             "size, evaluation and int8 work; every number is measured on your own graph with the pruned weights "
             "(MACs count only the layers torch runs). Structured methods, batch-norm recalibration and "
             "fine-tuning are off: no channel or gradient can be followed through those ops.",
             icon=":material/memory:")
-elif subject.inventory.structured_error:
-    st.warning(subject.inventory.structured_error)
+elif subject.capabilities.structured_off:
+    st.warning(subject.capabilities.structured_off)
 widgets.layer_table(subject.inventory)
 widgets.page_link("prune", "Prune it", ":material/content_cut:")

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from explorer.errors import ExplorerError
-from explorer.prune import get_method
+from explorer.methods import get_method
 from ui import allocation, cache, controls, state, widgets
 from ui.metrics import accuracy_warning, cards
 from ui.state import Keys
@@ -36,7 +36,7 @@ with right:
         if warning and not plan.is_empty:
             st.warning(warning, icon=":material/warning:")
         methods = sorted({plan.method_of(n) for n in plan.layers} | {plan.method})
-        if subject.inventory.structured_error:  # a structured method is off here: nothing to say of its speed
+        if subject.capabilities.structured_off:  # a structured method is off here: nothing to say of its speed
             methods = [m for m in methods if not get_method(m).structured]
         for method in methods:
             info = get_method(method)

@@ -7,7 +7,7 @@ import streamlit as st
 from explorer import figures
 from explorer.errors import ExplorerError
 from explorer.loop import INT8_MODES
-from explorer.recover import batchnorm_layers, not_recoverable
+from explorer.recover import batchnorm_layers
 from ui import recover, state, widgets
 from ui.metrics import fmt_bytes
 from ui.state import Keys
@@ -26,7 +26,7 @@ if plan.is_empty:
     st.stop()
 st.markdown(f"Plan: **{draft.summary(subject.inventory)}**")
 
-blocked = not_recoverable(subject.model)
+blocked = subject.capabilities.training_off
 if blocked:
     st.info(f"Only int8 here: {blocked}.")
 if recover.was_interrupted():
@@ -89,7 +89,9 @@ st.dataframe(table, hide_index=True, column_config={
 if result["epochs"]:
     st.plotly_chart(figures.finetune_curve(result["epochs"]), key="recover.curve")
 if result["int8"]:
-    st.info(f"int8: {result['int8']['cpu']['note']}.")
+    q = result["int8"]
+    recipe = q.get("recipe")  # a session saved before recipes were reported has none
+    st.info(f"int8: {q['cpu']['note']}." + (f" Recipe **{recipe['name']}**: {recipe['summary']}." if recipe else ""))
 st.caption("Every stage is also in the Prune page's history, from which it can be compared and restored. "
            "The Export page exports this recovered model (fine-tuned weights, int8) next to the plan alone.")
 widgets.page_link("export", "Export the recovered model", ":material/download:")

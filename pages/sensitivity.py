@@ -5,7 +5,7 @@ import streamlit as st
 
 from explorer import figures
 from explorer.errors import ExplorerError
-from explorer.prune import available_methods, get_method
+from explorer.methods import available_methods, get_method
 from explorer.sensitivity import DEFAULT_RATIOS
 from ui import cache, state, widgets
 from ui.state import Keys
@@ -29,8 +29,9 @@ ratios = cols[1].multiselect("Ratios (%)", list(range(5, 100, 5)), key=Keys.SENS
 run = cols[2].button("Run scan", type="primary", icon=":material/play_arrow:", width="stretch",
                      disabled=not ratios)
 args = {"method": method, "ratios": tuple(sorted(r / 100 for r in ratios))}
-if get_method(method).structured and subject.inventory.structured_error:
-    st.info(f"**{method}** is off for this model: {subject.inventory.structured_error}.")
+widgets.data_note(method, subject)
+if get_method(method).structured and subject.capabilities.structured_off:
+    st.info(f"**{method}** is off for this model: {subject.capabilities.structured_off}.")
     st.stop()
 if not ratios:
     st.stop()

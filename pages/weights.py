@@ -4,7 +4,7 @@ import streamlit as st
 
 from explorer import figures
 from explorer.errors import ExplorerError
-from explorer.prune import available_methods, get_method
+from explorer.methods import available_methods, get_method
 from explorer.weights import NEAR_ZERO
 from ui import cache, state, widgets
 from ui.state import Keys
@@ -27,7 +27,8 @@ ratio = cols[2].slider("Ratio to preview", 0, 95, step=1, key=Keys.WEIGHTS_RATIO
                        help=f"The Prune page's plan has this layer at {draft.ratio(layer):.0%}.")
 log_y = cols[3].toggle("log y", key=Keys.WEIGHTS_LOG, help="Logarithmic count axis for the histogram.")
 
-off = get_method(method).structured and subject.inventory.structured_error
+off = get_method(method).structured and subject.capabilities.structured_off
+widgets.data_note(method, subject)
 if off:
     st.info(f"**{method}** is off for this model: {off}. The histogram shows the dense layer.")
 try:

@@ -12,7 +12,7 @@ from explorer import figures
 from explorer import sensitivity as sens
 from explorer.errors import ExplorerError
 from explorer.plan import PruningPlan
-from explorer.prune import available_methods, get_method
+from explorer.methods import available_methods, get_method
 from explorer.subject import Subject
 from ui import cache, state
 from ui.draft import Draft
@@ -21,8 +21,6 @@ from ui.state import Keys
 
 __all__ = ["section"]
 
-_LABELS = {"sparsity": "sparsity (share of weights removed)", "macs": "MACs (share of dense kept)",
-           "size": "ONNX size (share of dense kept)", "latency": "ORT latency (share of dense kept)"}
 _FRONT = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
@@ -61,6 +59,10 @@ def _summary(a: dict[str, Any], labelled: bool, n_classes: int) -> str:
     text = (f"Achieved **{100 * a['achieved']:.1f}%** ({'met' if a['met'] else 'missed'}, measured after "
             f"{a['rounds']} round(s)). {what.capitalize()}: dense {100 * a['dense_accuracy']:.2f}%, predicted from "
             f"the curves {100 * a['predicted_accuracy']:.2f}%, {verified}.")
+    if a.get("candidates"):
+        ranked = ", ".join(f"{name} {100 * acc:.2f}%" for name, acc in
+                           sorted(a["candidates"].items(), key=lambda kv: -kv[1]))
+        text += f" Compared on the evaluation data, each meeting the target: {ranked}; kept **{a['chosen']}**."
     if a["flagged"]:
         text += (f" Predicted and verified differ by {100 * abs(a['gap']):.1f} points: pruning several layers "
                  "interacts in ways the one-layer curves do not see.")
@@ -76,13 +78,15 @@ def section(subject: Subject) -> None:
     model, data = subject.model_spec, st.session_state[Keys.DATA]
     with st.expander("Start from an automatic allocation", icon=":material/auto_fix_high:"):
         cols = st.columns([3, 2, 2], vertical_alignment="bottom")
-        kind = cols[0].selectbox("Target", alloc.KINDS, format_func=_LABELS.__getitem__, key=Keys.ALLOC_KIND)
-        methods = [m for m in available_methods() if kind == "sparsity" or kind == "size" or get_method(m).structured]
-        if subject.inventory.structured_error:
+        kinds = {k.name: k for k in alloc.target_kinds()}
+        kind = cols[0].selectbox("Target", list(kinds), format_func=lambda k: kinds[k].label, key=Keys.ALLOC_KIND)
+        spec = kinds[kind]
+        methods = [m for m in available_methods() if not spec.needs_structured or get_method(m).structured]
+        if subject.capabilities.structured_off:
             methods = [m for m in methods if not get_method(m).structured]
         if not methods:
-            st.info(f"A {_LABELS[kind].lower()} target needs a structured method, and those are off for this "
-                    f"model: {subject.inventory.structured_error}.")
+            st.info(f"A {spec.label.lower()} target needs a structured method, and those are off for this "
+                    f"model: {subject.capabilities.structured_off}.")
             return
         default = alloc.default_method(kind)
         method = cols[1].selectbox("Allocation method", methods,

@@ -24,12 +24,13 @@ import pandas as pd
 import streamlit as st
 import torch
 
+from explorer import latency
 from explorer import sensitivity as sens
 from explorer.bundle import zip_bundle
 from explorer.plan import PruningPlan
 from explorer.progress import Progress, no_progress
 from explorer.report import export_bundle
-from explorer.prune import get_method
+from explorer.methods import get_method
 from explorer.subject import Subject
 from explorer.weights import LayerView, channel_importance, layer_view, weight_stats
 
@@ -174,16 +175,15 @@ def scan_if_cached(model_spec: str, data_spec: str | None, method: str,
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def _importance(model_spec: str, data_spec: str | None, name: str, p: int) -> np.ndarray:
-    return channel_importance(subject(model_spec, data_spec), name, p)
+def _importance(model_spec: str, data_spec: str | None, name: str, method: str) -> np.ndarray:
+    return channel_importance(subject(model_spec, data_spec), name, method)
 
 
 # A LayerView holds a layer's weights and mask (megabytes for a large layer): 32 of them, for an hour.
 @st.cache_data(max_entries=32, ttl=3600, show_spinner=False)
 def layer(model_spec: str, data_spec: str | None, name: str, method: str, ratio: float) -> LayerView:
     """What ``method`` at ``ratio`` does to one layer's weights (see explorer.weights)."""
-    m = get_method(method)
-    scores = _importance(model_spec, data_spec, name, m.norm_p) if m.norm_p is not None else None
+    scores = _importance(model_spec, data_spec, name, method) if get_method(method).structured else None
     return layer_view(subject(model_spec, data_spec), name, method, ratio, scores)
 
 
@@ -291,7 +291,7 @@ def latency_curves(model_spec: str, data_spec: str | None, method: str, ratios: 
     frame = cached_latency_curves(model_spec, data_spec, method, ratios, round_to)
     if frame is None:
         with measure_lock():
-            frame = sens.latency_curves(subject(model_spec, data_spec), method, ratios, on_progress=on_progress,
+            frame = latency.latency_curves(subject(model_spec, data_spec), method, ratios, on_progress=on_progress,
                                         round_to=round_to)
         _latency_curves().put((model_spec, data_spec, method, ratios, round_to), frame)
     return frame

@@ -43,7 +43,7 @@ def _ratios(plan: PruningPlan, subject: Subject) -> dict[str, float]:
 
 
 def _structured(plan: PruningPlan, layer: str) -> bool:
-    from explorer.prune import get_method
+    from explorer.methods import get_method
 
     return get_method(plan.method_of(layer)).structured
 

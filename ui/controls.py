@@ -12,7 +12,7 @@ from dataclasses import replace
 import streamlit as st
 
 from explorer.inspect import Inventory
-from explorer.prune import available_methods, get_method
+from explorer.methods import available_methods, get_method
 from explorer.subject import Subject
 from ui import cache, state, widgets
 from ui.draft import Draft, blocks
@@ -109,6 +109,7 @@ def prune_controls(subject: Subject) -> Draft:
                  help="local: each layer at its own ratio. global: one ratio, weights (or channels) "
                       "ranked across all layers that are not skipped.")
     st.caption(f"**{method}**: {get_method(method).summary}.")
+    widgets.data_note(method, subject)
     if off and get_method(method).structured:
         st.warning(f"**{method}** is off for this model: {off}.", icon=":material/block:")
     st.slider("All layers", 0, 95, step=1, key=Keys.PRUNE_GLOBAL, on_change=_on_global, args=(inventory,),

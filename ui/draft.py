@@ -14,7 +14,7 @@ from typing import Any
 from explorer.inspect import Inventory
 from explorer.errors import PlanError
 from explorer.plan import LayerRule, PruningPlan
-from explorer.prune import get_method
+from explorer.methods import get_method
 
 __all__ = ["DEFAULT_METHOD", "Draft", "blocks"]
 
@@ -47,18 +47,12 @@ class Draft:
         return float(self.ratios.get(layer, 0.0))
 
     def eligible(self, inventory: Inventory) -> list[str]:
-        """Layers the draft's methods can prune (structured methods skip layers in no group)."""
-        return [
-            info.name for info in inventory.layers
-            if not get_method(self.method_of(info.name)).structured or info.group is not None
-        ]
+        """Layers the draft's methods can prune (each method says which it applies to)."""
+        return [info.name for info in inventory.layers if not self.why_not(info.name, inventory)]
 
     def why_not(self, layer: str, inventory: Inventory) -> str:
         """Why ``layer`` cannot be pruned with its method ('' when it can)."""
-        info = inventory[layer]
-        if get_method(self.method_of(layer)).structured and info.group is None:
-            return inventory.structured_error or info.note or "not in a dependency group"
-        return ""
+        return get_method(self.method_of(layer)).applies_to(layer, inventory) or ""
 
     # --- changes ---------------------------------------------------------------------------------
 

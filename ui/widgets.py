@@ -12,7 +12,8 @@ from explorer import figures
 from explorer.errors import ExplorerError
 from explorer.inspect import Inventory
 from explorer.plan import PruningPlan
-from explorer.prune import get_method
+from explorer.methods import get_method
+from explorer.methods.calibration import SAMPLES as CALIBRATION_SAMPLES
 from explorer.subject import Subject
 from ui import cache, compare, state, uploads
 from ui.draft import Draft
@@ -63,6 +64,19 @@ def method_label(inventory: Inventory) -> Callable[[str], str]:
         return f"{method} (off for this model)" if off else method
 
     return label
+
+
+def data_note(method: str, subject: Subject) -> None:
+    """Say which data a data-aware method reads (nothing for the others)."""
+    m = get_method(method)
+    found = subject.data.calibration()
+    if not m.needs_data or found is None:
+        return
+    split, name = found
+    used = min(len(split), CALIBRATION_SAMPLES)
+    caveat = " (the evaluation data itself: its numbers are optimistic)" if name == "test" else ""
+    st.caption(f":material/dataset: **{method}** {m.data_note}: here {used} samples of the {name} "
+               f"split{caveat}.")
 
 
 def plain_card(label: str, value: str, note: str | None = None, help: str = "") -> Card:

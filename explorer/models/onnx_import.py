@@ -1,5 +1,8 @@
 """Load an ONNX model as a torch ``nn.Module``: a small interpreter of the ONNX graph.
 
+One concern: turning an ONNX graph into torch modules (one converter per supported op, and the
+naming of the layers they make); the part of a graph run in ONNX Runtime is ``ort_nodes``.
+
 Weights become real layers: ``Conv`` an ``nn.Conv1d/2d/3d``, ``Gemm`` and ``MatMul`` with a
 constant weight an ``nn.Linear`` (a following ``Add`` of a constant bias is folded into it),
 ``BatchNormalization`` a batch-norm module and ``LayerNormalization`` an ``nn.LayerNorm``. Every
@@ -42,7 +45,7 @@ from explorer.errors import ExportError, ModelLoadError
 from explorer.models.files import read_model_file
 from explorer.models.ort_nodes import LAYOUTS, OrtNode, OrtWeight, run_node
 
-__all__ = ["OnnxModule", "load_onnx", "supported_ops"]
+__all__ = ["AnyRankBatchNorm", "OnnxModule", "load_onnx", "supported_ops"]
 
 Value = torch.Tensor | None
 
@@ -61,7 +64,7 @@ class _Node:
     ort: OrtNode | None = None  # set for a node run by ONNX Runtime (op "Ort")
 
 
-class _AnyRankBatchNorm(nn.modules.batchnorm._BatchNorm):
+class AnyRankBatchNorm(nn.modules.batchnorm._BatchNorm):
     """ONNX BatchNormalization: normalizes dim 1 of an input of any rank >= 2."""
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
@@ -398,7 +401,7 @@ class OnnxModule(nn.Module):
 
     def _batchnorm(self, n: Any, attrs: dict[str, Any], index: int) -> str:
         scale, bias, mean, var = (self._param(i) for i in n.input[1:5])
-        layer = _AnyRankBatchNorm(scale.numel(), eps=float(attrs.get("epsilon", 1e-5)),
+        layer = AnyRankBatchNorm(scale.numel(), eps=float(attrs.get("epsilon", 1e-5)),
                                   momentum=1.0 - float(attrs.get("momentum", 0.9)))
         with torch.no_grad():
             layer.weight.copy_(scale)

@@ -1,5 +1,7 @@
 """Load a program saved with ``torch.export.save`` (``.pt2``) without running anything it carries.
 
+One concern: the safe door for ``.pt2`` files (the archive's checks, then the program's layers).
+
 ``torch.export.load`` is not safe on a file from someone else: in torch 2.13 it unpickles tensor
 subclasses, custom objects and (on a failed safe load) the example inputs, ``exec``s the program's
 guard code, evaluates its shape expressions with ``sympy.sympify`` (``eval``), imports modules
@@ -330,9 +332,9 @@ def _to_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, str, str, l
             return None
         (wn, w), (_, b), (_, mean), (_, var) = tensors  # type: ignore[misc]
         momentum, eps = (node.args[6], node.args[7]) if t == _aten("batch_norm") else (node.args[5], node.args[6])
-        from explorer.models.onnx_import import _AnyRankBatchNorm
+        from explorer.models.onnx_import import AnyRankBatchNorm
 
-        bn = _AnyRankBatchNorm(w.shape[0], eps=float(eps), momentum=float(momentum))
+        bn = AnyRankBatchNorm(w.shape[0], eps=float(eps), momentum=float(momentum))
         bn.weight, bn.bias = _as_param(w), _as_param(b)
         bn.running_mean, bn.running_var = mean.detach().clone(), var.detach().clone()
         return bn, wn, "bn", [a for a in node.args[1:5] if isinstance(a, fx.Node)], node.args[0]

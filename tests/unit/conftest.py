@@ -16,7 +16,7 @@ import pytest
 
 from explorer.models import ZOO
 from explorer.plan import LayerRule, PruningPlan
-from explorer.prune import available_methods, get_method
+from explorer.methods import available_methods, get_method
 from explorer.subject import Subject
 
 UNSEEN_PATH = Path(__file__).resolve().parents[1] / "models" / "unseen.py"
@@ -94,9 +94,9 @@ def unseen_subject(subject: Callable[..., Subject], unseen_data: Callable[[str, 
 
 
 def _full_plan(subj: Subject, method: str, ratio: float = 0.5) -> PruningPlan:
-    names = subj.layer_names
-    if get_method(method).structured:
-        names = [layer.name for layer in subj.inventory.layers if layer.group is not None]
+    """Every layer the method applies to (structured methods: grouped layers), at ``ratio``."""
+    m = get_method(method)
+    names = [n for n in subj.layer_names if m.applies_to(n, subj.inventory) is None]
     return PruningPlan(method=method, layers={n: LayerRule(ratio) for n in names}, model=subj.model_spec)
 
 

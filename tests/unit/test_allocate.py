@@ -16,11 +16,14 @@ from torch.nn.utils import prune as torch_prune
 
 from explorer import Subject
 from explorer import allocate as alloc
+from explorer.allocate.knapsack import BUCKETS, solve
+from explorer.allocate.meter import Meter
+from explorer.allocate.targets import latency as latency_target
 from explorer.cli import main
 from explorer.errors import PlanError
 from explorer.evaluate import evaluate_torch
 from explorer.inspect import count_macs
-from explorer.plan import PruningPlan
+from explorer.plan import LayerRule, PruningPlan
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
@@ -113,7 +116,7 @@ def test_latency_target_iterates_until_the_measure_meets_it(mlp: Subject, monkey
     """The first measurements miss (a pessimistic meter); the allocator asks for more until it meets."""
     calls: list[float] = []
 
-    def fake_latency(self: alloc._Meter, model: torch.nn.Module) -> float:
+    def fake_latency(self: Meter, model: torch.nn.Module) -> float:
         macs = sum(count_macs(model, mlp.example_input).values()) / mlp.inventory.total_macs
         calls.append(macs)
         return 0.2 + 0.8 * macs  # a fixed overhead that MACs do not remove
@@ -123,15 +126,15 @@ def test_latency_target_iterates_until_the_measure_meets_it(mlp: Subject, monkey
         rows = []
         for gid, members in subject.inventory.groups.items():
             for r in [0.0, *alloc.STRUCTURED_RATIOS]:
-                plan = PruningPlan(method=method, layers={m: alloc.LayerRule(r) for m in members}) if r else None
+                plan = PruningPlan(method=method, layers={m: LayerRule(r) for m in members}) if r else None
                 model = subject.prune(plan) if plan else subject.model
                 macs = sum(count_macs(model, subject.example_input).values()) / subject.inventory.total_macs
                 rows.append((gid, r, 1, macs, macs, ",".join(members)))  # optimistic: latency follows MACs
         return pd.DataFrame(rows, columns=["layer", "ratio", "channels_kept", "latency_ms_median", "latency_ms_p90",
                                            "members"])
 
-    monkeypatch.setattr(alloc._Meter, "_latency_ratio", fake_latency)
-    monkeypatch.setattr(alloc.sens, "latency_curves", fake_curves)
+    monkeypatch.setattr(Meter, "latency_ratio", fake_latency)
+    monkeypatch.setattr(latency_target, "latency_curves", fake_curves)
     result = alloc.allocate(mlp, ("latency", 0.7), "l1-structured")
     assert result.met and result.achieved <= 0.7
     assert result.rounds > 1 and len(calls) == result.rounds
@@ -160,15 +163,11 @@ def test_knapsack_matches_brute_force(mlp: Subject, seed: int) -> None:
     n_units, n_choices = 4, 5
     need = 0.5
     # Savings on the knapsack's grid (multiples of need / buckets) so rounding loses nothing.
-    saving = [np.concatenate([[0.0], np.sort(rng.integers(1, alloc._BUCKETS // 2, n_choices - 1))]) * need / alloc._BUCKETS
+    saving = [np.concatenate([[0.0], np.sort(rng.integers(1, BUCKETS // 2, n_choices - 1))]) * need / BUCKETS
               for _ in range(n_units)]
     damage = [np.concatenate([[0.0], np.sort(rng.uniform(0, 1, n_choices - 1))]) for _ in range(n_units)]
     units = {f"u{i}": [f"u{i}"] for i in range(n_units)}
-    problem = alloc._Problem(
-        subject=mlp, method=alloc.get_method("l1-unstructured"), kind="sparsity", units=units,
-        choices={u: np.linspace(0, 0.9, n_choices) for u in units}, damage=dict(zip(units, damage)),
-        drop=dict(zip(units, damage)), saving=dict(zip(units, saving)), dense_accuracy=1.0, curves=pd.DataFrame())
-    picks = alloc._solve(problem, need)
+    picks = solve(dict(zip(units, damage)), dict(zip(units, saving)), need)
     expected = _brute_force(damage, saving, need)
     if not np.isfinite(expected):
         assert picks is None

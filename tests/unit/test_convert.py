@@ -15,7 +15,7 @@ from explorer.cli import main
 from explorer.convert import from_nni, to_nni, to_torch_pruning
 from explorer.errors import PlanError
 from explorer.plan import LayerRule, PruningPlan
-from explorer.prune import get_method
+from explorer.methods import get_method
 from explorer.subject import Subject
 
 CNN = "zoo:digits-cnn"
@@ -274,3 +274,23 @@ def test_torch_pruning_refuses_zeros(subject: Callable[..., Subject]) -> None:
     mixed = PruningPlan("l1-structured", {"features.3": LayerRule(0.5, "l2-structured")})
     with pytest.raises(PlanError, match=r"layer\(s\) \['features.3'\] use another method"):
         to_nni(mixed)
+
+
+@pytest.mark.parametrize(
+    ("method", "importance"),
+    [
+        ("l1-structured", "tp.importance.GroupMagnitudeImportance(p=1)"),
+        ("l2-structured", "tp.importance.GroupMagnitudeImportance(p=2)"),
+        ("taylor-structured", "tp.importance.GroupTaylorImportance()"),
+        ("bn-scale-structured", "tp.importance.BNScaleImportance()"),
+        ("flap-structured", None),
+    ],
+)
+def test_torch_pruning_importance_follows_the_method(method: str, importance: str | None) -> None:
+    cfg = to_torch_pruning(PruningPlan(method, {"features.0": LayerRule(0.5)}))
+    assert cfg["importance"] == importance
+    if importance is None:
+        assert f"No Torch-Pruning importance ranks channels as {method} does" in cfg["note"]
+    else:
+        assert importance in cfg["note"]
+    assert cfg["pruning_ratio_dict"] == {"features.0": 0.5}

@@ -20,19 +20,21 @@ from onnx import helper, numpy_helper
 from torch.nn.utils import prune as torch_prune
 
 from explorer import sensitivity as sens
+from explorer.sensitivity.engines import engine_for
 from explorer.allocate import allocate
 from explorer.cli import main
 from explorer.errors import ExportError, PlanError, RecoverError
 from explorer.evaluate import evaluate_torch
 from explorer.models.onnx_import import load_onnx
 from explorer.plan import LayerRule, PruningPlan
-from explorer.prune import available_methods, get_method
+from explorer.methods import available_methods, get_method
 from explorer.recover import finetune, not_recoverable
 from explorer.report import export_bundle
 from explorer.subject import Subject
 
 ORT_GRAPH = Path(__file__).resolve().parents[1] / "models" / "ort_graph.py"
 UNSTRUCTURED = [m for m in available_methods() if not get_method(m).structured]
+DATA_FREE = [m for m in UNSTRUCTURED if not get_method(m).needs_data]  # data-aware ones read layer inputs
 STRUCTURED = [m for m in available_methods() if get_method(m).structured]
 
 
@@ -92,6 +94,11 @@ def test_dense_model_is_measured_on_the_users_own_file(subject: Subject, files: 
 def test_pruned_file_is_the_users_graph_with_the_torch_masks(method: str, subject: Subject,
                                                              files: tuple[Path, Path], tmp_path: Path) -> None:
     plan = _plan(method, {"conv2": 0.5, "conv3": 0.7, "fc1": 0.8})
+    if why := get_method(method).applies_to("conv2", subject.inventory):  # e.g. SparseGPT updates weights
+        assert "ONNX Runtime" in why
+        with pytest.raises(PlanError, match="ONNX Runtime"):
+            subject.prune(plan)
+        return
     pruned = subject.prune(plan)
     path = tmp_path / "pruned.onnx"
     metrics = subject.measure(pruned, onnx_path=path)
@@ -135,7 +142,7 @@ def test_structured_methods_are_refused_with_the_ops(method: str, subject: Subje
 
 
 def test_sensitivity_uses_the_fast_engine_and_matches_distillers_loop(subject: Subject) -> None:
-    assert sens._engine(subject, get_method("l1-unstructured")).name == "onnxruntime-suffix"
+    assert engine_for(subject, get_method("l1-unstructured")).name == "onnxruntime-suffix"
     fast = sens.scan(subject, "l1-unstructured", [0.3, 0.8], cache=False)
     slow = sens.reference_scan(subject, "l1-unstructured", [0.3, 0.8])
     assert len(fast) == len(slow) == 5 * 3
@@ -268,7 +275,7 @@ class _Recurrent(torch.nn.Module):
         return self.head(self.up(rows.unsqueeze(1)).flatten(1))
 
 
-@pytest.mark.parametrize("method", UNSTRUCTURED)
+@pytest.mark.parametrize("method", DATA_FREE)
 def test_weights_that_ort_ops_read_are_prunable_layers(method: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
     x = torch.randn(48, 1, 8, 8)
@@ -313,3 +320,23 @@ def test_a_file_with_a_fixed_batch_size_is_fed_batch_by_batch(tmp_path: Path) ->
     np.testing.assert_allclose(ort_logits, logits, atol=1e-6)
     assert dense.accuracy == pytest.approx(float((logits.argmax(1) == np.arange(21) % 5).mean()))
     assert subject.evaluate(_plan("l1-unstructured", {"head": 0.5}))["params_nonzero"] < dense.params_nonzero
+
+
+def test_data_aware_methods_refuse_weights_read_inside_onnx_runtime(tmp_path: Path) -> None:
+    """A weight an op run in ONNX Runtime reads has no input a hook can see: data-aware criteria
+    say so for it, and prune the real layers of the same graph."""
+    x = torch.randn(48, 1, 8, 8)
+    torch.onnx.export(_Recurrent().eval(), (x[:1],), str(tmp_path / "rnn.onnx"), dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    np.savez(tmp_path / "x.npz", x=x.numpy())
+    subject = Subject(str(tmp_path / "rnn.onnx"), str(tmp_path / "x.npz"), runs=30)
+    for method in (m for m in UNSTRUCTURED if get_method(m).needs_data):
+        for layer in ("lstm.W", "lstm.R", "up"):
+            why = get_method(method).applies_to(layer, subject.inventory)
+            assert why, (method, layer)
+            with pytest.raises(PlanError, match=layer):
+                subject.prune(_plan(method, {layer: 0.5}))
+        if get_method(method).applies_to("head", subject.inventory) is None:
+            pruned = subject.prune(_plan(method, {"head": 0.5}))
+            head = dict(pruned.named_modules())["head"].weight
+            assert (head == 0).float().mean().item() == pytest.approx(0.5, abs=0.01)

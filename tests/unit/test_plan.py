@@ -12,7 +12,7 @@ import pytest
 
 from explorer.errors import PlanError, UnknownMethodError
 from explorer.plan import FORMAT, VERSION, LayerRule, PruningPlan
-from explorer.prune import available_methods
+from explorer.methods import available_methods
 
 
 def _doc(**over: Any) -> dict[str, Any]:

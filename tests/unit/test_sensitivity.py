@@ -11,10 +11,14 @@ import pytest
 import torch
 
 from explorer import Subject
+from explorer import latency
 from explorer import sensitivity as sens
+from explorer.sensitivity import engines, scanning
+from explorer.sensitivity.engines import ort_suffix
 from explorer.errors import PlanError
 from explorer.plan import LayerRule, PruningPlan
-from explorer.prune import apply_plan, available_methods, get_method, kept_channels
+from explorer.methods import available_methods, get_method
+from explorer.prune import apply_plan, kept_channels
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 RATIOS = (0.2, 0.5, 0.9)
@@ -58,14 +62,17 @@ def test_scan_matches_distiller_loop(method: str, which: str, request: pytest.Fi
     before = _state(subject.model)
     fast = sens.scan(subject, method, RATIOS, cache=False)
     ref = sens.reference_scan(subject, method, RATIOS)
-    _same_points(fast, ref, len(subject.data.test))
+    if ref.empty:  # the method applies to no unit of this model: every layer says why
+        assert fast.empty and all(get_method(method).applies_to(n, subject.inventory) for n in subject.layer_names)
+    else:
+        _same_points(fast, ref, len(subject.data.test))
     after = subject.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "the scan modified the base model"
 
 
 def test_fast_engine_is_used_and_torch_fallback_agrees(mlp: Subject) -> None:
     method = get_method("l1-unstructured")
-    assert sens._engine(mlp, method).name == "onnxruntime-suffix"
+    assert engines.engine_for(mlp, method).name == "onnxruntime-suffix"
     torch_scan = sens.scan(mlp, "l1-unstructured", RATIOS, cache=False, engine="torch")
     ref = sens.reference_scan(mlp, "l1-unstructured", RATIOS)
     # Same arithmetic as the oracle: identical numbers.
@@ -74,11 +81,24 @@ def test_fast_engine_is_used_and_torch_fallback_agrees(mlp: Subject) -> None:
 
 def test_chunked_evaluation(residual: Subject, monkeypatch: pytest.MonkeyPatch) -> None:
     """Data in several chunks (and a capture memory budget of a few samples) gives the same points."""
-    monkeypatch.setattr(sens, "_CHUNK", 50)
-    monkeypatch.setattr(sens, "_CAPTURE_BYTES", 1)
-    monkeypatch.setattr(sens, "_ENGINES", type(sens._ENGINES)())
+    monkeypatch.setattr(ort_suffix, "CHUNK", 50)
+    monkeypatch.setattr(ort_suffix, "_CAPTURE_BYTES", 1)
+    monkeypatch.setattr(engines, "_ENGINES", type(engines._ENGINES)())
     fast = sens.scan(residual, "l1-unstructured", RATIOS, cache=False)
     _same_points(fast, sens.reference_scan(residual, "l1-unstructured", RATIOS), len(residual.data.test))
+
+
+def test_release_drops_the_engines_and_the_cache_still_answers(mlp: Subject, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(sens.CACHE_ENV, str(tmp_path))
+    method = get_method("l1-unstructured")
+    first = sens.scan(mlp, method.name, RATIOS)
+    built = engines.engine_for(mlp, method)
+    assert engines.engine_for(mlp, method) is built  # kept while the subject lives
+    sens.release(mlp)
+    assert engines.engine_for(mlp, method) is not built  # built again after a release
+    sens.release(mlp)
+    pd.testing.assert_frame_equal(sens.scan(mlp, method.name, RATIOS), first)
 
 
 def test_structured_units_are_groups(residual: Subject) -> None:
@@ -118,7 +138,7 @@ def test_cache_is_reused_and_extended(mlp: Subject, tmp_path: Path, monkeypatch:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("a cached scan must not evaluate anything")
 
-    monkeypatch.setattr(sens, "_engine", refuse)
+    monkeypatch.setattr(scanning, "engine_for", refuse)
     again = sens.scan(mlp, "l1-unstructured", RATIOS, layers=["hidden.0"])
     pd.testing.assert_frame_equal(first, again)
     monkeypatch.undo()
@@ -129,8 +149,8 @@ def test_cache_is_reused_and_extended(mlp: Subject, tmp_path: Path, monkeypatch:
     full = sens.scan(mlp, "l1-unstructured", RATIOS)
     pd.testing.assert_frame_equal(full[full.layer == "hidden.0"].reset_index(drop=True), first)
     # A different method, or different weights, is a different cache entry.
-    other = sens._scan_cache(mlp, "random-unstructured", None)
-    assert other.path != sens._scan_cache(mlp, "l1-unstructured", None).path
+    other = sens.scan_cache(mlp, "random-unstructured", None)
+    assert other.path != sens.scan_cache(mlp, "l1-unstructured", None).path
     assert other.load() == {}
 
 
@@ -159,8 +179,8 @@ def test_proxy_is_the_magnitude_removed(mlp: Subject, residual: Subject) -> None
 
 
 def test_latency_curves(mlp: Subject) -> None:
-    df = sens.latency_curves(mlp, "l1-structured", (0.3, 0.9), round_to=8, cache=False)
-    assert list(df.columns) == sens.LATENCY_COLUMNS
+    df = latency.latency_curves(mlp, "l1-structured", (0.3, 0.9), round_to=8, cache=False)
+    assert list(df.columns) == latency.LATENCY_COLUMNS
     assert set(df.layer) == set(mlp.inventory.groups)
     for _, row in df.iterrows():
         n = mlp.inventory[row.layer].out_channels
@@ -177,4 +197,4 @@ def test_user_errors(mlp: Subject) -> None:
     with pytest.raises(PlanError, match="round_to"):
         sens.scan(mlp, "l1-unstructured", RATIOS, round_to=8)
     with pytest.raises(PlanError, match="structured"):
-        sens.latency_curves(mlp, "l1-unstructured", RATIOS)
+        latency.latency_curves(mlp, "l1-unstructured", RATIOS)

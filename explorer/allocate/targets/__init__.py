@@ -1,0 +1,187 @@
+"""Allocation targets: one registry, one file per kind of target.
+
+A target kind says what ``value`` means (a fraction of the dense metric to keep, or of the weights
+to remove), what it needs (a structured method for MACs and latency), how much each unit saves at
+each ratio when pruned alone (the knapsack's weights) and how a whole plan is measured after the
+fact. Every module of this package registers its kind when imported, as do the modules named in
+``$PRUNING_EXPLORER_PLUGINS``: adding a target is one new file. The CLI's ``--target-NAME`` flags
+and the app's choices come from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from explorer.errors import PlanError
+from explorer.methods import Method
+from explorer.plugins import load_package, load_plugins
+from explorer.subject import Subject
+
+if TYPE_CHECKING:
+    from explorer.allocate.meter import Meter
+
+__all__ = ["SavingsContext", "TargetKind", "get_target", "register", "target_kinds", "unregister"]
+
+
+@dataclass
+class SavingsContext:
+    """What a target kind may read to work out the savings of one unit (built once per problem)."""
+
+    subject: Subject
+    method: Method
+    grid: list[float]  # the scanned ratios
+    on_progress: Callable[[float, str], None]
+    engine: Any = None  # the structured engine (structured methods)
+    total_weights: int = 0  # elements of every prunable weight
+    extra: dict[str, Any] = field(default_factory=dict)  # what a kind computes once (prepare)
+
+
+class TargetKind:
+    """One kind of target. ``value`` is a fraction: of the dense metric to keep when ``keeps`` (at most
+    that much stays), else of the weights to remove (at least that much goes)."""
+
+    name: ClassVar[str]
+    label: ClassVar[str]  # the app's choice
+    cli_help: ClassVar[str]  # the CLI flag's help
+    keeps: ClassVar[bool] = True
+    needs_structured: ClassVar[bool] = False  # zeros do not change this metric
+    timed: ClassVar[bool] = False  # measured with a clock: noisy, never run concurrently with timing
+    tolerance: ClassVar[float] = 0.01  # overshoot of the measured saving that is good enough
+    fine_choices: ClassVar[bool] = True  # ratios between the scanned ones are choices too (savings interpolate)
+    default_method: ClassVar[str] = "l1-structured"
+
+    # --- what value means ---------------------------------------------------------------------
+
+    def check(self, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < float(value) < 1:
+            what = "fraction of weights to zero" if not self.keeps else f"fraction of the dense {self.name} to keep"
+            raise PlanError(f"target {self.name} must be a {what}, strictly between 0 and 1; got {value!r}")
+        return float(value)
+
+    def saving(self, value: float) -> float:
+        """The fraction of the dense metric to remove."""
+        return 1.0 - value if self.keeps else value
+
+    def saved(self, achieved: float) -> float:
+        """The measured saving of an achieved value."""
+        return 1.0 - achieved if self.keeps else achieved
+
+    def met_by(self, value: float, achieved: float) -> bool:
+        """Within a millionth: ``round(F x weights)`` zeros (PyTorch's rule) meets sparsity F."""
+        return achieved <= value + 1e-6 if self.keeps else achieved >= value - 1e-6
+
+    def describe(self, value: float) -> str:
+        return f"{self.name} <= {value:.1%} of dense" if self.keeps else f"{self.name} >= {value:.1%}"
+
+    def achieved_text(self, saving: float) -> str:
+        return f"{max(0.0, 1 - saving):.1%} of the dense {self.name}" if self.keeps else f"{saving:.1%} {self.name}"
+
+    def achieved_unit(self, size_metric: str = "") -> str:
+        """What an achieved value is a share of, for a sentence ("62.0% of the dense MACs")."""
+        return f"of the dense {self.name}"
+
+    def check_method(self, method: Method) -> None:
+        if self.needs_structured and not method.structured:
+            raise PlanError(f"a {self.name} target needs a structured method (l1-structured, l2-structured): "
+                            f"{method.name} only zeroes weights, which dense kernels still multiply")
+
+    def size_metric(self, method: Method) -> str:
+        """The metric of ``Subject.evaluate`` this target is measured in, where it is one ('' if not)."""
+        return ""
+
+    # --- savings and measurement --------------------------------------------------------------
+
+    def prepare(self, ctx: SavingsContext) -> None:  # noqa: B027
+        """Compute once what :meth:`savings` reads for every unit (e.g. latency curves)."""
+
+    def savings(self, ctx: SavingsContext, unit: str, scanned: np.ndarray, choices: np.ndarray) -> np.ndarray:
+        """The fraction of the dense metric that pruning ``unit`` alone at each of ``choices`` saves."""
+        raise NotImplementedError
+
+    def measure(self, meter: Meter, model: nn.Module) -> float:
+        """The achieved value of a pruned model, in the target's unit."""
+        raise NotImplementedError
+
+
+_TARGETS: dict[str, TargetKind] = {}
+_loaded = False
+
+
+def register(kind: TargetKind) -> TargetKind:
+    _TARGETS[kind.name] = kind
+    return kind
+
+
+def unregister(name: str) -> None:
+    """Remove a target kind from the registry (a plugin's tests clean up after themselves)."""
+    _TARGETS.pop(name, None)
+
+
+def _load() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        load_package(__name__)
+    load_plugins()
+
+
+def target_kinds() -> list[TargetKind]:
+    """Every registered kind, the built-in ones first in their house order."""
+    _load()
+    order = {"sparsity": 0, "macs": 1, "size": 2, "latency": 3}
+    return sorted(_TARGETS.values(), key=lambda k: (order.get(k.name, 9), k.name))
+
+
+def get_target(name: str) -> TargetKind:
+    _load()
+    try:
+        return _TARGETS[name]
+    except (KeyError, TypeError):
+        raise PlanError(f"unknown target {name!r}; choose from {[k.name for k in target_kinds()]}") from None
+
+
+def latency_saving(curve: pd.DataFrame) -> np.ndarray:
+    """Savings along one group's latency curve (rows by ratio, ratio 0 first)."""
+    dense_ms = max(float(curve.latency_ms_median.iloc[0]), 1e-9)
+    return np.maximum(0.0, (dense_ms - curve.latency_ms_median.to_numpy(dtype=float)) / dense_ms)
+
+
+def prunable_weights(model: nn.Module, names: list[str]) -> tuple[int, int]:
+    """(elements, nonzero elements) of the weights of the layers ``names`` that ``model`` has."""
+    import torch
+
+    modules = dict(model.named_modules())
+    total = nonzero = 0
+    for n in names:
+        if n in modules:
+            w = modules[n].weight
+            total += w.numel()
+            nonzero += int(torch.count_nonzero(w))
+    return total, nonzero
+
+
+def counted_savings(ctx: SavingsContext, unit: str, scanned: np.ndarray, choices: np.ndarray,
+                    saving_of: Callable[[nn.Module], float]) -> np.ndarray:
+    """Savings of a structured unit: ``saving_of`` the model with only that group pruned, counted at
+    the scanned ratios and interpolated on the number of channels removed (params and MACs fall
+    linearly with them)."""
+    from explorer.prune import kept_channels
+
+    n = ctx.engine.channels(unit)
+    values = [0.0 if x == 0 else saving_of(ctx.engine.pruned(unit, float(x), None, ctx.method)) for x in scanned]
+    removed_at = [n - kept_channels(n, float(x)) for x in scanned]
+    return np.maximum(0.0, np.interp([n - kept_channels(n, float(x)) for x in choices], removed_at, values))
+
+
+def masked_weights(ctx: SavingsContext, unit: str, choices: np.ndarray) -> list[Any]:
+    """The weights an unstructured or N:M method leaves in ``unit`` at each of ``choices``."""
+    from explorer.prune import pruned_weight
+
+    s = ctx.subject
+    return [pruned_weight(ctx.method, s.model, unit, float(x), calibration=s.calibration) for x in choices]

@@ -1,0 +1,107 @@
+"""FLAP (An et al. 2024, "Fluctuation-based Adaptive Structured Pruning"): a channel matters by how
+much its input to the next layers fluctuates, ``Var(X_j) * ||W_:,j||^2`` summed over the layers
+that read it; and what a removed channel contributed on average, ``W_:,j * mean(X_j)``, is added to
+those layers' biases (bias compensation), a recovery that needs no training. Statistics from the
+calibration data. Compensation is exact for linear layers and, for convolutions, away from the
+zero-padded border."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from explorer.errors import PlanError
+from explorer.methods import register
+from explorer.methods.base import ChannelMethod, refusing_scorer
+from explorer.methods.calibration import input_moments
+
+if TYPE_CHECKING:
+    from explorer.data import Split
+
+_READS = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
+
+
+def _readers(group: tp.Group) -> list[tuple[nn.Module, list[int], list[int]]]:
+    """(layer, its input indices, the group's root indices) of the conv/linear layers reading the
+    group's channels (a depthwise convolution also loses its outputs: it is not a reader here)."""
+    out = []
+    for i, (dep, idxs) in enumerate(group):
+        m = dep.target.module
+        if dep.handler in _READS and isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) and getattr(m, "groups", 1) == 1:
+            out.append((m, list(idxs), list(group[i].root_idxs)))
+    return out
+
+
+class _Fluctuation(tp.importance.GroupMagnitudeImportance):
+    def __init__(self, moments: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        super().__init__(p=2, normalizer="mean")
+        self.moments = moments
+
+    @torch.no_grad()
+    def __call__(self, group: tp.Group) -> torch.Tensor | None:
+        imp, idx = [], []
+        for m, idxs, root in _readers(group):
+            if m not in self.moments:
+                continue
+            _, var = self.moments[m]
+            w = m.weight.detach().transpose(0, 1)[idxs].flatten(1)  # (channels read, out * kernel)
+            imp.append(var[idxs] * w.pow(2).sum(1))
+            idx.append(root)
+        if not imp:
+            return None
+        return self._normalize(self._reduce(imp, idx), self.normalizer)
+
+
+class FlapStructured(ChannelMethod):
+    name = "flap-structured"
+    summary = ("remove the output channels whose input to the next layers fluctuates least, and add what they "
+               "contributed on average to those layers' biases (FLAP: training-free; calibration data)")
+    score_label = "fluctuation Var(X)·‖W‖²"
+    needs_data = True
+
+    def _moments(self, model: nn.Module, calibration: Split | None) -> dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+        if calibration is None or not len(calibration):
+            raise PlanError(f"{self.name} scores channels with statistics of calibration data, and this model "
+                            "has none; give data with a train or validation split")
+        modules = dict(model.named_modules())
+        return {modules[n]: v for n, v in input_moments(model, calibration).items()}
+
+    def scorer(self, model: nn.Module, calibration: Split | None, *,
+               global_ranking: bool = False) -> Callable[[tp.Group], torch.Tensor]:
+        return refusing_scorer(model, _Fluctuation(self._moments(model, calibration)),
+                               f"{self.name}: no layer reads the channels of {{root!r}}'s group "
+                               "through a convolution or linear layer, so their fluctuation is "
+                               "unknown; use another method")
+
+    def compensation(self, model: nn.Module, calibration: Split | None) -> Callable[[tp.Group], Callable[[], None]]:
+        moments = self._moments(model, calibration)
+
+        def before(group: tp.Group) -> Callable[[], None]:
+            deltas = []
+            with torch.no_grad():
+                for m, idxs, _ in _readers(group):
+                    if m not in moments or not idxs:
+                        continue
+                    mean, _ = moments[m]
+                    w = m.weight.detach()[:, idxs]  # (out, removed, *kernel)
+                    contribution = w.flatten(2).sum(2) if w.dim() > 2 else w
+                    deltas.append((m, contribution @ mean[idxs].to(w.dtype)))
+
+            def after() -> None:
+                with torch.no_grad():
+                    for m, delta in deltas:
+                        if m.bias is None:
+                            m.bias = nn.Parameter(delta.clone(), requires_grad=m.weight.requires_grad)
+                        else:
+                            m.bias.add_(delta)
+
+            return after
+
+        return before
+
+
+register(FlapStructured())
