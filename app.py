@@ -1,19 +1,17 @@
-"""Pruning Explorer: the router. Page config, the shared sidebar and the page list; nothing else.
+"""Pruning Explorer: the router. Page config, the page list, the shared sidebar; nothing else.
 
-Run with ``streamlit run app.py`` (or ``pruning-explorer app``) from any working directory: page
-paths are built from this file's folder.
+Run with ``pruning-explorer app`` (or ``streamlit run app.py``) from any working directory: page
+paths are built from this file's folder. The page list comes first, before the shared modules
+(which import torch) are loaded: the navigation shows at once, even on a cold start.
 """
 
 from pathlib import Path
 
 import streamlit as st
 
-from ui import state, widgets
-
 HERE = Path(__file__).parent
 
 st.set_page_config(page_title="Pruning Explorer", page_icon=":material/content_cut:", layout="wide")
-state.init_state()
 page = st.navigation({
     "Explore": [
         st.Page(HERE / "pages" / "model.py", title="Model", icon=":material/model_training:", default=True),
@@ -29,5 +27,13 @@ page = st.navigation({
         st.Page(HERE / "pages" / "export.py", title="Export", icon=":material/download:"),
     ],
 })
+
+from ui import persist, state, widgets  # noqa: E402  (after the navigation: see the docstring)
+
+state.init_state()
+persist.attach()
 widgets.sidebar()
-page.run()
+try:
+    page.run()
+finally:  # also when the page stopped or asked for a rerun: nothing the user did is lost
+    persist.save()

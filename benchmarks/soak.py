@@ -10,6 +10,15 @@ resident memory is sampled from /proc every 0.25 s. Prints the peak RSS and the 
 (press to the expected number on screen) median and p95.
 
     python benchmarks/soak.py [--sessions 4] [--moves 50] [--model zoo:digits-mlp]
+
+With ``--minutes M`` it does instead what an engineer does for M minutes, in one real browser
+session: round after round, upload a residual CNN (.pt2, a new variant of its weights each round
+for the first rounds, then the earlier ones again) and its .npz, scan, allocate, edit, recover
+(1 epoch + int8), export and download the bundle, open the Weights page and run the next Learn
+experiment. The server's RSS is sampled every second; the curve (the largest RSS of every minute)
+and the peak are printed, with what each round did.
+
+    python benchmarks/soak.py --minutes 40 [--variants 6]
 """
 
 from __future__ import annotations
@@ -193,15 +202,125 @@ def run_soak(sessions: int = 4, moves: int = 50, model: str = "zoo:digits-mlp",
     return result
 
 
+@dataclass
+class HourResult:
+    """The long soak: RSS samples and what each round did."""
+
+    minutes: float
+    rss_mb: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, MB)
+    rounds: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def peak_rss_mb(self) -> float:
+        return max((mb for _, mb in self.rss_mb), default=0.0)
+
+    def curve(self) -> list[tuple[int, float]]:
+        """(minute, largest RSS in that minute)."""
+        by_minute: dict[int, float] = {}
+        for t, mb in self.rss_mb:
+            by_minute[int(t // 60)] = max(by_minute.get(int(t // 60), 0.0), mb)
+        return sorted(by_minute.items())
+
+    def report(self) -> str:
+        lines = [f"{len(self.rounds)} rounds in {self.minutes:.1f} min, {len(self.errors)} error(s); "
+                 f"server RSS peak {self.peak_rss_mb:.0f} MB"]
+        lines += ["minute  RSS (MB, largest of the minute)"]
+        lines += [f"{m:>6}  {mb:7.0f}  {'#' * int(mb / 25)}" for m, mb in self.curve()]
+        lines += [f"round {i + 1}: {r}" for i, r in enumerate(self.rounds)]
+        lines += [f"error: {e}" for e in self.errors[:10]]
+        return "\n".join(lines)
+
+
+def run_hour(minutes: float, variants: int = 6) -> HourResult:
+    """Drive one browser session through the engineer's steps for ``minutes``, sampling the RSS
+    (side effects: a server subprocess, a browser, files in a temporary folder; all removed)."""
+    import tempfile
+
+    from playwright.sync_api import expect, sync_playwright
+
+    import hour
+
+    result = HourResult(minutes=0.0)
+    with tempfile.TemporaryDirectory(prefix="explorer-soak-") as tmp_name:
+        tmp = Path(tmp_name)
+        files = [hour.residual_files(tmp / "files", v) for v in range(variants)]
+        proc, url = start_server(120.0, tmp, {"PRUNING_EXPLORER_CACHE": str(tmp / "cache")})
+        stop = threading.Event()
+        t_start = time.monotonic()
+
+        def sample() -> None:
+            while not stop.is_set():
+                result.rss_mb.append((time.monotonic() - t_start, rss_mb(proc.pid)))
+                stop.wait(1.0)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+                page.goto(url)
+                expect(page.get_by_role("heading", name="Model", exact=True)).to_be_visible(timeout=hour.LONG)
+                n = 0
+                while time.monotonic() - t_start < 60 * minutes:
+                    model, data = files[n % variants]
+                    t0 = time.monotonic()
+                    try:
+                        hour.open_page(page, "Model")
+                        hour.upload(page, model, data)
+                        hour.open_page(page, "Sensitivity")
+                        hour.scan(page)
+                        hour.open_page(page, "Prune")
+                        hour.allocate(page)
+                        hour.press(page, "stages.0.conv.0", "ArrowRight", 2)
+                        hour.open_page(page, "Recover")
+                        hour.recover(page, epochs=1, int8="auto")
+                        hour.open_page(page, "Export")
+                        hour.build_and_download(page, tmp)
+                        hour.open_page(page, "Weights")
+                        hour.open_page(page, "Learn")
+                        learn = page.get_by_role("button", name="Run the experiment")
+                        ran = "no Learn experiment left to run"
+                        if learn.count():
+                            learn.first.click()
+                            hour.idle(page)
+                            ran = "a Learn experiment"
+                        errors = page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]')
+                        if errors.count():
+                            result.errors.append(f"round {n + 1}: {errors.first.inner_text()[:200]}")
+                        result.rounds.append(f"{model.name}: upload, scan, allocate, edit, recover, export, "
+                                             f"weights, {ran} ({time.monotonic() - t0:.0f} s, RSS "
+                                             f"{rss_mb(proc.pid):.0f} MB)")
+                    except Exception as e:  # a broken round is a finding; go on with the next
+                        result.errors.append(f"round {n + 1}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+                        page.goto(url)
+                    n += 1
+                browser.close()
+            if proc.poll() is not None:
+                result.errors.append(f"the server exited with {proc.returncode}")
+        finally:
+            result.minutes = (time.monotonic() - t_start) / 60
+            stop.set()
+            sampler.join()
+            stop_server(proc)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=4)
     parser.add_argument("--moves", type=int, default=50)
     parser.add_argument("--model", default="zoo:digits-mlp")
+    parser.add_argument("--minutes", type=float, help="the long soak: an engineer's session of this many minutes")
+    parser.add_argument("--variants", type=int, default=6, help="with --minutes: distinct model files uploaded")
     args = parser.parse_args()
     if not os.access(CHROMIUM, os.X_OK):
         sys.exit(f"{CHROMIUM} is missing (apt-get install chromium)")
-    print(run_soak(args.sessions, args.moves, args.model).report())
+    if args.minutes:
+        print(run_hour(args.minutes, args.variants).report())
+    else:
+        print(run_soak(args.sessions, args.moves, args.model).report())
 
 
 if __name__ == "__main__":

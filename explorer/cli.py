@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -300,20 +299,58 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.distill and not args.finetune_epochs:
         raise _UsageError("--distill needs --finetune-epochs N")
+    for flag, value in (("--temperature", args.temperature), ("--alpha", args.alpha), ("--patience", args.patience)):
+        if value is not None and not args.finetune_epochs:
+            raise _UsageError(f"{flag} needs --finetune-epochs N")
+    if args.int8_mode != "auto" and not args.quantize:
+        raise _UsageError("--int8-mode needs --quantize int8")
     subject = _subject(args)
     plan = _load_plan(args.plan, subject)
     plan = plan.with_schedule(_export_schedule(args, plan))
-    files = export_bundle(subject, plan, args.out, on_progress=ProgressBar("export"), quantize=args.quantize)
-    if plan.schedule is not None:
+    if plan.schedule is not None and plan.schedule.name != "one-shot":
+        files = export_bundle(subject, plan, args.out, on_progress=ProgressBar("export"), quantize=args.quantize,
+                              int8_mode=args.int8_mode)
         sched = json.loads(files["metrics"].read_text())["schedule"]
         first, last = sched["steps"][0], sched["steps"][-1]
         print(f"schedule: {plan.schedule.describe()}; {len(sched['steps'])} measured steps ({sched['stopped']}), "
               f"sparsity of the plan's layers {100 * last['sparsity']:.1f}% (target {100 * sched['target_sparsity']:.1f}%), "
               f"test accuracy {100 * first['accuracy']:.2f}% at the start, {100 * last['accuracy']:.2f}% at the end",
               file=sys.stderr)
+    else:
+        files = _export_one_shot(args, subject, plan)
     for role, path in files.items():
         print(f"{role:<11} {path}")
     return 0
+
+
+def _export_one_shot(args: argparse.Namespace, subject: Any, plan: Any) -> dict[str, Path]:
+    from explorer.loop import recover_pruned
+    from explorer.report import export_bundle
+
+    # One-shot: the app's Recover page and this command run the same stages
+    # (explorer.loop.recover_pruned): batch-norm recalibration (on by default with fine-tuning),
+    # then fine-tuning; plan.json records the schedule with its epochs.
+    one_shot = plan.schedule.resolved() if plan.schedule is not None else {"epochs": 0, "distill": False}
+    epochs, distill = args.finetune_epochs or one_shot["epochs"], args.distill or one_shot["distill"]
+    recalibrate = bool(epochs) if args.recalibrate_bn is None else args.recalibrate_bn
+    model = recovery = None
+    if recalibrate or epochs:
+        model, recovery, tuned = recover_pruned(
+            subject, subject.prune(plan), recalibrate=recalibrate, epochs=epochs,
+            distill=distill, temperature=args.temperature if args.temperature is not None else 2.0,
+            alpha=args.alpha if args.alpha is not None else 0.5, patience=args.patience,
+            on_progress=ProgressBar("recover"))
+        if recovery is None:
+            print("note: --recalibrate-bn: this model has no batch norm to recalibrate", file=sys.stderr)
+            model = None
+        if tuned is not None:
+            first, best = tuned.history[0], tuned.history[tuned.best_epoch]
+            if first.val_accuracy is not None and best.val_accuracy is not None:
+                print(f"fine-tuned: epoch {tuned.best_epoch} of {len(tuned.history) - 1} kept ({tuned.stopped}), "
+                      f"validation accuracy {100 * first.val_accuracy:.2f}% -> {100 * best.val_accuracy:.2f}%",
+                      file=sys.stderr)
+    return export_bundle(subject, plan, args.out, on_progress=ProgressBar("export"), model=model,
+                         quantize=args.quantize, recovery=recovery, int8_mode=args.int8_mode)
 
 
 def app_script() -> Path:
@@ -331,8 +368,102 @@ def app_script() -> Path:
     raise DataError("app.py not found: the package was installed without its app")
 
 
+def _inventory(model_spec: str, data_spec: str | None) -> Any:
+    """The layer inventory of a model: from its data when given (or a zoo model), else from the
+    input shape the model file declares (.onnx, .pt2)."""
+    if data_spec or model_spec.startswith("zoo:"):
+        from explorer.subject import Subject
+
+        return Subject(model_spec, data_spec).inventory
+    import torch
+
+    from explorer.inspect import inventory
+    from explorer.models import load_model
+    from explorer.models.loaders import input_shape_of
+
+    model = load_model(model_spec)
+    shape = input_shape_of(model)
+    if shape is None or any(d is None for d in shape):
+        raise DataError(f"{model_spec}: the model does not declare its input shape; give --data SPEC")
+    return inventory(model.eval(), torch.zeros(1, *shape))
+
+
+def _write(path: str, text: str) -> None:
+    try:
+        Path(path).write_text(text)
+    except OSError as e:
+        raise _UsageError(f"--out {path}: cannot write ({e.strerror})") from None
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from explorer import convert
+    from explorer.plan import PruningPlan
+
+    if args.source is not None:  # NNI config list -> plan
+        if args.plan or args.to:
+            raise _UsageError("convert --from nni reads --config FILE (with --model SPEC); --plan and --to are "
+                              "for the other direction")
+        if not args.config or not args.model:
+            raise _UsageError("convert --from nni needs --config FILE and --model SPEC")
+        config = convert.load_config_list(args.config)
+        inventory = _inventory(args.model, args.data)
+        try:
+            plan = convert.from_nni(config, inventory, args.method, model=args.model)
+        except ExplorerError as e:
+            raise type(e)(f"{args.config}: {e}") from None
+        _write(args.out, plan.to_json() + "\n")
+        print(f"plan       {len(plan.layers)} layer(s), {plan.method}, scope {plan.scope} -> {args.out}", file=sys.stderr)
+        return 0
+    if not args.plan or not args.to:
+        raise _UsageError("convert needs --plan FILE --to nni|torch-pruning, or --from nni --config FILE --model SPEC")
+    if args.config or args.method:
+        raise _UsageError("--config and --method are for convert --from nni")
+    if args.to == "nni" and (args.model or args.data or args.round_to):
+        raise _UsageError("--model, --data and --round-to are for --to torch-pruning and --from nni")
+    plan = PruningPlan.load(args.plan)
+    try:
+        if args.to == "nni":
+            config = convert.to_nni(plan)
+            _write(args.out, json.dumps(config, indent=2) + "\n")
+            print(f"config_list {len(config)} entr{'y' if len(config) == 1 else 'ies'} -> {args.out}", file=sys.stderr)
+            print(f"note: NNI pruner: {convert.nni_pruner(plan.method)}", file=sys.stderr)
+        else:
+            spec = args.model or (plan.model if plan.model and plan.model.startswith("zoo:") else None)
+            inventory = _inventory(spec, args.data) if spec else None
+            out = convert.to_torch_pruning(plan, inventory, args.round_to)
+            _write(args.out, json.dumps(out, indent=2) + "\n")
+            print(f"pruning_ratio_dict {len(out['pruning_ratio_dict'])} layer(s) -> {args.out}", file=sys.stderr)
+            print(f"note: {out['note']}", file=sys.stderr)
+    except ExplorerError as e:
+        raise type(e)(f"{args.plan}: {e}") from None
+    return 0
+
+
+# The server process runs ui/serve.py's main (next to app.py, in the checkout and in the installed
+# package alike): streamlit's CLI, told that app.py routes with st.navigation (no legacy page list
+# from the pages/ folder), with the first model warming up meanwhile. explorer/ never imports
+# streamlit: this is only the command line of that process.
+_SERVER_MAIN = "import sys; sys.path.insert(0, sys.argv[1]); from ui.serve import main; main(sys.argv[2:])"
+# No file watcher (it watched the whole checkout, .venv included, and overflowed inotify), no
+# rerun on save: the app is served, not edited.
+SERVER_FLAGS = ("--server.headless", "true", "--server.fileWatcherType", "none", "--server.runOnSave", "false",
+                "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal")
+
+
+def app_command(port: int, *extra: str) -> list[str]:
+    """The command line that serves the app on ``port`` (``extra``: more streamlit flags)."""
+    app = app_script()
+    return [sys.executable, "-c", _SERVER_MAIN, str(app.parent), "run", str(app), "--server.port", str(port),
+            *SERVER_FLAGS, *extra]
+
+
 def cmd_app(args: argparse.Namespace) -> int:
+    """Replace this process with the server: SIGTERM and Ctrl-C reach streamlit itself, and no
+    child is left serving when the command is stopped."""
     env = dict(os.environ)
+    # glibc gives every thread (streamlit runs each session's script in its own) its own malloc
+    # arena, and freed memory stays in them: two arenas keep a long-running server's RSS down.
+    env.setdefault("MALLOC_ARENA_MAX", "2")
     if args.model:
         env["PRUNING_EXPLORER_MODEL"] = args.model
     if args.data:
@@ -345,13 +476,10 @@ def cmd_app(args: argparse.Namespace) -> int:
                                  f"{INSTALL_HINT}")
         env["PRUNING_EXPLORER_WORKERS"] = str(args.workers or "")
         env["PRUNING_EXPLORER_RAY_ADDRESS"] = args.ray_address or ""
-    cmd = [sys.executable, "-m", "streamlit", "run", str(app_script()), "--server.port", str(args.port),
-           "--server.headless", "true", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
-    print(f"Pruning Explorer: http://localhost:{args.port}", file=sys.stderr)
-    try:
-        return subprocess.call(cmd, env=env)
-    except KeyboardInterrupt:
-        return 0
+    cmd = app_command(args.port)
+    print(f"Pruning Explorer: http://localhost:{args.port}", file=sys.stderr, flush=True)
+    os.execvpe(cmd[0], cmd, env)
+    return 0  # not reached: execvpe does not return
 
 
 # --- parser --------------------------------------------------------------------------------------
@@ -446,20 +574,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--finetune-epochs", type=_positive_int, metavar="N",
                    help="training epochs of the schedule: one-shot fine-tunes N epochs after pruning (zeros stay zero; "
-                        "the best validation epoch is kept), iterative N per round, gradual N in all, snip and lottery "
-                        "N per training from scratch, regularized N after pruning; metrics.json then holds the "
-                        "trained model's numbers")
+                        "the best validation epoch is kept; batch-norm statistics re-estimated first), iterative N "
+                        "per round, gradual N in all, snip and lottery N per training from scratch, regularized N "
+                        "after pruning; metrics.json then holds the trained model's numbers")
+    p.add_argument("--recalibrate-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="one-shot: re-estimate batch-norm statistics of the pruned model on the training split before "
+                        "export (default: on with --finetune-epochs, off without)")
     p.add_argument("--distill", action="store_true",
                    help="with --finetune-epochs (one-shot): distil from the dense model as teacher")
+    p.add_argument("--temperature", type=float, metavar="T", help="with --distill: softening temperature (2)")
+    p.add_argument("--alpha", type=float, metavar="A", help="with --distill: weight of the distillation term (0.5)")
+    p.add_argument("--patience", type=_positive_int, metavar="N",
+                   help="with --finetune-epochs (one-shot): stop after N epochs without a better validation score")
     p.add_argument("--schedule", choices=["one-shot", "iterative", "gradual", "snip", "lottery", "regularized"],
                    help="when to prune (default: the plan's \"schedule\", else one-shot); the plan.json written records "
                         "it, and metrics.json every measured step")
     p.add_argument("--rounds", type=_positive_int, metavar="K", help="rounds of the iterative and lottery schedules")
     p.add_argument("--quantize", choices=["int8"],
-                   help="also write model.int8.onnx (dynamic int8 without convolutions, static QDQ with) and its "
-                        "numbers under 'int8' in metrics.json")
+                   help="also write model.int8.onnx and its numbers under 'int8' in metrics.json")
+    p.add_argument("--int8-mode", choices=["auto", "dynamic", "static"], default="auto",
+                   help="with --quantize int8: auto (dynamic without convolutions, static QDQ with), dynamic or "
+                        "static")
     timing_args(p)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("convert", help="a plan to NNI's config_list or Torch-Pruning's pruning_ratio_dict, "
+                                       "or an NNI config_list back to a plan")
+    p.add_argument("--plan", metavar="FILE", help="the plan to convert")
+    p.add_argument("--to", choices=["nni", "torch-pruning"])
+    p.add_argument("--from", dest="source", choices=["nni"], help="read an NNI config_list (--config) into a plan")
+    p.add_argument("--config", metavar="FILE", help="with --from nni: the config_list JSON")
+    p.add_argument("--model", metavar="SPEC", help="with --from nni: the model whose layers the plan names; with "
+                                                   "--to torch-pruning: lists ignored_layers (a zoo plan's own model "
+                                                   "by default)")
+    p.add_argument("--data", metavar="SPEC", help="with --model: data, for a model that does not declare its "
+                                                  "input shape")
+    p.add_argument("--method", help="with --from nni: the plan's method (default: l1-structured for out_channel "
+                                    "granularity, l1-unstructured otherwise)")
+    p.add_argument("--round-to", type=_positive_int, metavar="N",
+                   help="with --to torch-pruning: the round_to to note (kept channels a multiple of N)")
+    p.add_argument("--out", required=True, metavar="FILE")
+    p.set_defaults(func=cmd_convert)
     return parser
 
 

@@ -178,11 +178,23 @@ def recovery_bars(rows: list[dict]) -> go.Figure:
 
 
 def finetune_curve(epochs: list[dict]) -> go.Figure:
-    """Validation accuracy per fine-tuning epoch (epoch 0: the model before fine-tuning)."""
-    fig = go.Figure(go.Scatter(x=[e["epoch"] for e in epochs],
-                               y=[100 * e["val_accuracy"] if e["val_accuracy"] is not None else None for e in epochs],
-                               mode="lines+markers", name="validation accuracy"))
-    fig.update_layout(xaxis_title="epoch", yaxis_title="validation accuracy (%)")
+    """Validation accuracy per fine-tuning epoch (epoch 0: the model before fine-tuning) and the
+    training loss per epoch; data without a validation split shows the training loss alone."""
+    with_val = any(e.get("val_accuracy") is not None for e in epochs)
+    trained = [e for e in epochs if e.get("train_loss") is not None]
+    fig = make_subplots(specs=[[{"secondary_y": with_val}]])
+    if with_val:
+        fig.add_scatter(x=[e["epoch"] for e in epochs],
+                        y=[100 * e["val_accuracy"] if e["val_accuracy"] is not None else None for e in epochs],
+                        mode="lines+markers", name="validation accuracy (%)", line={"color": KEPT})
+        fig.update_yaxes(title_text="validation accuracy (%)", secondary_y=False)
+    fig.add_scatter(x=[e["epoch"] for e in trained], y=[e["train_loss"] for e in trained], mode="lines+markers",
+                    name="training loss", line={"color": GONE, "dash": "dot" if with_val else "solid"},
+                    secondary_y=True if with_val else None)
+    fig.update_yaxes(title_text="training loss", secondary_y=True if with_val else None)
+    fig.update_xaxes(title_text="epoch", dtick=1)
+    if not with_val:
+        fig.update_layout(title_text="No validation split: the training loss per epoch (the last epoch is kept)")
     return _layout(fig, 300)
 
 

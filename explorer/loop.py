@@ -19,11 +19,11 @@ from torch import nn
 from explorer.errors import DataError
 from explorer.plan import PruningPlan
 from explorer.progress import Progress, no_progress
-from explorer.recover import batchnorm_layers, finetune, recalibrate_bn
+from explorer.recover import FinetuneResult, batchnorm_layers, finetune, recalibrate_bn
 from explorer.schedules import ScheduleSpec, run_schedule
 from explorer.subject import Subject
 
-__all__ = ["INT8_MODES", "LoopResult", "Stage", "run_loop"]
+__all__ = ["INT8_MODES", "LoopResult", "Stage", "recover_pruned", "recovery_record", "run_loop"]
 
 INT8_MODES = ("auto", "dynamic", "static")
 
@@ -45,6 +45,7 @@ class LoopResult:
     int8: dict[str, Any] | None = None  # compare_int8(...).to_dict(), with the CPU note
     model: nn.Module | None = None  # the last fp32 model (fine-tuned when fine-tuning ran)
     schedule: dict[str, Any] | None = None  # ScheduleResult.to_dict() when a schedule ran
+    recovery: dict[str, Any] | None = None  # how ``model`` was recovered (``recovery_record``); None: not
 
     def table(self) -> list[dict[str, Any]]:
         """One row per stage: the numbers a user compares."""
@@ -92,30 +93,20 @@ def run_loop(subject: Subject, plan: PruningPlan, *, recalibrate: bool = True, e
         ran = run_schedule(subject, plan, schedule, on_progress=scheduled, should_stop=should_stop)
         model = ran.model
         result.schedule = ran.to_dict()
+        result.recovery = ran.recovery
         result.stopped = ran.stopped
         note = schedule.describe() + (f"; {ran.stop_reason}" if ran.stop_reason else "")
         result.stages.append(Stage(schedule.name, subject.measure(model).to_dict(), note))
-    elif recalibrate and batchnorm_layers(model):
-        on_progress(0.1, "recalibrating batch norm")
-        calibration = subject.data.train or subject.data.test
-        model = recalibrate_bn(model, calibration)
-        note = "batch-norm statistics re-estimated on the " + ("training split" if subject.data.train else "test split")
-        result.stages.append(Stage("BN recalibrated", subject.measure(model).to_dict(), note))
-    if epochs and (schedule is None or schedule.name == "one-shot"):
-        def progress(fraction: float, message: str) -> None:
-            on_progress(0.15 + 0.65 * fraction, message)
+    else:
+        def stage(name: str, stage_model: nn.Module, note: str) -> None:
+            result.stages.append(Stage(name, subject.measure(stage_model).to_dict(), note))
 
-        tuned = finetune(model, subject.data, epochs, distill_from=subject.model if distill else None,
-                         temperature=temperature, alpha=alpha, patience=patience, recalibrate=False,
-                         on_progress=progress,
-                         should_stop=should_stop or (lambda: False))
-        model = tuned.model
-        result.epochs = tuned.history_rows()
-        result.stopped = tuned.stopped
-        note = f"{len(tuned.history) - 1} epoch(s), best at {tuned.best_epoch} ({tuned.stopped})"
-        if distill:
-            note += f"; distilled from dense (T={temperature}, weight {alpha})"
-        result.stages.append(Stage("fine-tuned", subject.measure(model).to_dict(), note))
+        model, result.recovery, tuned = recover_pruned(
+            subject, model, recalibrate=recalibrate, epochs=epochs, distill=distill, temperature=temperature,
+            alpha=alpha, patience=patience, on_progress=on_progress, should_stop=should_stop, on_stage=stage)
+        if tuned is not None:
+            result.epochs = tuned.history_rows()
+            result.stopped = tuned.stopped
     result.model = model
     if int8 is not None:
         from explorer.quantize import compare_int8
@@ -133,3 +124,59 @@ def run_loop(subject: Subject, plan: PruningPlan, *, recalibrate: bool = True, e
         result.stages.append(Stage(f"int8 ({cmp.mode})", metrics, " ".join(cmp.notes)))
     on_progress(1.0, "done")
     return result
+
+
+def recover_pruned(subject: Subject, model: nn.Module, *, recalibrate: bool = True, epochs: int = 0,
+                   distill: bool = False, temperature: float = 2.0, alpha: float = 0.5, patience: int | None = None,
+                   on_progress: Progress = no_progress, should_stop: Callable[[], bool] | None = None,
+                   on_stage: Callable[[str, nn.Module, str], None] | None = None,
+                   ) -> tuple[nn.Module, dict[str, Any] | None, FinetuneResult | None]:
+    """The recovery stages on a pruned ``model``, the same for the app's loop and the CLI's export.
+
+    Batch-norm statistics re-estimated on the training split (the test split without one) when
+    ``recalibrate`` and the model has batch norms; then ``epochs`` of fine-tuning (seed 0, zeros
+    kept zero, the best validation epoch kept), distilled from the dense model if ``distill``.
+    ``on_stage(name, model, note)`` is called after each stage that ran.
+
+    Returns:
+        The recovered model (``model`` itself when no stage ran), its ``recovery_record`` (None
+        when no stage ran) and the fine-tuning result (None without fine-tuning).
+    """
+    recalibrated, calibration_split, tuned = False, "", None
+    if recalibrate and batchnorm_layers(model):
+        on_progress(0.1, "recalibrating batch norm")
+        calibration_split = "training" if subject.data.train is not None else "test"
+        model = recalibrate_bn(model, subject.data.train or subject.data.test)
+        recalibrated = True
+        if on_stage is not None:
+            on_stage("BN recalibrated", model, f"batch-norm statistics re-estimated on the {calibration_split} split")
+    if epochs:
+        def progress(fraction: float, message: str) -> None:
+            on_progress(0.15 + 0.65 * fraction, message)
+
+        tuned = finetune(model, subject.data, epochs, distill_from=subject.model if distill else None,
+                         temperature=temperature, alpha=alpha, patience=patience, recalibrate=False,
+                         on_progress=progress, should_stop=should_stop or (lambda: False))
+        model = tuned.model
+        if on_stage is not None:
+            note = f"{len(tuned.history) - 1} epoch(s), best at {tuned.best_epoch} ({tuned.stopped})"
+            if distill:
+                note += f"; distilled from dense (T={temperature}, weight {alpha})"
+            on_stage("fine-tuned", model, note)
+    if not recalibrated and tuned is None:
+        return model, None, None
+    return model, recovery_record(recalibrated, calibration_split, tuned.to_dict() if tuned else None), tuned
+
+
+def recovery_record(recalibrated: bool, calibration_split: str = "",
+                    finetuned: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``recovery`` entry of metrics.json: what was done to the pruned weights before export.
+
+    ``finetuned`` is ``FinetuneResult.to_dict()`` (its keys are kept at the top level, as the CLI's
+    fine-tuned exports always had them); without it, only the batch-norm recalibration is recorded.
+    """
+    out: dict[str, Any] = dict(finetuned or {})
+    out["recalibrated"] = bool(recalibrated or out.get("recalibrated"))
+    if calibration_split:
+        out["calibration_split"] = calibration_split
+    return out

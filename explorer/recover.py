@@ -43,7 +43,6 @@ __all__ = [
     "zero_masks",
 ]
 
-_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _PROGRESS_EVERY_S = 0.2  # throttle per-batch progress reports (the app redraws on each)
 StopReason = Literal["completed", "early-stop", "cancelled"]
 
@@ -52,9 +51,28 @@ def _never() -> bool:
     return False
 
 
+def _tracks_running_stats(module: nn.Module) -> bool:
+    """A normalisation layer with running statistics to re-estimate, recognised by what it holds
+    (``running_mean`` and ``running_var`` buffers and ``track_running_stats``), not by its class:
+    the importers build their own batch-norm classes (e.g. ONNX's any-rank BatchNormalization)."""
+    return (bool(getattr(module, "track_running_stats", False))
+            and isinstance(getattr(module, "running_mean", None), torch.Tensor)
+            and isinstance(getattr(module, "running_var", None), torch.Tensor))
+
+
 def batchnorm_layers(model: nn.Module) -> list[str]:
-    """Names of the batch-norm layers of ``model`` that track running statistics."""
-    return [n for n, m in model.named_modules() if isinstance(m, _BN_TYPES) and m.track_running_stats]
+    """Names of the batch-norm layers of ``model`` that track running statistics (any class)."""
+    return [n for n, m in model.named_modules() if _tracks_running_stats(m)]
+
+
+def _reset_running_stats(module: nn.Module) -> None:
+    if hasattr(module, "reset_running_stats"):
+        module.reset_running_stats()
+        return
+    module.running_mean.zero_()
+    module.running_var.fill_(1)
+    if isinstance(getattr(module, "num_batches_tracked", None), torch.Tensor):
+        module.num_batches_tracked.zero_()
 
 
 def zero_masks(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -139,12 +157,12 @@ def recalibrate_bn(model: nn.Module, split: Split, *, batch_size: int = 64,
         raise RecoverError(not_recoverable(model))
     _check_input(split, "the calibration data")
     out = copy.deepcopy(model).eval()
-    bns = [m for m in out.modules() if isinstance(m, _BN_TYPES) and m.track_running_stats]
+    bns = [m for m in out.modules() if _tracks_running_stats(m)]
     if not bns:
         return out
-    momenta = [bn.momentum for bn in bns]
+    momenta = [getattr(bn, "momentum", None) for bn in bns]
     for bn in bns:
-        bn.reset_running_stats()
+        _reset_running_stats(bn)
         bn.momentum = None  # cumulative moving average: every batch counts the same
         bn.train()
     n_batches = math.ceil(len(split) / batch_size)

@@ -190,13 +190,19 @@ def _recovery_html(metrics: dict[str, Any], labels: bool = True) -> str:
     e = html.escape
     parts = []
     rec = metrics.get("recovery")
-    if rec:
+    if rec and "history" not in rec:  # batch-norm recalibration only
+        parts.append(f"<h2>Recovery</h2><p>Batch-norm statistics re-estimated on the "
+                     f"{e(rec.get('calibration_split', 'training'))} split; weights unchanged. The metrics above "
+                     "are the recalibrated model's.</p>")
+    elif rec:
         cfg = rec.get("settings", {})
         first, best = rec["history"][0], rec["history"][rec["best_epoch"]]
         val = ("" if best.get("val_accuracy") is None or first.get("val_accuracy") is None else
                f" Validation accuracy {100 * first['val_accuracy']:.2f}% before, {100 * best['val_accuracy']:.2f}% after.")
         parts.append(
-            f"<h2>Fine-tuning</h2><p>{cfg.get('epochs')} epoch(s) asked, epoch {rec['best_epoch']} kept "
+            "<h2>Fine-tuning</h2><p>"
+            + ("Batch-norm statistics re-estimated first; " if rec.get("recalibrated") else "")
+            + f"{cfg.get('epochs')} epoch(s) asked, epoch {rec['best_epoch']} kept "
             f"({e(rec['stopped'])}, {rec['seconds']:.1f} s), lr {cfg.get('lr')}"
             + (f", distilled from the dense model (T={cfg.get('temperature')}, alpha={cfg.get('alpha')})"
                if rec.get("distilled") else "")
@@ -241,19 +247,24 @@ def _save_pt2(model: nn.Module, example: torch.Tensor | Inputs, path: Path) -> s
 def export_bundle(subject: Subject, plan: PruningPlan, out_dir: str | Path,
                   on_progress: Progress = no_progress, model: nn.Module | None = None,
                   quantize: str | None = None, recovery: dict[str, Any] | None = None,
-                  schedule: dict[str, Any] | None = None) -> dict[str, Path]:
+                  schedule: dict[str, Any] | None = None, int8_mode: str = "auto",
+                  model_name: str | None = None, data_name: str | None = None) -> dict[str, Path]:
     """Prune, measure and write the export bundle into ``out_dir`` (created if missing).
 
     Args:
         model: an already pruned (e.g. fine-tuned) model of this plan; pruned afresh when None,
             through the plan's schedule when it has one (``run_schedule``: its steps go to
             metrics.json under ``"schedule"``, its last training phase under ``"recovery"``).
-        quantize: ``"int8"`` also writes ``model.int8.onnx`` (``explorer.quantize``: dynamic for
-            models without convolutions, static QDQ calibrated on the data otherwise) and its
+        quantize: ``"int8"`` also writes ``model.int8.onnx`` (``explorer.quantize``) and its
             numbers, measured next to model.onnx, under ``"int8"`` in metrics.json.
-        recovery: how ``model`` was recovered (``FinetuneResult.to_dict()``), kept under
+        int8_mode: ``auto`` (dynamic for models without convolutions, static QDQ calibrated on
+            the data otherwise), ``dynamic`` or ``static``.
+        recovery: how ``model`` was recovered (``explorer.loop.recovery_record``), kept under
             ``"recovery"`` in metrics.json.
         schedule: with ``model``: the ``ScheduleResult.to_dict()`` that produced it.
+        model_name, data_name: how plan.json, metrics.json and report.html name the model and the
+            data (an uploaded file by its own name rather than its path on this server); the
+            specs by default.
 
     Returns:
         The written files by role: plan, onnx, int8 (if asked), pt2 (if torch.export could
@@ -272,7 +283,8 @@ def export_bundle(subject: Subject, plan: PruningPlan, out_dir: str | Path,
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ExportError(f"--out {out}: cannot create the folder ({e.strerror})") from None
-    plan = replace(plan, model=plan.model or subject.model_spec)
+    model_label, data_label = model_name or subject.model_spec, data_name or subject.data_spec
+    plan = replace(plan, model=model_name or plan.model or subject.model_spec)
     if model is None and plan.schedule is not None:
         from explorer.schedules import run_schedule
 
@@ -297,7 +309,8 @@ def export_bundle(subject: Subject, plan: PruningPlan, out_dir: str | Path,
     try:
         plan.save(files["plan"])
         stage(0.2, "exporting to ONNX and measuring in ONNX Runtime")
-        evaluation = subject.evaluate(plan, onnx_path=files["onnx"], model=pruned)
+        evaluation = replace(subject.evaluate(plan, onnx_path=files["onnx"], model=pruned),
+                             model=model_label, data=data_label)  # named as the user knows them
         slowdown = None
         if evaluation.speedup is not None and evaluation.speedup.slower:
             stage(0.45, "slower than dense: timing the widths of each group")
@@ -308,8 +321,8 @@ def export_bundle(subject: Subject, plan: PruningPlan, out_dir: str | Path,
 
             stage(0.5, "int8: quantizing model.onnx and measuring it")
             files["int8"] = out / "model.int8.onnx"
-            int8 = compare_int8(files["onnx"], subject.data, files["int8"], reference=subject.dense()[1],
-                                threads=subject.threads, runs=subject.runs).to_dict()
+            int8 = compare_int8(files["onnx"], subject.data, files["int8"], mode=int8_mode,
+                                reference=subject.dense()[1], threads=subject.threads, runs=subject.runs).to_dict()
         stage(0.6, "saving the PyTorch artifacts")
         pt2_error = _save_pt2(pruned, subject.example_input, files["pt2"])
         torch.save(pruned.state_dict(), files["state_dict"])

@@ -45,11 +45,13 @@ DEFAULT_ROUNDS = 7  # odd: the median is one round's ratio; all 7 on one side of
 MIN_ROUND_RUNS = 10  # timed runs of each session per round (its median is that round's latency)
 
 
-def ort_session(model: str | Path | bytes, threads: int = 1, *, optimize: bool = True) -> ort.InferenceSession:
+def ort_session(model: str | Path | bytes, threads: int = 1, *, optimize: bool = True,
+                arena: bool = True) -> ort.InferenceSession:
     """An ONNX Runtime CPU session of a file or a serialized model, with ``threads`` intra-op threads.
 
-    ``optimize=False`` turns every graph optimisation off (no fusion). Raises what ONNX Runtime
-    raises; callers say which file it was.
+    ``optimize=False`` turns every graph optimisation off (no fusion). ``arena=False`` turns the CPU
+    memory arena off (the session then gives back what a run allocated instead of keeping its
+    peak). Raises what ONNX Runtime raises; callers say which file it was.
     """
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -58,6 +60,7 @@ def ort_session(model: str | Path | bytes, threads: int = 1, *, optimize: bool =
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                      else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     opts.log_severity_level = 3
+    opts.enable_cpu_mem_arena = arena
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 

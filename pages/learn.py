@@ -5,7 +5,7 @@ import streamlit as st
 
 from explorer import figures
 from explorer.learn import EXPERIMENTS, scope_figure, scope_sparsity
-from ui import cache, learn, state, widgets
+from ui import cache, learn, state, uploads, widgets
 
 state.ensure_router()
 st.title("Learn", anchor=False)
@@ -19,7 +19,8 @@ with st.expander("Primer: what pruning removes, drawn from this model's weights"
         f"**Unstructured** pruning sets single weights to zero: the smallest in magnitude (L1) or random ones. "
         f"The tensor keeps its shape, so a dense CPU kernel does the same work. **Structured** pruning removes "
         f"whole output channels (and the matching inputs of the next layers): the layer really shrinks. "
-        f"Below, layer `{layer}` of `{subject.model_spec}` at 50%: grey cells are the weights that go."
+        f"Below, layer `{layer}` of `{uploads.display(subject.model_spec)}` at 50%: red cells are the weights "
+        f"that go, blue ones stay."
     )
     cols = st.columns(2)
     cols[0].plotly_chart(figures.mask_heatmap(cache.layer(subject.model_spec, data, layer, "l1-unstructured", 0.5)),
@@ -51,6 +52,8 @@ for key, experiment in EXPERIMENTS.items():
             st.plotly_chart(result.figure, key=f"learn.figure.{key}")
             st.markdown(f"**{verdict}** {result.text}")
             st.caption(f"Measured in {result.seconds:.1f} s.")
-            if result.plan is not None and st.button("Continue in the Prune page", key=f"learn.continue.{key}"):
-                learn.continue_in_prune(result)
-                st.switch_page(widgets.PAGES["prune"])
+            if result.plan is not None:
+                label, note = learn.continue_label(result)
+                if st.button(label, key=f"learn.continue.{key}", help=note):
+                    learn.continue_in_prune(result)
+                    st.switch_page(widgets.PAGES["prune"])

@@ -4,7 +4,7 @@ import streamlit as st
 
 from explorer.errors import ExplorerError
 from explorer.models import ZOO
-from ui import cache, state, uploads, widgets
+from ui import cache, persist, state, uploads, widgets
 from ui.metrics import fmt_bytes, fmt_count
 from ui.state import Keys
 
@@ -34,6 +34,17 @@ with st.form("model.open", border=True):
             st.rerun()
         except ExplorerError as e:
             st.error(str(e))
+
+recent = persist.recent()
+if recent:
+    with st.expander(f"Resume a recent session ({len(recent)})", icon=":material/history:"):
+        st.caption("Sessions are kept on this server under the id in the page's address: a reload, a second tab "
+                   "or a restarted server opens the same one. Bookmark the address to come back to it.")
+        for info in recent:
+            left, right = st.columns([5, 1], vertical_alignment="center")
+            left.markdown(f"**{persist.escape(info.title)}**  \n{persist.ago(info.updated)}")
+            right.button("Resume", key=f"model.resume.{info.id}", on_click=persist.resume, args=(info.id,),
+                         icon=":material/restore:", width="stretch")
 
 subject = widgets.require_subject()
 dense = subject.dense()[0]

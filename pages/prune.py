@@ -5,6 +5,7 @@ import streamlit as st
 from explorer.errors import ExplorerError
 from explorer.methods import get_method
 from ui import allocation, controls, live, rounding, state, widgets
+from ui.metrics import accuracy_warning
 from ui.state import Keys
 
 state.ensure_router()
@@ -29,6 +30,10 @@ with right:
         if not plan.is_empty:  # the dense model is row 0 of the history already
             state.add_history(plan.key(), draft, draft.summary(subject.inventory), result.to_dict())
         rounding.slowdown_note(subject, result)
+        warning = accuracy_warning(result.pruned.accuracy, result.dense.accuracy, subject.dense()[1].shape[1],
+                                   subject.data.has_labels)
+        if warning and not plan.is_empty:
+            st.warning(warning, icon=":material/warning:")
     if plan is not None:
         methods = sorted({plan.method_of(n) for n in plan.layers} | {plan.method})
         if subject.capabilities.structured_off:  # a structured method is off here: nothing to say of its speed

@@ -31,6 +31,10 @@ st.markdown(f"Plan: **{draft.summary(subject.inventory)}**")
 blocked = subject.capabilities.training_off
 if blocked:
     st.info(f"Only int8 here: {blocked}.")
+if recover.was_interrupted():
+    st.warning("Cancelled: the last run stopped before it finished; nothing of it was recorded.",
+               icon=":material/cancel:")
+recover.seed_widgets(bool(blocked))
 has_train = subject.data.train is not None and not blocked
 schedule = st.selectbox("Schedule", list(SCHEDULES), key=Keys.RECOVER_SCHEDULE, disabled=not has_train,
                         format_func=lambda n: f"{n}: {SCHEDULES[n].summary}",
@@ -43,21 +47,28 @@ if schedule != "one-shot":
     settings = {"recalibrate": False, "epochs": 0, "distill": False, "temperature": 2.0, "alpha": 0.5,
                 "patience": None, "int8": None if int8 == "off" else int8, "schedule": spec.to_dict()}
 else:
+    has_bn = bool(batchnorm_layers(subject.model))
     cols = st.columns(3)
-    bn = cols[0].checkbox("Recalibrate batch norm", value=not blocked, key=Keys.RECOVER_BN,
-                          disabled=not batchnorm_layers(subject.model) or bool(blocked),
-                          help="Re-estimate running statistics (seconds).")
-    epochs = cols[1].slider("Fine-tuning epochs", 0, 30, 0 if blocked else 5, key=Keys.RECOVER_EPOCHS, disabled=not has_train,
+    bn = cols[0].checkbox("Recalibrate BN", key=Keys.RECOVER_BN, disabled=not has_bn or bool(blocked),
+                          help="Re-estimate the batch-norm running statistics on the training split (seconds)." if has_bn
+                          else "This model has no batch norm.")
+    epochs = cols[1].slider("Fine-tuning epochs", 0, 30, key=Keys.RECOVER_EPOCHS, disabled=not has_train,
                             help=blocked or (None if has_train else "This data has no training split."))
     int8 = cols[2].selectbox("int8 quantization", ["off", *INT8_MODES], key=Keys.RECOVER_INT8,
                              help="auto: dynamic (MatMul/Gemm) for models without convolutions, static QDQ otherwise.")
-    distill = cols[1].toggle("Distil from the dense model", key=Keys.RECOVER_DISTILL, disabled=not epochs)
-    temperature = cols[1].number_input("Temperature", 1.0, 10.0, 2.0, 0.5, key=Keys.RECOVER_TEMPERATURE, disabled=not distill)
-    alpha = cols[1].number_input("Distillation weight", 0.0, 1.0, 0.5, 0.1, key=Keys.RECOVER_ALPHA, disabled=not distill)
-    patience = cols[0].number_input("Early stop after N epochs without improvement", 0, 30, 0, key=Keys.RECOVER_PATIENCE,
-                                    disabled=not epochs, help="On the validation split; 0: never. The best epoch is kept.")
-    settings = {"recalibrate": bn and not blocked, "epochs": epochs if has_train else 0, "distill": distill and bool(epochs),
-                "temperature": temperature, "alpha": alpha, "patience": patience or None,
+    distill = cols[1].toggle("Distil from dense", key=Keys.RECOVER_DISTILL, disabled=not epochs,
+                             help="Fine-tune towards the dense model's outputs (knowledge distillation) as well as the labels.")
+    temperature = cols[1].number_input("Temperature", 1.0, 10.0, step=0.5, key=Keys.RECOVER_TEMPERATURE,
+                                       disabled=not distill)
+    alpha = cols[1].number_input("Distillation weight", 0.0, 1.0, step=0.1, key=Keys.RECOVER_ALPHA, disabled=not distill)
+    patience = cols[0].number_input("Early stop (patience)", 0, 30, key=Keys.RECOVER_PATIENCE,
+                                    disabled=not epochs or subject.data.val is None,
+                                    help="Stop after this many epochs without a better validation score; 0: never. "
+                                         "The best epoch is kept." if subject.data.val
+                                    else "This data has no validation split: every epoch runs, the last one is kept.")
+    settings = {"recalibrate": bn and has_bn and not blocked, "epochs": epochs if has_train else 0,
+                "distill": distill and bool(epochs), "temperature": temperature, "alpha": alpha,
+                "patience": (patience or None) if subject.data.val is not None else None,
                 "int8": None if int8 == "off" else int8}
 
 result = recover.last_run(plan, settings)
@@ -70,7 +81,10 @@ if st.button("Run", type="primary", icon=":material/healing:", key="recover.run"
         st.error(str(e))
     cancel.empty()
 if result is None:
-    st.stop()
+    result = recover.latest(plan)
+    if result is None:
+        st.stop()
+    st.caption("Showing the last run of this plan, with other settings; press Run for these.")
 
 rows = result["rows"]
 st.plotly_chart(figures.recovery_bars(rows), key="recover.bars")
@@ -81,7 +95,10 @@ if result["epochs"]:
     st.plotly_chart(figures.finetune_curve(result["epochs"]), key="recover.curve")
 if result["int8"]:
     q = result["int8"]
-    st.info(f"int8: {q['cpu']['note']}. Recipe **{q['recipe']['name']}**: {q['recipe']['summary']}.")
+    recipe = q.get("recipe")  # a session saved before recipes were reported has none
+    st.info(f"int8: {q['cpu']['note']}." + (f" Recipe **{recipe['name']}**: {recipe['summary']}." if recipe else ""))
 if result.get("schedule"):
     recover.show_schedule(result["schedule"], plan)
-st.caption("Every stage is also in the Prune page's history, from which it can be compared and restored.")
+st.caption("Every stage is also in the Prune page's history, from which it can be compared and restored. "
+           "The Export page exports this recovered model (fine-tuned weights, int8) next to the plan alone.")
+widgets.page_link("export", "Export the recovered model", ":material/download:")

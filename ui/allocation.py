@@ -9,12 +9,14 @@ import streamlit as st
 
 from explorer import allocate as alloc
 from explorer import figures
+from explorer import sensitivity as sens
 from explorer.errors import ExplorerError
 from explorer.plan import PruningPlan
 from explorer.methods import available_methods, get_method
 from explorer.subject import Subject
 from ui import cache, state
 from ui.draft import Draft
+from ui.metrics import accuracy_warning
 from ui.state import Keys
 
 __all__ = ["section"]
@@ -33,7 +35,11 @@ def _run(subject: Subject, key: tuple[Any, ...], work: Any) -> Any:
     if found is None:
         update, done = cache.progress_bar("Allocating:")
         with cache.measure_lock():  # measured latency must not overlap another session's timing
-            found = work(update)
+            try:
+                found = work(update)
+            finally:
+                sens.release(subject)  # the scan's engine (sessions, activations) need not stay
+                cache.trim()
         done()
         _results().put(key, found)
     return found
@@ -44,7 +50,7 @@ def _use(plan: PruningPlan, subject: Subject) -> None:
     state.flash("success", "The sliders now hold the automatic allocation: edit it from here.")
 
 
-def _summary(a: alloc.Allocation, labelled: bool) -> str:
+def _summary(a: alloc.Allocation, labelled: bool, n_classes: int) -> str:
     what = "accuracy" if labelled else "agreement"
     verified = "not verified" if a.verified_accuracy is None else f"verified {100 * a.verified_accuracy:.2f}%"
     text = (f"Achieved **{100 * a.achieved:.1f}%** {a.target.kind_spec.achieved_unit(a.size_metric)} "
@@ -65,6 +71,10 @@ def _summary(a: alloc.Allocation, labelled: bool) -> str:
     if a.flagged and a.gap is not None:
         text += (f" Predicted and verified differ by {100 * abs(a.gap):.1f} points: pruning several layers "
                  "interacts in ways the one-layer curves do not see.")
+    if a.verified_accuracy is not None:
+        warning = accuracy_warning(a.verified_accuracy, a.dense_accuracy, n_classes, labelled)
+        if warning:
+            text += f"\n\n:warning: **{warning}**"
     return text
 
 
@@ -98,7 +108,7 @@ def section(subject: Subject) -> None:
                                               executor=cache.executor()))
             found = _results().get((model, data, kind, value, method))
             if found is not None:
-                st.markdown(_summary(found, subject.data.has_labels))
+                st.markdown(_summary(found, subject.data.has_labels, subject.dense()[1].shape[1]))
                 st.button("Use this plan", key="prune.allocate.use", on_click=_use, args=(found.plan, subject),
                           icon=":material/tune:")
             if right.button(f"Pareto front ({len(_FRONT)} targets)", key="prune.allocate.front"):

@@ -10,6 +10,7 @@ other's latency runs.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import tempfile
 import threading
@@ -46,7 +47,9 @@ __all__ = ["SharedResults", "bundle", "cached_bundle", "cached_sensitivity", "ca
            "measure_lock", "progress_bar", "sensitivity", "slowdown", "stats", "subject"]
 
 
-@st.cache_resource(show_spinner="Loading the model and measuring it dense…", max_entries=8)
+# A Subject holds a model, its data and its scans' activations: a few are kept (the least recently
+# used goes first), so that a long session of uploads does not keep every model it opened.
+@st.cache_resource(show_spinner="Loading the model and measuring it dense…", max_entries=4)
 def subject(model_spec: str, data_spec: str | None) -> Subject:
     """The shared Subject, with its dense metrics already measured."""
     s = Subject(model_spec, data_spec)
@@ -100,6 +103,22 @@ def slowdown(model_spec: str, data_spec: str | None, result: Evaluation,
     return found
 
 
+@st.cache_data(max_entries=256, show_spinner=False)
+def layer_shares(model_spec: str, data_spec: str | None, plan_key: str, _plan: PruningPlan) -> dict[str, float]:
+    """What a (global) plan really takes from each layer: the share of its output channels removed
+    (structured methods) or of its weights zeroed (the others), measured on the pruned copy."""
+    s = subject(model_spec, data_spec)
+    pruned = dict(s.prune(_plan).named_modules())
+    out = {}
+    for info in s.inventory.layers:
+        w = pruned[info.name].weight
+        if get_method(_plan.method_of(info.name)).structured:
+            out[info.name] = 1 - w.shape[0] / info.shape[0]
+        else:
+            out[info.name] = 1 - int(torch.count_nonzero(w)) / w.numel()
+    return out
+
+
 class SharedResults:
     """A small thread-safe LRU of finished results shared by every session.
 
@@ -107,9 +126,12 @@ class SharedResults:
     would record the bar's updates and replay them into a page that no longer has the bar.
     """
 
-    def __init__(self, max_entries: int) -> None:
+    def __init__(self, max_entries: int, max_bytes: int | None = None,
+                 size: Callable[[Any], int] | None = None) -> None:
         self._items: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._max = max_entries
+        self._max_bytes, self._size = max_bytes, size
+        self._bytes: dict[tuple[Any, ...], int] = {}
         self._lock = threading.Lock()
 
     def get(self, key: tuple[Any, ...]) -> Any | None:
@@ -120,11 +142,18 @@ class SharedResults:
             return None
 
     def put(self, key: tuple[Any, ...], value: Any) -> None:
+        """Keep ``value``; the least recently used entries go beyond ``max_entries`` (or beyond
+        ``max_bytes`` by ``size``, the newest entry always kept)."""
         with self._lock:
             self._items[key] = value
             self._items.move_to_end(key)
-            while len(self._items) > self._max:
-                self._items.popitem(last=False)
+            if self._size is not None:
+                self._bytes[key] = self._size(value)
+            while len(self._items) > self._max or (
+                    self._max_bytes is not None and len(self._items) > 1
+                    and sum(self._bytes.values()) > self._max_bytes):
+                old, _ = self._items.popitem(last=False)
+                self._bytes.pop(old, None)
 
 
 @st.cache_resource
@@ -132,9 +161,12 @@ def _scans() -> SharedResults:
     return SharedResults(max_entries=64)
 
 
+BUNDLE_BYTES = 256 * 2**20  # the export bundles kept for download, all together (each holds a few models)
+
+
 @st.cache_resource
 def _bundles() -> SharedResults:
-    return SharedResults(max_entries=16)
+    return SharedResults(max_entries=16, max_bytes=BUNDLE_BYTES, size=lambda files: sum(map(len, files.values())))
 
 
 def cached_sensitivity(model_spec: str, data_spec: str | None, method: str,
@@ -149,9 +181,25 @@ def sensitivity(model_spec: str, data_spec: str | None, method: str, ratios: tup
     """``explorer.sensitivity.scan``, run once per arguments for the whole server."""
     frame = cached_sensitivity(model_spec, data_spec, method, ratios)
     if frame is None:
-        frame = sens.scan(subject(model_spec, data_spec), method, ratios, on_progress=on_progress, executor=executor())
+        s = subject(model_spec, data_spec)
+        try:
+            frame = sens.scan(s, method, ratios, on_progress=on_progress, executor=executor())
+        finally:
+            sens.release(s)  # the points are on disk now; the engine's sessions need not stay
+            trim()
         _scans().put((model_spec, data_spec, method, ratios), frame.copy())
     return frame
+
+
+def scan_if_cached(model_spec: str, data_spec: str | None, method: str,
+                   ratios: tuple[float, ...]) -> pd.DataFrame | None:
+    """A scan that needs no new point: from the shared results, or read from the on-disk curves."""
+    frame = cached_sensitivity(model_spec, data_spec, method, tuple(ratios))
+    if frame is not None:
+        return frame
+    if estimate(model_spec, data_spec, method, tuple(ratios)).points:
+        return None
+    return sensitivity(model_spec, data_spec, method, tuple(ratios))
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -159,7 +207,8 @@ def _importance(model_spec: str, data_spec: str | None, name: str, method: str) 
     return channel_importance(subject(model_spec, data_spec), name, method)
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
+# A LayerView holds a layer's weights and mask (megabytes for a large layer): 32 of them, for an hour.
+@st.cache_data(max_entries=32, ttl=3600, show_spinner=False)
 def layer(model_spec: str, data_spec: str | None, name: str, method: str, ratio: float) -> LayerView:
     """What ``method`` at ``ratio`` does to one layer's weights (see explorer.weights)."""
     scores = _importance(model_spec, data_spec, name, method) if get_method(method).structured else None
@@ -171,26 +220,65 @@ def stats(model_spec: str, data_spec: str | None) -> pd.DataFrame:
     return weight_stats(subject(model_spec, data_spec).model)
 
 
-def cached_bundle(model_spec: str, data_spec: str | None, plan_key: str) -> dict[str, bytes] | None:
-    return _bundles().get((model_spec, data_spec, plan_key))
+def _bundle_key(model_spec: str, data_spec: str | None, plan: PruningPlan, recovered: dict[str, Any] | None,
+                names: tuple[str | None, str | None]) -> tuple[Any, ...]:
+    rec = None if recovered is None else (recovered.get("weights"), (recovered.get("settings") or {}).get("int8"))
+    return model_spec, data_spec, plan.key(), rec, names
 
 
-def bundle(model_spec: str, data_spec: str | None, plan: PruningPlan,
-           on_progress: Progress = no_progress) -> dict[str, bytes]:
+def cached_bundle(model_spec: str, data_spec: str | None, plan: PruningPlan, recovered: dict[str, Any] | None = None,
+                  names: tuple[str | None, str | None] = (None, None)) -> dict[str, bytes] | None:
+    return _bundles().get(_bundle_key(model_spec, data_spec, plan, recovered, names))
+
+
+def recovered_model(subject: Subject, plan: PruningPlan, weights: str) -> torch.nn.Module:
+    """The Recover page's fp32 model of ``plan``: pruned afresh, then its saved weights loaded."""
+    from explorer.sessions import load_weights
+
+    model = subject.prune(plan)
+    model.load_state_dict(load_weights(weights))
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def bundle(model_spec: str, data_spec: str | None, plan: PruningPlan, on_progress: Progress = no_progress,
+           recovered: dict[str, Any] | None = None,
+           names: tuple[str | None, str | None] = (None, None)) -> dict[str, bytes]:
     """The export bundle's files as bytes by file name, plus ``bundle.zip`` holding all of them.
 
-    Built once per (model, data, plan) for the whole server, in a temporary folder removed after.
+    ``recovered``: a Recover page run (``ui.recover.run``) whose recovered weights and int8 mode
+    the bundle carries instead of the plan alone. ``names``: how the bundle names the model and
+    the data (uploaded files by their own names). Built once per arguments for the whole server,
+    in a temporary folder removed after.
     """
-    found = cached_bundle(model_spec, data_spec, plan.key())
+    found = cached_bundle(model_spec, data_spec, plan, recovered, names)
     if found is not None:
         return found
     s = subject(model_spec, data_spec)
+    model, recovery, quantize, mode = None, None, None, "auto"
+    if recovered is not None:
+        if recovered.get("weights"):
+            model, recovery = recovered_model(s, plan, recovered["weights"]), recovered.get("recovery")
+        int8 = (recovered.get("settings") or {}).get("int8")
+        if int8:
+            quantize, mode = "int8", int8
     with tempfile.TemporaryDirectory(prefix="explorer-export-") as tmp, measure_lock():
-        files = export_bundle(s, plan, tmp, on_progress=on_progress)
+        files = export_bundle(s, plan, tmp, on_progress=on_progress, model=model, quantize=quantize,
+                              recovery=recovery, int8_mode=mode, model_name=names[0], data_name=names[1])
         out = {Path(p).name: Path(p).read_bytes() for p in files.values()}
         out["bundle.zip"] = zip_bundle(files)
-    _bundles().put((model_spec, data_spec, plan.key()), out)
+    trim()
+    _bundles().put(_bundle_key(model_spec, data_spec, plan, recovered, names), out)
     return out
+
+
+def trim() -> None:
+    """Give the memory a long job freed back to the system (glibc keeps it in its heap otherwise:
+    a scan's 700 MB of transient activations would stay in the server's RSS). No-op elsewhere."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def progress_bar(text: str) -> tuple[Progress, Callable[[], None]]:

@@ -15,7 +15,7 @@ from explorer.inspect import Inventory
 from explorer.latency import fast_multiple
 from explorer.methods import available_methods, get_method
 from explorer.subject import Subject
-from ui import state, widgets
+from ui import cache, state, widgets
 from ui.draft import Draft, blocks
 from ui.state import Keys
 
@@ -26,8 +26,9 @@ def _on_method(inventory: Inventory) -> None:
     state.restore(state.draft().with_method(st.session_state[Keys.PRUNE_METHOD], inventory), inventory)
 
 
-def _on_scope() -> None:
-    state.set_draft(replace(state.draft(), scope=st.session_state[Keys.PRUNE_SCOPE]))
+def _on_scope(inventory: Inventory) -> None:
+    # restore, not set: the sliders leave the global plan's per-layer shares for the draft's ratios
+    state.restore(replace(state.draft(), scope=st.session_state[Keys.PRUNE_SCOPE]), inventory)
 
 
 def _on_round() -> None:
@@ -58,23 +59,44 @@ def _ratio_help(draft: Draft, layer: str) -> str:
     return "Share of this layer's weights set to zero."
 
 
-def _layer_row(draft: Draft, inventory: Inventory, name: str) -> None:
+def _global_shares(subject: Subject, draft: Draft) -> dict[str, float]:
+    """In global scope, what the ranking really takes from each layer; the greyed sliders show it."""
+    if draft.scope != "global":
+        return {}
+    plan = draft.to_plan(subject.inventory, subject.model_spec)
+    if plan.is_empty:
+        return {}
+    shares = cache.layer_shares(subject.model_spec, st.session_state[Keys.DATA], plan.key(), plan)
+    for name, share in shares.items():
+        if name in plan.layers:
+            st.session_state[Keys.ratio(name)] = min(95, round(100 * share))
+    return {n: v for n, v in shares.items() if n in plan.layers}
+
+
+def _layer_row(draft: Draft, inventory: Inventory, name: str, shares: dict[str, float]) -> None:
     info = inventory[name]
     why = draft.why_not(name, inventory)
     is_global = draft.scope == "global"
-    slider, lock, skip = st.columns([5, 1, 1], vertical_alignment="center")
+    # A horizontal row: the slider takes what the labels leave, lock and skip keep their full labels
+    # (and wrap below the slider where the column is too narrow for the three).
+    row = st.container(horizontal=True, vertical_alignment="center", gap="small")
     shape = "×".join(map(str, info.shape))
     own = draft.overrides.get(name)
     label = f"{name} · {info.type} {shape}" + (f" · {own}" if own and not is_global else "")
-    slider.slider(
+    if name in shares:
+        label += f" · {100 * shares[name]:.1f} % in the global ranking"
+    row.slider(
         label, 0, 95, step=1, key=Keys.ratio(name), format="%d %%",
-        on_change=_on_ratio, args=(name, inventory), help=why or _ratio_help(draft, name),
-        disabled=bool(why) or is_global or name in draft.locked or name in draft.skipped,
+        on_change=_on_ratio, args=(name, inventory),
+        help=why or ("What the global ranking takes from this layer (set by All layers)." if name in shares
+                     else _ratio_help(draft, name)),
+        disabled=bool(why) or is_global or name in draft.locked or name in draft.skipped, width="stretch",
     )
+    lock = skip = row.container(horizontal=True, width="content", gap="small")  # after the slider; wrap together
     lock.checkbox("lock", key=Keys.lock(name), on_change=_on_flag, args=(name, "locked", Keys.lock(name)),
-                  disabled=bool(why) or is_global)
+                  disabled=bool(why) or is_global, width="content")
     skip.checkbox("skip", key=Keys.skip(name), on_change=_on_flag, args=(name, "skipped", Keys.skip(name)),
-                  disabled=bool(why))
+                  disabled=bool(why), width="content")
 
 
 def prune_controls(subject: Subject) -> Draft:
@@ -88,7 +110,8 @@ def prune_controls(subject: Subject) -> Draft:
                               format_func=widgets.method_label(inventory),
                               help="\n".join(f"- **{m}** ({get_method(m).kind}): {get_method(m).summary}"
                                              for m in methods))
-    top[1].radio("Scope", ["local", "global"], key=Keys.PRUNE_SCOPE, on_change=_on_scope, horizontal=True,
+    top[1].radio("Scope", ["local", "global"], key=Keys.PRUNE_SCOPE, on_change=_on_scope, args=(inventory,),
+                 horizontal=True,
                  help="local: each layer at its own ratio. global: one ratio, weights (or channels) "
                       "ranked across all layers that are not skipped.")
     st.caption(f"**{method}**: {get_method(method).summary}.")
@@ -111,6 +134,7 @@ def prune_controls(subject: Subject) -> Draft:
     st.caption("Per layer: the share pruned. **lock** keeps a layer where it is when *All layers* moves; "
                "**skip** leaves it out of the plan.")
     draft = state.draft()
+    shares = _global_shares(subject, draft)
     for members in blocks(inventory):
         grouped = len(members) > 1
         box = st.container(border=True) if grouped else st.container()
@@ -119,5 +143,5 @@ def prune_controls(subject: Subject) -> Draft:
                 st.caption(f"Dependency group of {len(members)} layers: their output channels are coupled "
                            "(structured methods prune them together).")
             for name in members:
-                _layer_row(draft, inventory, name)
+                _layer_row(draft, inventory, name, shares)
     return draft

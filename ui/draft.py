@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from explorer.inspect import Inventory
 from explorer.errors import PlanError
@@ -140,6 +141,25 @@ class Draft:
                        skipped=frozenset(n for n in inventory.names if n not in plan.layers))
         return cls(method=plan.method, ratios={n: r.ratio for n, r in plan.layers.items()},
                    overrides=overrides, round_to=plan.round_to)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON (the session store keeps drafts this way)."""
+        return {"method": self.method, "scope": self.scope, "global_ratio": self.global_ratio,
+                "ratios": dict(self.ratios), "locked": sorted(self.locked), "skipped": sorted(self.skipped),
+                "overrides": dict(self.overrides)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Draft:
+        """The draft ``to_dict`` wrote. Raises PlanError on an unknown method."""
+        draft = cls(method=str(data.get("method", DEFAULT_METHOD)), scope=str(data.get("scope", "local")),
+                    global_ratio=float(data.get("global_ratio", 0.0)),
+                    ratios={str(k): float(v) for k, v in dict(data.get("ratios", {})).items()},
+                    locked=frozenset(map(str, data.get("locked", ()))),
+                    skipped=frozenset(map(str, data.get("skipped", ()))),
+                    overrides={str(k): str(v) for k, v in dict(data.get("overrides", {})).items()})
+        for method in {draft.method, *draft.overrides.values()}:
+            get_method(method)
+        return draft
 
     def summary(self, inventory: Inventory) -> str:
         """One line for tables: method, scope and the non-zero ratios."""

@@ -19,8 +19,9 @@ from explorer.inspect import Inventory
 from explorer.subject import DEFAULT_MODEL
 from ui.draft import Draft
 
-__all__ = ["Keys", "add_history", "draft", "ensure_router", "flash", "history", "init_state", "on_weights_layer", "restore",
-           "seed_prune_widgets", "seed_weights_widgets", "set_draft", "set_model", "show_flash", "subject_id"]
+__all__ = ["Keys", "add_history", "default_model", "draft", "ensure_router", "flash", "history", "init_state",
+           "on_weights_layer", "restore", "seed_prune_widgets", "seed_weights_widgets", "set_draft", "set_model",
+           "show_flash", "subject_id"]
 
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
@@ -36,6 +37,8 @@ class Keys:
     HISTORY = "history"  # list of history entries (dicts), every subject
     SCANS = "scans"  # {subject id: {"method": str, "ratios": tuple}} the last scan asked for
     FLASH = "flash"  # one-shot (kind, message) shown by the next page run
+    SESSION_ID = "session.id"  # the id in the URL under which ui.persist saves this session
+    SESSION_SAVED = "session.saved"  # hash of the state last saved (ui.persist writes only changes)
 
     # Model page widgets.
     MODEL_SOURCE = "model.source"
@@ -44,7 +47,7 @@ class Keys:
     MODEL_DATA_INPUT = "model.data_input"
     MODEL_UPLOAD = "model.upload_model"
     DATA_UPLOAD = "model.upload_data"
-    UPLOAD_DIR = "uploads.folder"  # this session's upload folder (ui.uploads), removed with the session
+    UPLOAD_NAMES = "uploads.names"  # {spec: original file name} of the files uploaded (ui.uploads)
 
     # Prune page widgets.
     PRUNE_METHOD = "prune.method"
@@ -53,6 +56,8 @@ class Keys:
     PRUNE_ROUND = "prune.round_to"  # "off" or a multiple of channels (structured methods)
     PRUNE_RESTORE = "prune.restore"
     LIVE_RUN = "prune.live_run"  # the session's running evaluation (explorer.live.LiveRun)
+    COMPARE_A = "prune.compare.a"
+    COMPARE_B = "prune.compare.b"
     ALLOC_KIND = "prune.alloc.kind"
     ALLOC_METHOD = "prune.alloc.method"  # suffixed with the target kind
     ALLOC_VALUE = "prune.alloc.value"
@@ -71,6 +76,7 @@ class Keys:
 
     # Recover page: the last loop run per (subject, plan, settings), and its widgets.
     RECOVER_RESULTS = "recover.results"
+    RECOVER_SETTINGS = "recover.settings"  # {subject id: the settings of the last run}, seeds the widgets
     RECOVER_BN = "recover.bn"
     RECOVER_EPOCHS = "recover.epochs"
     RECOVER_DISTILL = "recover.distill"
@@ -81,6 +87,7 @@ class Keys:
     RECOVER_SCHEDULE = "recover.schedule"
 
     # Export page widgets.
+    EXPORT_WHAT = "export.what"  # "plan" or "recovered"
     EXPORT_UPLOAD = "export.upload"
     EXPORT_PASTE = "export.paste"
 
@@ -119,16 +126,23 @@ def ensure_router() -> None:
         st.stop()
 
 
+def default_model() -> str:
+    """The model a new session opens: the CLI's ``--model`` (through the environment), else the default."""
+    return os.environ.get("PRUNING_EXPLORER_MODEL") or DEFAULT_MODEL
+
+
 def init_state() -> None:
     """Create the mirrored keys once per session. The model comes from the CLI's environment."""
     defaults: dict[str, Any] = {
-        Keys.MODEL: os.environ.get("PRUNING_EXPLORER_MODEL") or DEFAULT_MODEL,
+        Keys.MODEL: default_model(),
         Keys.DATA: os.environ.get("PRUNING_EXPLORER_DATA") or None,
+        Keys.UPLOAD_NAMES: {},
         Keys.DRAFTS: {},
         Keys.HISTORY: [],
         Keys.SCANS: {},
         Keys.FLASH: None,
         Keys.RECOVER_RESULTS: {},
+        Keys.RECOVER_SETTINGS: {},
     }
     for key, value in defaults.items():
         if key not in st.session_state:
@@ -171,7 +185,7 @@ def add_history(plan_key: str, value: Draft, summary: str, result: dict[str, Any
         return
     metrics = {k: v for k, v in result.items() if k not in ("dense", "plan", "model", "data")}
     n = len(history()) + 1
-    entries.append({"subject": sid, "n": n, "key": plan_key, "draft": value, "summary": summary,
+    entries.append({"subject": sid, "n": n, "key": plan_key, "draft": value.to_dict(), "summary": summary,
                     "metrics": metrics})
     st.session_state[Keys.PRUNE_RESTORE] = n  # the restore picker offers the newest by default
 
@@ -226,5 +240,8 @@ def seed_weights_widgets(value: Draft, layer: str, force: bool = False) -> None:
 
 
 def on_weights_layer() -> None:
-    """Callback of the Weights page's layer picker: preview the draft's values for the new layer."""
-    seed_weights_widgets(draft(), st.session_state[Keys.WEIGHTS_LAYER], force=True)
+    """Callback of the Weights page's layer picker: the preview keeps the method the user chose and
+    starts at the draft's ratio for the new layer."""
+    value, layer = draft(), st.session_state[Keys.WEIGHTS_LAYER]
+    ratio = value.ratio(layer) if value.scope == "local" else value.global_ratio
+    st.session_state[Keys.WEIGHTS_RATIO] = round(100 * ratio) or 50

@@ -1,13 +1,16 @@
-"""Uploads for the Model page: the user's model and data files, in a per-session temporary folder.
+"""Uploads for the Model page: the user's model and data files, kept in the cache folder.
+
+Uploaded files are stored by content hash (``explorer.sessions.store_upload``:
+``<cache>/uploads/<hash>/<name>``), so they survive a reload and a server restart along with the
+session that opened them, and the same file uploaded twice is stored once. Each session also
+keeps the file's original name: pages, plans, reports and commands name the file by it, never by
+its path on this server.
 
 Limits: an upload larger than ``limit_mb()`` (200 MB unless ``PRUNING_EXPLORER_MAX_UPLOAD_MB`` or
 streamlit's ``server.maxUploadSize`` says otherwise) is refused; a .zip of images is unpacked only
-inside the session's folder (no absolute paths, no ``..``, no links) and within the same limit.
+inside its own folder (no absolute paths, no ``..``, no links) and within the same limit.
 Uploaded files are read by the library's safe loaders (nothing is unpickled). A python entrypoint
 is never uploaded: it is typed in the spec box, which says that it runs the user's own code.
-
-The session's folder is removed when the session ends: a finalizer on an object kept in the
-session state runs when streamlit drops that state (and at interpreter exit at the latest).
 """
 
 from __future__ import annotations
@@ -17,8 +20,6 @@ import io
 import os
 import re
 import shutil
-import tempfile
-import weakref
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -28,27 +29,17 @@ import streamlit as st
 
 from explorer.errors import DataError, ExplorerError, ModelLoadError
 from explorer.models.loaders import PICKLE_SUFFIXES, SAVE_ADVICE
+from explorer.sessions import store_upload, uploads_dir
 from ui.state import Keys
 
-__all__ = ["DATA_TYPES", "MODEL_TYPES", "OwnInputs", "limit_mb", "own_inputs", "resolve", "save_upload",
-           "session_folder"]
+__all__ = ["DATA_TYPES", "MODEL_TYPES", "OwnInputs", "display", "limit_mb", "own_inputs", "portable", "resolve",
+           "save_upload", "uploaded_name"]
 
 LIMIT_ENV = "PRUNING_EXPLORER_MAX_UPLOAD_MB"
 DEFAULT_LIMIT_MB = 200
 MODEL_TYPES = ["onnx", "pt2"]
 DATA_TYPES = ["npz", "csv", "zip"]
 MAX_ZIP_FILES = 50_000
-
-
-class _SessionFolder:
-    """A temporary folder that is deleted when this object is garbage-collected."""
-
-    def __init__(self) -> None:
-        self.path = Path(tempfile.mkdtemp(prefix="explorer-upload-"))
-        self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.path), True)
-
-    def remove(self) -> None:
-        self._finalizer()
 
 
 @dataclass(frozen=True)
@@ -78,21 +69,32 @@ def limit_mb() -> int:
         return DEFAULT_LIMIT_MB
 
 
-def session_folder() -> Path:
-    """This session's upload folder (created on first use; removed when the session ends)."""
-    holder = st.session_state.get(Keys.UPLOAD_DIR)
-    if not isinstance(holder, _SessionFolder) or not holder.path.is_dir():
-        holder = _SessionFolder()
-        st.session_state[Keys.UPLOAD_DIR] = holder
-    return holder.path
+def uploaded_name(spec: str | None) -> str | None:
+    """The original file name of an uploaded ``spec`` (a path in the cache's upload folder), else None.
+
+    A .zip of images is named by its folder (the archive unpacked): ``digits`` for ``digits.zip``.
+    """
+    if not spec:
+        return None
+    names = st.session_state.get(Keys.UPLOAD_NAMES) or {}
+    if spec in names:
+        return names[spec]
+    try:
+        inside = Path(spec).resolve().is_relative_to(uploads_dir().resolve())
+    except (OSError, ValueError):
+        return None
+    return Path(spec).name if inside else None
 
 
 def display(spec: str | None) -> str | None:
-    """How a spec is shown: a file uploaded in this session by its name, not its temporary path."""
-    holder = st.session_state.get(Keys.UPLOAD_DIR)
-    if spec and isinstance(holder, _SessionFolder) and Path(spec).is_relative_to(holder.path):
-        return f"{Path(spec).name} (uploaded)"
-    return spec
+    """How a spec is shown: an uploaded file by its name, not by its path on this server."""
+    name = uploaded_name(spec)
+    return f"{name} (uploaded)" if name else spec
+
+
+def portable(spec: str | None) -> str | None:
+    """The spec as another machine can use it: an uploaded file by its original name."""
+    return uploaded_name(spec) or spec
 
 
 def _safe_name(name: str) -> str:
@@ -141,11 +143,10 @@ def _image_root(folder: Path) -> Path:
 
 
 def save_upload(file: Any, kind: Literal["model", "data"]) -> str:
-    """Write an uploaded file into the session folder and return its spec (a path).
+    """Keep an uploaded file in the cache folder and return its spec (a path).
 
-    Side effects: creates ``session_folder()/<content hash>/<name>`` (a .zip of images is
-    unpacked there). The content hash keeps two uploads with one name apart (cached subjects are
-    keyed by path).
+    Side effects: writes ``<cache>/uploads/<content hash>/<name>`` (a .zip of images is unpacked
+    there, once) and records the original file name in the session (``uploaded_name``).
 
     Raises:
         ModelLoadError / DataError: too large, a pickle, an unsupported type, or a bad archive.
@@ -168,22 +169,27 @@ def save_upload(file: Any, kind: Literal["model", "data"]) -> str:
     data = file.getvalue()
     if len(data) > limit * 2**20:
         raise error(f"{shown}: {len(data) / 2**20:.1f} MB, more than the {limit} MB upload limit")
-    folder = session_folder() / hashlib.sha256(data).hexdigest()[:16]
-    folder.mkdir(parents=True, exist_ok=True)
+    original = PurePosixPath(str(shown).replace("\\", "/")).name or name
     if suffix == ".zip":
+        folder = uploads_dir() / hashlib.sha256(data).hexdigest()[:16]
         dest = folder / Path(name).stem
         if not dest.is_dir():
-            dest.mkdir()
+            part = folder / f".{dest.name}.part"
+            shutil.rmtree(part, ignore_errors=True)
+            part.mkdir(parents=True)
             try:
-                _unzip(data, dest, shown, limit)
+                _unzip(data, part, shown, limit)
             except ExplorerError:
-                shutil.rmtree(dest, ignore_errors=True)
+                shutil.rmtree(part, ignore_errors=True)
                 raise
-        return str(_image_root(dest))
-    path = folder / name
-    if not path.exists():
-        path.write_bytes(data)
-    return str(path)
+            part.rename(dest)
+        spec, original = str(_image_root(dest)), Path(original).stem
+    else:
+        spec = str(store_upload(data, name))
+    names = dict(st.session_state.get(Keys.UPLOAD_NAMES) or {})
+    names[spec] = original
+    st.session_state[Keys.UPLOAD_NAMES] = names
+    return spec
 
 
 def own_inputs(current_model: str | None, current_data: str | None) -> OwnInputs:
@@ -196,7 +202,8 @@ def own_inputs(current_model: str | None, current_data: str | None) -> OwnInputs
         "Upload a model (.onnx, or a .pt2 saved with torch.export.save)",
         type=MODEL_TYPES + ["pt", "pth"],  # accepted so that a pickle gets our message on how to save it
         key=Keys.MODEL_UPLOAD, max_upload_size=limit,
-        help=f"Up to {limit} MB. Kept in a temporary folder of this session, deleted when it ends.")
+        help=f"Up to {limit} MB. Kept on this server (in its cache folder) with your session, so a reload "
+             "or a restart brings it back; plans and commands name it by its file name.")
     model_spec = st.text_input(
         "...or a model spec: PATH.onnx, PATH.pt2, or PATH.py:FUNC (this runs your own code)",
         value=current_model or "", placeholder="path/to/model.py:build or package.module:build",

@@ -15,7 +15,7 @@ from explorer.plan import PruningPlan
 from explorer.methods import get_method
 from explorer.methods.calibration import SAMPLES as CALIBRATION_SAMPLES
 from explorer.subject import Subject
-from ui import cache, state, uploads
+from ui import cache, compare, state, uploads
 from ui.draft import Draft
 from explorer.metricspec import fmt_bytes, spec
 from ui.metrics import Card
@@ -44,12 +44,17 @@ def require_subject() -> Subject:
         raise  # unreachable: st.stop() raises
 
 
+CARD_WIDTH = 196  # px: "390,890" and "+0.259 ms within noise" fit; narrower pages wrap the cards
+
+
 def metric_row(cards: list[Card], per_row: int = 3) -> None:
-    """Draw ``cards`` as ``st.metric``s, ``per_row`` to a row."""
-    for start in range(0, len(cards), per_row):
-        for col, card in zip(st.columns(per_row), cards[start : start + per_row]):
-            col.metric(card.label, card.value, card.delta, delta_color=card.delta_color, help=card.help or None,
-                       delta_description=card.description or None, delta_arrow=card.arrow, border=True)
+    """Draw ``cards`` as ``st.metric``s of one width, as many to a row as the page has room for
+    (``per_row`` at most): a narrow window wraps them instead of cutting their numbers off."""
+    with st.container(horizontal=True, gap="small", width=per_row * (CARD_WIDTH + 12)):
+        for card in cards:
+            st.metric(card.label, card.value, card.delta, delta_color=card.delta_color, help=card.help or None,
+                      delta_description=card.description or None, delta_arrow=card.arrow, border=True,
+                      width=CARD_WIDTH)
 
 
 def metric_table(frame: pd.DataFrame, first: list[str], keys: list[str]) -> pd.DataFrame:
@@ -138,8 +143,7 @@ def history_frame(entries: list[dict[str, Any]], dense: dict[str, Any]) -> pd.Da
 def _restore(entries: list[dict[str, Any]], subject: Subject) -> None:
     n = st.session_state[Keys.PRUNE_RESTORE]
     entry = next(e for e in entries if e["n"] == n)
-    draft: Draft = entry["draft"]
-    state.restore(draft, subject.inventory)
+    state.restore(Draft.from_dict(entry["draft"]), subject.inventory)
     state.flash("success", f"Restored configuration #{n}: {entry['summary']}")
 
 
@@ -168,6 +172,7 @@ def history_section(subject: Subject, current_key: str | None) -> None:
                    key=Keys.PRUNE_RESTORE)
     right.button("Restore", on_click=_restore, args=(entries, subject), icon=":material/restore:",
                  width="stretch")
+    compare.section(subject, entries)
 
 
 def import_plan(raw: str | bytes, subject: Subject, data_spec: str | None) -> str:

@@ -20,11 +20,13 @@ Three tiers, from instant to exact:
   (:mod:`.cache`).
 
 :func:`reference_scan` is Distiller's loop (for each unit and ratio: a fresh copy, prune, evaluate
-everything): the oracle the fast scan is tested against. Latency against width lives beside
-per-layer timing, in :mod:`explorer.latency`.
+everything): the oracle the fast scan is tested against. :func:`release` drops the engines built for
+a subject (sessions per unit, captured activations: hundreds of MB on a CNN) once a scan is done.
+Latency against width lives beside per-layer timing, in :mod:`explorer.latency`.
 """
 
 from explorer.sensitivity.cache import CACHE_ENV, cache_dir, clear_cache, model_hash
+from explorer.sensitivity.engines import forget_engines as release
 from explorer.sensitivity.proxy import PROXY_COLUMNS, proxy
 from explorer.sensitivity.scanning import COLUMNS, Estimate, estimate, reference_scan, scan, scan_cache
 from explorer.sensitivity.units import DEFAULT_RATIOS, units
@@ -41,6 +43,7 @@ __all__ = [
     "model_hash",
     "proxy",
     "reference_scan",
+    "release",
     "scan",
     "scan_cache",
     "units",

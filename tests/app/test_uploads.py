@@ -1,11 +1,12 @@
 """Uploads on the Model page: a model and data uploaded as files open like any spec; refusals are an
-``st.error`` and the session keeps its model; the session's upload folder goes with the session."""
+``st.error`` and the session keeps its model; uploaded files are kept in the cache folder by content
+hash and come back with the session (a reload, a restart)."""
 
 from __future__ import annotations
 
 import gc
+import hashlib
 import io
-import time
 import zipfile
 from pathlib import Path
 
@@ -13,12 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from apphelpers import metrics, open_app
+from apphelpers import APP, metrics, open_app
 from PIL import Image
+from streamlit.testing.v1 import AppTest
 
 from explorer.data import load_data
 from explorer.models.zoo import build
 from explorer.runtime import export_onnx
+from explorer.sessions import uploads_dir
 
 MODEL_UPLOAD, DATA_UPLOAD = "model.upload_model", "model.upload_data"
 
@@ -62,7 +65,7 @@ def test_uploaded_onnx_and_csv_open_and_are_measured(files: dict[str, bytes]) ->
     at.button[0].click().run(timeout=120)
     assert not at.exception and not at.error, at.error
     model, data = at.session_state["model_spec"], at.session_state["data_spec"]
-    folder = at.session_state["uploads.folder"].path
+    folder = uploads_dir()
     assert model.endswith("mlp.onnx") and Path(model).is_relative_to(folder)
     assert data.endswith("digits.csv") and Path(data).is_relative_to(folder)
     assert metrics(at)["Parameters"] == "50,826"  # the zoo MLP's own count, measured on the upload
@@ -102,20 +105,31 @@ def test_refused_uploads_are_an_error_and_the_session_keeps_its_model(
     assert not list(Path("/").glob("escaped.png"))
 
 
-def test_the_upload_folder_goes_with_the_session(files: dict[str, bytes]) -> None:
+def test_uploads_are_kept_by_content_and_come_back_with_the_session(files: dict[str, bytes]) -> None:
     at = _own(open_app())
-    at.file_uploader(key=MODEL_UPLOAD).upload("mlp.onnx", files["mlp.onnx"])
+    at.file_uploader(key=MODEL_UPLOAD).upload("my mlp.onnx", files["mlp.onnx"])  # a name with a space
     at.file_uploader(key=DATA_UPLOAD).upload("digits.csv", files["digits.csv"], "text/csv")
     at.button[0].click().run(timeout=120)
-    folder = at.session_state["uploads.folder"].path
-    assert folder.is_dir() and any(folder.rglob("mlp.onnx"))
+    assert not at.exception and not at.error, at.error
+    model, data = at.session_state["model_spec"], at.session_state["data_spec"]
+    assert Path(model).read_bytes() == files["mlp.onnx"]
+    assert Path(model).parent.name == hashlib.sha256(files["mlp.onnx"]).hexdigest()[:16]
+    sid = at.query_params["session"][0] if isinstance(at.query_params["session"], list) else at.query_params["session"]
     del at
-    for _ in range(50):  # the session's state is dropped; its finalizer removes the folder
-        gc.collect()
-        if not folder.exists():
-            break
-        time.sleep(0.1)
-    assert not folder.exists()
+    gc.collect()
+    assert Path(model).is_file() and Path(data).is_file()  # the session ended; its files stay
+    again = AppTest.from_file(APP, default_timeout=120)
+    again.query_params["session"] = sid  # a reload, or a new server, opens the same address
+    again.run()
+    assert not again.exception
+    assert again.session_state["model_spec"] == model and again.session_state["data_spec"] == data
+    assert [c.value for c in again.sidebar.code] == ["my mlp.onnx (uploaded)", "digits.csv (uploaded)"]
+    assert metrics(again)["Parameters"] == "50,826"
+    other = _own(open_app())  # another user uploading the same file: stored once
+    other.file_uploader(key=MODEL_UPLOAD).upload("my mlp.onnx", files["mlp.onnx"])
+    other.file_uploader(key=DATA_UPLOAD).upload("digits.csv", files["digits.csv"], "text/csv")
+    other.button[0].click().run(timeout=120)
+    assert other.session_state["model_spec"] == model
 
 
 def test_a_refused_upload_keeps_the_session_and_its_history(files: dict[str, bytes]) -> None:

@@ -1,6 +1,7 @@
-"""Start ``streamlit run app.py`` on a free loopback port and wait until it is healthy.
+"""Start the app's server on a free loopback port, as ``pruning-explorer app`` does
+(``explorer.cli.app_command``), and wait until it is healthy.
 
-Shared by the browser test, ``take_screenshots.py`` and ``benchmarks/soak.py``.
+Shared by the browser tests, ``take_screenshots.py`` and the benchmarks.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import contextlib
 import os
 import socket
 import subprocess
-import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -31,17 +32,22 @@ def start(timeout: float = 60.0, cwd: str | Path | None = None,
           env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     """Start the app in a subprocess (from ``cwd``, default a neutral folder, with ``env`` added to
     the environment) and wait until it is healthy; return the process and its URL."""
+    from explorer.cli import app_command
+
     port = free_port()
-    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true",
-           "--server.address", "127.0.0.1", "--server.port", str(port),
-           "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
-    proc = subprocess.Popen(cmd, cwd=cwd or "/", env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    cmd = app_command(port, "--server.address", "127.0.0.1")
+    env = {"MALLOC_ARENA_MAX": "2", **os.environ, **(env or {})}  # as pruning-explorer app sets it
+    # The server's output goes to a file, not a pipe nobody reads (a full pipe would block it).
+    log = tempfile.NamedTemporaryFile("w+", prefix="explorer-server-", suffix=".log", delete=False)
+    proc = subprocess.Popen(cmd, cwd=cwd or "/", env=env, stdout=log, stderr=subprocess.STDOUT,
+                            text=True)
+    proc.log_path = log.name  # type: ignore[attr-defined]
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
+            output = Path(log.name).read_text()[-4000:]
+            raise RuntimeError(f"streamlit exited with {proc.returncode}: {output}")
         try:
             with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
                 if r.status == 200:

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from appserver import CHROMIUM, CHROMIUM_ARGS, serve  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[2] / "assets" / "screenshots"
-WIDTH = 1440
+WIDTH = 1400
 
 
 def open_page(page: Page, title: str) -> None:
@@ -31,10 +31,13 @@ def settle(page: Page) -> None:
     page.wait_for_timeout(1500)
 
 
-def shoot(page: Page, name: str) -> None:
-    """Screenshot the whole page: the main area scrolls inside the app, so grow the viewport to fit."""
+def shoot(page: Page, name: str, width: int = WIDTH) -> None:
+    """Screenshot the whole page (the main area scrolls inside the app: the viewport grows to fit)."""
+    if width != WIDTH:
+        page.set_viewport_size({"width": width, "height": 1000})
+        page.wait_for_timeout(1500)
     height = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
-    page.set_viewport_size({"width": WIDTH, "height": max(1000, int(height) + 40)})
+    page.set_viewport_size({"width": width, "height": max(1000, int(height) + 40)})
     page.wait_for_timeout(1500)
     page.screenshot(path=OUT / name)
     page.set_viewport_size({"width": WIDTH, "height": 1000})
@@ -74,6 +77,7 @@ def main() -> None:
         for layer, steps in (("features.3", -30), ("features.7", -30), ("features.11", -20)):
             move_slider(page, layer, steps)
         shoot(page, "prune.png")
+        shoot(page, "prune-1024.png", 1024)  # lock, skip, cards and tables at a narrow width
 
         open_page(page, "Recover")
         settle(page)
@@ -82,6 +86,7 @@ def main() -> None:
         page.get_by_role("button", name="Run", exact=True).click()
         settle(page)
         shoot(page, "recover.png")
+        shoot(page, "recover-1024.png", 1024)
 
         open_page(page, "Weights")
         settle(page)

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -250,3 +255,55 @@ def test_bad_command_lines(argv: list[str], capsys: pytest.CaptureFixture[str]) 
 def test_model_without_data(capsys: pytest.CaptureFixture[str]) -> None:
     line = user_error(capsys, "layers", "--model", f"{UNSEEN_PATH}:{UNSEEN}")
     assert "--data" in line
+
+
+def _serving(port: int) -> list[int]:
+    """Pids of live processes whose command line serves ``port`` (the server and any child)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            state = next((line for line in (proc / "status").read_text().splitlines() if line.startswith("State:")), "")
+        except OSError:
+            continue
+        if b"--server.port" in cmd and str(port).encode() in cmd and "zombie" not in state:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_app_stops_on_a_signal_and_leaves_no_server_behind(sig: signal.Signals) -> None:
+    """`pruning-explorer app` becomes the server (no child): SIGTERM or Ctrl-C stops it; no watcher."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = Path(sys.executable).with_name("pruning-explorer")
+    env = {**os.environ, "PRUNING_EXPLORER_WARM": "0"}
+    proc = subprocess.Popen([str(exe), "app", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd="/")
+    try:
+        for _ in range(600):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("the server never became healthy")
+        assert _serving(port) == [proc.pid]  # the command replaced itself with the server
+        cmd = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+        assert cmd[cmd.index(b"--server.fileWatcherType") + 1] == b"none"
+        assert cmd[cmd.index(b"--server.runOnSave") + 1] == b"false"
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+        assert not _serving(port)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

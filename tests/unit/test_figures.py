@@ -23,7 +23,7 @@ from explorer.weights import channel_importance, layer_view, removed_channels, w
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # ui/ sits next to app.py
 from ui.draft import Draft, blocks  # noqa: E402
-from ui.metrics import cards  # noqa: E402
+from ui.metrics import accuracy_warning, cards  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +222,11 @@ def test_p90_card_uses_the_same_window_and_rule() -> None:
     assert r.speedup is not None and r.speedup.p90.within_noise and not r.speedup.within_noise
     assert p90.description == "within noise" and "p90s" in p90.help and f"{r.speedup.p90.value:.2f}x" in p90.delta
     assert f"Dense in this window: {r.dense.latency_ms_p90:.3f} ms" in p90.help
+
+
+def test_accuracy_warning_near_chance_and_far_below_dense() -> None:
+    assert "near chance (10.0 % for 10 classes)" in accuracy_warning(0.0956, 0.99, 10)
+    assert "Recover page" in accuracy_warning(0.0956, 0.99, 10)
+    far = accuracy_warning(0.236, 0.99, 10)
+    assert "75.4 points below dense" in far and "looser target" in far
+    assert accuracy_warning(0.95, 0.99, 10) == ""

@@ -356,3 +356,15 @@ def test_image_folder_through_the_subject_matches_the_zoo_accuracy(tmp_path: Pat
     assert sorted(p.name for p in (tmp_path / "digits").iterdir()) == [f"class_{i}" for i in range(10)]
     dense, _ = s.dense()
     assert dense.accuracy == pytest.approx(zoo_acc, abs=0.02)
+
+
+def test_zoo_digits_are_scikit_learns_digits() -> None:
+    """Read from scikit-learn's data file without importing it: the same arrays as load_digits."""
+    from sklearn.datasets import load_digits
+
+    from explorer.data import _digits_arrays
+
+    images, target = _digits_arrays()
+    digits = load_digits()
+    assert np.array_equal(images, digits.images.astype(np.float32) / 16.0)
+    assert np.array_equal(target, digits.target)

@@ -117,6 +117,29 @@ def test_recalibrate_bn_changes_stats_not_weights(subject: Callable[..., Subject
     assert not out.training
 
 
+def test_recalibration_finds_the_batch_norms_of_a_pt2_model(tmp_path: Path) -> None:
+    """The .pt2 importer's batch-norm class is not torch's: found by its running statistics."""
+    from explorer.models.zoo import build
+
+    model = build("digits-cnn").eval()
+    data = load_data("zoo:digits-cnn")
+    assert data.train is not None
+    x = data.test.x[:2]
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, tmp_path / "cnn.pt2")
+    loaded = load_model(str(tmp_path / "cnn.pt2"))
+    expected = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    found = batchnorm_layers(loaded)
+    assert len(found) == len(expected) > 0
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in loaded.modules())  # really another class
+    out = recalibrate_bn(loaded, Split(data.train.x[:128], None))
+    bn = dict(out.named_modules())[found[0]]
+    before = dict(loaded.named_modules())[found[0]]
+    assert not torch.allclose(bn.running_mean, before.running_mean)
+    result = finetune(loaded, _small(data, n_train=64, n_val=32), epochs=1, lr=1e-3)
+    assert result.recalibrated
+
+
 def test_recalibrate_bn_without_bn_is_a_copy(subject: Callable[..., Subject]) -> None:
     subj = subject("zoo:digits-mlp")
     assert batchnorm_layers(subj.model) == []

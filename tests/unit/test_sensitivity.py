@@ -88,6 +88,19 @@ def test_chunked_evaluation(residual: Subject, monkeypatch: pytest.MonkeyPatch) 
     _same_points(fast, sens.reference_scan(residual, "l1-unstructured", RATIOS), len(residual.data.test))
 
 
+def test_release_drops_the_engines_and_the_cache_still_answers(mlp: Subject, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(sens.CACHE_ENV, str(tmp_path))
+    method = get_method("l1-unstructured")
+    first = sens.scan(mlp, method.name, RATIOS)
+    built = engines.engine_for(mlp, method)
+    assert engines.engine_for(mlp, method) is built  # kept while the subject lives
+    sens.release(mlp)
+    assert engines.engine_for(mlp, method) is not built  # built again after a release
+    sens.release(mlp)
+    pd.testing.assert_frame_equal(sens.scan(mlp, method.name, RATIOS), first)
+
+
 def test_structured_units_are_groups(residual: Subject) -> None:
     df = sens.scan(residual, "l1-structured", (0.5,), cache=False)
     groups = residual.inventory.groups

@@ -34,7 +34,9 @@ _LOCK = threading.Lock()
 
 
 def forget_engines(subject: Subject) -> None:
-    """Drop the engines built for ``subject`` (the next scan builds them again, e.g. to time that)."""
+    """Drop the engines built for ``subject`` (sessions per unit, captured activations: hundreds of
+    MB on a CNN). The next scan builds them again (e.g. to time that); points already scanned come
+    from the cache. The public face calls it ``explorer.sensitivity.release``."""
     with _LOCK:
         _ENGINES.pop(subject, None)
 
