@@ -2,6 +2,9 @@
 
 A user's mistake (bad file, unknown layer, bad ratio, wrong input shape...) prints one line on
 stderr naming the culprit and exits with code 2; never a traceback.
+
+One concern: the command line. One ``cmd_`` function per command, each a thin call into the
+library, and the parser that documents every flag.
 """
 
 from __future__ import annotations

@@ -25,7 +25,16 @@ from explorer.data import Dataset, Split
 from explorer.errors import DataError, ExportError
 from explorer.inputs import Inputs, run_model
 from explorer.inspect import count_macs
-from explorer.runtime import LatencyStats, OrtModel, Speedup, export_onnx, gzip_size, measure_latency
+from explorer.models.outputs import logits_of
+from explorer.runtime import (
+    LatencyStats,
+    OrtModel,
+    Speedup,
+    export_onnx,
+    gzip_size,
+    measure_latency,
+)
+from explorer.tolerance import relative_error
 
 if TYPE_CHECKING:
     from explorer.plan import PruningPlan
@@ -168,6 +177,27 @@ def measure_onnx(path: str | Path, data: Dataset, *, reference: np.ndarray | Non
     return metrics, logits
 
 
+EXPORT_TOL = 1e-3  # relative to the output scale: float noise is ~1e-6 (explorer.tolerance)
+EXPORT_CHECK = 8  # evaluation samples the export is checked on
+
+
+def check_export(model: nn.Module, data: Dataset, logits: np.ndarray) -> None:
+    """Raise ExportError when the exported file's ``logits`` on the first evaluation samples are not
+    what ``model`` computes on them: the numbers would be another model's. (An exporter traces one
+    example input; a graph whose computation depends on that input's values, e.g. an attention
+    mask folded into a constant, agrees on the example and nowhere else.)"""
+    n = min(EXPORT_CHECK, len(data.test))
+    with torch.no_grad():
+        want = logits_of(run_model(model, data.test.x[:n]))
+    err = relative_error(logits[:n], want)
+    if err > EXPORT_TOL:
+        raise ExportError(f"{data.spec}: the ONNX file exported from this model does not compute what the model "
+                          f"computes on the evaluation data (relative error {err:.2g} on {n} samples): the export "
+                          "depends on its example input (e.g. an attention mask folded into a constant), so its "
+                          "numbers would be another model's. Load the model from its Python entrypoint "
+                          "(PATH.py:FUNC) or a .pt2 file instead.")
+
+
 def measure(model: nn.Module, data: Dataset, *, reference: np.ndarray | None = None,
             onnx_path: str | Path | None = None, threads: int = 1, runs: int = 50,
             timer: Timer | None = None) -> tuple[Metrics, np.ndarray]:
@@ -185,6 +215,7 @@ def measure(model: nn.Module, data: Dataset, *, reference: np.ndarray | None = N
         path = Path(onnx_path) if onnx_path is not None else Path(tmp) / "model.onnx"
         export_onnx(model, data.example_input(), path)
         onnx, logits = measure_onnx(path, data, reference=reference, threads=threads, runs=runs, timer=timer)
+    check_export(model, data, logits)
     params = list(model.parameters())
     metrics = Metrics(
         **onnx.to_dict(),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import os
 import re
 import sys
 import warnings
@@ -27,12 +28,12 @@ import pytest
 import torch
 from torch import nn
 
-from explorer.errors import PlanError
+from explorer.errors import ExportError, PlanError
 from explorer.inputs import Inputs, run_model
 from explorer.inspect import PRUNABLE_TYPES, count_macs
 from explorer.models.outputs import logits_of
 from explorer.plan import LayerRule, PruningPlan
-from explorer.methods import get_method
+from explorer.methods import available_methods, get_method
 from explorer.report import export_bundle
 from explorer.runtime import OrtModel, export_onnx
 from explorer.subject import Subject
@@ -81,6 +82,26 @@ def _cells() -> Iterator[tuple[str, str]]:
 
 
 CELLS = [pytest.param(n, d, id=f"{n}-{d}") for n, d in _cells()]
+
+# The ONNX files of the text models (either exporter; transformers 5's masking code) come back from
+# the interpreter with the example's attention mask folded into a constant when re-exported: the
+# export agrees with the model on the example only. evaluate and export refuse such a model with
+# the cause and the fix (explorer.evaluate.check_export); the entrypoint and .pt2 doors prune them.
+REEXPORT_REFUSED = {(n, d) for n in ("bert", "distilbert", "gpt2", "llama") for d in ("onnx-ts", "onnx-dynamo")}
+
+
+def _assert_refused(subj: Subject, plan: PruningPlan) -> None:
+    with pytest.raises(ExportError, match="depends on its example input|ONNX Runtime cannot run it"):
+        subj.evaluate(plan)
+
+
+# Every cell (architecture x door) runs one method of each kind: zeros, N:M, channels (and heads).
+# Every registered method runs on one architecture per family through its entrypoint. The full
+# product (every method in every cell, about 1,400 cases, near an hour on 2 cores) runs with
+# PRUNING_EXPLORER_MATRIX=full (`make test-matrix`).
+FULL = os.environ.get("PRUNING_EXPLORER_MATRIX") == "full"
+CELL_METHODS = available_methods() if FULL else ["l1-unstructured", "2:4", "l1-structured"]
+METHOD_ARCHS = ("resnet", "mobilenet_v2", "vit", "bert")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -235,6 +256,7 @@ def test_layers(files: _Files, name: str, door: str) -> None:
 # --- every method ---------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("method", CELL_METHODS)
 @pytest.mark.parametrize(("name", "door"), CELLS)
 def test_method(
     files: _Files,
@@ -244,8 +266,32 @@ def test_method(
     full_plan: Callable[..., PruningPlan],
     tmp_path: Path,
 ) -> None:
+    _check_method(files, name, door, method, full_plan, tmp_path)
+
+
+@pytest.mark.parametrize("method", [m for m in available_methods() if FULL or m not in CELL_METHODS])
+@pytest.mark.parametrize("name", METHOD_ARCHS)
+def test_every_method(
+    files: _Files, name: str, method: str, full_plan: Callable[..., PruningPlan], tmp_path: Path
+) -> None:
+    if FULL:
+        pytest.skip("the full matrix runs every method in every cell (test_method)")
+    _check_method(files, name, "entry", method, full_plan, tmp_path)
+
+
+def _check_method(
+    files: _Files,
+    name: str,
+    door: str,
+    method: str,
+    full_plan: Callable[..., PruningPlan],
+    tmp_path: Path,
+) -> None:
     subj = files.subject(name, door)
     plan = full_plan(subj, method, 0.3)
+    if (name, door) in REEXPORT_REFUSED:
+        _assert_refused(subj, plan)
+        return
     pruned = subj.prune(plan)
     x = subj.data.test.x[:8]
     assert _ort_vs_torch(pruned, x, subj.example_input, tmp_path / "p.onnx") <= REL_TOL
@@ -276,6 +322,9 @@ def test_evaluate_and_export(
 ) -> None:
     subj = files.subject(name, door)
     plan = mixed_plan(subj, 0.3)
+    if (name, door) in REEXPORT_REFUSED:
+        _assert_refused(subj, plan)
+        return
     out = export_bundle(subj, plan, tmp_path / "bundle")
     metrics = json.loads(out["metrics"].read_text())
     assert metrics["inputs"] == subj.data.inputs  # what was fed is said
