@@ -8,7 +8,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 PORT   ?= 8501
 
-.PHONY: setup run test test-fast chromium benchmarks clean
+.PHONY: setup run lint test test-fast test-matrix chromium benchmarks clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,13 +22,23 @@ setup: $(BIN)/.installed
 run: setup
 	$(BIN)/pruning-explorer app --port $(PORT)
 
-# Every test, including the one real-browser test (Debian's chromium, installed here when missing).
-test: setup chromium
+# ruff: pyflakes, pycodestyle, isort, bugbear and pyupgrade (pyproject.toml), and the formatter.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# The lint gate, then every test, including the real-browser tests (Debian's chromium, installed
+# here when missing).
+test: setup chromium lint
 	$(BIN)/python -m pytest
 
-# Everything but the browser test.
+# Everything but the browser tests.
 test-fast: setup
 	$(BIN)/python -m pytest -m "not browser"
+
+# The architecture matrix in full: every method in every cell (about an hour on 2 cores).
+test-matrix: setup
+	PRUNING_EXPLORER_MATRIX=full $(BIN)/python -m pytest tests/unit/test_architectures.py
 
 chromium:
 	@if [ ! -x /usr/bin/chromium ]; then \

@@ -413,7 +413,7 @@ def data_aware_criteria(subject: Subject, progress: Progress) -> LearnResult:
              "keeps, Wanda only chooses which go.")
     fig = lines(df, "sparsity", "accuracy", "criterion", "Criteria before any retraining", "sparsity", "accuracy")
     return LearnResult("criteria", df, fig, text, holds, subject.model_spec,
-                       _plan(subject, "sparsegpt-unstructured", 0.7).to_dict())
+                       _plan(subject, "sparsegpt-unstructured", 0.7))
 
 
 def _calibration_size(subject: Subject) -> int:

@@ -95,7 +95,7 @@ def gradual_vs_one_shot(subject: Subject, progress: Progress) -> LearnResult:
                "budget, the schedule did not matter measurably."))
     fig = _bars(df, "schedule", "accuracy", f"{s:.0%} sparsity, {e} epochs of training each")
     return LearnResult("gradual", df, fig, text, holds, subject.model_spec,
-                       _plan(subject, s, schedule=specs[df.schedule.iloc[best_i]]).to_dict(),
+                       _plan(subject, s, schedule=specs[df.schedule.iloc[best_i]]),
                        extra={"steps": {k: r.rows() for k, r in runs.items()}})
 
 
@@ -146,7 +146,7 @@ def init_vs_after(subject: Subject, progress: Progress) -> LearnResult:
                  "sparsity", "test accuracy")
     return LearnResult("snip", df, fig, text, holds, subject.model_spec,
                        _plan(subject, max(INIT_SPARSITIES), schedule=ScheduleSpec.make("snip", epochs=e),
-                             scope="global").to_dict())
+                             scope="global"))
 
 
 # --- lottery ticket: rewinding vs random re-initialisation ---------------------------------------
@@ -180,7 +180,7 @@ def lottery_vs_reinit(subject: Subject, progress: Progress) -> LearnResult:
                "initial values did not matter measurably."))
     fig = _bars(df, "survivors", "accuracy", f"Lottery ticket at {s:.0%}: rewind vs random re-initialisation")
     return LearnResult("lottery", df, fig, text, holds, subject.model_spec,
-                       _plan(subject, s, schedule=ScheduleSpec.make("lottery", rounds=2, epochs=2)).to_dict())
+                       _plan(subject, s, schedule=ScheduleSpec.make("lottery", rounds=2, epochs=2)))
 
 
 # --- regularise, then prune vs prune, then fine-tune ---------------------------------------------
@@ -226,7 +226,7 @@ def regularize_vs_finetune(subject: Subject, progress: Progress) -> LearnResult:
                       yaxis_title="test accuracy", height=380, margin=dict(l=40, r=20, t=50, b=40))
     return LearnResult("regularized", df, fig, text, holds, subject.model_spec,
                        plan.with_schedule(ScheduleSpec.make("regularized", epochs=e, finetune_epochs=f,
-                                                            penalty="group-lasso", strength=REG_STRENGTH)).to_dict())
+                                                            penalty="group-lasso", strength=REG_STRENGTH)))
 
 
 # --- the two paper tables, short -----------------------------------------------------------------
@@ -255,7 +255,7 @@ def han_table(subject: Subject, progress: Progress) -> LearnResult:
     ratios = {n: 1 - f["kept"][n] for n in subject.layer_names}
     plan = PruningPlan(method="l1-unstructured", layers={n: LayerRule(round(r, 4)) for n, r in ratios.items()},
                        model=subject.model_spec)
-    return LearnResult("han", df, fig, text, holds, subject.model_spec, plan.to_dict(),
+    return LearnResult("han", df, fig, text, holds, subject.model_spec, plan,
                        extra={"rounds": result.rounds, "quality": result.quality})
 
 
@@ -276,7 +276,7 @@ def lottery_notebook(subject: Subject, progress: Progress) -> LearnResult:
                  "Best test accuracy while training, by sparsity", "sparsity", "test accuracy")
     plan = PruningPlan(method="l1-unstructured", layers={n: LayerRule(0.9) for n in subject.layer_names},
                        model=subject.model_spec, schedule=ScheduleSpec.make("lottery", rounds=3, epochs=5))
-    return LearnResult("lottery-notebook", df, fig, text, holds, subject.model_spec, plan.to_dict(),
+    return LearnResult("lottery-notebook", df, fig, text, holds, subject.model_spec, plan,
                        extra={"rows": result.rows})
 
 

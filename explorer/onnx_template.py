@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import threading
 import weakref
 from dataclasses import dataclass
@@ -32,7 +33,12 @@ import torch
 from torch import nn
 
 from explorer.capabilities import ort_ops
-from explorer.runtime import INPUT_NAME, OUTPUT_NAME, export_onnx, torchscript_export
+from explorer.inputs import run_model
+from explorer.models.outputs import logits_of
+from explorer.runtime import INPUT_NAME, OUTPUT_NAME, OrtModel, export_onnx, torchscript_export
+from explorer.tolerance import relative_error
+
+log = logging.getLogger(__name__)
 
 __all__ = ["OnnxTemplate", "TemplateMiss", "template_for", "why_untemplated", "write_onnx"]
 
@@ -257,15 +263,31 @@ def why_untemplated(subject: Any) -> str:
     return str(found) if isinstance(found, TemplateMiss) else ""
 
 
+def _agrees(data: bytes, model: nn.Module, example: Any) -> bool:
+    """Does the file ``data`` compute what ``model`` computes on ``example`` (ONNX Runtime against
+    torch, within float noise of the output scale)?"""
+    try:
+        got = OrtModel(data, threads=1)(example.numpy())
+        with torch.no_grad():
+            want = logits_of(run_model(model, example))
+    except Exception:  # a file ONNX Runtime cannot load or run: not the model
+        return False
+    return relative_error(got, want) <= 1e-3
+
+
 def write_onnx(subject: Any, model: nn.Module, path: str | Path) -> str:
     """Write the ONNX file of a pruned copy of ``subject``'s model to ``path``: from the template when
-    it vouches for it (the exporter's own bytes, in milliseconds), else with ``export_onnx``.
+    it vouches for it (the exporter's own bytes, in milliseconds) and the file computes what the
+    model computes on the example input (checked in ONNX Runtime), else with ``export_onnx``.
     Returns ``"template"`` or ``"exporter"``."""
     template = template_for(subject)
     if template is not None:
         try:
-            Path(path).write_bytes(template.render(model))
-            return "template"
+            data = template.render(model)
+            if _agrees(data, model, subject.example_input):
+                Path(path).write_bytes(data)
+                return "template"
+            log.warning("the template's file disagrees with the pruned model: exporting it for real")
         except TemplateMiss:
             pass
     export_onnx(model, subject.example_input, path)

@@ -29,7 +29,9 @@ from explorer.capabilities import Capabilities
 from explorer.data import Dataset, Split
 from explorer.errors import DataError, RecoverError
 from explorer.evaluate import check_labels, scores
+from explorer.inputs import describe, run_model
 from explorer.inspect import PRUNABLE_TYPES
+from explorer.models.outputs import logits_of
 from explorer.progress import Progress, no_progress
 
 __all__ = [
@@ -114,7 +116,7 @@ class ZeroKeeper:
 
 def _logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     with torch.no_grad():
-        return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        return torch.cat([logits_of(run_model(model, x[i : i + batch_size])) for i in range(0, len(x), batch_size)])
 
 
 def _check_input(split: Split, where: str) -> None:
@@ -174,9 +176,9 @@ def recalibrate_bn(model: nn.Module, split: Split, *, batch_size: int = 64,
                 batch = split.x[i * batch_size : (i + 1) * batch_size]
                 if len(batch) < 2 and i > 0:
                     break  # BN in training mode cannot normalise a batch of one
-                out(batch)
+                run_model(out, batch)
     except Exception as e:
-        raise DataError(f"the model does not accept the calibration data {tuple(split.x.shape)}: "
+        raise DataError(f"the model does not accept the calibration data ({describe(split.x)}): "
                         f"{type(e).__name__}: {e}") from None
     finally:
         for bn, momentum in zip(bns, momenta):
@@ -395,7 +397,7 @@ def finetune(
                 if len(idx) < 2 and b > 0:
                     continue  # batch norm cannot train on a batch of one
                 try:
-                    out = student(train.x[idx])
+                    out = logits_of(run_model(student, train.x[idx]))
                 except Exception as e:
                     raise DataError(f"{data.spec}: the model does not accept the training data: "
                                     f"{type(e).__name__}: {e}") from None

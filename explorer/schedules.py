@@ -65,8 +65,10 @@ from torch import nn
 from explorer.data import Dataset, Split
 from explorer.errors import DataError, ScheduleError
 from explorer.evaluate import evaluate_torch
+from explorer.inputs import run_model
 from explorer.inspect import PRUNABLE_TYPES
 from explorer.methods import get_method
+from explorer.models.outputs import logits_of
 from explorer.plan import LayerRule, PruningPlan
 from explorer.progress import Progress, no_progress
 from explorer.prune import apply_plan, kept_channels
@@ -201,7 +203,7 @@ class _Context:
         self.reference = None
         if test.y is None:  # unlabelled: accuracy is agreement with the dense model
             with torch.no_grad():
-                self.reference = torch.cat([subject.model(test.x[i : i + 512])
+                self.reference = torch.cat([logits_of(run_model(subject.model, test.x[i : i + 512]))
                                             for i in range(0, len(test), 512)]).numpy()
 
     # progress over the whole schedule, in units of training epochs

@@ -29,11 +29,12 @@ from explorer import sensitivity as sens
 from explorer.bundle import zip_bundle
 from explorer.distributed import Executor
 from explorer.evaluate import Evaluation
+from explorer.methods import get_method
 from explorer.plan import PruningPlan
 from explorer.progress import Progress, no_progress
 from explorer.report import export_bundle
 from explorer.rounding import Slowdown, explain_slowdown
-from explorer.methods import get_method
+from explorer.schedule_spec import ScheduleSpec
 from explorer.subject import Subject
 from explorer.weights import LayerView, channel_importance, layer_view, weight_stats
 
@@ -254,9 +255,13 @@ def bundle(model_spec: str, data_spec: str | None, plan: PruningPlan, on_progres
     found = cached_bundle(model_spec, data_spec, plan, recovered, names)
     if found is not None:
         return found
+    key = _bundle_key(model_spec, data_spec, plan, recovered, names)
     s = subject(model_spec, data_spec)
-    model, recovery, quantize, mode = None, None, None, "auto"
+    model, recovery, quantize, mode, schedule = None, None, None, "auto", None
     if recovered is not None:
+        sched = (recovered.get("settings") or {}).get("schedule")
+        if sched:  # plan.json records the schedule (export --plan replays it), metrics.json its steps
+            plan, schedule = plan.with_schedule(ScheduleSpec.from_dict(sched)), recovered.get("schedule")
         if recovered.get("weights"):
             model, recovery = recovered_model(s, plan, recovered["weights"]), recovered.get("recovery")
         int8 = (recovered.get("settings") or {}).get("int8")
@@ -264,11 +269,12 @@ def bundle(model_spec: str, data_spec: str | None, plan: PruningPlan, on_progres
             quantize, mode = "int8", int8
     with tempfile.TemporaryDirectory(prefix="explorer-export-") as tmp, measure_lock():
         files = export_bundle(s, plan, tmp, on_progress=on_progress, model=model, quantize=quantize,
-                              recovery=recovery, int8_mode=mode, model_name=names[0], data_name=names[1])
+                              recovery=recovery, schedule=schedule, int8_mode=mode, model_name=names[0],
+                              data_name=names[1])
         out = {Path(p).name: Path(p).read_bytes() for p in files.values()}
         out["bundle.zip"] = zip_bundle(files)
     trim()
-    _bundles().put(_bundle_key(model_spec, data_spec, plan, recovered, names), out)
+    _bundles().put(key, out)
     return out
 
 

@@ -13,6 +13,7 @@ import streamlit as st
 from explorer import convert
 from explorer.errors import ExplorerError
 from explorer.plan import PruningPlan
+from explorer.schedule_spec import ScheduleSpec
 from explorer.subject import Subject
 from ui import cache, recover, uploads
 from ui.metrics import fmt_bytes
@@ -35,7 +36,9 @@ def _pct(x: float) -> str:
 def _stages(run: dict[str, Any]) -> str:
     s, rec = run["settings"], run.get("recovery") or {}
     parts = []
-    if rec.get("recalibrated"):
+    if s.get("schedule"):
+        parts.append(f"schedule {ScheduleSpec.from_dict(s['schedule']).describe()}")
+    elif rec.get("recalibrated"):
         parts.append("BN recalibrated")
     if rec.get("history"):
         parts.append(
@@ -56,7 +59,7 @@ def choices(subject: Subject, plan: PruningPlan) -> dict[str, Choice]:
         alone = cache.evaluation(
             subject.model_spec, st.session_state[Keys.DATA], prune_plan.key(), prune_plan
         )
-        numbers = f"{what} {_pct(alone['accuracy'])}, ONNX {fmt_bytes(alone['onnx_bytes'])}"
+        numbers = f"{what} {_pct(alone.pruned.accuracy)}, ONNX {fmt_bytes(alone.pruned.onnx_bytes)}"
     except ExplorerError as e:
         numbers = str(e)
     out = {"plan": Choice(f"The plan alone (pruned, not recovered): {numbers}", None, None)}

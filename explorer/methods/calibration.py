@@ -20,11 +20,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from explorer.hashing import model_hash
+from explorer.inputs import Inputs, run_model
+from explorer.models.outputs import logits_of
 
 if TYPE_CHECKING:
     from explorer.data import Split
@@ -45,7 +48,10 @@ def fingerprint(split: Split) -> str:
     """A hash of the calibration inputs (memoised per tensor object)."""
     key = id(split.x)
     if key not in _fingerprints:
-        _fingerprints[key] = hashlib.sha256(split.x.detach().contiguous().numpy().tobytes()).hexdigest()[:16]
+        h = hashlib.sha256()
+        for name, a in (split.x.numpy().items() if isinstance(split.x, Inputs) else [("", split.x.detach().numpy())]):
+            h.update(name.encode() + a.dtype.str.encode() + np.ascontiguousarray(a).tobytes())
+        _fingerprints[key] = h.hexdigest()[:16]
         weakref.finalize(split.x, _fingerprints.pop, key, None)
     return _fingerprints[key]
 
@@ -128,7 +134,7 @@ def _collect(model: nn.Module, split: Split, layers: Iterable[str],
     try:
         with torch.no_grad():
             for i in range(0, len(x), BATCH):
-                model(x[i : i + BATCH])
+                run_model(model, x[i : i + BATCH])
     finally:
         for h in hooks:
             h.remove()
@@ -213,7 +219,7 @@ def input_abs_means(model: nn.Module, split: Split) -> dict[str, torch.Tensor]:
 def loss_on(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
     """Cross-entropy against the labels, or against the model's own top-1 where there are none
     (the dense model's own soft targets would give a zero gradient)."""
-    logits = model(x)
+    logits = logits_of(run_model(model, x))
     target = y if y is not None else logits.detach().argmax(1)
     return F.cross_entropy(logits, target, reduction="sum")
 
