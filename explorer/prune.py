@@ -224,8 +224,13 @@ def _foreign_param(item: object, channels: int) -> bool:
     dep = item.dep  # type: ignore[attr-defined]
     if dep.target.type != tp.ops.OPTYPE.PARAMETER or not item.idxs:  # type: ignore[attr-defined]
         return False
+    shape = tuple(dep.target.module.shape)
+    # The pruner is Torch-Pruning's one instance for every bare parameter: its ``pruning_dim`` is
+    # the last one registered (by whatever model traced before), so it is used only where it fits.
     dim = getattr(getattr(dep.handler, "__self__", None), "pruning_dim", -1)
-    return dep.target.module.shape[dim] != channels
+    if not -len(shape) <= dim < len(shape):
+        return channels not in shape
+    return shape[dim] != channels
 
 
 def _remove(dg: tp.DependencyGraph, group: tp.Group, members: list[str], idxs: list[int],
