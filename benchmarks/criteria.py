@@ -35,13 +35,20 @@ def main() -> None:
     parser.add_argument("--allocation-sparsity", type=float, default=0.8)
     args = parser.parse_args()
     ratios = [float(r) for r in args.ratios.split(",")]
-    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; accuracy before any recovery\n")
+    print(
+        f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; accuracy before any"
+        " recovery\n"
+    )
     methods = [m for m in available_methods() if not m.startswith("toy-")]
     for name in args.models.split(","):
         subject = Subject(f"zoo:{name}")
         dense = evaluate_torch(subject.model, subject.data.test)[0]
         print(f"== zoo:{name} (dense {100 * dense:.2f}%)")
-        print(f"{'method':<24} {'kind':<16}" + "".join(f"{f'{r:.0%}':>9}" for r in ratios) + "   seconds")
+        print(
+            f"{'method':<24} {'kind':<16}"
+            + "".join(f"{f'{r:.0%}':>9}" for r in ratios)
+            + "   seconds"
+        )
         for method in methods:
             m = get_method(method)
             start = time.perf_counter()
@@ -52,18 +59,26 @@ def main() -> None:
                     cells.append("n/a")
                     continue
                 try:
-                    cells.append(f"{100 * evaluate_torch(subject.prune(plan), subject.data.test)[0]:.2f}%")
+                    cells.append(
+                        f"{100 * evaluate_torch(subject.prune(plan), subject.data.test)[0]:.2f}%"
+                    )
                 except Exception as e:  # a criterion that cannot run here: say why, keep going
                     cells.append(type(e).__name__)
             if m.kind == "semi-structured":
                 cells = [cells[0], "(2:4)", ""][: len(ratios)]
-            print(f"{method:<24} {m.kind:<16}" + "".join(f"{c:>9}" for c in cells)
-                  + f"   {time.perf_counter() - start:6.1f}")
+            print(
+                f"{method:<24} {m.kind:<16}"
+                + "".join(f"{c:>9}" for c in cells)
+                + f"   {time.perf_counter() - start:6.1f}"
+            )
         s = args.allocation_sparsity
         print(f"\n  {s:.0%} sparsity, layer-wise ratios compared on the test split (no recovery):")
         for method in ("l1-unstructured", "wanda-unstructured"):
             found = allocate(subject, ("sparsity", s), method, verify=False)
-            ranked = ", ".join(f"{k} {100 * v:.2f}%" for k, v in sorted(found.candidates.items(), key=lambda kv: -kv[1]))
+            ranked = ", ".join(
+                f"{k} {100 * v:.2f}%"
+                for k, v in sorted(found.candidates.items(), key=lambda kv: -kv[1])
+            )
             print(f"  {method:<20} kept {found.chosen}: {ranked}")
         print()
     print(f"load average at the end {os.getloadavg()[0]:.2f}")

@@ -29,7 +29,7 @@ from explorer.quantize import RECIPES, quantize_onnx
 from explorer.runtime import export_onnx
 from explorer.subject import Subject
 
-RUNNER = textwrap.dedent('''
+RUNNER = textwrap.dedent("""
     import sys, numpy as np, onnxruntime as ort
     def session(path, level):
         o = ort.SessionOptions(); o.graph_optimization_level = level; o.intra_op_num_threads = 1
@@ -37,7 +37,8 @@ RUNNER = textwrap.dedent('''
         return ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
     folder = sys.argv[1]
     d = np.load(f"{folder}/data.npz"); x, y = d["x"], d["y"]
-    fp = session(f"{folder}/fp32.onnx", ort.GraphOptimizationLevel.ORT_ENABLE_ALL).run(None, {"input": x})[0]
+    full = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    fp = session(f"{folder}/fp32.onnx", full).run(None, {"input": x})[0]
     print(f"fp32 {(fp.argmax(1) == y).mean():.4f}", flush=True)
     for recipe in sys.argv[2:]:
         path = f"{folder}/{recipe}.onnx"
@@ -45,7 +46,7 @@ RUNNER = textwrap.dedent('''
         exact = session(path, ort.GraphOptimizationLevel.ORT_DISABLE_ALL).run(None, {"input": x})[0]
         print(f"{recipe} {(fused.argmax(1) == y).mean():.4f} {(exact.argmax(1) == y).mean():.4f} "
               f"{(fused.argmax(1) == exact.argmax(1)).mean():.4f}", flush=True)
-''')
+""")
 
 
 def main() -> None:
@@ -57,21 +58,45 @@ def main() -> None:
     qemu = shutil.which("qemu-x86_64")
     if qemu is None:
         sys.exit("needs Debian's qemu-user (apt-get install -y qemu-user)")
-    print(f"load average {os.getloadavg()[0]:.2f}; {args.model}, {args.samples} test samples, "
-          f"ONNX Runtime under qemu-x86_64 -cpu {args.cpu}")
+    print(
+        f"load average {os.getloadavg()[0]:.2f}; {args.model}, {args.samples} test samples, "
+        f"ONNX Runtime under qemu-x86_64 -cpu {args.cpu}"
+    )
     with tempfile.TemporaryDirectory(prefix="explorer-novnni-") as tmp:
         folder = Path(tmp)
         subject = Subject(args.model)
         fp32 = export_onnx(subject.model, subject.example_input, folder / "fp32.onnx")
         assert subject.data.train is not None
         for recipe in RECIPES:
-            quantize_onnx(fp32, folder / f"{recipe}.onnx", "static", subject.data.train.x.numpy(), recipe=recipe)
-        np.savez(folder / "data.npz", x=subject.data.test.x.numpy()[: args.samples],
-                 y=subject.data.test.y.numpy()[: args.samples])
+            quantize_onnx(
+                fp32,
+                folder / f"{recipe}.onnx",
+                "static",
+                subject.data.train.x.numpy(),
+                recipe=recipe,
+            )
+        np.savez(
+            folder / "data.npz",
+            x=subject.data.test.x.numpy()[: args.samples],
+            y=subject.data.test.y.numpy()[: args.samples],
+        )
         (folder / "run.py").write_text(RUNNER)
         start = time.perf_counter()
-        out = subprocess.run([qemu, "-cpu", args.cpu, sys.executable, "-u", str(folder / "run.py"), str(folder),
-                              *RECIPES], capture_output=True, text=True, timeout=4 * 3600)
+        out = subprocess.run(
+            [
+                qemu,
+                "-cpu",
+                args.cpu,
+                sys.executable,
+                "-u",
+                str(folder / "run.py"),
+                str(folder),
+                *RECIPES,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=4 * 3600,
+        )
         lines = [line for line in out.stdout.splitlines() if line.strip()]
     print(f"emulated run: {time.perf_counter() - start:.0f} s")
     print(f"{'recipe':<20} {'fused int8':>11} {'exact int8':>11} {'agreement':>10}")
@@ -82,7 +107,10 @@ def main() -> None:
         else:
             fused, exact, agree = map(float, values)
             verdict = "saturates" if agree < 0.99 else "exact"
-            print(f"{name:<20} {100 * fused:10.1f}% {100 * exact:10.1f}% {100 * agree:9.1f}%  {verdict}")
+            print(
+                f"{name:<20} {100 * fused:10.1f}% {100 * exact:10.1f}% {100 * agree:9.1f}% "
+                f" {verdict}"
+            )
     if out.returncode:
         print(out.stderr[-2000:], file=sys.stderr)
 

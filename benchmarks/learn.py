@@ -1,6 +1,7 @@
-"""How long each Learn experiment takes from a cold start (empty sensitivity cache), and its verdict.
+"""How long each Learn experiment takes from a cold start (empty sensitivity cache), and its
+verdict.
 
-    python benchmarks/learn.py
+python benchmarks/learn.py
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from explorer.learn import EXPERIMENTS, run_experiment  # noqa: E402
 
 
 def main() -> None:
-    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; limit per experiment: 60 s")
+    print(
+        f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; limit per experiment:"
+        " 60 s"
+    )
     print(f"{'experiment':<16} {'model':<16} {'seconds':>8}  verdict")
     for key, experiment in EXPERIMENTS.items():
         result = run_experiment(key, Subject(experiment.model))

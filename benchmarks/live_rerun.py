@@ -59,8 +59,9 @@ def moves(layers: list[str], n: int, seed: int) -> list[tuple[str, int]]:
     return out
 
 
-def run(at: AppTest, method: str, layers: list[str], n: int,
-        seed: int) -> tuple[list[float], list[float], list[float]]:
+def run(
+    at: AppTest, method: str, layers: list[str], n: int, seed: int
+) -> tuple[list[float], list[float], list[float]]:
     """Wall times of reruns after fresh moves, their CPU times (every thread of this process), and
     wall times of reruns revisiting earlier values (cache hits)."""
     at.selectbox(key="prune.method").set_value(method).run()
@@ -85,36 +86,54 @@ def run(at: AppTest, method: str, layers: list[str], n: int,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--moves", type=int, default=40, help="slider moves per method (each a new plan)")
+    parser.add_argument(
+        "--moves", type=int, default=40, help="slider moves per method (each a new plan)"
+    )
     parser.add_argument("--model", default="zoo:digits-cnn")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     at = open_prune(args.model)
-    print(f"app start and first Prune page (model load + dense measurement): {time.perf_counter() - t0:.2f} s")
+    print(
+        "app start and first Prune page (model load + dense measurement):"
+        f" {time.perf_counter() - t0:.2f} s"
+    )
     sys.path.insert(0, str(APP.parent))
     import ui.cache  # the app's own module, as loaded by the run above
 
     subject = ui.cache.subject(args.model, None)
     structured = [layer.name for layer in subject.inventory.layers if layer.group is not None]
-    print(f"{args.model}: {len(subject.layer_names)} layers; {args.moves} fresh moves per method, "
-          f"one slider at a time\n")
+    print(
+        f"{args.model}: {len(subject.layer_names)} layers; {args.moves} fresh moves per method, "
+        "one slider at a time\n"
+    )
     import torch
 
-    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (other work slows every figure); "
-          f"torch intra-op threads in the app: {torch.get_num_threads()}")
-    print(f"{'method':<18} {'reruns':>6} {'median s':>9} {'p95 s':>7} {'max s':>7} {'cpu med s':>10}"
-          f"   cached: {'median s':>8} {'p95 s':>6}")
+    print(
+        f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (other work slows"
+        f" every figure); torch intra-op threads in the app: {torch.get_num_threads()}"
+    )
+    print(
+        f"{'method':<18} {'reruns':>6} {'median s':>9} {'p95 s':>7} {'max s':>7} {'cpu med s':>10}"
+        f"   cached: {'median s':>8} {'p95 s':>6}"
+    )
     worst_median = worst_p95 = 0.0
-    for i, (method, layers) in enumerate((("l1-unstructured", subject.layer_names), ("l2-structured", structured))):
+    for i, (method, layers) in enumerate(
+        (("l1-unstructured", subject.layer_names), ("l2-structured", structured))
+    ):
         fresh, cpu, cached = run(at, method, layers, args.moves, seed=i)
         worst_median = max(worst_median, statistics.median(fresh))
         worst_p95 = max(worst_p95, p95(fresh))
-        print(f"{method:<18} {len(fresh):>6} {statistics.median(fresh):>9.3f} {p95(fresh):>7.3f} {max(fresh):>7.3f}"
-              f" {statistics.median(cpu):>10.3f}   cached: {statistics.median(cached):>8.3f} {p95(cached):>6.3f}")
+        print(
+            f"{method:<18} {len(fresh):>6} {statistics.median(fresh):>9.3f} {p95(fresh):>7.3f}"
+            f" {max(fresh):>7.3f} {statistics.median(cpu):>10.3f}   cached:"
+            f" {statistics.median(cached):>8.3f} {p95(cached):>6.3f}"
+        )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     ok = worst_median <= 0.5 and worst_p95 <= 1.0
-    print(f"\nlive rerun (new configuration): median {worst_median:.3f} s, p95 {worst_p95:.3f} s "
-          f"(target: median <= 0.5 s, p95 <= 1 s): {'met' if ok else 'NOT met'}")
+    print(
+        f"\nlive rerun (new configuration): median {worst_median:.3f} s, p95 {worst_p95:.3f} s "
+        f"(target: median <= 0.5 s, p95 <= 1 s): {'met' if ok else 'NOT met'}"
+    )
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Allocation at real size: the four kinds of target on a 224-px model, from an empty cache and again
+"""Allocation at real size: the four kinds of target on a 224-px model, from an empty cache and
+again
 with the curves cached (reopening the page).
 
 ResNet-18 (or ``--model``) from tests/models/realsize.py on 256 fixed random images without labels
@@ -26,8 +27,12 @@ from explorer.distributed import executor
 from explorer.subject import Subject
 
 MODELS = Path(__file__).resolve().parents[1] / "tests" / "models" / "realsize.py"
-TARGETS = (("sparsity", 0.5, "l1-unstructured"), ("macs", 0.7, "l1-structured"), ("size", 0.7, "l1-structured"),
-           ("latency", 0.8, "l1-structured"))
+TARGETS = (
+    ("sparsity", 0.5, "l1-unstructured"),
+    ("macs", 0.7, "l1-structured"),
+    ("size", 0.7, "l1-structured"),
+    ("latency", 0.8, "l1-structured"),
+)
 
 
 def realsize():  # noqa: ANN201
@@ -58,15 +63,20 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--workers", type=int, help="scan on a local Ray with N workers")
     args = parser.parse_args()
-    print(f"{os.cpu_count()} cores, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} at start")
+    print(
+        f"{os.cpu_count()} cores, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} at"
+        " start"
+    )
     with tempfile.TemporaryDirectory(prefix="realsize-") as tmp:
         os.environ[sens.CACHE_ENV] = str(Path(tmp) / "cache")  # an empty cache
         data = realsize().write_data(Path(tmp) / "images.npz", args.images)
         subject = Subject(f"{MODELS}:{args.model}", str(data))
         subject.dense()
         ex = executor(workers=args.workers)
-        print(f"== {args.model} at 224x224, {args.images} images (agreement with the dense model)"
-              + (f", scans on Ray with {args.workers} workers" if args.workers else ""))
+        print(
+            f"== {args.model} at 224x224, {args.images} images (agreement with the dense model)"
+            + (f", scans on Ray with {args.workers} workers" if args.workers else "")
+        )
         rows = []
         try:
             for kind, value, method in TARGETS:
@@ -81,11 +91,16 @@ def main() -> int:
                 rows.append((target.describe(), method, result, cold, warm))
         finally:
             ex.close()
-        print(f"\n  {'target':<28} {'method':<16} {'achieved':>8} {'met':>4} {'rounds':>6} {'predicted':>9} "
-              f"{'verified':>8} {'cold s':>7} {'cached s':>8}")
+        print(
+            f"\n  {'target':<28} {'method':<16} {'achieved':>8} {'met':>4} {'rounds':>6}"
+            f" {'predicted':>9} {'verified':>8} {'cold s':>7} {'cached s':>8}"
+        )
         for what, method, r, cold, warm in rows:
-            print(f"  {what:<28} {method:<16} {r.achieved:>8.3f} {'yes' if r.met else 'NO':>4} {r.rounds:>6} "
-                  f"{100 * r.predicted_accuracy:>8.2f}% {100 * (r.verified_accuracy or 0):>7.2f}% {cold:>7.0f} {warm:>8.0f}")
+            print(
+                f"  {what:<28} {method:<16} {r.achieved:>8.3f} {'yes' if r.met else 'NO':>4}"
+                f" {r.rounds:>6} {100 * r.predicted_accuracy:>8.2f}%"
+                f" {100 * (r.verified_accuracy or 0):>7.2f}% {cold:>7.0f} {warm:>8.0f}"
+            )
     print(f"\nload average at end {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     return 0
 

@@ -49,8 +49,11 @@ def p95(values: list[float]) -> float:
 def moves(subject: Subject, method: str, n: int, seed: int) -> list[PruningPlan]:
     """``n`` plans, each one slider away from the previous (a new ratio on one layer)."""
     rng = np.random.default_rng(seed)
-    names = subject.layer_names if method.endswith("unstructured") else \
-        [layer.name for layer in subject.inventory.layers if layer.group is not None]
+    names = (
+        subject.layer_names
+        if method.endswith("unstructured")
+        else [layer.name for layer in subject.inventory.layers if layer.group is not None]
+    )
     ratios: dict[str, float] = {}
     out = []
     while len(out) < n:
@@ -73,18 +76,28 @@ def bench(name: str, data: Path, n_moves: int, n_old: int) -> None:
     evaluator = LiveEvaluator(subject)
     prepared = time.perf_counter() - t0
     inv = subject.inventory
-    print(f"\n== {name}: {inv.total_params / 1e6:.1f} M parameters, {inv.total_macs / 1e9:.2f} GMACs per image at "
-          f"224x224, {IMAGES} images (no labels: agreement with the dense model)")
-    print(f"  load + dense measurement {loaded:.1f} s; live evaluator (one export of the dense model) "
-          f"{prepared:.1f} s; template: {'yes' if evaluator.template else evaluator.template_miss}")
+    print(
+        f"\n== {name}: {inv.total_params / 1e6:.1f} M parameters, {inv.total_macs / 1e9:.2f} GMACs"
+        f" per image at 224x224, {IMAGES} images (no labels: agreement with the dense model)"
+    )
+    print(
+        f"  load + dense measurement {loaded:.1f} s; live evaluator (one export of the dense model)"
+        f" {prepared:.1f} s; template: {'yes' if evaluator.template else evaluator.template_miss}"
+    )
     dense = subject.dense()[0]
-    print(f"  dense: agreement 100%, ORT latency {dense.latency_ms_median:.1f} ms (batch 1, {dense.latency_threads} "
-          f"thread), ONNX {dense.onnx_bytes / 1e6:.1f} MB")
-    print(f"  {'method':<16} {'moves':>5} {'first median s':>15} {'p95 s':>6} {'full median s':>14} {'p95 s':>6}"
-          f"  stages of the full evaluation (median s)")
+    print(
+        f"  dense: agreement 100%, ORT latency {dense.latency_ms_median:.1f} ms (batch 1,"
+        f" {dense.latency_threads} thread), ONNX {dense.onnx_bytes / 1e6:.1f} MB"
+    )
+    print(
+        f"  {'method':<16} {'moves':>5} {'first median s':>15} {'p95 s':>6} {'full median s':>14}"
+        f" {'p95 s':>6}  stages of the full evaluation (median s)"
+    )
     for i, method in enumerate(("l1-unstructured", "l1-structured")):
         plans = moves(subject, method, n_moves + 1, seed=i)
-        evaluator.evaluate(plans[0])  # one untimed move: the per-image time is learnt, as in the app
+        evaluator.evaluate(
+            plans[0]
+        )  # one untimed move: the per-image time is learnt, as in the app
         first, full, cpu_first, cpu_full, stages, written = [], [], [], [], {}, set()
         for plan in plans[1:]:
             c0 = time.process_time()
@@ -103,11 +116,17 @@ def bench(name: str, data: Path, n_moves: int, n_old: int) -> None:
             for k, v in ref.stages.items():
                 stages.setdefault(k, []).append(v)
         parts = " ".join(f"{k} {statistics.median(v):.2f}" for k, v in stages.items())
-        print(f"  {method:<16} {len(first):>5} {statistics.median(first):>15.2f} {p95(first):>6.2f} "
-              f"{statistics.median(full):>14.2f} {p95(full):>6.2f}  {parts} (file: {', '.join(sorted(written))})",
-              flush=True)
-        print(f"  {'':<16} cpu time (every thread of this process): first numbers median "
-              f"{statistics.median(cpu_first):.2f} s, full evaluation median {statistics.median(cpu_full):.2f} s")
+        print(
+            f"  {method:<16} {len(first):>5} {statistics.median(first):>15.2f} {p95(first):>6.2f}"
+            f" {statistics.median(full):>14.2f} {p95(full):>6.2f}  {parts} (file:"
+            f" {', '.join(sorted(written))})",
+            flush=True,
+        )
+        print(
+            f"  {'':<16} cpu time (every thread of this process): first numbers median"
+            f" {statistics.median(cpu_first):.2f} s, full evaluation median"
+            f" {statistics.median(cpu_full):.2f} s"
+        )
         # Dragging: each move supersedes the previous one after its first numbers.
         chained, run = [], None
         for plan in moves(subject, method, n_moves, seed=100 + i):
@@ -119,16 +138,21 @@ def bench(name: str, data: Path, n_moves: int, n_old: int) -> None:
             chained.append(time.perf_counter() - t0)
         assert run is not None
         run.wait(600)
-        print(f"  {'':<16} dragging (each move cancels the one before): first numbers median "
-              f"{statistics.median(chained):.2f} s, p95 {p95(chained):.2f} s")
+        print(
+            f"  {'':<16} dragging (each move cancels the one before): first numbers median "
+            f"{statistics.median(chained):.2f} s, p95 {p95(chained):.2f} s"
+        )
         if n_old:
             old = []
             for plan in plans[1 : 1 + n_old]:
                 t0 = time.perf_counter()
                 subject.evaluate(plan)
                 old.append(time.perf_counter() - t0)
-            print(f"  {'':<16} before (Subject.evaluate: export, score all, time), {len(old)} moves: median "
-                  f"{statistics.median(old):.2f} s", flush=True)
+            print(
+                f"  {'':<16} before (Subject.evaluate: export, score all, time), {len(old)} moves:"
+                f" median {statistics.median(old):.2f} s",
+                flush=True,
+            )
 
 
 def main() -> int:
@@ -137,8 +161,11 @@ def main() -> int:
     parser.add_argument("--moves", type=int, default=12)
     parser.add_argument("--old", type=int, default=3, help="moves timed on the old path (0: none)")
     args = parser.parse_args()
-    print(f"{os.cpu_count()} cores, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} (1, 5, 15 min) "
-          "at start; torch 1 intra-op thread (as the app), ONNX Runtime scoring on every core")
+    print(
+        f"{os.cpu_count()} cores, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} (1,"
+        " 5, 15 min) at start; torch 1 intra-op thread (as the app), ONNX Runtime scoring on every"
+        " core"
+    )
     with tempfile.TemporaryDirectory(prefix="realsize-") as tmp:
         data = realsize().write_data(Path(tmp) / "images.npz", IMAGES)
         for name in args.models.split(","):

@@ -47,17 +47,28 @@ def main() -> int:
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="realsize-memory-")
     data = realsize().write_data(Path(tmp) / "images.npz", args.images)
-    os.environ.update({"PRUNING_EXPLORER_MODEL": f"{MODELS}:{args.model}", "PRUNING_EXPLORER_DATA": str(data),
-                       "PRUNING_EXPLORER_CACHE": str(Path(tmp) / "cache"),
-                       "PRUNING_EXPLORER_LIVE_INLINE_SECONDS": "100000"})  # AppTest does not tick fragments
+    os.environ.update(
+        {
+            "PRUNING_EXPLORER_MODEL": f"{MODELS}:{args.model}",
+            "PRUNING_EXPLORER_DATA": str(data),
+            "PRUNING_EXPLORER_CACHE": str(Path(tmp) / "cache"),
+            "PRUNING_EXPLORER_LIVE_INLINE_SECONDS": "100000",
+        }
+    )  # AppTest does not tick fragments
     sys.path.insert(0, str(ROOT))
     from streamlit.testing.v1 import AppTest
 
-    print(f"{os.cpu_count()} cores, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} at start; "
-          f"{args.model} at 224x224, {args.images} images; RSS of the process that runs the app")
+    print(
+        f"{os.cpu_count()} cores, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} at"
+        f" start; {args.model} at 224x224, {args.images} images; RSS of the process that runs"
+        " the app"
+    )
     print(f"  {'step':<52} {'seconds':>8} {'RSS MB':>8} {'peak MB':>8}")
     start_rss = status("VmRSS")
-    print(f"  {'python, before the app':<52} {0:>8.0f} {start_rss:>8.0f} {status('VmHWM'):>8.0f}", flush=True)
+    print(
+        f"  {'python, before the app':<52} {0:>8.0f} {start_rss:>8.0f} {status('VmHWM'):>8.0f}",
+        flush=True,
+    )
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=7200)
 
     def step(name: str, action) -> None:  # noqa: ANN001
@@ -66,8 +77,11 @@ def main() -> int:
         if at.exception:
             raise SystemExit(f"{name}: {at.exception}")
         errors = [e.value for e in at.error]
-        print(f"  {name:<52} {time.perf_counter() - t0:>8.0f} {status('VmRSS'):>8.0f} {status('VmHWM'):>8.0f}"
-              + (f"  error shown: {errors[0][:80]}" if errors else ""), flush=True)
+        print(
+            f"  {name:<52} {time.perf_counter() - t0:>8.0f} {status('VmRSS'):>8.0f}"
+            f" {status('VmHWM'):>8.0f}" + (f"  error shown: {errors[0][:80]}" if errors else ""),
+            flush=True,
+        )
 
     def page(name: str) -> None:
         at.switch_page(f"pages/{name}.py").run()
@@ -83,8 +97,10 @@ def main() -> int:
     step("  scan: every layer at 50%", scan)
     step("Prune page (live evaluator: one export)", lambda: page("prune"))
     names = [s.key for s in at.slider if s.key.startswith("prune.ratio.") and not s.disabled]
-    step("  l1-unstructured: a slider to 50%, full evaluation",
-         lambda: at.slider(key=names[len(names) // 2]).set_value(50).run())
+    step(
+        "  l1-unstructured: a slider to 50%, full evaluation",
+        lambda: at.slider(key=names[len(names) // 2]).set_value(50).run(),
+    )
 
     def structured() -> None:
         at.selectbox(key="prune.method").set_value("l1-structured").run()
@@ -97,12 +113,17 @@ def main() -> int:
     step("Export page", lambda: page("export"))
 
     def bundle() -> None:
-        next(b for b in at.button if "bundle" in b.label.lower() or "build" in b.label.lower()).click().run()
+        next(
+            b for b in at.button if "bundle" in b.label.lower() or "build" in b.label.lower()
+        ).click().run()
 
     step("  export bundle built", bundle)
     peak = status("VmHWM")
-    print(f"\npeak RSS {peak:.0f} MB ({peak / 1024:.2f} GB): {'under' if peak < args.limit_gb * 1024 else 'OVER'} "
-          f"the {args.limit_gb:g} GB limit; load average at end {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(
+        f"\npeak RSS {peak:.0f} MB ({peak / 1024:.2f} GB):"
+        f" {'under' if peak < args.limit_gb * 1024 else 'OVER'} the {args.limit_gb:g} GB limit;"
+        f" load average at end {' '.join(f'{v:.2f}' for v in os.getloadavg())}"
+    )
     return 0 if peak < args.limit_gb * 1024 else 1
 
 

@@ -58,7 +58,10 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, n: int) -> str:
     same = int((diff == 0).sum())
     worst = float(diff.max()) * n
     loss = float(np.abs(a.loss.to_numpy() - b.loss.to_numpy()).max())
-    return f"{same}/{len(diff)} identical, worst {worst:.0f} image(s) of {n}, max |loss diff| {loss:.1e}"
+    return (
+        f"{same}/{len(diff)} identical, worst {worst:.0f} image(s) of {n}, max |loss diff|"
+        f" {loss:.1e}"
+    )
 
 
 def main() -> int:
@@ -71,37 +74,63 @@ def main() -> int:
     parser.add_argument("--no-ray", action="store_true")
     args = parser.parse_args()
     ratios = [float(r) for r in args.ratios.split(",")]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores, "
-          f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} at start")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} torch threads, {os.cpu_count()}"
+        f" cores, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} at start"
+    )
     with tempfile.TemporaryDirectory(prefix="realsize-") as tmp:
         data = realsize().write_data(Path(tmp) / "images.npz", args.images)
         subject = Subject(f"{MODELS}:{args.model}", str(data))
         names = subject.layer_names
-        layers = names if not args.layers else [names[round(i)] for i in np.linspace(0, len(names) - 1, args.layers)]
+        layers = (
+            names
+            if not args.layers
+            else [names[round(i)] for i in np.linspace(0, len(names) - 1, args.layers)]
+        )
         points = len(layers) * len(ratios)
-        print(f"\n== {args.model} at 224x224: {len(layers)} of {len(names)} layers x {len(ratios)} ratios = {points} "
-              f"points, {args.images} images (no labels: agreement with the dense model), {METHOD}")
+        print(
+            f"\n== {args.model} at 224x224: {len(layers)} of {len(names)} layers x {len(ratios)}"
+            f" ratios = {points} points, {args.images} images (no labels: agreement with the dense"
+            f" model), {METHOD}"
+        )
         forget_engines(subject)
-        ours, w_ours, c_ours = timed(lambda: sens.scan(subject, METHOD, ratios, layers, cache=False))
-        print(f"  ours ({sens.estimate(subject, METHOD, ratios, layers, cache=False).engine}): {w_ours:.1f} s "
-              f"(cpu {c_ours:.1f} s), {w_ours / points:.2f} s per point", flush=True)
+        ours, w_ours, c_ours = timed(
+            lambda: sens.scan(subject, METHOD, ratios, layers, cache=False)
+        )
+        print(
+            f"  ours ({sens.estimate(subject, METHOD, ratios, layers, cache=False).engine}):"
+            f" {w_ours:.1f} s (cpu {c_ours:.1f} s), {w_ours / points:.2f} s per point",
+            flush=True,
+        )
         if not args.no_reference:
             ref, w_ref, c_ref = timed(lambda: sens.reference_scan(subject, METHOD, ratios, layers))
-            print(f"  Distiller's loop: {w_ref:.1f} s (cpu {c_ref:.1f} s), {w_ref / points:.2f} s per point")
-            print(f"  -> ours is {w_ref / w_ours:.1f}x faster (cpu {c_ref / c_ours:.1f}x); points vs Distiller's loop: "
-                  f"{compare(ref, ours, args.images)}", flush=True)
+            print(
+                f"  Distiller's loop: {w_ref:.1f} s (cpu {c_ref:.1f} s), {w_ref / points:.2f} s per"
+                " point"
+            )
+            print(
+                f"  -> ours is {w_ref / w_ours:.1f}x faster (cpu {c_ref / c_ours:.1f}x); points vs"
+                f" Distiller's loop: {compare(ref, ours, args.images)}",
+                flush=True,
+            )
         if not args.no_ray:
             for workers in (1, 2):
                 ex = executor(workers=workers)
                 try:
                     forget_engines(subject)
-                    on_ray, w_ray, _ = timed(lambda: sens.scan(subject, METHOD, ratios, layers, cache=False,
-                                                               executor=ex))
+                    on_ray, w_ray, _ = timed(
+                        lambda ex=ex: sens.scan(
+                            subject, METHOD, ratios, layers, cache=False, executor=ex
+                        )
+                    )
                 finally:
                     ex.close()
                 same = on_ray.equals(ours)
-                print(f"  Ray, {workers} worker(s): {w_ray:.1f} s; points {'identical to' if same else 'DIFFER from'} "
-                      f"the local run", flush=True)
+                print(
+                    f"  Ray, {workers} worker(s): {w_ray:.1f} s; points"
+                    f" {'identical to' if same else 'DIFFER from'} the local run",
+                    flush=True,
+                )
     print(f"\nload average at end {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     return 0
 

@@ -44,8 +44,10 @@ def bench(model_spec: str, data_spec: str | None, repeats: int) -> bool:
     n = len(subject.data.test)
     points = len(subject.layer_names) * len(sens.DEFAULT_RATIOS)
     name = model_spec if model_spec.startswith("zoo:") else Path(model_spec.split(":")[0]).stem
-    print(f"\n== {name}: {len(subject.layer_names)} layers x {len(sens.DEFAULT_RATIOS)} ratios = {points} points, "
-          f"{n} samples, {METHOD}")
+    print(
+        f"\n== {name}: {len(subject.layer_names)} layers x {len(sens.DEFAULT_RATIOS)} ratios ="
+        f" {points} points, {n} samples, {METHOD}"
+    )
     ref_times, fast_times = [], []
     ref = fast = None
     for i in range(repeats):
@@ -56,8 +58,11 @@ def bench(model_spec: str, data_spec: str | None, repeats: int) -> bool:
         start = time.perf_counter()
         fast = sens.scan(subject, METHOD, sens.DEFAULT_RATIOS, cache=False)
         fast_times.append(time.perf_counter() - start)
-        print(f"  repeat {i + 1}: Distiller loop {ref_times[-1]:7.2f} s   ours {fast_times[-1]:6.2f} s   "
-              f"({ref_times[-1] / fast_times[-1]:.1f}x)", flush=True)
+        print(
+            f"  repeat {i + 1}: Distiller loop {ref_times[-1]:7.2f} s   ours {fast_times[-1]:6.2f}"
+            f" s   ({ref_times[-1] / fast_times[-1]:.1f}x)",
+            flush=True,
+        )
     assert ref is not None and fast is not None
     engine = engine_for(subject, get_method(METHOD))
     same_rows = list(ref.layer) == list(fast.layer) and list(ref.ratio) == list(fast.ratio)
@@ -67,10 +72,16 @@ def bench(model_spec: str, data_spec: str | None, repeats: int) -> bool:
     ok = same_rows and worst <= 1 + 1e-9
     t_ref, t_fast = statistics.median(ref_times), statistics.median(fast_times)
     print(f"  engine: {engine.name}")
-    print(f"  median of {repeats}: Distiller loop {t_ref:.2f} s, ours {t_fast:.2f} s -> {t_ref / t_fast:.1f}x faster")
-    print(f"  points: {exact}/{len(diff)} identical accuracy, worst difference {worst:.0f} sample(s) of {n}, "
-          f"max |loss difference| {np.abs(ref.loss.to_numpy() - fast.loss.to_numpy()).max():.2e} -> "
-          f"{'OK' if ok else 'MISMATCH'}")
+    print(
+        f"  median of {repeats}: Distiller loop {t_ref:.2f} s, ours {t_fast:.2f} s ->"
+        f" {t_ref / t_fast:.1f}x faster"
+    )
+    print(
+        f"  points: {exact}/{len(diff)} identical accuracy, worst difference {worst:.0f} sample(s)"
+        f" of {n}, max |loss difference|"
+        f" {np.abs(ref.loss.to_numpy() - fast.loss.to_numpy()).max():.2e} ->"
+        f" {'OK' if ok else 'MISMATCH'}"
+    )
     return ok
 
 
@@ -80,10 +91,15 @@ def main() -> int:
     parser.add_argument("--models", help="comma-separated model specs (default: the two built in)")
     args = parser.parse_args()
     models = MODELS if not args.models else {m: MODELS.get(m) for m in args.models.split(",")}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.1f} at start")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} torch threads, {os.cpu_count()}"
+        f" cores, load average {os.getloadavg()[0]:.1f} at start"
+    )
     ok = all([bench(spec, data, args.repeats) for spec, data in models.items()])
-    print(f"\nload average {os.getloadavg()[0]:.1f} at end (other work on the machine slows both sides)")
+    print(
+        f"\nload average {os.getloadavg()[0]:.1f} at end (other work on the machine slows both"
+        " sides)"
+    )
     return 0 if ok else 1
 
 

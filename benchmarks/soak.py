@@ -67,12 +67,21 @@ class SoakResult:
     def report(self) -> str:
         lat = self.latencies_ms
         lines = [
-            f"{self.sessions} concurrent browser sessions x {self.moves} slider moves = {len(lat)} moves "
-            f"in {self.wall_s:.1f} s, {len(self.errors)} error(s)",
-            f"per-move latency (press -> expected number on screen): median {statistics.median(lat):.0f} ms, "
-            f"p95 {float(np.percentile(lat, 95)):.0f} ms, max {max(lat):.0f} ms" if lat else "no moves",
-            f"server RSS: start {self.rss_at(0):.0f} MB, half-way {self.rss_at(0.5):.0f} MB, "
-            f"end {self.rss_at(1):.0f} MB, peak {self.peak_rss_mb:.0f} MB",
+            (
+                f"{self.sessions} concurrent browser sessions x {self.moves} slider moves ="
+                f" {len(lat)} moves in {self.wall_s:.1f} s, {len(self.errors)} error(s)"
+            ),
+            (
+                "per-move latency (press -> expected number on screen): median"
+                f" {statistics.median(lat):.0f} ms, p95 {float(np.percentile(lat, 95)):.0f} ms, max"
+                f" {max(lat):.0f} ms"
+                if lat
+                else "no moves"
+            ),
+            (
+                f"server RSS: start {self.rss_at(0):.0f} MB, half-way {self.rss_at(0.5):.0f} MB, "
+                f"end {self.rss_at(1):.0f} MB, peak {self.peak_rss_mb:.0f} MB"
+            ),
         ]
         lines += [f"error: {e}" for e in self.errors[:10]]
         return "\n".join(lines)
@@ -106,13 +115,24 @@ def _weights(model: str) -> dict[str, int]:
 
 
 def expected_nonzero(total: int, weights: dict[str, int], layers: list[str], percent: int) -> int:
-    """Nonzero parameters after l1-unstructured at ``percent`` on ``layers`` (no zeros when dense)."""
+    """Nonzero parameters after l1-unstructured at ``percent`` on ``layers`` (no zeros when
+    dense)."""
     ratio = percent / 100
     return total - sum(round(ratio * weights[name]) for name in layers)
 
 
-async def _session(browser, url: str, index: int, slider_name: str, layers: list[str], moves: int,  # noqa: ANN001
-                   total: int, weights: dict[str, int], result: SoakResult, timeout_ms: int) -> None:
+async def _session(
+    browser,
+    url: str,
+    index: int,
+    slider_name: str,
+    layers: list[str],
+    moves: int,  # noqa: ANN001
+    total: int,
+    weights: dict[str, int],
+    result: SoakResult,
+    timeout_ms: int,
+) -> None:
     from playwright.async_api import expect
 
     context = await browser.new_context(viewport={"width": 1440, "height": 1000})
@@ -121,12 +141,19 @@ async def _session(browser, url: str, index: int, slider_name: str, layers: list
         # Through the router (app.py), as a user does: a direct /prune URL is served by streamlit's
         # legacy pages/ discovery without app.py's session set-up.
         await page.goto(url)
-        await expect(page.get_by_role("heading", name="Model", exact=True)).to_be_visible(timeout=180_000)
+        await expect(page.get_by_role("heading", name="Model", exact=True)).to_be_visible(
+            timeout=180_000
+        )
         await page.get_by_role("link", name="Prune", exact=True).click()
-        nonzero = page.locator('[data-testid="stMetric"]').filter(
-            has=page.get_by_text("Nonzero params", exact=True)).locator('[data-testid="stMetricValue"]')
+        nonzero = (
+            page.locator('[data-testid="stMetric"]')
+            .filter(has=page.get_by_text("Nonzero params", exact=True))
+            .locator('[data-testid="stMetricValue"]')
+        )
         await expect(nonzero).to_have_text(f"{total:,}", timeout=180_000)
-        slider = page.get_by_role("slider", name=re.compile("^" + re.escape(slider_name) + r"(\s|$)"))
+        slider = page.get_by_role(
+            "slider", name=re.compile("^" + re.escape(slider_name) + r"(\s|$)")
+        )
         errors = page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]')
         for move in range(1, moves + 1):
             await slider.focus(timeout=timeout_ms)
@@ -138,12 +165,16 @@ async def _session(browser, url: str, index: int, slider_name: str, layers: list
                 await expect(nonzero).to_have_text(want, timeout=timeout_ms)
             except AssertionError:
                 shown, at = await nonzero.inner_text(), await slider.input_value()
-                result.errors.append(f"session {index} move {move}: expected slider {move} and nonzero {want}, "
-                                     f"shown slider {at} and nonzero {shown}")
+                result.errors.append(
+                    f"session {index} move {move}: expected slider {move} and nonzero {want}, "
+                    f"shown slider {at} and nonzero {shown}"
+                )
                 return
             result.latencies_ms.append(1000 * (time.perf_counter() - t0))
             if await errors.count():
-                result.errors.append(f"session {index} move {move}: {await errors.first.inner_text()}")
+                result.errors.append(
+                    f"session {index} move {move}: {await errors.first.inner_text()}"
+                )
                 return
     except Exception as e:  # a broken session is a finding, not a crash of the soak
         result.errors.append(f"session {index}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
@@ -151,20 +182,38 @@ async def _session(browser, url: str, index: int, slider_name: str, layers: list
         await context.close()
 
 
-async def _drive(url: str, sessions: int, moves: int, model: str, result: SoakResult, timeout_ms: int) -> None:
+async def _drive(
+    url: str, sessions: int, moves: int, model: str, result: SoakResult, timeout_ms: int
+) -> None:
     from playwright.async_api import async_playwright
 
     weights = _weights(model)
     total_weights = _total_params(model)
     names = list(weights)
-    plans = [(names[i], [names[i]]) if i < sessions - 1 and i < len(names) else (GLOBAL, names)
-             for i in range(sessions)]
+    plans = [
+        (names[i], [names[i]]) if i < sessions - 1 and i < len(names) else (GLOBAL, names)
+        for i in range(sessions)
+    ]
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            await asyncio.gather(*(
-                _session(browser, url, i, slider, layers, moves, total_weights, weights, result, timeout_ms)
-                for i, (slider, layers) in enumerate(plans)))
+            await asyncio.gather(
+                *(
+                    _session(
+                        browser,
+                        url,
+                        i,
+                        slider,
+                        layers,
+                        moves,
+                        total_weights,
+                        weights,
+                        result,
+                        timeout_ms,
+                    )
+                    for i, (slider, layers) in enumerate(plans)
+                )
+            )
         finally:
             await browser.close()
 
@@ -175,8 +224,9 @@ def _total_params(model: str) -> int:
     return sum(p.numel() for p in load_model(model).parameters())
 
 
-def run_soak(sessions: int = 4, moves: int = 50, model: str = "zoo:digits-mlp",
-             move_timeout_s: float = 90.0) -> SoakResult:
+def run_soak(
+    sessions: int = 4, moves: int = 50, model: str = "zoo:digits-mlp", move_timeout_s: float = 90.0
+) -> SoakResult:
     """Run the soak (side effects: a server subprocess and a browser, both stopped at the end)."""
     result = SoakResult(sessions=sessions, moves=moves)
     proc, url = start_server(90.0, ROOT, {"PRUNING_EXPLORER_MODEL": model})
@@ -223,8 +273,10 @@ class HourResult:
         return sorted(by_minute.items())
 
     def report(self) -> str:
-        lines = [f"{len(self.rounds)} rounds in {self.minutes:.1f} min, {len(self.errors)} error(s); "
-                 f"server RSS peak {self.peak_rss_mb:.0f} MB"]
+        lines = [
+            f"{len(self.rounds)} rounds in {self.minutes:.1f} min, {len(self.errors)} error(s); "
+            f"server RSS peak {self.peak_rss_mb:.0f} MB"
+        ]
         lines += ["minute  RSS (MB, largest of the minute)"]
         lines += [f"{m:>6}  {mb:7.0f}  {'#' * int(mb / 25)}" for m, mb in self.curve()]
         lines += [f"round {i + 1}: {r}" for i, r in enumerate(self.rounds)]
@@ -237,9 +289,8 @@ def run_hour(minutes: float, variants: int = 6) -> HourResult:
     (side effects: a server subprocess, a browser, files in a temporary folder; all removed)."""
     import tempfile
 
-    from playwright.sync_api import expect, sync_playwright
-
     import hour
+    from playwright.sync_api import expect, sync_playwright
 
     result = HourResult(minutes=0.0)
     with tempfile.TemporaryDirectory(prefix="explorer-soak-") as tmp_name:
@@ -259,9 +310,13 @@ def run_hour(minutes: float, variants: int = 6) -> HourResult:
         try:
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+                page = browser.new_page(
+                    viewport={"width": 1400, "height": 1000}, accept_downloads=True
+                )
                 page.goto(url)
-                expect(page.get_by_role("heading", name="Model", exact=True)).to_be_visible(timeout=hour.LONG)
+                expect(page.get_by_role("heading", name="Model", exact=True)).to_be_visible(
+                    timeout=hour.LONG
+                )
                 n = 0
                 while time.monotonic() - t_start < 60 * minutes:
                     model, data = files[n % variants]
@@ -286,14 +341,22 @@ def run_hour(minutes: float, variants: int = 6) -> HourResult:
                             learn.first.click()
                             hour.idle(page)
                             ran = "a Learn experiment"
-                        errors = page.locator('[data-testid="stException"], [data-testid="stAlertContentError"]')
+                        errors = page.locator(
+                            '[data-testid="stException"], [data-testid="stAlertContentError"]'
+                        )
                         if errors.count():
-                            result.errors.append(f"round {n + 1}: {errors.first.inner_text()[:200]}")
-                        result.rounds.append(f"{model.name}: upload, scan, allocate, edit, recover, export, "
-                                             f"weights, {ran} ({time.monotonic() - t0:.0f} s, RSS "
-                                             f"{rss_mb(proc.pid):.0f} MB)")
+                            result.errors.append(
+                                f"round {n + 1}: {errors.first.inner_text()[:200]}"
+                            )
+                        result.rounds.append(
+                            f"{model.name}: upload, scan, allocate, edit, recover, export, "
+                            f"weights, {ran} ({time.monotonic() - t0:.0f} s, RSS "
+                            f"{rss_mb(proc.pid):.0f} MB)"
+                        )
                     except Exception as e:  # a broken round is a finding; go on with the next
-                        result.errors.append(f"round {n + 1}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+                        result.errors.append(
+                            f"round {n + 1}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                        )
                         page.goto(url)
                     n += 1
                 browser.close()
@@ -312,8 +375,12 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=4)
     parser.add_argument("--moves", type=int, default=50)
     parser.add_argument("--model", default="zoo:digits-mlp")
-    parser.add_argument("--minutes", type=float, help="the long soak: an engineer's session of this many minutes")
-    parser.add_argument("--variants", type=int, default=6, help="with --minutes: distinct model files uploaded")
+    parser.add_argument(
+        "--minutes", type=float, help="the long soak: an engineer's session of this many minutes"
+    )
+    parser.add_argument(
+        "--variants", type=int, default=6, help="with --minutes: distinct model files uploaded"
+    )
     args = parser.parse_args()
     if not os.access(CHROMIUM, os.X_OK):
         sys.exit(f"{CHROMIUM} is missing (apt-get install chromium)")

@@ -4,10 +4,18 @@ This package never imports streamlit; the app (app.py, pages/, ui/) is a thin vi
 """
 
 from explorer.errors import ExplorerError
-from explorer.plan import PruningPlan
 from explorer.methods import available_methods, get_method
+from explorer.plan import PruningPlan
 from explorer.prune import apply_plan
 from explorer.subject import DEFAULT_MODEL, Subject
 
-__all__ = ["DEFAULT_MODEL", "ExplorerError", "PruningPlan", "Subject", "apply_plan", "available_methods", "get_method"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "ExplorerError",
+    "PruningPlan",
+    "Subject",
+    "apply_plan",
+    "available_methods",
+    "get_method",
+]
 __version__ = "0.1.0"

@@ -24,8 +24,13 @@ def zip_bundle(files: Mapping[str, str | Path]) -> bytes:
     return buf.getvalue()
 
 
-def export_command(model: str, data: str | None = None, plan_file: str = "plan.json",
-                   out_dir: str = "export", recovery: Mapping[str, Any] | None = None) -> str:
+def export_command(
+    model: str,
+    data: str | None = None,
+    plan_file: str = "plan.json",
+    out_dir: str = "export",
+    recovery: Mapping[str, Any] | None = None,
+) -> str:
     """The shell command that rebuilds the bundle from a saved plan (arguments shell-quoted).
 
     ``recovery``: the recovery stages to run again before export, as the Recover page's settings
@@ -44,8 +49,13 @@ def export_command(model: str, data: str | None = None, plan_file: str = "plan.j
             if not recalibrate:
                 parts.append("--no-recalibrate-bn")
             if recovery.get("distill"):
-                parts += ["--distill", "--temperature", f"{float(recovery.get('temperature', 2.0)):g}",
-                          "--alpha", f"{float(recovery.get('alpha', 0.5)):g}"]
+                parts += [
+                    "--distill",
+                    "--temperature",
+                    f"{float(recovery.get('temperature', 2.0)):g}",
+                    "--alpha",
+                    f"{float(recovery.get('alpha', 0.5)):g}",
+                ]
             if recovery.get("patience"):
                 parts += ["--patience", str(int(recovery["patience"]))]
         elif recalibrate:

@@ -49,10 +49,14 @@ class Capabilities:
 
     @classmethod
     def of(cls, model: nn.Module, structured_error: str = "") -> Capabilities:
-        """The capabilities of ``model``; ``structured_error`` is the inventory's DepGraph verdict."""
+        """The capabilities of ``model``; ``structured_error`` is the inventory's DepGraph
+        verdict."""
         ops = ort_ops(model)
         training = ""
         if ops:
-            training = (f"the graph runs {list(ops)} in ONNX Runtime: no gradient flows through them and only "
-                        "zeroed weights can be written back into it, so recalibration and fine-tuning are off")
+            training = (
+                f"the graph runs {list(ops)} in ONNX Runtime: no gradient flows through them and"
+                " only zeroed weights can be written back into it, so recalibration and"
+                " fine-tuning are off"
+            )
         return cls(ort_ops=ops, structured_off=structured_error, training_off=training)

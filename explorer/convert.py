@@ -33,9 +33,9 @@ from typing import Any
 
 from explorer.errors import PlanError
 from explorer.inspect import Inventory
-from explorer.plan import LayerRule, PruningPlan, check_ratio
 from explorer.methods import Method, get_method
 from explorer.methods.channel_norms import ChannelNorm
+from explorer.plan import LayerRule, PruningPlan, check_ratio
 
 __all__ = [
     "GLOBAL_GROUP",
@@ -122,8 +122,10 @@ def nni_pruner(method: str) -> str:
     if isinstance(m, ChannelNorm) and m.p in (1, 2):
         return f"nni.compression.pruning.L{m.p}NormPruner (output channels by L{m.p} norm)"
     if m.name == "taylor-structured":
-        return ("nni.compression.pruning.TaylorPruner (output channels by first-order Taylor "
-                "importance, with gradients of training data)")
+        return (
+            "nni.compression.pruning.TaylorPruner (output channels by first-order Taylor "
+            "importance, with gradients of training data)"
+        )
     if m.structured:
         return (
             f"no NNI pruner ranks channels as {m.name} does; L1NormPruner removes the same share "
@@ -423,13 +425,17 @@ def torch_pruning_note(plan: PruningPlan, round_to: int | None = None) -> str:
     importance = _importance(m, plan.scope)
     if importance is None:
         importance = "<an importance of your choice>"
-        rounding += (f" No Torch-Pruning importance ranks channels as {m.name} does: the ratios hold, "
-                     "the channels chosen may differ.")
+        rounding += (
+            f" No Torch-Pruning importance ranks channels as {m.name} does: the ratios hold, "
+            "the channels chosen may differ."
+        )
     elif m.needs_data:
-        rounding += (f" {m.name} reads data: Torch-Pruning's importance needs the same (for Taylor, "
-                     "loss.backward() on the calibration data before .step()).")
+        rounding += (
+            f" {m.name} reads data: Torch-Pruning's importance needs the same (for Taylor, "
+            "loss.backward() on the calibration data before .step())."
+        )
     return (
-        f"Torch-Pruning: tp.pruner.MetaPruner(model, example_inputs, importance="
+        "Torch-Pruning: tp.pruner.MetaPruner(model, example_inputs, importance="
         f"{importance}, {where}, round_to={round_to}, "
         "ignored_layers=[the modules of ignored_layers]), then .step(). A dependency group loses "
         "the "
@@ -441,8 +447,13 @@ def _importance(method: Method, scope: str) -> str | None:
     """The Torch-Pruning importance that ranks channels as ``method`` does (None: none does)."""
     norm = "normalizer='mean'" if scope == "global" else ""
     if isinstance(method, ChannelNorm):
-        return f"tp.importance.GroupMagnitudeImportance(p={method.p}" + (f", {norm})" if norm else ")")
-    counterpart = {"taylor-structured": "GroupTaylorImportance", "bn-scale-structured": "BNScaleImportance"}
+        return f"tp.importance.GroupMagnitudeImportance(p={method.p}" + (
+            f", {norm})" if norm else ")"
+        )
+    counterpart = {
+        "taylor-structured": "GroupTaylorImportance",
+        "bn-scale-structured": "BNScaleImportance",
+    }
     if method.name in counterpart:
         return f"tp.importance.{counterpart[method.name]}({norm})"
     return None

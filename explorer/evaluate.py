@@ -41,20 +41,35 @@ if TYPE_CHECKING:
 
 Timer = Callable[[OrtModel, np.ndarray], LatencyStats]  # times a session on the example input
 
-__all__ = ["Evaluation", "Metrics", "OnnxMetrics", "check_labels", "evaluate_torch", "measure", "measure_onnx",
-           "sample_scores", "samples_per_call", "scores", "with_latency"]
+__all__ = [
+    "Evaluation",
+    "Metrics",
+    "OnnxMetrics",
+    "check_labels",
+    "evaluate_torch",
+    "measure",
+    "measure_onnx",
+    "sample_scores",
+    "samples_per_call",
+    "scores",
+    "with_latency",
+]
 
 
 BATCH_BYTES = 32 * 2**20  # inputs per ONNX Runtime or PyTorch call (at 224 px about 50 images)
 
 
-def samples_per_call(x: np.ndarray | torch.Tensor | Inputs | dict[str, np.ndarray], most: int = 512) -> int:
+def samples_per_call(
+    x: np.ndarray | torch.Tensor | Inputs | dict[str, np.ndarray], most: int = 512
+) -> int:
     """Samples to run at once: at most ``most``, and at most :data:`BATCH_BYTES` of inputs (all
     named inputs together), so that a 224-px ResNet-50's activations stay well under a GB (a batch
     of 256 takes about 3 GB)."""
     parts = x.values() if isinstance(x, (Inputs, dict)) else [x]
-    per = sum(int(a[0].nbytes) if isinstance(a, np.ndarray) else int(a[0].numel() * a.element_size())
-              for a in parts)
+    per = sum(
+        int(a[0].nbytes) if isinstance(a, np.ndarray) else int(a[0].numel() * a.element_size())
+        for a in parts
+    )
     return max(1, min(most, BATCH_BYTES // max(per, 1)))
 
 
@@ -66,10 +81,15 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
 
 def check_labels(split: Split, n_classes: int, where: str) -> None:
     if split.y is not None and len(split.y) and int(split.y.max()) >= n_classes:
-        raise DataError(f"{where}: label {int(split.y.max())} is out of range for a model with {n_classes} outputs")
+        raise DataError(
+            f"{where}: label {int(split.y.max())} is out of range for a model with {n_classes}"
+            " outputs"
+        )
 
 
-def sample_scores(logits: np.ndarray, y: np.ndarray | None, reference: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def sample_scores(
+    logits: np.ndarray, y: np.ndarray | None, reference: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per sample: whether ``logits`` are right (against labels ``y``, else agree with ``reference``
     logits) and the loss term (cross-entropy, else KL divergence from ``reference``). Rows are
     independent: scoring in chunks and concatenating gives the same terms as scoring at once."""
@@ -82,7 +102,9 @@ def sample_scores(logits: np.ndarray, y: np.ndarray | None, reference: np.ndarra
     return logits.argmax(1) == reference.argmax(1), (np.exp(ref_logp) * (ref_logp - logp)).sum(1)
 
 
-def scores(logits: np.ndarray, y: np.ndarray | None, reference: np.ndarray | None) -> tuple[float, float]:
+def scores(
+    logits: np.ndarray, y: np.ndarray | None, reference: np.ndarray | None
+) -> tuple[float, float]:
     """(accuracy, loss) of ``logits``: against labels ``y``, else against ``reference`` logits."""
     correct, loss = sample_scores(logits, y, reference)
     if y is not None:
@@ -91,19 +113,28 @@ def scores(logits: np.ndarray, y: np.ndarray | None, reference: np.ndarray | Non
 
 
 @torch.no_grad()
-def evaluate_torch(model: nn.Module, split: Split, reference: np.ndarray | None = None,
-                   batch_size: int | None = None) -> tuple[float, float]:
+def evaluate_torch(
+    model: nn.Module,
+    split: Split,
+    reference: np.ndarray | None = None,
+    batch_size: int | None = None,
+) -> tuple[float, float]:
     """(accuracy, loss) of a torch model on ``split``; for scans, where no artifact is exported."""
     batch_size = batch_size or samples_per_call(split.x)
-    logits = np.concatenate([run_model(model, split.x[i : i + batch_size]).numpy()
-                             for i in range(0, len(split), batch_size)])
+    logits = np.concatenate(
+        [
+            run_model(model, split.x[i : i + batch_size]).numpy()
+            for i in range(0, len(split), batch_size)
+        ]
+    )
     y = split.y.numpy() if split.y is not None else None
     return scores(logits, y, reference)
 
 
 @dataclass(frozen=True)
 class OnnxMetrics:
-    """Accuracy, size and latency of one ONNX file (the same keys as ``explorer.evaluate.Metrics``)."""
+    """Accuracy, size and latency of one ONNX file (the same keys as
+    ``explorer.evaluate.Metrics``)."""
 
     accuracy: float
     loss: float
@@ -124,9 +155,16 @@ M = TypeVar("M", bound=OnnxMetrics)
 
 
 def with_latency(metrics: M, stats: LatencyStats) -> M:
-    """``metrics`` with its latency fields replaced by ``stats`` (e.g. those of an interleaved window)."""
-    return replace(metrics, latency_ms_median=stats.median_ms, latency_ms_p90=stats.p90_ms,
-                   latency_ms_spread=stats.spread_ms, latency_threads=stats.threads, latency_runs=stats.runs)
+    """``metrics`` with its latency fields replaced by ``stats`` (e.g. those of an interleaved
+    window)."""
+    return replace(
+        metrics,
+        latency_ms_median=stats.median_ms,
+        latency_ms_p90=stats.p90_ms,
+        latency_ms_spread=stats.spread_ms,
+        latency_threads=stats.threads,
+        latency_runs=stats.runs,
+    )
 
 
 @dataclass(frozen=True)
@@ -142,8 +180,15 @@ class Metrics(OnnxMetrics):
     macs: int
 
 
-def measure_onnx(path: str | Path, data: Dataset, *, reference: np.ndarray | None = None, threads: int = 1,
-                 runs: int = 50, timer: Timer | None = None) -> tuple[OnnxMetrics, np.ndarray]:
+def measure_onnx(
+    path: str | Path,
+    data: Dataset,
+    *,
+    reference: np.ndarray | None = None,
+    threads: int = 1,
+    runs: int = 50,
+    timer: Timer | None = None,
+) -> tuple[OnnxMetrics, np.ndarray]:
     """Score an ONNX file on ``data.test`` and time it (batch 1, ``threads`` intra-op threads).
 
     Returns the metrics and the logits. Accuracy uses every core (its own session); latency keeps
@@ -164,14 +209,22 @@ def measure_onnx(path: str | Path, data: Dataset, *, reference: np.ndarray | Non
     except ExportError:
         raise
     except Exception as e:
-        raise ExportError(f"{path}: ONNX Runtime cannot run it: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        raise ExportError(
+            f"{path}: ONNX Runtime cannot run it: {type(e).__name__}: {str(e).splitlines()[0]}"
+        ) from None
     check_labels(data.test, logits.shape[1], data.spec)
     y = data.test.y.numpy() if data.test.y is not None else None
     accuracy, loss = scores(logits, y, logits if y is None and reference is None else reference)
     metrics = OnnxMetrics(
-        accuracy=accuracy, loss=loss, onnx_bytes=Path(path).stat().st_size, onnx_gzip_bytes=gzip_size(path),
-        latency_ms_median=latency.median_ms, latency_ms_p90=latency.p90_ms,
-        latency_ms_spread=latency.spread_ms, latency_threads=latency.threads, latency_runs=latency.runs,
+        accuracy=accuracy,
+        loss=loss,
+        onnx_bytes=Path(path).stat().st_size,
+        onnx_gzip_bytes=gzip_size(path),
+        latency_ms_median=latency.median_ms,
+        latency_ms_p90=latency.p90_ms,
+        latency_ms_spread=latency.spread_ms,
+        latency_threads=latency.threads,
+        latency_runs=latency.runs,
         labels=y is not None,
     )
     return metrics, logits
@@ -191,16 +244,25 @@ def check_export(model: nn.Module, data: Dataset, logits: np.ndarray) -> None:
         want = logits_of(run_model(model, data.test.x[:n]))
     err = relative_error(logits[:n], want)
     if err > EXPORT_TOL:
-        raise ExportError(f"{data.spec}: the ONNX file exported from this model does not compute what the model "
-                          f"computes on the evaluation data (relative error {err:.2g} on {n} samples): the export "
-                          "depends on its example input (e.g. an attention mask folded into a constant), so its "
-                          "numbers would be another model's. Load the model from its Python entrypoint "
-                          "(PATH.py:FUNC) or a .pt2 file instead.")
+        raise ExportError(
+            f"{data.spec}: the ONNX file exported from this model does not compute what the model"
+            f" computes on the evaluation data (relative error {err:.2g} on {n} samples): the"
+            " export depends on its example input (e.g. an attention mask folded into a constant),"
+            " so its numbers would be another model's. Load the model from its Python entrypoint"
+            " (PATH.py:FUNC) or a .pt2 file instead."
+        )
 
 
-def measure(model: nn.Module, data: Dataset, *, reference: np.ndarray | None = None,
-            onnx_path: str | Path | None = None, threads: int = 1, runs: int = 50,
-            timer: Timer | None = None) -> tuple[Metrics, np.ndarray]:
+def measure(
+    model: nn.Module,
+    data: Dataset,
+    *,
+    reference: np.ndarray | None = None,
+    onnx_path: str | Path | None = None,
+    threads: int = 1,
+    runs: int = 50,
+    timer: Timer | None = None,
+) -> tuple[Metrics, np.ndarray]:
     """Export ``model`` to ONNX and measure it there (``measure_onnx``), plus its parameters and
     MACs. Returns the metrics and the ORT logits.
 
@@ -214,7 +276,9 @@ def measure(model: nn.Module, data: Dataset, *, reference: np.ndarray | None = N
     with tempfile.TemporaryDirectory(prefix="explorer-") as tmp:
         path = Path(onnx_path) if onnx_path is not None else Path(tmp) / "model.onnx"
         export_onnx(model, data.example_input(), path)
-        onnx, logits = measure_onnx(path, data, reference=reference, threads=threads, runs=runs, timer=timer)
+        onnx, logits = measure_onnx(
+            path, data, reference=reference, threads=threads, runs=runs, timer=timer
+        )
     check_export(model, data, logits)
     params = list(model.parameters())
     metrics = Metrics(
@@ -241,8 +305,12 @@ class Evaluation:
     data: str | None
     plan: PruningPlan | None = None
     speedup: Speedup | None = None
-    inputs: str | None = None  # what the model was fed: names, dtypes, per-sample shapes (``Dataset.inputs``)
-    output: str | None = None  # how its output was read, when it is not a plain tensor (a ModelOutput)
+    inputs: str | None = (
+        None  # what the model was fed: names, dtypes, per-sample shapes (``Dataset.inputs``)
+    )
+    output: str | None = (
+        None  # how its output was read, when it is not a plain tensor (a ModelOutput)
+    )
 
     @property
     def labels(self) -> bool:

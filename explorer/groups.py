@@ -243,8 +243,10 @@ def _head_shape(
         )
         return GroupShape(
             channels,
-            refused=f"its attention heads differ between coupled layers ({'; '.join(counts)}), "
-            "as in grouped-query attention; whole heads cannot be removed from all alike",
+            refused=(
+                f"its attention heads differ between coupled layers ({'; '.join(counts)}), "
+                "as in grouped-query attention; whole heads cannot be removed from all alike"
+            ),
         )
     repeats, heads_per, head_dim = shapes.pop()
     if repeats * heads_per * head_dim != channels:

@@ -250,7 +250,9 @@ def update_head_counts(
                 )
 
 
-def fused_magnitude(dg: tp.DependencyGraph, group: tp.Group, shape: GroupShape, p: int) -> torch.Tensor:
+def fused_magnitude(
+    dg: tp.DependencyGraph, group: tp.Group, shape: GroupShape, p: int
+) -> torch.Tensor:
     """Per-channel p-norm magnitude of a group holding a fused query/key/value layer (GPT-2's
     ``c_attn``), Torch-Pruning's group magnitude computed layer by layer: DepGraph's split mapping
     misplaces the blocks of a fused projection."""
@@ -272,8 +274,9 @@ def fused_magnitude(dg: tp.DependencyGraph, group: tp.Group, shape: GroupShape, 
     return imp
 
 
-def remove_fused_heads(dg: tp.DependencyGraph, group: tp.Group, members: list[str], shape: GroupShape,
-                       idxs: list[int]) -> None:
+def remove_fused_heads(
+    dg: tp.DependencyGraph, group: tp.Group, members: list[str], shape: GroupShape, idxs: list[int]
+) -> None:
     """Whole heads out of a fused query/key/value layer (GPT-2's ``c_attn``): its rows of every
     block, and the consumers' inputs (the attention output, one block wide) at the heads' positions.
     Done layer by layer: DepGraph's split mapping misplaces the blocks of a fused projection.
@@ -297,8 +300,10 @@ def remove_fused_heads(dg: tp.DependencyGraph, group: tp.Group, members: list[st
             elif pruner.get_in_channels(module) == block:
                 pruner.prune_in_channels(module, within)
             else:
-                raise PruneError(f"{type(module).__name__} reads {pruner.get_in_channels(module)} channels of a "
-                                 f"fused projection of {shape.repeats} x {block}")
+                raise PruneError(
+                    f"{type(module).__name__} reads {pruner.get_in_channels(module)} channels of a "
+                    f"fused projection of {shape.repeats} x {block}"
+                )
             done.add(id(module))
     except PruneError:
         raise
@@ -306,12 +311,14 @@ def remove_fused_heads(dg: tp.DependencyGraph, group: tp.Group, members: list[st
         raise PruneError(f"removing heads of {members} failed: {type(e).__name__}: {e}") from None
 
 
-def update_group_heads(model: nn.Module, members: list[str], shape: GroupShape, idxs: list[int]) -> None:
+def update_group_heads(
+    model: nn.Module, members: list[str], shape: GroupShape, idxs: list[int]
+) -> None:
     """After channels ``idxs`` (whole heads) went from ``members``: the head counts of the
     attention module holding them (their longest common parent)."""
     parts = [m.split(".") for m in members]
     common: list[str] = []
-    for level in zip(*[p[:-1] for p in parts]):
+    for level in zip(*[p[:-1] for p in parts], strict=False):
         if len(set(level)) != 1:
             break
         common.append(level[0])

@@ -35,7 +35,7 @@ class Inputs:
         sizes = {int(t.shape[0]) if t.dim() else -1 for _, t in self.tensors}
         if len(sizes) != 1 or -1 in sizes:
             raise ValueError(
-                f"inputs must share their first (batch) dimension, got "
+                "inputs must share their first (batch) dimension, got "
                 f"{[(n, tuple(t.shape)) for n, t in self.tensors]}"
             )
 

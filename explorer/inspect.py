@@ -27,13 +27,29 @@ from explorer.heads import FusedInProj, why_heads_fixed
 from explorer.inputs import Inputs, batch_size, run_model
 from explorer.models.ort_nodes import OrtWeight
 
-__all__ = ["PRUNABLE_TYPES", "Inventory", "LayerInfo", "build_dependency_graph", "classified_groups", "count_macs",
-           "inventory", "out_channels"]
+__all__ = [
+    "PRUNABLE_TYPES",
+    "Inventory",
+    "LayerInfo",
+    "build_dependency_graph",
+    "classified_groups",
+    "count_macs",
+    "inventory",
+    "out_channels",
+]
 
 # OrtWeight: a weight that an op run in ONNX Runtime reads (unstructured and N:M methods only).
 # FusedInProj: nn.MultiheadAttention's fused query/key/value projection (structured: whole heads).
-PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, OrtWeight, FusedInProj)
-# Channels that Torch-Pruning could remove but that we do not touch: attention's embedding dimension.
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.Linear,
+    OrtWeight,
+    FusedInProj,
+)
+# Channels that Torch-Pruning could remove but that we do not touch: attention's embedding
+# dimension.
 _UNSUPPORTED_STRUCTURED = (nn.MultiheadAttention,)
 
 
@@ -49,7 +65,8 @@ class LayerInfo:
     out_channels: int
     group: str | None
     note: str = ""  # why the layer is not structurally prunable, if it is not
-    heads: int = 0  # its output channels are this many attention heads: structured methods remove whole heads
+    # its output channels are this many attention heads: structured methods remove whole heads
+    heads: int = 0
 
     def to_dict(self) -> dict[str, object]:
         d = asdict(self)
@@ -64,8 +81,12 @@ class Inventory:
     total_params: int = 0
     total_macs: int = 0
     structured_error: str = ""  # why DepGraph could not trace the model (structured methods off)
-    group_batchnorms: dict[str, tuple[str, ...]] = field(default_factory=dict)  # group id -> its batch norms
-    ort_ops: tuple[str, ...] = ()  # ops run in ONNX Runtime as they are (the user's own graph is exported)
+    group_batchnorms: dict[str, tuple[str, ...]] = field(
+        default_factory=dict
+    )  # group id -> its batch norms
+    ort_ops: tuple[
+        str, ...
+    ] = ()  # ops run in ONNX Runtime as they are (the user's own graph is exported)
 
     @property
     def names(self) -> list[str]:
@@ -110,7 +131,9 @@ def count_macs(model: nn.Module, example_input: torch.Tensor | Inputs) -> dict[s
                 q = inputs[0]
                 seq = q.shape[0] if not module.batch_first else q.shape[1]
                 e = module.embed_dim
-                inner = module.in_proj_weight.shape[0] // 3 if module.in_proj_weight is not None else e
+                inner = (
+                    module.in_proj_weight.shape[0] // 3 if module.in_proj_weight is not None else e
+                )
                 # The q/k/v projections (a listed layer, ``in_proj``, when fused) and the output
                 # projection are counted under their names: attention does not call them as
                 # modules. Scores and the weighted sum are the attention's own.
@@ -124,11 +147,16 @@ def count_macs(model: nn.Module, example_input: torch.Tensor | Inputs) -> dict[s
         return fn
 
     mha_children = {
-        f"{n}.{child}" for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
+        f"{n}.{child}"
+        for n, m in model.named_modules()
+        if isinstance(m, nn.MultiheadAttention)
         for child in ("out_proj", "in_proj")
     }
     for name, module in model.named_modules():
-        if isinstance(module, (*PRUNABLE_TYPES, nn.MultiheadAttention)) and name not in mha_children:
+        if (
+            isinstance(module, (*PRUNABLE_TYPES, nn.MultiheadAttention))
+            and name not in mha_children
+        ):
             hooks.append(module.register_forward_hook(hook(name)))
     try:
         with torch.no_grad():
@@ -139,7 +167,9 @@ def count_macs(model: nn.Module, example_input: torch.Tensor | Inputs) -> dict[s
     return macs
 
 
-def build_dependency_graph(model: nn.Module, example_input: torch.Tensor | Inputs) -> tp.DependencyGraph:
+def build_dependency_graph(
+    model: nn.Module, example_input: torch.Tensor | Inputs
+) -> tp.DependencyGraph:
     """DepGraph of ``model`` (which must have requires_grad parameters: DepGraph traces autograd).
 
     Torch-Pruning warns about bare ``nn.Parameter``s (e.g. a position embedding) that it leaves
@@ -149,14 +179,16 @@ def build_dependency_graph(model: nn.Module, example_input: torch.Tensor | Input
     with torch.enable_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
         with probe:
-            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input,
-                                                       forward_fn=lambda m, x: run_model(m, x))
+            dg = tp.DependencyGraph().build_dependency(
+                model, example_inputs=example_input, forward_fn=lambda m, x: run_model(m, x)
+            )
     attach(dg, model, probe)
     return dg
 
 
 def output_layers(dg: tp.DependencyGraph, model: nn.Module) -> list[nn.Module]:
-    """Prunable layers whose output channels reach the model output without passing another layer."""
+    """Prunable layers whose output channels reach the model output without passing another
+    layer."""
     found = []
     for module in model.modules():
         if not isinstance(module, PRUNABLE_TYPES) or module not in dg.module2node:
@@ -185,13 +217,19 @@ def classified_groups(
     """Every dependency group of prunable layers (output layers and attention's embedding
     dimension aside), with the names of its members and how its channels may be removed."""
     names = {m: n for n, m in model.named_modules()}
-    ignored = output_layers(dg, model) + [m for m in model.modules() if isinstance(m, _UNSUPPORTED_STRUCTURED)]
+    ignored = output_layers(dg, model) + [
+        m for m in model.modules() if isinstance(m, _UNSUPPORTED_STRUCTURED)
+    ]
     out = []
     for group in dg.get_all_groups(ignored_layers=ignored, root_module_types=PRUNABLE_TYPES):
         members = []
         for dep, _ in group:
             m = dep.target.module
-            if isinstance(m, PRUNABLE_TYPES) and dg.is_out_channel_pruning_fn(dep.handler) and m in names:
+            if (
+                isinstance(m, PRUNABLE_TYPES)
+                and dg.is_out_channel_pruning_fn(dep.handler)
+                and m in names
+            ):
                 if names[m] not in members:
                     members.append(names[m])
         if members:
@@ -199,14 +237,16 @@ def classified_groups(
     return out
 
 
-def structured_groups(
-    dg: tp.DependencyGraph, model: nn.Module
-) -> list[tuple[tp.Group, list[str]]]:
+def structured_groups(dg: tp.DependencyGraph, model: nn.Module) -> list[tuple[tp.Group, list[str]]]:
     """Every group whose out channels may be removed, with the names of its prunable members
     (groups refused by ``explorer.groups``, e.g. through a channel shuffle, are left out)."""
     classified = classified_groups(dg, model)
     refused = {m for _, members, shape in classified if shape.refused for m in members}
-    return [(group, members) for group, members, shape in classified if not shape.refused and not refused & set(members)]
+    return [
+        (group, members)
+        for group, members, shape in classified
+        if not shape.refused and not refused & set(members)
+    ]
 
 
 _FIXED = "coupled with a layer that structured pruning does not change"
@@ -218,8 +258,10 @@ def _why_fixed(
     """Why ``module``'s output channels cannot be removed: the layer they are coupled with."""
     for m, n in names.items():
         if isinstance(m, nn.MultiheadAttention) and module is m.out_proj:
-            return (f"output projection of attention {n!r}: its channels are the embedding dimension, "
-                    "which structured pruning does not change (its inputs lose the heads of 'in_proj')")
+            return (
+                f"output projection of attention {n!r}: its channels are the embedding dimension, "
+                "which structured pruning does not change (its inputs lose the heads of 'in_proj')"
+            )
     if module not in dg.module2node:
         return "not called by the model's forward pass in eval mode (e.g. a training-only head)"
     try:
@@ -233,8 +275,10 @@ def _why_fixed(
     coupled = [dep.target.module for dep, _ in group]
     for m in coupled:
         if isinstance(m, _UNSUPPORTED_STRUCTURED):
-            return (f"coupled with the embedding dimension of attention {names.get(m, '?')!r}, "
-                    "which structured pruning does not change")
+            return (
+                f"coupled with the embedding dimension of attention {names.get(m, '?')!r}, "
+                "which structured pruning does not change"
+            )
     for m in coupled:
         if names.get(m) in outputs:
             return f"coupled with output layer {names[m]!r}, whose channels are the model's outputs"
@@ -265,8 +309,11 @@ def inventory(model: nn.Module, example_input: torch.Tensor | Inputs) -> Invento
     try:
         ops = ort_ops(model)
         if ops:
-            raise _Opaque(f"the graph runs {list(ops)} in ONNX Runtime (no torch equivalent here), so no "
-                          "channel can be followed through it; unstructured and 2:4 pruning work on its weights")
+            raise _Opaque(
+                f"the graph runs {list(ops)} in ONNX Runtime (no torch equivalent here), so no"
+                " channel can be followed through it; unstructured and 2:4 pruning work on its"
+                " weights"
+            )
         dg = build_dependency_graph(work, example_input)
         names = {m: n for n, m in work.named_modules()}
         outputs = {names[m] for m in output_layers(dg, work)}
@@ -281,25 +328,45 @@ def inventory(model: nn.Module, example_input: torch.Tensor | Inputs) -> Invento
                 continue
             if refused & set(members):  # a layer also in a refused group: refused with it
                 for n in members:
-                    fixed.setdefault(n, "structured pruning off: coupled with a group that cannot lose channels")
+                    fixed.setdefault(
+                        n, "structured pruning off: coupled with a group that cannot lose channels"
+                    )
                 continue
             gid = members[0]
             groups[gid] = tuple(members)
-            batchnorms[gid] = tuple(dict.fromkeys(
-                names[dep.target.module] for dep, _ in group
-                if isinstance(dep.target.module, nn.modules.batchnorm._BatchNorm) and dep.target.module in names))
+            batchnorms[gid] = tuple(
+                dict.fromkeys(
+                    names[dep.target.module]
+                    for dep, _ in group
+                    if isinstance(dep.target.module, nn.modules.batchnorm._BatchNorm)
+                    and dep.target.module in names
+                )
+            )
             for n in members:
                 group_of[n] = gid
                 heads[n] = shape.heads
-        for m, n in names.items():  # nn.MultiheadAttention's fused projection: a group of its own, by heads
+        for (
+            m,
+            n,
+        ) in (
+            names.items()
+        ):  # nn.MultiheadAttention's fused projection: a group of its own, by heads
             if isinstance(m, FusedInProj):
                 why = why_heads_fixed(m.owner)
                 if why:
                     fixed[n] = why
                 else:
                     groups[n], group_of[n], heads[n] = (n,), n, m.owner.num_heads
-        fixed.update({n: _why_fixed(dg, m, names, outputs) for m, n in names.items()
-                      if isinstance(m, PRUNABLE_TYPES) and n not in group_of and n not in outputs and n not in fixed})
+        fixed.update(
+            {
+                n: _why_fixed(dg, m, names, outputs)
+                for m, n in names.items()
+                if isinstance(m, PRUNABLE_TYPES)
+                and n not in group_of
+                and n not in outputs
+                and n not in fixed
+            }
+        )
     except _Opaque as e:
         structured_error = str(e)
     except Exception as e:  # untraceable model: structured pruning is off, the rest works
@@ -315,23 +382,34 @@ def inventory(model: nn.Module, example_input: torch.Tensor | Inputs) -> Invento
         note = ""
         if name not in group_of:
             if structured_error:
-                note = ("structured pruning off: part of the graph runs in ONNX Runtime"
-                        if ort_ops(model) else "structured pruning off: model not traceable")
+                note = (
+                    "structured pruning off: part of the graph runs in ONNX Runtime"
+                    if ort_ops(model)
+                    else "structured pruning off: model not traceable"
+                )
             elif name in outputs:
                 note = "output layer: its channels are the model's outputs"
             else:
                 note = fixed.get(name, _FIXED)
         layers.append(
             LayerInfo(
-                name=name, type=getattr(module, "display_type", type(module).__name__), shape=tuple(weight.shape),
+                name=name,
+                type=getattr(module, "display_type", type(module).__name__),
+                shape=tuple(weight.shape),
                 params=params,
-                macs=macs.get(name, 0), out_channels=out_ch, group=group_of.get(name), note=note,
+                macs=macs.get(name, 0),
+                out_channels=out_ch,
+                group=group_of.get(name),
+                note=note,
                 heads=heads.get(name, 0),
             )
         )
     return Inventory(
-        layers=tuple(layers), groups=groups,
+        layers=tuple(layers),
+        groups=groups,
         total_params=sum(p.numel() for p in model.parameters()),
-        total_macs=sum(macs.values()), structured_error=structured_error, group_batchnorms=batchnorms,
+        total_macs=sum(macs.values()),
+        structured_error=structured_error,
+        group_batchnorms=batchnorms,
         ort_ops=ort_ops(model),
     )

@@ -202,10 +202,15 @@ def latency_curves(
         for r in missing:
             by_width.setdefault(kept_channels(n, r, round_to), []).append(r)
         widths = [w for w in by_width if w < n]
-        eta = f", ~{(time.perf_counter() - start) / done * (len(groups) - done):.0f} s left" if done else ""
+        eta = (
+            f", ~{(time.perf_counter() - start) / done * (len(groups) - done):.0f} s left"
+            if done
+            else ""
+        )
         on_progress(
             done / max(len(groups), 1),
-            f"{gid}: timing {len(widths)} width(s) with the dense model ({done + 1}/{len(groups)}{eta})",
+            f"{gid}: timing {len(widths)} width(s) with the dense model"
+            f" ({done + 1}/{len(groups)}{eta})",
         )
         models = [eng.pruned(gid, by_width[w][0], round_to, m) for w in widths]
         timed = time_with_dense(subject, models) if models else []

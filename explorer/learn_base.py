@@ -43,10 +43,18 @@ def pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def lines(df: pd.DataFrame, x: str, y: str, series: str, title: str, xtitle: str, ytitle: str) -> go.Figure:
+def lines(
+    df: pd.DataFrame, x: str, y: str, series: str, title: str, xtitle: str, ytitle: str
+) -> go.Figure:
     fig = go.Figure()
     for name, part in df.groupby(series, sort=False):
         fig.add_trace(go.Scatter(x=part[x], y=part[y], mode="lines+markers", name=str(name)))
-    fig.update_layout(title=title, xaxis_title=xtitle, yaxis_title=ytitle, legend_title=series,
-                      margin=dict(l=40, r=20, t=50, b=40), height=380)
+    fig.update_layout(
+        title=title,
+        xaxis_title=xtitle,
+        yaxis_title=ytitle,
+        legend_title=series,
+        margin=dict(l=40, r=20, t=50, b=40),
+        height=380,
+    )
     return fig

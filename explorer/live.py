@@ -41,7 +41,14 @@ import numpy as np
 import torch
 
 from explorer.errors import ExplorerError
-from explorer.evaluate import Evaluation, Metrics, check_labels, sample_scores, samples_per_call, with_latency
+from explorer.evaluate import (
+    Evaluation,
+    Metrics,
+    check_labels,
+    sample_scores,
+    samples_per_call,
+    with_latency,
+)
 from explorer.inputs import run_model
 from explorer.inspect import count_macs
 from explorer.onnx_template import OnnxTemplate, template_for, why_untemplated, write_onnx
@@ -49,7 +56,15 @@ from explorer.plan import PruningPlan
 from explorer.runtime import OrtModel, Speedup, export_onnx
 from explorer.subject import Subject
 
-__all__ = ["LiveEvaluator", "LiveRun", "Refinement", "evaluation_of", "gzip_length", "predicted_accuracy", "wilson"]
+__all__ = [
+    "LiveEvaluator",
+    "LiveRun",
+    "Refinement",
+    "evaluation_of",
+    "gzip_length",
+    "predicted_accuracy",
+    "wilson",
+]
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +74,11 @@ CHUNK_SECONDS = 0.6  # later chunks: few enough refinements, each a visible step
 SHUFFLE_SEED = 0
 
 
-def wilson(correct: int, n: int, population: int | None = None, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of a proportion ``correct / n``. With ``population`` (n drawn without
+def wilson(
+    correct: int, n: int, population: int | None = None, z: float = Z95
+) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``correct / n``. With ``population`` (n drawn
+    without
     replacement from that many), the interval is for the proportion in the whole population: the
     variance shrinks by the finite-population factor, to nothing when ``n == population``."""
     if n <= 0:
@@ -91,10 +109,14 @@ class Refinement:
     loss: float | None = None
     interval: tuple[float, float] | None = None
     predicted_accuracy: float | None = None  # from the sensitivity curves, where they are cached
-    static: dict[str, int] = field(default_factory=dict)  # params_total, params_nonzero, macs, onnx_bytes
+    static: dict[str, int] = field(
+        default_factory=dict
+    )  # params_total, params_nonzero, macs, onnx_bytes
     written_by: str = ""  # "template" (the dense export, edited) or "exporter"
     elapsed: float = 0.0  # seconds since the run started
-    stages: dict[str, float] = field(default_factory=dict)  # final: seconds per stage (prune, write, ...)
+    stages: dict[str, float] = field(
+        default_factory=dict
+    )  # final: seconds per stage (prune, write, ...)
     result: Evaluation | None = None
 
     @property
@@ -111,7 +133,9 @@ class _Cancelled(Exception):
     pass
 
 
-def gzip_length(data: bytes, cancelled: Callable[[], bool] = lambda: False, block: int = 1 << 22) -> int:
+def gzip_length(
+    data: bytes, cancelled: Callable[[], bool] = lambda: False, block: int = 1 << 22
+) -> int:
     """``len(gzip.compress(data, 6))`` (``explorer.runtime.gzip_size``), streamed in blocks so that
     a cancelled run stops compressing: zlib's output does not depend on how its input is fed."""
     z = zlib.compressobj(6, zlib.DEFLATED, -15)
@@ -150,7 +174,9 @@ def predicted_accuracy(subject: Subject, plan: PruningPlan) -> float | None:
         unit = name if not get_method(method).structured else _unit_of(subject, method, name)
         if unit is None:
             return None
-        per_unit[(method, unit)] = max(per_unit.get((method, unit), 0.0), rule.ratio)  # a group: its largest
+        per_unit[(method, unit)] = max(
+            per_unit.get((method, unit), 0.0), rule.ratio
+        )  # a group: its largest
     curves: dict[str, dict[tuple[str, float], dict]] = {}
     drop, dense = 0.0, None
     for (method, unit), ratio in per_unit.items():
@@ -159,20 +185,30 @@ def predicted_accuracy(subject: Subject, plan: PruningPlan) -> float | None:
         points = sorted((r, row["accuracy"]) for (u, r), row in curves[method].items() if u == unit)
         if not points or points[0][0] != 0.0 or ratio > points[-1][0] + 1e-9:
             return None
-        rs, acc = zip(*points)
+        rs, acc = zip(*points, strict=False)
         dense = acc[0] if dense is None else dense
         drop += max(0.0, acc[0] - float(np.interp(ratio, rs, acc)))
     return None if dense is None else max(0.0, dense - drop)
 
 
-def evaluation_of(subject: Subject, plan: PruningPlan, metrics: Metrics, speedup: Speedup | None) -> Evaluation:
+def evaluation_of(
+    subject: Subject, plan: PruningPlan, metrics: Metrics, speedup: Speedup | None
+) -> Evaluation:
     """The :class:`Evaluation` of ``metrics`` (as ``Subject.evaluate`` builds it): the dense side's
     latency is that of the interleaved window ``speedup``."""
     dense, _ = subject.dense()
     if speedup is not None:
         dense = with_latency(dense, speedup.dense)
-    return Evaluation(metrics, dense, subject.model_spec, subject.data_spec, plan, speedup,
-                      inputs=subject.data.inputs, output=subject.output_note)
+    return Evaluation(
+        metrics,
+        dense,
+        subject.model_spec,
+        subject.data_spec,
+        plan,
+        speedup,
+        inputs=subject.data.inputs,
+        output=subject.output_note,
+    )
 
 
 class LiveEvaluator:
@@ -206,7 +242,8 @@ class LiveEvaluator:
         return self._per_image
 
     def predicted_seconds(self) -> float:
-        """About how long a full evaluation takes (0 until one chunk was scored): scoring plus timing
+        """About how long a full evaluation takes (0 until one chunk was scored): scoring plus
+        timing
         (dense and pruned timed alternately: twice the dense model's runs)."""
         d = self.dense_metrics
         timing = 2 * (d.latency_runs + 10) * d.latency_ms_median / 1000
@@ -218,32 +255,40 @@ class LiveEvaluator:
             self._per_image = per if self._per_image == 0 else 0.5 * (self._per_image + per)
 
     def _chunks(self) -> Iterator[np.ndarray]:
-        """Indices of the images to score next, in shuffled order: a small first chunk, then larger."""
+        """Indices of the images to score next, in shuffled order: a small first chunk, then
+        larger."""
         start, first = 0, True
         while start < self.total:
             per = self._per_image or 0.05
-            n = int(np.clip(round((FIRST_SECONDS if first else CHUNK_SECONDS) / per), 4 if first else 16,
-                            max(16, self.most)))
+            n = int(
+                np.clip(
+                    round((FIRST_SECONDS if first else CHUNK_SECONDS) / per),
+                    4 if first else 16,
+                    max(16, self.most),
+                )
+            )
             yield self.order[start : start + n]
             start += n
             first = False
 
     # --- the stages ---------------------------------------------------------------------------
 
-    def start(self, plan: PruningPlan, on_final: Callable[[Refinement], None] | None = None) -> LiveRun:
+    def start(
+        self, plan: PruningPlan, on_final: Callable[[Refinement], None] | None = None
+    ) -> LiveRun:
         """Evaluate ``plan`` in a worker thread; poll the returned run. ``on_final`` is called (in
         that thread) with the final refinement, even if nobody polls any more."""
         return LiveRun(self, plan, on_final)
 
     def evaluate(self, plan: PruningPlan) -> Evaluation:
         """The ``evaluate`` object of ``plan``, waiting for it (``Subject.evaluate``, faster)."""
-        last = None
-        for last in self.refinements(plan):
-            pass
-        assert last is not None and last.result is not None
+        *_, last = self.refinements(plan)  # run every stage; the last one is final
+        assert last.result is not None
         return last.result
 
-    def refinements(self, plan: PruningPlan, cancelled: Callable[[], bool] = lambda: False) -> Iterator[Refinement]:
+    def refinements(
+        self, plan: PruningPlan, cancelled: Callable[[], bool] = lambda: False
+    ) -> Iterator[Refinement]:
         """Yield what is known of ``plan``'s evaluation, stage by stage; the last one is final.
 
         Raises:
@@ -259,9 +304,16 @@ class LiveEvaluator:
 
         if plan.is_empty:
             d = self.dense_metrics
-            yield replace(base, stage="final", scored=self.total, accuracy=d.accuracy, loss=d.loss,
-                          interval=(d.accuracy, d.accuracy), elapsed=time.perf_counter() - t0,
-                          result=evaluation_of(self.subject, plan, d, None))
+            yield replace(
+                base,
+                stage="final",
+                scored=self.total,
+                accuracy=d.accuracy,
+                loss=d.loss,
+                interval=(d.accuracy, d.accuracy),
+                elapsed=time.perf_counter() - t0,
+                result=evaluation_of(self.subject, plan, d, None),
+            )
             return
         predicted = predicted_accuracy(self.subject, plan)
         base = replace(base, predicted_accuracy=predicted)
@@ -298,8 +350,11 @@ class LiveEvaluator:
             # Compressed in a thread meanwhile (zlib lets go of the GIL); stops when the run does.
             gzip_bytes: list[int] = []
             data = path.read_bytes()
-            zipper = threading.Thread(target=lambda d: gzip_bytes.append(gzip_length(d, cancelled)), args=(data,),
-                                      daemon=True)
+            zipper = threading.Thread(
+                target=lambda d: gzip_bytes.append(gzip_length(d, cancelled)),
+                args=(data,),
+                daemon=True,
+            )
             zipper.start()
             base = replace(base, stage="scoring", static=static, written_by=written_by)
             correct = np.zeros(self.total, dtype=bool)
@@ -311,7 +366,11 @@ class LiveEvaluator:
                 idx = np.sort(idx)
                 with self.lock:
                     c0 = time.perf_counter()
-                    x = {k: v[idx] for k, v in self.x.items()} if isinstance(self.x, dict) else self.x[idx]
+                    x = (
+                        {k: v[idx] for k, v in self.x.items()}
+                        if isinstance(self.x, dict)
+                        else self.x[idx]
+                    )
                     logits = session(x)
                     self._learn(time.perf_counter() - c0, len(idx))
                 if scored == 0:
@@ -322,8 +381,14 @@ class LiveEvaluator:
                 scored += len(idx)
                 k = int(correct[done].sum())
                 lap("scoring")
-                yield replace(base, scored=scored, accuracy=k / scored, loss=self._loss(losses[done]),
-                              interval=wilson(k, scored, self.total), elapsed=time.perf_counter() - t0)
+                yield replace(
+                    base,
+                    scored=scored,
+                    accuracy=k / scored,
+                    loss=self._loss(losses[done]),
+                    interval=wilson(k, scored, self.total),
+                    elapsed=time.perf_counter() - t0,
+                )
             del session
             lap("scoring")
             zipper.join()
@@ -338,14 +403,31 @@ class LiveEvaluator:
             lap("latency")
         accuracy, loss = float(correct.mean()), self._loss(losses)
         metrics = Metrics(
-            accuracy=accuracy, loss=loss, onnx_bytes=static["onnx_bytes"], onnx_gzip_bytes=gzip_bytes[0],
-            latency_ms_median=latency.median_ms, latency_ms_p90=latency.p90_ms, latency_ms_spread=latency.spread_ms,
-            latency_threads=latency.threads, latency_runs=latency.runs, labels=self.labels,
-            params_total=static["params_total"], params_nonzero=static["params_nonzero"], macs=static["macs"],
+            accuracy=accuracy,
+            loss=loss,
+            onnx_bytes=static["onnx_bytes"],
+            onnx_gzip_bytes=gzip_bytes[0],
+            latency_ms_median=latency.median_ms,
+            latency_ms_p90=latency.p90_ms,
+            latency_ms_spread=latency.spread_ms,
+            latency_threads=latency.threads,
+            latency_runs=latency.runs,
+            labels=self.labels,
+            params_total=static["params_total"],
+            params_nonzero=static["params_nonzero"],
+            macs=static["macs"],
         )
-        yield replace(base, stage="final", scored=self.total, accuracy=accuracy, loss=loss,
-                      interval=(accuracy, accuracy), elapsed=time.perf_counter() - t0, stages=stages,
-                      result=evaluation_of(self.subject, plan, metrics, speedup))
+        yield replace(
+            base,
+            stage="final",
+            scored=self.total,
+            accuracy=accuracy,
+            loss=loss,
+            interval=(accuracy, accuracy),
+            elapsed=time.perf_counter() - t0,
+            stages=stages,
+            result=evaluation_of(self.subject, plan, metrics, speedup),
+        )
 
     def _loss(self, terms: np.ndarray) -> float:
         """Mean loss of per-sample terms, as ``explorer.evaluate.scores`` reduces them."""
@@ -371,9 +453,14 @@ class LiveEvaluator:
             with torch.no_grad():
                 want = run_model(model, x).numpy()
             got = session(x.numpy()) if session is not None else None
-            if got is None or got.shape != want.shape or \
-                    np.abs(got - want).max() > 1e-3 * max(1.0, float(np.abs(want).max())):
-                log.warning("the template's file disagrees with the torch model: exporting for real")
+            if (
+                got is None
+                or got.shape != want.shape
+                or np.abs(got - want).max() > 1e-3 * max(1.0, float(np.abs(want).max()))
+            ):
+                log.warning(
+                    "the template's file disagrees with the torch model: exporting for real"
+                )
                 export_onnx(model, x, path)
                 session = OrtModel(path, threads=os.cpu_count() or 1)
         assert session is not None
@@ -401,8 +488,12 @@ class LiveRun:
     too, so that the caller can raise it where it is seen.
     """
 
-    def __init__(self, evaluator: LiveEvaluator, plan: PruningPlan,
-                 on_final: Callable[[Refinement], None] | None = None) -> None:
+    def __init__(
+        self,
+        evaluator: LiveEvaluator,
+        plan: PruningPlan,
+        on_final: Callable[[Refinement], None] | None = None,
+    ) -> None:
         self.plan = plan
         self._on_final = on_final
         self.plan_key = plan.key()
@@ -411,8 +502,9 @@ class LiveRun:
         self._cancel = threading.Event()
         self._changed = threading.Condition()
         self._done = False
-        self._thread = threading.Thread(target=self._work, args=(evaluator,), daemon=True,
-                                        name=f"live-{self.plan_key[:8]}")
+        self._thread = threading.Thread(
+            target=self._work, args=(evaluator,), daemon=True, name=f"live-{self.plan_key[:8]}"
+        )
         _RUNS.add(self)
         self._thread.start()
 
@@ -455,7 +547,9 @@ class LiveRun:
         scored), or when ``timeout`` seconds have passed."""
         deadline = time.monotonic() + timeout
         with self._changed:
-            while not self._done and not (measured and self._latest is not None and self._latest.measured):
+            while not self._done and not (
+                measured and self._latest is not None and self._latest.measured
+            ):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break

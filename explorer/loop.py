@@ -41,23 +41,48 @@ class Stage:
 class LoopResult:
     stages: list[Stage] = field(default_factory=list)
     epochs: list[dict[str, Any]] = field(default_factory=list)  # fine-tuning history
-    stopped: str = ""  # how fine-tuning ended ("completed", "early-stop", "cancelled"), "" if not run
+    stopped: str = (
+        ""  # how fine-tuning ended ("completed", "early-stop", "cancelled"), "" if not run
+    )
     int8: dict[str, Any] | None = None  # compare_int8(...).to_dict(), with the CPU note
     model: nn.Module | None = None  # the last fp32 model (fine-tuned when fine-tuning ran)
     schedule: dict[str, Any] | None = None  # ScheduleResult.to_dict() when a schedule ran
-    recovery: dict[str, Any] | None = None  # how ``model`` was recovered (``recovery_record``); None: not
+    recovery: dict[str, Any] | None = (
+        None  # how ``model`` was recovered (``recovery_record``); None: not
+    )
 
     def table(self) -> list[dict[str, Any]]:
         """One row per stage: the numbers a user compares."""
-        keys = ("accuracy", "loss", "params_nonzero", "onnx_bytes", "onnx_gzip_bytes", "latency_ms_median",
-                "latency_ms_p90")
-        return [{"stage": s.name, **{k: s.metrics.get(k) for k in keys}, "note": s.note} for s in self.stages]
+        keys = (
+            "accuracy",
+            "loss",
+            "params_nonzero",
+            "onnx_bytes",
+            "onnx_gzip_bytes",
+            "latency_ms_median",
+            "latency_ms_p90",
+        )
+        return [
+            {"stage": s.name, **{k: s.metrics.get(k) for k in keys}, "note": s.note}
+            for s in self.stages
+        ]
 
 
-def run_loop(subject: Subject, plan: PruningPlan, *, recalibrate: bool = True, epochs: int = 0,
-             distill: bool = False, temperature: float = 2.0, alpha: float = 0.5, patience: int | None = None,
-             int8: str | None = None, schedule: ScheduleSpec | None = None,
-             on_progress: Progress = no_progress, should_stop: Callable[[], bool] | None = None) -> LoopResult:
+def run_loop(
+    subject: Subject,
+    plan: PruningPlan,
+    *,
+    recalibrate: bool = True,
+    epochs: int = 0,
+    distill: bool = False,
+    temperature: float = 2.0,
+    alpha: float = 0.5,
+    patience: int | None = None,
+    int8: str | None = None,
+    schedule: ScheduleSpec | None = None,
+    on_progress: Progress = no_progress,
+    should_stop: Callable[[], bool] | None = None,
+) -> LoopResult:
     """Run the loop on ``plan``; each stage is measured on its own ONNX export.
 
     Args:
@@ -77,7 +102,10 @@ def run_loop(subject: Subject, plan: PruningPlan, *, recalibrate: bool = True, e
         ExplorerError: as pruning, export and quantization raise.
     """
     if epochs and subject.data.train is None:
-        raise DataError(f"{subject.data_spec}: fine-tuning needs a training split (an .npz with x_train, y_train)")
+        raise DataError(
+            f"{subject.data_spec}: fine-tuning needs a training split (an .npz with x_train,"
+            " y_train)"
+        )
     if int8 is not None and int8 not in INT8_MODES:
         raise DataError(f"int8 mode must be one of {list(INT8_MODES)}, got {int8!r}")
     result = LoopResult()
@@ -87,6 +115,7 @@ def run_loop(subject: Subject, plan: PruningPlan, *, recalibrate: bool = True, e
     model = subject.prune(plan)
     result.stages.append(Stage("pruned", subject.measure(model).to_dict()))
     if schedule is not None and schedule.name != "one-shot":
+
         def scheduled(fraction: float, message: str) -> None:
             on_progress(0.1 + 0.7 * fraction, f"{schedule.name}: {message}")
 
@@ -98,12 +127,23 @@ def run_loop(subject: Subject, plan: PruningPlan, *, recalibrate: bool = True, e
         note = schedule.describe() + (f"; {ran.stop_reason}" if ran.stop_reason else "")
         result.stages.append(Stage(schedule.name, subject.measure(model).to_dict(), note))
     else:
+
         def stage(name: str, stage_model: nn.Module, note: str) -> None:
             result.stages.append(Stage(name, subject.measure(stage_model).to_dict(), note))
 
         model, result.recovery, tuned = recover_pruned(
-            subject, model, recalibrate=recalibrate, epochs=epochs, distill=distill, temperature=temperature,
-            alpha=alpha, patience=patience, on_progress=on_progress, should_stop=should_stop, on_stage=stage)
+            subject,
+            model,
+            recalibrate=recalibrate,
+            epochs=epochs,
+            distill=distill,
+            temperature=temperature,
+            alpha=alpha,
+            patience=patience,
+            on_progress=on_progress,
+            should_stop=should_stop,
+            on_stage=stage,
+        )
         if tuned is not None:
             result.epochs = tuned.history_rows()
             result.stopped = tuned.stopped
@@ -116,21 +156,39 @@ def run_loop(subject: Subject, plan: PruningPlan, *, recalibrate: bool = True, e
             fp32_path, int8_path = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
             last = subject.measure(model, onnx_path=fp32_path)
             _, reference = subject.dense()
-            cmp = compare_int8(fp32_path, subject.data, int8_path, mode=int8,
-                               reference=None if subject.data.has_labels else reference,
-                               threads=subject.threads, runs=subject.runs)
-        metrics = {**last.to_dict(), **cmp.int8.to_dict()}  # params, MACs of the fp32 graph it came from
+            cmp = compare_int8(
+                fp32_path,
+                subject.data,
+                int8_path,
+                mode=int8,
+                reference=None if subject.data.has_labels else reference,
+                threads=subject.threads,
+                runs=subject.runs,
+            )
+        metrics = {
+            **last.to_dict(),
+            **cmp.int8.to_dict(),
+        }  # params, MACs of the fp32 graph it came from
         result.int8 = cmp.to_dict()
         result.stages.append(Stage(f"int8 ({cmp.mode})", metrics, " ".join(cmp.notes)))
     on_progress(1.0, "done")
     return result
 
 
-def recover_pruned(subject: Subject, model: nn.Module, *, recalibrate: bool = True, epochs: int = 0,
-                   distill: bool = False, temperature: float = 2.0, alpha: float = 0.5, patience: int | None = None,
-                   on_progress: Progress = no_progress, should_stop: Callable[[], bool] | None = None,
-                   on_stage: Callable[[str, nn.Module, str], None] | None = None,
-                   ) -> tuple[nn.Module, dict[str, Any] | None, FinetuneResult | None]:
+def recover_pruned(
+    subject: Subject,
+    model: nn.Module,
+    *,
+    recalibrate: bool = True,
+    epochs: int = 0,
+    distill: bool = False,
+    temperature: float = 2.0,
+    alpha: float = 0.5,
+    patience: int | None = None,
+    on_progress: Progress = no_progress,
+    should_stop: Callable[[], bool] | None = None,
+    on_stage: Callable[[str, nn.Module, str], None] | None = None,
+) -> tuple[nn.Module, dict[str, Any] | None, FinetuneResult | None]:
     """The recovery stages on a pruned ``model``, the same for the app's loop and the CLI's export.
 
     Batch-norm statistics re-estimated on the training split (the test split without one) when
@@ -149,27 +207,48 @@ def recover_pruned(subject: Subject, model: nn.Module, *, recalibrate: bool = Tr
         model = recalibrate_bn(model, subject.data.train or subject.data.test)
         recalibrated = True
         if on_stage is not None:
-            on_stage("BN recalibrated", model, f"batch-norm statistics re-estimated on the {calibration_split} split")
+            on_stage(
+                "BN recalibrated",
+                model,
+                f"batch-norm statistics re-estimated on the {calibration_split} split",
+            )
     if epochs:
+
         def progress(fraction: float, message: str) -> None:
             on_progress(0.15 + 0.65 * fraction, message)
 
-        tuned = finetune(model, subject.data, epochs, distill_from=subject.model if distill else None,
-                         temperature=temperature, alpha=alpha, patience=patience, recalibrate=False,
-                         on_progress=progress, should_stop=should_stop or (lambda: False))
+        tuned = finetune(
+            model,
+            subject.data,
+            epochs,
+            distill_from=subject.model if distill else None,
+            temperature=temperature,
+            alpha=alpha,
+            patience=patience,
+            recalibrate=False,
+            on_progress=progress,
+            should_stop=should_stop or (lambda: False),
+        )
         model = tuned.model
         if on_stage is not None:
-            note = f"{len(tuned.history) - 1} epoch(s), best at {tuned.best_epoch} ({tuned.stopped})"
+            note = (
+                f"{len(tuned.history) - 1} epoch(s), best at {tuned.best_epoch} ({tuned.stopped})"
+            )
             if distill:
                 note += f"; distilled from dense (T={temperature}, weight {alpha})"
             on_stage("fine-tuned", model, note)
     if not recalibrated and tuned is None:
         return model, None, None
-    return model, recovery_record(recalibrated, calibration_split, tuned.to_dict() if tuned else None), tuned
+    return (
+        model,
+        recovery_record(recalibrated, calibration_split, tuned.to_dict() if tuned else None),
+        tuned,
+    )
 
 
-def recovery_record(recalibrated: bool, calibration_split: str = "",
-                    finetuned: dict[str, Any] | None = None) -> dict[str, Any]:
+def recovery_record(
+    recalibrated: bool, calibration_split: str = "", finetuned: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The ``recovery`` entry of metrics.json: what was done to the pruned weights before export.
 
     ``finetuned`` is ``FinetuneResult.to_dict()`` (its keys are kept at the top level, as the CLI's

@@ -1,4 +1,5 @@
-"""The dense model's exported ONNX file as a template: the file a pruned copy would export to, written
+"""The dense model's exported ONNX file as a template: the file a pruned copy would export to,
+written
 without running the exporter again.
 
 Exporting a 224-px ResNet takes seconds (tracing, ONNX passes, constant folding); a pruned copy of a
@@ -52,10 +53,13 @@ class TemplateMiss(Exception):
 
 @dataclass(frozen=True)
 class _Recipe:
-    """How one initializer is computed from the model: ``kind`` and the state-dict names it reads."""
+    """How one initializer is computed from the model: ``kind`` and the state-dict names it
+    reads."""
 
     kind: str  # "param", "transposed", "fold_weight", "fold_bias", "fold_bias_nobias"
-    sources: tuple[str, ...]  # state-dict names: the tensor, or conv weight/bias then bn weight/bias/mean/var
+    sources: tuple[
+        str, ...
+    ]  # state-dict names: the tensor, or conv weight/bias then bn weight/bias/mean/var
 
     def __call__(self, state: dict[str, torch.Tensor], eps: dict[str, float]) -> np.ndarray:
         with torch.no_grad():
@@ -87,8 +91,11 @@ def _conv_bn_pairs(model: nn.Module, example_input: torch.Tensor) -> list[tuple[
     """(conv, batch norm) pairs where the batch norm runs right after the convolution, on as many
     channels: the pairs the exporter may have folded (checked bit for bit afterwards)."""
     order: list[str] = []
-    hooks = [m.register_forward_hook(lambda mod, i, o, name=name: order.append(name))
-             for name, m in model.named_modules() if isinstance(m, (*_CONVS, *_NORMS))]
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o, name=name: order.append(name))
+        for name, m in model.named_modules()
+        if isinstance(m, (*_CONVS, *_NORMS))
+    ]
     try:
         with torch.no_grad():
             model(example_input)
@@ -97,10 +104,15 @@ def _conv_bn_pairs(model: nn.Module, example_input: torch.Tensor) -> list[tuple[
             h.remove()
     modules = dict(model.named_modules())
     pairs = []
-    for a, b in zip(order, order[1:]):
+    for a, b in zip(order, order[1:], strict=False):
         conv, norm = modules[a], modules[b]
-        if isinstance(conv, _CONVS) and isinstance(norm, _NORMS) and norm.affine and norm.track_running_stats \
-                and norm.num_features == conv.out_channels:
+        if (
+            isinstance(conv, _CONVS)
+            and isinstance(norm, _NORMS)
+            and norm.affine
+            and norm.track_running_stats
+            and norm.num_features == conv.out_channels
+        ):
             pairs.append((a, b))
     return pairs
 
@@ -108,7 +120,11 @@ def _conv_bn_pairs(model: nn.Module, example_input: torch.Tensor) -> list[tuple[
 def _candidates(model: nn.Module, pairs: list[tuple[str, str]]) -> list[_Recipe]:
     state = dict(model.state_dict(keep_vars=False))
     out = [_Recipe("param", (n,)) for n, t in state.items() if t.dtype.is_floating_point]
-    out += [_Recipe("transposed", (n,)) for n, t in state.items() if t.dtype.is_floating_point and t.dim() == 2]
+    out += [
+        _Recipe("transposed", (n,))
+        for n, t in state.items()
+        if t.dtype.is_floating_point and t.dim() == 2
+    ]
     for conv, bn in pairs:
         stats = (f"{bn}.weight", f"{bn}.bias", f"{bn}.running_mean", f"{bn}.running_var")
         out.append(_Recipe("fold_weight", (f"{conv}.weight", *stats)))
@@ -126,8 +142,13 @@ class OnnxTemplate:
     model exports to, or raises :class:`TemplateMiss`.
     """
 
-    def __init__(self, proto: object, recipes: dict[int, _Recipe], eps: dict[str, float],
-                 dense_state: dict[str, torch.Tensor]) -> None:
+    def __init__(
+        self,
+        proto: object,
+        recipes: dict[int, _Recipe],
+        eps: dict[str, float],
+        dense_state: dict[str, torch.Tensor],
+    ) -> None:
         self.proto = proto  # onnx.ModelProto of the dense model
         self.recipes = recipes  # initializer index -> recipe
         self.eps = eps
@@ -147,8 +168,14 @@ class OnnxTemplate:
         model = model.eval()
         buf = io.BytesIO()
         try:
-            torchscript_export(model, (example_input,), buf, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+            torchscript_export(
+                model,
+                (example_input,),
+                buf,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            )
         except Exception as e:  # export_onnx falls back to the dynamo exporter: not templated
             raise TemplateMiss(f"the TorchScript exporter failed: {type(e).__name__}") from None
         proto = onnx.load_model_from_string(buf.getvalue())
@@ -184,8 +211,12 @@ class OnnxTemplate:
         state = {n: t.detach() for n, t in model.state_dict().items()}
         if set(state) != set(self.dense_state):
             raise TemplateMiss("the pruned model has other tensors than the dense one")
-        changed = {n for n, t in state.items() if tuple(t.shape) != tuple(self.dense_state[n].shape)
-                   or not torch.equal(t, self.dense_state[n])}
+        changed = {
+            n
+            for n, t in state.items()
+            if tuple(t.shape) != tuple(self.dense_state[n].shape)
+            or not torch.equal(t, self.dense_state[n])
+        }
         missing = sorted(changed - self.covered)
         if missing:
             raise TemplateMiss(f"no recipe reads {missing[:3]}{'...' if len(missing) > 3 else ''}")
@@ -225,11 +256,17 @@ class OnnxTemplate:
             if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in index:
                 continue
             recipe = self.recipes.get(index[node.input[1]])
-            if recipe is None or recipe.kind not in ("param", "fold_weight") or recipe.sources[0] not in changed:
+            if (
+                recipe is None
+                or recipe.kind not in ("param", "fold_weight")
+                or recipe.sources[0] not in changed
+            ):
                 continue
             module = modules.get(recipe.sources[0].rsplit(".", 1)[0])
             if not isinstance(module, _CONVS):
-                raise TemplateMiss(f"a Conv node reads {recipe.sources[0]}, which is not a convolution's weight")
+                raise TemplateMiss(
+                    f"a Conv node reads {recipe.sources[0]}, which is not a convolution's weight"
+                )
             attrs = [a for a in node.attribute if a.name == "group"]
             if attrs:
                 attrs[0].i = module.groups
@@ -237,7 +274,9 @@ class OnnxTemplate:
                 raise TemplateMiss(f"the Conv node of {recipe.sources[0]} declares no groups")
 
 
-_TEMPLATES: weakref.WeakKeyDictionary[Any, OnnxTemplate | TemplateMiss] = weakref.WeakKeyDictionary()
+_TEMPLATES: weakref.WeakKeyDictionary[Any, OnnxTemplate | TemplateMiss] = (
+    weakref.WeakKeyDictionary()
+)
 _TEMPLATES_LOCK = threading.Lock()
 
 
@@ -276,7 +315,8 @@ def _agrees(data: bytes, model: nn.Module, example: Any) -> bool:
 
 
 def write_onnx(subject: Any, model: nn.Module, path: str | Path) -> str:
-    """Write the ONNX file of a pruned copy of ``subject``'s model to ``path``: from the template when
+    """Write the ONNX file of a pruned copy of ``subject``'s model to ``path``: from the template
+    when
     it vouches for it (the exporter's own bytes, in milliseconds) and the file computes what the
     model computes on the example input (checked in ONNX Runtime), else with ``export_onnx``.
     Returns ``"template"`` or ``"exporter"``."""
@@ -287,7 +327,9 @@ def write_onnx(subject: Any, model: nn.Module, path: str | Path) -> str:
             if _agrees(data, model, subject.example_input):
                 Path(path).write_bytes(data)
                 return "template"
-            log.warning("the template's file disagrees with the pruned model: exporting it for real")
+            log.warning(
+                "the template's file disagrees with the pruned model: exporting it for real"
+            )
         except TemplateMiss:
             pass
     export_onnx(model, subject.example_input, path)

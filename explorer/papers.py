@@ -60,17 +60,30 @@ __all__ = [
 
 # The papers' numbers (../shared/research/state-of-the-art-2026-12.md, section 6).
 HAN: dict[str, dict[str, Any]] = {
-    "mnist-lenet300": {"dense_error": 0.0164, "pruned_error": 0.0159, "params": (267_000, 22_000),
-                       "compression": 12, "kept": {"fc1": 0.08, "fc2": 0.09, "fc3": 0.26}, "table": 2},
-    "mnist-lenet5": {"dense_error": 0.0080, "pruned_error": 0.0077, "params": (431_000, 36_000),
-                     "compression": 12, "kept": {"conv1": 0.66, "conv2": 0.12, "fc1": 0.08, "fc2": 0.19}, "table": 3},
+    "mnist-lenet300": {
+        "dense_error": 0.0164,
+        "pruned_error": 0.0159,
+        "params": (267_000, 22_000),
+        "compression": 12,
+        "kept": {"fc1": 0.08, "fc2": 0.09, "fc3": 0.26},
+        "table": 2,
+    },
+    "mnist-lenet5": {
+        "dense_error": 0.0080,
+        "pruned_error": 0.0077,
+        "params": (431_000, 36_000),
+        "compression": 12,
+        "kept": {"conv1": 0.66, "conv2": 0.12, "fc1": 0.08, "fc2": 0.19},
+        "table": 3,
+    },
 }
 # Best test accuracy (%) over training, trials 0 / 1.
 LOTTERY: dict[str, dict[float, tuple[float, float]]] = {
     "magnitude": {0.0: (66.4, 65.4), 0.9: (74.3, 74.1), 0.95: (71.8, 70.8), 0.99: (41.9, 42.4)},
     "random": {0.0: (63.8, 65.2), 0.9: (64.6, 65.7), 0.95: (58.0, 56.1), 0.99: (16.9, 17.1)},
 }
-CLEAR_RATIO = 1.5  # layers whose kept shares differ by more than this factor in the paper must keep their order
+# layers whose kept shares differ by more than this factor in the paper must keep their order
+CLEAR_RATIO = 1.5
 
 
 def order_agreement(ours: dict[str, float], paper: dict[str, float]) -> tuple[bool, list[str]]:
@@ -79,14 +92,16 @@ def order_agreement(ours: dict[str, float], paper: dict[str, float]) -> tuple[bo
     lines, ok = [], True
     names = list(paper)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             hi, lo = (a, b) if paper[a] >= paper[b] else (b, a)
             if paper[hi] <= CLEAR_RATIO * paper[lo]:
                 continue
             agree = ours[hi] > ours[lo]
             ok &= agree
-            lines.append(f"{hi} > {lo}: paper {100 * paper[hi]:.0f}% > {100 * paper[lo]:.0f}%, ours "
-                         f"{100 * ours[hi]:.1f}% {'>' if agree else '<='} {100 * ours[lo]:.1f}%")
+            lines.append(
+                f"{hi} > {lo}: paper {100 * paper[hi]:.0f}% > {100 * paper[lo]:.0f}%, ours "
+                f"{100 * ours[hi]:.1f}% {'>' if agree else '<='} {100 * ours[lo]:.1f}%"
+            )
     return ok, lines
 
 
@@ -106,11 +121,16 @@ def han_ratios(model: nn.Module, thresholds: dict[str, float]) -> dict[str, floa
 
 
 def _plan(ratios: dict[str, float], model_spec: str) -> PruningPlan:
-    return PruningPlan(method="l1-unstructured", layers={n: LayerRule(min(r, 0.9999)) for n, r in ratios.items()},
-                       model=model_spec)
+    return PruningPlan(
+        method="l1-unstructured",
+        layers={n: LayerRule(min(r, 0.9999)) for n, r in ratios.items()},
+        model=model_spec,
+    )
 
 
-def han_sensitivity(subject: Subject, grid: Sequence[float], split: Split | None = None) -> list[dict[str, Any]]:
+def han_sensitivity(
+    subject: Subject, grid: Sequence[float], split: Split | None = None
+) -> list[dict[str, Any]]:
     """Each layer alone pruned at thresholds q·σ for every q of ``grid``, no retraining: rows of
     layer, q, share pruned, validation accuracy."""
     split = split or subject.data.val or subject.data.test
@@ -119,13 +139,27 @@ def han_sensitivity(subject: Subject, grid: Sequence[float], split: Split | None
     for name in subject.layer_names:
         for q in grid:
             ratios = han_ratios(subject.model, {name: q * sigma[name]})
-            pruned = apply_plan(subject.model, _plan(ratios, subject.model_spec), subject.example_input)
-            rows.append({"layer": name, "q": q, "pruned": ratios[name], "val_accuracy": evaluate_torch(pruned, split)[0]})
+            pruned = apply_plan(
+                subject.model, _plan(ratios, subject.model_spec), subject.example_input
+            )
+            rows.append(
+                {
+                    "layer": name,
+                    "q": q,
+                    "pruned": ratios[name],
+                    "val_accuracy": evaluate_torch(pruned, split)[0],
+                }
+            )
     return rows
 
 
-def _solve_scale(model: nn.Module, base: dict[str, float], bias_params: int, total_params: int,
-                 compression: float) -> float:
+def _solve_scale(
+    model: nn.Module,
+    base: dict[str, float],
+    bias_params: int,
+    total_params: int,
+    compression: float,
+) -> float:
     """The factor λ for which thresholds λ·base leave ``total_params / compression`` parameters
     (biases are kept), by bisection (the count falls as λ grows)."""
     target = total_params / compression - bias_params
@@ -149,7 +183,9 @@ class HanResult:
     dense_error: float
     quality: dict[str, float]  # q_l from sensitivity
     sigma: dict[str, float]
-    rounds: list[dict[str, Any]] = field(default_factory=list)  # per round: kept per layer, compression, error
+    rounds: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # per round: kept per layer, compression, error
     seconds: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)
 
@@ -162,20 +198,38 @@ class HanResult:
         paper = HAN[self.model_spec.removeprefix("zoo:")]
         f = self.final
         ok = f["compression"] >= 11.0 and f["error"] <= self.dense_error
-        why = (f"{f['compression']:.1f}x fewer parameters ({f['params']:,} of {f['params_total']:,}) at "
-               f"{100 * f['error']:.2f}% test error against {100 * self.dense_error:.2f}% dense: "
-               + ("no more error" if f["error"] <= self.dense_error else
-                  f"{100 * (f['error'] - self.dense_error):.2f} points more error")
-               + ("" if f["compression"] >= 11.0 else ", and short of about 12x"))
+        why = (
+            f"{f['compression']:.1f}x fewer parameters ({f['params']:,} of {f['params_total']:,})"
+            f" at {100 * f['error']:.2f}% test error against {100 * self.dense_error:.2f}% dense: "
+            + (
+                "no more error"
+                if f["error"] <= self.dense_error
+                else f"{100 * (f['error'] - self.dense_error):.2f} points more error"
+            )
+            + ("" if f["compression"] >= 11.0 else ", and short of about 12x")
+        )
         shape_ok, lines = order_agreement(f["kept"], paper["kept"])
-        return [(f"about {paper['compression']}x fewer weights with no more error than dense", ok, why),
-                (f"the kept share per layer has Table {paper['table']}'s shape", shape_ok, "; ".join(lines))]
+        return [
+            (f"about {paper['compression']}x fewer weights with no more error than dense", ok, why),
+            (
+                f"the kept share per layer has Table {paper['table']}'s shape",
+                shape_ok,
+                "; ".join(lines),
+            ),
+        ]
 
 
-def han_iterative(subject: Subject, *, rounds: int = 4, epochs: int = 3, lr: float = 2e-4,
-                  compression: float = 12.0, tolerance: float = 0.01,
-                  grid: Sequence[float] = tuple(np.round(np.arange(0.0, 3.01, 0.25), 2)),
-                  on_progress: Progress = no_progress) -> HanResult:
+def han_iterative(
+    subject: Subject,
+    *,
+    rounds: int = 4,
+    epochs: int = 3,
+    lr: float = 2e-4,
+    compression: float = 12.0,
+    tolerance: float = 0.01,
+    grid: Sequence[float] = tuple(np.round(np.arange(0.0, 3.01, 0.25), 2)),
+    on_progress: Progress = no_progress,
+) -> HanResult:
     """Han et al.'s iterative pruning on ``subject`` (see the module doc). ``lr``: retraining rate,
     a tenth of the zoo's 2e-3 as in the paper."""
     start = time.perf_counter()
@@ -194,27 +248,56 @@ def han_iterative(subject: Subject, *, rounds: int = 4, epochs: int = 3, lr: flo
     dense_val = evaluate_torch(subject.model, val)[0]
     quality = {}
     for name in names:
-        ok = [r["q"] for r in rows if r["layer"] == name and r["val_accuracy"] >= dense_val - tolerance]
+        ok = [
+            r["q"]
+            for r in rows
+            if r["layer"] == name and r["val_accuracy"] >= dense_val - tolerance
+        ]
         quality[name] = max(ok) if ok else min(q for q in grid if q > 0)
     base = {n: quality[n] * sigma[n] for n in names}
-    if any(t == 0 for t in base.values()):  # a layer with q = 0 (no tolerance at all): smallest step
-        base = {n: (t or min(q for q in grid if q > 0) * sigma[n]) for n, t in base.items()}
-    result = HanResult(subject.model_spec, dense_error, quality, sigma,
-                       settings={"rounds": rounds, "epochs": epochs, "lr": lr, "compression": compression,
-                                 "tolerance": tolerance, "grid": list(grid)})
+    if any(
+        t == 0 for t in base.values()
+    ):  # a layer with q = 0 (no tolerance at all): smallest step
+        base = {n: t or min(q for q in grid if q > 0) * sigma[n] for n, t in base.items()}
+    result = HanResult(
+        subject.model_spec,
+        dense_error,
+        quality,
+        sigma,
+        settings={
+            "rounds": rounds,
+            "epochs": epochs,
+            "lr": lr,
+            "compression": compression,
+            "tolerance": tolerance,
+            "grid": list(grid),
+        },
+    )
 
     def record(model: nn.Module, r: int, scale: float) -> None:
         w = _weights(model, names)
         nonzero = {n: int(torch.count_nonzero(w[n])) for n in names}
         params = sum(nonzero.values()) + bias_params
-        result.rounds.append({"round": r, "scale": scale, "kept": {n: nonzero[n] / weight_params[n] for n in names},
-                              "params": params, "params_total": total_params, "compression": total_params / params,
-                              "error": 1 - evaluate_torch(model, test)[0], "seconds": time.perf_counter() - start})
+        result.rounds.append(
+            {
+                "round": r,
+                "scale": scale,
+                "kept": {n: nonzero[n] / weight_params[n] for n in names},
+                "params": params,
+                "params_total": total_params,
+                "compression": total_params / params,
+                "error": 1 - evaluate_torch(model, test)[0],
+                "seconds": time.perf_counter() - start,
+            }
+        )
 
     model = subject.model
     record(model, 0, 0.0)
     for r in range(1, rounds + 1):
-        on_progress(0.05 + 0.95 * (r - 1) / rounds, f"round {r}/{rounds}: prune, then retrain {epochs} epoch(s)")
+        on_progress(
+            0.05 + 0.95 * (r - 1) / rounds,
+            f"round {r}/{rounds}: prune, then retrain {epochs} epoch(s)",
+        )
         # each round removes the same share of what is left: compression^(r/k) after round r
         scale = _solve_scale(model, base, bias_params, total_params, compression ** (r / rounds))
         ratios = han_ratios(model, {n: scale * t for n, t in base.items()})
@@ -229,10 +312,21 @@ def han_iterative(subject: Subject, *, rounds: int = 4, epochs: int = 3, lr: flo
 # --- the MNIST-1D lottery-ticket notebook --------------------------------------------------------
 
 
-def _train_notebook(model: nn.Module, train: Split, test: Split, *, steps: int, lr: float, batch: int,
-                    eval_every: int) -> tuple[nn.Module, list[float]]:
-    """The notebook's ``train_model``: Adam at a constant rate, batches taken in order, test accuracy
-    every ``eval_every`` steps; zeros kept zero (``ZeroKeeper``). Returns the model and the accuracies."""
+def _train_notebook(
+    model: nn.Module,
+    train: Split,
+    test: Split,
+    *,
+    steps: int,
+    lr: float,
+    batch: int,
+    eval_every: int,
+) -> tuple[nn.Module, list[float]]:
+    """The notebook's ``train_model``: Adam at a constant rate, batches taken in order, test
+    accuracy
+    every ``eval_every`` steps; zeros kept zero (``ZeroKeeper``). Returns the model and the
+    accuracies.
+    """
     model = copy.deepcopy(model).train()
     model.requires_grad_(True)
     keeper = ZeroKeeper(model)
@@ -241,7 +335,9 @@ def _train_notebook(model: nn.Module, train: Split, test: Split, *, steps: int, 
     accs = []
     for step in range(steps):
         start = (step * batch) % len(train)
-        loss = nn.functional.cross_entropy(model(train.x[start : start + batch]), train.y[start : start + batch])
+        loss = nn.functional.cross_entropy(
+            model(train.x[start : start + batch]), train.y[start : start + batch]
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -256,30 +352,50 @@ def _train_notebook(model: nn.Module, train: Split, test: Split, *, steps: int, 
 
 @dataclass
 class LotteryResult:
-    rows: list[dict[str, Any]] = field(default_factory=list)  # criterion, trial, sparsity, best/last accuracy
+    rows: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # criterion, trial, sparsity, best/last accuracy
     seconds: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)
 
     def mean(self, criterion: str, sparsity: float, key: str = "best") -> float:
-        vals = [r[key] for r in self.rows if r["criterion"] == criterion and math.isclose(r["sparsity"], sparsity)]
+        vals = [
+            r[key]
+            for r in self.rows
+            if r["criterion"] == criterion and math.isclose(r["sparsity"], sparsity)
+        ]
         return statistics.mean(vals) if vals else float("nan")
 
     def verdicts(self) -> list[tuple[str, bool, str]]:
         dense, imp90 = self.mean("dense", 0.0), self.mean("magnitude", 0.9)
         mag95, rnd95 = self.mean("magnitude", 0.95), self.mean("random", 0.95)
         n = len({r["trial"] for r in self.rows})
-        first = (f"best test accuracy, mean of {n} trial(s): iterative magnitude pruning at 90% "
-                 f"{100 * imp90:.1f}% vs dense {100 * dense:.1f}% ({100 * (imp90 - dense):+.1f} points)")
-        second = (f"at 95%: random {100 * rnd95:.1f}% vs magnitude {100 * mag95:.1f}% "
-                  f"({100 * (mag95 - rnd95):.1f} points below; 'far' taken as 5 points or more)")
-        return [("at 90% sparsity iterative magnitude pruning beats dense", imp90 > dense, first),
-                ("at 95% random pruning falls far below magnitude", mag95 - rnd95 >= 0.05, second)]
+        first = (
+            f"best test accuracy, mean of {n} trial(s): iterative magnitude pruning at 90% "
+            f"{100 * imp90:.1f}% vs dense {100 * dense:.1f}% ({100 * (imp90 - dense):+.1f} points)"
+        )
+        second = (
+            f"at 95%: random {100 * rnd95:.1f}% vs magnitude {100 * mag95:.1f}% "
+            f"({100 * (mag95 - rnd95):.1f} points below; 'far' taken as 5 points or more)"
+        )
+        return [
+            ("at 90% sparsity iterative magnitude pruning beats dense", imp90 > dense, first),
+            ("at 95% random pruning falls far below magnitude", mag95 - rnd95 >= 0.05, second),
+        ]
 
 
-def lottery_mnist1d(*, trials: int = 2, sparsities: Sequence[float] = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95),
-                    random_at: Sequence[float] = (0.9, 0.95), steps: int = 1501, lr: float = 0.02,
-                    batch: int = 100, eval_every: int = 100, hidden: int = 500,
-                    on_progress: Progress = no_progress) -> LotteryResult:
+def lottery_mnist1d(
+    *,
+    trials: int = 2,
+    sparsities: Sequence[float] = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95),
+    random_at: Sequence[float] = (0.9, 0.95),
+    steps: int = 1501,
+    lr: float = 0.02,
+    batch: int = 100,
+    eval_every: int = 100,
+    hidden: int = 500,
+    on_progress: Progress = no_progress,
+) -> LotteryResult:
     """The notebook's experiment on ``zoo:mnist1d-mlp``'s architecture (see the module doc): per
     trial, one initialisation (seed = trial); magnitude: train, then for each sparsity prune every
     layer to it (from the last trained weights), rewind the survivors, retrain; random: a random
@@ -291,9 +407,20 @@ def lottery_mnist1d(*, trials: int = 2, sparsities: Sequence[float] = (0.0, 0.3,
     assert data.train is not None
     names = ["linear1", "linear2", "linear3"]
     example = data.test.x[:1]
-    out = LotteryResult(settings={"trials": trials, "sparsities": list(sparsities), "random_at": list(random_at),
-                                  "steps": steps, "lr": lr, "batch": batch, "eval_every": eval_every,
-                                  "hidden": hidden, "train": len(data.train), "test": len(data.test)})
+    out = LotteryResult(
+        settings={
+            "trials": trials,
+            "sparsities": list(sparsities),
+            "random_at": list(random_at),
+            "steps": steps,
+            "lr": lr,
+            "batch": batch,
+            "eval_every": eval_every,
+            "hidden": hidden,
+            "train": len(data.train),
+            "test": len(data.test),
+        }
+    )
     jobs = trials * (len(set(sparsities) | {0.0}) + len(random_at))
     done = 0
 
@@ -301,7 +428,9 @@ def lottery_mnist1d(*, trials: int = 2, sparsities: Sequence[float] = (0.0, 0.3,
         nonlocal done
         on_progress(done / jobs, label)
         done += 1
-        return _train_notebook(model, data.train, data.test, steps=steps, lr=lr, batch=batch, eval_every=eval_every)
+        return _train_notebook(
+            model, data.train, data.test, steps=steps, lr=lr, batch=batch, eval_every=eval_every
+        )
 
     def plan(method: str, s: float) -> PruningPlan:
         return PruningPlan(method=method, layers={n: LayerRule(s) for n in names})
@@ -317,8 +446,17 @@ def lottery_mnist1d(*, trials: int = 2, sparsities: Sequence[float] = (0.0, 0.3,
     def row(criterion: str, trial: int, s: float, trained: nn.Module, accs: list[float]) -> None:
         modules = dict(trained.named_modules())
         nonzero = sum(int(torch.count_nonzero(modules[n].weight)) for n in names)
-        out.rows.append({"criterion": criterion, "trial": trial, "sparsity": s, "best": max(accs), "last": accs[-1],
-                         "nonzero": nonzero, "seconds": time.perf_counter() - start})
+        out.rows.append(
+            {
+                "criterion": criterion,
+                "trial": trial,
+                "sparsity": s,
+                "best": max(accs),
+                "last": accs[-1],
+                "nonzero": nonzero,
+                "seconds": time.perf_counter() - start,
+            }
+        )
 
     for trial in range(trials):
         with torch.random.fork_rng(devices=[]):

@@ -9,7 +9,8 @@ The format is a contract (``../shared/DESIGN.md``)::
 Unknown keys, methods and layers and ratios outside [0, 1) are errors, never ignored. A plan
 replays on a fresh model: nothing in it is pickled.
 
-An optional ``"schedule"`` object says *when* the pruning happens (``explorer.schedule_spec``, run by ``explorer.schedules``), e.g.
+An optional ``"schedule"`` object says *when* the pruning happens (``explorer.schedule_spec``, run
+by ``explorer.schedules``), e.g.
 ``{"name": "iterative", "rounds": 3, "epochs": 4}``: the export replays it. Its options are
 validated like the rest and kept as given (defaults are not written in), so it round-trips
 exactly; a plan without one is written as before, byte for byte.
@@ -34,13 +35,31 @@ from explorer.errors import PlanError, ScheduleError
 from explorer.methods import get_method
 from explorer.schedule_spec import ScheduleSpec
 
-__all__ = ["FORMAT", "MAX_ROUND_TO", "VERSION", "LayerRule", "PruningPlan", "check_ratio", "check_round_to"]
+__all__ = [
+    "FORMAT",
+    "MAX_ROUND_TO",
+    "VERSION",
+    "LayerRule",
+    "PruningPlan",
+    "check_ratio",
+    "check_round_to",
+]
 
 FORMAT = "pruning-explorer/plan"
 VERSION = 1
 SCOPES = ("local", "global")
 MAX_ROUND_TO = 1024
-_TOP_KEYS = {"format", "version", "model", "method", "scope", "layers", "ratio", "round_to", "schedule"}
+_TOP_KEYS = {
+    "format",
+    "version",
+    "model",
+    "method",
+    "scope",
+    "layers",
+    "ratio",
+    "round_to",
+    "schedule",
+}
 _LAYER_KEYS = {"ratio", "method"}
 
 
@@ -55,9 +74,12 @@ def check_ratio(value: Any, where: str) -> float:
 
 
 def check_round_to(value: Any, where: str) -> int:
-    """Return ``value`` as an int in [1, 1024] (1: no rounding), or raise PlanError naming ``where``."""
+    """Return ``value`` as an int in [1, 1024] (1: no rounding), or raise PlanError naming
+    ``where``."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ROUND_TO:
-        raise PlanError(f"{where}: must be a whole number of channels in [1, {MAX_ROUND_TO}], got {value!r}")
+        raise PlanError(
+            f"{where}: must be a whole number of channels in [1, {MAX_ROUND_TO}], got {value!r}"
+        )
     return value
 
 
@@ -76,7 +98,9 @@ class PruningPlan:
     scope: str = "local"
     ratio: float | None = None
     model: str | None = None
-    round_to: int | None = None  # kept channels rounded up to a multiple of it (local structured plans)
+    round_to: int | None = (
+        None  # kept channels rounded up to a multiple of it (local structured plans)
+    )
     schedule: ScheduleSpec | None = None  # when to prune (None: one-shot, as before)
 
     def __post_init__(self) -> None:
@@ -88,7 +112,9 @@ class PruningPlan:
             if rule.method is not None:
                 get_method(rule.method)
                 if self.scope == "global" and rule.method != self.method:
-                    raise PlanError(f"layer {name!r}: a global plan ranks one method; drop its 'method'")
+                    raise PlanError(
+                        f"layer {name!r}: a global plan ranks one method; drop its 'method'"
+                    )
         if self.scope == "global":
             if self.ratio is None:
                 raise PlanError("a global plan needs a top-level 'ratio'")
@@ -98,15 +124,22 @@ class PruningPlan:
         if self.round_to is not None:
             check_round_to(self.round_to, "round_to")
             if self.scope == "global":
-                raise PlanError("'round_to' is for local plans: a global ranking sets every group's count itself")
+                raise PlanError(
+                    "'round_to' is for local plans: a global ranking sets every group's count"
+                    " itself"
+                )
             methods = {self.method, *(r.method for r in self.layers.values() if r.method)}
             if not any(get_method(m).structured for m in methods):
-                raise PlanError(f"'round_to' rounds kept channel counts; {self.method} removes no channels")
+                raise PlanError(
+                    f"'round_to' rounds kept channel counts; {self.method} removes no channels"
+                )
 
     # --- construction --------------------------------------------------------------------------
 
     @classmethod
-    def uniform(cls, method: str, names: Iterable[str], ratio: float, model: str | None = None) -> PruningPlan:
+    def uniform(
+        cls, method: str, names: Iterable[str], ratio: float, model: str | None = None
+    ) -> PruningPlan:
         return cls(method=method, layers={n: LayerRule(ratio) for n in names}, model=model)
 
     @classmethod
@@ -119,7 +152,9 @@ class PruningPlan:
         if data.get("format") != FORMAT:
             raise PlanError(f"'format' must be {FORMAT!r}, got {data.get('format')!r}")
         if data.get("version") != VERSION:
-            raise PlanError(f"unsupported plan version {data.get('version')!r}; this tool reads {VERSION}")
+            raise PlanError(
+                f"unsupported plan version {data.get('version')!r}; this tool reads {VERSION}"
+            )
         if not isinstance(data.get("method"), str):
             raise PlanError(f"'method' must be a method name, got {data.get('method')!r}")
         model = data.get("model")
@@ -127,13 +162,18 @@ class PruningPlan:
             raise PlanError(f"'model' must be a model spec string, got {model!r}")
         raw_layers = data.get("layers", {})
         if not isinstance(raw_layers, dict):
-            raise PlanError(f"'layers' must be an object of layer name -> ratio, got {raw_layers!r}")
+            raise PlanError(
+                f"'layers' must be an object of layer name -> ratio, got {raw_layers!r}"
+            )
         layers: dict[str, LayerRule] = {}
         for name, value in raw_layers.items():
             if isinstance(value, dict):
                 extra = set(value) - _LAYER_KEYS
                 if extra:
-                    raise PlanError(f"layer {name!r}: unknown key(s) {sorted(extra)}; allowed: {sorted(_LAYER_KEYS)}")
+                    raise PlanError(
+                        f"layer {name!r}: unknown key(s) {sorted(extra)}; allowed:"
+                        f" {sorted(_LAYER_KEYS)}"
+                    )
                 if "ratio" not in value:
                     raise PlanError(f"layer {name!r}: missing 'ratio'")
                 method = value.get("method")
@@ -154,8 +194,15 @@ class PruningPlan:
                 schedule = ScheduleSpec.from_dict(data["schedule"])
             except ScheduleError as e:
                 raise PlanError(str(e)) from None
-        return cls(method=data["method"], layers=layers, scope=data.get("scope", "local"),
-                   ratio=ratio, model=model, round_to=round_to, schedule=schedule)
+        return cls(
+            method=data["method"],
+            layers=layers,
+            scope=data.get("scope", "local"),
+            ratio=ratio,
+            model=model,
+            round_to=round_to,
+            schedule=schedule,
+        )
 
     @classmethod
     def from_json(cls, text: str | bytes) -> PruningPlan:
@@ -221,13 +268,16 @@ class PruningPlan:
         unknown = [n for n in self.layers if n not in known]
         if unknown:
             shown = ", ".join(known[:8]) + (", ..." if len(known) > 8 else "")
-            raise PlanError(f"unknown layer(s) {unknown} for this model; its prunable layers are: {shown}")
+            raise PlanError(
+                f"unknown layer(s) {unknown} for this model; its prunable layers are: {shown}"
+            )
 
     def with_layers(self, layers: Mapping[str, LayerRule]) -> PruningPlan:
         return replace(self, layers=dict(layers))
 
     def with_schedule(self, schedule: ScheduleSpec | None) -> PruningPlan:
         return replace(self, schedule=schedule)
+
     def with_round_to(self, round_to: int | None) -> PruningPlan:
         return replace(self, round_to=round_to)
 

@@ -31,7 +31,8 @@ def load_package(package: str) -> None:
 
 
 def forget_plugin(spec: str) -> None:
-    """Let ``spec`` be imported again by the next :func:`load_plugins` (tests that unregister it)."""
+    """Let ``spec`` be imported again by the next :func:`load_plugins` (tests that unregister
+    it)."""
     _loaded.discard(spec)
 
 
@@ -54,5 +55,6 @@ def load_plugins() -> None:
             else:
                 importlib.import_module(spec)
         except Exception as e:
-            raise ExplorerError(f"plugin {spec!r} (from ${PLUGINS_ENV}) cannot be imported: "
-                                f"{type(e).__name__}: {e}") from None
+            raise ExplorerError(
+                f"plugin {spec!r} (from ${PLUGINS_ENV}) cannot be imported: {type(e).__name__}: {e}"
+            ) from None

@@ -20,14 +20,36 @@ from torch import nn
 from explorer.data import Split
 from explorer.errors import PlanError, PruneError
 from explorer.groups import GroupShape, expand, unit_importance
-from explorer.heads import FusedInProj, remove_fused_heads, remove_mha_heads, update_group_heads, why_heads_fixed
+from explorer.heads import (
+    FusedInProj,
+    remove_fused_heads,
+    remove_mha_heads,
+    update_group_heads,
+    why_heads_fixed,
+)
 from explorer.inputs import Inputs, run_model
 from explorer.inspect import PRUNABLE_TYPES, Inventory, build_dependency_graph, classified_groups
-from explorer.methods import ChannelMethod, LayerContext, WeightMethod, get_method, unstructured_mask
+from explorer.methods import (
+    ChannelMethod,
+    LayerContext,
+    WeightMethod,
+    get_method,
+    unstructured_mask,
+)
 from explorer.plan import PruningPlan
 
-__all__ = ["apply_plan", "fresh_copy", "group_scores", "kept_channels", "prune_mha_heads", "pruned_weight",
-           "ratio_for_width", "removal", "remove_channels", "verified"]
+__all__ = [
+    "apply_plan",
+    "fresh_copy",
+    "group_scores",
+    "kept_channels",
+    "prune_mha_heads",
+    "pruned_weight",
+    "ratio_for_width",
+    "removal",
+    "remove_channels",
+    "verified",
+]
 
 Compensation = Callable[[tp.Group], Callable[[], None] | None]
 
@@ -55,7 +77,9 @@ def ratio_for_width(n_channels: int, width: int) -> float:
     (``kept_channels(n_channels, ratio) == width``), with as few decimals as that allows."""
     if not 1 <= width <= n_channels:
         raise ValueError(f"a group of {n_channels} channels cannot keep {width}")
-    exact = (n_channels - width + 0.5) / n_channels  # int(exact * n) == n - width, away from float edges
+    exact = (
+        n_channels - width + 0.5
+    ) / n_channels  # int(exact * n) == n - width, away from float edges
     for digits in (2, 3, 4, 6):
         ratio = round((n_channels - width) / n_channels, digits)
         if ratio < 1 and kept_channels(n_channels, ratio) == width:
@@ -63,7 +87,9 @@ def ratio_for_width(n_channels: int, width: int) -> float:
     return exact
 
 
-def removal(shape: GroupShape, importance: torch.Tensor, ratio: float, round_to: int | None = None) -> list[int]:
+def removal(
+    shape: GroupShape, importance: torch.Tensor, ratio: float, round_to: int | None = None
+) -> list[int]:
     """Channels a local structured plan removes from a group of ``shape`` at ``ratio``, given the
     per-channel ``importance`` (a method's scores): the least important units (heads, or positions
     of every block of a grouped convolution), at least one kept. ``round_to`` rounds the kept count
@@ -76,9 +102,16 @@ def removal(shape: GroupShape, importance: torch.Tensor, ratio: float, round_to:
     return expand(shape, sorted(units.argsort()[:n_prune].tolist()))
 
 
-def group_scores(method: ChannelMethod, scorer: Callable[[tp.Group], torch.Tensor], dg: tp.DependencyGraph,
-                 group: tp.Group, shape: GroupShape, members: list[str]) -> torch.Tensor:
-    """Per-channel scores of ``group`` under ``method`` (``scorer`` is its Torch-Pruning importance);
+def group_scores(
+    method: ChannelMethod,
+    scorer: Callable[[tp.Group], torch.Tensor],
+    dg: tp.DependencyGraph,
+    group: tp.Group,
+    shape: GroupShape,
+    members: list[str],
+) -> torch.Tensor:
+    """Per-channel scores of ``group`` under ``method`` (``scorer`` is its Torch-Pruning
+    importance);
     a group holding a fused query/key/value layer is scored by ``method.fused_scores`` instead.
 
     Raises:
@@ -87,8 +120,11 @@ def group_scores(method: ChannelMethod, scorer: Callable[[tp.Group], torch.Tenso
     if shape.heads and shape.repeats > 1:
         found = method.fused_scores(dg, group, shape)
         if found is None:
-            raise PlanError(f"{method.name} cannot score the heads of the fused query/key/value layer in "
-                            f"{members} (Torch-Pruning misplaces its blocks); use l1-structured or l2-structured")
+            raise PlanError(
+                f"{method.name} cannot score the heads of the fused query/key/value layer in"
+                f" {members} (Torch-Pruning misplaces its blocks); use l1-structured or"
+                " l2-structured"
+            )
         return found
     return scorer(group)
 
@@ -97,46 +133,65 @@ def _head_scores(model: nn.Module, name: str, method: ChannelMethod) -> torch.Te
     mha = model.get_submodule(name).owner
     found = method.head_scores(mha)
     if found is None:
-        raise PlanError(f"layer {name!r}: {method.name} cannot score the heads of nn.MultiheadAttention's fused "
-                        "projection; use l1-structured or l2-structured")
+        raise PlanError(
+            f"layer {name!r}: {method.name} cannot score the heads of nn.MultiheadAttention's fused"
+            " projection; use l1-structured or l2-structured"
+        )
     return found
 
 
 def prune_mha_heads(model: nn.Module, name: str, ratio: float, method: ChannelMethod) -> None:
     """Remove the least important heads (``method.head_scores``) of the ``nn.MultiheadAttention``
-    whose fused projection is layer ``name``, at ``ratio`` of its heads (at least one kept), in place."""
+    whose fused projection is layer ``name``, at ``ratio`` of its heads (at least one kept), in
+    place.
+    """
     mha = model.get_submodule(name).owner
     imp = _head_scores(model, name, method)
     n_prune = mha.num_heads - kept_channels(mha.num_heads, ratio)
     remove_mha_heads(mha, sorted(imp.argsort()[:n_prune].tolist()))
 
 
-def _structured(model: nn.Module, example_input: torch.Tensor | Inputs,
-                ratios: dict[str, tuple[float, ChannelMethod]], global_ratio: float | None,
-                round_to: int | None = None, calibration: Split | None = None) -> None:
+def _structured(
+    model: nn.Module,
+    example_input: torch.Tensor | Inputs,
+    ratios: dict[str, tuple[float, ChannelMethod]],
+    global_ratio: float | None,
+    round_to: int | None = None,
+    calibration: Split | None = None,
+) -> None:
     """Remove output channels in place. ``ratios``: layer -> (ratio, its method). A group is scored
     by the method of its first listed member."""
     model.requires_grad_(True)
     try:
         dg = build_dependency_graph(model, example_input)
     except Exception as e:
-        raise PruneError(f"structured pruning needs a traceable model; DepGraph failed: {type(e).__name__}: {e}") from None
+        raise PruneError(
+            f"structured pruning needs a traceable model; DepGraph failed: {type(e).__name__}: {e}"
+        ) from None
     modules = dict(model.named_modules())
     fused = {n: ratios[n] for n in ratios if isinstance(modules.get(n), FusedInProj)}
     plans = []  # (group, members, shape, ratio, method)
     classified = classified_groups(dg, model)
-    refused = {m: shape.refused for _, members, shape in classified if shape.refused for m in members}
-    grouped = {m for _, members, shape in classified if not shape.refused for m in members} - set(refused)
+    refused = {
+        m: shape.refused for _, members, shape in classified if shape.refused for m in members
+    }
+    grouped = {m for _, members, shape in classified if not shape.refused for m in members} - set(
+        refused
+    )
     for name in ratios:
         if name in fused:
             if why_heads_fixed(modules[name].owner):
                 raise PlanError(f"layer {name!r}: {why_heads_fixed(modules[name].owner)}")
         elif name in refused:
-            raise PlanError(f"layer {name!r} cannot lose output channels (structured pruning off for its group: "
-                            f"{refused[name]}); use an unstructured method for it")
+            raise PlanError(
+                f"layer {name!r} cannot lose output channels (structured pruning off for its group:"
+                f" {refused[name]}); use an unstructured method for it"
+            )
         elif name not in grouped:
-            raise PlanError(f"layer {name!r} cannot lose output channels (it feeds the model output or an "
-                            "unsupported layer); use an unstructured method for it")
+            raise PlanError(
+                f"layer {name!r} cannot lose output channels (it feeds the model output or an "
+                "unsupported layer); use an unstructured method for it"
+            )
     for group, members, shape in classified:
         if shape.refused or set(members) & set(refused):
             continue
@@ -146,11 +201,15 @@ def _structured(model: nn.Module, example_input: torch.Tensor | Inputs,
         ratio = max(ratios[m][0] for m in listed)  # a group moves together: its largest ratio wins
         plans.append((group, members, shape, ratio, ratios[listed[0]][1]))
     methods = {m.name: m for *_, m in plans}
-    scorers = {name: m.scorer(model, calibration, global_ranking=global_ratio is not None)
-               for name, m in methods.items()}
+    scorers = {
+        name: m.scorer(model, calibration, global_ranking=global_ratio is not None)
+        for name, m in methods.items()
+    }
     compensations = {name: m.compensation(model, calibration) for name, m in methods.items()}
 
-    def scores(group: tp.Group, members: list[str], shape: GroupShape, method: ChannelMethod) -> torch.Tensor:
+    def scores(
+        group: tp.Group, members: list[str], shape: GroupShape, method: ChannelMethod
+    ) -> torch.Tensor:
         return group_scores(method, scorers[method.name], dg, group, shape, members)
 
     if global_ratio is not None:
@@ -165,8 +224,14 @@ def _structured(model: nn.Module, example_input: torch.Tensor | Inputs,
             scored.append(imp)
         fused_scored = {n: _head_scores(model, n, method) for n, (_, method) in fused.items()}
         fused_scored = {n: v / v.mean().clamp_min(1e-12) for n, v in fused_scored.items()}
-        weights = [torch.full_like(imp, float(shape.repeats * shape.unit)) for imp, (_, _, shape, _, _) in zip(scored, plans)]
-        weights += [torch.full_like(v, float(modules[n].owner.head_dim * 3)) for n, v in fused_scored.items()]
+        weights = [
+            torch.full_like(imp, float(shape.repeats * shape.unit))
+            for imp, (_, _, shape, _, _) in zip(scored, plans, strict=False)
+        ]
+        weights += [
+            torch.full_like(v, float(modules[n].owner.head_dim * 3))
+            for n, v in fused_scored.items()
+        ]
         every = scored + list(fused_scored.values())
         threshold = -float("inf")
         if every:
@@ -176,17 +241,27 @@ def _structured(model: nn.Module, example_input: torch.Tensor | Inputs,
             if bool(taken.any()):
                 threshold = float(flat[order][taken].max())
         removals = []
-        for (group, members, shape, _, method), imp in zip(plans, scored):
+        for (group, members, shape, _, method), imp in zip(plans, scored, strict=False):
             units = (imp <= threshold).nonzero().flatten().tolist()[: len(imp) - 1]
             removals.append((group, members, shape, expand(shape, units), method))
         for name, imp in fused_scored.items():
-            remove_mha_heads(modules[name].owner, (imp <= threshold).nonzero().flatten().tolist()[: len(imp) - 1])
+            remove_mha_heads(
+                modules[name].owner, (imp <= threshold).nonzero().flatten().tolist()[: len(imp) - 1]
+            )
     else:
         # Rank every group on the unpruned model first: removing one group's channels shifts the
         # indices that other groups hold into a shared consumer (a concatenation), so a group
         # scored after another was pruned would index stale channels.
-        removals = [(group, members, shape, removal(shape, scores(group, members, shape, method), ratio, round_to),
-                     method) for group, members, shape, ratio, method in plans]
+        removals = [
+            (
+                group,
+                members,
+                shape,
+                removal(shape, scores(group, members, shape, method), ratio, round_to),
+                method,
+            )
+            for group, members, shape, ratio, method in plans
+        ]
         for name, (ratio, method) in fused.items():
             prune_mha_heads(model, name, ratio, method)
     for group, members, shape, idxs, method in removals:
@@ -194,8 +269,15 @@ def _structured(model: nn.Module, example_input: torch.Tensor | Inputs,
     model.requires_grad_(False)
 
 
-def remove_channels(dg: tp.DependencyGraph, model: nn.Module, group: tp.Group, members: list[str],
-                    shape: GroupShape, idxs: list[int], compensate: Compensation | None = None) -> None:
+def remove_channels(
+    dg: tp.DependencyGraph,
+    model: nn.Module,
+    group: tp.Group,
+    members: list[str],
+    shape: GroupShape,
+    idxs: list[int],
+    compensate: Compensation | None = None,
+) -> None:
     """Remove channels ``idxs`` (from ``removal``) of ``group`` in ``model`` (DepGraph's), with
     the method's compensation around it and what goes with them: a fused query/key/value layer
     done layer by layer, the attention module's head counts and per-head tables updated.
@@ -208,8 +290,10 @@ def remove_channels(dg: tp.DependencyGraph, model: nn.Module, group: tp.Group, m
         return
     if shape.heads and shape.repeats > 1:
         if compensate is not None:
-            raise PruneError(f"removing heads of {members}: a fused query/key/value layer is pruned layer by "
-                             "layer, without the method's compensation")
+            raise PruneError(
+                f"removing heads of {members}: a fused query/key/value layer is pruned layer by "
+                "layer, without the method's compensation"
+            )
         remove_fused_heads(dg, group, members, shape, idxs)
     else:
         _remove(dg, group, members, idxs, compensate)
@@ -233,14 +317,21 @@ def _foreign_param(item: object, channels: int) -> bool:
     return shape[dim] != channels
 
 
-def _remove(dg: tp.DependencyGraph, group: tp.Group, members: list[str], idxs: list[int],
-            compensate: Compensation | None = None) -> None:
+def _remove(
+    dg: tp.DependencyGraph,
+    group: tp.Group,
+    members: list[str],
+    idxs: list[int],
+    compensate: Compensation | None = None,
+) -> None:
     """Channels ``idxs`` out of ``group``'s concrete pruning group, touching only what holds them
     (per-head tables are left to the head update)."""
     root = group[0].dep
     try:
         concrete = dg.get_pruning_group(root.target.module, root.handler, sorted(idxs))
-        concrete._group = [item for item in concrete._group if not _foreign_param(item, len(group[0].idxs))]
+        concrete._group = [
+            item for item in concrete._group if not _foreign_param(item, len(group[0].idxs))
+        ]
         after = compensate(concrete) if compensate is not None else None
         concrete.prune()
         if after is not None:
@@ -248,11 +339,14 @@ def _remove(dg: tp.DependencyGraph, group: tp.Group, members: list[str], idxs: l
     except PlanError:
         raise
     except Exception as e:
-        raise PruneError(f"removing channels of group {members} failed: {type(e).__name__}: {e}") from None
+        raise PruneError(
+            f"removing channels of group {members} failed: {type(e).__name__}: {e}"
+        ) from None
 
 
-def _trial(model: nn.Module, example_input: torch.Tensor | Inputs, inventory: Inventory,
-           gids: list[str]) -> str:
+def _trial(
+    model: nn.Module, example_input: torch.Tensor | Inputs, inventory: Inventory, gids: list[str]
+) -> str:
     """Remove one unit (a channel, a head) from each of the groups ``gids`` of a fresh copy and run
     it; the error it raises (empty when the model still returns its logits)."""
     method = get_method("l1-structured")
@@ -275,7 +369,9 @@ def _trial(model: nn.Module, example_input: torch.Tensor | Inputs, inventory: In
     return ""
 
 
-def verified(model: nn.Module, example_input: torch.Tensor | Inputs, inventory: Inventory) -> Inventory:
+def verified(
+    model: nn.Module, example_input: torch.Tensor | Inputs, inventory: Inventory
+) -> Inventory:
     """``inventory`` with every group that cannot lose a unit refused, with the error.
 
     One copy loses a unit in every group at once and runs; only where that fails are the groups
@@ -297,8 +393,15 @@ def verified(model: nn.Module, example_input: torch.Tensor | Inputs, inventory: 
         half = len(gids) // 2
         left, right = search(gids[:half]), search(gids[half:])
         if left and right:  # each half alone is fine, together they break: name them all
-            refused.update({g: f"removing its channels together with other groups' breaks the model ({error})"
-                            for g in gids})
+            refused.update(
+                {
+                    g: (
+                        "removing its channels together with other groups' breaks the model"
+                        f" ({error})"
+                    )
+                    for g in gids
+                }
+            )
         return False
 
     search(list(inventory.groups))
@@ -307,15 +410,25 @@ def verified(model: nn.Module, example_input: torch.Tensor | Inputs, inventory: 
     layers = []
     for layer in inventory.layers:
         if layer.group in refused:
-            why = f"structured pruning off for its group: removing its channels breaks the model ({refused[layer.group]})"
+            why = (
+                "structured pruning off for its group: removing its channels breaks the model"
+                f" ({refused[layer.group]})"
+            )
             layer = replace(layer, group=None, heads=0, note=why)
         layers.append(layer)
     groups = {g: m for g, m in inventory.groups.items() if g not in refused}
     return replace(inventory, layers=tuple(layers), groups=groups)
 
 
-def pruned_weight(method: str | WeightMethod, model: nn.Module, layer: str, ratio: float, *, seed: int = 0,
-                  calibration: Split | None = None) -> torch.Tensor:
+def pruned_weight(
+    method: str | WeightMethod,
+    model: nn.Module,
+    layer: str,
+    ratio: float,
+    *,
+    seed: int = 0,
+    calibration: Split | None = None,
+) -> torch.Tensor:
     """The weight that ``{layer: ratio}`` under ``method`` leaves in ``model`` (a new tensor;
     ``model`` is not modified): the same masks (and updated weights) as :func:`apply_plan`."""
     m = get_method(method)
@@ -326,8 +439,13 @@ def pruned_weight(method: str | WeightMethod, model: nn.Module, layer: str, rati
 
 
 @torch.no_grad()
-def _unstructured(model: nn.Module, plan: PruningPlan, names: list[str], seed: int = 0,
-                  calibration: Split | None = None) -> None:
+def _unstructured(
+    model: nn.Module,
+    plan: PruningPlan,
+    names: list[str],
+    seed: int = 0,
+    calibration: Split | None = None,
+) -> None:
     modules = dict(model.named_modules())
     if plan.scope == "global":
         method = get_method(plan.method)
@@ -335,7 +453,7 @@ def _unstructured(model: nn.Module, plan: PruningPlan, names: list[str], seed: i
         contexts = [LayerContext(model, n, seed, calibration) for n in names]
         if method.kind == "semi-structured":  # the pattern is per layer: nothing to rank globally
             new = [method.prune_weight(ctx, plan.ratio) for ctx in contexts]
-            for ctx, w in zip(contexts, new):
+            for ctx, w in zip(contexts, new, strict=False):
                 ctx.module.weight.copy_(w)
             return
         if not method.supports_global:
@@ -346,7 +464,7 @@ def _unstructured(model: nn.Module, plan: PruningPlan, names: list[str], seed: i
         flat = torch.cat([s.reshape(-1) for s in scores])
         keep = unstructured_mask(flat, plan.ratio)
         start = 0
-        for name, s in zip(names, scores):
+        for name, s in zip(names, scores, strict=False):
             w = modules[name].weight
             w.mul_(keep[start : start + s.numel()].reshape(w.shape))
             start += s.numel()
@@ -364,9 +482,16 @@ def _unstructured(model: nn.Module, plan: PruningPlan, names: list[str], seed: i
         modules[name].weight.copy_(w)
 
 
-def apply_plan(model: nn.Module, plan: PruningPlan, example_input: torch.Tensor | Inputs,
-               inventory: Inventory | None = None, *, seed: int = 0, round_to: int | None = None,
-               calibration: Split | None = None) -> nn.Module:
+def apply_plan(
+    model: nn.Module,
+    plan: PruningPlan,
+    example_input: torch.Tensor | Inputs,
+    inventory: Inventory | None = None,
+    *,
+    seed: int = 0,
+    round_to: int | None = None,
+    calibration: Split | None = None,
+) -> nn.Module:
     """Return a pruned copy of ``model``; ``model`` itself is not modified.
 
     Structured layers are pruned first (shapes change), then unstructured masks are computed on
@@ -390,7 +515,10 @@ def apply_plan(model: nn.Module, plan: PruningPlan, example_input: torch.Tensor 
         method = get_method(plan.method_of(name))
         if inventory is not None and (why := method.applies_to(name, inventory)):
             if method.structured:
-                raise PlanError(f"layer {name!r} cannot lose output channels ({why}); use an unstructured method")
+                raise PlanError(
+                    f"layer {name!r} cannot lose output channels ({why}); use an unstructured"
+                    " method"
+                )
             raise PlanError(f"layer {name!r}: {method.name} cannot prune it ({why})")
         if isinstance(method, ChannelMethod):
             structured[name] = (plan.layers[name].ratio, method)
@@ -399,15 +527,26 @@ def apply_plan(model: nn.Module, plan: PruningPlan, example_input: torch.Tensor 
     if structured:
         is_global = plan.scope == "global"
         try:
-            _structured(pruned, example_input, structured, plan.ratio if is_global else None, round_to, calibration)
-            with torch.no_grad():  # DepGraph can mis-group exotic graphs (e.g. decomposed attention)
+            _structured(
+                pruned,
+                example_input,
+                structured,
+                plan.ratio if is_global else None,
+                round_to,
+                calibration,
+            )
+            with (
+                torch.no_grad()
+            ):  # DepGraph can mis-group exotic graphs (e.g. decomposed attention)
                 run_model(pruned, example_input)
         except (PlanError, PruneError):
             raise
         except Exception as e:
             detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-            raise PruneError(f"removing channels of {sorted(structured)} broke the model "
-                             f"({type(e).__name__}: {detail}); use an unstructured method there") from None
+            raise PruneError(
+                f"removing channels of {sorted(structured)} broke the model "
+                f"({type(e).__name__}: {detail}); use an unstructured method there"
+            ) from None
     if unstructured:
         _unstructured(pruned, plan, unstructured, seed, calibration)
     pruned.requires_grad_(False)

@@ -1,4 +1,5 @@
-"""int8 with ``onnxruntime.quantization``: dynamic (MatMul/Gemm) and static QDQ, measured next to fp32.
+"""int8 with ``onnxruntime.quantization``: dynamic (MatMul/Gemm) and static QDQ, measured next to
+fp32.
 
 - **dynamic**: weights of MatMul/Gemm stored as int8, activations quantized on the fly at run
   time. No calibration data; convolutions stay fp32. Right for MLPs.
@@ -97,8 +98,11 @@ def cpu_int8_support(cpuinfo: str | Path = "/proc/cpuinfo") -> CpuInt8Support:
     try:
         text = Path(cpuinfo).read_text(errors="replace")
     except OSError:
-        return CpuInt8Support((), None, "CPU flags unknown (no /proc/cpuinfo): int8 may or may not be faster "
-                                        "than fp32 here")
+        return CpuInt8Support(
+            (),
+            None,
+            "CPU flags unknown (no /proc/cpuinfo): int8 may or may not be faster than fp32 here",
+        )
     flags: set[str] = set()
     for line in text.splitlines():
         key, _, value = line.partition(":")
@@ -106,12 +110,21 @@ def cpu_int8_support(cpuinfo: str | Path = "/proc/cpuinfo") -> CpuInt8Support:
             flags.update(value.split())
     found = tuple(f for f in (*_FAST_FLAGS, *_ARM_FLAGS) if f in flags)
     if found:
-        return CpuInt8Support(found, True, f"this CPU has {', '.join(found)}: ONNX Runtime's int8 kernels "
-                                           "can use fast int8 dot products")
+        return CpuInt8Support(
+            found,
+            True,
+            f"this CPU has {', '.join(found)}: ONNX Runtime's int8 kernels "
+            "can use fast int8 dot products",
+        )
     has = "avx512bw" if "avx512bw" in flags else "avx2" if "avx2" in flags else None
     base = f" (it has {has}, which int8 kernels use without VNNI)" if has else ""
-    return CpuInt8Support((), False, "this CPU lacks avx512_vnni, avx_vnni and AMX" + base +
-                          ": int8 is smaller but may not run faster than fp32 here")
+    return CpuInt8Support(
+        (),
+        False,
+        "this CPU lacks avx512_vnni, avx_vnni and AMX"
+        + base
+        + ": int8 is smaller but may not run faster than fp32 here",
+    )
 
 
 # --- the recipe for this CPU ---------------------------------------------------------------------
@@ -132,11 +145,19 @@ class Int8Recipe:
 RECIPES: dict[str, Int8Recipe] = {
     r.name: r
     for r in (
-        Int8Recipe("u8s8", False, "uint8 activations, int8 weights in the full 8-bit range: exact where the CPU "
-                                  "has int8 dot products (VNNI, AMX, Arm dot product)"),
-        Int8Recipe("u8s8-reduce-range", True, "uint8 activations, int8 weights in 7 bits (reduce_range): ONNX "
-                                               "Runtime's documented fix for the saturation of its u8s8 kernels on "
-                                               "x86 CPUs without VNNI (AVX2, AVX-512 without VNNI)"),
+        Int8Recipe(
+            "u8s8",
+            False,
+            "uint8 activations, int8 weights in the full 8-bit range: exact where the CPU "
+            "has int8 dot products (VNNI, AMX, Arm dot product)",
+        ),
+        Int8Recipe(
+            "u8s8-reduce-range",
+            True,
+            "uint8 activations, int8 weights in 7 bits (reduce_range): ONNX "
+            "Runtime's documented fix for the saturation of its u8s8 kernels on "
+            "x86 CPUs without VNNI (AVX2, AVX-512 without VNNI)",
+        ),
     )
 }
 SATURATION_AGREEMENT = 0.99  # fused vs exact int8: below this, the kernels saturated
@@ -172,11 +193,14 @@ def calibration_split(data: Dataset) -> tuple[Split, str]:
 
 
 def choose_mode(onnx_path: str | Path) -> Mode:
-    """``static`` when the graph has convolutions (dynamic mode would leave them fp32), else ``dynamic``."""
+    """``static`` when the graph has convolutions (dynamic mode would leave them fp32), else
+    ``dynamic``."""
     try:
         graph = onnx.load(str(onnx_path), load_external_data=False).graph
     except Exception as e:
-        raise ExportError(f"{onnx_path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+        raise ExportError(
+            f"{onnx_path}: not a readable ONNX model ({type(e).__name__}: {e})"
+        ) from None
     ops = {node.op_type for node in graph.node}
     return "static" if ops & {"Conv", "ConvTranspose"} else "dynamic"
 
@@ -197,7 +221,10 @@ def _reader(x: np.ndarray, input_name: str, batch_size: int) -> Any:
 
         def rewind(self) -> None:
             self._it = iter(
-                [{input_name: np.ascontiguousarray(x[i : i + batch_size])} for i in range(0, len(x), batch_size)]
+                [
+                    {input_name: np.ascontiguousarray(x[i : i + batch_size])}
+                    for i in range(0, len(x), batch_size)
+                ]
             )
 
     return _Batches()
@@ -232,13 +259,21 @@ def _quiet_root_logger() -> Iterator[None]:
         root.setLevel(level)
 
 
-def quantize_onnx(src: str | Path, dst: str | Path, mode: str = "auto", calibration: np.ndarray | None = None,
-                  *, per_channel: bool = True, max_samples: int = CALIBRATION_SAMPLES,
-                  recipe: str | Int8Recipe | None = None) -> QuantizeResult:
+def quantize_onnx(
+    src: str | Path,
+    dst: str | Path,
+    mode: str = "auto",
+    calibration: np.ndarray | None = None,
+    *,
+    per_channel: bool = True,
+    max_samples: int = CALIBRATION_SAMPLES,
+    recipe: str | Int8Recipe | None = None,
+) -> QuantizeResult:
     """Write an int8 version of the fp32 ONNX model ``src`` to ``dst``.
 
     Args:
-        mode: ``"dynamic"``, ``"static"`` (QDQ, needs ``calibration``) or ``"auto"`` (``choose_mode``).
+        mode: ``"dynamic"``, ``"static"`` (QDQ, needs ``calibration``) or ``"auto"``
+        (``choose_mode``).
         recipe: a name of ``RECIPES`` or a recipe; None: ``choose_recipe()`` for this CPU.
         calibration: inputs (N x input shape, float32) for static mode; at most ``max_samples``
             of them (a seeded random subset) are used.
@@ -250,7 +285,13 @@ def quantize_onnx(src: str | Path, dst: str | Path, mode: str = "auto", calibrat
         ExportError: unknown mode or recipe, no calibration data for static mode, or quantization
             failed.
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if mode not in MODES:
@@ -262,7 +303,11 @@ def quantize_onnx(src: str | Path, dst: str | Path, mode: str = "auto", calibrat
         raise ExportError("static int8 quantization needs calibration data")
     dst.parent.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="explorer-int8-") as tmp, warnings.catch_warnings(), _quiet_root_logger():
+    with (
+        tempfile.TemporaryDirectory(prefix="explorer-int8-") as tmp,
+        warnings.catch_warnings(),
+        _quiet_root_logger(),
+    ):
         warnings.simplefilter("ignore")
         source = src
         pre = Path(tmp) / "pre.onnx"
@@ -270,28 +315,46 @@ def quantize_onnx(src: str | Path, dst: str | Path, mode: str = "auto", calibrat
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
             source = pre
         except Exception as e:
-            notes.append(f"quant_pre_process skipped ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+            notes.append(
+                f"quant_pre_process skipped ({type(e).__name__}:"
+                f" {str(e).splitlines()[0] if str(e) else ''})"
+            )
         try:
             if chosen == "dynamic":
-                quantize_dynamic(str(source), str(dst), op_types_to_quantize=["MatMul", "Gemm"],
-                                 weight_type=QuantType.QInt8, per_channel=False, reduce_range=how.reduce_range)
+                quantize_dynamic(
+                    str(source),
+                    str(dst),
+                    op_types_to_quantize=["MatMul", "Gemm"],
+                    weight_type=QuantType.QInt8,
+                    per_channel=False,
+                    reduce_range=how.reduce_range,
+                )
             else:
                 assert calibration is not None
                 input_name = OrtModel(source).input_name
                 x = _calibration_sample(np.asarray(calibration, dtype=np.float32), max_samples)
                 quantize_static(
-                    str(source), str(dst), _reader(x, input_name, CALIBRATION_BATCH),
-                    quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=how.reduce_range,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    str(source),
+                    str(dst),
+                    _reader(x, input_name, CALIBRATION_BATCH),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=per_channel,
+                    reduce_range=how.reduce_range,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax,
                     extra_options={"CalibTensorRangeSymmetric": False},
                 )
         except ExportError:
             raise
         except Exception as e:
-            raise ExportError(f"{src}: int8 {chosen} quantization failed: {type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}") from None
-    return QuantizeResult(path=dst, mode=chosen, preprocessed=source != src, recipe=how, notes=tuple(notes))
+            raise ExportError(
+                f"{src}: int8 {chosen} quantization failed: {type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}"
+            ) from None
+    return QuantizeResult(
+        path=dst, mode=chosen, preprocessed=source != src, recipe=how, notes=tuple(notes)
+    )
 
 
 def simulated_logits(int8_path: str | Path, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -337,16 +400,34 @@ class Int8Comparison:
     def to_dict(self) -> dict[str, Any]:
         """The int8 metrics plus mode, agreement, ratios, the CPU note and the fp32 numbers."""
         d: dict[str, Any] = self.int8.to_dict()
-        d.update(mode=self.mode, file=self.path.name, agreement_with_fp32=self.agreement,
-                 gzip_ratio_to_fp32=self.gzip_ratio, speedup_vs_fp32=self.speedup,
-                 calibration_split=self.calibration or None, cpu=self.cpu.to_dict(), recipe=self.recipe.to_dict(),
-                 kernel_agreement=self.kernel_agreement, notes=list(self.notes), fp32=self.fp32.to_dict())
+        d.update(
+            mode=self.mode,
+            file=self.path.name,
+            agreement_with_fp32=self.agreement,
+            gzip_ratio_to_fp32=self.gzip_ratio,
+            speedup_vs_fp32=self.speedup,
+            calibration_split=self.calibration or None,
+            cpu=self.cpu.to_dict(),
+            recipe=self.recipe.to_dict(),
+            kernel_agreement=self.kernel_agreement,
+            notes=list(self.notes),
+            fp32=self.fp32.to_dict(),
+        )
         return d
 
 
-def compare_int8(fp32_path: str | Path, data: Dataset, int8_path: str | Path, *, mode: str = "auto",
-                 reference: np.ndarray | None = None, threads: int = 1, runs: int = 50,
-                 recipe: str | Int8Recipe | None = None, on_progress: Progress = no_progress) -> Int8Comparison:
+def compare_int8(
+    fp32_path: str | Path,
+    data: Dataset,
+    int8_path: str | Path,
+    *,
+    mode: str = "auto",
+    reference: np.ndarray | None = None,
+    threads: int = 1,
+    runs: int = 50,
+    recipe: str | Int8Recipe | None = None,
+    on_progress: Progress = no_progress,
+) -> Int8Comparison:
     """Quantize ``fp32_path`` to ``int8_path`` and measure both side by side.
 
     Static mode calibrates on ``calibration_split(data)`` (train when there is one). Accuracy is on
@@ -374,33 +455,54 @@ def compare_int8(fp32_path: str | Path, data: Dataset, int8_path: str | Path, *,
         kernel_agreement = _kernel_agreement(result.path, data.test.x.numpy())
         if kernel_agreement < SATURATION_AGREEMENT and not result.recipe.reduce_range:
             first = kernel_agreement
-            result = quantize_onnx(fp32_path, int8_path, mode, calibration, recipe="u8s8-reduce-range")
+            result = quantize_onnx(
+                fp32_path, int8_path, mode, calibration, recipe="u8s8-reduce-range"
+            )
             kernel_agreement = _kernel_agreement(result.path, data.test.x.numpy())
-            notes.append(f"ONNX Runtime's int8 kernels agreed with the exact int8 arithmetic on only "
-                         f"{100 * first:.1f}% of the samples (saturation): quantized again with 7-bit weights "
-                         f"(reduce_range), which agree on {100 * kernel_agreement:.1f}%")
+            notes.append(
+                "ONNX Runtime's int8 kernels agreed with the exact int8 arithmetic on only"
+                f" {100 * first:.1f}% of the samples (saturation): quantized again with 7-bit"
+                f" weights (reduce_range), which agree on {100 * kernel_agreement:.1f}%"
+            )
     on_progress(0.4, "int8: measuring fp32")
-    fp32, fp32_logits = measure_onnx(fp32_path, data, reference=reference, threads=threads, runs=runs)
+    fp32, fp32_logits = measure_onnx(
+        fp32_path, data, reference=reference, threads=threads, runs=runs
+    )
     on_progress(0.7, "int8: measuring int8")
-    int8, int8_logits = measure_onnx(result.path, data, reference=reference, threads=threads, runs=runs)
+    int8, int8_logits = measure_onnx(
+        result.path, data, reference=reference, threads=threads, runs=runs
+    )
     on_progress(1.0, "int8: done")
     drop = fp32.accuracy - int8.accuracy
     if drop > ACCURACY_WARNING:
         what = "accuracy" if fp32.labels else "agreement with the dense model"
-        notes.append(f"int8 loses {100 * drop:.1f} points of {what} on this model ({result.mode} mode); "
-                     "keep the fp32 model or try the other mode")
+        notes.append(
+            f"int8 loses {100 * drop:.1f} points of {what} on this model ({result.mode} mode); "
+            "keep the fp32 model or try the other mode"
+        )
     if split_name == "test":
-        notes.append("calibrated on the evaluation data (no train or val split): the int8 accuracy is optimistic")
+        notes.append(
+            "calibrated on the evaluation data (no train or val split): the int8 accuracy is"
+            " optimistic"
+        )
     return Int8Comparison(
-        mode=result.mode, path=result.path, fp32=fp32, int8=int8,
+        mode=result.mode,
+        path=result.path,
+        fp32=fp32,
+        int8=int8,
         agreement=float((fp32_logits.argmax(1) == int8_logits.argmax(1)).mean()),
-        cpu=cpu_int8_support(), calibration=split_name, notes=tuple(notes), recipe=result.recipe,
+        cpu=cpu_int8_support(),
+        calibration=split_name,
+        notes=tuple(notes),
+        recipe=result.recipe,
         kernel_agreement=kernel_agreement,
     )
 
 
 def _kernel_agreement(int8_path: Path, x: np.ndarray) -> float:
     """Top-1 agreement of the fused int8 model with its exact arithmetic (``simulated_logits``)."""
-    fused = OrtModel(int8_path, threads=os.cpu_count() or 1)(np.ascontiguousarray(x, dtype=np.float32))
+    fused = OrtModel(int8_path, threads=os.cpu_count() or 1)(
+        np.ascontiguousarray(x, dtype=np.float32)
+    )
     exact = simulated_logits(int8_path, x)
     return float((fused.argmax(1) == exact.argmax(1)).mean())

@@ -57,9 +57,11 @@ def _tracks_running_stats(module: nn.Module) -> bool:
     """A normalisation layer with running statistics to re-estimate, recognised by what it holds
     (``running_mean`` and ``running_var`` buffers and ``track_running_stats``), not by its class:
     the importers build their own batch-norm classes (e.g. ONNX's any-rank BatchNormalization)."""
-    return (bool(getattr(module, "track_running_stats", False))
-            and isinstance(getattr(module, "running_mean", None), torch.Tensor)
-            and isinstance(getattr(module, "running_var", None), torch.Tensor))
+    return (
+        bool(getattr(module, "track_running_stats", False))
+        and isinstance(getattr(module, "running_mean", None), torch.Tensor)
+        and isinstance(getattr(module, "running_var", None), torch.Tensor)
+    )
 
 
 def batchnorm_layers(model: nn.Module) -> list[str]:
@@ -116,7 +118,12 @@ class ZeroKeeper:
 
 def _logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     with torch.no_grad():
-        return torch.cat([logits_of(run_model(model, x[i : i + batch_size])) for i in range(0, len(x), batch_size)])
+        return torch.cat(
+            [
+                logits_of(run_model(model, x[i : i + batch_size]))
+                for i in range(0, len(x), batch_size)
+            ]
+        )
 
 
 def _check_input(split: Split, where: str) -> None:
@@ -133,8 +140,9 @@ def not_recoverable(model: nn.Module) -> str:
     return Capabilities.of(model).training_off
 
 
-def recalibrate_bn(model: nn.Module, split: Split, *, batch_size: int = 64,
-                   max_batches: int | None = None) -> nn.Module:
+def recalibrate_bn(
+    model: nn.Module, split: Split, *, batch_size: int = 64, max_batches: int | None = None
+) -> nn.Module:
     """Re-estimate the batch-norm running statistics of a (pruned) model on calibration data.
 
     Pruning changes what flows into every batch-norm layer, so the running mean and variance stored
@@ -178,10 +186,12 @@ def recalibrate_bn(model: nn.Module, split: Split, *, batch_size: int = 64,
                     break  # BN in training mode cannot normalise a batch of one
                 run_model(out, batch)
     except Exception as e:
-        raise DataError(f"the model does not accept the calibration data ({describe(split.x)}): "
-                        f"{type(e).__name__}: {e}") from None
+        raise DataError(
+            f"the model does not accept the calibration data ({describe(split.x)}): "
+            f"{type(e).__name__}: {e}"
+        ) from None
     finally:
-        for bn, momentum in zip(bns, momenta):
+        for bn, momentum in zip(bns, momenta, strict=False):
             bn.momentum = momentum
         out.eval()
     return out
@@ -218,12 +228,21 @@ class FinetuneResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the model, JSON-ready (the ``recovery`` entry of metrics.json)."""
-        return {"settings": dict(self.settings), "best_epoch": self.best_epoch, "stopped": self.stopped,
-                "seconds": self.seconds, "distilled": self.distilled, "recalibrated": self.recalibrated,
-                "masked_layers": list(self.masked_layers), "history": self.history_rows()}
+        return {
+            "settings": dict(self.settings),
+            "best_epoch": self.best_epoch,
+            "stopped": self.stopped,
+            "seconds": self.seconds,
+            "distilled": self.distilled,
+            "recalibrated": self.recalibrated,
+            "masked_layers": list(self.masked_layers),
+            "history": self.history_rows(),
+        }
 
 
-_MIN_LOSS_DELTA = 1e-4  # a validation loss must drop by this much to count as better at equal accuracy
+_MIN_LOSS_DELTA = (
+    1e-4  # a validation loss must drop by this much to count as better at equal accuracy
+)
 
 
 def _better(new: tuple[float, float], best: tuple[float, float]) -> bool:
@@ -323,12 +342,16 @@ def finetune(
         raise RecoverError(f"keep_from must be an epoch in [0, {epochs}], got {keep_from!r}")
     train = data.train
     if train is None:
-        raise DataError(f"{data.spec}: no training split; fine-tuning needs one (an .npz with x_train and "
-                        "y_train, or a zoo data set)")
+        raise DataError(
+            f"{data.spec}: no training split; fine-tuning needs one (an .npz with x_train and "
+            "y_train, or a zoo data set)"
+        )
     _check_input(train, f"{data.spec}: the training split")
     if train.y is None and distill_from is None:
-        raise DataError(f"{data.spec}: the training split has no labels; fine-tune with distillation from "
-                        "the dense model instead")
+        raise DataError(
+            f"{data.spec}: the training split has no labels; fine-tune with distillation from "
+            "the dense model instead"
+        )
 
     with torch.random.fork_rng(devices=[]):
         start = time.perf_counter()
@@ -348,7 +371,9 @@ def finetune(
         # The teacher's outputs are fixed (no augmentation): compute them once.
         teacher_train = teacher_val = None
         if distill_from is not None:
-            teacher = distill_from if not distill_from.training else copy.deepcopy(distill_from).eval()
+            teacher = (
+                distill_from if not distill_from.training else copy.deepcopy(distill_from).eval()
+            )
             teacher_train = _safe_logits(teacher, train.x, data.spec)
             if data.val is not None:
                 teacher_val = _safe_logits(teacher, data.val.x, data.spec)
@@ -368,7 +393,11 @@ def finetune(
 
         val_acc, val_loss = validate()
         history = [EpochRecord(0, None, val_acc, val_loss, time.perf_counter() - start)]
-        best = (val_acc, val_loss) if val_acc is not None and val_loss is not None and keep_from == 0 else None
+        best = (
+            (val_acc, val_loss)
+            if val_acc is not None and val_loss is not None and keep_from == 0
+            else None
+        )
         best_state: dict[str, torch.Tensor] | None = snapshot() if keep_from == 0 else None
         best_epoch = 0
         stopped: StopReason = "completed"
@@ -399,8 +428,10 @@ def finetune(
                 try:
                     out = logits_of(run_model(student, train.x[idx]))
                 except Exception as e:
-                    raise DataError(f"{data.spec}: the model does not accept the training data: "
-                                    f"{type(e).__name__}: {e}") from None
+                    raise DataError(
+                        f"{data.spec}: the model does not accept the training data: "
+                        f"{type(e).__name__}: {e}"
+                    ) from None
                 loss = torch.zeros((), dtype=out.dtype)
                 if train.y is not None and kd_weight < 1.0:
                     loss = loss + (1 - kd_weight) * nn.functional.cross_entropy(out, train.y[idx])
@@ -421,20 +452,32 @@ def finetune(
                 now = time.perf_counter()
                 if now - last_report >= _PROGRESS_EVERY_S:
                     last_report = now
-                    on_progress(((epoch - 1) + (b + 1) / n_batches) / epochs,
-                                f"fine-tuning: epoch {epoch}/{epochs}, batch {b + 1}/{n_batches}, "
-                                f"loss {np.mean(losses):.4f}")
+                    on_progress(
+                        ((epoch - 1) + (b + 1) / n_batches) / epochs,
+                        f"fine-tuning: epoch {epoch}/{epochs}, batch {b + 1}/{n_batches}, "
+                        f"loss {np.mean(losses):.4f}",
+                    )
             if stopped == "cancelled":
                 break
             val_acc, val_loss = validate()
-            history.append(EpochRecord(epoch, float(np.mean(losses)) if losses else None, val_acc, val_loss,
-                                       time.perf_counter() - start))
+            history.append(
+                EpochRecord(
+                    epoch,
+                    float(np.mean(losses)) if losses else None,
+                    val_acc,
+                    val_loss,
+                    time.perf_counter() - start,
+                )
+            )
             if on_epoch is not None:
                 on_epoch(epoch, student)
             if epoch < keep_from:
                 pass  # not a candidate yet (a schedule still changing the model)
             elif val_acc is None or val_loss is None:
-                best_state, best_epoch = snapshot(), epoch  # no validation: the last epoch is the result
+                best_state, best_epoch = (
+                    snapshot(),
+                    epoch,
+                )  # no validation: the last epoch is the result
             elif best is None or _better((val_acc, val_loss), best):
                 best, best_state, best_epoch, since_best = (val_acc, val_loss), snapshot(), epoch, 0
             else:
@@ -452,14 +495,28 @@ def finetune(
         student.requires_grad_(False)
         student.eval()
         return FinetuneResult(
-            model=student, history=history, best_epoch=best_epoch, stopped=stopped,
-            seconds=time.perf_counter() - start, masked_layers=tuple(keeper.masks),
-            distilled=use_kd, recalibrated=recalibrated,
-            settings={"epochs": epochs, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay,
-                      "distill": distill_from is not None, "temperature": temperature, "alpha": alpha,
-                      "patience": patience, "recalibrate": recalibrate, "seed": seed,
-                      **({"keep_from": keep_from} if keep_from else {}),
-                      **({"penalty": True} if penalty is not None else {})},
+            model=student,
+            history=history,
+            best_epoch=best_epoch,
+            stopped=stopped,
+            seconds=time.perf_counter() - start,
+            masked_layers=tuple(keeper.masks),
+            distilled=use_kd,
+            recalibrated=recalibrated,
+            settings={
+                "epochs": epochs,
+                "lr": lr,
+                "batch_size": batch_size,
+                "weight_decay": weight_decay,
+                "distill": distill_from is not None,
+                "temperature": temperature,
+                "alpha": alpha,
+                "patience": patience,
+                "recalibrate": recalibrate,
+                "seed": seed,
+                **({"keep_from": keep_from} if keep_from else {}),
+                **({"penalty": True} if penalty is not None else {}),
+            },
         )
 
 
@@ -467,5 +524,7 @@ def _safe_logits(model: nn.Module, x: torch.Tensor, spec: str) -> torch.Tensor:
     try:
         return _logits(model, x)
     except Exception as e:
-        raise DataError(f"{spec}: the model does not accept input of shape {tuple(x.shape)}: "
-                        f"{type(e).__name__}: {e}") from None
+        raise DataError(
+            f"{spec}: the model does not accept input of shape {tuple(x.shape)}: "
+            f"{type(e).__name__}: {e}"
+        ) from None

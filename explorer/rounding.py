@@ -221,9 +221,12 @@ def choose_width(
     steps = [w for w in shares if kept < w < channels and shares[w].value < own.value]
     if steps:
         w = min(steps, key=lambda v: shares[v].value)
-        return chosen, (
-            f"{kept} of {channels} channels: {_share(own)}, slower than {w} channels "
-            f"({shares[w].value:.2f}x): a bad step"
+        return (
+            chosen,
+            (
+                f"{kept} of {channels} channels: {_share(own)}, slower than {w} channels "
+                f"({shares[w].value:.2f}x): a bad step"
+            ),
         )
     return chosen, ""
 

@@ -33,21 +33,38 @@ from explorer.capabilities import ort_ops
 from explorer.errors import ExportError
 from explorer.inputs import Inputs, export_args
 
-__all__ = ["DEFAULT_ROUNDS", "MIN_ROUNDS", "LatencyStats", "OrtModel", "RoundRatios", "Speedup", "Timeable",
-           "export_onnx", "gzip_size", "measure_latency", "measure_speedup", "ort_session", "time_interleaved",
-           "torchscript_export"]
+__all__ = [
+    "DEFAULT_ROUNDS",
+    "MIN_ROUNDS",
+    "LatencyStats",
+    "OrtModel",
+    "RoundRatios",
+    "Speedup",
+    "Timeable",
+    "export_onnx",
+    "gzip_size",
+    "measure_latency",
+    "measure_speedup",
+    "ort_session",
+    "time_interleaved",
+    "torchscript_export",
+]
 
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 MIN_RUNS = 30
 MIN_ROUNDS = 5  # DESIGN.md rule 7: a speedup is measured in at least 5 alternating rounds
-DEFAULT_ROUNDS = 7  # odd: the median is one round's ratio; all 7 on one side of 1.0 by chance: 1.6 %
+DEFAULT_ROUNDS = (
+    7  # odd: the median is one round's ratio; all 7 on one side of 1.0 by chance: 1.6 %
+)
 MIN_ROUND_RUNS = 10  # timed runs of each session per round (its median is that round's latency)
 
 
-def ort_session(model: str | Path | bytes, threads: int = 1, *, optimize: bool = True,
-                arena: bool = True) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session of a file or a serialized model, with ``threads`` intra-op threads.
+def ort_session(
+    model: str | Path | bytes, threads: int = 1, *, optimize: bool = True, arena: bool = True
+) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session of a file or a serialized model, with ``threads`` intra-op
+    threads.
 
     ``optimize=False`` turns every graph optimisation off (no fusion). ``arena=False`` turns the CPU
     memory arena off (the session then gives back what a run allocated instead of keeping its
@@ -57,18 +74,27 @@ def ort_session(model: str | Path | bytes, threads: int = 1, *, optimize: bool =
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    opts.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimize
+        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
     opts.log_severity_level = 3
     opts.enable_cpu_mem_arena = arena
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 
-def torchscript_export(model: nn.Module, args: tuple[torch.Tensor, ...], f: str | Path | io.BytesIO, *,
-                       input_names: list[str], output_names: list[str],
-                       dynamic_axes: dict[str, dict[int, str]],
-                       kwargs: dict[str, torch.Tensor] | None = None) -> None:
+def torchscript_export(
+    model: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    f: str | Path | io.BytesIO,
+    *,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+    kwargs: dict[str, torch.Tensor] | None = None,
+) -> None:
     """``torch.onnx.export`` with the TorchScript exporter (tens of milliseconds on small models) at
     our opset, warnings silenced. nn.TransformerEncoderLayer's inference fast path is one fused op
     that no exporter handles: it is off during the export. Raises what the exporter raises."""
@@ -77,9 +103,17 @@ def torchscript_export(model: nn.Module, args: tuple[torch.Tensor, ...], f: str 
         warnings.simplefilter("ignore")
         try:
             torch.backends.mha.set_fastpath_enabled(False)
-            torch.onnx.export(model, args, f if isinstance(f, io.BytesIO) else str(f), kwargs=kwargs or None,
-                              dynamo=False, opset_version=OPSET, input_names=input_names, output_names=output_names,
-                              dynamic_axes=dynamic_axes)
+            torch.onnx.export(
+                model,
+                args,
+                f if isinstance(f, io.BytesIO) else str(f),
+                kwargs=kwargs or None,
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_axes=dynamic_axes,
+            )
         finally:
             torch.backends.mha.set_fastpath_enabled(fastpath)
 
@@ -107,8 +141,15 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor | Inputs, path: st
     args, kwargs, named = export_args(model, example_input)
     names = named or [INPUT_NAME]
     try:
-        torchscript_export(model, args, path, kwargs=kwargs, input_names=names, output_names=[OUTPUT_NAME],
-                           dynamic_axes={**{name: {0: "batch"} for name in names}, OUTPUT_NAME: {0: "batch"}})
+        torchscript_export(
+            model,
+            args,
+            path,
+            kwargs=kwargs,
+            input_names=names,
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={**{name: {0: "batch"} for name in names}, OUTPUT_NAME: {0: "batch"}},
+        )
         return path
     except Exception as e:
         errors.append(f"torchscript exporter: {type(e).__name__}: {e}")
@@ -120,16 +161,26 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor | Inputs, path: st
             batch2 = one.cat(one) if isinstance(one, Inputs) else torch.cat([one, one])
             args, kwargs, _ = export_args(model, batch2)
             batch = torch.export.Dim("batch")
-            dims = {name: {0: batch} for name in kwargs} if kwargs else tuple({0: batch} for _ in args)
+            dims = (
+                {name: {0: batch} for name in kwargs} if kwargs else tuple({0: batch} for _ in args)
+            )
             program = torch.onnx.export(
-                model, args, kwargs=kwargs or None, dynamo=True, input_names=names,
-                output_names=[OUTPUT_NAME], dynamic_shapes=dims, verbose=False,
+                model,
+                args,
+                kwargs=kwargs or None,
+                dynamo=True,
+                input_names=names,
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=dims,
+                verbose=False,
             )
             assert program is not None
             program.save(str(path), external_data=False)
             return path
         except Exception as e:
-            errors.append(f"dynamo exporter: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            errors.append(
+                f"dynamo exporter: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            )
     raise ExportError("ONNX export failed; " + "; ".join(errors))
 
 
@@ -145,14 +196,22 @@ class OrtModel:
     graph as exact float arithmetic on its dequantized values.
     """
 
-    def __init__(self, path: str | Path | bytes, threads: int = 1, *, optimize: bool = True,
-                 name: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path | bytes,
+        threads: int = 1,
+        *,
+        optimize: bool = True,
+        name: str | None = None,
+    ) -> None:
         self.threads = threads
         where = name or ("the ONNX model" if isinstance(path, bytes) else str(path))
         try:
             self.session = ort_session(path, threads, optimize=optimize)
         except Exception as e:
-            raise ExportError(f"{where}: ONNX Runtime cannot load it: {str(e).splitlines()[0]}") from None
+            raise ExportError(
+                f"{where}: ONNX Runtime cannot load it: {str(e).splitlines()[0]}"
+            ) from None
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.input_name = self.input_names[0]
         first = (self.session.get_inputs()[0].shape or [None])[0]
@@ -172,18 +231,29 @@ class OrtModel:
         where the file names its inputs otherwise), padded to a fixed batch size."""
         if not isinstance(x, dict):
             return {self.input_name: np.ascontiguousarray(self.fit(x))}
-        named = x if set(x) == set(self.input_names) else dict(zip(self.input_names, x.values()))
+        named = (
+            x
+            if set(x) == set(self.input_names)
+            else dict(zip(self.input_names, x.values(), strict=False))
+        )
         if len(named) != len(self.input_names):
-            raise ExportError(f"the ONNX model takes inputs {self.input_names}; the data has {list(x)}")
+            raise ExportError(
+                f"the ONNX model takes inputs {self.input_names}; the data has {list(x)}"
+            )
         return {name: np.ascontiguousarray(self.fit(named[name])) for name in self.input_names}
 
     def __call__(self, x: np.ndarray | dict[str, np.ndarray], batch_size: int = 256) -> np.ndarray:
         batch_size = self.fixed_batch or batch_size
         n = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
-        piece = (lambda i: {k: v[i : i + batch_size] for k, v in x.items()}) if isinstance(x, dict) \
+        piece = (
+            (lambda i: {k: v[i : i + batch_size] for k, v in x.items()})
+            if isinstance(x, dict)
             else (lambda i: x[i : i + batch_size])
-        outs = [self.session.run(None, self.feeds(piece(i)))[0][: min(batch_size, n - i)]
-                for i in range(0, n, batch_size)]
+        )
+        outs = [
+            self.session.run(None, self.feeds(piece(i)))[0][: min(batch_size, n - i)]
+            for i in range(0, n, batch_size)
+        ]
         return np.concatenate(outs)
 
 
@@ -210,9 +280,14 @@ def _stats(times: Sequence[float], threads: int) -> LatencyStats:
     )
 
 
-def measure_latency(model: OrtModel, example_input: np.ndarray | dict[str, np.ndarray], runs: int = 50,
-                    warmup: int = 10) -> LatencyStats:
-    """Time ``runs`` inferences of ``example_input`` (padded to a fixed batch size the file declares)
+def measure_latency(
+    model: OrtModel,
+    example_input: np.ndarray | dict[str, np.ndarray],
+    runs: int = 50,
+    warmup: int = 10,
+) -> LatencyStats:
+    """Time ``runs`` inferences of ``example_input`` (padded to a fixed batch size the file
+    declares)
     after ``warmup`` untimed ones."""
     runs = max(runs, MIN_RUNS)
     feed = model.feeds(example_input)
@@ -276,8 +351,13 @@ class RoundRatios:
         return RoundRatios(tuple(1.0 / r for r in self.per_round))
 
     def to_dict(self) -> dict[str, object]:
-        return {"value": self.value, "low": self.low, "high": self.high, "within_noise": self.within_noise,
-                "per_round": list(self.per_round)}
+        return {
+            "value": self.value,
+            "low": self.low,
+            "high": self.high,
+            "within_noise": self.within_noise,
+            "per_round": list(self.per_round),
+        }
 
 
 @dataclass(frozen=True)
@@ -322,18 +402,31 @@ class Speedup:
     def describe(self) -> str:
         """'1.32x (rounds 1.25-1.41x)', with ', within noise' when the rounds' spread covers 1.0."""
         m = self.median
-        return f"{m.value:.2f}x (rounds {m.low:.2f}-{m.high:.2f}x{', within noise' if m.within_noise else ''})"
+        return (
+            f"{m.value:.2f}x (rounds"
+            f" {m.low:.2f}-{m.high:.2f}x{', within noise' if m.within_noise else ''})"
+        )
 
     def method_text(self) -> str:
-        return (f"dense and pruned timed alternately in {self.rounds} rounds of {self.runs_per_round} runs each, "
-                f"batch 1, {self.pruned.threads} thread(s); the median of the per-round ratios")
+        return (
+            f"dense and pruned timed alternately in {self.rounds} rounds of {self.runs_per_round}"
+            f" runs each, batch 1, {self.pruned.threads} thread(s); the median of the per-round"
+            " ratios"
+        )
 
     def to_dict(self) -> dict[str, object]:
         return {
-            "ratio": self.ratio, "low": self.median.low, "high": self.median.high, "within_noise": self.within_noise,
-            "per_round": list(self.median.per_round), "p90": self.p90.to_dict(), "rounds": self.rounds,
-            "runs_per_round": self.runs_per_round, "threads": self.pruned.threads,
-            "dense_ms_median": self.dense.median_ms, "pruned_ms_median": self.pruned.median_ms,
+            "ratio": self.ratio,
+            "low": self.median.low,
+            "high": self.median.high,
+            "within_noise": self.within_noise,
+            "per_round": list(self.median.per_round),
+            "p90": self.p90.to_dict(),
+            "rounds": self.rounds,
+            "runs_per_round": self.runs_per_round,
+            "threads": self.pruned.threads,
+            "dense_ms_median": self.dense.median_ms,
+            "pruned_ms_median": self.pruned.median_ms,
         }
 
 
@@ -344,9 +437,14 @@ def round_order(n_models: int, round_index: int) -> list[int]:
     return [(i + round_index) % n_models for i in range(n_models)]
 
 
-def time_interleaved(models: Sequence[Timeable], example_input: np.ndarray | dict[str, np.ndarray], rounds: int = DEFAULT_ROUNDS,
-                     runs_per_round: int = MIN_ROUND_RUNS, warmup: int = 10,
-                     clock: Callable[[], int] = time.perf_counter_ns) -> list[list[list[float]]]:
+def time_interleaved(
+    models: Sequence[Timeable],
+    example_input: np.ndarray | dict[str, np.ndarray],
+    rounds: int = DEFAULT_ROUNDS,
+    runs_per_round: int = MIN_ROUND_RUNS,
+    warmup: int = 10,
+    clock: Callable[[], int] = time.perf_counter_ns,
+) -> list[list[list[float]]]:
     """Time every model in one window: ``rounds`` rounds; in each, every model ``runs_per_round``
     times back to back, in the order :func:`round_order` gives. Every model is warmed up
     (``warmup`` untimed runs) before the first round.
@@ -355,10 +453,18 @@ def time_interleaved(models: Sequence[Timeable], example_input: np.ndarray | dic
     tests).
     """
     if rounds < 1 or runs_per_round < 1:
-        raise ValueError(f"need at least one round and one run per round, got {rounds} x {runs_per_round}")
-    feeds = [m.feeds(example_input) if isinstance(example_input, dict)  # named inputs (an OrtModel)
-             else {m.input_name: np.ascontiguousarray(m.fit(example_input))} for m in models]
-    for m, feed in zip(models, feeds):
+        raise ValueError(
+            f"need at least one round and one run per round, got {rounds} x {runs_per_round}"
+        )
+    feeds = [
+        (
+            m.feeds(example_input)
+            if isinstance(example_input, dict)  # named inputs (an OrtModel)
+            else {m.input_name: np.ascontiguousarray(m.fit(example_input))}
+        )
+        for m in models
+    ]
+    for m, feed in zip(models, feeds, strict=False):
         for _ in range(warmup):
             m.session.run(None, feed)
     times: list[list[list[float]]] = [[[] for _ in range(rounds)] for _ in models]
@@ -372,23 +478,33 @@ def time_interleaved(models: Sequence[Timeable], example_input: np.ndarray | dic
     return times
 
 
-def per_round_ratios(numerator: Sequence[Sequence[float]], denominator: Sequence[Sequence[float]],
-                     stat: Callable[[Sequence[float]], float] = statistics.median) -> RoundRatios:
+def per_round_ratios(
+    numerator: Sequence[Sequence[float]],
+    denominator: Sequence[Sequence[float]],
+    stat: Callable[[Sequence[float]], float] = statistics.median,
+) -> RoundRatios:
     """``stat`` of each round of ``numerator`` over the same of ``denominator``."""
-    return RoundRatios(tuple(stat(a) / max(stat(b), 1e-12) for a, b in zip(numerator, denominator)))
+    return RoundRatios(
+        tuple(stat(a) / max(stat(b), 1e-12) for a, b in zip(numerator, denominator, strict=False))
+    )
 
 
 def _p90(values: Sequence[float]) -> float:
     return float(np.percentile(values, 90))
 
 
-def speedup_of(times: Sequence[Sequence[Sequence[float]]], dense: int, pruned: int, threads: int) -> Speedup:
+def speedup_of(
+    times: Sequence[Sequence[Sequence[float]]], dense: int, pruned: int, threads: int
+) -> Speedup:
     """The :class:`Speedup` of model ``pruned`` over model ``dense`` in an interleaved window."""
     d, p = times[dense], times[pruned]
     return Speedup(
-        median=per_round_ratios(d, p), p90=per_round_ratios(d, p, _p90),
-        dense=_stats([t for r in d for t in r], threads), pruned=_stats([t for r in p for t in r], threads),
-        rounds=len(d), runs_per_round=len(d[0]),
+        median=per_round_ratios(d, p),
+        p90=per_round_ratios(d, p, _p90),
+        dense=_stats([t for r in d for t in r], threads),
+        pruned=_stats([t for r in p for t in r], threads),
+        rounds=len(d),
+        runs_per_round=len(d[0]),
     )
 
 
@@ -398,9 +514,16 @@ def rounds_for(runs: int, rounds: int = DEFAULT_ROUNDS) -> tuple[int, int]:
     return rounds, max(MIN_ROUND_RUNS, math.ceil(max(runs, MIN_RUNS) / rounds))
 
 
-def measure_speedup(dense: Timeable, pruned: Timeable, example_input: np.ndarray, *, runs: int = 50,
-                    rounds: int = DEFAULT_ROUNDS, warmup: int = 10,
-                    clock: Callable[[], int] = time.perf_counter_ns) -> Speedup:
+def measure_speedup(
+    dense: Timeable,
+    pruned: Timeable,
+    example_input: np.ndarray,
+    *,
+    runs: int = 50,
+    rounds: int = DEFAULT_ROUNDS,
+    warmup: int = 10,
+    clock: Callable[[], int] = time.perf_counter_ns,
+) -> Speedup:
     """Dense over pruned latency, timed alternately in one window (see the module docstring).
 
     ``runs``: timed runs of each session in all (at least 30), split over ``rounds`` rounds (at

@@ -39,15 +39,24 @@ class Option:
             return value
         if self.kind is str:
             if value not in self.choices:
-                raise ScheduleError(f"{where}: {self.name!r} must be one of {list(self.choices)}, got {value!r}")
+                raise ScheduleError(
+                    f"{where}: {self.name!r} must be one of {list(self.choices)}, got {value!r}"
+                )
             return value
         ok_type = isinstance(value, int) if self.kind is int else isinstance(value, (int, float))
         if isinstance(value, bool) or not ok_type:
             kind = "an integer" if self.kind is int else "a number"
             raise ScheduleError(f"{where}: {self.name!r} must be {kind}, got {value!r}")
-        if not math.isfinite(value) or (self.minimum is not None and value < self.minimum) or (
-                self.maximum is not None and value > self.maximum):
-            bounds = f">= {self.minimum:g}" if self.maximum is None else f"in [{self.minimum:g}, {self.maximum:g}]"
+        if (
+            not math.isfinite(value)
+            or (self.minimum is not None and value < self.minimum)
+            or (self.maximum is not None and value > self.maximum)
+        ):
+            bounds = (
+                f">= {self.minimum:g}"
+                if self.maximum is None
+                else f"in [{self.minimum:g}, {self.maximum:g}]"
+            )
             raise ScheduleError(f"{where}: {self.name!r} must be {bounds}, got {value!r}")
         return value
 
@@ -68,49 +77,180 @@ class ScheduleInfo:
 
 
 def _lr(default: float) -> Option:
-    return Option("lr", float, default, "Adam learning rate (cosine schedule to 0 over each training)", minimum=1e-8)
+    return Option(
+        "lr",
+        float,
+        default,
+        "Adam learning rate (cosine schedule to 0 over each training)",
+        minimum=1e-8,
+    )
 
 
 _SEED = Option("seed", int, 0, "seeds initialisation, batch order and random methods", minimum=0)
-_RAMP = Option("ramp", str, "geometric", "per-round target: geometric (the same share of what is left each round) "
-               "or linear", choices=("geometric", "linear"))
+_RAMP = Option(
+    "ramp",
+    str,
+    "geometric",
+    "per-round target: geometric (the same share of what is left each round) or linear",
+    choices=("geometric", "linear"),
+)
 
-SCHEDULES: dict[str, ScheduleInfo] = {s.name: s for s in [
-    ScheduleInfo("one-shot", "prune once, then fine-tune", (
-        Option("epochs", int, 0, "fine-tuning epochs after pruning (0: none)", minimum=0),
-        Option("distill", bool, False, "fine-tune with the dense model as teacher"),
-        _lr(3e-3), _SEED)),
-    ScheduleInfo("iterative", "k rounds of prune, then fine-tune (Han et al. 2015)", (
-        Option("rounds", int, 3, "pruning rounds", minimum=1),
-        Option("epochs", int, 2, "fine-tuning epochs after each round", minimum=1),
-        _RAMP, _lr(1e-3), _SEED)),
-    ScheduleInfo("gradual", "prune while training on Zhu & Gupta's cubic schedule", (
-        Option("epochs", int, 5, "training epochs in all (pruning, then recovery at the final sparsity)", minimum=1),
-        Option("frequency", int, 10, "optimizer steps between mask updates (Δt)", minimum=1),
-        Option("start", float, 0.0, "where pruning starts (t0), as a fraction of the training steps", 0.0, 1.0),
-        Option("end", float, 0.75, "where pruning ends at the latest (t0 + nΔt), as a fraction", 0.0, 1.0),
-        Option("initial_sparsity", float, 0.0, "s_i: the sparsity of the first update (capped at each "
-               "layer's ratio)", 0.0, 0.99),
-        _lr(1e-3), _SEED), masks_only=True),
-    ScheduleInfo("snip", "prune a fresh initialisation by connection sensitivity, then train it (SNIP)", (
-        Option("epochs", int, 10, "training epochs of the sparse network from scratch", minimum=1),
-        Option("batch", int, 100, "training samples of the one batch the saliency is computed on", minimum=1),
-        _lr(2e-3), _SEED), from_scratch=True, masks_only=True),
-    ScheduleInfo("lottery", "train, prune, rewind the survivors, retrain; k rounds (lottery ticket)", (
-        Option("rounds", int, 3, "prune-rewind-retrain rounds after the first training", minimum=1),
-        Option("epochs", int, 5, "epochs of every training (the first and each retraining)", minimum=1),
-        Option("rewind", int, 0, "rewind to the values after this many steps of the first training "
-               "(0: the initial values)", minimum=0),
-        Option("reinit", bool, False, "re-initialise the survivors at random instead of rewinding (the control)"),
-        _RAMP, _lr(2e-3), _SEED), from_scratch=True, masks_only=True),
-    ScheduleInfo("regularized", "train with a sparsity-inducing penalty, prune, fine-tune", (
-        Option("epochs", int, 5, "training epochs with the penalty", minimum=1),
-        Option("finetune_epochs", int, 2, "fine-tuning epochs after pruning (0: none)", minimum=0),
-        Option("penalty", str, "auto", "bn-l1 (network slimming), group-lasso (output channels), or auto",
-               choices=("auto", "bn-l1", "group-lasso")),
-        Option("strength", float, 1e-3, "the penalty's weight λ in the loss", minimum=0.0),
-        _lr(1e-3), _SEED)),
-]}
+SCHEDULES: dict[str, ScheduleInfo] = {
+    s.name: s
+    for s in [
+        ScheduleInfo(
+            "one-shot",
+            "prune once, then fine-tune",
+            (
+                Option("epochs", int, 0, "fine-tuning epochs after pruning (0: none)", minimum=0),
+                Option("distill", bool, False, "fine-tune with the dense model as teacher"),
+                _lr(3e-3),
+                _SEED,
+            ),
+        ),
+        ScheduleInfo(
+            "iterative",
+            "k rounds of prune, then fine-tune (Han et al. 2015)",
+            (
+                Option("rounds", int, 3, "pruning rounds", minimum=1),
+                Option("epochs", int, 2, "fine-tuning epochs after each round", minimum=1),
+                _RAMP,
+                _lr(1e-3),
+                _SEED,
+            ),
+        ),
+        ScheduleInfo(
+            "gradual",
+            "prune while training on Zhu & Gupta's cubic schedule",
+            (
+                Option(
+                    "epochs",
+                    int,
+                    5,
+                    "training epochs in all (pruning, then recovery at the final sparsity)",
+                    minimum=1,
+                ),
+                Option(
+                    "frequency", int, 10, "optimizer steps between mask updates (Δt)", minimum=1
+                ),
+                Option(
+                    "start",
+                    float,
+                    0.0,
+                    "where pruning starts (t0), as a fraction of the training steps",
+                    0.0,
+                    1.0,
+                ),
+                Option(
+                    "end",
+                    float,
+                    0.75,
+                    "where pruning ends at the latest (t0 + nΔt), as a fraction",
+                    0.0,
+                    1.0,
+                ),
+                Option(
+                    "initial_sparsity",
+                    float,
+                    0.0,
+                    "s_i: the sparsity of the first update (capped at each layer's ratio)",
+                    0.0,
+                    0.99,
+                ),
+                _lr(1e-3),
+                _SEED,
+            ),
+            masks_only=True,
+        ),
+        ScheduleInfo(
+            "snip",
+            "prune a fresh initialisation by connection sensitivity, then train it (SNIP)",
+            (
+                Option(
+                    "epochs",
+                    int,
+                    10,
+                    "training epochs of the sparse network from scratch",
+                    minimum=1,
+                ),
+                Option(
+                    "batch",
+                    int,
+                    100,
+                    "training samples of the one batch the saliency is computed on",
+                    minimum=1,
+                ),
+                _lr(2e-3),
+                _SEED,
+            ),
+            from_scratch=True,
+            masks_only=True,
+        ),
+        ScheduleInfo(
+            "lottery",
+            "train, prune, rewind the survivors, retrain; k rounds (lottery ticket)",
+            (
+                Option(
+                    "rounds",
+                    int,
+                    3,
+                    "prune-rewind-retrain rounds after the first training",
+                    minimum=1,
+                ),
+                Option(
+                    "epochs",
+                    int,
+                    5,
+                    "epochs of every training (the first and each retraining)",
+                    minimum=1,
+                ),
+                Option(
+                    "rewind",
+                    int,
+                    0,
+                    "rewind to the values after this many steps of the first training "
+                    "(0: the initial values)",
+                    minimum=0,
+                ),
+                Option(
+                    "reinit",
+                    bool,
+                    False,
+                    "re-initialise the survivors at random instead of rewinding (the control)",
+                ),
+                _RAMP,
+                _lr(2e-3),
+                _SEED,
+            ),
+            from_scratch=True,
+            masks_only=True,
+        ),
+        ScheduleInfo(
+            "regularized",
+            "train with a sparsity-inducing penalty, prune, fine-tune",
+            (
+                Option("epochs", int, 5, "training epochs with the penalty", minimum=1),
+                Option(
+                    "finetune_epochs",
+                    int,
+                    2,
+                    "fine-tuning epochs after pruning (0: none)",
+                    minimum=0,
+                ),
+                Option(
+                    "penalty",
+                    str,
+                    "auto",
+                    "bn-l1 (network slimming), group-lasso (output channels), or auto",
+                    choices=("auto", "bn-l1", "group-lasso"),
+                ),
+                Option("strength", float, 1e-3, "the penalty's weight λ in the loss", minimum=0.0),
+                _lr(1e-3),
+                _SEED,
+            ),
+        ),
+    ]
+}
 
 
 def schedule_names() -> list[str]:
@@ -138,15 +278,19 @@ class ScheduleSpec:
         seen = set()
         for key, value in self.options:
             if key not in allowed:
-                raise ScheduleError(f"schedule {self.name!r}: unknown option {key!r}; allowed: {allowed}")
+                raise ScheduleError(
+                    f"schedule {self.name!r}: unknown option {key!r}; allowed: {allowed}"
+                )
             if key in seen:
                 raise ScheduleError(f"schedule {self.name!r}: option {key!r} given twice")
             seen.add(key)
             info.option(key).check(value, f"schedule {self.name!r}")
         merged = {**info.defaults(), **dict(self.options)}
         if self.name == "gradual" and merged["end"] < merged["start"]:
-            raise ScheduleError(f"schedule 'gradual': 'end' ({merged['end']!r}) must not come before 'start' "
-                                f"({merged['start']!r})")
+            raise ScheduleError(
+                f"schedule 'gradual': 'end' ({merged['end']!r}) must not come before 'start' "
+                f"({merged['start']!r})"
+            )
 
     @classmethod
     def make(cls, name: str, **options: Any) -> ScheduleSpec:
@@ -155,8 +299,10 @@ class ScheduleSpec:
     @classmethod
     def from_dict(cls, data: Any) -> ScheduleSpec:
         if not isinstance(data, dict):
-            raise ScheduleError(f"'schedule' must be an object like {{\"name\": \"iterative\", \"rounds\": 3}}, "
-                                f"got {data!r}")
+            raise ScheduleError(
+                '\'schedule\' must be an object like {"name": "iterative", "rounds": 3}, '
+                f"got {data!r}"
+            )
         if "name" not in data:
             raise ScheduleError(f"'schedule' needs a 'name' (one of {schedule_names()})")
         return cls(data["name"], tuple((k, v) for k, v in data.items() if k != "name"))
@@ -181,17 +327,29 @@ class ScheduleSpec:
     def describe(self) -> str:
         o = self.resolved()
         if self.name == "one-shot":
-            return "one-shot" + (f", then {o['epochs']} fine-tuning epoch(s)" if o["epochs"] else ", no fine-tuning")
+            return "one-shot" + (
+                f", then {o['epochs']} fine-tuning epoch(s)" if o["epochs"] else ", no fine-tuning"
+            )
         if self.name == "iterative":
             return f"iterative: {o['rounds']} round(s) x {o['epochs']} epoch(s), {o['ramp']} ramp"
         if self.name == "gradual":
-            return (f"gradual: {o['epochs']} epoch(s), masks every {o['frequency']} steps from "
-                    f"{o['start']:.0%} to {o['end']:.0%} of training")
+            return (
+                f"gradual: {o['epochs']} epoch(s), masks every {o['frequency']} steps from "
+                f"{o['start']:.0%} to {o['end']:.0%} of training"
+            )
         if self.name == "snip":
             return f"SNIP at initialisation, then {o['epochs']} epoch(s) from scratch"
         if self.name == "lottery":
-            how = "random re-initialisation" if o["reinit"] else (
-                f"rewind to step {o['rewind']}" if o["rewind"] else "rewind to init")
-            return f"lottery: {o['epochs']} epoch(s), then {o['rounds']} round(s) of prune, {how}, retrain"
-        return (f"regularized ({o['penalty']}, λ={o['strength']:g}): {o['epochs']} epoch(s), prune, "
-                f"{o['finetune_epochs']} fine-tuning epoch(s)")
+            how = (
+                "random re-initialisation"
+                if o["reinit"]
+                else (f"rewind to step {o['rewind']}" if o["rewind"] else "rewind to init")
+            )
+            return (
+                f"lottery: {o['epochs']} epoch(s), then {o['rounds']} round(s) of prune, {how},"
+                " retrain"
+            )
+        return (
+            f"regularized ({o['penalty']}, λ={o['strength']:g}): {o['epochs']} epoch(s), prune, "
+            f"{o['finetune_epochs']} fine-tuning epoch(s)"
+        )

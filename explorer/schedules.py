@@ -1,4 +1,5 @@
-"""When to prune: one-shot, iterative, gradual, at initialisation (SNIP), lottery ticket, regularised.
+"""When to prune: one-shot, iterative, gradual, at initialisation (SNIP), lottery ticket,
+regularised.
 
 A schedule takes a plan (which layers, how much, by which method) and decides when the pruning
 happens relative to training. Every schedule
@@ -105,7 +106,9 @@ class StepRecord:
     round: int  # 0 before the first round (or in schedules without rounds)
     epoch: int | None  # epoch of the training phase (1-based); None outside training
     step: int | None  # optimizer step of the training phase (mask updates)
-    target: float | None  # the plan's ratio asked for at this step, averaged over its layers by weights
+    target: (
+        float | None
+    )  # the plan's ratio asked for at this step, averaged over its layers by weights
     sparsity: float  # measured: zero or removed weights of the plan's layers / their dense weights
     nonzero: int  # nonzero weights of the plan's layers
     accuracy: float | None  # test split (agreement with dense without labels)
@@ -143,17 +146,25 @@ class ScheduleResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the model, JSON-ready (the ``schedule`` entry of metrics.json)."""
-        return {"name": self.name, "settings": dict(self.settings), "stopped": self.stopped,
-                "stop_reason": self.stop_reason, "seconds": self.seconds, "target_sparsity": self.target,
-                "sparsity": self.final.sparsity if self.steps else None, "notes": list(self.notes),
-                "steps": self.rows()}
+        return {
+            "name": self.name,
+            "settings": dict(self.settings),
+            "stopped": self.stopped,
+            "stop_reason": self.stop_reason,
+            "seconds": self.seconds,
+            "target_sparsity": self.target,
+            "sparsity": self.final.sparsity if self.steps else None,
+            "notes": list(self.notes),
+            "steps": self.rows(),
+        }
 
 
 # --- ramps ---------------------------------------------------------------------------------------
 
 
 def ramp(ratio: float, j: int, k: int, kind: str = "geometric") -> float:
-    """The ratio round ``j`` of ``k`` asks for on the way to ``ratio`` (round k: ``ratio`` itself)."""
+    """The ratio round ``j`` of ``k`` asks for on the way to ``ratio`` (round k: ``ratio``
+    itself)."""
     if j >= k:
         return ratio
     if kind == "linear":
@@ -179,8 +190,14 @@ def _numel(shape: tuple[int, ...]) -> int:
 class _Context:
     """What one run needs: the subject's data and layers, timing, progress, cancel, records."""
 
-    def __init__(self, subject: Subject, plan: PruningPlan, spec: ScheduleSpec, on_progress: Progress,
-                 should_stop: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        subject: Subject,
+        plan: PruningPlan,
+        spec: ScheduleSpec,
+        on_progress: Progress,
+        should_stop: Callable[[], bool],
+    ) -> None:
         self.subject = subject
         self.plan = plan
         self.spec = spec
@@ -203,8 +220,12 @@ class _Context:
         self.reference = None
         if test.y is None:  # unlabelled: accuracy is agreement with the dense model
             with torch.no_grad():
-                self.reference = torch.cat([logits_of(run_model(subject.model, test.x[i : i + 512]))
-                                            for i in range(0, len(test), 512)]).numpy()
+                self.reference = torch.cat(
+                    [
+                        logits_of(run_model(subject.model, test.x[i : i + 512]))
+                        for i in range(0, len(test), 512)
+                    ]
+                ).numpy()
 
     # progress over the whole schedule, in units of training epochs
     def progress(self, units: float, message: str) -> None:
@@ -235,14 +256,36 @@ class _Context:
         finally:
             model.train(was_training)
 
-    def record(self, phase: str, model: nn.Module, *, at: int = 0, epoch: int | None = None,
-               step: int | None = None, target: float | None = None, val: tuple[Any, Any] = (None, None),
-               train_loss: float | None = None) -> StepRecord:
+    def record(
+        self,
+        phase: str,
+        model: nn.Module,
+        *,
+        at: int = 0,
+        epoch: int | None = None,
+        step: int | None = None,
+        target: float | None = None,
+        val: tuple[Any, Any] = (None, None),
+        train_loss: float | None = None,
+    ) -> StepRecord:
         """Measure ``model`` now and append the step (``at``: the round it belongs to)."""
         sparsity, nonzero = self.sparsity(model)
         acc, loss = self.test_scores(model)
-        rec = StepRecord(phase, at, epoch, step, target, sparsity, nonzero, acc, loss, val[0], val[1],
-                         train_loss, self.seconds())
+        rec = StepRecord(
+            phase,
+            at,
+            epoch,
+            step,
+            target,
+            sparsity,
+            nonzero,
+            acc,
+            loss,
+            val[0],
+            val[1],
+            train_loss,
+            self.seconds(),
+        )
         self.steps.append(rec)
         return rec
 
@@ -254,8 +297,18 @@ class _Context:
             return True
         return False
 
-    def train(self, model: nn.Module, epochs: int, *, at: int, target: float | None, label: str,
-              lr: float, recalibrate: bool = True, **kwargs: Any) -> nn.Module:
+    def train(
+        self,
+        model: nn.Module,
+        epochs: int,
+        *,
+        at: int,
+        target: float | None,
+        label: str,
+        lr: float,
+        recalibrate: bool = True,
+        **kwargs: Any,
+    ) -> nn.Module:
         """``finetune`` with this run's progress, cancel and per-epoch records."""
         rows: dict[int, int] = {}  # epoch -> index of its record
 
@@ -266,17 +319,33 @@ class _Context:
         base = self.done_units
 
         def progress(fraction: float, message: str) -> None:
-            self.on_progress(min(1.0, (base + fraction * epochs) / self.total_units), f"{label}: {message}")
+            self.on_progress(
+                min(1.0, (base + fraction * epochs) / self.total_units), f"{label}: {message}"
+            )
 
         result: FinetuneResult = finetune(
-            model, self.data, epochs, lr=lr, recalibrate=recalibrate, seed=self.options["seed"] + max(at - 1, 0),
-            on_progress=progress, should_stop=self.should_stop, on_epoch=on_epoch, **kwargs)
-        # The epoch rows were measured on the model as each epoch ended; add what finetune validated.
+            model,
+            self.data,
+            epochs,
+            lr=lr,
+            recalibrate=recalibrate,
+            seed=self.options["seed"] + max(at - 1, 0),
+            on_progress=progress,
+            should_stop=self.should_stop,
+            on_epoch=on_epoch,
+            **kwargs,
+        )
+        # The epoch rows were measured on the model as each epoch ended; add what finetune
+        # validated.
         for h in result.history[1:]:
             if h.epoch in rows:
                 i = rows[h.epoch]
-                self.steps[i] = replace(self.steps[i], val_accuracy=h.val_accuracy, val_loss=h.val_loss,
-                                        train_loss=h.train_loss)
+                self.steps[i] = replace(
+                    self.steps[i],
+                    val_accuracy=h.val_accuracy,
+                    val_loss=h.val_loss,
+                    train_loss=h.train_loss,
+                )
         self.done_units = base + epochs
         self.last_recovery = result.to_dict()
         if result.stopped == "cancelled" and not self.stop_reason:
@@ -284,12 +353,20 @@ class _Context:
         return result.model
 
 
-_TINY = {dtype: torch.finfo(dtype).tiny for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
+_TINY = {
+    dtype: torch.finfo(dtype).tiny
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+}
 
 
 @torch.no_grad()
-def _prune_step(model: nn.Module, plan: PruningPlan, example: torch.Tensor, seed: int,
-                calibration: Split | None = None) -> nn.Module:
+def _prune_step(
+    model: nn.Module,
+    plan: PruningPlan,
+    example: torch.Tensor,
+    seed: int,
+    calibration: Split | None = None,
+) -> nn.Module:
     """``apply_plan`` on ``model`` so that the plan's count of zeros is exact whatever the method.
 
     A weight that is already zero (pruned earlier) is set to the smallest normal float first: a
@@ -312,14 +389,18 @@ def _keep_masks(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def _set_masks(model: nn.Module, keep: Mapping[str, torch.Tensor], source: nn.Module | None = None) -> None:
+def _set_masks(
+    model: nn.Module, keep: Mapping[str, torch.Tensor], source: nn.Module | None = None
+) -> None:
     """Weights of ``model`` become ``source``'s (default: its own) where ``keep``, zero elsewhere;
     a kept weight that is exactly zero becomes the smallest normal float, so it trains."""
     modules = dict(model.named_modules())
     src = dict(source.named_modules()) if source is not None else modules
     for name, mask in keep.items():
         w, values = modules[name].weight, src[name].weight.detach()
-        alive = torch.where(values == 0, torch.full_like(values, _TINY.get(values.dtype, 1e-30)), values)
+        alive = torch.where(
+            values == 0, torch.full_like(values, _TINY.get(values.dtype, 1e-30)), values
+        )
         w.copy_(torch.where(mask, alive, torch.zeros_like(values)))
 
 
@@ -329,7 +410,9 @@ def _scaled(plan: PruningPlan, fn: Callable[[float], float]) -> PruningPlan:
     return replace(plan, layers=layers, ratio=fn(plan.ratio) if plan.ratio is not None else None)
 
 
-def _relative_plan(plan: PruningPlan, model: nn.Module, dense_channels: Mapping[str, int]) -> PruningPlan:
+def _relative_plan(
+    plan: PruningPlan, model: nn.Module, dense_channels: Mapping[str, int]
+) -> PruningPlan:
     """A round's plan for a model already shrunk by earlier rounds: structured layers get the ratio
     that leaves exactly the channels the round's ratio leaves on the dense layer."""
     modules = dict(model.named_modules())
@@ -338,7 +421,9 @@ def _relative_plan(plan: PruningPlan, model: nn.Module, dense_channels: Mapping[
         if get_method(plan.method_of(name)).structured:
             n0, n_cur = dense_channels[name], int(modules[name].weight.shape[0])
             keep = kept_channels(n0, rule.ratio)
-            ratio = 0.0 if n_cur <= keep else (n_cur - keep + 0.5) / n_cur  # int(ratio * n_cur) == n_cur - keep
+            ratio = (
+                0.0 if n_cur <= keep else (n_cur - keep + 0.5) / n_cur
+            )  # int(ratio * n_cur) == n_cur - keep
             layers[name] = LayerRule(ratio, rule.method)
         else:
             layers[name] = rule
@@ -352,7 +437,9 @@ def _structured_layers(plan: PruningPlan) -> list[str]:
 # --- SNIP ----------------------------------------------------------------------------------------
 
 
-def snip_saliency(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+def snip_saliency(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: list[str]
+) -> dict[str, torch.Tensor]:
     """SNIP's connection sensitivity |dL/dw * w| of the weights of layers ``names`` on one batch.
 
     L is the cross-entropy of ``model`` on ``(x, y)``, the model in training mode (batch norm on
@@ -367,7 +454,7 @@ def snip_saliency(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: lis
         w.requires_grad_(True)
     loss = nn.functional.cross_entropy(work(x), y)
     grads = torch.autograd.grad(loss, weights)
-    return {n: (g * w).abs().detach() for n, g, w in zip(names, grads, weights)}
+    return {n: (g * w).abs().detach() for n, g, w in zip(names, grads, weights, strict=False)}
 
 
 def _snip_keep(saliency: Mapping[str, torch.Tensor], n_zero: int) -> dict[str, torch.Tensor]:
@@ -395,35 +482,52 @@ def _check(subject: Subject, plan: PruningPlan, spec: ScheduleSpec) -> None:
         if why:
             raise ScheduleError(f"schedule {spec.name!r}: {why}")
         if data.train is None:
-            raise DataError(f"{data.spec}: schedule {spec.name!r} trains, and the data has no training split "
-                            "(an .npz with x_train and y_train, or a zoo data set)")
+            raise DataError(
+                f"{data.spec}: schedule {spec.name!r} trains, and the data has no training split "
+                "(an .npz with x_train and y_train, or a zoo data set)"
+            )
         if data.train.y is None and not (spec.name == "one-shot" and o["distill"]):
-            hint = "distil from the dense model (one-shot with distill)" if spec.name == "one-shot" else \
-                "use one-shot with distill, which learns from the dense model instead"
-            raise DataError(f"{data.spec}: schedule {spec.name!r} trains on labels, and the training split has "
-                            f"none; {hint}")
+            hint = (
+                "distil from the dense model (one-shot with distill)"
+                if spec.name == "one-shot"
+                else "use one-shot with distill, which learns from the dense model instead"
+            )
+            raise DataError(
+                f"{data.spec}: schedule {spec.name!r} trains on labels, and the training split has "
+                f"none; {hint}"
+            )
     structured = _structured_layers(plan)
     if info.masks_only and structured:
-        raise ScheduleError(f"schedule {spec.name!r} keeps masks through training, so it zeroes weights; layer "
-                            f"{structured[0]!r} uses {plan.method_of(structured[0])!r}, which removes channels: "
-                            "use an unstructured or N:M method, or the one-shot, iterative or regularized schedule")
+        raise ScheduleError(
+            f"schedule {spec.name!r} keeps masks through training, so it zeroes weights; layer "
+            f"{structured[0]!r} uses {plan.method_of(structured[0])!r}, which removes channels: "
+            "use an unstructured or N:M method, or the one-shot, iterative or regularized schedule"
+        )
     if spec.name == "snip":
         semi = [n for n in plan.layers if get_method(plan.method_of(n)).kind != "unstructured"]
         if semi:
-            raise ScheduleError(f"schedule 'snip' ranks single weights globally by connection sensitivity; layer "
-                                f"{semi[0]!r} uses {plan.method_of(semi[0])!r}: use an unstructured method "
-                                "(its criterion is replaced by SNIP's)")
+            raise ScheduleError(
+                "schedule 'snip' ranks single weights globally by connection sensitivity; layer "
+                f"{semi[0]!r} uses {plan.method_of(semi[0])!r}: use an unstructured method "
+                "(its criterion is replaced by SNIP's)"
+            )
     if spec.name == "iterative" and structured and plan.scope == "global":
-        raise ScheduleError("schedule 'iterative' removes channels round by round from per-layer ratios; a global "
-                            "structured plan has none: use scope 'local'")
+        raise ScheduleError(
+            "schedule 'iterative' removes channels round by round from per-layer ratios; a global "
+            "structured plan has none: use scope 'local'"
+        )
     if spec.name == "regularized" and o["penalty"] == "bn-l1" and not batchnorm_layers(model):
-        raise ScheduleError(f"schedule 'regularized': penalty 'bn-l1' acts on batch-norm scales and "
-                            f"{subject.model_spec} has no batch-norm layer; use 'group-lasso'")
+        raise ScheduleError(
+            "schedule 'regularized': penalty 'bn-l1' acts on batch-norm scales and "
+            f"{subject.model_spec} has no batch-norm layer; use 'group-lasso'"
+        )
     if spec.name == "lottery" and o["rewind"]:
         steps = o["epochs"] * _steps_per_epoch(len(data.train) if data.train is not None else 0)
         if o["rewind"] > steps:
-            raise ScheduleError(f"schedule 'lottery': rewind to step {o['rewind']}, but the first training has "
-                                f"only {steps} steps ({o['epochs']} epoch(s))")
+            raise ScheduleError(
+                f"schedule 'lottery': rewind to step {o['rewind']}, but the first training has "
+                f"only {steps} steps ({o['epochs']} epoch(s))"
+            )
 
 
 _BATCH = 64  # finetune's batch size
@@ -446,13 +550,26 @@ def _one_shot(ctx: _Context) -> nn.Module:
     subject = ctx.subject
     ctx.record("start", subject.model, target=0.0)
     ctx.progress(0, "pruning")
-    model = apply_plan(subject.model, ctx.plan, ctx.example, subject.inventory, seed=o["seed"],
-                       calibration=subject.calibration)
+    model = apply_plan(
+        subject.model,
+        ctx.plan,
+        ctx.example,
+        subject.inventory,
+        seed=o["seed"],
+        calibration=subject.calibration,
+    )
     target = ctx.target(ctx.plan)
     ctx.record("prune", model, at=1, target=target)
     if o["epochs"] and not ctx.cancelled("before fine-tuning"):
-        model = ctx.train(model, o["epochs"], at=1, target=target, label="fine-tuning", lr=o["lr"],
-                          distill_from=subject.model if o["distill"] else None)
+        model = ctx.train(
+            model,
+            o["epochs"],
+            at=1,
+            target=target,
+            label="fine-tuning",
+            lr=o["lr"],
+            distill_from=subject.model if o["distill"] else None,
+        )
     return model
 
 
@@ -471,7 +588,9 @@ def _iterative(ctx: _Context) -> nn.Module:
         step_plan = _relative_plan(round_plan, model, dense_channels)
         model = _prune_step(model, step_plan, ctx.example, o["seed"], ctx.calibration)
         ctx.record("prune", model, at=j, target=target)
-        model = ctx.train(model, o["epochs"], at=j, target=target, label=f"round {j}/{k}", lr=o["lr"])
+        model = ctx.train(
+            model, o["epochs"], at=j, target=target, label=f"round {j}/{k}", lr=o["lr"]
+        )
     return model
 
 
@@ -486,9 +605,11 @@ def _gradual(ctx: _Context) -> nn.Module:
     n = max(0, (t_end - t0) // dt)
     updates = {t0 + j * dt: j for j in range(n + 1)}
     last = t0 + n * dt
-    ctx.notes.append(f"{total} steps ({per_epoch} per epoch); masks updated at steps {t0}..{last} every {dt} "
-                     f"({n + 1} update(s)); the best epoch is chosen from epoch {math.ceil(last / per_epoch) if per_epoch else 0} on, "
-                     "when the final sparsity is reached")
+    ctx.notes.append(
+        f"{total} steps ({per_epoch} per epoch); masks updated at steps {t0}..{last} every {dt}"
+        f" ({n + 1} update(s)); the best epoch is chosen from epoch"
+        f" {math.ceil(last / per_epoch) if per_epoch else 0} on, when the final sparsity is reached"
+    )
 
     def plan_at(j: int) -> PruningPlan:
         return _scaled(ctx.plan, lambda r: cubic_sparsity(r, o["initial_sparsity"], j, n))
@@ -510,8 +631,16 @@ def _gradual(ctx: _Context) -> nn.Module:
         model = _prune_step(model, plan_0, ctx.example, o["seed"], ctx.calibration)
         ctx.record("mask update", model, at=updates[0], step=0, target=ctx.target(plan_0))
     keep_from = math.ceil(last / per_epoch) if per_epoch else 0
-    return ctx.train(model, o["epochs"], at=0, target=None, label="gradual pruning", lr=o["lr"],
-                     on_step=update, keep_from=min(keep_from, o["epochs"]))
+    return ctx.train(
+        model,
+        o["epochs"],
+        at=0,
+        target=None,
+        label="gradual pruning",
+        lr=o["lr"],
+        on_step=update,
+        keep_from=min(keep_from, o["epochs"]),
+    )
 
 
 def _fresh(ctx: _Context, seed: int) -> nn.Module:
@@ -536,13 +665,22 @@ def _snip(ctx: _Context) -> nn.Module:
     model = copy.deepcopy(init)
     _set_masks(model, _snip_keep(saliency, n_zero), source=init)
     target = ctx.target(ctx.plan)
-    ctx.notes.append(f"saliency |dL/dw * w| on {len(idx)} training samples at initialisation (seed {o['seed']}); "
-                     f"{n_zero:,} weights of the lowest saliency zeroed, ranked across the plan's layers")
+    ctx.notes.append(
+        f"saliency |dL/dw * w| on {len(idx)} training samples at initialisation (seed {o['seed']});"
+        f" {n_zero:,} weights of the lowest saliency zeroed, ranked across the plan's layers"
+    )
     ctx.record("prune", model, at=1, target=target)
     if ctx.cancelled("before training"):
         return model
-    return ctx.train(model, o["epochs"], at=1, target=target, label="training from scratch", lr=o["lr"],
-                     recalibrate=False)
+    return ctx.train(
+        model,
+        o["epochs"],
+        at=1,
+        target=target,
+        label="training from scratch",
+        lr=o["lr"],
+        recalibrate=False,
+    )
 
 
 def _lottery(ctx: _Context) -> nn.Module:
@@ -558,26 +696,49 @@ def _lottery(ctx: _Context) -> nn.Module:
         return False
 
     rewind_to = copy.deepcopy(init)
-    model = ctx.train(init, o["epochs"], at=0, target=0.0, label="dense training", lr=o["lr"],
-                      recalibrate=False, on_step=capture if o["rewind"] else None)
+    model = ctx.train(
+        init,
+        o["epochs"],
+        at=0,
+        target=0.0,
+        label="dense training",
+        lr=o["lr"],
+        recalibrate=False,
+        on_step=capture if o["rewind"] else None,
+    )
     if o["rewind"] and rewind_state:
         rewind_to.load_state_dict(rewind_state)
-    ctx.notes.append("survivors re-initialised at random each round (the control)" if o["reinit"] else
-                     f"survivors rewound to their values after {o['rewind']} step(s) of the first training"
-                     if o["rewind"] else "survivors rewound to their initial values")
+    ctx.notes.append(
+        "survivors re-initialised at random each round (the control)"
+        if o["reinit"]
+        else (
+            f"survivors rewound to their values after {o['rewind']} step(s) of the first training"
+            if o["rewind"]
+            else "survivors rewound to their initial values"
+        )
+    )
     for j in range(1, k + 1):
         if ctx.cancelled(f"before round {j} of {k}"):
             break
         round_plan = _scaled(ctx.plan, lambda r, j=j: ramp(r, j, k, o["ramp"]))
         target = ctx.target(round_plan)
         ctx.progress(0, f"round {j}/{k}: pruning to {target:.1%}")
-        keep = _keep_masks(_prune_step(model, round_plan, ctx.example, o["seed"], ctx.calibration), ctx.names)
+        keep = _keep_masks(
+            _prune_step(model, round_plan, ctx.example, o["seed"], ctx.calibration), ctx.names
+        )
         source = _fresh(ctx, o["seed"] + 1000 * j) if o["reinit"] else rewind_to
         ticket = copy.deepcopy(source)
         _set_masks(ticket, keep, source=source)
         ctx.record("rewind", ticket, at=j, target=target)
-        model = ctx.train(ticket, o["epochs"], at=j, target=target, label=f"round {j}/{k}", lr=o["lr"],
-                          recalibrate=False)
+        model = ctx.train(
+            ticket,
+            o["epochs"],
+            at=j,
+            target=target,
+            label=f"round {j}/{k}",
+            lr=o["lr"],
+            recalibrate=False,
+        )
     return model
 
 
@@ -586,8 +747,12 @@ def _penalty(ctx: _Context) -> tuple[str, Callable[[nn.Module], torch.Tensor]]:
     kind = o["penalty"]
     if kind == "auto":
         methods = {ctx.plan.method_of(n) for n in ctx.names} | {ctx.plan.method}
-        kind = "bn-l1" if any(m.startswith("bn-scale") for m in methods) and batchnorm_layers(ctx.subject.model) \
+        kind = (
+            "bn-l1"
+            if any(m.startswith("bn-scale") for m in methods)
+            and batchnorm_layers(ctx.subject.model)
             else "group-lasso"
+        )
     strength = float(o["strength"])
     names = list(ctx.names)
 
@@ -595,15 +760,22 @@ def _penalty(ctx: _Context) -> tuple[str, Callable[[nn.Module], torch.Tensor]]:
         bn_names = set(batchnorm_layers(ctx.subject.model))
 
         def bn_l1(model: nn.Module) -> torch.Tensor:
-            terms = [m.weight.abs().sum() for n, m in model.named_modules() if n in bn_names and m.weight is not None]
+            terms = [
+                m.weight.abs().sum()
+                for n, m in model.named_modules()
+                if n in bn_names and m.weight is not None
+            ]
             return strength * torch.stack(terms).sum() if terms else torch.zeros(())
 
         return kind, bn_l1
 
     def group_lasso(model: nn.Module) -> torch.Tensor:
         modules = dict(model.named_modules())
-        terms = [modules[n].weight.reshape(modules[n].weight.shape[0], -1).norm(dim=1).sum() for n in names
-                 if isinstance(modules[n], PRUNABLE_TYPES)]
+        terms = [
+            modules[n].weight.reshape(modules[n].weight.shape[0], -1).norm(dim=1).sum()
+            for n in names
+            if isinstance(modules[n], PRUNABLE_TYPES)
+        ]
         return strength * torch.stack(terms).sum() if terms else torch.zeros(())
 
     return kind, group_lasso
@@ -612,13 +784,26 @@ def _penalty(ctx: _Context) -> tuple[str, Callable[[nn.Module], torch.Tensor]]:
 def _regularized(ctx: _Context) -> nn.Module:
     o = ctx.options
     kind, penalty = _penalty(ctx)
-    ctx.notes.append(f"penalty {kind}, λ={o['strength']:g}: " + (
-        "L1 on the batch-norm scales (network slimming)" if kind == "bn-l1"
-        else "group lasso, the sum of the L2 norms of the output channels of the plan's layers"))
+    ctx.notes.append(
+        f"penalty {kind}, λ={o['strength']:g}: "
+        + (
+            "L1 on the batch-norm scales (network slimming)"
+            if kind == "bn-l1"
+            else "group lasso, the sum of the L2 norms of the output channels of the plan's layers"
+        )
+    )
     model = ctx.subject.model
     ctx.record("start", model, target=0.0)
-    model = ctx.train(model, o["epochs"], at=0, target=0.0, label=f"training with {kind}", lr=o["lr"],
-                      penalty=penalty, keep_from=o["epochs"])
+    model = ctx.train(
+        model,
+        o["epochs"],
+        at=0,
+        target=0.0,
+        label=f"training with {kind}",
+        lr=o["lr"],
+        penalty=penalty,
+        keep_from=o["epochs"],
+    )
     if ctx.cancelled("before pruning"):
         return model
     ctx.progress(0, "pruning")
@@ -626,12 +811,18 @@ def _regularized(ctx: _Context) -> nn.Module:
     target = ctx.target(ctx.plan)
     ctx.record("prune", model, at=1, target=target)
     if o["finetune_epochs"] and not ctx.cancelled("before fine-tuning"):
-        model = ctx.train(model, o["finetune_epochs"], at=1, target=target, label="fine-tuning", lr=o["lr"])
+        model = ctx.train(
+            model, o["finetune_epochs"], at=1, target=target, label="fine-tuning", lr=o["lr"]
+        )
     return model
 
 
 _RUNNERS: dict[str, Callable[[_Context], nn.Module]] = {
-    "one-shot": _one_shot, "iterative": _iterative, "gradual": _gradual, "snip": _snip, "lottery": _lottery,
+    "one-shot": _one_shot,
+    "iterative": _iterative,
+    "gradual": _gradual,
+    "snip": _snip,
+    "lottery": _lottery,
     "regularized": _regularized,
 }
 
@@ -647,9 +838,14 @@ def _training_epochs(spec: ScheduleSpec) -> int:
     return int(o["epochs"])
 
 
-def run_schedule(subject: Subject, plan: PruningPlan, schedule: ScheduleSpec | None = None, *,
-                 on_progress: Progress = no_progress,
-                 should_stop: Callable[[], bool] | None = None) -> ScheduleResult:
+def run_schedule(
+    subject: Subject,
+    plan: PruningPlan,
+    schedule: ScheduleSpec | None = None,
+    *,
+    on_progress: Progress = no_progress,
+    should_stop: Callable[[], bool] | None = None,
+) -> ScheduleResult:
     """Run ``schedule`` (default: the plan's, else one-shot) for ``plan`` on ``subject``.
 
     The subject's base model is never modified. Deterministic for a given ``seed`` option.
@@ -676,6 +872,14 @@ def run_schedule(subject: Subject, plan: PruningPlan, schedule: ScheduleSpec | N
     ctx.record("final", model, at=ctx.steps[-1].round, target=ctx.target(plan))
     on_progress(1.0, "done")
     return ScheduleResult(
-        name=spec.name, settings=ctx.options, model=model, steps=ctx.steps,
-        stopped="cancelled" if ctx.stop_reason else "completed", stop_reason=ctx.stop_reason,
-        seconds=ctx.seconds(), target=ctx.target(plan), notes=ctx.notes, recovery=ctx.last_recovery)
+        name=spec.name,
+        settings=ctx.options,
+        model=model,
+        steps=ctx.steps,
+        stopped="cancelled" if ctx.stop_reason else "completed",
+        stop_reason=ctx.stop_reason,
+        seconds=ctx.seconds(),
+        target=ctx.target(plan),
+        notes=ctx.notes,
+        recovery=ctx.last_recovery,
+    )

@@ -33,11 +33,18 @@ DEFAULT_MODEL = "zoo:digits-cnn"
 class Subject:
     """A model spec and a data spec, loaded and inventoried."""
 
-    def __init__(self, model_spec: str = DEFAULT_MODEL, data_spec: str | None = None,
-                 threads: int = 1, runs: int = 50) -> None:
+    def __init__(
+        self,
+        model_spec: str = DEFAULT_MODEL,
+        data_spec: str | None = None,
+        threads: int = 1,
+        runs: int = 50,
+    ) -> None:
         if data_spec is None:
             if not model_spec.startswith("zoo:"):
-                raise DataError(f"{model_spec}: give a data spec (--data) for a model outside the zoo")
+                raise DataError(
+                    f"{model_spec}: give a data spec (--data) for a model outside the zoo"
+                )
             if model_spec[4:] not in ZOO:
                 load_model(model_spec)  # raises: unknown zoo model, with the valid names
             data_spec = model_spec
@@ -51,10 +58,12 @@ class Subject:
         self.model.requires_grad_(False)
         self.example_input = self.data.example_input()
         try:
-            # Groups that cannot lose a channel (or head) without breaking the model are refused here,
+            # Groups that cannot lose a channel (or head) without breaking the model are refused
+            # here,
             # with the error, so that every other group stays prunable.
-            self.inventory: Inventory = verified(self.model, self.example_input,
-                                                 inventory(self.model, self.example_input))
+            self.inventory: Inventory = verified(
+                self.model, self.example_input, inventory(self.model, self.example_input)
+            )
         except DataError as e:
             raise DataError(f"{model_spec} with data {data_spec}: {e}") from None
         self.capabilities = Capabilities.of(self.model, self.inventory.structured_error)
@@ -81,8 +90,14 @@ class Subject:
     def prune(self, plan: PruningPlan, *, round_to: int | None = None) -> nn.Module:
         """A pruned copy of the base model (kept channels rounded as the plan's ``round_to`` says,
         unless ``round_to`` is given)."""
-        return apply_plan(self.model, plan, self.example_input, self.inventory, round_to=round_to,
-                          calibration=self.calibration)
+        return apply_plan(
+            self.model,
+            plan,
+            self.example_input,
+            self.inventory,
+            round_to=round_to,
+            calibration=self.calibration,
+        )
 
     def dense(self) -> tuple[Metrics, np.ndarray]:
         """The dense model's metrics and ORT logits on the evaluation data (measured once)."""
@@ -98,23 +113,37 @@ class Subject:
             if self._dense_session is None:
                 with tempfile.TemporaryDirectory(prefix="explorer-dense-") as tmp:
                     path = export_onnx(self.model, self.example_input, Path(tmp) / "dense.onnx")
-                    self._dense_session = OrtModel(path.read_bytes(), threads=self.threads,
-                                                   name=f"{self.model_spec} (dense)")
+                    self._dense_session = OrtModel(
+                        path.read_bytes(), threads=self.threads, name=f"{self.model_spec} (dense)"
+                    )
             return self._dense_session
 
     def speedup(self, session: OrtModel) -> Speedup:
         """Dense over ``session``'s latency, the two timed alternately in one window."""
-        return measure_speedup(self.dense_session(), session, self.example_input.numpy(), runs=self.runs)
+        return measure_speedup(
+            self.dense_session(), session, self.example_input.numpy(), runs=self.runs
+        )
 
     def measure(self, model: nn.Module, onnx_path: str | Path | None = None) -> Metrics:
         """Metrics of a (pruned) model of this subject, against the dense model where unlabelled."""
         _, reference = self.dense()
-        metrics, _ = measure(model, self.data, reference=reference, onnx_path=onnx_path,
-                             threads=self.threads, runs=self.runs)
+        metrics, _ = measure(
+            model,
+            self.data,
+            reference=reference,
+            onnx_path=onnx_path,
+            threads=self.threads,
+            runs=self.runs,
+        )
         return metrics
 
-    def evaluate(self, plan: PruningPlan | None = None, onnx_path: str | Path | None = None, *,
-                 model: nn.Module | None = None) -> Evaluation:
+    def evaluate(
+        self,
+        plan: PruningPlan | None = None,
+        onnx_path: str | Path | None = None,
+        *,
+        model: nn.Module | None = None,
+    ) -> Evaluation:
         """The pruned model's metrics next to the dense model's, with the interleaved speedup.
 
         ``model``: an already pruned (e.g. fine-tuned) model of ``plan``; pruned afresh when None.
@@ -122,7 +151,10 @@ class Subject:
         both sides are those of the interleaved window, so they were timed alongside each other.
         """
         dense, reference = self.dense()
-        fed = {"inputs": self.data.inputs, "output": self.output_note}  # what the model was fed and gave
+        fed = {
+            "inputs": self.data.inputs,
+            "output": self.output_note,
+        }  # what the model was fed and gave
         if plan is None and model is None:
             return Evaluation(dense, dense, self.model_spec, self.data_spec, **fed)
         pruned_model = model if model is not None else self.prune(plan)  # type: ignore[arg-type]
@@ -132,8 +164,22 @@ class Subject:
             window.append(self.speedup(session))
             return window[-1].pruned
 
-        pruned, _ = measure(pruned_model, self.data, reference=reference, onnx_path=onnx_path,
-                            threads=self.threads, runs=self.runs, timer=timer)
+        pruned, _ = measure(
+            pruned_model,
+            self.data,
+            reference=reference,
+            onnx_path=onnx_path,
+            threads=self.threads,
+            runs=self.runs,
+            timer=timer,
+        )
         speedup = window[0]
-        return Evaluation(pruned, with_latency(dense, speedup.dense), self.model_spec, self.data_spec, plan, speedup,
-                          **fed)
+        return Evaluation(
+            pruned,
+            with_latency(dense, speedup.dense),
+            self.model_spec,
+            self.data_spec,
+            plan,
+            speedup,
+            **fed,
+        )

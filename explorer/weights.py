@@ -16,12 +16,19 @@ from torch import nn
 
 from explorer.errors import PlanError
 from explorer.inspect import PRUNABLE_TYPES, build_dependency_graph, structured_groups
-from explorer.plan import LayerRule, PruningPlan, check_ratio
 from explorer.methods import ChannelMethod, get_method
+from explorer.plan import LayerRule, PruningPlan, check_ratio
 from explorer.prune import fresh_copy
 from explorer.subject import Subject
 
-__all__ = ["NEAR_ZERO", "LayerView", "channel_importance", "layer_view", "removed_channels", "weight_stats"]
+__all__ = [
+    "NEAR_ZERO",
+    "LayerView",
+    "channel_importance",
+    "layer_view",
+    "removed_channels",
+    "weight_stats",
+]
 
 NEAR_ZERO = 0.01  # "near zero": |w| below this fraction of the layer's largest |w|
 
@@ -92,8 +99,9 @@ def removed_channels(scores: np.ndarray, ratio: float) -> np.ndarray:
     return np.sort(torch.from_numpy(scores).argsort()[:n_prune].numpy())
 
 
-def layer_view(subject: Subject, name: str, method: str, ratio: float,
-               scores: np.ndarray | None = None) -> LayerView:
+def layer_view(
+    subject: Subject, name: str, method: str, ratio: float, scores: np.ndarray | None = None
+) -> LayerView:
     """The mask ``method`` at ``ratio`` puts on layer ``name`` when only that layer is pruned.
 
     Args:
@@ -115,12 +123,24 @@ def layer_view(subject: Subject, name: str, method: str, ratio: float,
         pruned = subject.prune(PruningPlan(method=method, layers={name: LayerRule(ratio)}))
         pw = _module(pruned, name).weight.detach().numpy()
         after = pw.astype(np.float32)
-        keep = ~((pw == 0) & (w != 0))  # weights the method zeroed (zeros already there stay "kept")
+        keep = ~(
+            (pw == 0) & (w != 0)
+        )  # weights the method zeroed (zeros already there stay "kept")
         gone, kept = np.abs(w[~keep]), np.abs(w[keep])
         if gone.size and kept.size and gone.max() <= kept.min():
             threshold = float(gone.max())  # the mask is a magnitude cut
-    return LayerView(name=name, method=method, kind=m.kind, ratio=ratio, weights=w, keep=keep, after=after,
-                     threshold=threshold, channel_scores=channel_scores, removed=removed)
+    return LayerView(
+        name=name,
+        method=method,
+        kind=m.kind,
+        ratio=ratio,
+        weights=w,
+        keep=keep,
+        after=after,
+        threshold=threshold,
+        channel_scores=channel_scores,
+        removed=removed,
+    )
 
 
 def weight_stats(model: nn.Module) -> pd.DataFrame:
@@ -131,14 +151,18 @@ def weight_stats(model: nn.Module) -> pd.DataFrame:
             continue
         w = module.weight.detach().double()
         peak = float(w.abs().max()) if w.numel() else 0.0
-        rows.append({
-            "layer": name,
-            "shape": " x ".join(map(str, w.shape)),
-            "weights": w.numel(),
-            "mean": float(w.mean()),
-            "std": float(w.std()) if w.numel() > 1 else 0.0,
-            "min": float(w.min()),
-            "max": float(w.max()),
-            "near_zero": float((w.abs() < NEAR_ZERO * peak).double().mean()) if peak else 1.0,
-        })
-    return pd.DataFrame(rows, columns=["layer", "shape", "weights", "mean", "std", "min", "max", "near_zero"])
+        rows.append(
+            {
+                "layer": name,
+                "shape": " x ".join(map(str, w.shape)),
+                "weights": w.numel(),
+                "mean": float(w.mean()),
+                "std": float(w.std()) if w.numel() > 1 else 0.0,
+                "min": float(w.min()),
+                "max": float(w.max()),
+                "near_zero": float((w.abs() < NEAR_ZERO * peak).double().mean()) if peak else 1.0,
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["layer", "shape", "weights", "mean", "std", "min", "max", "near_zero"]
+    )

@@ -14,31 +14,44 @@ subject = widgets.require_subject()
 data = st.session_state[state.Keys.DATA]
 
 with st.expander("Primer: what pruning removes, drawn from this model's weights", expanded=True):
-    layer = next((info.name for info in subject.inventory.layers if info.group), subject.layer_names[0])
+    layer = next(
+        (info.name for info in subject.inventory.layers if info.group), subject.layer_names[0]
+    )
     st.markdown(
-        f"**Unstructured** pruning sets single weights to zero: the smallest in magnitude (L1) or random ones. "
-        f"The tensor keeps its shape, so a dense CPU kernel does the same work. **Structured** pruning removes "
-        f"whole output channels (and the matching inputs of the next layers): the layer really shrinks. "
-        f"Below, layer `{layer}` of `{uploads.display(subject.model_spec)}` at 50%: red cells are the weights "
-        f"that go, blue ones stay."
+        "**Unstructured** pruning sets single weights to zero: the smallest in magnitude (L1) or"
+        " random ones. The tensor keeps its shape, so a dense CPU kernel does the same work."
+        " **Structured** pruning removes whole output channels (and the matching inputs of the"
+        f" next layers): the layer really shrinks. Below, layer `{layer}` of"
+        f" `{uploads.display(subject.model_spec)}` at 50%: red cells are the weights that go, blue"
+        " ones stay."
     )
     cols = st.columns(2)
-    cols[0].plotly_chart(figures.mask_heatmap(cache.layer(subject.model_spec, data, layer, "l1-unstructured", 0.5)),
-                         key="learn.mask.unstructured")
+    cols[0].plotly_chart(
+        figures.mask_heatmap(cache.layer(subject.model_spec, data, layer, "l1-unstructured", 0.5)),
+        key="learn.mask.unstructured",
+    )
     cols[0].caption("Unstructured (L1): zeros scattered over the whole tensor.")
     if subject.inventory[layer].group:
-        cols[1].plotly_chart(figures.mask_heatmap(cache.layer(subject.model_spec, data, layer, "l1-structured", 0.5)),
-                             key="learn.mask.structured")
+        cols[1].plotly_chart(
+            figures.mask_heatmap(
+                cache.layer(subject.model_spec, data, layer, "l1-structured", 0.5)
+            ),
+            key="learn.mask.structured",
+        )
         cols[1].caption("Structured (L1): whole rows, i.e. output channels, go.")
     st.markdown(
-        "A **mask** records which weights stay. **Local** scope gives every layer the same ratio; **global** "
-        "scope ranks all weights together, so layers whose weights are small lose more. At 70% on this model:"
+        "A **mask** records which weights stay. **Local** scope gives every layer the same ratio;"
+        " **global** scope ranks all weights together, so layers whose weights are small lose more."
+        " At 70% on this model:"
     )
     st.plotly_chart(scope_figure(scope_sparsity(subject, 0.7)), key="learn.scope")
 
 st.subheader("Experiments", anchor=False)
-st.caption("Each button runs a real experiment on a zoo model (under a minute on 2 cores; cached afterwards). "
-           "The text is written from the measured numbers: where a claim does not hold, it says so.")
+st.caption(
+    "Each button runs a real experiment on a zoo model (under a minute on 2 cores; cached"
+    " afterwards). The text is written from the measured numbers: where a claim does not hold, it"
+    " says so."
+)
 for key, experiment in EXPERIMENTS.items():
     with st.container(border=True):
         st.markdown(f"**{experiment.title}** — {experiment.claim}  \n`{experiment.model}`")
@@ -48,7 +61,11 @@ for key, experiment in EXPERIMENTS.items():
             result = learn.run(key, update)
             done()
         if result is not None:
-            verdict = {True: "Holds on this model.", False: "Does not hold on this model.", None: ""}[result.holds]
+            verdict = {
+                True: "Holds on this model.",
+                False: "Does not hold on this model.",
+                None: "",
+            }[result.holds]
             st.plotly_chart(result.figure, key=f"learn.figure.{key}")
             st.markdown(f"**{verdict}** {result.text}")
             st.caption(f"Measured in {result.seconds:.1f} s.")

@@ -11,8 +11,8 @@ from explorer import allocate as alloc
 from explorer import figures
 from explorer import sensitivity as sens
 from explorer.errors import ExplorerError
-from explorer.plan import PruningPlan
 from explorer.methods import available_methods, get_method
+from explorer.plan import PruningPlan
 from explorer.subject import Subject
 from ui import cache, state
 from ui.draft import Draft
@@ -52,25 +52,42 @@ def _use(plan: PruningPlan, subject: Subject) -> None:
 
 def _summary(a: alloc.Allocation, labelled: bool, n_classes: int) -> str:
     what = "accuracy" if labelled else "agreement"
-    verified = "not verified" if a.verified_accuracy is None else f"verified {100 * a.verified_accuracy:.2f}%"
-    text = (f"Achieved **{100 * a.achieved:.1f}%** {a.target.kind_spec.achieved_unit(a.size_metric)} "
-            f"({'met' if a.met else 'missed'}, measured after {a.rounds} round(s)).")
+    verified = (
+        "not verified"
+        if a.verified_accuracy is None
+        else f"verified {100 * a.verified_accuracy:.2f}%"
+    )
+    text = (
+        f"Achieved **{100 * a.achieved:.1f}%** {a.target.kind_spec.achieved_unit(a.size_metric)} "
+        f"({'met' if a.met else 'missed'}, measured after {a.rounds} round(s))."
+    )
     if a.speedup is not None:
         share = a.speedup.latency_share
-        text += (f" Timed alternately with the dense model in {a.speedup.rounds} rounds: median "
-                 f"{100 * share.value:.1f}%, rounds {100 * share.low:.1f}% to {100 * share.high:.1f}%; met only when "
-                 "every round is within the target (the cards' rule).")
+        text += (
+            f" Timed alternately with the dense model in {a.speedup.rounds} rounds: median"
+            f" {100 * share.value:.1f}%, rounds {100 * share.low:.1f}% to {100 * share.high:.1f}%;"
+            " met only when every round is within the target (the cards' rule)."
+        )
     if a.plan.round_to:
         text += f" Kept channels rounded up to multiples of {a.plan.round_to}."
-    text += (f" {what.capitalize()}: dense {100 * a.dense_accuracy:.2f}%, predicted from the curves "
-             f"{100 * a.predicted_accuracy:.2f}%, {verified}.")
+    text += (
+        f" {what.capitalize()}: dense {100 * a.dense_accuracy:.2f}%, predicted from the curves "
+        f"{100 * a.predicted_accuracy:.2f}%, {verified}."
+    )
     if a.candidates:
-        ranked = ", ".join(f"{name} {100 * acc:.2f}%" for name, acc in
-                           sorted(a.candidates.items(), key=lambda kv: -kv[1]))
-        text += f" Compared on the evaluation data, each meeting the target: {ranked}; kept **{a.chosen}**."
+        ranked = ", ".join(
+            f"{name} {100 * acc:.2f}%"
+            for name, acc in sorted(a.candidates.items(), key=lambda kv: -kv[1])
+        )
+        text += (
+            f" Compared on the evaluation data, each meeting the target: {ranked}; kept"
+            f" **{a.chosen}**."
+        )
     if a.flagged and a.gap is not None:
-        text += (f" Predicted and verified differ by {100 * abs(a.gap):.1f} points: pruning several layers "
-                 "interacts in ways the one-layer curves do not see.")
+        text += (
+            f" Predicted and verified differ by {100 * abs(a.gap):.1f} points: pruning several"
+            " layers interacts in ways the one-layer curves do not see."
+        )
     if a.verified_accuracy is not None:
         warning = accuracy_warning(a.verified_accuracy, a.dense_accuracy, n_classes, labelled)
         if warning:
@@ -84,40 +101,67 @@ def section(subject: Subject) -> None:
     with st.expander("Start from an automatic allocation", icon=":material/auto_fix_high:"):
         cols = st.columns([3, 2, 2], vertical_alignment="bottom")
         kinds = {k.name: k for k in alloc.target_kinds()}
-        kind = cols[0].selectbox("Target", list(kinds), format_func=lambda k: kinds[k].label, key=Keys.ALLOC_KIND)
+        kind = cols[0].selectbox(
+            "Target", list(kinds), format_func=lambda k: kinds[k].label, key=Keys.ALLOC_KIND
+        )
         spec = kinds[kind]
-        methods = [m for m in available_methods() if not spec.needs_structured or get_method(m).structured]
+        methods = [
+            m for m in available_methods() if not spec.needs_structured or get_method(m).structured
+        ]
         if subject.capabilities.structured_off:
             methods = [m for m in methods if not get_method(m).structured]
         if not methods:
-            st.info(f"A {spec.label.lower()} target needs a structured method, and those are off for this "
-                    f"model: {subject.capabilities.structured_off}.")
+            st.info(
+                f"A {spec.label.lower()} target needs a structured method, and those are off for"
+                f" this model: {subject.capabilities.structured_off}."
+            )
             return
         default = alloc.default_method(kind)
-        method = cols[1].selectbox("Allocation method", methods,
-                                   index=methods.index(default) if default in methods else 0,
-                                   key=f"{Keys.ALLOC_METHOD}.{kind}")
+        method = cols[1].selectbox(
+            "Allocation method",
+            methods,
+            index=methods.index(default) if default in methods else 0,
+            key=f"{Keys.ALLOC_METHOD}.{kind}",
+        )
         value = cols[2].slider("Value (%)", 5, 95, 50, 5, key=Keys.ALLOC_VALUE) / 100
-        st.caption("Per-layer ratios that reach the target with the least accuracy loss the sensitivity curves "
-                   "predict; the target is then measured on the pruned model and the plan verified.")
+        st.caption(
+            "Per-layer ratios that reach the target with the least accuracy loss the sensitivity"
+            " curves predict; the target is then measured on the pruned model and the plan"
+            " verified."
+        )
         left, right = st.columns(2)
         try:
             if left.button("Allocate", type="primary", key="prune.allocate"):
-                _run(subject, (model, data, kind, value, method),
-                     lambda p: alloc.allocate(subject, (kind, value), method, on_progress=p,
-                                              executor=cache.executor()))
+                _run(
+                    subject,
+                    (model, data, kind, value, method),
+                    lambda p: alloc.allocate(
+                        subject, (kind, value), method, on_progress=p, executor=cache.executor()
+                    ),
+                )
             found = _results().get((model, data, kind, value, method))
             if found is not None:
                 st.markdown(_summary(found, subject.data.has_labels, subject.dense()[1].shape[1]))
-                st.button("Use this plan", key="prune.allocate.use", on_click=_use, args=(found.plan, subject),
-                          icon=":material/tune:")
+                st.button(
+                    "Use this plan",
+                    key="prune.allocate.use",
+                    on_click=_use,
+                    args=(found.plan, subject),
+                    icon=":material/tune:",
+                )
             if right.button(f"Pareto front ({len(_FRONT)} targets)", key="prune.allocate.front"):
-                _run(subject, ("front", model, data, kind, method),
-                     lambda p: alloc.pareto_front(subject, kind, _FRONT, method, on_progress=p,
-                                                  executor=cache.executor()))
+                _run(
+                    subject,
+                    ("front", model, data, kind, method),
+                    lambda p: alloc.pareto_front(
+                        subject, kind, _FRONT, method, on_progress=p, executor=cache.executor()
+                    ),
+                )
             front = _results().get(("front", model, data, kind, method))
             if front:
-                st.plotly_chart(figures.allocation_front([a.to_dict() for a in front]),
-                                key="prune.allocate.front_chart")
+                st.plotly_chart(
+                    figures.allocation_front([a.to_dict() for a in front]),
+                    key="prune.allocate.front_chart",
+                )
         except ExplorerError as e:
             st.error(str(e))

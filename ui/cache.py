@@ -44,8 +44,21 @@ from explorer.weights import LayerView, channel_importance, layer_view, weight_s
 # 0.70-1.03 s with 2 (torch's default here). PRUNING_EXPLORER_TORCH_THREADS overrides it.
 torch.set_num_threads(int(os.environ.get("PRUNING_EXPLORER_TORCH_THREADS", "1")))
 
-__all__ = ["SharedResults", "bundle", "cached_bundle", "cached_sensitivity", "cached_slowdown", "evaluation", "layer",
-           "measure_lock", "progress_bar", "sensitivity", "slowdown", "stats", "subject"]
+__all__ = [
+    "SharedResults",
+    "bundle",
+    "cached_bundle",
+    "cached_sensitivity",
+    "cached_slowdown",
+    "evaluation",
+    "layer",
+    "measure_lock",
+    "progress_bar",
+    "sensitivity",
+    "slowdown",
+    "stats",
+    "subject",
+]
 
 
 # A Subject holds a model, its data and its scans' activations: a few are kept (the least recently
@@ -69,11 +82,15 @@ def executor() -> Executor:
     """Where scans evaluate their points: here, or Ray (``pruning-explorer app --workers N`` or
     ``--ray-address ADDR``, passed in the environment); one for the whole server."""
     workers = os.environ.get("PRUNING_EXPLORER_WORKERS") or None
-    return distributed.executor(int(workers) if workers else None, os.environ.get("PRUNING_EXPLORER_RAY_ADDRESS") or None)
+    return distributed.executor(
+        int(workers) if workers else None, os.environ.get("PRUNING_EXPLORER_RAY_ADDRESS") or None
+    )
 
 
 @st.cache_data(max_entries=1024, show_spinner=False)
-def evaluation(model_spec: str, data_spec: str | None, plan_key: str, _plan: PruningPlan) -> Evaluation:
+def evaluation(
+    model_spec: str, data_spec: str | None, plan_key: str, _plan: PruningPlan
+) -> Evaluation:
     """``Subject.evaluate(plan)``: the really pruned model exported and measured in ONNX Runtime,
     timed alternately with the dense model."""
     s = subject(model_spec, data_spec)
@@ -90,8 +107,9 @@ def cached_slowdown(model_spec: str, data_spec: str | None, plan_key: str) -> Sl
     return _slowdowns().get((model_spec, data_spec, plan_key))
 
 
-def slowdown(model_spec: str, data_spec: str | None, result: Evaluation,
-             on_progress: Progress = no_progress) -> Slowdown | None:
+def slowdown(
+    model_spec: str, data_spec: str | None, result: Evaluation, on_progress: Progress = no_progress
+) -> Slowdown | None:
     """Why a plan measured slower than dense, and its rounded plan measured (``explorer.rounding``),
     once per plan for the whole server."""
     assert result.plan is not None
@@ -99,13 +117,17 @@ def slowdown(model_spec: str, data_spec: str | None, result: Evaluation,
     found = _slowdowns().get(key)
     if found is None:
         with measure_lock():
-            found = explain_slowdown(subject(model_spec, data_spec), result, on_progress=on_progress)
+            found = explain_slowdown(
+                subject(model_spec, data_spec), result, on_progress=on_progress
+            )
         _slowdowns().put(key, found)
     return found
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def layer_shares(model_spec: str, data_spec: str | None, plan_key: str, _plan: PruningPlan) -> dict[str, float]:
+def layer_shares(
+    model_spec: str, data_spec: str | None, plan_key: str, _plan: PruningPlan
+) -> dict[str, float]:
     """What a (global) plan really takes from each layer: the share of its output channels removed
     (structured methods) or of its weights zeroed (the others), measured on the pruned copy."""
     s = subject(model_spec, data_spec)
@@ -127,8 +149,12 @@ class SharedResults:
     would record the bar's updates and replay them into a page that no longer has the bar.
     """
 
-    def __init__(self, max_entries: int, max_bytes: int | None = None,
-                 size: Callable[[Any], int] | None = None) -> None:
+    def __init__(
+        self,
+        max_entries: int,
+        max_bytes: int | None = None,
+        size: Callable[[Any], int] | None = None,
+    ) -> None:
         self._items: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._max = max_entries
         self._max_bytes, self._size = max_bytes, size
@@ -151,8 +177,10 @@ class SharedResults:
             if self._size is not None:
                 self._bytes[key] = self._size(value)
             while len(self._items) > self._max or (
-                    self._max_bytes is not None and len(self._items) > 1
-                    and sum(self._bytes.values()) > self._max_bytes):
+                self._max_bytes is not None
+                and len(self._items) > 1
+                and sum(self._bytes.values()) > self._max_bytes
+            ):
                 old, _ = self._items.popitem(last=False)
                 self._bytes.pop(old, None)
 
@@ -162,23 +190,33 @@ def _scans() -> SharedResults:
     return SharedResults(max_entries=64)
 
 
-BUNDLE_BYTES = 256 * 2**20  # the export bundles kept for download, all together (each holds a few models)
+BUNDLE_BYTES = (
+    256 * 2**20
+)  # the export bundles kept for download, all together (each holds a few models)
 
 
 @st.cache_resource
 def _bundles() -> SharedResults:
-    return SharedResults(max_entries=16, max_bytes=BUNDLE_BYTES, size=lambda files: sum(map(len, files.values())))
+    return SharedResults(
+        max_entries=16, max_bytes=BUNDLE_BYTES, size=lambda files: sum(map(len, files.values()))
+    )
 
 
-def cached_sensitivity(model_spec: str, data_spec: str | None, method: str,
-                       ratios: tuple[float, ...]) -> pd.DataFrame | None:
+def cached_sensitivity(
+    model_spec: str, data_spec: str | None, method: str, ratios: tuple[float, ...]
+) -> pd.DataFrame | None:
     """A finished scan of these arguments (a copy), or None if nobody has run it yet."""
     frame = _scans().get((model_spec, data_spec, method, ratios))
     return None if frame is None else frame.copy()
 
 
-def sensitivity(model_spec: str, data_spec: str | None, method: str, ratios: tuple[float, ...],
-                on_progress: Progress = no_progress) -> pd.DataFrame:
+def sensitivity(
+    model_spec: str,
+    data_spec: str | None,
+    method: str,
+    ratios: tuple[float, ...],
+    on_progress: Progress = no_progress,
+) -> pd.DataFrame:
     """``explorer.sensitivity.scan``, run once per arguments for the whole server."""
     frame = cached_sensitivity(model_spec, data_spec, method, ratios)
     if frame is None:
@@ -192,8 +230,9 @@ def sensitivity(model_spec: str, data_spec: str | None, method: str, ratios: tup
     return frame
 
 
-def scan_if_cached(model_spec: str, data_spec: str | None, method: str,
-                   ratios: tuple[float, ...]) -> pd.DataFrame | None:
+def scan_if_cached(
+    model_spec: str, data_spec: str | None, method: str, ratios: tuple[float, ...]
+) -> pd.DataFrame | None:
     """A scan that needs no new point: from the shared results, or read from the on-disk curves."""
     frame = cached_sensitivity(model_spec, data_spec, method, tuple(ratios))
     if frame is not None:
@@ -208,11 +247,16 @@ def _importance(model_spec: str, data_spec: str | None, name: str, method: str) 
     return channel_importance(subject(model_spec, data_spec), name, method)
 
 
-# A LayerView holds a layer's weights and mask (megabytes for a large layer): 32 of them, for an hour.
+# A LayerView holds a layer's weights and mask (megabytes for a large layer): 32 of them, for an
+# hour.
 @st.cache_data(max_entries=32, ttl=3600, show_spinner=False)
-def layer(model_spec: str, data_spec: str | None, name: str, method: str, ratio: float) -> LayerView:
+def layer(
+    model_spec: str, data_spec: str | None, name: str, method: str, ratio: float
+) -> LayerView:
     """What ``method`` at ``ratio`` does to one layer's weights (see explorer.weights)."""
-    scores = _importance(model_spec, data_spec, name, method) if get_method(method).structured else None
+    scores = (
+        _importance(model_spec, data_spec, name, method) if get_method(method).structured else None
+    )
     return layer_view(subject(model_spec, data_spec), name, method, ratio, scores)
 
 
@@ -221,14 +265,28 @@ def stats(model_spec: str, data_spec: str | None) -> pd.DataFrame:
     return weight_stats(subject(model_spec, data_spec).model)
 
 
-def _bundle_key(model_spec: str, data_spec: str | None, plan: PruningPlan, recovered: dict[str, Any] | None,
-                names: tuple[str | None, str | None]) -> tuple[Any, ...]:
-    rec = None if recovered is None else (recovered.get("weights"), (recovered.get("settings") or {}).get("int8"))
+def _bundle_key(
+    model_spec: str,
+    data_spec: str | None,
+    plan: PruningPlan,
+    recovered: dict[str, Any] | None,
+    names: tuple[str | None, str | None],
+) -> tuple[Any, ...]:
+    rec = (
+        None
+        if recovered is None
+        else (recovered.get("weights"), (recovered.get("settings") or {}).get("int8"))
+    )
     return model_spec, data_spec, plan.key(), rec, names
 
 
-def cached_bundle(model_spec: str, data_spec: str | None, plan: PruningPlan, recovered: dict[str, Any] | None = None,
-                  names: tuple[str | None, str | None] = (None, None)) -> dict[str, bytes] | None:
+def cached_bundle(
+    model_spec: str,
+    data_spec: str | None,
+    plan: PruningPlan,
+    recovered: dict[str, Any] | None = None,
+    names: tuple[str | None, str | None] = (None, None),
+) -> dict[str, bytes] | None:
     return _bundles().get(_bundle_key(model_spec, data_spec, plan, recovered, names))
 
 
@@ -242,9 +300,14 @@ def recovered_model(subject: Subject, plan: PruningPlan, weights: str) -> torch.
     return model.eval()
 
 
-def bundle(model_spec: str, data_spec: str | None, plan: PruningPlan, on_progress: Progress = no_progress,
-           recovered: dict[str, Any] | None = None,
-           names: tuple[str | None, str | None] = (None, None)) -> dict[str, bytes]:
+def bundle(
+    model_spec: str,
+    data_spec: str | None,
+    plan: PruningPlan,
+    on_progress: Progress = no_progress,
+    recovered: dict[str, Any] | None = None,
+    names: tuple[str | None, str | None] = (None, None),
+) -> dict[str, bytes]:
     """The export bundle's files as bytes by file name, plus ``bundle.zip`` holding all of them.
 
     ``recovered``: a Recover page run (``ui.recover.run``) whose recovered weights and int8 mode
@@ -260,17 +323,35 @@ def bundle(model_spec: str, data_spec: str | None, plan: PruningPlan, on_progres
     model, recovery, quantize, mode, schedule = None, None, None, "auto", None
     if recovered is not None:
         sched = (recovered.get("settings") or {}).get("schedule")
-        if sched:  # plan.json records the schedule (export --plan replays it), metrics.json its steps
-            plan, schedule = plan.with_schedule(ScheduleSpec.from_dict(sched)), recovered.get("schedule")
+        if (
+            sched
+        ):  # plan.json records the schedule (export --plan replays it), metrics.json its steps
+            plan, schedule = (
+                plan.with_schedule(ScheduleSpec.from_dict(sched)),
+                recovered.get("schedule"),
+            )
         if recovered.get("weights"):
-            model, recovery = recovered_model(s, plan, recovered["weights"]), recovered.get("recovery")
+            model, recovery = (
+                recovered_model(s, plan, recovered["weights"]),
+                recovered.get("recovery"),
+            )
         int8 = (recovered.get("settings") or {}).get("int8")
         if int8:
             quantize, mode = "int8", int8
     with tempfile.TemporaryDirectory(prefix="explorer-export-") as tmp, measure_lock():
-        files = export_bundle(s, plan, tmp, on_progress=on_progress, model=model, quantize=quantize,
-                              recovery=recovery, schedule=schedule, int8_mode=mode, model_name=names[0],
-                              data_name=names[1])
+        files = export_bundle(
+            s,
+            plan,
+            tmp,
+            on_progress=on_progress,
+            model=model,
+            quantize=quantize,
+            recovery=recovery,
+            schedule=schedule,
+            int8_mode=mode,
+            model_name=names[0],
+            data_name=names[1],
+        )
         out = {Path(p).name: Path(p).read_bytes() for p in files.values()}
         out["bundle.zip"] = zip_bundle(files)
     trim()
@@ -288,7 +369,8 @@ def trim() -> None:
 
 
 def progress_bar(text: str) -> tuple[Progress, Callable[[], None]]:
-    """A ``Progress`` callback drawing a ``st.progress`` bar, and a function that removes the bar."""
+    """A ``Progress`` callback drawing a ``st.progress`` bar, and a function that removes the
+    bar."""
     bar = st.progress(0.0, text=text)
 
     def update(fraction: float, message: str) -> None:
@@ -298,13 +380,17 @@ def progress_bar(text: str) -> tuple[Progress, Callable[[], None]]:
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def proxy(model_spec: str, data_spec: str | None, method: str, ratios: tuple[float, ...]) -> pd.DataFrame:
+def proxy(
+    model_spec: str, data_spec: str | None, method: str, ratios: tuple[float, ...]
+) -> pd.DataFrame:
     """The data-free tier of sensitivity (instant)."""
     return sens.proxy(subject(model_spec, data_spec), method, ratios)
 
 
 @st.cache_data(max_entries=64, show_spinner=False, ttl=60)
-def estimate(model_spec: str, data_spec: str | None, method: str, ratios: tuple[float, ...]) -> sens.Estimate:
+def estimate(
+    model_spec: str, data_spec: str | None, method: str, ratios: tuple[float, ...]
+) -> sens.Estimate:
     """How long a scan will take (cached a minute: the on-disk cache may fill meanwhile)."""
     return sens.estimate(subject(model_spec, data_spec), method, ratios)
 
@@ -314,18 +400,34 @@ def _latency_curves() -> SharedResults:
     return SharedResults(max_entries=32)
 
 
-def cached_latency_curves(model_spec: str, data_spec: str | None, method: str, ratios: tuple[float, ...],
-                          round_to: int | None) -> pd.DataFrame | None:
+def cached_latency_curves(
+    model_spec: str,
+    data_spec: str | None,
+    method: str,
+    ratios: tuple[float, ...],
+    round_to: int | None,
+) -> pd.DataFrame | None:
     return _latency_curves().get((model_spec, data_spec, method, ratios, round_to))
 
 
-def latency_curves(model_spec: str, data_spec: str | None, method: str, ratios: tuple[float, ...],
-                   round_to: int | None, on_progress: Progress = no_progress) -> pd.DataFrame:
+def latency_curves(
+    model_spec: str,
+    data_spec: str | None,
+    method: str,
+    ratios: tuple[float, ...],
+    round_to: int | None,
+    on_progress: Progress = no_progress,
+) -> pd.DataFrame:
     """Measured per-group latency curves, once per arguments for the whole server."""
     frame = cached_latency_curves(model_spec, data_spec, method, ratios, round_to)
     if frame is None:
         with measure_lock():
-            frame = latency.latency_curves(subject(model_spec, data_spec), method, ratios, on_progress=on_progress,
-                                        round_to=round_to)
+            frame = latency.latency_curves(
+                subject(model_spec, data_spec),
+                method,
+                ratios,
+                on_progress=on_progress,
+                round_to=round_to,
+            )
         _latency_curves().put((model_spec, data_spec, method, ratios, round_to), frame)
     return frame

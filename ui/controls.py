@@ -23,7 +23,9 @@ __all__ = ["prune_controls"]
 
 
 def _on_method(inventory: Inventory) -> None:
-    state.restore(state.draft().with_method(st.session_state[Keys.PRUNE_METHOD], inventory), inventory)
+    state.restore(
+        state.draft().with_method(st.session_state[Keys.PRUNE_METHOD], inventory), inventory
+    )
 
 
 def _on_scope(inventory: Inventory) -> None:
@@ -53,14 +55,18 @@ def _on_flag(layer: str, flag: str, key: str) -> None:
 def _ratio_help(draft: Draft, layer: str) -> str:
     kind = get_method(draft.method_of(layer)).kind
     if kind == "structured":
-        return "Share of this layer's output channels removed; every layer of its group loses the same channels."
+        return (
+            "Share of this layer's output channels removed; every layer of its group loses the same"
+            " channels."
+        )
     if kind == "semi-structured":
         return "Any ratio above 0 applies the 2-of-4 pattern (50 % of the weights)."
     return "Share of this layer's weights set to zero."
 
 
 def _global_shares(subject: Subject, draft: Draft) -> dict[str, float]:
-    """In global scope, what the ranking really takes from each layer; the greyed sliders show it."""
+    """In global scope, what the ranking really takes from each layer; the greyed sliders show
+    it."""
     if draft.scope != "global":
         return {}
     plan = draft.to_plan(subject.inventory, subject.model_spec)
@@ -86,17 +92,42 @@ def _layer_row(draft: Draft, inventory: Inventory, name: str, shares: dict[str, 
     if name in shares:
         label += f" · {100 * shares[name]:.1f} % in the global ranking"
     row.slider(
-        label, 0, 95, step=1, key=Keys.ratio(name), format="%d %%",
-        on_change=_on_ratio, args=(name, inventory),
-        help=why or ("What the global ranking takes from this layer (set by All layers)." if name in shares
-                     else _ratio_help(draft, name)),
-        disabled=bool(why) or is_global or name in draft.locked or name in draft.skipped, width="stretch",
+        label,
+        0,
+        95,
+        step=1,
+        key=Keys.ratio(name),
+        format="%d %%",
+        on_change=_on_ratio,
+        args=(name, inventory),
+        help=why
+        or (
+            "What the global ranking takes from this layer (set by All layers)."
+            if name in shares
+            else _ratio_help(draft, name)
+        ),
+        disabled=bool(why) or is_global or name in draft.locked or name in draft.skipped,
+        width="stretch",
     )
-    lock = skip = row.container(horizontal=True, width="content", gap="small")  # after the slider; wrap together
-    lock.checkbox("lock", key=Keys.lock(name), on_change=_on_flag, args=(name, "locked", Keys.lock(name)),
-                  disabled=bool(why) or is_global, width="content")
-    skip.checkbox("skip", key=Keys.skip(name), on_change=_on_flag, args=(name, "skipped", Keys.skip(name)),
-                  disabled=bool(why), width="content")
+    lock = skip = row.container(
+        horizontal=True, width="content", gap="small"
+    )  # after the slider; wrap together
+    lock.checkbox(
+        "lock",
+        key=Keys.lock(name),
+        on_change=_on_flag,
+        args=(name, "locked", Keys.lock(name)),
+        disabled=bool(why) or is_global,
+        width="content",
+    )
+    skip.checkbox(
+        "skip",
+        key=Keys.skip(name),
+        on_change=_on_flag,
+        args=(name, "skipped", Keys.skip(name)),
+        disabled=bool(why),
+        width="content",
+    )
 
 
 def prune_controls(subject: Subject) -> Draft:
@@ -106,14 +137,29 @@ def prune_controls(subject: Subject) -> Draft:
     methods = available_methods()
     off = inventory.structured_error
     top = st.columns([3, 2])
-    method = top[0].selectbox("Method", methods, key=Keys.PRUNE_METHOD, on_change=_on_method, args=(inventory,),
-                              format_func=widgets.method_label(inventory),
-                              help="\n".join(f"- **{m}** ({get_method(m).kind}): {get_method(m).summary}"
-                                             for m in methods))
-    top[1].radio("Scope", ["local", "global"], key=Keys.PRUNE_SCOPE, on_change=_on_scope, args=(inventory,),
-                 horizontal=True,
-                 help="local: each layer at its own ratio. global: one ratio, weights (or channels) "
-                      "ranked across all layers that are not skipped.")
+    method = top[0].selectbox(
+        "Method",
+        methods,
+        key=Keys.PRUNE_METHOD,
+        on_change=_on_method,
+        args=(inventory,),
+        format_func=widgets.method_label(inventory),
+        help="\n".join(
+            f"- **{m}** ({get_method(m).kind}): {get_method(m).summary}" for m in methods
+        ),
+    )
+    top[1].radio(
+        "Scope",
+        ["local", "global"],
+        key=Keys.PRUNE_SCOPE,
+        on_change=_on_scope,
+        args=(inventory,),
+        horizontal=True,
+        help=(
+            "local: each layer at its own ratio. global: one ratio, weights (or channels) "
+            "ranked across all layers that are not skipped."
+        ),
+    )
     st.caption(f"**{method}**: {get_method(method).summary}.")
     widgets.data_note(method, subject)
     if off and get_method(method).structured:
@@ -121,18 +167,39 @@ def prune_controls(subject: Subject) -> Draft:
     elif get_method(method).structured:
         fast, own = fast_multiple(), state.draft().round_to
         choices: list[str | int] = ["off", 8, 16] + ([own] if own and own not in (8, 16) else [])
-        st.radio("Round kept channels up to multiples of", choices, key=Keys.PRUNE_ROUND, on_change=_on_round,
-                 horizontal=True, disabled=state.draft().scope == "global",
-                 format_func=lambda v: f"{v} (fast on this CPU)" if v == fast else str(v),
-                 help="Dense CPU kernels run fastest at some widths: ONNX Runtime's blocked convolutions use "
-                      f"blocks of {fast} channels on this CPU, so 101 channels can be slower than 112. Rounding keeps "
-                      "a few more channels (never more than the layer has) so the pruned model gets faster. "
-                      "Local scope only.")
-    st.slider("All layers", 0, 95, step=1, key=Keys.PRUNE_GLOBAL, on_change=_on_global, args=(inventory,),
-              format="%d %%", help="Moves every layer that is neither locked nor skipped; in global scope, "
-                                   "the share pruned across all of them, ranked together.")
-    st.caption("Per layer: the share pruned. **lock** keeps a layer where it is when *All layers* moves; "
-               "**skip** leaves it out of the plan.")
+        st.radio(
+            "Round kept channels up to multiples of",
+            choices,
+            key=Keys.PRUNE_ROUND,
+            on_change=_on_round,
+            horizontal=True,
+            disabled=state.draft().scope == "global",
+            format_func=lambda v: f"{v} (fast on this CPU)" if v == fast else str(v),
+            help=(
+                "Dense CPU kernels run fastest at some widths: ONNX Runtime's blocked convolutions"
+                f" use blocks of {fast} channels on this CPU, so 101 channels can be slower than"
+                " 112. Rounding keeps a few more channels (never more than the layer has) so the"
+                " pruned model gets faster. Local scope only."
+            ),
+        )
+    st.slider(
+        "All layers",
+        0,
+        95,
+        step=1,
+        key=Keys.PRUNE_GLOBAL,
+        on_change=_on_global,
+        args=(inventory,),
+        format="%d %%",
+        help=(
+            "Moves every layer that is neither locked nor skipped; in global scope, "
+            "the share pruned across all of them, ranked together."
+        ),
+    )
+    st.caption(
+        "Per layer: the share pruned. **lock** keeps a layer where it is when *All layers* moves; "
+        "**skip** leaves it out of the plan."
+    )
     draft = state.draft()
     shares = _global_shares(subject, draft)
     for members in blocks(inventory):
@@ -140,8 +207,10 @@ def prune_controls(subject: Subject) -> Draft:
         box = st.container(border=True) if grouped else st.container()
         with box:
             if grouped:
-                st.caption(f"Dependency group of {len(members)} layers: their output channels are coupled "
-                           "(structured methods prune them together).")
+                st.caption(
+                    f"Dependency group of {len(members)} layers: their output channels are coupled "
+                    "(structured methods prune them together)."
+                )
             for name in members:
                 _layer_row(draft, inventory, name, shares)
     return draft

@@ -11,10 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from explorer.inspect import Inventory
 from explorer.errors import PlanError
-from explorer.plan import LayerRule, PruningPlan
+from explorer.inspect import Inventory
 from explorer.methods import get_method
+from explorer.plan import LayerRule, PruningPlan
 
 __all__ = ["DEFAULT_METHOD", "Draft", "blocks"]
 
@@ -78,7 +78,8 @@ class Draft:
         return replace(self, global_ratio=ratio, ratios=ratios)
 
     def with_method(self, method: str, inventory: Inventory) -> Draft:
-        """Switch method; under a structured one each group takes its largest ratio (as the pruner does)."""
+        """Switch method; under a structured one each group takes its largest ratio (as the pruner
+        does)."""
         get_method(method)
         draft = replace(self, method=method)
         if not get_method(method).structured:
@@ -104,9 +105,16 @@ class Draft:
         """
         names = [n for n in self.eligible(inventory) if n not in self.skipped]
         if self.scope == "global":  # one ranking, one method: per-layer overrides do not apply
-            names = [n for n in replace(self, overrides={}).eligible(inventory) if n not in self.skipped]
-            return PruningPlan(method=self.method, layers={n: LayerRule(self.global_ratio) for n in names},
-                               scope="global", ratio=self.global_ratio, model=model)
+            names = [
+                n for n in replace(self, overrides={}).eligible(inventory) if n not in self.skipped
+            ]
+            return PruningPlan(
+                method=self.method,
+                layers={n: LayerRule(self.global_ratio) for n in names},
+                scope="global",
+                ratio=self.global_ratio,
+                model=model,
+            )
         layers = {
             n: LayerRule(self.ratio(n), self.overrides.get(n)) for n in names if self.ratio(n) > 0
         }
@@ -117,7 +125,11 @@ class Draft:
     def rounds_channels(self) -> bool:
         """Whether ``round_to`` applies: set, local scope, and a method that removes channels."""
         methods = {self.method, *self.overrides.values()}
-        return bool(self.round_to) and self.scope == "local" and any(get_method(m).structured for m in methods)
+        return (
+            bool(self.round_to)
+            and self.scope == "local"
+            and any(get_method(m).structured for m in methods)
+        )
 
     @classmethod
     def from_plan(cls, plan: PruningPlan, inventory: Inventory) -> Draft:
@@ -128,35 +140,56 @@ class Draft:
                 of a layer whose output channels cannot be removed.
         """
         plan.check_layers(inventory.names)
-        overrides = {n: r.method for n, r in plan.layers.items() if r.method and r.method != plan.method}
+        overrides = {
+            n: r.method for n, r in plan.layers.items() if r.method and r.method != plan.method
+        }
         probe = cls(method=plan.method, overrides=overrides)
         for name in plan.layers:
             why = probe.why_not(name, inventory)
             if why:
-                raise PlanError(f"layer {name!r} cannot be pruned with {probe.method_of(name)} ({why})")
+                raise PlanError(
+                    f"layer {name!r} cannot be pruned with {probe.method_of(name)} ({why})"
+                )
         if plan.scope == "global":
             ratio = float(plan.ratio or 0.0)
-            return cls(method=plan.method, scope="global", global_ratio=ratio,
-                       ratios={n: ratio for n in plan.layers},
-                       skipped=frozenset(n for n in inventory.names if n not in plan.layers))
-        return cls(method=plan.method, ratios={n: r.ratio for n, r in plan.layers.items()},
-                   overrides=overrides, round_to=plan.round_to)
+            return cls(
+                method=plan.method,
+                scope="global",
+                global_ratio=ratio,
+                ratios={n: ratio for n in plan.layers},
+                skipped=frozenset(n for n in inventory.names if n not in plan.layers),
+            )
+        return cls(
+            method=plan.method,
+            ratios={n: r.ratio for n, r in plan.layers.items()},
+            overrides=overrides,
+            round_to=plan.round_to,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON (the session store keeps drafts this way)."""
-        return {"method": self.method, "scope": self.scope, "global_ratio": self.global_ratio,
-                "ratios": dict(self.ratios), "locked": sorted(self.locked), "skipped": sorted(self.skipped),
-                "overrides": dict(self.overrides)}
+        return {
+            "method": self.method,
+            "scope": self.scope,
+            "global_ratio": self.global_ratio,
+            "ratios": dict(self.ratios),
+            "locked": sorted(self.locked),
+            "skipped": sorted(self.skipped),
+            "overrides": dict(self.overrides),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Draft:
         """The draft ``to_dict`` wrote. Raises PlanError on an unknown method."""
-        draft = cls(method=str(data.get("method", DEFAULT_METHOD)), scope=str(data.get("scope", "local")),
-                    global_ratio=float(data.get("global_ratio", 0.0)),
-                    ratios={str(k): float(v) for k, v in dict(data.get("ratios", {})).items()},
-                    locked=frozenset(map(str, data.get("locked", ()))),
-                    skipped=frozenset(map(str, data.get("skipped", ()))),
-                    overrides={str(k): str(v) for k, v in dict(data.get("overrides", {})).items()})
+        draft = cls(
+            method=str(data.get("method", DEFAULT_METHOD)),
+            scope=str(data.get("scope", "local")),
+            global_ratio=float(data.get("global_ratio", 0.0)),
+            ratios={str(k): float(v) for k, v in dict(data.get("ratios", {})).items()},
+            locked=frozenset(map(str, data.get("locked", ()))),
+            skipped=frozenset(map(str, data.get("skipped", ()))),
+            overrides={str(k): str(v) for k, v in dict(data.get("overrides", {})).items()},
+        )
         for method in {draft.method, *draft.overrides.values()}:
             get_method(method)
         return draft
@@ -166,14 +199,22 @@ class Draft:
         if self.scope == "global":
             n = len([x for x in self.eligible(inventory) if x not in self.skipped])
             return f"{self.method}, global {self.global_ratio:.0%} over {n} layers"
-        parts = [f"{n} {self.ratio(n):.0%}" for n in self.eligible(inventory)
-                 if n not in self.skipped and self.ratio(n) > 0]
-        rounding = f", channels rounded to multiples of {self.round_to}" if parts and self.rounds_channels else ""
+        parts = [
+            f"{n} {self.ratio(n):.0%}"
+            for n in self.eligible(inventory)
+            if n not in self.skipped and self.ratio(n) > 0
+        ]
+        rounding = (
+            f", channels rounded to multiples of {self.round_to}"
+            if parts and self.rounds_channels
+            else ""
+        )
         return f"{self.method}: " + (", ".join(parts) if parts else "dense") + rounding
 
 
 def blocks(inventory: Inventory) -> list[list[str]]:
-    """Layers in model order, members of one dependency group together (at the first one's place)."""
+    """Layers in model order, members of one dependency group together (at the first one's
+    place)."""
     out: list[list[str]] = []
     placed: set[str] = set()
     for info in inventory.layers:

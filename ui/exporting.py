@@ -157,7 +157,7 @@ def command_caption(
 ) -> str:
     """What to run the command with: the uploaded files by their names, next to plan.json."""
     files = []
-    for spec, name in zip((model, data), names):
+    for spec, name in zip((model, data), names, strict=False):
         if spec and uploads.uploaded_name(spec):
             files.append(
                 f"`{name}/` (the folder of class subfolders you zipped)"

@@ -26,7 +26,8 @@ def finished(key: str) -> LearnResult | None:
 
 
 def run(key: str, on_progress: Progress = no_progress) -> LearnResult:
-    """Run an experiment once for the whole server (experiments are deterministic given the seed)."""
+    """Run an experiment once for the whole server (experiments are deterministic given the
+    seed)."""
     result = finished(key)
     if result is None:
         subject = cache.subject(EXPERIMENTS[key].model, None)
@@ -44,16 +45,24 @@ def continue_label(result: LearnResult) -> tuple[str, str]:
     """The hand-over button's label and help: it says when it switches the model."""
     current = st.session_state[Keys.MODEL]
     if result.model == current and st.session_state[Keys.DATA] is None:
-        return "Continue in the Prune page", "Loads this experiment's configuration as the Prune page's plan."
-    return (f"Continue in the Prune page with {result.model}",
-            f"Switches the model from {uploads.display(current)} to {result.model} (the experiment's model) and "
-            "loads its configuration; your plan and history of the current model are kept, and the Model page "
-            "opens it again.")
+        return (
+            "Continue in the Prune page",
+            "Loads this experiment's configuration as the Prune page's plan.",
+        )
+    return (
+        f"Continue in the Prune page with {result.model}",
+        (
+            f"Switches the model from {uploads.display(current)} to {result.model} (the"
+            " experiment's model) and loads its configuration; your plan and history of the"
+            " current model are kept, and the Model page opens it again."
+        ),
+    )
 
 
 def continue_in_prune(result: LearnResult) -> None:
     """Open the experiment's model with its configuration as the Prune page's draft (before the
-    Prune page's widgets exist in this run: call it, then switch page). Says when the model changes."""
+    Prune page's widgets exist in this run: call it, then switch page). Says when the model changes.
+    """
     assert result.plan is not None
     previous, previous_data = st.session_state[Keys.MODEL], st.session_state[Keys.DATA]
     state.set_model(result.model, None)
@@ -63,6 +72,9 @@ def continue_in_prune(result: LearnResult) -> None:
     if (previous, previous_data) == (result.model, None):
         state.flash("info", f"Loaded the configuration of the Learn experiment “{title}”.")
     else:
-        state.flash("warning", f"Switched the model from {uploads.display(previous)} to {result.model}, the model of "
-                    f"the Learn experiment “{title}”, and loaded its configuration. Your plan and history of "
-                    f"{uploads.display(previous)} are kept: open it again on the Model page.")
+        state.flash(
+            "warning",
+            f"Switched the model from {uploads.display(previous)} to {result.model}, the model of"
+            f" the Learn experiment “{title}”, and loaded its configuration. Your plan and history"
+            f" of {uploads.display(previous)} are kept: open it again on the Model page.",
+        )

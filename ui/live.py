@@ -37,7 +37,9 @@ def _inline_seconds() -> float:
     return float(os.environ.get("PRUNING_EXPLORER_LIVE_INLINE_SECONDS", "1.5"))
 
 
-@st.cache_resource(show_spinner="Preparing the live evaluation (one export of the dense model)…", max_entries=8)
+@st.cache_resource(
+    show_spinner="Preparing the live evaluation (one export of the dense model)…", max_entries=8
+)
 def evaluator(model_spec: str, data_spec: str | None) -> LiveEvaluator:
     """One evaluator per (model, data) for the whole server; its runs share the measurement lock."""
     return LiveEvaluator(cache.subject(model_spec, data_spec), lock=cache.measure_lock())
@@ -59,7 +61,8 @@ def evaluation(model_spec: str, data_spec: str | None, plan: PruningPlan) -> Eva
 
 
 def _run(ev: LiveEvaluator, model_spec: str, data_spec: str | None, plan: PruningPlan) -> LiveRun:
-    """The session's run of ``plan``: the current one, or a new one (the superseded one is cancelled)."""
+    """The session's run of ``plan``: the current one, or a new one (the superseded one is
+    cancelled)."""
     run: LiveRun | None = st.session_state.get(Keys.LIVE_RUN)
     if run is not None and run.plan_key == plan.key() and not run.cancelled:
         return run
@@ -72,7 +75,8 @@ def _run(ev: LiveEvaluator, model_spec: str, data_spec: str | None, plan: Prunin
 
 
 def _raise(run: LiveRun) -> None:
-    """Raise the run's error in this script run: a user's (``ExplorerError``, shown by the page) or a
+    """Raise the run's error in this script run: a user's (``ExplorerError``, shown by the page) or
+    a
     bug (where AppTest and the log see it)."""
     if run.error is not None:
         raise run.error
@@ -85,30 +89,71 @@ def partial_cards(ref: Refinement, dense: dict[str, Any]) -> list[Card]:
     if ref.measured and ref.accuracy is not None and ref.interval is not None:
         lo, hi = ref.interval
         delta = 100 * (ref.accuracy - dense["accuracy"])
-        out.append(Card(f"{what} (so far)", f"{100 * ref.accuracy:.1f} %", f"{delta:+.1f} pp",
-                        description=f"first {ref.scored} of {ref.total} images; 95 % CI {100 * lo:.0f}-{100 * hi:.0f} %",
-                        help=f"Measured on the really pruned model in ONNX Runtime, on the first {ref.scored} of the "
-                             f"{ref.total} evaluation images (a shuffled order: every prefix is a uniform sample). "
-                             f"The interval (Wilson, finite population) is where the accuracy on all {ref.total} "
-                             "images lies with 95 % confidence; it narrows as more images are scored."))
+        out.append(
+            Card(
+                f"{what} (so far)",
+                f"{100 * ref.accuracy:.1f} %",
+                f"{delta:+.1f} pp",
+                description=(
+                    f"first {ref.scored} of {ref.total} images; 95 % CI"
+                    f" {100 * lo:.0f}-{100 * hi:.0f} %"
+                ),
+                help=(
+                    "Measured on the really pruned model in ONNX Runtime, on the first"
+                    f" {ref.scored} of the {ref.total} evaluation images (a shuffled order: every"
+                    " prefix is a uniform sample). The interval (Wilson, finite population) is"
+                    f" where the accuracy on all {ref.total} images lies with 95 % confidence; it"
+                    " narrows as more images are scored."
+                ),
+            )
+        )
         loss_label = "Loss (so far)" if ref.labels else "KL from dense (so far)"
-        out.append(Card(loss_label, f"{ref.loss:.4f}", f"{ref.loss - dense['loss']:+.4f}", "inverse",
-                        description=f"first {ref.scored} of {ref.total} images"))
+        out.append(
+            Card(
+                loss_label,
+                f"{ref.loss:.4f}",
+                f"{ref.loss - dense['loss']:+.4f}",
+                "inverse",
+                description=f"first {ref.scored} of {ref.total} images",
+            )
+        )
     elif ref.predicted_accuracy is not None:
-        out.append(widgets.plain_card(f"{what} (predicted)", f"{100 * ref.predicted_accuracy:.1f} %",
-                                      "from the sensitivity curves, not measured",
-                                      help="Dense accuracy minus the drop each pruned layer causes alone "
-                                           "(cached sensitivity scan): a prediction; scoring has not started."))
+        out.append(
+            widgets.plain_card(
+                f"{what} (predicted)",
+                f"{100 * ref.predicted_accuracy:.1f} %",
+                "from the sensitivity curves, not measured",
+                help=(
+                    "Dense accuracy minus the drop each pruned layer causes alone "
+                    "(cached sensitivity scan): a prediction; scoring has not started."
+                ),
+            )
+        )
     for label in ("Latency, median", "Latency, p90"):
         out.append(widgets.plain_card(label, "…", "timed after the scoring"))
     static = ref.static
-    for key, label, fmt in (("params_total", "Parameters", fmt_count), ("params_nonzero", "Nonzero params", fmt_count),
-                            ("macs", "MACs", fmt_count), ("onnx_bytes", "ONNX size", fmt_bytes)):
+    for key, label, fmt in (
+        ("params_total", "Parameters", fmt_count),
+        ("params_nonzero", "Nonzero params", fmt_count),
+        ("macs", "MACs", fmt_count),
+        ("onnx_bytes", "ONNX size", fmt_bytes),
+    ):
         if key in static:
             change = static[key] - dense[key]
-            rel = 0 if change == 0 else (f"{100 * change / dense[key]:+.1f} %" if dense[key] else f"{change:+,}")
-            out.append(Card(label, fmt(static[key]), rel, "inverse", help=f"Exact, counted on the pruned model. "
-                                                                        f"Dense: {fmt(dense[key])}."))
+            rel = (
+                0
+                if change == 0
+                else (f"{100 * change / dense[key]:+.1f} %" if dense[key] else f"{change:+,}")
+            )
+            out.append(
+                Card(
+                    label,
+                    fmt(static[key]),
+                    rel,
+                    "inverse",
+                    help=f"Exact, counted on the pruned model. Dense: {fmt(dense[key])}.",
+                )
+            )
     out.append(widgets.plain_card("ONNX gzipped", "…", "compressed while scoring"))
     return out
 
@@ -116,8 +161,11 @@ def partial_cards(ref: Refinement, dense: dict[str, Any]) -> list[Card]:
 def _status(ref: Refinement | None) -> str:
     if ref is None or not ref.measured:
         return "Pruning and writing the model…"
-    return (f"Scoring the pruned model: {ref.scored} of {ref.total} images ({ref.elapsed:.1f} s)"
-            if ref.scored < ref.total else f"Timing latency in ONNX Runtime ({ref.elapsed:.1f} s)")
+    return (
+        f"Scoring the pruned model: {ref.scored} of {ref.total} images ({ref.elapsed:.1f} s)"
+        if ref.scored < ref.total
+        else f"Timing latency in ONNX Runtime ({ref.elapsed:.1f} s)"
+    )
 
 
 def _draw_partial(run: LiveRun, dense: dict[str, Any]) -> None:
@@ -126,8 +174,10 @@ def _draw_partial(run: LiveRun, dense: dict[str, Any]) -> None:
     if ref is not None:
         widgets.metric_row(partial_cards(ref, dense), per_row=2)
         if ref.predicted_accuracy is not None and ref.measured:
-            st.caption(f"Predicted from the sensitivity curves: {100 * ref.predicted_accuracy:.1f} % "
-                       "(a prediction, not a measurement).")
+            st.caption(
+                f"Predicted from the sensitivity curves: {100 * ref.predicted_accuracy:.1f} % "
+                "(a prediction, not a measurement)."
+            )
 
 
 def section(subject: Subject, data_spec: str | None, plan: PruningPlan) -> Evaluation | None:

@@ -15,7 +15,15 @@ from explorer.evaluate import Evaluation
 from explorer.metricspec import SPECS, MetricSpec, fmt_bytes, fmt_count
 from explorer.runtime import RoundRatios, Speedup
 
-__all__ = ["FAR_BELOW", "Card", "accuracy_warning", "cards", "fmt_bytes", "fmt_count", "latency_card"]
+__all__ = [
+    "FAR_BELOW",
+    "Card",
+    "accuracy_warning",
+    "cards",
+    "fmt_bytes",
+    "fmt_count",
+    "latency_card",
+]
 
 FAR_BELOW = 0.10  # accuracy more than 10 points below dense is flagged (accuracy_warning)
 
@@ -74,11 +82,17 @@ def accuracy_warning(accuracy: float, dense: float, n_classes: int, labelled: bo
     what = "accuracy" if labelled else "agreement with the dense model"
     chance = 1.0 / max(n_classes, 1)
     if dense > chance and accuracy - chance < 0.1 * (dense - chance):
-        return (f"The {what} ({100 * accuracy:.2f} %) is near chance ({100 * chance:.1f} % for {n_classes} classes): "
-                "this plan breaks the model. Recover it on the Recover page (fine-tuning) or choose a looser target.")
+        return (
+            f"The {what} ({100 * accuracy:.2f} %) is near chance ({100 * chance:.1f} % for"
+            f" {n_classes} classes): this plan breaks the model. Recover it on the Recover page"
+            " (fine-tuning) or choose a looser target."
+        )
     if dense - accuracy > FAR_BELOW:
-        return (f"The {what} ({100 * accuracy:.2f} %) is {100 * (dense - accuracy):.1f} points below dense "
-                f"({100 * dense:.2f} %). Recover it on the Recover page (fine-tuning) or choose a looser target.")
+        return (
+            f"The {what} ({100 * accuracy:.2f} %) is {100 * (dense - accuracy):.1f} points below"
+            f" dense ({100 * dense:.2f} %). Recover it on the Recover page (fine-tuning) or choose"
+            " a looser target."
+        )
     return ""
 
 

@@ -24,17 +24,33 @@ from ui import cache, state
 from ui.draft import Draft
 from ui.state import Keys
 
-__all__ = ["DEFAULTS", "last_run", "latest", "run", "schedule_controls", "seed_widgets", "show_schedule",
-           "was_interrupted"]
+__all__ = [
+    "DEFAULTS",
+    "last_run",
+    "latest",
+    "run",
+    "schedule_controls",
+    "seed_widgets",
+    "show_schedule",
+    "was_interrupted",
+]
 
-DEFAULTS: dict[str, Any] = {"recalibrate": True, "epochs": 5, "distill": False, "temperature": 2.0, "alpha": 0.5,
-                            "patience": None, "int8": None}
+DEFAULTS: dict[str, Any] = {
+    "recalibrate": True,
+    "epochs": 5,
+    "distill": False,
+    "temperature": 2.0,
+    "alpha": 0.5,
+    "patience": None,
+    "int8": None,
+}
 _RUNNING = "recover.running"  # set while a run is under way; left set when the run was interrupted
 
 
 def _plan_key(plan: PruningPlan) -> str:
     """The plan's key whatever its ``model`` field says (a file's name or its path here)."""
     return replace(plan, model=None).key()
+
 
 _HIDDEN = ("lr", "seed")  # options shown under "More options"
 
@@ -50,18 +66,43 @@ def schedule_controls(name: str, disabled: bool = False) -> ScheduleSpec:
         key = Keys.schedule_option(name, option.name)
         label = option.name.replace("_", " ").capitalize()
         if option.kind is bool:
-            return container.toggle(label, value=option.default, key=key, help=option.help, disabled=disabled)
+            return container.toggle(
+                label, value=option.default, key=key, help=option.help, disabled=disabled
+            )
         if option.kind is str:
-            return container.selectbox(label, option.choices, index=option.choices.index(option.default), key=key,
-                                       help=option.help, disabled=disabled)
+            return container.selectbox(
+                label,
+                option.choices,
+                index=option.choices.index(option.default),
+                key=key,
+                help=option.help,
+                disabled=disabled,
+            )
         if option.kind is int:
-            return int(container.number_input(label, min_value=int(option.minimum or 0), value=int(option.default),
-                                              step=1, key=key, help=option.help, disabled=disabled))
-        return float(container.number_input(label, min_value=float(option.minimum or 0.0),
-                                            max_value=None if option.maximum is None else float(option.maximum),
-                                            value=float(option.default), format="%g",
-                                            step=(option.maximum or 1.0) / 20 if option.maximum else None,
-                                            key=key, help=option.help, disabled=disabled))
+            return int(
+                container.number_input(
+                    label,
+                    min_value=int(option.minimum or 0),
+                    value=int(option.default),
+                    step=1,
+                    key=key,
+                    help=option.help,
+                    disabled=disabled,
+                )
+            )
+        return float(
+            container.number_input(
+                label,
+                min_value=float(option.minimum or 0.0),
+                max_value=None if option.maximum is None else float(option.maximum),
+                value=float(option.default),
+                format="%g",
+                step=(option.maximum or 1.0) / 20 if option.maximum else None,
+                key=key,
+                help=option.help,
+                disabled=disabled,
+            )
+        )
 
     shown = [o for o in options if o.name not in _HIDDEN]
     cols = st.columns(max(1, min(3, len(shown))))
@@ -72,7 +113,9 @@ def schedule_controls(name: str, disabled: bool = False) -> ScheduleSpec:
         with st.expander("More options"):
             for option in hidden:
                 chosen[option.name] = widget(st, option)
-    return ScheduleSpec(name, tuple((k, v) for k, v in chosen.items() if v != info.option(k).default))
+    return ScheduleSpec(
+        name, tuple((k, v) for k, v in chosen.items() if v != info.option(k).default)
+    )
 
 
 def _key(plan: PruningPlan, settings: dict[str, Any]) -> str:
@@ -80,13 +123,19 @@ def _key(plan: PruningPlan, settings: dict[str, Any]) -> str:
 
 
 def seed_widgets(blocked: bool) -> None:
-    """Start the page's widgets at the settings of this model's last run (the defaults before one)."""
+    """Start the page's widgets at the settings of this model's last run (the defaults before
+    one)."""
     last = st.session_state[Keys.RECOVER_SETTINGS].get(state.subject_id(), {})
     s = {**DEFAULTS, **({"recalibrate": False, "epochs": 0} if blocked else {}), **last}
-    for key, value in ((Keys.RECOVER_BN, s["recalibrate"]), (Keys.RECOVER_EPOCHS, s["epochs"]),
-                       (Keys.RECOVER_DISTILL, s["distill"]), (Keys.RECOVER_TEMPERATURE, float(s["temperature"])),
-                       (Keys.RECOVER_ALPHA, float(s["alpha"])), (Keys.RECOVER_PATIENCE, s["patience"] or 0),
-                       (Keys.RECOVER_INT8, s["int8"] or "off")):
+    for key, value in (
+        (Keys.RECOVER_BN, s["recalibrate"]),
+        (Keys.RECOVER_EPOCHS, s["epochs"]),
+        (Keys.RECOVER_DISTILL, s["distill"]),
+        (Keys.RECOVER_TEMPERATURE, float(s["temperature"])),
+        (Keys.RECOVER_ALPHA, float(s["alpha"])),
+        (Keys.RECOVER_PATIENCE, s["patience"] or 0),
+        (Keys.RECOVER_INT8, s["int8"] or "off"),
+    ):
         st.session_state.setdefault(key, value)
 
 
@@ -107,7 +156,9 @@ def latest(plan: PruningPlan) -> dict[str, Any] | None:
     return max(runs, key=lambda r: r.get("finished", 0.0), default=None)
 
 
-def run(subject: Subject, plan: PruningPlan, draft: Draft, settings: dict[str, Any]) -> dict[str, Any]:
+def run(
+    subject: Subject, plan: PruningPlan, draft: Draft, settings: dict[str, Any]
+) -> dict[str, Any]:
     """Run the loop (a progress bar while it runs) and record every stage in the session history.
 
     Pressing any button while it runs (Cancel) interrupts the run; nothing is recorded then, and
@@ -118,23 +169,41 @@ def run(subject: Subject, plan: PruningPlan, draft: Draft, settings: dict[str, A
     kwargs = dict(settings)
     schedule = kwargs.pop("schedule", None)
     try:
-        result = run_loop(subject, plan, on_progress=update,
-                          schedule=ScheduleSpec.from_dict(schedule) if schedule else None, **kwargs)
+        result = run_loop(
+            subject,
+            plan,
+            on_progress=update,
+            schedule=ScheduleSpec.from_dict(schedule) if schedule else None,
+            **kwargs,
+        )
     finally:
         cache.trim()
     done()
     weights = None
     if result.recovery is not None and result.model is not None:
         weights = str(store_weights(result.model.state_dict()))
-    out = {"rows": result.table(), "epochs": result.epochs, "stopped": result.stopped, "int8": result.int8,
-           "schedule": result.schedule, "settings": dict(settings), "plan": plan.to_dict(),
-           "recovery": result.recovery, "weights": weights, "summary": draft.summary(subject.inventory),
-           "finished": time.time()}
+    out = {
+        "rows": result.table(),
+        "epochs": result.epochs,
+        "stopped": result.stopped,
+        "int8": result.int8,
+        "schedule": result.schedule,
+        "settings": dict(settings),
+        "plan": plan.to_dict(),
+        "recovery": result.recovery,
+        "weights": weights,
+        "summary": draft.summary(subject.inventory),
+        "finished": time.time(),
+    }
     summary = draft.summary(subject.inventory)
     for stage in result.stages[1:]:  # the dense model is the history's row 0 already
         name = "" if stage.name == "pruned" else f" + {stage.name}"
-        state.add_history(f"{plan.key()}|{stage.name}|{sorted(settings.items())}", draft, summary + name,
-                          stage.metrics)
+        state.add_history(
+            f"{plan.key()}|{stage.name}|{sorted(settings.items())}",
+            draft,
+            summary + name,
+            stage.metrics,
+        )
     st.session_state[Keys.RECOVER_RESULTS][_key(plan, settings)] = out
     st.session_state[Keys.RECOVER_SETTINGS][state.subject_id()] = dict(settings)
     st.session_state.pop(_RUNNING, None)
@@ -149,25 +218,47 @@ def show_schedule(schedule: dict[str, Any], plan: PruningPlan) -> None:
 
     st.subheader(f"Schedule: {schedule['name']}", anchor=False)
     if schedule["stop_reason"]:
-        st.warning(f"The schedule stopped early ({schedule['stop_reason']}): the model reached "
-                   f"{100 * schedule['sparsity']:.1f}% of the plan's layers' weights zero, not the "
-                   f"{100 * schedule['target_sparsity']:.1f}% asked for.")
+        st.warning(
+            f"The schedule stopped early ({schedule['stop_reason']}): the model reached "
+            f"{100 * schedule['sparsity']:.1f}% of the plan's layers' weights zero, not the "
+            f"{100 * schedule['target_sparsity']:.1f}% asked for."
+        )
     st.plotly_chart(figures.schedule_steps(schedule["steps"]), key="recover.schedule.chart")
     steps = pd.DataFrame(schedule["steps"]).drop(columns=["loss", "val_loss"])
     for col in ("target", "sparsity", "accuracy", "val_accuracy"):
         steps[col] = 100 * steps[col]
-    pct = {c: st.column_config.NumberColumn(f"{c.replace('_', ' ')} (%)", format="%.2f")
-           for c in ("target", "sparsity", "accuracy", "val_accuracy")}
-    st.dataframe(steps, hide_index=True, key="recover.schedule.table", column_config={
-        **pct, "accuracy": st.column_config.NumberColumn("test accuracy (%)", format="%.2f"),
-        "nonzero": st.column_config.NumberColumn("nonzero weights", format="localized"),
-        "train_loss": st.column_config.NumberColumn("train loss", format="%.4f"),
-        "seconds": st.column_config.NumberColumn("s", format="%.1f")})
+    pct = {
+        c: st.column_config.NumberColumn(f"{c.replace('_', ' ')} (%)", format="%.2f")
+        for c in ("target", "sparsity", "accuracy", "val_accuracy")
+    }
+    st.dataframe(
+        steps,
+        hide_index=True,
+        key="recover.schedule.table",
+        column_config={
+            **pct,
+            "accuracy": st.column_config.NumberColumn("test accuracy (%)", format="%.2f"),
+            "nonzero": st.column_config.NumberColumn("nonzero weights", format="localized"),
+            "train_loss": st.column_config.NumberColumn("train loss", format="%.4f"),
+            "seconds": st.column_config.NumberColumn("s", format="%.1f"),
+        },
+    )
     for note in schedule["notes"]:
         st.caption(note)
-    spec = ScheduleSpec(schedule["name"], tuple(
-        (k, v) for k, v in schedule["settings"].items() if v != SCHEDULES[schedule["name"]].option(k).default))
-    st.download_button("Download the plan with this schedule", plan.with_schedule(spec).to_json() + "\n",
-                       file_name="plan.json", mime="application/json", icon=":material/download:",
-                       key="recover.schedule.download",
-                       help="`pruning-explorer export --plan plan.json` replays the schedule.")
+    spec = ScheduleSpec(
+        schedule["name"],
+        tuple(
+            (k, v)
+            for k, v in schedule["settings"].items()
+            if v != SCHEDULES[schedule["name"]].option(k).default
+        ),
+    )
+    st.download_button(
+        "Download the plan with this schedule",
+        plan.with_schedule(spec).to_json() + "\n",
+        file_name="plan.json",
+        mime="application/json",
+        icon=":material/download:",
+        key="recover.schedule.download",
+        help="`pruning-explorer export --plan plan.json` replays the schedule.",
+    )

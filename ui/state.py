@@ -19,9 +19,24 @@ from explorer.inspect import Inventory
 from explorer.subject import DEFAULT_MODEL
 from ui.draft import Draft
 
-__all__ = ["Keys", "add_history", "default_model", "draft", "ensure_router", "flash", "history", "init_state",
-           "on_weights_layer", "restore", "seed_prune_widgets", "seed_weights_widgets", "set_draft", "set_model",
-           "show_flash", "subject_id"]
+__all__ = [
+    "Keys",
+    "add_history",
+    "default_model",
+    "draft",
+    "ensure_router",
+    "flash",
+    "history",
+    "init_state",
+    "on_weights_layer",
+    "restore",
+    "seed_prune_widgets",
+    "seed_weights_widgets",
+    "set_draft",
+    "set_model",
+    "show_flash",
+    "subject_id",
+]
 
 
 APP = Path(__file__).resolve().parents[1] / "app.py"
@@ -76,7 +91,9 @@ class Keys:
 
     # Recover page: the last loop run per (subject, plan, settings), and its widgets.
     RECOVER_RESULTS = "recover.results"
-    RECOVER_SETTINGS = "recover.settings"  # {subject id: the settings of the last run}, seeds the widgets
+    RECOVER_SETTINGS = (  # {subject id: the settings of the last run}, seeds the widgets
+        "recover.settings"
+    )
     RECOVER_BN = "recover.bn"
     RECOVER_EPOCHS = "recover.epochs"
     RECOVER_DISTILL = "recover.distill"
@@ -113,7 +130,8 @@ def ensure_router() -> None:
 
     Streamlit still honours its legacy ``pages/`` folder: until some session has run app.py, a
     visitor who opens a page's URL directly (``/prune``) gets that script run alone, with no router,
-    sidebar or state (AppTest's ``switch_page`` takes the same path). Then this runs app.py in place,
+    sidebar or state (AppTest's ``switch_page`` takes the same path). Then this runs app.py in
+    place,
     in the same script run so no widget event is lost, and stops the stray run.
     """
     try:
@@ -127,7 +145,8 @@ def ensure_router() -> None:
 
 
 def default_model() -> str:
-    """The model a new session opens: the CLI's ``--model`` (through the environment), else the default."""
+    """The model a new session opens: the CLI's ``--model`` (through the environment), else the
+    default."""
     return os.environ.get("PRUNING_EXPLORER_MODEL") or DEFAULT_MODEL
 
 
@@ -185,8 +204,16 @@ def add_history(plan_key: str, value: Draft, summary: str, result: dict[str, Any
         return
     metrics = {k: v for k, v in result.items() if k not in ("dense", "plan", "model", "data")}
     n = len(history()) + 1
-    entries.append({"subject": sid, "n": n, "key": plan_key, "draft": value.to_dict(), "summary": summary,
-                    "metrics": metrics})
+    entries.append(
+        {
+            "subject": sid,
+            "n": n,
+            "key": plan_key,
+            "draft": value.to_dict(),
+            "summary": summary,
+            "metrics": metrics,
+        }
+    )
     st.session_state[Keys.PRUNE_RESTORE] = n  # the restore picker offers the newest by default
 
 
@@ -211,7 +238,8 @@ def seed_prune_widgets(value: Draft, inventory: Inventory, force: bool = False) 
 
 
 def restore(value: Draft, inventory: Inventory) -> None:
-    """Make ``value`` the current draft and move the Prune widgets to it (a callback, or before widgets)."""
+    """Make ``value`` the current draft and move the Prune widgets to it (a callback, or before
+    widgets)."""
     set_draft(value)
     seed_prune_widgets(value, inventory, force=True)
 
@@ -231,9 +259,13 @@ def show_flash() -> None:
 
 
 def seed_weights_widgets(value: Draft, layer: str, force: bool = False) -> None:
-    """Start the Weights page's preview at the draft's method and ratio for ``layer`` (50 % if 0)."""
+    """Start the Weights page's preview at the draft's method and ratio for ``layer`` (50 % if
+    0)."""
     ratio = value.ratio(layer) if value.scope == "local" else value.global_ratio
-    wanted = {Keys.WEIGHTS_METHOD: value.method_of(layer), Keys.WEIGHTS_RATIO: round(100 * ratio) or 50}
+    wanted = {
+        Keys.WEIGHTS_METHOD: value.method_of(layer),
+        Keys.WEIGHTS_RATIO: round(100 * ratio) or 50,
+    }
     for key, v in wanted.items():
         if force or key not in st.session_state:
             st.session_state[key] = v

@@ -32,8 +32,18 @@ from explorer.models.loaders import PICKLE_SUFFIXES, SAVE_ADVICE
 from explorer.sessions import store_upload, uploads_dir
 from ui.state import Keys
 
-__all__ = ["DATA_TYPES", "MODEL_TYPES", "OwnInputs", "display", "limit_mb", "own_inputs", "portable", "resolve",
-           "save_upload", "uploaded_name"]
+__all__ = [
+    "DATA_TYPES",
+    "MODEL_TYPES",
+    "OwnInputs",
+    "display",
+    "limit_mb",
+    "own_inputs",
+    "portable",
+    "resolve",
+    "save_upload",
+    "uploaded_name",
+]
 
 LIMIT_ENV = "PRUNING_EXPLORER_MAX_UPLOAD_MB"
 DEFAULT_LIMIT_MB = 200
@@ -70,7 +80,8 @@ def limit_mb() -> int:
 
 
 def uploaded_name(spec: str | None) -> str | None:
-    """The original file name of an uploaded ``spec`` (a path in the cache's upload folder), else None.
+    """The original file name of an uploaded ``spec`` (a path in the cache's upload folder), else
+    None.
 
     A .zip of images is named by its folder (the archive unpacked): ``digits`` for ``digits.zip``.
     """
@@ -111,16 +122,24 @@ def _unzip(data: bytes, dest: Path, shown: str, limit: int) -> None:
     except (zipfile.BadZipFile, ValueError) as e:
         raise DataError(f"{shown}: not a readable .zip archive ({e})") from None
     if len(members) > MAX_ZIP_FILES:
-        raise DataError(f"{shown}: {len(members):,} files in the archive, more than {MAX_ZIP_FILES:,}")
+        raise DataError(
+            f"{shown}: {len(members):,} files in the archive, more than {MAX_ZIP_FILES:,}"
+        )
     total = sum(m.file_size for m in members)
     if total > limit * 2**20:
-        raise DataError(f"{shown}: unpacks to {total / 2**20:.0f} MB, more than the {limit} MB limit")
+        raise DataError(
+            f"{shown}: unpacks to {total / 2**20:.0f} MB, more than the {limit} MB limit"
+        )
     for m in members:
         parts = PurePosixPath(m.filename.replace("\\", "/")).parts
         if m.filename.startswith("/") or ".." in parts or (parts and ":" in parts[0]):
-            raise DataError(f"{shown}: refused: the archive entry {m.filename!r} points outside its folder")
+            raise DataError(
+                f"{shown}: refused: the archive entry {m.filename!r} points outside its folder"
+            )
         if (m.external_attr >> 16) & 0o170000 == 0o120000:
-            raise DataError(f"{shown}: refused: the archive entry {m.filename!r} is a symbolic link")
+            raise DataError(
+                f"{shown}: refused: the archive entry {m.filename!r} is a symbolic link"
+            )
         if m.is_dir() or parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts):
             continue
         target = dest.joinpath(*parts)
@@ -136,7 +155,11 @@ def _image_root(folder: Path) -> Path:
     """The folder holding the class subfolders: skip single wrapping folders (``digits/``)."""
     while True:
         entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
-        if len(entries) == 1 and entries[0].is_dir() and any(q.is_dir() for q in entries[0].iterdir()):
+        if (
+            len(entries) == 1
+            and entries[0].is_dir()
+            and any(q.is_dir() for q in entries[0].iterdir())
+        ):
             folder = entries[0]
         else:
             return folder
@@ -158,14 +181,25 @@ def save_upload(file: Any, kind: Literal["model", "data"]) -> str:
     limit = limit_mb()
     size = int(getattr(file, "size", 0) or 0)
     if size > limit * 2**20:
-        raise error(f"{shown}: {size / 2**20:.1f} MB, more than the {limit} MB upload limit "
-                    f"(set {LIMIT_ENV} or streamlit's server.maxUploadSize to change it)")
+        raise error(
+            f"{shown}: {size / 2**20:.1f} MB, more than the {limit} MB upload limit "
+            f"(set {LIMIT_ENV} or streamlit's server.maxUploadSize to change it)"
+        )
     if suffix in PICKLE_SUFFIXES:
-        advice = SAVE_ADVICE if kind == "model" else "save the arrays with numpy.savez(path, x=x, y=y) or as CSV"
-        raise error(f"{shown}: refused: a {suffix} file is a pickle, and unpickling runs code from the file; {advice}")
+        advice = (
+            SAVE_ADVICE
+            if kind == "model"
+            else "save the arrays with numpy.savez(path, x=x, y=y) or as CSV"
+        )
+        raise error(
+            f"{shown}: refused: a {suffix} file is a pickle, and unpickling runs code from the"
+            f" file; {advice}"
+        )
     allowed = MODEL_TYPES if kind == "model" else DATA_TYPES
     if suffix.lstrip(".") not in allowed:
-        raise error(f"{shown}: a {kind} upload must be one of {', '.join('.' + t for t in allowed)}")
+        raise error(
+            f"{shown}: a {kind} upload must be one of {', '.join('.' + t for t in allowed)}"
+        )
     data = file.getvalue()
     if len(data) > limit * 2**20:
         raise error(f"{shown}: {len(data) / 2**20:.1f} MB, more than the {limit} MB upload limit")
@@ -200,23 +234,41 @@ def own_inputs(current_model: str | None, current_data: str | None) -> OwnInputs
     limit = limit_mb()
     model_file = st.file_uploader(
         "Upload a model (.onnx, or a .pt2 saved with torch.export.save)",
-        type=MODEL_TYPES + ["pt", "pth"],  # accepted so that a pickle gets our message on how to save it
-        key=Keys.MODEL_UPLOAD, max_upload_size=limit,
-        help=f"Up to {limit} MB. Kept on this server (in its cache folder) with your session, so a reload "
-             "or a restart brings it back; plans and commands name it by its file name.")
+        type=MODEL_TYPES
+        + ["pt", "pth"],  # accepted so that a pickle gets our message on how to save it
+        key=Keys.MODEL_UPLOAD,
+        max_upload_size=limit,
+        help=(
+            f"Up to {limit} MB. Kept on this server (in its cache folder) with your session, so a"
+            " reload or a restart brings it back; plans and commands name it by its file name."
+        ),
+    )
     model_spec = st.text_input(
         "...or a model spec: PATH.onnx, PATH.pt2, or PATH.py:FUNC (this runs your own code)",
-        value=current_model or "", placeholder="path/to/model.py:build or package.module:build",
-        help="PATH.py:FUNC imports the file and calls FUNC() on this server: it runs your own code. "
-             "FUNC returns a torch.nn.Module with its weights loaded (torch.load(..., weights_only=True)).")
+        value=current_model or "",
+        placeholder="path/to/model.py:build or package.module:build",
+        help=(
+            "PATH.py:FUNC imports the file and calls FUNC() on this server: it runs your own code."
+            " FUNC returns a torch.nn.Module with its weights loaded (torch.load(...,"
+            " weights_only=True))."
+        ),
+    )
     data_file = st.file_uploader(
-        "Upload data (.npz with x and y, .csv with a 'label' column, or a .zip of class folders of images)",
-        type=DATA_TYPES, key=Keys.DATA_UPLOAD, max_upload_size=limit,
-        help="Without labels, accuracy becomes agreement with the dense model. Images are resized "
-             "to the model's input.")
+        "Upload data (.npz with x and y, .csv with a 'label' column, or a .zip of class folders of"
+        " images)",
+        type=DATA_TYPES,
+        key=Keys.DATA_UPLOAD,
+        max_upload_size=limit,
+        help=(
+            "Without labels, accuracy becomes agreement with the dense model. Images are resized "
+            "to the model's input."
+        ),
+    )
     data_spec = st.text_input(
         "...or a data spec: PATH.npz, PATH.csv, an image folder, PATH.py:FUNC or zoo:NAME",
-        value=current_data or "", placeholder="path/to/data.npz, path/to/images/ or zoo:digits-32")
+        value=current_data or "",
+        placeholder="path/to/data.npz, path/to/images/ or zoo:digits-32",
+    )
     return OwnInputs(model_file, data_file, model_spec.strip(), data_spec.strip())
 
 
@@ -226,8 +278,14 @@ def resolve(inputs: OwnInputs) -> tuple[str, str | None]:
     Raises:
         ExplorerError: an upload is refused, or no model was given.
     """
-    model = save_upload(inputs.model_file, "model") if inputs.model_file is not None else inputs.model_spec
-    data = save_upload(inputs.data_file, "data") if inputs.data_file is not None else inputs.data_spec
+    model = (
+        save_upload(inputs.model_file, "model")
+        if inputs.model_file is not None
+        else inputs.model_spec
+    )
+    data = (
+        save_upload(inputs.data_file, "data") if inputs.data_file is not None else inputs.data_spec
+    )
     if not model:
         raise ModelLoadError("give a model: upload a file or type a model spec")
     return model, data or None

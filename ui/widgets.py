@@ -11,22 +11,39 @@ import streamlit as st
 from explorer import figures
 from explorer.errors import ExplorerError
 from explorer.inspect import Inventory
-from explorer.plan import PruningPlan
 from explorer.methods import get_method
 from explorer.methods.calibration import SAMPLES as CALIBRATION_SAMPLES
+from explorer.metricspec import fmt_bytes, spec
+from explorer.plan import PruningPlan
 from explorer.subject import Subject
 from ui import cache, compare, state, uploads
 from ui.draft import Draft
-from explorer.metricspec import fmt_bytes, spec
 from ui.metrics import Card
 from ui.state import Keys
 
-__all__ = ["history_frame", "history_section", "import_plan", "layer_table", "metric_columns", "metric_row",
-           "metric_table", "page_link", "plain_card", "require_subject", "sidebar"]
+__all__ = [
+    "history_frame",
+    "history_section",
+    "import_plan",
+    "layer_table",
+    "metric_columns",
+    "metric_row",
+    "metric_table",
+    "page_link",
+    "plain_card",
+    "require_subject",
+    "sidebar",
+]
 
-PAGES = {"model": "pages/model.py", "weights": "pages/weights.py", "sensitivity": "pages/sensitivity.py",
-         "prune": "pages/prune.py", "export": "pages/export.py",
-         "learn": "pages/learn.py", "recover": "pages/recover.py"}
+PAGES = {
+    "model": "pages/model.py",
+    "weights": "pages/weights.py",
+    "sensitivity": "pages/sensitivity.py",
+    "prune": "pages/prune.py",
+    "export": "pages/export.py",
+    "learn": "pages/learn.py",
+    "recover": "pages/recover.py",
+}
 
 
 def page_link(name: str, label: str, icon: str | None = None) -> None:
@@ -52,9 +69,17 @@ def metric_row(cards: list[Card], per_row: int = 3) -> None:
     (``per_row`` at most): a narrow window wraps them instead of cutting their numbers off."""
     with st.container(horizontal=True, gap="small", width=per_row * (CARD_WIDTH + 12)):
         for card in cards:
-            st.metric(card.label, card.value, card.delta, delta_color=card.delta_color, help=card.help or None,
-                      delta_description=card.description or None, delta_arrow=card.arrow, border=True,
-                      width=CARD_WIDTH)
+            st.metric(
+                card.label,
+                card.value,
+                card.delta,
+                delta_color=card.delta_color,
+                help=card.help or None,
+                delta_description=card.description or None,
+                delta_arrow=card.arrow,
+                border=True,
+                width=CARD_WIDTH,
+            )
 
 
 def metric_table(frame: pd.DataFrame, first: list[str], keys: list[str]) -> pd.DataFrame:
@@ -75,8 +100,9 @@ def metric_columns(keys: list[str], labels: bool = True) -> dict[str, Any]:
         if s.unit == "bytes":
             out[key] = st.column_config.TextColumn(s.column_label(labels), help=s.help)
         else:
-            out[key] = st.column_config.NumberColumn(s.column_label(labels), format=s.column_format,
-                                                     help=s.describe(labels))
+            out[key] = st.column_config.NumberColumn(
+                s.column_label(labels), format=s.column_format, help=s.describe(labels)
+            )
     return out
 
 
@@ -99,8 +125,10 @@ def data_note(method: str, subject: Subject) -> None:
     split, name = found
     used = min(len(split), CALIBRATION_SAMPLES)
     caveat = " (the evaluation data itself: its numbers are optimistic)" if name == "test" else ""
-    st.caption(f":material/dataset: **{method}** {m.data_note}: here {used} samples of the {name} "
-               f"split{caveat}.")
+    st.caption(
+        f":material/dataset: **{method}** {m.data_note}: here {used} samples of the {name} "
+        f"split{caveat}."
+    )
 
 
 def plain_card(label: str, value: str, note: str | None = None, help: str = "") -> Card:
@@ -113,14 +141,22 @@ def layer_table(inventory: Inventory) -> None:
     frame = pd.DataFrame([layer.to_dict() for layer in inventory.layers])
     frame["shape"] = frame["shape"].map(lambda s: " x ".join(map(str, s)))
     frame["group"] = frame["group"].fillna("")
-    st.dataframe(frame, hide_index=True, column_config={
-        "name": "layer", "type": "type", "shape": "weight shape",
-        "params": st.column_config.NumberColumn("params", format="localized"),
-        "macs": st.column_config.NumberColumn("MACs per sample", format="localized"),
-        "out_channels": st.column_config.NumberColumn("output channels"),
-        "group": st.column_config.TextColumn("dependency group", help="Named by its first layer"),
-        "note": st.column_config.TextColumn("note", width="large"),
-    })
+    st.dataframe(
+        frame,
+        hide_index=True,
+        column_config={
+            "name": "layer",
+            "type": "type",
+            "shape": "weight shape",
+            "params": st.column_config.NumberColumn("params", format="localized"),
+            "macs": st.column_config.NumberColumn("MACs per sample", format="localized"),
+            "out_channels": st.column_config.NumberColumn("output channels"),
+            "group": st.column_config.TextColumn(
+                "dependency group", help="Named by its first layer"
+            ),
+            "note": st.column_config.TextColumn("note", width="large"),
+        },
+    )
 
 
 def sidebar() -> None:
@@ -134,7 +170,8 @@ def sidebar() -> None:
 
 
 def history_frame(entries: list[dict[str, Any]], dense: dict[str, Any]) -> pd.DataFrame:
-    """One row per configuration (row 0: dense): the numbers the history table and Pareto plot show."""
+    """One row per configuration (row 0: dense): the numbers the history table and Pareto plot
+    show."""
     rows = [{"n": 0, "summary": "dense", **dense}]
     rows += [{"n": e["n"], "summary": e["summary"], **e["metrics"]} for e in entries]
     return pd.DataFrame(rows)
@@ -157,21 +194,45 @@ def history_section(subject: Subject, current_key: str | None) -> None:
     frame = history_frame(entries, subject.dense()[0].to_dict())
     current = next((e["n"] for e in entries if e["key"] == current_key), None)
     st.plotly_chart(figures.pareto(frame, current), key="prune.pareto")
-    keys = ["accuracy", "loss", "latency_ms_median", "latency_ms_p90", "params_total", "params_nonzero", "macs",
-            "onnx_bytes", "onnx_gzip_bytes"]
-    st.dataframe(metric_table(frame, ["n", "summary"], keys), hide_index=True, column_config={
-        "n": st.column_config.NumberColumn("#", help="0 is the dense model"),
-        "summary": st.column_config.TextColumn("configuration", width="medium"),
-        **metric_columns(keys, labels=bool(frame["labels"].iloc[0]) if "labels" in frame else True),
-    })
+    keys = [
+        "accuracy",
+        "loss",
+        "latency_ms_median",
+        "latency_ms_p90",
+        "params_total",
+        "params_nonzero",
+        "macs",
+        "onnx_bytes",
+        "onnx_gzip_bytes",
+    ]
+    st.dataframe(
+        metric_table(frame, ["n", "summary"], keys),
+        hide_index=True,
+        column_config={
+            "n": st.column_config.NumberColumn("#", help="0 is the dense model"),
+            "summary": st.column_config.TextColumn("configuration", width="medium"),
+            **metric_columns(
+                keys, labels=bool(frame["labels"].iloc[0]) if "labels" in frame else True
+            ),
+        },
+    )
     left, right = st.columns([3, 1], vertical_alignment="bottom")
     labels = {e["n"]: f"#{e['n']}: {e['summary']}" for e in entries}
     if st.session_state.get(Keys.PRUNE_RESTORE) not in labels:
         st.session_state[Keys.PRUNE_RESTORE] = entries[-1]["n"]
-    left.selectbox("Configuration to restore", list(labels), format_func=labels.__getitem__,
-                   key=Keys.PRUNE_RESTORE)
-    right.button("Restore", on_click=_restore, args=(entries, subject), icon=":material/restore:",
-                 width="stretch")
+    left.selectbox(
+        "Configuration to restore",
+        list(labels),
+        format_func=labels.__getitem__,
+        key=Keys.PRUNE_RESTORE,
+    )
+    right.button(
+        "Restore",
+        on_click=_restore,
+        args=(entries, subject),
+        icon=":material/restore:",
+        width="stretch",
+    )
     compare.section(subject, entries)
 
 

@@ -1,4 +1,5 @@
-"""Automatic allocation: per-layer ratios for a target, minimising the accuracy loss the curves predict.
+"""Automatic allocation: per-layer ratios for a target, minimising the accuracy loss the curves
+predict.
 
 Targets are a registry (:mod:`.targets`, one file per kind: adding one is one file). The four
 built-in kinds; ``value`` F means:

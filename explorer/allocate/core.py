@@ -27,14 +27,23 @@ from explorer.progress import Progress, no_progress
 from explorer.runtime import Speedup
 from explorer.subject import Subject
 
-__all__ = ["FLAG_POINTS", "Allocation", "Target", "allocate", "default_method", "pareto_frame", "pareto_front"]
+__all__ = [
+    "FLAG_POINTS",
+    "Allocation",
+    "Target",
+    "allocate",
+    "default_method",
+    "pareto_frame",
+    "pareto_front",
+]
 
 FLAG_POINTS = 0.02  # predicted vs verified accuracy: flag a difference above 2 points
 
 
 @dataclass(frozen=True)
 class Target:
-    """What an allocation must reach: a registered kind and its value (see ``explorer.allocate.targets``)."""
+    """What an allocation must reach: a registered kind and its value (see
+    ``explorer.allocate.targets``)."""
 
     kind: str
     value: float
@@ -72,14 +81,24 @@ class Allocation:
     rounds: int  # knapsack solves until the measured value met the target
     evaluation: Evaluation | None = None  # Subject.evaluate of the plan (None when not verified)
     size_metric: str = ""  # "onnx_bytes" or "onnx_gzip_bytes" for size targets
-    chosen: str = "knapsack"  # or the simple baseline that scored higher ("uniform", "global magnitude")
-    candidates: dict[str, float] = field(default_factory=dict)  # accuracy of each candidate compared
-    speedup: Speedup | None = None  # timed targets: the interleaved timing that decided ``achieved``
+    chosen: str = (
+        "knapsack"  # or the simple baseline that scored higher ("uniform", "global magnitude")
+    )
+    candidates: dict[str, float] = field(
+        default_factory=dict
+    )  # accuracy of each candidate compared
+    speedup: Speedup | None = (
+        None  # timed targets: the interleaved timing that decided ``achieved``
+    )
 
     @property
     def gap(self) -> float | None:
         """Predicted minus verified accuracy."""
-        return None if self.verified_accuracy is None else self.predicted_accuracy - self.verified_accuracy
+        return (
+            None
+            if self.verified_accuracy is None
+            else self.predicted_accuracy - self.verified_accuracy
+        )
 
     @property
     def flagged(self) -> bool:
@@ -89,11 +108,19 @@ class Allocation:
     def to_dict(self) -> dict[str, Any]:
         return {
             "target": {"kind": self.target.kind, "value": self.target.value},
-            "achieved": self.achieved, "met": self.met, "predicted_accuracy": self.predicted_accuracy,
-            "verified_accuracy": self.verified_accuracy, "dense_accuracy": self.dense_accuracy,
-            "gap": self.gap, "flagged": self.flagged, "rounds": self.rounds, "size_metric": self.size_metric,
-            "chosen": self.chosen, "candidates": self.candidates,
-            "plan": self.plan.to_dict(), "metrics": self.evaluation.to_dict() if self.evaluation is not None else {},
+            "achieved": self.achieved,
+            "met": self.met,
+            "predicted_accuracy": self.predicted_accuracy,
+            "verified_accuracy": self.verified_accuracy,
+            "dense_accuracy": self.dense_accuracy,
+            "gap": self.gap,
+            "flagged": self.flagged,
+            "rounds": self.rounds,
+            "size_metric": self.size_metric,
+            "chosen": self.chosen,
+            "candidates": self.candidates,
+            "plan": self.plan.to_dict(),
+            "metrics": self.evaluation.to_dict() if self.evaluation is not None else {},
             "speedup": self.speedup.to_dict() if self.speedup is not None else None,
         }
 
@@ -109,7 +136,9 @@ def _round_to(kind: TargetKind, method: Method, round_to: int | None) -> int | N
     if round_to is not None:
         round_to = check_round_to(round_to, "round_to")
         if round_to > 1 and not method.structured:
-            raise PlanError(f"round_to rounds kept channel counts; {method.name} removes no channels")
+            raise PlanError(
+                f"round_to rounds kept channel counts; {method.name} removes no channels"
+            )
         return round_to if round_to > 1 else None
     return fast_multiple() if kind.rounds_channels and method.structured else None
 
@@ -121,8 +150,12 @@ def _plan(problem: Problem, picks: dict[str, int]) -> PruningPlan:
         if ratio > 0:
             for member in problem.units[name]:
                 layers[member] = LayerRule(round(ratio, 4))
-    return PruningPlan(method=problem.method.name, layers=layers, model=problem.subject.model_spec,
-                       round_to=problem.round_to if layers else None)
+    return PruningPlan(
+        method=problem.method.name,
+        layers=layers,
+        model=problem.subject.model_spec,
+        round_to=problem.round_to if layers else None,
+    )
 
 
 def _predicted(problem: Problem, picks: dict[str, int]) -> float:
@@ -134,17 +167,26 @@ def _as_target(target: Target | tuple[str, float]) -> Target:
     return target if isinstance(target, Target) else Target(target[0], target[1])
 
 
-def _allocate(problem: Problem, target: Target, max_rounds: int, verify: bool, on_progress: Progress,
-              meter: Meter) -> Allocation:
+def _allocate(
+    problem: Problem,
+    target: Target,
+    max_rounds: int,
+    verify: bool,
+    on_progress: Progress,
+    meter: Meter,
+) -> Allocation:
     kind = target.kind_spec
     goal = target.saving
     if problem.max_saving < goal - 1e-9:
         reach = kind.achieved_text(problem.max_saving)
-        raise PlanError(f"target {target.describe()} is out of reach for {problem.method.name} on this model: "
-                        f"pruning every unit at its largest ratio reaches about {reach}")
+        raise PlanError(
+            f"target {target.describe()} is out of reach for {problem.method.name} on this model: "
+            f"pruning every unit at its largest ratio reaches about {reach}"
+        )
     ask = goal
     lo = hi = None  # savings asked of the knapsack that missed / met the target
-    # (predicted damage, picks, achieved, its timing) of the best plan that met it, and of the last one
+    # (predicted damage, picks, achieved, its timing) of the best plan that met it, and of the last
+    # one
     best: tuple[float, dict[str, int], float, Speedup | None] | None = None
     last: tuple[dict[str, int], float, Speedup | None] | None = None
     rounds, asked = 0, set()
@@ -164,12 +206,18 @@ def _allocate(problem: Problem, target: Target, max_rounds: int, verify: bool, o
             hi = ask
             if got - goal <= kind.tolerance:
                 break
-            ask = (lo + hi) / 2 if lo is not None else max(0.0, ask - (got - goal))  # overshoot: ask less
+            ask = (
+                (lo + hi) / 2 if lo is not None else max(0.0, ask - (got - goal))
+            )  # overshoot: ask less
         else:
             lo = ask
             predicted = sum(float(problem.saving[n][c]) for n, c in picks.items())
             # Ask for more than these picks were predicted to save, by what the measure lacked.
-            ask = (lo + hi) / 2 if hi is not None else min(problem.max_saving, max(ask, predicted) + (goal - got) + 0.002)
+            ask = (
+                (lo + hi) / 2
+                if hi is not None
+                else min(problem.max_saving, max(ask, predicted) + (goal - got) + 0.002)
+            )
         if round(ask, 6) in asked:
             break
     if best is not None:
@@ -183,7 +231,9 @@ def _allocate(problem: Problem, target: Target, max_rounds: int, verify: bool, o
     chosen, candidates = "knapsack", {}
     if target.kind == "sparsity" and problem.method.kind == "unstructured":
         on_progress(0.96, "comparing with the simple baselines")
-        plan, predicted, achieved, chosen, candidates = _best_of(problem, target, plan, predicted, achieved, meter)
+        plan, predicted, achieved, chosen, candidates = _best_of(
+            problem, target, plan, predicted, achieved, meter
+        )
     evaluation = None
     verified = None
     if verify:
@@ -191,10 +241,21 @@ def _allocate(problem: Problem, target: Target, max_rounds: int, verify: bool, o
         evaluation = problem.subject.evaluate(plan)
         verified = float(evaluation.pruned.accuracy)
     on_progress(1.0, "done")
-    return Allocation(plan=plan, target=target, achieved=achieved, met=target.met_by(achieved),
-                      predicted_accuracy=predicted, verified_accuracy=verified, dense_accuracy=problem.dense_accuracy,
-                      rounds=rounds, evaluation=evaluation, size_metric=meter.size_metric, chosen=chosen,
-                      candidates=candidates, speedup=timing)
+    return Allocation(
+        plan=plan,
+        target=target,
+        achieved=achieved,
+        met=target.met_by(achieved),
+        predicted_accuracy=predicted,
+        verified_accuracy=verified,
+        dense_accuracy=problem.dense_accuracy,
+        rounds=rounds,
+        evaluation=evaluation,
+        size_metric=meter.size_metric,
+        chosen=chosen,
+        candidates=candidates,
+        speedup=timing,
+    )
 
 
 def _baselines(problem: Problem, sparsity: float) -> dict[str, PruningPlan]:
@@ -207,30 +268,62 @@ def _baselines(problem: Problem, sparsity: float) -> dict[str, PruningPlan]:
     names = list(problem.units)
 
     def per_layer(ratios: dict[str, float]) -> PruningPlan:
-        return PruningPlan(method=method.name, layers={n: LayerRule(r) for n, r in ratios.items() if r > 0},
-                           model=subject.model_spec)
+        return PruningPlan(
+            method=method.name,
+            layers={n: LayerRule(r) for n, r in ratios.items() if r > 0},
+            model=subject.model_spec,
+        )
 
     # The same ratio everywhere, rounded up per layer so the total reaches the target.
-    out = {"uniform": per_layer({n: min(math.ceil(sparsity * modules[n].weight.numel() - 1e-9)
-                                        / modules[n].weight.numel(), 0.9999) for n in names})}
+    out = {
+        "uniform": per_layer(
+            {
+                n: min(
+                    math.ceil(sparsity * modules[n].weight.numel() - 1e-9)
+                    / modules[n].weight.numel(),
+                    0.9999,
+                )
+                for n in names
+            }
+        )
+    }
     if method.name == "l1-unstructured":
         scores = torch.cat([modules[n].weight.detach().abs().reshape(-1) for n in names])
         k = round(sparsity * scores.numel())
         if k:
             threshold = scores.kthvalue(k).values
-            out["global magnitude"] = per_layer({n: min(float((modules[n].weight.detach().abs() <= threshold).sum())
-                                                        / modules[n].weight.numel(), 0.9999) for n in names})
+            out["global magnitude"] = per_layer(
+                {
+                    n: min(
+                        float((modules[n].weight.detach().abs() <= threshold).sum())
+                        / modules[n].weight.numel(),
+                        0.9999,
+                    )
+                    for n in names
+                }
+            )
     elif method.supports_global:
-        out["global ranking"] = PruningPlan(method=method.name, layers={n: LayerRule(sparsity) for n in names},
-                                            scope="global", ratio=sparsity, model=subject.model_spec)
+        out["global ranking"] = PruningPlan(
+            method=method.name,
+            layers={n: LayerRule(sparsity) for n in names},
+            scope="global",
+            ratio=sparsity,
+            model=subject.model_spec,
+        )
     hookable = [n for n in names if layer_is_hookable(n, subject.inventory) is None]
     if subject.calibration is not None and len(hookable) == len(names) and len(names) > 1:
         out["OWL"] = per_layer(owl_ratios(subject, names, sparsity))
     return out
 
 
-def _best_of(problem: Problem, target: Target, plan: PruningPlan, predicted: float, achieved: float,
-             meter: Meter) -> tuple[PruningPlan, float, float, str, dict[str, float]]:
+def _best_of(
+    problem: Problem,
+    target: Target,
+    plan: PruningPlan,
+    predicted: float,
+    achieved: float,
+    meter: Meter,
+) -> tuple[PruningPlan, float, float, str, dict[str, float]]:
     """The knapsack's plan, unless another plan that also meets the target scores higher on the
     evaluation data (possible where the curves' sum predicts badly, e.g. when every option
     collapses). Returns (plan, predicted, achieved, chosen, accuracy of every candidate)."""
@@ -240,7 +333,9 @@ def _best_of(problem: Problem, target: Target, plan: PruningPlan, predicted: flo
     if split.y is None:
         with torch.no_grad():
             n = samples_per_call(split.x)
-            reference = torch.cat([subject.model(split.x[i : i + n]) for i in range(0, len(split), n)]).numpy()
+            reference = torch.cat(
+                [subject.model(split.x[i : i + n]) for i in range(0, len(split), n)]
+            ).numpy()
     accuracy = {"knapsack": evaluate_torch(subject.prune(plan), split, reference)[0]}
     best = ("knapsack", plan, predicted, achieved)
     for name, candidate in _baselines(problem, target.value).items():
@@ -251,7 +346,10 @@ def _best_of(problem: Problem, target: Target, plan: PruningPlan, predicted: flo
         accuracy[name] = evaluate_torch(model, split, reference)[0]
         if accuracy[name] > accuracy[best[0]]:
             ratios = _layer_sparsity(model, list(problem.units))
-            drop = sum(float(np.interp(ratios[n], problem.choices[n], problem.drop[n])) for n in problem.units)
+            drop = sum(
+                float(np.interp(ratios[n], problem.choices[n], problem.drop[n]))
+                for n in problem.units
+            )
             best = (name, candidate, max(0.0, problem.dense_accuracy - drop), value)
     chosen, plan, predicted, achieved = best
     return plan, predicted, achieved, chosen, accuracy
@@ -259,13 +357,26 @@ def _best_of(problem: Problem, target: Target, plan: PruningPlan, predicted: flo
 
 def _layer_sparsity(model: nn.Module, names: list[str]) -> dict[str, float]:
     modules = dict(model.named_modules())
-    return {n: 1.0 - int(torch.count_nonzero(modules[n].weight)) / modules[n].weight.numel() for n in names}
+    return {
+        n: 1.0 - int(torch.count_nonzero(modules[n].weight)) / modules[n].weight.numel()
+        for n in names
+    }
 
 
-def allocate(subject: Subject, target: Target | tuple[str, float], method: str | None = None, *,
-             ratios: Sequence[float] | None = None, curves: pd.DataFrame | None = None,
-             loss_weight: float = 0.05, max_rounds: int = 8, verify: bool = True, round_to: int | None = None,
-             on_progress: Progress = no_progress, executor: Executor | None = None) -> Allocation:
+def allocate(
+    subject: Subject,
+    target: Target | tuple[str, float],
+    method: str | None = None,
+    *,
+    ratios: Sequence[float] | None = None,
+    curves: pd.DataFrame | None = None,
+    loss_weight: float = 0.05,
+    max_rounds: int = 8,
+    verify: bool = True,
+    round_to: int | None = None,
+    on_progress: Progress = no_progress,
+    executor: Executor | None = None,
+) -> Allocation:
     """Per-layer ratios that reach ``target`` with the least predicted accuracy loss, measured and
     verified.
 
@@ -292,8 +403,17 @@ def allocate(subject: Subject, target: Target | tuple[str, float], method: str |
     """
     tgt = _as_target(target)
     m = get_method(method or default_method(tgt.kind))
-    problem = build_problem(subject, m, tgt.kind_spec, ratios, curves, loss_weight, on_progress,
-                            _round_to(tgt.kind_spec, m, round_to), executor)
+    problem = build_problem(
+        subject,
+        m,
+        tgt.kind_spec,
+        ratios,
+        curves,
+        loss_weight,
+        on_progress,
+        _round_to(tgt.kind_spec, m, round_to),
+        executor,
+    )
     meter = Meter(subject, tgt, m)
     try:
         return _allocate(problem, tgt, max_rounds, verify, on_progress, meter)
@@ -301,10 +421,20 @@ def allocate(subject: Subject, target: Target | tuple[str, float], method: str |
         meter.close()
 
 
-def pareto_front(subject: Subject, kind: str, values: Sequence[float], method: str | None = None, *,
-                 ratios: Sequence[float] | None = None, loss_weight: float = 0.05, max_rounds: int = 8,
-                 verify: bool = True, round_to: int | None = None,
-                 on_progress: Progress = no_progress, executor: Executor | None = None) -> list[Allocation]:
+def pareto_front(
+    subject: Subject,
+    kind: str,
+    values: Sequence[float],
+    method: str | None = None,
+    *,
+    ratios: Sequence[float] | None = None,
+    loss_weight: float = 0.05,
+    max_rounds: int = 8,
+    verify: bool = True,
+    round_to: int | None = None,
+    on_progress: Progress = no_progress,
+    executor: Executor | None = None,
+) -> list[Allocation]:
     """Allocations for several values of one kind of target (curves computed once), by value.
 
     Plot ``achieved`` against ``verified_accuracy`` for the trade-off; targets out of reach are
@@ -312,15 +442,32 @@ def pareto_front(subject: Subject, kind: str, values: Sequence[float], method: s
     """
     spec = get_target(kind)  # validates the kind
     m = get_method(method or spec.default_method)
-    problem = build_problem(subject, m, spec, ratios, None, loss_weight, lambda f, msg: on_progress(0.5 * f, msg),
-                            _round_to(spec, m, round_to), executor)
+    problem = build_problem(
+        subject,
+        m,
+        spec,
+        ratios,
+        None,
+        loss_weight,
+        lambda f, msg: on_progress(0.5 * f, msg),
+        _round_to(spec, m, round_to),
+        executor,
+    )
     out = []
     for i, value in enumerate(sorted(values)):
         tgt = Target(kind, value)
         meter = Meter(subject, tgt, m)
         try:
-            out.append(_allocate(problem, tgt, max_rounds, verify,
-                                 lambda f, msg, i=i: on_progress(0.5 + 0.5 * (i + f) / len(values), msg), meter))
+            out.append(
+                _allocate(
+                    problem,
+                    tgt,
+                    max_rounds,
+                    verify,
+                    lambda f, msg, i=i: on_progress(0.5 + 0.5 * (i + f) / len(values), msg),
+                    meter,
+                )
+            )
         except PlanError:
             continue
         finally:
@@ -336,13 +483,47 @@ def pareto_frame(allocations: Sequence[Allocation]) -> pd.DataFrame:
     rows = []
     for a in allocations:
         acc = a.verified_accuracy if a.verified_accuracy is not None else a.predicted_accuracy
-        saved = a.target.kind_spec.saved(a.achieved)  # compare on savings, whatever the kind's direction
-        rows.append({"target": a.target.kind, "value": a.target.value, "achieved": a.achieved, "met": a.met,
-                     "predicted_accuracy": a.predicted_accuracy, "verified_accuracy": a.verified_accuracy,
-                     "flagged": a.flagged, "chosen": a.chosen, "layers": len(a.plan.layers), "saved_": saved,
-                     "score_": acc})
-    frame = pd.DataFrame(rows, columns=["target", "value", "achieved", "met", "predicted_accuracy", "verified_accuracy",
-                                        "flagged", "chosen", "layers", "saved_", "score_"])
-    frame["on_front"] = [not any((o.saved_ >= r.saved_ and o.score_ > r.score_) or (o.saved_ > r.saved_ and o.score_ >= r.score_)
-                                 for o in frame.itertuples() if o.Index != r.Index) for r in frame.itertuples()]
+        saved = a.target.kind_spec.saved(
+            a.achieved
+        )  # compare on savings, whatever the kind's direction
+        rows.append(
+            {
+                "target": a.target.kind,
+                "value": a.target.value,
+                "achieved": a.achieved,
+                "met": a.met,
+                "predicted_accuracy": a.predicted_accuracy,
+                "verified_accuracy": a.verified_accuracy,
+                "flagged": a.flagged,
+                "chosen": a.chosen,
+                "layers": len(a.plan.layers),
+                "saved_": saved,
+                "score_": acc,
+            }
+        )
+    frame = pd.DataFrame(
+        rows,
+        columns=[
+            "target",
+            "value",
+            "achieved",
+            "met",
+            "predicted_accuracy",
+            "verified_accuracy",
+            "flagged",
+            "chosen",
+            "layers",
+            "saved_",
+            "score_",
+        ],
+    )
+    frame["on_front"] = [
+        not any(
+            (o.saved_ >= r.saved_ and o.score_ > r.score_)
+            or (o.saved_ > r.saved_ and o.score_ >= r.score_)
+            for o in frame.itertuples()
+            if o.Index != r.Index
+        )
+        for r in frame.itertuples()
+    ]
     return frame.drop(columns=["saved_", "score_"])

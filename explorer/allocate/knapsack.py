@@ -11,8 +11,11 @@ __all__ = ["BUCKETS", "solve"]
 BUCKETS = 2000  # resolution of the savings, over the savings asked for
 
 
-def solve(damage: Mapping[str, np.ndarray], saving: Mapping[str, np.ndarray], need: float) -> dict[str, int] | None:
-    """Choice index per unit minimising summed ``damage`` with summed ``saving`` >= ``need``; None if
+def solve(
+    damage: Mapping[str, np.ndarray], saving: Mapping[str, np.ndarray], need: float
+) -> dict[str, int] | None:
+    """Choice index per unit minimising summed ``damage`` with summed ``saving`` >= ``need``; None
+    if
     impossible. Savings are rounded down to 1/BUCKETS of ``need``, so the sum is never overstated.
     Ties keep the earlier (smaller) choice."""
     names = list(damage)
@@ -27,7 +30,7 @@ def solve(damage: Mapping[str, np.ndarray], saving: Mapping[str, np.ndarray], ne
         best_c = np.zeros(big + 1, dtype=np.int64)
         best_prev = np.zeros(big + 1, dtype=np.int64)
         steps = np.minimum(np.floor(saving[name] / need * big + 1e-9), big).astype(np.int64)
-        for c, (s, dmg) in enumerate(zip(steps, damage[name])):
+        for c, (s, dmg) in enumerate(zip(steps, damage[name], strict=False)):
             cand = np.full(big + 1, np.inf)
             prev = np.zeros(big + 1, dtype=np.int64)
             if s < big:
@@ -47,7 +50,7 @@ def solve(damage: Mapping[str, np.ndarray], saving: Mapping[str, np.ndarray], ne
         return None
     picks: dict[str, int] = {}
     state = big
-    for name, (cs, prevs) in zip(reversed(names), reversed(back)):
+    for name, (cs, prevs) in zip(reversed(names), reversed(back), strict=False):
         picks[name] = int(cs[state])
         state = int(prevs[state])
     return picks

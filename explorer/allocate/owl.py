@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 from explorer.errors import PlanError
 from explorer.methods import LayerContext
 from explorer.methods.wanda import wanda_scores
@@ -31,17 +30,22 @@ def outlier_ratios(subject: Subject, layers: list[str], m: float = M) -> dict[st
         raise PlanError("OWL reads Wanda scores, which need calibration data; this model has none")
     out = {}
     for name in layers:
-        scores = wanda_scores(LayerContext(subject.model, name, calibration=subject.calibration), "OWL")
+        scores = wanda_scores(
+            LayerContext(subject.model, name, calibration=subject.calibration), "OWL"
+        )
         out[name] = float((scores > m * scores.mean()).double().mean())
     return out
 
 
-def owl_ratios(subject: Subject, layers: list[str], sparsity: float, m: float = M,
-               lam: float = LAMBDA) -> dict[str, float]:
+def owl_ratios(
+    subject: Subject, layers: list[str], sparsity: float, m: float = M, lam: float = LAMBDA
+) -> dict[str, float]:
     """Per-layer ratios whose weighted sparsity is ``sparsity`` (OWL's rule, centred by size)."""
     outliers = outlier_ratios(subject, layers, m)
     d = np.array([outliers[n] for n in layers])
-    spread = (d - d.min()) / (d.max() - d.min()) * 2 * lam if d.max() > d.min() else np.zeros_like(d)
+    spread = (
+        (d - d.min()) / (d.max() - d.min()) * 2 * lam if d.max() > d.min() else np.zeros_like(d)
+    )
     modules = dict(subject.model.named_modules())
     sizes = np.array([modules[n].weight.numel() for n in layers], dtype=np.float64)
 
@@ -57,6 +61,4 @@ def owl_ratios(subject: Subject, layers: list[str], sparsity: float, m: float = 
         else:
             hi = mid
     r = ratios(lo)  # the side that reaches the target
-    return {n: float(v) for n, v in zip(layers, r)}
-
-
+    return {n: float(v) for n, v in zip(layers, r, strict=False)}

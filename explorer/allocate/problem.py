@@ -56,29 +56,54 @@ def _envelope(values: np.ndarray) -> np.ndarray:
     return np.maximum.accumulate(np.maximum(values, 0.0))
 
 
-def build_problem(subject: Subject, method: Method, kind: TargetKind, ratios: Sequence[float] | None,
-                  curves: pd.DataFrame | None, loss_weight: float, on_progress: Progress,
-                  round_to: int | None = None, executor: Executor | None = None) -> Problem:
+def build_problem(
+    subject: Subject,
+    method: Method,
+    kind: TargetKind,
+    ratios: Sequence[float] | None,
+    curves: pd.DataFrame | None,
+    loss_weight: float,
+    on_progress: Progress,
+    round_to: int | None = None,
+    executor: Executor | None = None,
+) -> Problem:
     """The problem of ``kind`` with ``method``; ``round_to`` (structured methods) rounds kept
     channels up to a multiple of it in the curves, the savings and the plans; ``executor``: where
     the sensitivity points are evaluated (here, or Ray tasks)."""
     kind.check_method(method)
-    grid = sorted({check_ratio(r, "allocation ratio") for r in (ratios or (
-        STRUCTURED_RATIOS if method.structured else UNSTRUCTURED_RATIOS))} - {0.0})
+    grid = sorted(
+        {
+            check_ratio(r, "allocation ratio")
+            for r in ratios or (STRUCTURED_RATIOS if method.structured else UNSTRUCTURED_RATIOS)
+        }
+        - {0.0}
+    )
     if method.kind == "semi-structured":
         grid = [0.5]  # N:M has one pattern: a layer has it or not
     if curves is None:
         on_progress(0.0, f"sensitivity curves ({method.name})")
-        curves = sens.scan(subject, method.name, grid, round_to=round_to, executor=executor,
-                           on_progress=lambda f, m: on_progress((0.6 if kind.timed else 0.9) * f, m))
+        curves = sens.scan(
+            subject,
+            method.name,
+            grid,
+            round_to=round_to,
+            executor=executor,
+            on_progress=lambda f, m: on_progress((0.6 if kind.timed else 0.9) * f, m),
+        )
     units = sens.units(subject, method.name)
     dense_rows = curves[curves.ratio == 0]
     if dense_rows.empty:
         raise PlanError("the sensitivity curves have no ratio-0 (dense) rows")
     dense_acc = float(dense_rows.accuracy.iloc[0])
-    ctx = SavingsContext(subject=subject, method=method, grid=grid, on_progress=on_progress,
-                         engine=engine_for(subject, method) if method.structured else None,
-                         total_weights=prunable_weights(subject.model, subject.layer_names)[0], round_to=round_to)
+    ctx = SavingsContext(
+        subject=subject,
+        method=method,
+        grid=grid,
+        on_progress=on_progress,
+        engine=engine_for(subject, method) if method.structured else None,
+        total_weights=prunable_weights(subject.model, subject.layer_names)[0],
+        round_to=round_to,
+    )
     kind.prepare(ctx)
     choices, damage, drop, saving = {}, {}, {}, {}
     for name in units:
@@ -98,4 +123,6 @@ def build_problem(subject: Subject, method: Method, kind: TargetKind, ratios: Se
         drop[name] = d
         choices[name] = ch
         saving[name] = kind.savings(ctx, name, r, ch)
-    return Problem(subject, method, kind, units, choices, damage, drop, saving, dense_acc, curves, round_to)
+    return Problem(
+        subject, method, kind, units, choices, damage, drop, saving, dense_acc, curves, round_to
+    )

@@ -57,7 +57,8 @@ def _load() -> None:
     if not _loaded:
         _loaded = True
         load_package(__name__)
-    load_plugins()  # cheap once done: a plugin named later (a new $PRUNING_EXPLORER_PLUGINS) still loads
+    # cheap once done: a plugin named later (a new $PRUNING_EXPLORER_PLUGINS) still loads
+    load_plugins()
 
 
 def available_methods() -> list[str]:
@@ -73,4 +74,6 @@ def get_method(name: str | Method) -> Method:
     try:
         return _METHODS[name]
     except (KeyError, TypeError):
-        raise UnknownMethodError(f"unknown pruning method {name!r}; choose from {available_methods()}") from None
+        raise UnknownMethodError(
+            f"unknown pruning method {name!r}; choose from {available_methods()}"
+        ) from None

@@ -42,15 +42,20 @@ class _MeanActivation(tp.importance.ActivationImportance):
 
 class ActivationStructured(ChannelMethod):
     name = "activation-structured"
-    summary = "remove the output channels whose activations are smallest on average (calibration data)"
+    summary = (
+        "remove the output channels whose activations are smallest on average (calibration data)"
+    )
     score_label = "mean activation"
     needs_data = True
 
-    def scorer(self, model: nn.Module, calibration: Split | None, *,
-               global_ranking: bool = False) -> Callable[[tp.Group], torch.Tensor]:
+    def scorer(
+        self, model: nn.Module, calibration: Split | None, *, global_ranking: bool = False
+    ) -> Callable[[tp.Group], torch.Tensor]:
         if calibration is None or not len(calibration):
-            raise PlanError(f"{self.name} scores channels by their activations on calibration data, and this "
-                            "model has none; give data with a train or validation split")
+            raise PlanError(
+                f"{self.name} scores channels by their activations on calibration data, and this "
+                "model has none; give data with a train or validation split"
+            )
         means = input_abs_means(model, calibration)
         modules = dict(model.named_modules())
         return _MeanActivation({modules[n]: v for n, v in means.items()})

@@ -45,15 +45,22 @@ __all__ = [
 
 Kind = Literal["unstructured", "semi-structured", "structured"]
 
-ZEROS_NOTE = ("Zeros only: ONNX Runtime's dense CPU kernels do the same work, so latency does not drop; "
-              "the compressed (gzip) file shrinks.")
-CHANNELS_NOTE = "Channels are removed: the ONNX model really shrinks and dense CPU kernels run faster."
+ZEROS_NOTE = (
+    "Zeros only: ONNX Runtime's dense CPU kernels do the same work, so latency does not drop; "
+    "the compressed (gzip) file shrinks."
+)
+CHANNELS_NOTE = (
+    "Channels are removed: the ONNX model really shrinks and dense CPU kernels run faster."
+)
 
 
 def layer_generator(layer: str, seed: int = 0) -> torch.Generator:
-    """A generator seeded by the layer name (stable across processes, unlike ``hash()``) and ``seed``:
+    """A generator seeded by the layer name (stable across processes, unlike ``hash()``) and
+    ``seed``:
     random methods give the same masks for the same layer and seed."""
-    return torch.Generator().manual_seed((sum(ord(c) * 31**i for i, c in enumerate(layer)) + 7919 * seed) % 2**31)
+    return torch.Generator().manual_seed(
+        (sum(ord(c) * 31**i for i, c in enumerate(layer)) + 7919 * seed) % 2**31
+    )
 
 
 HOOKABLE_TYPES = ("Linear", "Conv1d", "Conv2d")
@@ -64,9 +71,15 @@ def layer_is_hookable(layer: str, inventory: Inventory) -> str | None:
     """None if the inputs of ``layer`` can be captured for data-aware criteria, else why not."""
     info = inventory[layer]
     if info.type not in HOOKABLE_TYPES:
-        return f"its inputs cannot be captured ({info.type}: data-aware criteria read the inputs of linear and conv layers)"
+        return (
+            f"its inputs cannot be captured ({info.type}: data-aware criteria read the inputs of"
+            " linear and conv layers)"
+        )
     if info.macs == 0:
-        return "the forward pass in eval mode never calls it (e.g. a training-only head), so it sees no data"
+        return (
+            "the forward pass in eval mode never calls it (e.g. a training-only head), so it sees"
+            " no data"
+        )
     return None
 
 
@@ -110,8 +123,10 @@ class LayerContext:
     def require_calibration(self, method: str) -> Split:
         """The calibration data, or a PlanError saying that ``method`` needs some."""
         if self.calibration is None or len(self.calibration) == 0:
-            raise PlanError(f"{method} scores weights with calibration data, and this model has none; "
-                            "give data with a train or validation split")
+            raise PlanError(
+                f"{method} scores weights with calibration data, and this model has none; "
+                "give data with a train or validation split"
+            )
         return self.calibration
 
 
@@ -123,7 +138,9 @@ class Method:
     summary: ClassVar[str]
     needs_data: ClassVar[bool] = False  # reads the calibration split
     supports_global: ClassVar[bool] = True  # can rank weights (channels) across layers at once
-    updates_weights: ClassVar[bool] = False  # changes the weights it keeps (SparseGPT), not only zeroes some
+    updates_weights: ClassVar[bool] = (
+        False  # changes the weights it keeps (SparseGPT), not only zeroes some
+    )
 
     @property
     def structured(self) -> bool:
@@ -141,7 +158,11 @@ class Method:
     @property
     def data_note(self) -> str:
         """Said next to the method where it is chosen: what data it reads, if any."""
-        return "scores with the model's calibration split (train, else validation data)" if self.needs_data else ""
+        return (
+            "scores with the model's calibration split (train, else validation data)"
+            if self.needs_data
+            else ""
+        )
 
     def applies_to(self, layer: str, inventory: Inventory) -> str | None:
         """None if the method can prune ``layer``, else why it cannot (shown next to the layer)."""
@@ -177,22 +198,27 @@ class ChannelMethod(Method):
     kind: ClassVar[Kind] = "structured"
     score_label: ClassVar[str] = "channel importance"  # what the per-channel bars show
 
-    def scorer(self, model: nn.Module, calibration: Split | None, *,
-               global_ranking: bool = False) -> Callable[[tp.Group], torch.Tensor]:
-        """A Torch-Pruning importance for the groups of ``model`` (the model being pruned, before any
+    def scorer(
+        self, model: nn.Module, calibration: Split | None, *, global_ranking: bool = False
+    ) -> Callable[[tp.Group], torch.Tensor]:
+        """A Torch-Pruning importance for the groups of ``model`` (the model being pruned, before
+        any
         channel goes): called with a group, it returns one score per channel, lowest first to go.
         Whatever the scores need (gradients, calibration statistics) is computed here, once.
         ``global_ranking``: the scores are compared across groups (normalise them per group)."""
         raise NotImplementedError
 
-    def compensation(self, model: nn.Module,
-                     calibration: Split | None) -> Callable[[tp.Group], Callable[[], None] | None] | None:
+    def compensation(
+        self, model: nn.Module, calibration: Split | None
+    ) -> Callable[[tp.Group], Callable[[], None] | None] | None:
         """Optional training-free recovery: called with each concrete pruning group (its channels to
         go) just before it is pruned, it returns what to run right after (e.g. FLAP's bias
         compensation). None: nothing to do."""
         return None
 
-    def fused_scores(self, dg: tp.DependencyGraph, group: tp.Group, shape: GroupShape) -> torch.Tensor | None:
+    def fused_scores(
+        self, dg: tp.DependencyGraph, group: tp.Group, shape: GroupShape
+    ) -> torch.Tensor | None:
         """Per-channel scores of a group holding a fused query/key/value layer (GPT-2's ``c_attn``),
         which Torch-Pruning's importances misplace (its split mapping): None where the method
         cannot score one (the group is then refused with the reason)."""
@@ -204,21 +230,28 @@ class ChannelMethod(Method):
         return None
 
     def scores_heads(self) -> bool:
-        """Can the method score fused attention projections (``fused_scores`` and ``head_scores``)?"""
+        """Can the method score fused attention projections (``fused_scores`` and
+        ``head_scores``)?"""
         return type(self).head_scores is not ChannelMethod.head_scores
 
     def applies_to(self, layer: str, inventory: Inventory) -> str | None:
         info = inventory[layer]
         if info.group is None:
-            return inventory.structured_error or info.note or "its output channels cannot be removed"
+            return (
+                inventory.structured_error or info.note or "its output channels cannot be removed"
+            )
         if info.type == FUSED_IN_PROJ and not self.scores_heads():
-            return (f"{self.name} scores Torch-Pruning groups; the heads of nn.MultiheadAttention's fused "
-                    "projection are scored by their weights' norm (l1-structured, l2-structured)")
+            return (
+                f"{self.name} scores Torch-Pruning groups; the heads of nn.MultiheadAttention's"
+                " fused projection are scored by their weights' norm (l1-structured,"
+                " l2-structured)"
+            )
         return None
 
 
-def refusing_scorer(model: nn.Module, importance: Callable[[tp.Group], torch.Tensor | None],
-                    why: str) -> Callable[[tp.Group], torch.Tensor]:
+def refusing_scorer(
+    model: nn.Module, importance: Callable[[tp.Group], torch.Tensor | None], why: str
+) -> Callable[[tp.Group], torch.Tensor]:
     """``importance`` as a scorer that refuses a group it cannot score (it returned None) with a
     PlanError naming the group's root layer: ``why`` is formatted with ``root``."""
     names = {m: n for n, m in model.named_modules()}

@@ -33,11 +33,15 @@ class BNScaleStructured(ChannelMethod):
             return "no batch norm is coupled with its output channels, so no scale can rank them"
         return None
 
-    def scorer(self, model: nn.Module, calibration: Split | None, *,
-               global_ranking: bool = False) -> Callable[[tp.Group], torch.Tensor]:
-        return refusing_scorer(model, tp.importance.BNScaleImportance(normalizer="mean"),
-                               f"{self.name}: the group of {{root!r}} has no batch norm whose scale "
-                               "could rank its channels; use another method there")
+    def scorer(
+        self, model: nn.Module, calibration: Split | None, *, global_ranking: bool = False
+    ) -> Callable[[tp.Group], torch.Tensor]:
+        return refusing_scorer(
+            model,
+            tp.importance.BNScaleImportance(normalizer="mean"),
+            f"{self.name}: the group of {{root!r}} has no batch norm whose scale "
+            "could rank its channels; use another method there",
+        )
 
 
 register(BNScaleStructured())

@@ -32,13 +32,25 @@ from explorer.models.outputs import logits_of
 if TYPE_CHECKING:
     from explorer.data import Split
 
-__all__ = ["SAMPLES", "fingerprint", "gradients", "input_abs_means", "input_hessians", "input_moments",
-           "input_norms", "loss_on", "sample", "unfold_input"]
+__all__ = [
+    "SAMPLES",
+    "fingerprint",
+    "gradients",
+    "input_abs_means",
+    "input_hessians",
+    "input_moments",
+    "input_norms",
+    "loss_on",
+    "sample",
+    "unfold_input",
+]
 
 SAMPLES = 256  # calibration samples at most (Wanda and SparseGPT use 128 sequences)
 HESSIAN_SAMPLES = 128  # X X^T costs rows x features^2: SparseGPT's own calibration size
 BATCH = 64
-_KEEP_BYTES = 512 * 2**20  # statistics kept in memory (per model, data, statistic), least recently used out
+_KEEP_BYTES = (
+    512 * 2**20
+)  # statistics kept in memory (per model, data, statistic), least recently used out
 _cache: OrderedDict[tuple[str, ...], Any] = OrderedDict()
 _lock = threading.Lock()
 _fingerprints: dict[int, str] = {}
@@ -49,7 +61,11 @@ def fingerprint(split: Split) -> str:
     key = id(split.x)
     if key not in _fingerprints:
         h = hashlib.sha256()
-        for name, a in (split.x.numpy().items() if isinstance(split.x, Inputs) else [("", split.x.detach().numpy())]):
+        for name, a in (
+            split.x.numpy().items()
+            if isinstance(split.x, Inputs)
+            else [("", split.x.detach().numpy())]
+        ):
             h.update(name.encode() + a.dtype.str.encode() + np.ascontiguousarray(a).tobytes())
         _fingerprints[key] = h.hexdigest()[:16]
         weakref.finalize(split.x, _fingerprints.pop, key, None)
@@ -89,7 +105,8 @@ def _cached(kind: str, model: nn.Module, split: Split, compute: Callable[[], Any
 
 
 def unfold_input(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The layer's input as rows of features lined up with its weight's columns: ``(rows, features)``.
+    """The layer's input as rows of features lined up with its weight's columns: ``(rows,
+    features)``.
 
     Linear: every leading position is a row. Conv1d/Conv2d: the unfolded patches (im2col), features
     ordered (channel, kernel position) like ``weight.reshape(out, -1)``; a grouped convolution's
@@ -99,10 +116,19 @@ def unfold_input(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(-1, x.shape[-1])
     if isinstance(module, nn.Conv1d):
         x = x.unsqueeze(2)
-        kernel, dilation, padding, stride = (1, *module.kernel_size), (1, *module.dilation), \
-            (0, *module.padding), (1, *module.stride)
+        kernel, dilation, padding, stride = (
+            (1, *module.kernel_size),
+            (1, *module.dilation),
+            (0, *module.padding),
+            (1, *module.stride),
+        )
     else:
-        kernel, dilation, padding, stride = module.kernel_size, module.dilation, module.padding, module.stride
+        kernel, dilation, padding, stride = (
+            module.kernel_size,
+            module.dilation,
+            module.padding,
+            module.stride,
+        )
     if isinstance(padding, str):
         raise ValueError(f"padding={padding!r} is not supported for unfolding")
     cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # (N, C*k, L)
@@ -111,11 +137,17 @@ def unfold_input(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _supported(module: nn.Module) -> bool:
     return isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) and not (
-        isinstance(module, (nn.Conv1d, nn.Conv2d)) and isinstance(module.padding, str))
+        isinstance(module, (nn.Conv1d, nn.Conv2d)) and isinstance(module.padding, str)
+    )
 
 
-def _collect(model: nn.Module, split: Split, layers: Iterable[str],
-             update: Callable[[str, nn.Module, torch.Tensor, Any], Any], samples: int = SAMPLES) -> dict[str, Any]:
+def _collect(
+    model: nn.Module,
+    split: Split,
+    layers: Iterable[str],
+    update: Callable[[str, nn.Module, torch.Tensor, Any], Any],
+    samples: int = SAMPLES,
+) -> dict[str, Any]:
     """Run the calibration samples through ``model`` with a hook on each of ``layers`` that folds
     the layer's input into its accumulator: ``acc = update(name, module, input, acc)``."""
     modules = dict(model.named_modules())
@@ -147,7 +179,9 @@ def _layers(model: nn.Module) -> list[str]:
 
 
 def input_norms(model: nn.Module, split: Split) -> dict[str, torch.Tensor]:
-    """Per layer, the L2 norm of each input feature over the calibration data (Wanda's ``||X_j||``)."""
+    """Per layer, the L2 norm of each input feature over the calibration data (Wanda's
+    ``||X_j||``)."""
+
     def update(name: str, mod: nn.Module, x: torch.Tensor, acc: Any) -> torch.Tensor:
         sq = unfold_input(mod, x).pow(2).sum(0)
         return sq if acc is None else acc + sq
@@ -158,7 +192,9 @@ def input_norms(model: nn.Module, split: Split) -> dict[str, torch.Tensor]:
     return _cached("norms", model, split, compute)
 
 
-def input_hessians(model: nn.Module, split: Split, layers: Iterable[str]) -> dict[str, torch.Tensor]:
+def input_hessians(
+    model: nn.Module, split: Split, layers: Iterable[str]
+) -> dict[str, torch.Tensor]:
     """Per layer, ``H = 2 X X^T / rows`` of its input features (SparseGPT's layer-wise Hessian) over
     ``HESSIAN_SAMPLES`` samples, accumulated in float32 as SparseGPT does (the factorisations that
     follow run in float64). A grouped convolution gets one Hessian per group, ``(groups, d, d)``:
@@ -185,8 +221,15 @@ def input_hessians(model: nn.Module, split: Split, layers: Iterable[str]) -> dic
 def input_moments(model: nn.Module, split: Split) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per layer, the mean and variance of each input *channel* over the calibration data and every
     position (FLAP's statistics): tensors of shape ``(in_channels,)``."""
-    def update(name: str, mod: nn.Module, x: torch.Tensor, acc: Any) -> tuple[torch.Tensor, torch.Tensor, int]:
-        rows = x.reshape(-1, x.shape[-1]) if isinstance(mod, nn.Linear) else x.transpose(0, 1).reshape(x.shape[1], -1).T
+
+    def update(
+        name: str, mod: nn.Module, x: torch.Tensor, acc: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        rows = (
+            x.reshape(-1, x.shape[-1])
+            if isinstance(mod, nn.Linear)
+            else x.transpose(0, 1).reshape(x.shape[1], -1).T
+        )
         rows = rows.double()
         s, sq = rows.sum(0), rows.pow(2).sum(0)
         return (s, sq, len(rows)) if acc is None else (acc[0] + s, acc[1] + sq, acc[2] + len(rows))
@@ -205,13 +248,21 @@ def input_abs_means(model: nn.Module, split: Split) -> dict[str, torch.Tensor]:
     """Per layer, the mean absolute value of each input *channel* over the calibration data (the
     mean activation of the channel that feeds it: Torch-Pruning's ``ActivationImportance`` score,
     accumulated over every batch)."""
+
     def update(name: str, mod: nn.Module, x: torch.Tensor, acc: Any) -> tuple[torch.Tensor, int]:
-        rows = x.reshape(-1, x.shape[-1]) if isinstance(mod, nn.Linear) else x.transpose(0, 1).reshape(x.shape[1], -1).T
+        rows = (
+            x.reshape(-1, x.shape[-1])
+            if isinstance(mod, nn.Linear)
+            else x.transpose(0, 1).reshape(x.shape[1], -1).T
+        )
         s = rows.abs().double().sum(0)
         return (s, len(rows)) if acc is None else (acc[0] + s, acc[1] + len(rows))
 
     def compute() -> dict[str, torch.Tensor]:
-        return {n: (s / max(rows, 1)).float() for n, (s, rows) in _collect(model, split, _layers(model), update).items()}
+        return {
+            n: (s / max(rows, 1)).float()
+            for n, (s, rows) in _collect(model, split, _layers(model), update).items()
+        }
 
     return _cached("abs-means", model, split, compute)
 
@@ -228,6 +279,7 @@ def gradients(model: nn.Module, split: Split) -> dict[str, torch.Tensor]:
     """Per prunable layer, the gradient of the calibration loss with respect to its weight (summed
     over the samples, then divided by their number): what first-order Taylor criteria multiply
     with the weight. The model is not modified (its ``.grad`` fields are restored)."""
+
     def compute() -> dict[str, torch.Tensor]:
         x, y = sample(split)
         modules = {n: m for n, m in model.named_modules() if _supported(m)}
@@ -241,9 +293,12 @@ def gradients(model: nn.Module, split: Split) -> dict[str, torch.Tensor]:
                 p.requires_grad_(True)
             with torch.enable_grad():
                 for i in range(0, len(x), BATCH):
-                    got = torch.autograd.grad(loss_on(model, x[i : i + BATCH], None if y is None else y[i : i + BATCH]),
-                                              list(params.values()), allow_unused=True)
-                    for n, g in zip(params, got):
+                    got = torch.autograd.grad(
+                        loss_on(model, x[i : i + BATCH], None if y is None else y[i : i + BATCH]),
+                        list(params.values()),
+                        allow_unused=True,
+                    )
+                    for n, g in zip(params, got, strict=False):
                         if g is not None:
                             grads[n] += g
         finally:

@@ -22,13 +22,16 @@ if TYPE_CHECKING:
 class ChannelNorm(ChannelMethod):
     p: int
 
-    def scorer(self, model: nn.Module, calibration: Split | None, *,
-               global_ranking: bool = False) -> Callable[[tp.Group], torch.Tensor]:
+    def scorer(
+        self, model: nn.Module, calibration: Split | None, *, global_ranking: bool = False
+    ) -> Callable[[tp.Group], torch.Tensor]:
         # Global ranking compares groups of different sizes: each group's scores are normalised by
         # their mean (Torch-Pruning's default normaliser, spelt out).
         return tp.importance.GroupMagnitudeImportance(p=self.p, normalizer="mean")
 
-    def fused_scores(self, dg: tp.DependencyGraph, group: tp.Group, shape: GroupShape) -> torch.Tensor:
+    def fused_scores(
+        self, dg: tp.DependencyGraph, group: tp.Group, shape: GroupShape
+    ) -> torch.Tensor:
         return fused_magnitude(dg, group, shape, self.p)
 
     def head_scores(self, mha: nn.MultiheadAttention) -> torch.Tensor:

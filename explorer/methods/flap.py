@@ -31,7 +31,11 @@ def _readers(group: tp.Group) -> list[tuple[nn.Module, list[int], list[int]]]:
     out = []
     for i, (dep, idxs) in enumerate(group):
         m = dep.target.module
-        if dep.handler in _READS and isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) and getattr(m, "groups", 1) == 1:
+        if (
+            dep.handler in _READS
+            and isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))
+            and getattr(m, "groups", 1) == 1
+        ):
             out.append((m, list(idxs), list(group[i].root_idxs)))
     return out
 
@@ -58,26 +62,39 @@ class _Fluctuation(tp.importance.GroupMagnitudeImportance):
 
 class FlapStructured(ChannelMethod):
     name = "flap-structured"
-    summary = ("remove the output channels whose input to the next layers fluctuates least, and add what they "
-               "contributed on average to those layers' biases (FLAP: training-free; calibration data)")
+    summary = (
+        "remove the output channels whose input to the next layers fluctuates least, and add what"
+        " they contributed on average to those layers' biases (FLAP: training-free; calibration"
+        " data)"
+    )
     score_label = "fluctuation Var(X)·‖W‖²"
     needs_data = True
 
-    def _moments(self, model: nn.Module, calibration: Split | None) -> dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    def _moments(
+        self, model: nn.Module, calibration: Split | None
+    ) -> dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
         if calibration is None or not len(calibration):
-            raise PlanError(f"{self.name} scores channels with statistics of calibration data, and this model "
-                            "has none; give data with a train or validation split")
+            raise PlanError(
+                f"{self.name} scores channels with statistics of calibration data, and this model "
+                "has none; give data with a train or validation split"
+            )
         modules = dict(model.named_modules())
         return {modules[n]: v for n, v in input_moments(model, calibration).items()}
 
-    def scorer(self, model: nn.Module, calibration: Split | None, *,
-               global_ranking: bool = False) -> Callable[[tp.Group], torch.Tensor]:
-        return refusing_scorer(model, _Fluctuation(self._moments(model, calibration)),
-                               f"{self.name}: no layer reads the channels of {{root!r}}'s group "
-                               "through a convolution or linear layer, so their fluctuation is "
-                               "unknown; use another method")
+    def scorer(
+        self, model: nn.Module, calibration: Split | None, *, global_ranking: bool = False
+    ) -> Callable[[tp.Group], torch.Tensor]:
+        return refusing_scorer(
+            model,
+            _Fluctuation(self._moments(model, calibration)),
+            f"{self.name}: no layer reads the channels of {{root!r}}'s group "
+            "through a convolution or linear layer, so their fluctuation is "
+            "unknown; use another method",
+        )
 
-    def compensation(self, model: nn.Module, calibration: Split | None) -> Callable[[tp.Group], None]:
+    def compensation(
+        self, model: nn.Module, calibration: Split | None
+    ) -> Callable[[tp.Group], None]:
         moments = self._moments(model, calibration)
 
         def before(group: tp.Group) -> None:

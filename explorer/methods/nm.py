@@ -13,7 +13,8 @@ __all__ = ["nm_mask"]
 
 
 def nm_mask(scores: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
-    """Keep-mask zeroing the ``n`` scores of smallest magnitude in every ``m`` consecutive input weights.
+    """Keep-mask zeroing the ``n`` scores of smallest magnitude in every ``m`` consecutive input
+    weights.
 
     Input weights are the flattened (in, kh, kw) of a conv or the inputs of a linear. A trailing
     block shorter than ``m`` loses ``len * n // m`` weights.
@@ -37,8 +38,10 @@ class MagnitudeNM(WeightMethod):
 
     name = "2:4"
     kind: ClassVar[Kind] = "semi-structured"
-    summary = ("in every block of 4 consecutive input weights, zero the 2 smallest (50% sparsity; "
-               "any ratio > 0 applies the pattern)")
+    summary = (
+        "in every block of 4 consecutive input weights, zero the 2 smallest (50% sparsity; "
+        "any ratio > 0 applies the pattern)"
+    )
     n, m = 2, 4
 
     def scores(self, ctx: LayerContext) -> torch.Tensor:

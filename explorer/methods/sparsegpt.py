@@ -47,8 +47,15 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def sparsegpt_weight(w: torch.Tensor, h: torch.Tensor, ratio: float, n: int = 0, m: int = 0,
-                     blocksize: int = BLOCK, damp: float = DAMP) -> torch.Tensor:
+def sparsegpt_weight(
+    w: torch.Tensor,
+    h: torch.Tensor,
+    ratio: float,
+    n: int = 0,
+    m: int = 0,
+    blocksize: int = BLOCK,
+    damp: float = DAMP,
+) -> torch.Tensor:
     """The pruned and updated ``w`` (rows x cols) given the Hessian ``h`` (cols x cols).
 
     Unstructured (``n == 0``): exactly ``round(ratio * w.numel())`` weights become zero, shared
@@ -59,8 +66,9 @@ def sparsegpt_weight(w: torch.Tensor, h: torch.Tensor, ratio: float, n: int = 0,
         return _sparsegpt(w, h, ratio, n, m, blocksize, damp)
 
 
-def _sparsegpt(w: torch.Tensor, h: torch.Tensor, ratio: float, n: int, m: int, blocksize: int,
-               damp: float) -> torch.Tensor:
+def _sparsegpt(
+    w: torch.Tensor, h: torch.Tensor, ratio: float, n: int, m: int, blocksize: int, damp: float
+) -> torch.Tensor:
     w = w.detach().double().clone()
     h = h.detach().double().clone()
     rows, cols = w.shape
@@ -89,7 +97,9 @@ def _sparsegpt(w: torch.Tensor, h: torch.Tensor, ratio: float, n: int, m: int, b
             d = hinv1[i, i]
             if n and i % m == 0:
                 width = min(m, count - i)
-                saliency = w1[:, i : i + width].pow(2) / torch.diag(hinv1)[i : i + width].reshape(1, -1).pow(2)
+                saliency = w1[:, i : i + width].pow(2) / torch.diag(hinv1)[i : i + width].reshape(
+                    1, -1
+                ).pow(2)
                 drop = width * n // m
                 if drop:
                     prune.scatter_(1, i + saliency.topk(drop, dim=1, largest=False).indices, True)
@@ -106,8 +116,10 @@ def _sparsegpt(w: torch.Tensor, h: torch.Tensor, ratio: float, n: int, m: int, b
 
 class SparseGPT(WeightMethod):
     name = "sparsegpt-unstructured"
-    summary = ("zero weights by second-order saliency and update the survivors to keep the layer's output "
-               "(SparseGPT; Hessian from calibration data)")
+    summary = (
+        "zero weights by second-order saliency and update the survivors to keep the layer's output "
+        "(SparseGPT; Hessian from calibration data)"
+    )
     needs_data = True
     supports_global = False  # the saliency is relative to each layer's own Hessian
     updates_weights = True
@@ -115,15 +127,23 @@ class SparseGPT(WeightMethod):
 
     def applies_to(self, layer: str, inventory: Inventory) -> str | None:
         if inventory.ort_ops:
-            return ("part of this graph runs in ONNX Runtime, and only zeroed weights can be written back into "
-                    "it; SparseGPT also changes the weights it keeps")
+            return (
+                "part of this graph runs in ONNX Runtime, and only zeroed weights can be written"
+                " back into it; SparseGPT also changes the weights it keeps"
+            )
         return layer_is_hookable(layer, inventory)
 
     def prune_weight(self, ctx: LayerContext, ratio: float) -> torch.Tensor:
         if ratio == 0:
             return ctx.weight.clone()
         calibration = ctx.require_calibration(self.name)
-        key = (self.name, model_hash(ctx.model), fingerprint(calibration), ctx.layer, round(ratio, 6))
+        key = (
+            self.name,
+            model_hash(ctx.model),
+            fingerprint(calibration),
+            ctx.layer,
+            round(ratio, 6),
+        )
         with _lock:
             if key in _results:
                 _results.move_to_end(key)
@@ -133,13 +153,20 @@ class SparseGPT(WeightMethod):
         groups = getattr(ctx.module, "groups", 1)
         rows = w.reshape(groups, w.shape[0] // groups, -1)
         hs = h.reshape(groups, h.shape[-1], h.shape[-1]) if h.dim() == 3 else h.unsqueeze(0)
-        new = torch.cat([sparsegpt_weight(rows[g], hs[g], ratio, self.n, self.m) for g in range(groups)])
-        if not self.n:  # exact sparsity over the layer: a grouped conv's per-group rounding can differ by a few
+        new = torch.cat(
+            [sparsegpt_weight(rows[g], hs[g], ratio, self.n, self.m) for g in range(groups)]
+        )
+        if (
+            not self.n
+        ):  # exact sparsity over the layer: a grouped conv's per-group rounding can differ by a few
             new = _exact(new, w, ratio)
         out = new.reshape(w.shape).to(w.dtype)
         with _lock:
             _results[key] = out
-            while sum(t.numel() * t.element_size() for t in _results.values()) > _KEEP_BYTES and len(_results) > 1:
+            while (
+                sum(t.numel() * t.element_size() for t in _results.values()) > _KEEP_BYTES
+                and len(_results) > 1
+            ):
                 _results.popitem(last=False)
         return out.clone()
 
@@ -162,7 +189,9 @@ def _exact(new: torch.Tensor, old: torch.Tensor, ratio: float) -> torch.Tensor:
 class SparseGPT24(SparseGPT):
     name = "sparsegpt-2:4"
     kind: Kind = "semi-structured"
-    summary = "in every block of 4 consecutive input weights, zero 2 and update the rest (SparseGPT N:M)"
+    summary = (
+        "in every block of 4 consecutive input weights, zero 2 and update the rest (SparseGPT N:M)"
+    )
     n, m = 2, 4
 
 

@@ -24,13 +24,18 @@ if TYPE_CHECKING:
 
 class TaylorUnstructured(WeightMethod):
     name = "taylor-unstructured"
-    summary = "zero the weights of smallest |w·∂L/∂w| (first-order Taylor; gradients from calibration data)"
+    summary = (
+        "zero the weights of smallest |w·∂L/∂w| (first-order Taylor; gradients from calibration"
+        " data)"
+    )
     needs_data = True
 
     def applies_to(self, layer: str, inventory: Inventory) -> str | None:
         if inventory.ort_ops:
-            return (f"part of this graph runs in ONNX Runtime ({', '.join(inventory.ort_ops)}): no gradient flows "
-                    "through it")
+            return (
+                f"part of this graph runs in ONNX Runtime ({', '.join(inventory.ort_ops)}): no"
+                " gradient flows through it"
+            )
         return layer_is_hookable(layer, inventory)
 
     def scores(self, ctx: LayerContext) -> torch.Tensor:
@@ -39,7 +44,8 @@ class TaylorUnstructured(WeightMethod):
 
 
 def accumulate_gradients(model: nn.Module, calibration: Split) -> None:
-    """Fill every parameter's ``.grad`` with the calibration loss's gradient (summed over samples)."""
+    """Fill every parameter's ``.grad`` with the calibration loss's gradient (summed over
+    samples)."""
     x, y = sample(calibration)
     for p in model.parameters():
         p.grad = None
@@ -55,16 +61,21 @@ def accumulate_gradients(model: nn.Module, calibration: Split) -> None:
 
 class TaylorStructured(ChannelMethod):
     name = "taylor-structured"
-    summary = ("remove the output channels of smallest group Taylor importance |w·∂L/∂w| "
-               "(Torch-Pruning's GroupTaylorImportance; gradients from calibration data)")
+    summary = (
+        "remove the output channels of smallest group Taylor importance |w·∂L/∂w| "
+        "(Torch-Pruning's GroupTaylorImportance; gradients from calibration data)"
+    )
     score_label = "group Taylor importance"
     needs_data = True
 
-    def scorer(self, model: nn.Module, calibration: Split | None, *,
-               global_ranking: bool = False) -> Callable[[tp.Group], torch.Tensor]:
+    def scorer(
+        self, model: nn.Module, calibration: Split | None, *, global_ranking: bool = False
+    ) -> Callable[[tp.Group], torch.Tensor]:
         if calibration is None or not len(calibration):
-            raise PlanError(f"{self.name} scores channels with gradients of calibration data, and this model "
-                            "has none; give data with a train or validation split")
+            raise PlanError(
+                f"{self.name} scores channels with gradients of calibration data, and this model "
+                "has none; give data with a train or validation split"
+            )
         accumulate_gradients(model, calibration)
         return tp.importance.GroupTaylorImportance(normalizer="mean")
 

@@ -50,7 +50,10 @@ def row_mask(scores: torch.Tensor, ratio: float) -> torch.Tensor:
 
 class WandaUnstructured(WeightMethod):
     name = "wanda-unstructured"
-    summary = "zero the weights of smallest |W|·‖X‖ in each output row (Wanda; input norms from calibration data)"
+    summary = (
+        "zero the weights of smallest |W|·‖X‖ in each output row (Wanda; input norms from"
+        " calibration data)"
+    )
     needs_data = True
 
     def applies_to(self, layer: str, inventory: object) -> str | None:
@@ -65,7 +68,9 @@ class WandaUnstructured(WeightMethod):
 
 class Wanda24(MagnitudeNM):
     name = "wanda-2:4"
-    summary = "in every block of 4 consecutive input weights, zero the 2 of smallest |W|·‖X‖ (Wanda N:M)"
+    summary = (
+        "in every block of 4 consecutive input weights, zero the 2 of smallest |W|·‖X‖ (Wanda N:M)"
+    )
     needs_data = True
 
     def applies_to(self, layer: str, inventory: object) -> str | None:

@@ -1,4 +1,5 @@
-"""Model specs: ``zoo:NAME``, ``PATH.py:FUNC``, ``package.module:FUNC``, ``PATH.pt2``, ``PATH.onnx``.
+"""Model specs: ``zoo:NAME``, ``PATH.py:FUNC``, ``package.module:FUNC``, ``PATH.pt2``,
+``PATH.onnx``.
 
 A python entrypoint is the user's own code and is run as such (the app labels it). Weights inside
 it should be loaded with ``weights_only=True``; we never unpickle a file ourselves: a ``.pt2`` is
@@ -25,9 +26,9 @@ __all__ = ["PICKLE_SUFFIXES", "SAVE_ADVICE", "check_finite", "input_shape_of", "
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".tar")
 SAVE_ADVICE = (
-    "save the model with torch.export.save(torch.export.export(model, (x,)), 'model.pt2') "
-    "(give dynamic_shapes for the batch), export it to ONNX, or give PATH.py:FUNC where FUNC builds "
-    "the module and loads its state dict with torch.load(..., weights_only=True)"
+    "save the model with torch.export.save(torch.export.export(model, (x,)), 'model.pt2') (give"
+    " dynamic_shapes for the batch), export it to ONNX, or give PATH.py:FUNC where FUNC builds the"
+    " module and loads its state dict with torch.load(..., weights_only=True)"
 )
 
 
@@ -50,7 +51,9 @@ def input_shape_of(model: nn.Module) -> tuple[int | None, ...] | None:
 
 def _logits_hook(module: nn.Module, args: tuple, output: Any) -> Any:
     logits = logits_of(output)
-    if logits is not output and "output_note" not in module.__dict__:  # said once, on the Model page and by evaluate
+    if (
+        logits is not output and "output_note" not in module.__dict__
+    ):  # said once, on the Model page and by evaluate
         kind = "logits" if isinstance(output, Mapping) else "first element"
         module.__dict__["output_note"] = f"the {kind} of its {type(output).__name__}"
     return logits
@@ -76,8 +79,12 @@ def _conv1d_as_linear(model: nn.Module) -> None:
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
             cls = type(child)
-            if cls.__name__ != "Conv1D" or not cls.__module__.startswith("transformers") \
-                    or not isinstance(getattr(child, "weight", None), torch.Tensor) or child.weight.ndim != 2:
+            if (
+                cls.__name__ != "Conv1D"
+                or not cls.__module__.startswith("transformers")
+                or not isinstance(getattr(child, "weight", None), torch.Tensor)
+                or child.weight.ndim != 2
+            ):
                 continue
             n_in, n_out = child.weight.shape
             linear = _Conv1dLinear(n_in, n_out, bias=child.bias is not None)
@@ -99,13 +106,17 @@ def check_finite(model: nn.Module, spec: str) -> None:
             raise ModelLoadError(f"{spec}: weight {name!r} holds {bad} NaN or Inf value(s)")
     for name, tensor in model.named_buffers():
         if tensor.is_floating_point() and bool(torch.isnan(tensor).any()):
-            raise ModelLoadError(f"{spec}: buffer {name!r} holds {int(torch.isnan(tensor).sum())} NaN value(s)")
+            raise ModelLoadError(
+                f"{spec}: buffer {name!r} holds {int(torch.isnan(tensor).sum())} NaN value(s)"
+            )
 
 
 def _file(spec: str) -> Path:
     path = Path(spec)
     if not path.is_file():
-        raise ModelLoadError(f"{spec}: no such file" if not path.exists() else f"{spec}: not a file")
+        raise ModelLoadError(
+            f"{spec}: no such file" if not path.exists() else f"{spec}: not a file"
+        )
     return path
 
 
@@ -118,7 +129,9 @@ def load_model(spec: str) -> nn.Module:
     from explorer.models.zoo import ZOO, build
 
     if not isinstance(spec, str) or not spec.strip():
-        raise ModelLoadError(f"empty model spec {spec!r}; use zoo:NAME, PATH.pt2, PATH.onnx or PATH.py:FUNC")
+        raise ModelLoadError(
+            f"empty model spec {spec!r}; use zoo:NAME, PATH.pt2, PATH.onnx or PATH.py:FUNC"
+        )
     if spec.startswith("zoo:"):
         name = spec[4:]
         if name not in ZOO:
@@ -138,19 +151,31 @@ def load_model(spec: str) -> nn.Module:
 
         model = load_onnx(_file(spec))
     elif lower.endswith(PICKLE_SUFFIXES):
-        raise ModelLoadError(f"{spec}: refused: a {Path(spec).suffix} file is a pickle, and unpickling "
-                             f"runs code from the file; {SAVE_ADVICE}")
+        raise ModelLoadError(
+            f"{spec}: refused: a {Path(spec).suffix} file is a pickle, and unpickling "
+            f"runs code from the file; {SAVE_ADVICE}"
+        )
     elif ":" not in spec:
-        raise ModelLoadError(f"{spec}: unknown model spec; use zoo:NAME, PATH.pt2, PATH.onnx or PATH.py:FUNC")
+        raise ModelLoadError(
+            f"{spec}: unknown model spec; use zoo:NAME, PATH.pt2, PATH.onnx or PATH.py:FUNC"
+        )
     else:
         model = call_entrypoint(spec, ModelLoadError)
         if not isinstance(model, nn.Module):
-            raise ModelLoadError(f"{spec}: must return a torch.nn.Module, got {type(model).__name__}")
+            raise ModelLoadError(
+                f"{spec}: must return a torch.nn.Module, got {type(model).__name__}"
+            )
         _use_logits(model)
         _conv1d_as_linear(model)
     check_finite(model, spec)
-    attach_in_proj(model)  # nn.MultiheadAttention's fused query/key/value projection: a listed layer
-    if not any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) for m in model.modules()):
-        raise ModelLoadError(f"{spec}: no Conv or Linear layer holding its own weights was found, so there "
-                             "is nothing to prune (weights computed at run time are not layers)")
+    attach_in_proj(
+        model
+    )  # nn.MultiheadAttention's fused query/key/value projection: a listed layer
+    if not any(
+        isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) for m in model.modules()
+    ):
+        raise ModelLoadError(
+            f"{spec}: no Conv or Linear layer holding its own weights was found, so there "
+            "is nothing to prune (weights computed at run time are not layers)"
+        )
     return model.eval()

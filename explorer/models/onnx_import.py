@@ -71,43 +71,129 @@ class AnyRankBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
         if input.dim() < 2:
-            raise ValueError(f"BatchNormalization expects an input of rank >= 2, got rank {input.dim()}")
+            raise ValueError(
+                f"BatchNormalization expects an input of rank >= 2, got rank {input.dim()}"
+            )
 
 
 _ONNX_DTYPES: dict[int, torch.dtype] = {
-    1: torch.float32, 2: torch.uint8, 3: torch.int8, 5: torch.int16, 6: torch.int32, 7: torch.int64,
-    9: torch.bool, 10: torch.float16, 11: torch.float64, 16: torch.bfloat16,
+    1: torch.float32,
+    2: torch.uint8,
+    3: torch.int8,
+    5: torch.int16,
+    6: torch.int32,
+    7: torch.int64,
+    9: torch.bool,
+    10: torch.float16,
+    11: torch.float64,
+    16: torch.bfloat16,
 }
 
 _UNARY: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "Relu": torch.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Exp": torch.exp,
-    "Log": torch.log, "Sqrt": torch.sqrt, "Neg": torch.neg, "Abs": torch.abs,
-    "Reciprocal": torch.reciprocal, "Erf": torch.erf, "Floor": torch.floor, "Ceil": torch.ceil,
-    "Round": torch.round, "Sin": torch.sin, "Cos": torch.cos, "Softplus": F.softplus,
-    "Softsign": F.softsign, "Mish": F.mish, "HardSwish": F.hardswish, "Not": torch.logical_not,
-    "Sign": torch.sign, "Identity": lambda x: x, "IsNaN": torch.isnan,
+    "Relu": torch.relu,
+    "Sigmoid": torch.sigmoid,
+    "Tanh": torch.tanh,
+    "Exp": torch.exp,
+    "Log": torch.log,
+    "Sqrt": torch.sqrt,
+    "Neg": torch.neg,
+    "Abs": torch.abs,
+    "Reciprocal": torch.reciprocal,
+    "Erf": torch.erf,
+    "Floor": torch.floor,
+    "Ceil": torch.ceil,
+    "Round": torch.round,
+    "Sin": torch.sin,
+    "Cos": torch.cos,
+    "Softplus": F.softplus,
+    "Softsign": F.softsign,
+    "Mish": F.mish,
+    "HardSwish": F.hardswish,
+    "Not": torch.logical_not,
+    "Sign": torch.sign,
+    "Identity": lambda x: x,
+    "IsNaN": torch.isnan,
 }
 
 _BINARY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Pow": torch.pow,
-    "Equal": torch.eq, "Greater": torch.gt, "Less": torch.lt, "GreaterOrEqual": torch.ge,
-    "LessOrEqual": torch.le, "And": torch.logical_and, "Or": torch.logical_or,
+    "Add": torch.add,
+    "Sub": torch.sub,
+    "Mul": torch.mul,
+    "Pow": torch.pow,
+    "Equal": torch.eq,
+    "Greater": torch.gt,
+    "Less": torch.lt,
+    "GreaterOrEqual": torch.ge,
+    "LessOrEqual": torch.le,
+    "And": torch.logical_and,
+    "Or": torch.logical_or,
     "Xor": torch.logical_xor,
 }
 
 _OTHER_OPS = {
-    "Conv", "Gemm", "MatMul", "BatchNormalization", "LayerNormalization", "Div", "Mod", "Max",
-    "Min", "Sum", "Mean", "Where", "LeakyRelu", "Elu", "Selu", "Celu", "HardSigmoid", "Gelu",
-    "Clip", "Softmax", "LogSoftmax", "PRelu", "MaxPool", "AveragePool", "GlobalAveragePool",
-    "GlobalMaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Split",
-    "Slice", "Gather", "Shape", "Size", "Expand", "Cast", "Constant", "ConstantOfShape",
-    "Dropout", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "Pad", "Tile",
-    "ArgMax", "Range", "IsInf", "GatherElements", "GatherND",
+    "Conv",
+    "Gemm",
+    "MatMul",
+    "BatchNormalization",
+    "LayerNormalization",
+    "Div",
+    "Mod",
+    "Max",
+    "Min",
+    "Sum",
+    "Mean",
+    "Where",
+    "LeakyRelu",
+    "Elu",
+    "Selu",
+    "Celu",
+    "HardSigmoid",
+    "Gelu",
+    "Clip",
+    "Softmax",
+    "LogSoftmax",
+    "PRelu",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "Flatten",
+    "Reshape",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Concat",
+    "Split",
+    "Slice",
+    "Gather",
+    "Shape",
+    "Size",
+    "Expand",
+    "Cast",
+    "Constant",
+    "ConstantOfShape",
+    "Dropout",
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "Pad",
+    "Tile",
+    "ArgMax",
+    "Range",
+    "IsInf",
+    "GatherElements",
+    "GatherND",
 }
 
 
 _ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "PRelu", "Max", "Min", "Sum", "Mean", "Where"}
-_TOKENS = {"Expand", "Tile", "Concat"}  # ops that carry a constant token's channels into the activations
+_TOKENS = {
+    "Expand",
+    "Tile",
+    "Concat",
+}  # ops that carry a constant token's channels into the activations
 
 
 def supported_ops() -> list[str]:
@@ -133,11 +219,13 @@ def _scope_name(node_name: str) -> str | None:
     """
     if not node_name.startswith("/"):
         return None
-    parts = [p for p in node_name.split("/") if p][:-1]  # the last part is the op (``Conv``, ``Gemm_1``)
+    parts = [p for p in node_name.split("/") if p][
+        :-1
+    ]  # the last part is the op (``Conv``, ``Gemm_1``)
     current, previous = "", ""
     for part in parts:
         if previous and part.startswith(previous + "."):
-            current += part[len(previous):]
+            current += part[len(previous) :]
         else:
             current = f"{current}.{part}" if current else part
         previous = part
@@ -146,7 +234,9 @@ def _scope_name(node_name: str) -> str | None:
 
 def _module_scope(node: Any) -> str | None:
     """The module a node came from, as torch's dynamo exporter records it in the node's metadata
-    (``pkg.torch.onnx.name_scopes``: ``['', 'vit', ..., 'vit.layers.0.attention.q_proj', 'linear']``)."""
+    (``pkg.torch.onnx.name_scopes``: ``['', 'vit', ..., 'vit.layers.0.attention.q_proj',
+    'linear']``).
+    """
     import ast
 
     for prop in node.metadata_props:
@@ -155,8 +245,12 @@ def _module_scope(node: Any) -> str | None:
                 scopes = ast.literal_eval(prop.value)
             except (ValueError, SyntaxError):
                 return None
-            if isinstance(scopes, list) and len(scopes) >= 2 and isinstance(scopes[-2], str) \
-                    and _QUALIFIED.match(scopes[-2]):
+            if (
+                isinstance(scopes, list)
+                and len(scopes) >= 2
+                and isinstance(scopes[-2], str)
+                and _QUALIFIED.match(scopes[-2])
+            ):
                 return scopes[-2]
     return None
 
@@ -184,9 +278,13 @@ class OnnxModule(nn.Module):
 
         graph = model.graph
         self.source = source
-        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+        self.opset = next(
+            (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13
+        )
         init = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-        self._consts: dict[str, np.ndarray] = dict(init)  # every constant value, for attribute-like inputs
+        self._consts: dict[str, np.ndarray] = dict(
+            init
+        )  # every constant value, for attribute-like inputs
         inputs = [i.name for i in graph.input if i.name not in init]
         if not inputs:
             raise ModelLoadError(f"{source}: the graph takes no input")
@@ -194,12 +292,19 @@ class OnnxModule(nn.Module):
         self.input_names: tuple[str, ...] = tuple(inputs)
         self.input_name = inputs[0]
         declared = next(i for i in graph.input if i.name == self.input_name).type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-                for d in declared.shape.dim] if declared.HasField("shape") else []
+        dims = (
+            [
+                d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                for d in declared.shape.dim
+            ]
+            if declared.HasField("shape")
+            else []
+        )
         # The per-sample input shape the file declares (None where a dimension is free; None for
         # several inputs: their data is named, not shaped to fit).
-        self.input_shape: tuple[int | None, ...] | None = \
+        self.input_shape: tuple[int | None, ...] | None = (
             tuple(dims[1:]) if len(dims) > 1 and len(inputs) == 1 else None
+        )
         if not graph.output:
             raise ModelLoadError(f"{source}: the graph has no output")
         self.output_name = graph.output[0].name
@@ -212,16 +317,35 @@ class OnnxModule(nn.Module):
         # Nodes without a torch equivalent here (or a Conv whose weight is computed) run in ONNX
         # Runtime, one node at a time; they export back unchanged. Structured pruning and
         # fine-tuning are off for such a graph; measuring writes the user's own graph back.
-        in_ort = {id(n) for n in raw
-                  if n.domain not in ("", "ai.onnx")
-                  or (n.op_type not in supported_ops() and not (n.op_type == "Resize" and _resize_mode(n, source)))
-                  or (n.op_type == "Conv" and n.input[1] not in init and n.input[1] not in constant_outputs)}
-        self.ort_ops: tuple[str, ...] = tuple(sorted({
-            (f"{n.domain}." if n.domain not in ("", "ai.onnx") else "") + n.op_type for n in raw if id(n) in in_ort}))
+        in_ort = {
+            id(n)
+            for n in raw
+            if n.domain not in ("", "ai.onnx")
+            or (
+                n.op_type not in supported_ops()
+                and not (n.op_type == "Resize" and _resize_mode(n, source))
+            )
+            or (
+                n.op_type == "Conv"
+                and n.input[1] not in init
+                and n.input[1] not in constant_outputs
+            )
+        }
+        self.ort_ops: tuple[str, ...] = tuple(
+            sorted(
+                {
+                    (f"{n.domain}." if n.domain not in ("", "ai.onnx") else "") + n.op_type
+                    for n in raw
+                    if id(n) in in_ort
+                }
+            )
+        )
         self._original = model.SerializeToString() if self.ort_ops else b""
         # layer -> (initializer, permutation of the file's layout or None, alpha)
         self._weight_source: dict[str, tuple[str, tuple[int, ...] | None, float]] = {}
-        self._ort_weight: dict[str, str] = {}  # initializer read by an ONNX Runtime node -> its OrtWeight layer
+        self._ort_weight: dict[
+            str, str
+        ] = {}  # initializer read by an ONNX Runtime node -> its OrtWeight layer
         for n in raw:  # Constant nodes: known at load, like initializers
             if n.op_type == "Constant":
                 self._consts[n.output[0]] = _constant_value(n, source)
@@ -233,7 +357,9 @@ class OnnxModule(nn.Module):
 
         self._buffer_of: dict[str, str] = {}  # ONNX constant name -> buffer attribute
         self._used_names: set[str] = set()
-        self._layer_of_weight: dict[str, str] = {}  # weight initializer -> the (first) layer holding it
+        self._layer_of_weight: dict[
+            str, str
+        ] = {}  # weight initializer -> the (first) layer holding it
         self._layer_of_key: dict[Any, str] = {}  # what makes nodes share a layer -> that layer
         self.folded_nodes = 0  # constant-only nodes folded into initializers before loading
         nodes: list[_Node] = []
@@ -246,33 +372,62 @@ class OnnxModule(nn.Module):
             if op == "Constant":
                 continue
             if id(n) in in_ort:
-                nodes.append(_Node(op="Ort", name=n.name, inputs=ins, outputs=outs, owned=(False,) * len(ins),
-                                   ort=OrtNode.of(n, model, types)))
+                nodes.append(
+                    _Node(
+                        op="Ort",
+                        name=n.name,
+                        inputs=ins,
+                        outputs=outs,
+                        owned=(False,) * len(ins),
+                        ort=OrtNode.of(n, model, types),
+                    )
+                )
                 continue
             if op == "Conv" and len(ins) > 1 and ins[1] in self._consts:
                 module = self._conv(n, attrs, index)
-            elif op == "Gemm" and len(ins) > 1 and ins[1] in self._consts and not attrs.get("transA", 0):
+            elif (
+                op == "Gemm"
+                and len(ins) > 1
+                and ins[1] in self._consts
+                and not attrs.get("transA", 0)
+            ):
                 module = self._gemm(n, attrs, index)
-            elif op == "MatMul" and ins[1] in self._consts and self._consts[ins[1]].ndim == 2 \
-                    and ins[0] not in self._consts:
+            elif (
+                op == "MatMul"
+                and ins[1] in self._consts
+                and self._consts[ins[1]].ndim == 2
+                and ins[0] not in self._consts
+            ):
                 bias_node = _foldable_bias(n, consumers, self._consts, self.output_name)
                 module = self._matmul(n, index, bias_node)
                 if bias_node is not None:
                     skipped.add(id(bias_node))
                     outs = tuple(bias_node.output)
                 op = "Linear"
-            elif op == "Gather" and ins[0] in self._consts and ins[1] not in self._consts \
-                    and int(attrs.get("axis", 0)) == 0 and self._consts[ins[0]].ndim == 2 \
-                    and self._consts[ins[0]].dtype.kind == "f":  # a lookup table: token or position embeddings
+            elif (
+                op == "Gather"
+                and ins[0] in self._consts
+                and ins[1] not in self._consts
+                and int(attrs.get("axis", 0)) == 0
+                and self._consts[ins[0]].ndim == 2
+                and self._consts[ins[0]].dtype.kind == "f"
+            ):  # a lookup table: token or position embeddings
                 module = self._embedding(n, index)
                 op = "Embedding"
             elif op == "BatchNormalization" and all(i in self._consts for i in ins[1:5]):
                 if attrs.get("training_mode", 0):
-                    raise ModelLoadError(f"{source}: node {n.name!r} is a BatchNormalization in training mode")
+                    raise ModelLoadError(
+                        f"{source}: node {n.name!r} is a BatchNormalization in training mode"
+                    )
                 module = self._batchnorm(n, attrs, index)
-            elif op == "LayerNormalization" and len(ins) > 1 and ins[1] in self._consts \
-                    and attrs.get("axis", -1) == -1 and self._consts[ins[1]].ndim == 1 \
-                    and (len(ins) < 3 or not ins[2] or ins[2] in self._consts):
+            elif (
+                op == "LayerNormalization"
+                and len(ins) > 1
+                and ins[1] in self._consts
+                and attrs.get("axis", -1) == -1
+                and self._consts[ins[1]].ndim == 1
+                and (len(ins) < 3 or not ins[2] or ins[2] in self._consts)
+            ):
                 module = self._layernorm(n, attrs, index)
             elif op == "Reshape" and _is_flatten(n, self._consts, shapes):
                 op, ins, attrs = "Flatten", ins[:1], {"axis": 1}
@@ -289,15 +444,31 @@ class OnnxModule(nn.Module):
         # token), becomes a frozen parameter instead: DepGraph then prunes it along with the
         # channels it meets.
         for node in nodes:
-            for name, owned in zip(node.inputs, node.owned):
-                if name in self._consts and name not in self._buffer_of and not owned and name not in self._ort_weight:
+            for name, owned in zip(node.inputs, node.owned, strict=False):
+                if (
+                    name in self._consts
+                    and name not in self._buffer_of
+                    and not owned
+                    and name not in self._ort_weight
+                ):
                     value = torch.from_numpy(np.array(self._consts[name]))
                     attr = self._unique("const_" + _component(name))
-                    if value.is_floating_point() and value.numel() > 1 and (
-                            (node.op in _ELEMENTWISE and any(i not in self._consts for i in node.inputs))
-                            or (node.op in _TOKENS and value.dim() >= 2
+                    if (
+                        value.is_floating_point()
+                        and value.numel() > 1
+                        and (
+                            (
+                                node.op in _ELEMENTWISE
+                                and any(i not in self._consts for i in node.inputs)
+                            )
+                            or (
+                                node.op in _TOKENS
+                                and value.dim() >= 2
                                 and (name == node.inputs[0] or node.op == "Concat")
-                                and any(i not in self._consts for i in node.inputs))):
+                                and any(i not in self._consts for i in node.inputs)
+                            )
+                        )
+                    ):
                         self.register_parameter(attr, nn.Parameter(value, requires_grad=False))
                     else:
                         self.register_buffer(attr, value)
@@ -305,10 +476,19 @@ class OnnxModule(nn.Module):
         self._nodes = tuple(nodes)
         # Keep only what forward reads as plain values (shapes, axes, pads): small or integer
         # constants. The weights live in the layers and buffers; copies must not duplicate them.
-        self._consts = {k: v for k, v in self._consts.items() if v.dtype.kind in "iub" or v.size <= 16}
+        self._consts = {
+            k: v for k, v in self._consts.items() if v.dtype.kind in "iub" or v.size <= 16
+        }
         weights = {f"{layer}.weight" for layer in self._weight_source}
-        self._frozen = {name: _digest(t) for name, t in [*self.named_parameters(), *self.named_buffers()]
-                        if name not in weights} if self.ort_ops else {}
+        self._frozen = (
+            {
+                name: _digest(t)
+                for name, t in [*self.named_parameters(), *self.named_buffers()]
+                if name not in weights
+            }
+            if self.ort_ops
+            else {}
+        )
 
     # --- building layers -------------------------------------------------------------------------
 
@@ -320,7 +500,9 @@ class OnnxModule(nn.Module):
         self._used_names.add(name)
         return name
 
-    def _add_layer(self, name: str, layer: nn.Module, weight: str, node: Any = None, *extra: str) -> str:
+    def _add_layer(
+        self, name: str, layer: nn.Module, weight: str, node: Any = None, *extra: str
+    ) -> str:
         """Register ``layer`` under the qualified ``name`` (containers created on the way).
 
         Two nodes alike in everything (op, constant inputs, attributes) share one layer, called
@@ -328,8 +510,17 @@ class OnnxModule(nn.Module):
         TorchScript exporter deduplicates equal initializers (two batch norms' ones and zeros),
         which does not make the layers one.
         """
-        key = weight if node is None else (node.op_type, node.domain, tuple(node.input[1:]), extra,
-                                           tuple(a.SerializeToString() for a in node.attribute))
+        key = (
+            weight
+            if node is None
+            else (
+                node.op_type,
+                node.domain,
+                tuple(node.input[1:]),
+                extra,
+                tuple(a.SerializeToString() for a in node.attribute),
+            )
+        )
         if key in self._layer_of_key:
             return self._layer_of_key[key]
         parts = [_component(p) for p in name.split(".")]
@@ -352,7 +543,8 @@ class OnnxModule(nn.Module):
         return qualified
 
     def _can_nest(self, parts: list[str]) -> bool:
-        """Can ``parts`` become a chain of containers ending in a new layer, clashing with nothing?"""
+        """Can ``parts`` become a chain of containers ending in a new layer, clashing with
+        nothing?"""
         parent: nn.Module = self
         for part in parts[:-1]:
             child = parent._modules.get(part)
@@ -366,13 +558,16 @@ class OnnxModule(nn.Module):
     def _param(self, name: str) -> torch.Tensor:
         return torch.from_numpy(np.array(self._consts[name], dtype=np.float32))
 
-    def _source(self, layer: str, initializer: str, perm: tuple[int, ...] | None = None, alpha: float = 1.0) -> str:
+    def _source(
+        self, layer: str, initializer: str, perm: tuple[int, ...] | None = None, alpha: float = 1.0
+    ) -> str:
         """Remember where ``layer``'s weight comes from, to write it back (``write_onnx``)."""
         self._weight_source.setdefault(layer, (initializer, perm, alpha))
         return layer
 
     def _ort_weights(self, nodes: list[_Node]) -> None:
-        """Float weights (rank >= 2) that nodes run in ONNX Runtime read become ``OrtWeight`` layers."""
+        """Float weights (rank >= 2) that nodes run in ONNX Runtime read become ``OrtWeight``
+        layers."""
         for node in nodes:
             if node.ort is None:
                 continue
@@ -380,8 +575,14 @@ class OnnxModule(nn.Module):
             known = LAYOUTS.get(node.ort.label)
             for index, name in enumerate(node.inputs):
                 value = self._consts.get(name) if name else None
-                if value is None or name in self._layer_of_weight or value.dtype.kind != "f" \
-                        or value.ndim < 2 or value.size < 16 or (known and index not in known[0]):
+                if (
+                    value is None
+                    or name in self._layer_of_weight
+                    or value.dtype.kind != "f"
+                    or value.ndim < 2
+                    or value.size < 16
+                    or (known and index not in known[0])
+                ):
                     continue
                 role = _input_role(proto, index, self.opset)
                 perm = known[1] if known else None
@@ -389,7 +590,10 @@ class OnnxModule(nn.Module):
                 if name.endswith(".weight") and _QUALIFIED.match(name[:-7]):
                     wanted = name[:-7]
                 else:
-                    wanted = f"{_scope_name(proto.name) or _component(proto.name or proto.op_type.lower())}.{role}"
+                    scope = _scope_name(proto.name) or _component(
+                        proto.name or proto.op_type.lower()
+                    )
+                    wanted = f"{scope}.{role}"
                 qualified = self._add_layer(wanted, layer, name)
                 self._ort_weight[name] = qualified
                 self._source(qualified, name, layer.perm)
@@ -397,20 +601,31 @@ class OnnxModule(nn.Module):
     def _conv(self, n: Any, attrs: dict[str, Any], index: int) -> str:
         w = self._param(n.input[1])
         if w.ndim not in (3, 4, 5):
-            raise ModelLoadError(f"{self.source}: Conv node {n.name!r} has a weight of rank {w.ndim}")
+            raise ModelLoadError(
+                f"{self.source}: Conv node {n.name!r} has a weight of rank {w.ndim}"
+            )
         dims = w.ndim - 2
         kernel = tuple(attrs.get("kernel_shape", w.shape[2:]))
         if tuple(kernel) != tuple(w.shape[2:]):
-            raise ModelLoadError(f"{self.source}: Conv node {n.name!r}: kernel_shape {kernel} != weight {tuple(w.shape)}")
+            raise ModelLoadError(
+                f"{self.source}: Conv node {n.name!r}: kernel_shape {kernel} != weight"
+                f" {tuple(w.shape)}"
+            )
         group = int(attrs.get("group", 1))
         bias = len(n.input) > 2 and bool(n.input[2])
         if bias and n.input[2] not in self._consts:
-            raise ModelLoadError(f"{self.source}: Conv node {n.name!r} has a computed bias (unsupported)")
+            raise ModelLoadError(
+                f"{self.source}: Conv node {n.name!r} has a computed bias (unsupported)"
+            )
         conv_type = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1]
         layer = conv_type(
-            w.shape[1] * group, w.shape[0], kernel_size=kernel,
+            w.shape[1] * group,
+            w.shape[0],
+            kernel_size=kernel,
             stride=tuple(attrs.get("strides", [1] * dims)),
-            dilation=tuple(attrs.get("dilations", [1] * dims)), groups=group, bias=bias,
+            dilation=tuple(attrs.get("dilations", [1] * dims)),
+            groups=group,
+            bias=bias,
         )
         pads = attrs.get("pads", [0] * (2 * dims))
         if attrs.get("auto_pad", "NOTSET") == "NOTSET" and pads[:dims] == pads[dims:]:
@@ -419,19 +634,27 @@ class OnnxModule(nn.Module):
             layer.weight.copy_(w)
             if bias:
                 layer.bias.copy_(self._param(n.input[2]))
-        return self._source(self._add_layer(_layer_name(n, n.input[1], index), layer, n.input[1], n), n.input[1])
+        return self._source(
+            self._add_layer(_layer_name(n, n.input[1], index), layer, n.input[1], n), n.input[1]
+        )
 
     def _gemm(self, n: Any, attrs: dict[str, Any], index: int) -> str:
         b = self._param(n.input[1])
         if b.ndim != 2:
-            raise ModelLoadError(f"{self.source}: Gemm node {n.name!r} has a weight of rank {b.ndim}")
+            raise ModelLoadError(
+                f"{self.source}: Gemm node {n.name!r} has a weight of rank {b.ndim}"
+            )
         weight = (b if attrs.get("transB", 0) else b.T) * float(attrs.get("alpha", 1.0))
         out_features, in_features = weight.shape
         c = n.input[2] if len(n.input) > 2 and n.input[2] else None
         bias = None
         if c is not None and c in self._consts:
             cv = self._param(c) * float(attrs.get("beta", 1.0))
-            if cv.numel() in (1, out_features) and cv.ndim <= 2 and (cv.ndim < 2 or cv.shape[0] == 1):
+            if (
+                cv.numel() in (1, out_features)
+                and cv.ndim <= 2
+                and (cv.ndim < 2 or cv.shape[0] == 1)
+            ):
                 bias = cv.reshape(-1).expand(out_features).clone()
         layer = nn.Linear(in_features, out_features, bias=bias is not None)
         with torch.no_grad():
@@ -439,12 +662,19 @@ class OnnxModule(nn.Module):
             if bias is not None:
                 layer.bias.copy_(bias)
         name = self._add_layer(_layer_name(n, n.input[1], index), layer, n.input[1], n)
-        return self._source(name, n.input[1], None if attrs.get("transB", 0) else (1, 0), float(attrs.get("alpha", 1.0)))
+        return self._source(
+            name,
+            n.input[1],
+            None if attrs.get("transB", 0) else (1, 0),
+            float(attrs.get("alpha", 1.0)),
+        )
 
     def _matmul(self, n: Any, index: int, bias_node: Any) -> str:
         b = self._param(n.input[1])  # (in, out)
         layer = nn.Linear(b.shape[0], b.shape[1], bias=bias_node is not None)
-        const = next(i for i in bias_node.input if i in self._consts) if bias_node is not None else ""
+        const = (
+            next(i for i in bias_node.input if i in self._consts) if bias_node is not None else ""
+        )
         with torch.no_grad():
             layer.weight.copy_(b.T)
             if bias_node is not None:
@@ -461,8 +691,11 @@ class OnnxModule(nn.Module):
 
     def _batchnorm(self, n: Any, attrs: dict[str, Any], index: int) -> str:
         scale, bias, mean, var = (self._param(i) for i in n.input[1:5])
-        layer = AnyRankBatchNorm(scale.numel(), eps=float(attrs.get("epsilon", 1e-5)),
-                                  momentum=1.0 - float(attrs.get("momentum", 0.9)))
+        layer = AnyRankBatchNorm(
+            scale.numel(),
+            eps=float(attrs.get("epsilon", 1e-5)),
+            momentum=1.0 - float(attrs.get("momentum", 0.9)),
+        )
         with torch.no_grad():
             layer.weight.copy_(scale)
             layer.bias.copy_(bias)
@@ -501,24 +734,31 @@ class OnnxModule(nn.Module):
 
     def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
         """Run the graph on its inputs, given in ``input_names`` order or by name."""
-        if len(args) > len(self.input_names) or set(kwargs) - set(self.input_names[len(args):]):
-            raise TypeError(f"the graph takes inputs {list(self.input_names)}; got {len(args)} positional "
-                            f"and {sorted(kwargs)}")
-        env: dict[str, Value] = dict(zip(self.input_names, args))
+        if len(args) > len(self.input_names) or set(kwargs) - set(self.input_names[len(args) :]):
+            raise TypeError(
+                f"the graph takes inputs {list(self.input_names)}; got {len(args)} positional "
+                f"and {sorted(kwargs)}"
+            )
+        env: dict[str, Value] = dict(zip(self.input_names, args, strict=False))
         env.update(kwargs)
         missing = [n for n in self.input_names if n not in env]
         if missing:
             raise TypeError(f"the graph takes inputs {list(self.input_names)}; {missing} not given")
         for node in self._nodes:
-            args = [None if owned else self._value(env, name) for name, owned in zip(node.inputs, node.owned)]
+            args = [
+                None if owned else self._value(env, name)
+                for name, owned in zip(node.inputs, node.owned, strict=False)
+            ]
             try:
                 result = getattr(self, "_op_" + node.op)(node, args)
             except ModelLoadError:
                 raise
             except Exception as e:
-                raise RuntimeError(f"ONNX node {node.name or node.op!r} ({node.op}): {type(e).__name__}: {e}") from e
+                raise RuntimeError(
+                    f"ONNX node {node.name or node.op!r} ({node.op}): {type(e).__name__}: {e}"
+                ) from e
             if isinstance(result, (tuple, list)):
-                for name, value in zip(node.outputs, result):
+                for name, value in zip(node.outputs, result, strict=False):
                     env[name] = value
             else:
                 env[node.outputs[0]] = result
@@ -546,12 +786,17 @@ class OnnxModule(nn.Module):
         from onnx import numpy_helper
 
         if not self._original:
-            raise ExportError(f"{self.source}: nothing runs in ONNX Runtime here; export the module instead")
+            raise ExportError(
+                f"{self.source}: nothing runs in ONNX Runtime here; export the module instead"
+            )
         current = dict([*self.named_parameters(), *self.named_buffers()])
         for name, digest in self._frozen.items():
             if name not in current or _digest(current[name]) != digest:
-                raise ExportError(f"{self.source}: {name!r} changed; a graph that runs {list(self.ort_ops)} in "
-                                  "ONNX Runtime can only have its weights set to zero (no recalibration or fine-tuning)")
+                raise ExportError(
+                    f"{self.source}: {name!r} changed; a graph that runs {list(self.ort_ops)} in"
+                    " ONNX Runtime can only have its weights set to zero (no recalibration or"
+                    " fine-tuning)"
+                )
         model = onnx.load_model_from_string(self._original)
         tensors = {t.name: t for t in model.graph.initializer}
         constants = {n.output[0]: n for n in model.graph.node if n.op_type == "Constant"}
@@ -565,10 +810,14 @@ class OnnxModule(nn.Module):
             weight = current[f"{layer}.weight"].detach()
             keep = weight != 0
             if weight.shape != loaded.shape or not torch.equal(weight, loaded * keep):
-                raise ExportError(f"{self.source}: the weight of {layer!r} changed beyond zeroing entries "
-                                  f"(shape {tuple(weight.shape)}, loaded {tuple(loaded.shape)})")
+                raise ExportError(
+                    f"{self.source}: the weight of {layer!r} changed beyond zeroing entries "
+                    f"(shape {tuple(weight.shape)}, loaded {tuple(loaded.shape)})"
+                )
             mask = (keep.permute(tuple(int(i) for i in np.argsort(perm))) if perm else keep).numpy()
-            proto.CopyFrom(numpy_helper.from_array((original * mask).astype(original.dtype), proto.name))
+            proto.CopyFrom(
+                numpy_helper.from_array((original * mask).astype(original.dtype), proto.name)
+            )
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         onnx.save_model(model, str(path))
@@ -584,7 +833,9 @@ class OnnxModule(nn.Module):
         auto_pad = node.attrs.get("auto_pad", "NOTSET")
         pads = node.attrs.get("pads", [0] * (2 * dims))
         if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            pads = _same_pads(x.shape[2:], layer.kernel_size, layer.stride, layer.dilation, auto_pad)
+            pads = _same_pads(
+                x.shape[2:], layer.kernel_size, layer.stride, layer.dilation, auto_pad
+            )
         elif auto_pad == "VALID":
             pads = [0] * (2 * dims)
         if auto_pad != "NOTSET" or pads[:dims] != pads[dims:]:
@@ -623,7 +874,9 @@ class OnnxModule(nn.Module):
     def _op_BatchNormalization(self, node: _Node, a: list[Value]) -> torch.Tensor:
         if node.module is not None:
             return self.get_submodule(node.module)(a[0])
-        return F.batch_norm(a[0], a[3], a[4], a[1], a[2], False, 0.0, float(node.attrs.get("epsilon", 1e-5)))
+        return F.batch_norm(
+            a[0], a[3], a[4], a[1], a[2], False, 0.0, float(node.attrs.get("epsilon", 1e-5))
+        )
 
     def _op_LayerNormalization(self, node: _Node, a: list[Value]) -> torch.Tensor:
         if node.module is not None:
@@ -644,7 +897,10 @@ class OnnxModule(nn.Module):
 
     def _op_IsInf(self, node: _Node, a: list[Value]) -> torch.Tensor:
         x = a[0]
-        positive, negative = node.attrs.get("detect_positive", 1), node.attrs.get("detect_negative", 1)
+        positive, negative = (
+            node.attrs.get("detect_positive", 1),
+            node.attrs.get("detect_negative", 1),
+        )
         if positive and negative:
             return torch.isinf(x)
         if positive:
@@ -702,7 +958,9 @@ class OnnxModule(nn.Module):
             return a[0]
         return torch.clamp(a[0], lo, hi)
 
-    def _softmax(self, node: _Node, x: torch.Tensor, fn: Callable[..., torch.Tensor]) -> torch.Tensor:
+    def _softmax(
+        self, node: _Node, x: torch.Tensor, fn: Callable[..., torch.Tensor]
+    ) -> torch.Tensor:
         if self.opset >= 13:
             return fn(x, dim=int(node.attrs.get("axis", -1)))
         axis = int(node.attrs.get("axis", 1)) % x.dim()  # before opset 13: over the flattened tail
@@ -727,11 +985,15 @@ class OnnxModule(nn.Module):
         dil = tuple(node.attrs.get("dilations", [1] * dims))
         pads = self._pool_pads(node, x, k, strides, dil)
         padding = pads[:dims]
-        if pads[:dims] != pads[dims:] or any(p > kk // 2 for p, kk in zip(padding, k)):
+        if pads[:dims] != pads[dims:] or any(
+            p > kk // 2 for p, kk in zip(padding, k, strict=False)
+        ):
             x = F.pad(x, _torch_pads(pads), value=-math.inf)
             padding = [0] * dims
         pool = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[dims - 1]
-        return pool(x, k, strides, tuple(padding), dil, ceil_mode=bool(node.attrs.get("ceil_mode", 0)))
+        return pool(
+            x, k, strides, tuple(padding), dil, ceil_mode=bool(node.attrs.get("ceil_mode", 0))
+        )
 
     def _op_AveragePool(self, node: _Node, a: list[Value]) -> torch.Tensor:
         x = a[0]
@@ -741,17 +1003,31 @@ class OnnxModule(nn.Module):
         pads = self._pool_pads(node, x, k, strides, (1,) * dims)
         include = bool(node.attrs.get("count_include_pad", 0))
         padding = pads[:dims]
-        if pads[:dims] != pads[dims:] or any(p > kk // 2 for p, kk in zip(padding, k)):
+        if pads[:dims] != pads[dims:] or any(
+            p > kk // 2 for p, kk in zip(padding, k, strict=False)
+        ):
             if not include and any(pads):
                 raise RuntimeError("asymmetric padding without count_include_pad is not supported")
             x = F.pad(x, _torch_pads(pads))
             padding = [0] * dims
         pool = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[dims - 1]
-        return pool(x, k, strides, tuple(padding), ceil_mode=bool(node.attrs.get("ceil_mode", 0)),
-                    count_include_pad=include)
+        return pool(
+            x,
+            k,
+            strides,
+            tuple(padding),
+            ceil_mode=bool(node.attrs.get("ceil_mode", 0)),
+            count_include_pad=include,
+        )
 
-    def _pool_pads(self, node: _Node, x: torch.Tensor, k: Sequence[int], strides: Sequence[int],
-                   dil: Sequence[int]) -> list[int]:
+    def _pool_pads(
+        self,
+        node: _Node,
+        x: torch.Tensor,
+        k: Sequence[int],
+        strides: Sequence[int],
+        dil: Sequence[int],
+    ) -> list[int]:
         dims = x.dim() - 2
         auto_pad = node.attrs.get("auto_pad", "NOTSET")
         if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
@@ -795,10 +1071,13 @@ class OnnxModule(nn.Module):
             for d in sorted((d % x.dim() for d in dim), reverse=True):
                 x = torch.prod(x, dim=d, keepdim=keepdim)
             return x
+
         return self._reduce(node, a, prod)
 
     def _op_ArgMax(self, node: _Node, a: list[Value]) -> torch.Tensor:
-        return torch.argmax(a[0], dim=int(node.attrs.get("axis", 0)), keepdim=bool(node.attrs.get("keepdims", 1)))
+        return torch.argmax(
+            a[0], dim=int(node.attrs.get("axis", 0)), keepdim=bool(node.attrs.get("keepdims", 1))
+        )
 
     # Shapes.
     def _ints(self, name: str, value: Value) -> list[int]:
@@ -819,18 +1098,37 @@ class OnnxModule(nn.Module):
 
     def _op_Resize(self, node: _Node, a: list[Value]) -> torch.Tensor:
         """Linear and cubic Resize (what vision models use on feature maps and position
-        embeddings) as ``F.interpolate``, which computes the same; other modes run in ONNX Runtime."""
+        embeddings) as ``F.interpolate``, which computes the same; other modes run in ONNX Runtime.
+        """
         x = a[0]
-        mode = {"linear": ("linear", "bilinear", "trilinear"), "cubic": (None, "bicubic", None)}[node.attrs["mode"]]
+        mode = {"linear": ("linear", "bilinear", "trilinear"), "cubic": (None, "bicubic", None)}[
+            node.attrs["mode"]
+        ]
         torch_mode = mode[x.dim() - 3]
         align = node.attrs.get("coordinate_transformation_mode", "half_pixel") == "align_corners"
         sizes = a[3] if len(a) > 3 else None
         if sizes is not None and sizes.numel():
-            return F.interpolate(x, size=[int(v) for v in self._ints(node.inputs[3], sizes)[2:]], mode=torch_mode,
-                                 align_corners=align)
-        scales = [float(v) for v in (self._const(node.inputs[2]) if self._const(node.inputs[2]) is not None
-                                     else a[2]).reshape(-1).tolist()][2:]
-        return F.interpolate(x, scale_factor=scales, mode=torch_mode, align_corners=align, recompute_scale_factor=False)
+            return F.interpolate(
+                x,
+                size=[int(v) for v in self._ints(node.inputs[3], sizes)[2:]],
+                mode=torch_mode,
+                align_corners=align,
+            )
+        scales = [
+            float(v)
+            for v in (
+                (self._const(node.inputs[2]) if self._const(node.inputs[2]) is not None else a[2])
+                .reshape(-1)
+                .tolist()
+            )
+        ][2:]
+        return F.interpolate(
+            x,
+            scale_factor=scales,
+            mode=torch_mode,
+            align_corners=align,
+            recompute_scale_factor=False,
+        )
 
     def _op_Reshape(self, node: _Node, a: list[Value]) -> torch.Tensor:
         x = a[0]
@@ -842,7 +1140,9 @@ class OnnxModule(nn.Module):
                 shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
             if node.attrs.get("keep_last"):
                 shape[-1] = x.shape[-1]
-            elif node.attrs.get("heads") == "split":  # (.., H*D) -> (.., H, D): H from the (pruned) width
+            elif (
+                node.attrs.get("heads") == "split"
+            ):  # (.., H*D) -> (.., H, D): H from the (pruned) width
                 shape[-2] = x.shape[-1] // shape[-1]
             elif node.attrs.get("heads") == "merge":  # (.., H, D) -> (.., H*D)
                 shape[-1] = x.shape[-2] * x.shape[-1]
@@ -853,7 +1153,7 @@ class OnnxModule(nn.Module):
         if not allowzero:  # a 0 copies the input's size at that position
             current = torch._shape_as_tensor(x)[: shape_t.numel()]
             if shape_t.numel() > x.dim():
-                current = torch.cat([current, shape_t[x.dim():]])
+                current = torch.cat([current, shape_t[x.dim() :]])
             shape_t = torch.where(shape_t == 0, current, shape_t)
         return torch._reshape_from_tensor(x, shape_t)
 
@@ -899,8 +1199,12 @@ class OnnxModule(nn.Module):
             n = int(node.attrs.get("num_outputs", len(node.outputs)))
             size = -(-x.shape[axis] // n)
             sizes = [min(size, x.shape[axis] - i * size) for i in range(n)]
-        if len(sizes) > 1 and len(set(sizes)) == 1 and sum(sizes) != x.shape[axis] \
-                and x.shape[axis] % len(sizes) == 0:  # an even split stays even once the channels are pruned
+        if (
+            len(sizes) > 1
+            and len(set(sizes)) == 1
+            and sum(sizes) != x.shape[axis]
+            and x.shape[axis] % len(sizes) == 0
+        ):  # an even split stays even once the channels are pruned
             sizes = [x.shape[axis] // len(sizes)] * len(sizes)
         return torch.split(x, sizes, dim=axis)
 
@@ -913,9 +1217,17 @@ class OnnxModule(nn.Module):
         else:
             starts = self._ints(node.inputs[1], a[1])
             ends = self._ints(node.inputs[2], a[2])
-            axes = self._ints(node.inputs[3], a[3]) if len(a) > 3 and a[3] is not None else list(range(len(starts)))
-            steps = self._ints(node.inputs[4], a[4]) if len(a) > 4 and a[4] is not None else [1] * len(starts)
-        for start, end, axis, step in zip(starts, ends, axes, steps):
+            axes = (
+                self._ints(node.inputs[3], a[3])
+                if len(a) > 3 and a[3] is not None
+                else list(range(len(starts)))
+            )
+            steps = (
+                self._ints(node.inputs[4], a[4])
+                if len(a) > 4 and a[4] is not None
+                else [1] * len(starts)
+            )
+        for start, end, axis, step in zip(starts, ends, axes, steps, strict=False):
             axis %= x.dim()
             size = int(x.shape[axis])
             start = start + size if start < 0 else start
@@ -953,11 +1265,11 @@ class OnnxModule(nn.Module):
         lead = x.shape[:batch]
         flat_x = x.reshape(-1, *x.shape[batch:])  # (B, ...) with the batch dims merged
         flat_i = idx.reshape(flat_x.shape[0], -1, depth)  # (B, M, depth)
-        sizes = torch.tensor(x.shape[batch:batch + depth])
+        sizes = torch.tensor(x.shape[batch : batch + depth])
         flat_i = torch.where(flat_i < 0, flat_i + sizes, flat_i)
         rows = torch.arange(flat_x.shape[0]).reshape(-1, 1).expand(-1, flat_i.shape[1])
         picked = flat_x[(rows, *flat_i.unbind(-1))]  # (B, M, rest...)
-        return picked.reshape(*lead, *idx.shape[batch:-1], *x.shape[batch + depth:])
+        return picked.reshape(*lead, *idx.shape[batch:-1], *x.shape[batch + depth :])
 
     def _op_Shape(self, node: _Node, a: list[Value]) -> torch.Tensor:
         shape = torch._shape_as_tensor(a[0])
@@ -994,12 +1306,22 @@ class OnnxModule(nn.Module):
 
     def _op_ConstantOfShape(self, node: _Node, a: list[Value]) -> torch.Tensor:
         value = node.attrs.get("value")
-        fill = torch.from_numpy(np.array(value).reshape(-1)[:1]) if value is not None else torch.zeros(1)
+        fill = (
+            torch.from_numpy(np.array(value).reshape(-1)[:1])
+            if value is not None
+            else torch.zeros(1)
+        )
         traced = self._traced_shape(node.inputs[0], a[0])
         if traced is not None:
-            return torch.full(traced, fill.item(), dtype=fill.dtype) if traced else fill.reshape(()).clone()
+            return (
+                torch.full(traced, fill.item(), dtype=fill.dtype)
+                if traced
+                else fill.reshape(()).clone()
+            )
         shape = self._ints(node.inputs[0], a[0])
-        return fill.expand(shape).clone() if shape else fill.reshape(()).clone()  # an empty shape: a scalar
+        return (
+            fill.expand(shape).clone() if shape else fill.reshape(()).clone()
+        )  # an empty shape: a scalar
 
     def _op_Range(self, node: _Node, a: list[Value]) -> torch.Tensor:
         start, limit, delta = a
@@ -1017,7 +1339,11 @@ class OnnxModule(nn.Module):
         else:
             pads = self._ints(node.inputs[1], a[1])
             value = float(a[2].item()) if len(a) > 2 and a[2] is not None else 0.0
-            axes = self._ints(node.inputs[3], a[3]) if len(a) > 3 and a[3] is not None else list(range(x.dim()))
+            axes = (
+                self._ints(node.inputs[3], a[3])
+                if len(a) > 3 and a[3] is not None
+                else list(range(x.dim()))
+            )
         full = [0] * (2 * x.dim())
         n = len(axes)
         for i, axis in enumerate(axes):
@@ -1028,7 +1354,9 @@ class OnnxModule(nn.Module):
             raise RuntimeError(f"Pad mode {mode!r} is not supported")
         torch_pads = _torch_pads(full)
         while len(torch_pads) > 2 and torch_pads[-1] == 0 and torch_pads[-2] == 0:
-            torch_pads = torch_pads[:-2]  # leading (batch, channel) dims unpadded: reflect/edge need that
+            torch_pads = torch_pads[
+                :-2
+            ]  # leading (batch, channel) dims unpadded: reflect/edge need that
         if torch_mode == "constant":
             return F.pad(x, torch_pads, value=value)
         return F.pad(x, torch_pads, mode=torch_mode)
@@ -1043,7 +1371,9 @@ for _op, _fn in _BINARY.items():
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def _fold(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], values: list[Value]) -> torch.Tensor:
+def _fold(
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], values: list[Value]
+) -> torch.Tensor:
     out = values[0]
     for v in values[1:]:
         out = fn(out, v)
@@ -1060,10 +1390,15 @@ def _torch_pads(pads: Sequence[int]) -> list[int]:
     return out
 
 
-def _same_pads(spatial: Sequence[int], kernel: Sequence[int], strides: Sequence[int],
-               dilations: Sequence[int], mode: str) -> list[int]:
+def _same_pads(
+    spatial: Sequence[int],
+    kernel: Sequence[int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    mode: str,
+) -> list[int]:
     begins, ends = [], []
-    for size, k, s, d in zip(spatial, kernel, strides, dilations):
+    for size, k, s, d in zip(spatial, kernel, strides, dilations, strict=False):
         out = -(-int(size) // s)
         total = max((out - 1) * s + (k - 1) * d + 1 - int(size), 0)
         small = total // 2
@@ -1079,19 +1414,27 @@ def _owned(node: _Node, name: str) -> bool:
         return False
     if node.op in ("Conv", "BatchNormalization", "LayerNormalization", "Linear"):
         return name != node.inputs[0]
-    if node.op == "Gemm":  # a constant C is kept too: added in forward when not folded into the bias
+    if (
+        node.op == "Gemm"
+    ):  # a constant C is kept too: added in forward when not folded into the bias
         return name == node.inputs[1]
     if node.op == "Embedding":
         return name == node.inputs[0]
     return False
 
 
-def _foldable_bias(matmul: Any, consumers: dict[str, list[Any]], consts: dict[str, np.ndarray],
-                   graph_output: str) -> Any:
+def _foldable_bias(
+    matmul: Any, consumers: dict[str, list[Any]], consts: dict[str, np.ndarray], graph_output: str
+) -> Any:
     """The ``Add`` of a constant 1-D bias that alone consumes ``matmul``'s output, if any."""
     out = matmul.output[0]
     users = consumers.get(out, [])
-    if out == graph_output or len(users) != 1 or users[0].op_type != "Add" or users[0].domain not in ("", "ai.onnx"):
+    if (
+        out == graph_output
+        or len(users) != 1
+        or users[0].op_type != "Add"
+        or users[0].domain not in ("", "ai.onnx")
+    ):
         return None
     add = users[0]
     other = [i for i in add.input if i != out]
@@ -1108,17 +1451,32 @@ def _resize_mode(node: Any, source: str) -> bool:
     """Is this Resize one ``F.interpolate`` computes exactly (linear or cubic on 1-3 spatial
     dimensions, half-pixel or align-corners coordinates, no antialiasing, N and C kept)?"""
     attrs = _attributes(node, source)
-    mode, coords = attrs.get("mode", "nearest"), attrs.get("coordinate_transformation_mode", "half_pixel")
-    if mode not in ("linear", "cubic") or coords not in ("half_pixel", "pytorch_half_pixel", "align_corners"):
+    mode, coords = (
+        attrs.get("mode", "nearest"),
+        attrs.get("coordinate_transformation_mode", "half_pixel"),
+    )
+    if mode not in ("linear", "cubic") or coords not in (
+        "half_pixel",
+        "pytorch_half_pixel",
+        "align_corners",
+    ):
         return False
-    if attrs.get("antialias", 0) or attrs.get("exclude_outside", 0) or attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch" \
-            or float(attrs.get("cubic_coeff_a", -0.75)) != -0.75 or attrs.get("axes") is not None:
+    if (
+        attrs.get("antialias", 0)
+        or attrs.get("exclude_outside", 0)
+        or attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch"
+        or float(attrs.get("cubic_coeff_a", -0.75)) != -0.75
+        or attrs.get("axes") is not None
+    ):
         return False
     return len(node.input) >= 3
 
 
-def _is_flatten(node: Any, consts: dict[str, np.ndarray], shapes: dict[str, list[int | None]]) -> bool:
-    """A Reshape of (N, C, ...) to the constant (N or -1, C * ...): a flatten whose width must follow
+def _is_flatten(
+    node: Any, consts: dict[str, np.ndarray], shapes: dict[str, list[int | None]]
+) -> bool:
+    """A Reshape of (N, C, ...) to the constant (N or -1, C * ...): a flatten whose width must
+    follow
     the channels when they are pruned."""
     if len(node.input) < 2 or node.input[1] not in consts:
         return False
@@ -1130,9 +1488,14 @@ def _is_flatten(node: Any, consts: dict[str, np.ndarray], shapes: dict[str, list
     return target[1] == width and (target[0] in (-1, 0) or target[0] == src[0])
 
 
-def _keeps_last(node: Any, consts: dict[str, np.ndarray], shapes: dict[str, list[int | None]],
-                producers: dict[str, Any]) -> bool:
-    """A Reshape that keeps the input's last dimension (``[-1, 768]`` around a linear layer, constant
+def _keeps_last(
+    node: Any,
+    consts: dict[str, np.ndarray],
+    shapes: dict[str, list[int | None]],
+    producers: dict[str, Any],
+) -> bool:
+    """A Reshape that keeps the input's last dimension (``[-1, 768]`` around a linear layer,
+    constant
     or computed): that dimension then follows the channels when they are pruned."""
     src = shapes.get(node.input[0])
     if len(node.input) < 2 or not src or len(src) < 2 or src[-1] is None or src[-1] <= 1:
@@ -1140,28 +1503,51 @@ def _keeps_last(node: Any, consts: dict[str, np.ndarray], shapes: dict[str, list
     if node.input[1] in consts:
         target = [int(v) for v in np.asarray(consts[node.input[1]]).reshape(-1)]
         return len(target) >= 2 and target[-1] == src[-1]
-    # A computed shape: what inference says of the output, or a Concat ending in the width as a constant.
+    # A computed shape: what inference says of the output, or a Concat ending in the width as a
+    # constant.
     target = shapes.get(node.output[0]) or []
     if len(target) >= 2 and target[-1] == src[-1]:
         return True
     concat = producers.get(node.input[1])
-    if concat is None or concat.op_type != "Concat" or len(concat.input) < 2 or concat.input[-1] not in consts:
+    if (
+        concat is None
+        or concat.op_type != "Concat"
+        or len(concat.input) < 2
+        or concat.input[-1] not in consts
+    ):
         return False
     last = np.asarray(consts[concat.input[-1]]).reshape(-1)
     return last.size == 1 and int(last[0]) == src[-1]
 
 
-def _heads_reshape(node: Any, consts: dict[str, np.ndarray], shapes: dict[str, list[int | None]]) -> str:
+def _heads_reshape(
+    node: Any, consts: dict[str, np.ndarray], shapes: dict[str, list[int | None]]
+) -> str:
     """``split`` for a Reshape to a constant shape that splits the last dimension into heads
     ((.., H*D) -> (.., H, D)), ``merge`` for the reverse; the head count then follows heads pruned
     whole (an exporter that wrote the count as a constant). Empty otherwise."""
     src = shapes.get(node.input[0])
-    if len(node.input) < 2 or node.input[1] not in consts or not src or any(d is None for d in src[-2:]):
+    if (
+        len(node.input) < 2
+        or node.input[1] not in consts
+        or not src
+        or any(d is None for d in src[-2:])
+    ):
         return ""
     target = [int(v) for v in np.asarray(consts[node.input[1]]).reshape(-1)]
-    if len(target) == len(src) + 1 and target[-1] > 1 and target[-2] > 1 and target[-2] * target[-1] == src[-1]:
+    if (
+        len(target) == len(src) + 1
+        and target[-1] > 1
+        and target[-2] > 1
+        and target[-2] * target[-1] == src[-1]
+    ):
         return "split"
-    if len(target) == len(src) - 1 and len(src) >= 3 and target[-1] == src[-2] * src[-1] and src[-2] > 1:
+    if (
+        len(target) == len(src) - 1
+        and len(src) >= 3
+        and target[-1] == src[-2] * src[-1]
+        and src[-2] > 1
+    ):
         return "merge"
     return ""
 
@@ -1181,7 +1567,9 @@ def _inferred(model: Any) -> tuple[dict[str, list[int | None]], dict[str, int]]:
         if t.elem_type:
             types[vi.name] = t.elem_type
         if t.HasField("shape"):
-            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+            shapes[vi.name] = [
+                d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim
+            ]
     return shapes, types
 
 
@@ -1208,8 +1596,10 @@ def _attributes(node: Any, source: str) -> dict[str, Any]:
     attrs: dict[str, Any] = {}
     for attr in node.attribute:
         if attr.type in (attr.GRAPH, attr.GRAPHS):
-            raise ModelLoadError(f"{source}: node {node.name!r} ({node.op_type}) holds a subgraph: control flow "
-                                 "(If, Loop, Scan) is not supported")
+            raise ModelLoadError(
+                f"{source}: node {node.name!r} ({node.op_type}) holds a subgraph: control flow "
+                "(If, Loop, Scan) is not supported"
+            )
         value = helper.get_attribute_value(attr)
         if isinstance(value, bytes):
             value = value.decode("utf-8", "replace")
@@ -1231,7 +1621,9 @@ def _constant_value(node: Any, source: str) -> np.ndarray:
             if key.startswith("value_float"):
                 return np.array(value, dtype=np.float32)
             return np.asarray(value)
-    raise ModelLoadError(f"{source}: Constant node {node.name!r} has no supported value attribute ({sorted(attrs)})")
+    raise ModelLoadError(
+        f"{source}: Constant node {node.name!r} has no supported value attribute ({sorted(attrs)})"
+    )
 
 
 def _toposort(nodes: list[Any], known: set[str], source: str) -> list[Any]:
@@ -1259,7 +1651,9 @@ def _ort_reason(e: Exception) -> str:
     """ONNX Runtime's message without its error code and C++ source location."""
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
-    if text.startswith("/"):  # "/onnxruntime_src/...cc:256 onnxruntime::Model::Model(...) The reason"
+    if text.startswith(
+        "/"
+    ):  # "/onnxruntime_src/...cc:256 onnxruntime::Model::Model(...) The reason"
         tail = re.search(r"\)\s+([^()]+)$", text)
         text = tail.group(1) if tail else text
     return text
@@ -1273,11 +1667,15 @@ def _check_external_data(model: Any, path: Path) -> None:
         if uses_external_data(tensor):
             location = ExternalDataInfo(tensor).location
             if not location or Path(location).name != location or location in (".", ".."):
-                raise ModelLoadError(f"{path}: initializer {tensor.name!r} points outside the model's folder "
-                                     f"({location!r}); save the model as one file")
+                raise ModelLoadError(
+                    f"{path}: initializer {tensor.name!r} points outside the model's folder "
+                    f"({location!r}); save the model as one file"
+                )
             if not (path.parent / location).is_file():
-                raise ModelLoadError(f"{path}: initializer {tensor.name!r} is stored in {location!r}, "
-                                     "which is missing next to the model")
+                raise ModelLoadError(
+                    f"{path}: initializer {tensor.name!r} is stored in {location!r}, "
+                    "which is missing next to the model"
+                )
 
 
 def _constant_nodes(model: Any) -> int:
@@ -1311,8 +1709,10 @@ def _fold_constant_subgraphs(model: Any, path: Path) -> tuple[Any, int]:
         common_passes.RemoveUnusedNodesPass()(graph)
         folded = ir.serde.serialize_model(graph)
     except Exception as e:
-        raise ModelLoadError(f"{path}: {count} node(s) compute only from constants, and folding them failed "
-                             f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})") from None
+        raise ModelLoadError(
+            f"{path}: {count} node(s) compute only from constants, and folding them failed "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})"
+        ) from None
     return folded, count - _constant_nodes(folded)
 
 
@@ -1331,14 +1731,21 @@ def load_onnx(path: str | Path) -> OnnxModule:
     try:
         model = onnx.load_model_from_string(data)
     except Exception as e:
-        raise ModelLoadError(f"{path}: not a readable ONNX model ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'corrupt or truncated'})") from None
+        raise ModelLoadError(
+            f"{path}: not a readable ONNX model ({type(e).__name__}:"
+            f" {str(e).splitlines()[0] if str(e) else 'corrupt or truncated'})"
+        ) from None
     if not model.graph.node:
-        raise ModelLoadError(f"{path}: not an ONNX model (no graph nodes; the file may be corrupt or truncated)")
+        raise ModelLoadError(
+            f"{path}: not an ONNX model (no graph nodes; the file may be corrupt or truncated)"
+        )
     _check_external_data(model, path)
     try:
         load_external_data_for_model(model, str(path.parent))
     except Exception as e:
-        raise ModelLoadError(f"{path}: cannot read its external data ({type(e).__name__}: {e})") from None
+        raise ModelLoadError(
+            f"{path}: cannot read its external data ({type(e).__name__}: {e})"
+        ) from None
     try:
         onnx.checker.check_model(model)
     except Exception as e:
@@ -1355,6 +1762,8 @@ def load_onnx(path: str | Path) -> OnnxModule:
         try:
             ort.InferenceSession(module._original, opts, providers=["CPUExecutionProvider"])
         except Exception as e:
-            raise ModelLoadError(f"{path}: uses {list(module.ort_ops)}, which the interpreter runs in ONNX Runtime, "
-                                 f"and ONNX Runtime cannot load the graph: {_ort_reason(e)}") from None
+            raise ModelLoadError(
+                f"{path}: uses {list(module.ort_ops)}, which the interpreter runs in ONNX Runtime, "
+                f"and ONNX Runtime cannot load the graph: {_ort_reason(e)}"
+            ) from None
     return module

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from torch import nn
 
 from explorer.errors import RecoverError
@@ -30,7 +29,9 @@ __all__ = ["OrtNode", "OrtWeight", "run_node"]
 LAYOUTS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "ConvTranspose": ((1,), (1, 0)),  # (in, out/groups, k...) -> (out/groups, in, k...)
     # W and R: (dirs, gates*hidden, in) -> (gates*hidden, dirs, in); B (the biases) stays dense.
-    "LSTM": ((1, 2), (1, 0, 2)), "GRU": ((1, 2), (1, 0, 2)), "RNN": ((1, 2), (1, 0, 2)),
+    "LSTM": ((1, 2), (1, 0, 2)),
+    "GRU": ((1, 2), (1, 0, 2)),
+    "RNN": ((1, 2), (1, 0, 2)),
 }
 
 _SESSIONS: dict[tuple, Any] = {}
@@ -74,19 +75,29 @@ class OrtNode:
         from onnx import helper
 
         node = self.proto()
-        inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), None)
-                  for n, a in feeds.items()]
+        inputs = [
+            helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), None)
+            for n, a in feeds.items()
+        ]
         first = inputs[0].type.tensor_type.elem_type if inputs else 1
-        outputs = [helper.make_tensor_value_info(n, t or first, None)
-                   for n, t in zip(node.output, self.output_types) if n]
+        outputs = [
+            helper.make_tensor_value_info(n, t or first, None)
+            for n, t in zip(node.output, self.output_types, strict=False)
+            if n
+        ]
         graph = helper.make_graph([node], "node", inputs, outputs)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in self.opsets],
-                                  ir_version=self.ir_version)
+        model = helper.make_model(
+            graph,
+            opset_imports=[helper.make_opsetid(d, v) for d, v in self.opsets],
+            ir_version=self.ir_version,
+        )
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = os.cpu_count() or 1
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+        )
         with _LOCK:
             if len(_SESSIONS) > 512:  # many input types seen: start again rather than grow forever
                 _SESSIONS.clear()
@@ -114,7 +125,9 @@ class OrtNode:
             elif a.type == AttributeProto.STRINGS:
                 out[f"{a.name}_s"] = [s.decode("utf-8") for s in a.strings]
             else:
-                raise NotImplementedError(f"{self.label}: attribute {a.name!r} of type {a.type} cannot be exported")
+                raise NotImplementedError(
+                    f"{self.label}: attribute {a.name!r} of type {a.type} cannot be exported"
+                )
         return out
 
 
@@ -126,7 +139,9 @@ class OrtWeight(nn.Module):
     ``value()`` gives it back in the file's layout. No MACs are counted for it.
     """
 
-    def __init__(self, value: torch.Tensor, op: str, role: str, perm: tuple[int, ...] | None) -> None:
+    def __init__(
+        self, value: torch.Tensor, op: str, role: str, perm: tuple[int, ...] | None
+    ) -> None:
         super().__init__()
         full = (*perm, *range(len(perm), value.dim())) if perm else None
         self.perm = full
@@ -148,17 +163,24 @@ class _RunInOrt(torch.autograd.Function):
     def forward(ctx: Any, spec: OrtNode, *inputs: torch.Tensor | None) -> Any:
         ctx.label = spec.label
         node = spec.proto()
-        feeds = {name: np.ascontiguousarray(value.detach().cpu().numpy())
-                 for name, value in zip(node.input, inputs) if name and value is not None}
+        feeds = {
+            name: np.ascontiguousarray(value.detach().cpu().numpy())
+            for name, value in zip(node.input, inputs, strict=False)
+            if name and value is not None
+        }
         wanted = [n for n in node.output if n]
-        results = dict(zip(wanted, spec.session(feeds).run(wanted, feeds)))
-        outs = tuple(torch.from_numpy(np.array(results[n])) if n else torch.empty(0) for n in node.output)
+        results = dict(zip(wanted, spec.session(feeds).run(wanted, feeds), strict=False))
+        outs = tuple(
+            torch.from_numpy(np.array(results[n])) if n else torch.empty(0) for n in node.output
+        )
         return outs[0] if len(outs) == 1 else outs
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor) -> Any:
-        raise RecoverError(f"no gradient through {ctx.label}: that op runs in ONNX Runtime, so this graph "
-                           "cannot be fine-tuned here")
+        raise RecoverError(
+            f"no gradient through {ctx.label}: that op runs in ONNX Runtime, so this graph "
+            "cannot be fine-tuned here"
+        )
 
     @staticmethod
     def symbolic(g: Any, spec: OrtNode, *inputs: Any) -> Any:
@@ -170,7 +192,9 @@ class _RunInOrt(torch.autograd.Function):
             if value is None:  # an optional input in the middle: an empty name in ONNX
                 args[k] = g.op("prim::Constant")
                 args[k].setType(torch._C.OptionalType.ofTensor())
-        op = f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
+        op = (
+            f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
+        )
         return g.op(op, *args, outputs=len(node.output), **spec.symbolic_attributes())
 
 

@@ -44,29 +44,122 @@ __all__ = ["TORCH_VERSION_CHECKED", "check_archive", "load_program"]
 # The checks below follow torch 2.13's loader; another version may read the archive differently.
 TORCH_VERSION_CHECKED = (2, 13)
 
-_ALLOWED_FILES = {"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id"}
+_ALLOWED_FILES = {
+    "archive_format",
+    "archive_version",
+    "byteorder",
+    ".data/version",
+    ".data/serialization_id",
+}
 _ALLOWED_DIRS = ("data/weights/", "data/constants/", "data/sample_inputs/", "models/", "extra/")
 _OP_NAMESPACES = {"aten", "prims", "higher_order"}
-_OPERATOR_FUNCS = {"getitem", "add", "sub", "mul", "floordiv", "truediv", "mod", "neg", "pow", "eq",
-                   "ne", "lt", "le", "gt", "ge", "and_", "or_", "not_", "pos", "abs"}
+_OPERATOR_FUNCS = {
+    "getitem",
+    "add",
+    "sub",
+    "mul",
+    "floordiv",
+    "truediv",
+    "mod",
+    "neg",
+    "pow",
+    "eq",
+    "ne",
+    "lt",
+    "le",
+    "gt",
+    "ge",
+    "and_",
+    "or_",
+    "not_",
+    "pos",
+    "abs",
+}
 # aten operators spelled as Python's dunder methods (a text model's mask: ``mask & causal``); any
 # other name with '__' could reach a Python attribute of torch.ops instead of an operator.
-_ATEN_DUNDER_OPS = {f"__{op}__" for op in ("and", "or", "xor", "lshift", "rshift", "iand", "ior", "ixor",
-                                           "ilshift", "irshift")}
-_TARGET_OPS = re.compile(r"^torch\.ops\.([a-z_][a-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+_ATEN_DUNDER_OPS = {
+    f"__{op}__"
+    for op in ("and", "or", "xor", "lshift", "rshift", "iand", "ior", "ixor", "ilshift", "irshift")
+}
+_TARGET_OPS = re.compile(
+    r"^torch\.ops\.([a-z_][a-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)(\.[A-Za-z_][A-Za-z0-9_]*)?$"
+)
 _TARGET_SYM = re.compile(r"^torch\.(_?sym_[a-z_]+|_check|_check_is_size)$")
 _TARGET_MATH = re.compile(r"^math\.[a-z][a-z0-9_]*$")
 # Names a shape expression may use (sympy's srepr and torch's sympy functions).
 _SYMPY_NAMES = {
-    "Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "Max", "Min", "Abs", "Eq", "Ne",
-    "Lt", "Le", "Gt", "Ge", "StrictLessThan", "StrictGreaterThan", "LessThan", "GreaterThan",
-    "Equality", "Unequality", "And", "Or", "Not", "true", "false", "True", "False", "None", "oo",
-    "zoo", "nan", "Infinity", "NegativeInfinity", "Piecewise", "ExprCondPair", "Tuple", "floor",
-    "ceiling", "Mod", "sqrt", "int_oo", "IntInfinity", "NegativeIntInfinity", "Half", "One", "Zero",
-    "NegativeOne", "FloorDiv", "ModularIndexing", "Where", "PythonMod", "CleanDiv", "CeilToInt",
-    "FloorToInt", "CeilDiv", "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv",
-    "IntTrueDiv", "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt", "RoundToInt",
-    "RoundDecimal", "ToFloat", "Identity", "BitwiseFn_bitwise_and", "BitwiseFn_bitwise_or",
+    "Symbol",
+    "Integer",
+    "Rational",
+    "Float",
+    "Add",
+    "Mul",
+    "Pow",
+    "Max",
+    "Min",
+    "Abs",
+    "Eq",
+    "Ne",
+    "Lt",
+    "Le",
+    "Gt",
+    "Ge",
+    "StrictLessThan",
+    "StrictGreaterThan",
+    "LessThan",
+    "GreaterThan",
+    "Equality",
+    "Unequality",
+    "And",
+    "Or",
+    "Not",
+    "true",
+    "false",
+    "True",
+    "False",
+    "None",
+    "oo",
+    "zoo",
+    "nan",
+    "Infinity",
+    "NegativeInfinity",
+    "Piecewise",
+    "ExprCondPair",
+    "Tuple",
+    "floor",
+    "ceiling",
+    "Mod",
+    "sqrt",
+    "int_oo",
+    "IntInfinity",
+    "NegativeIntInfinity",
+    "Half",
+    "One",
+    "Zero",
+    "NegativeOne",
+    "FloorDiv",
+    "ModularIndexing",
+    "Where",
+    "PythonMod",
+    "CleanDiv",
+    "CeilToInt",
+    "FloorToInt",
+    "CeilDiv",
+    "LShift",
+    "RShift",
+    "PowByNatural",
+    "FloatPow",
+    "FloatTrueDiv",
+    "IntTrueDiv",
+    "IsNonOverlappingAndDenseIndicator",
+    "TruncToFloat",
+    "TruncToInt",
+    "RoundToInt",
+    "RoundDecimal",
+    "ToFloat",
+    "Identity",
+    "BitwiseFn_bitwise_and",
+    "BitwiseFn_bitwise_or",
 }
 # Names that end up in the Python code torch.fx generates for the program: variables (node and
 # argument names) are plain dotted identifiers only, so a name cannot carry code. Attribute paths
@@ -95,33 +188,54 @@ def _check_expr(expr: str, path: Path) -> None:
     while pos < len(expr):
         m = _EXPR_TOKEN.match(expr, pos)
         if m is None:
-            raise _refuse(path, f"a shape expression holds {expr[pos:pos + 20]!r} (only sympy terms are read)")
+            raise _refuse(
+                path,
+                f"a shape expression holds {expr[pos : pos + 20]!r} (only sympy terms are read)",
+            )
         name = m.group("name")
         if name is not None:
-            is_kwarg = re.match(r"\s*=(?!=)", expr[m.end():]) is not None
-            if "__" in name or not (name in _SYMPY_NAMES or re.fullmatch(r"[a-z]+\d+", name)
-                                    or (is_kwarg and re.fullmatch(r"[a-z_]+", name))):
-                raise _refuse(path, f"a shape expression uses the name {name!r} (only sympy terms are read)")
+            is_kwarg = re.match(r"\s*=(?!=)", expr[m.end() :]) is not None
+            if "__" in name or not (
+                name in _SYMPY_NAMES
+                or re.fullmatch(r"[a-z]+\d+", name)
+                or (is_kwarg and re.fullmatch(r"[a-z_]+", name))
+            ):
+                raise _refuse(
+                    path, f"a shape expression uses the name {name!r} (only sympy terms are read)"
+                )
         pos = m.end()
 
 
 def _check_target(target: str, path: Path) -> None:
     m = _TARGET_OPS.match(target)
     ok = (
-        (m is not None and m.group(1) in _OP_NAMESPACES
-         and ("__" not in target or (m.group(1) == "aten" and m.group(2) in _ATEN_DUNDER_OPS
-                                     and "__" not in (m.group(3) or ""))))
+        (
+            m is not None
+            and m.group(1) in _OP_NAMESPACES
+            and (
+                "__" not in target
+                or (
+                    m.group(1) == "aten"
+                    and m.group(2) in _ATEN_DUNDER_OPS
+                    and "__" not in (m.group(3) or "")
+                )
+            )
+        )
         or _TARGET_SYM.match(target) is not None
         or _TARGET_MATH.match(target) is not None
-        or (target.startswith("_operator.") and target[len("_operator."):] in _OPERATOR_FUNCS)
+        or (target.startswith("_operator.") and target[len("_operator.") :] in _OPERATOR_FUNCS)
     )
     if not ok:
-        raise _refuse(path, f"the program calls {target!r}, which is not a registered torch operator")
+        raise _refuse(
+            path, f"the program calls {target!r}, which is not a registered torch operator"
+        )
 
 
 def _check_name(name: Any, path: Path, pattern: re.Pattern[str] = _DOTTED) -> None:
     if isinstance(name, str) and name and not pattern.match(name):
-        raise _refuse(path, f"the program names something {name[:60]!r} (only identifiers are read)")
+        raise _refuse(
+            path, f"the program names something {name[:60]!r} (only identifiers are read)"
+        )
 
 
 def _walk(value: Any, path: Path, depth: int = 0, names: bool = True) -> None:
@@ -166,25 +280,43 @@ def check_archive(data: bytes, path: Path) -> None:
     Raises:
         ModelLoadError: naming the file and the reason.
     """
-    if tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) != TORCH_VERSION_CHECKED:
-        raise _refuse(path, f"the .pt2 safety checks were written for torch "
-                            f"{'.'.join(map(str, TORCH_VERSION_CHECKED))}, this is torch {torch.__version__}")
+    if (
+        tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+        != TORCH_VERSION_CHECKED
+    ):
+        raise _refuse(
+            path,
+            "the .pt2 safety checks were written for torch "
+            f"{'.'.join(map(str, TORCH_VERSION_CHECKED))}, this is torch {torch.__version__}",
+        )
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         names = archive.namelist()
     except (zipfile.BadZipFile, OSError, ValueError) as e:
-        raise ModelLoadError(f"{path}: not a torch.export archive (corrupt or truncated: {e})") from None
+        raise ModelLoadError(
+            f"{path}: not a torch.export archive (corrupt or truncated: {e})"
+        ) from None
     if any(n.endswith("data.pkl") for n in names):
         raise _refuse(path, "this is a torch.save file (a pickle), not a torch.export.save program")
     roots = {n.split("/", 1)[0] for n in names}
     if len(roots) != 1 or not names:
-        raise ModelLoadError(f"{path}: not a torch.export archive (expected one top folder, found {sorted(roots)[:3]})")
+        raise ModelLoadError(
+            f"{path}: not a torch.export archive (expected one top folder, found"
+            f" {sorted(roots)[:3]})"
+        )
     root = roots.pop() + "/"
-    rel = [n[len(root):] for n in names]
+    rel = [n[len(root) :] for n in names]
     for name in rel:
         if name.startswith("data/aotinductor/"):
-            raise _refuse(path, "the archive holds compiled AOTInductor code; save the program alone")
-        if name and not name.endswith("/") and name not in _ALLOWED_FILES and not name.startswith(_ALLOWED_DIRS):
+            raise _refuse(
+                path, "the archive holds compiled AOTInductor code; save the program alone"
+            )
+        if (
+            name
+            and not name.endswith("/")
+            and name not in _ALLOWED_FILES
+            and not name.startswith(_ALLOWED_DIRS)
+        ):
             raise _refuse(path, f"unexpected file {name!r} in the archive")
 
     def read(name: str) -> bytes:
@@ -201,10 +333,14 @@ def check_archive(data: bytes, path: Path) -> None:
     if not models:
         raise ModelLoadError(f"{path}: the archive holds no program (models/*.json)")
     for model_file in models:
-        model = model_file[len("models/"):-len(".json")]
+        model = model_file[len("models/") : -len(".json")]
         for kind in ("weights", "constants"):
             if f"data/{kind}/{model}.pt" in rel:
-                raise _refuse(path, f"its {kind} are stored in the old pickled format; save it again with torch.export.save")
+                raise _refuse(
+                    path,
+                    f"its {kind} are stored in the old pickled format; save it again with"
+                    " torch.export.save",
+                )
             for name in [f"data/{kind}/{model}_{kind}_config.json"]:
                 try:
                     config = json.loads(read(name)).get("config", {})
@@ -212,16 +348,27 @@ def check_archive(data: bytes, path: Path) -> None:
                     raise ModelLoadError(f"{path}: corrupt archive ({name} is not JSON)") from None
                 for fqn, meta in config.items():
                     if not _PATH.match(str(fqn)):
-                        raise _refuse(path, f"a {kind[:-1]} is named {str(fqn)[:60]!r} (only identifiers are read)")
-                    if not isinstance(meta, dict) or meta.get("use_pickle") or \
-                            not str(meta.get("path_name", "")).startswith(("weight_", "tensor_")):
-                        raise _refuse(path, f"{kind[:-1]} {fqn!r} is a pickled object; only plain tensors are read")
+                        raise _refuse(
+                            path,
+                            f"a {kind[:-1]} is named {str(fqn)[:60]!r} (only identifiers are read)",
+                        )
+                    if (
+                        not isinstance(meta, dict)
+                        or meta.get("use_pickle")
+                        or not str(meta.get("path_name", "")).startswith(("weight_", "tensor_"))
+                    ):
+                        raise _refuse(
+                            path,
+                            f"{kind[:-1]} {fqn!r} is a pickled object; only plain tensors are read",
+                        )
         sample = f"data/sample_inputs/{model}.pt"
         if sample in rel:
             try:
                 torch.load(io.BytesIO(read(sample)), weights_only=True)
             except Exception as e:
-                raise _refuse(path, f"its example inputs need unpickling ({type(e).__name__})") from None
+                raise _refuse(
+                    path, f"its example inputs need unpickling ({type(e).__name__})"
+                ) from None
         try:
             program = json.loads(read(model_file))
         except (ValueError, UnicodeDecodeError):
@@ -243,7 +390,10 @@ def _plain_spec(node: Any, renamed: list[str]) -> Any:
     if node.get("type") not in _PLAIN_SPECS:
         renamed.append(str(node["type"]))
         node = {**node, "type": "builtins.dict"}
-    return {**node, "children_spec": [_plain_spec(c, renamed) for c in node.get("children_spec") or []]}
+    return {
+        **node,
+        "children_spec": [_plain_spec(c, renamed) for c in node.get("children_spec") or []],
+    }
 
 
 def _plain_outputs(data: bytes, path: Path) -> tuple[bytes, str]:
@@ -312,13 +462,18 @@ def _tensor_attr(gm: fx.GraphModule, node: Any) -> tuple[str, torch.Tensor] | No
 
 
 def _install(gm: fx.GraphModule, prefix: str, layer: nn.Module, kind: str) -> str:
-    """Put ``layer`` at ``prefix`` (replacing the plain container that held its tensors) or next to it."""
+    """Put ``layer`` at ``prefix`` (replacing the plain container that held its tensors) or next to
+    it."""
     parent_name, _, child = prefix.rpartition(".")
     parent = gm.get_submodule(parent_name) if parent_name else gm
     current = parent._modules.get(child) if child else None
     own = {n for n, _ in layer.named_parameters()} | {n for n, _ in layer.named_buffers()}
-    if current is not None and type(current) is nn.Module and not current._modules and \
-            set(current._parameters) | set(current._buffers) <= own | {"num_batches_tracked"}:
+    if (
+        current is not None
+        and type(current) is nn.Module
+        and not current._modules
+        and set(current._parameters) | set(current._buffers) <= own | {"num_batches_tracked"}
+    ):
         setattr(parent, child, layer)
         return prefix
     base = f"{child or 'layer'}_{kind}"
@@ -335,33 +490,51 @@ def _only_user(value: fx.Node | None, node: fx.Node) -> bool:
 
 def _transposed_weight(gm: fx.GraphModule, node: Any) -> tuple[str, torch.Tensor] | None:
     """``permute(w, [1, 0])`` or ``t(w)`` of a 2-D weight of the program (decomposed linears)."""
-    if isinstance(node, fx.Node) and node.op == "call_function" and len(node.users) == 1 and (
-            node.target == _aten("t") or (node.target == _aten("permute") and list(node.args[1]) == [1, 0])):
+    if (
+        isinstance(node, fx.Node)
+        and node.op == "call_function"
+        and len(node.users) == 1
+        and (
+            node.target == _aten("t")
+            or (node.target == _aten("permute") and list(node.args[1]) == [1, 0])
+        )
+    ):
         w = _tensor_attr(gm, node.args[0])
         if w is not None and w[1].ndim == 2 and len(node.args[0].users) == 1:
             return w
     return None
 
 
-def _to_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, str, str, list[fx.Node], Any] | None:
+def _to_layer(
+    gm: fx.GraphModule, node: fx.Node
+) -> tuple[nn.Module, str, str, list[fx.Node], Any] | None:
     """The layer replacing ``node`` (a conv, linear or norm on the program's own tensors), if any:
     (layer, weight name, kind, the nodes feeding it its tensors, its input)."""
     t = node.target
     if t in (_aten("addmm"), _aten("mm")):  # decomposed linear: addmm(bias, x, t(w)) or mm(x, t(w))
-        x, wt = (node.args[1], node.args[2]) if t == _aten("addmm") else (node.args[0], node.args[1])
+        x, wt = (
+            (node.args[1], node.args[2]) if t == _aten("addmm") else (node.args[0], node.args[1])
+        )
         w = _transposed_weight(gm, wt)
         stored = None
-        if w is None:  # Hugging Face's Conv1D (GPT-2): addmm(bias, x, w) on a weight stored (in, out)
+        if (
+            w is None
+        ):  # Hugging Face's Conv1D (GPT-2): addmm(bias, x, w) on a weight stored (in, out)
             stored = _tensor_attr(gm, wt)
             if stored is None or stored[1].ndim != 2 or len(wt.users) != 1:
                 return None
             w = (stored[0], stored[1].detach().T.contiguous())
         b = _tensor_attr(gm, node.args[0]) if t == _aten("addmm") else None
-        if (t == _aten("addmm") and (b is None or b[1].ndim != 1)) or \
-                node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1:
+        if (
+            (t == _aten("addmm") and (b is None or b[1].ndim != 1))
+            or node.kwargs.get("beta", 1) != 1
+            or node.kwargs.get("alpha", 1) != 1
+        ):
             return None
         linear = nn.Linear(w[1].shape[1], w[1].shape[0], bias=b is not None)
-        linear.weight = _as_param(w[1]) if stored is None else nn.Parameter(w[1], requires_grad=False)
+        linear.weight = (
+            _as_param(w[1]) if stored is None else nn.Parameter(w[1], requires_grad=False)
+        )
         if b is not None:
             linear.bias = _as_param(b[1])
         feeds = [wt] + ([node.args[0]] if b is not None else [])
@@ -379,18 +552,33 @@ def _to_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, str, str, l
             dilation = _arg(node, 5, "dilation", 1)
             groups = _arg(node, 6, "groups", 1)
         w, b = _tensor_attr(gm, node.args[1]), _tensor_attr(gm, _arg(node, 2, "bias", None))
-        if w is None or (b is None and _arg(node, 2, "bias", None) is not None) or w[1].ndim not in (3, 4, 5):
+        if (
+            w is None
+            or (b is None and _arg(node, 2, "bias", None) is not None)
+            or w[1].ndim not in (3, 4, 5)
+        ):
             return None
         weight = w[1]
         conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[weight.ndim - 3](
-            weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]), stride=stride,
-            padding=padding, dilation=dilation, groups=groups, bias=b is not None,
+            weight.shape[1] * groups,
+            weight.shape[0],
+            tuple(weight.shape[2:]),
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=b is not None,
         )
         conv.weight = _as_param(weight)
         if b is not None:
             conv.bias = _as_param(b[1])
-        return conv, w[0], "conv", [n for n in (node.args[1], _arg(node, 2, "bias", None)) if isinstance(n, fx.Node)], \
-            node.args[0]
+        return (
+            conv,
+            w[0],
+            "conv",
+            [n for n in (node.args[1], _arg(node, 2, "bias", None)) if isinstance(n, fx.Node)],
+            node.args[0],
+        )
     if t == _aten("linear"):
         w, b = _tensor_attr(gm, node.args[1]), _tensor_attr(gm, _arg(node, 2, "bias", None))
         if w is None or w[1].ndim != 2 or (b is None and _arg(node, 2, "bias", None) is not None):
@@ -399,8 +587,13 @@ def _to_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, str, str, l
         linear.weight = _as_param(w[1])
         if b is not None:
             linear.bias = _as_param(b[1])
-        return linear, w[0], "linear", [n for n in (node.args[1], _arg(node, 2, "bias", None)) if isinstance(n, fx.Node)], \
-            node.args[0]
+        return (
+            linear,
+            w[0],
+            "linear",
+            [n for n in (node.args[1], _arg(node, 2, "bias", None)) if isinstance(n, fx.Node)],
+            node.args[0],
+        )
     if t in (_aten("batch_norm"), _aten("_native_batch_norm_legit_no_training")):
         if t == _aten("batch_norm") and _arg(node, 5, "training", False):
             return None
@@ -408,25 +601,42 @@ def _to_layer(gm: fx.GraphModule, node: fx.Node) -> tuple[nn.Module, str, str, l
         if any(x is None for x in tensors):
             return None
         (wn, w), (_, b), (_, mean), (_, var) = tensors  # type: ignore[misc]
-        momentum, eps = (node.args[6], node.args[7]) if t == _aten("batch_norm") else (node.args[5], node.args[6])
+        momentum, eps = (
+            (node.args[6], node.args[7])
+            if t == _aten("batch_norm")
+            else (node.args[5], node.args[6])
+        )
         from explorer.models.onnx_import import AnyRankBatchNorm
 
         bn = AnyRankBatchNorm(w.shape[0], eps=float(eps), momentum=float(momentum))
         bn.weight, bn.bias = _as_param(w), _as_param(b)
         bn.running_mean, bn.running_var = mean.detach().clone(), var.detach().clone()
         return bn, wn, "bn", [a for a in node.args[1:5] if isinstance(a, fx.Node)], node.args[0]
-    if t == _aten("embedding"):  # a lookup table: an nn.Embedding (DepGraph prunes its width with the channels)
+    if t == _aten(
+        "embedding"
+    ):  # a lookup table: an nn.Embedding (DepGraph prunes its width with the channels)
         w = _tensor_attr(gm, node.args[0])
-        if w is None or w[1].ndim != 2 or any(_arg(node, i, k, d) != d for i, k, d in
-                                               ((3, "scale_grad_by_freq", False), (4, "sparse", False))):
+        if (
+            w is None
+            or w[1].ndim != 2
+            or any(
+                _arg(node, i, k, d) != d
+                for i, k, d in ((3, "scale_grad_by_freq", False), (4, "sparse", False))
+            )
+        ):
             return None
         padding = _arg(node, 2, "padding_idx", -1)
-        emb = nn.Embedding(w[1].shape[0], w[1].shape[1], padding_idx=None if padding < 0 else padding)
+        emb = nn.Embedding(
+            w[1].shape[0], w[1].shape[1], padding_idx=None if padding < 0 else padding
+        )
         emb.weight = _as_param(w[1])
         return emb, w[0], "emb", [node.args[0]], node.args[1]
     if t == _aten("layer_norm"):
         shape = node.args[1]
-        w, b = _tensor_attr(gm, _arg(node, 2, "weight", None)), _tensor_attr(gm, _arg(node, 3, "bias", None))
+        w, b = (
+            _tensor_attr(gm, _arg(node, 2, "weight", None)),
+            _tensor_attr(gm, _arg(node, 3, "bias", None)),
+        )
         if w is None or len(shape) != 1 or (b is None and _arg(node, 3, "bias", None) is not None):
             return None
         ln = nn.LayerNorm(shape[0], eps=float(_arg(node, 4, "eps", 1e-5)), bias=b is not None)
@@ -456,19 +666,36 @@ def _free_batch(gm: fx.GraphModule, batch: int | None) -> None:
     """Reshapes that flatten (N, C, ...) to (N, C*...) become ``flatten(x, 1)`` (their width then
     follows pruned channels); a view that hard-codes the example's batch size gets -1 there."""
     for node, src, shape, val in _views(gm):
-        if val is None or not isinstance(shape, (list, tuple)) or not shape \
-                or not all(isinstance(s, int) for s in shape[1:]):
+        if (
+            val is None
+            or not isinstance(shape, (list, tuple))
+            or not shape
+            or not all(isinstance(s, int) for s in shape[1:])
+        ):
             continue
         dims = list(val.shape)
-        batch_dim = shape[0] == -1 or shape[0] == dims[0] or isinstance(shape[0], fx.Node)  # a dynamic batch: sym_size
-        if len(dims) >= 3 and len(shape) == 2 and all(isinstance(d, int) for d in dims[1:]) \
-                and shape[1] == math.prod(dims[1:]) and batch_dim:
+        batch_dim = (
+            shape[0] == -1 or shape[0] == dims[0] or isinstance(shape[0], fx.Node)
+        )  # a dynamic batch: sym_size
+        if (
+            len(dims) >= 3
+            and len(shape) == 2
+            and all(isinstance(d, int) for d in dims[1:])
+            and shape[1] == math.prod(dims[1:])
+            and batch_dim
+        ):
             with gm.graph.inserting_before(node):
                 flat = gm.graph.call_function(_aten("flatten", "using_ints"), (src, 1, -1))
             node.replace_all_uses_with(flat)
             gm.graph.erase_node(node)
-        elif batch is not None and isinstance(shape[0], int) and shape[0] == batch and dims and dims[0] == batch \
-                and -1 not in shape:
+        elif (
+            batch is not None
+            and isinstance(shape[0], int)
+            and shape[0] == batch
+            and dims
+            and dims[0] == batch
+            and -1 not in shape
+        ):
             node.args = (src, [-1, *shape[1:]])
 
 
@@ -477,32 +704,61 @@ def _follow_channels(gm: fx.GraphModule) -> None:
     Hugging Face's ``Conv1D`` does) gets that dimension from its input when run: written as the
     example's size, it would break once the channels are pruned."""
     for node, src, shape, val in _views(gm):
-        if val is None or not isinstance(shape, (list, tuple)) or len(shape) < 2 or val.dim() < 2 \
-                or not isinstance(shape[-1], int) or not isinstance(val.shape[-1], int) \
-                or shape[-1] != val.shape[-1] or shape[-1] <= 1:
+        if (
+            val is None
+            or not isinstance(shape, (list, tuple))
+            or len(shape) < 2
+            or val.dim() < 2
+            or not isinstance(shape[-1], int)
+            or not isinstance(val.shape[-1], int)
+            or shape[-1] != val.shape[-1]
+            or shape[-1] <= 1
+        ):
             continue
         with gm.graph.inserting_before(node):
             size = gm.graph.call_method("size", (src, -1))
         node.args = (src, [*shape[:-1], size])
-    for node in list(gm.graph.nodes):  # an even split of the last dimension stays even (a fused q/k/v)
-        if node.op != "call_function" or node.target != _aten("split", "Tensor") or len(node.args) < 3:
+    for node in list(
+        gm.graph.nodes
+    ):  # an even split of the last dimension stays even (a fused q/k/v)
+        if (
+            node.op != "call_function"
+            or node.target != _aten("split", "Tensor")
+            or len(node.args) < 3
+        ):
             continue
         src, size, dim = node.args[:3]
         val = src.meta.get("val") if isinstance(src, fx.Node) else None
-        if val is None or not isinstance(size, int) or dim not in (-1, val.dim() - 1) \
-                or not isinstance(val.shape[-1], int) or val.shape[-1] % size or val.shape[-1] == size:
+        if (
+            val is None
+            or not isinstance(size, int)
+            or dim not in (-1, val.dim() - 1)
+            or not isinstance(val.shape[-1], int)
+            or val.shape[-1] % size
+            or val.shape[-1] == size
+        ):
             continue
         with gm.graph.inserting_before(node):
             width = gm.graph.call_method("size", (src, -1))
-            piece = gm.graph.call_function(__import__("operator").floordiv, (width, val.shape[-1] // size))
+            piece = gm.graph.call_function(
+                __import__("operator").floordiv, (width, val.shape[-1] // size)
+            )
         node.args = (src, piece, dim)
 
 
 # Ops that take a shape, and the Tensor method doing the same: the TorchScript ONNX exporter traces
 # a size flowing into a method call as a shape, but records it as a constant in an op call.
-_SHAPE_METHODS = {"view": "view", "reshape": "reshape", "_unsafe_view": "reshape", "expand": "expand",
-                  "repeat": "repeat", "new_zeros": "new_zeros", "new_ones": "new_ones", "new_empty": "new_empty",
-                  "split": "split"}
+_SHAPE_METHODS = {
+    "view": "view",
+    "reshape": "reshape",
+    "_unsafe_view": "reshape",
+    "expand": "expand",
+    "repeat": "repeat",
+    "new_zeros": "new_zeros",
+    "new_ones": "new_ones",
+    "new_empty": "new_empty",
+    "split": "split",
+}
 
 
 def _has_symbol(value: Any) -> bool:
@@ -529,18 +785,27 @@ def _traceable_sizes(gm: fx.GraphModule) -> None:
         packet = node.target.overloadpacket.__name__
         method = _SHAPE_METHODS.get(packet)
         overload = node.target._overloadname
-        if method is None or overload not in ("default", "Tensor") or (overload == "Tensor") != (packet == "split") \
-                or len(node.args) < 2 or not _has_symbol(node.args[1]):
+        if (
+            method is None
+            or overload not in ("default", "Tensor")
+            or (overload == "Tensor") != (packet == "split")
+            or len(node.args) < 2
+            or not _has_symbol(node.args[1])
+        ):
             continue
         shape = list(node.args[1]) if isinstance(node.args[1], (list, tuple)) else node.args[1]
         with gm.graph.inserting_before(node):
-            call = gm.graph.call_method(method, (node.args[0], shape, *node.args[2:]), dict(node.kwargs))
+            call = gm.graph.call_method(
+                method, (node.args[0], shape, *node.args[2:]), dict(node.kwargs)
+            )
         call.meta = dict(node.meta)
         node.replace_all_uses_with(call)
         gm.graph.erase_node(node)
 
 
-def program_to_layers(gm: fx.GraphModule, batch: int | None = None, output: int | None = None) -> fx.GraphModule:
+def program_to_layers(
+    gm: fx.GraphModule, batch: int | None = None, output: int | None = None
+) -> fx.GraphModule:
     """Rewrite ``gm`` (from ``ExportedProgram.module()``) in place: layers instead of aten calls
     on its own weights, no guard module, batch-size-free reshapes, and the one output leaf
     ``output`` (the logits; None: the program must have one) returned as a plain tensor.
@@ -559,21 +824,31 @@ def program_to_layers(gm: fx.GraphModule, batch: int | None = None, output: int 
         layer, weight_name, kind, tensor_nodes, source = made
         if not all(_only_user(n, node) for n in tensor_nodes):
             continue  # a weight shared with another op stays functional
-        prefix = weight_name.rpartition(".")[0] if weight_name.endswith(".weight") else weight_name.replace(".", "_")
+        prefix = (
+            weight_name.rpartition(".")[0]
+            if weight_name.endswith(".weight")
+            else weight_name.replace(".", "_")
+        )
         name = _install(gm, prefix, layer, kind)
         with gm.graph.inserting_before(node):
             call = gm.graph.call_module(name, (source,))
         if node.target == _aten("_native_batch_norm_legit_no_training"):
-            for user in list(node.users):  # (out, mean, invstd): only the output is used in inference
+            for user in list(
+                node.users
+            ):  # (out, mean, invstd): only the output is used in inference
                 if user.target is __import__("operator").getitem and user.args[1] == 0:
-                    call.meta.update({k: user.meta[k] for k in ("val", "tensor_meta") if k in user.meta})
+                    call.meta.update(
+                        {k: user.meta[k] for k in ("val", "tensor_meta") if k in user.meta}
+                    )
                     user.replace_all_uses_with(call)
                     gm.graph.erase_node(user)
             if node.users:
                 gm.graph.erase_node(call)
                 continue
         else:
-            call.meta.update({k: node.meta[k] for k in ("val", "tensor_meta") if k in node.meta})  # shapes, for later rewrites
+            call.meta.update(
+                {k: node.meta[k] for k in ("val", "tensor_meta") if k in node.meta}
+            )  # shapes, for later rewrites
             node.replace_all_uses_with(call)
         gm.graph.erase_node(node)
         pending = list(tensor_nodes)
@@ -592,9 +867,16 @@ def program_to_layers(gm: fx.GraphModule, batch: int | None = None, output: int 
     if isinstance(gm.graph._codegen, fx.graph._PyTreeCodeGen):
         if isinstance(outs, (tuple, list)) and output is not None and output < len(outs):
             outs = [outs[output]]
-        if not isinstance(outs, (tuple, list)) or len(outs) != 1 or not isinstance(outs[0], fx.Node):
-            raise ValueError(f"the program returns {len(outs) if isinstance(outs, (tuple, list)) else 'a structure of'} "
-                             "values; it must return one tensor of logits (or a dict or ModelOutput holding 'logits')")
+        if (
+            not isinstance(outs, (tuple, list))
+            or len(outs) != 1
+            or not isinstance(outs[0], fx.Node)
+        ):
+            raise ValueError(
+                "the program returns"
+                f" {len(outs) if isinstance(outs, (tuple, list)) else 'a structure of'} values; it"
+                " must return one tensor of logits (or a dict or ModelOutput holding 'logits')"
+            )
         out_node.args = (outs[0],)
         gm.graph._codegen = fx.graph.CodeGen()
     for attr in ("_in_spec", "_out_spec"):
@@ -615,14 +897,18 @@ def _check_graph_targets(gm: fx.GraphModule, path: Path) -> None:
         if isinstance(target, allowed) or target in safe_funcs:
             return True
         module, name = getattr(target, "__module__", ""), getattr(target, "__name__", "")
-        return (module == "math") or (module == "torch" and _TARGET_SYM.match(f"torch.{name}") is not None)
+        return (module == "math") or (
+            module == "torch" and _TARGET_SYM.match(f"torch.{name}") is not None
+        )
 
     for module in gm.modules():
         if not isinstance(module, fx.GraphModule):
             continue
         for node in module.graph.nodes:
             if node.op == "call_function" and not safe(node.target):
-                raise _refuse(path, f"the program calls {node.target!r}, which is not a torch operator")
+                raise _refuse(
+                    path, f"the program calls {node.target!r}, which is not a torch operator"
+                )
 
 
 def load_program(path: str | Path) -> nn.Module:
@@ -637,24 +923,32 @@ def load_program(path: str | Path) -> nn.Module:
     path = Path(path)
     data = read_model_file(path)
     if not data.startswith(b"PK\x03\x04"):
-        raise ModelLoadError(f"{path}: not a torch.export archive (a .pt2 is a zip written by torch.export.save)")
+        raise ModelLoadError(
+            f"{path}: not a torch.export archive (a .pt2 is a zip written by torch.export.save)"
+        )
     check_archive(data, path)
     data, output_type = _plain_outputs(data, path)
     try:
-        contents = load_pt2(io.BytesIO(data))  # not torch.export.load: no fallback to the old format
+        contents = load_pt2(
+            io.BytesIO(data)
+        )  # not torch.export.load: no fallback to the old format
         programs = contents.exported_programs
         program = programs.get("model") or next(iter(programs.values()))
     except ModelLoadError:
         raise
     except Exception as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise ModelLoadError(f"{path}: torch cannot read the program ({type(e).__name__}: {first})") from None
+        raise ModelLoadError(
+            f"{path}: torch cannot read the program ({type(e).__name__}: {first})"
+        ) from None
     program._guards_code = []  # never exec code from the file (ExportedProgram.module() would)
     example = program.example_inputs  # (args, kwargs), as exported
     try:
         gm = program.module(check_guards=False)
     except Exception as e:
-        raise ModelLoadError(f"{path}: cannot rebuild a module from the program ({type(e).__name__}: {e})") from None
+        raise ModelLoadError(
+            f"{path}: cannot rebuild a module from the program ({type(e).__name__}: {e})"
+        ) from None
     # The rebuilt module checks the example's input shapes in a pre-hook (our batches differ) and
     # refuses train()/eval() (its layers are functional calls); with real layers both are sound.
     gm._forward_pre_hooks.clear()
@@ -662,7 +956,9 @@ def load_program(path: str | Path) -> nn.Module:
         if attr in gm.__dict__:
             delattr(gm, attr)
     _check_graph_targets(gm, path)
-    for module in gm.modules():  # the file's metadata (stack traces...) is never needed, nor printed
+    for (
+        module
+    ) in gm.modules():  # the file's metadata (stack traces...) is never needed, nor printed
         if isinstance(module, fx.GraphModule):
             for node in module.graph.nodes:
                 node.meta = {k: node.meta[k] for k in ("val", "tensor_meta") if k in node.meta}
@@ -673,15 +969,19 @@ def load_program(path: str | Path) -> nn.Module:
     leaves = torch.utils._pytree.tree_leaves(example) if example is not None else []
     sample: torch.Tensor | Inputs | None = None
     if len(leaves) == len(names) and all(isinstance(t, torch.Tensor) and t.ndim for t in leaves):
-        sample = leaves[0] if len(leaves) == 1 else Inputs(tuple(zip(names, leaves)))
+        sample = leaves[0] if len(leaves) == 1 else Inputs(tuple(zip(names, leaves, strict=False)))
     reference = None
     if sample is not None:
         with torch.no_grad():
             reference = logits_of(gm(*example[0], **example[1]))
     try:
-        program_to_layers(gm, batch=len(sample) if sample is not None else None, output=_logits_leaf(program))
+        program_to_layers(
+            gm, batch=len(sample) if sample is not None else None, output=_logits_leaf(program)
+        )
     except Exception as e:
-        raise ModelLoadError(f"{path}: cannot turn the program's weights into layers ({type(e).__name__}: {e})") from None
+        raise ModelLoadError(
+            f"{path}: cannot turn the program's weights into layers ({type(e).__name__}: {e})"
+        ) from None
     gm.requires_grad_(False)
     gm.eval()
     gm.input_names = names  # several inputs are taken in this order
@@ -690,7 +990,11 @@ def load_program(path: str | Path) -> nn.Module:
     if output_type:
         gm.output_note = f"the logits of its {output_type.rpartition('.')[2]}"
     if sample is not None and isinstance(reference, torch.Tensor):
-        batch = sample.cat(sample).cat(sample) if isinstance(sample, Inputs) else torch.cat([sample, sample, sample])
+        batch = (
+            sample.cat(sample).cat(sample)
+            if isinstance(sample, Inputs)
+            else torch.cat([sample, sample, sample])
+        )
         try:
             with torch.no_grad():
                 out = run_model(gm, sample)
@@ -703,6 +1007,8 @@ def load_program(path: str | Path) -> nn.Module:
             ) from None
         error = max(relative_error(out, reference), relative_error(out3[: len(sample)], reference))
         if error > REL_TOL:
-            raise ModelLoadError(f"{path}: turning the program into layers changed its outputs (by {error:.1e} of "
-                                 "their scale); please report it")
+            raise ModelLoadError(
+                f"{path}: turning the program into layers changed its outputs (by {error:.1e} of "
+                "their scale); please report it"
+            )
     return gm

@@ -58,10 +58,12 @@ def fresh_model(model: nn.Module, spec: str, seed: int = 0) -> nn.Module:
     bad = not_reinitialisable(model)
     if bad:
         shown = "; ".join(bad[:4]) + ("; ..." if len(bad) > 4 else "")
-        raise ScheduleError(f"{spec}: cannot re-initialise the model to train it from scratch: {shown} "
-                            "hold(s) parameters without a reset_parameters() method; give the model as "
-                            "PATH.py:FUNC built from torch.nn layers, or use a schedule that starts from "
-                            "the trained weights (one-shot, iterative, gradual, regularized)")
+        raise ScheduleError(
+            f"{spec}: cannot re-initialise the model to train it from scratch: {shown} "
+            "hold(s) parameters without a reset_parameters() method; give the model as "
+            "PATH.py:FUNC built from torch.nn layers, or use a schedule that starts from "
+            "the trained weights (one-shot, iterative, gradual, regularized)"
+        )
     fresh = copy.deepcopy(model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -111,7 +111,10 @@ def train(name: str, seed: int = 0) -> tuple[float, float]:
         n = len(data.train)
         for t in range(recipe.steps):
             start = (t * recipe.batch_size) % n
-            step(data.train.x[start : start + recipe.batch_size], data.train.y[start : start + recipe.batch_size])
+            step(
+                data.train.x[start : start + recipe.batch_size],
+                data.train.y[start : start + recipe.batch_size],
+            )
             if t % recipe.eval_every == 0 or t == recipe.steps - 1:
                 validate(f"step {t + 1}/{recipe.steps}")
     assert best_state is not None

@@ -47,18 +47,23 @@ class DigitsCNN(nn.Module):
         super().__init__()
         self.features = nn.Sequential(
             *_conv_bn(1, 32),
-            *_conv_bn(32, 64), nn.MaxPool2d(2),  # 16x16
-            *_conv_bn(64, 128), nn.MaxPool2d(2),  # 8x8
+            *_conv_bn(32, 64),
+            nn.MaxPool2d(2),  # 16x16
+            *_conv_bn(64, 128),
+            nn.MaxPool2d(2),  # 8x8
             *_conv_bn(128, 256),
         )
         self.classifier = nn.Linear(256, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+        return self.classifier(
+            torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1)
+        )
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block; the residual add couples the channels of conv2, the shortcut and the input."""
+    """ResNet basic block; the residual add couples the channels of conv2, the shortcut and the
+    input."""
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
         super().__init__()
@@ -81,7 +86,9 @@ class BasicBlock(nn.Module):
 class DigitsResNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU()
+        )
         self.layer1 = nn.Sequential(BasicBlock(32, 32), BasicBlock(32, 32))
         self.layer2 = nn.Sequential(BasicBlock(32, 64, stride=2), BasicBlock(64, 64))
         self.layer3 = nn.Sequential(BasicBlock(64, 128, stride=2))
@@ -93,7 +100,8 @@ class DigitsResNet(nn.Module):
 
 
 class LeNet300(nn.Module):
-    """LeNet-300-100 (LeCun et al. 1998; Han et al. 2015, Table 2): 784-300-100-10, ReLU, 267K weights."""
+    """LeNet-300-100 (LeCun et al. 1998; Han et al. 2015, Table 2): 784-300-100-10, ReLU, 267K
+    weights."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -124,7 +132,8 @@ class LeNet5(nn.Module):
 
 
 class Mnist1dMLP(nn.Module):
-    """The MLP of MNIST-1D's lottery-ticket notebook: 40-500-500-10, the second hidden layer residual
+    """The MLP of MNIST-1D's lottery-ticket notebook: 40-500-500-10, the second hidden layer
+    residual
     (``h = h + relu(linear2(h))``), so linear1 and linear2 share their output channels."""
 
     def __init__(self, hidden: int = 500) -> None:
@@ -168,18 +177,42 @@ class ZooEntry:
 ZOO: dict[str, ZooEntry] = {
     e.name: e
     for e in [
-        ZooEntry("digits-mlp", "MLP 64-256-128-10 on flattened 8x8 digits", DigitsMLP, "digits-flat"),
-        ZooEntry("digits-cnn", "4 conv+BN layers (32-64-128-256) on 32x32 digits", DigitsCNN, "digits-32"),
-        ZooEntry("digits-resnet", "ResNet with 5 basic blocks (residual adds couple channels) on 32x32 digits",
-                 DigitsResNet, "digits-32"),
-        ZooEntry("mnist-lenet300", "LeNet-300-100 (784-300-100-10) on 5,000 real MNIST digits, flattened",
-                 LeNet300, "mnist-flat"),
-        ZooEntry("mnist-lenet5", "Caffe LeNet-5 (conv 20, conv 50, fc 500, fc 10; 431K) on real MNIST 28x28",
-                 LeNet5, "mnist-28"),
-        ZooEntry("mnist1d-mlp", "MLP 40-500-500(residual)-10 on MNIST-1D (the lottery-ticket notebook's)",
-                 Mnist1dMLP, "mnist1d"),
-        ZooEntry("mnist1d-cnn", "3 Conv1d layers (25 channels) + linear on MNIST-1D (its README's CNN)",
-                 Mnist1dCNN, "mnist1d"),
+        ZooEntry(
+            "digits-mlp", "MLP 64-256-128-10 on flattened 8x8 digits", DigitsMLP, "digits-flat"
+        ),
+        ZooEntry(
+            "digits-cnn", "4 conv+BN layers (32-64-128-256) on 32x32 digits", DigitsCNN, "digits-32"
+        ),
+        ZooEntry(
+            "digits-resnet",
+            "ResNet with 5 basic blocks (residual adds couple channels) on 32x32 digits",
+            DigitsResNet,
+            "digits-32",
+        ),
+        ZooEntry(
+            "mnist-lenet300",
+            "LeNet-300-100 (784-300-100-10) on 5,000 real MNIST digits, flattened",
+            LeNet300,
+            "mnist-flat",
+        ),
+        ZooEntry(
+            "mnist-lenet5",
+            "Caffe LeNet-5 (conv 20, conv 50, fc 500, fc 10; 431K) on real MNIST 28x28",
+            LeNet5,
+            "mnist-28",
+        ),
+        ZooEntry(
+            "mnist1d-mlp",
+            "MLP 40-500-500(residual)-10 on MNIST-1D (the lottery-ticket notebook's)",
+            Mnist1dMLP,
+            "mnist1d",
+        ),
+        ZooEntry(
+            "mnist1d-cnn",
+            "3 Conv1d layers (25 channels) + linear on MNIST-1D (its README's CNN)",
+            Mnist1dCNN,
+            "mnist1d",
+        ),
     ]
 }
 

@@ -1,4 +1,5 @@
-"""Per-layer / per-group sensitivity: accuracy and loss when only one unit is pruned, fast and cached.
+"""Per-layer / per-group sensitivity: accuracy and loss when only one unit is pruned, fast and
+cached.
 
 A unit is one layer for unstructured and N:M methods, and one dependency group for structured
 methods (named by its first member): pruning one member alone would also remove the coupled
@@ -8,9 +9,11 @@ Three tiers, from instant to exact:
 
 - :func:`proxy` (:mod:`.proxy`): data-free; the fraction of a unit's weight magnitude that each
   ratio removes (Sparsify's idea), computed with the very masks pruning would apply.
-- :func:`estimate` (:mod:`.scanning`): the time a scan will take (one evaluation timed, multiplied by
+- :func:`estimate` (:mod:`.scanning`): the time a scan will take (one evaluation timed, multiplied
+by
   the work left), and how many points the cache already holds.
-- :func:`scan` (:mod:`.scanning`): the measured curves, each point a full evaluation on the evaluation
+- :func:`scan` (:mod:`.scanning`): the measured curves, each point a full evaluation on the
+evaluation
   data, by one of the engines of :mod:`.engines`. Weight-only methods (unstructured, N:M) run in
   ONNX Runtime on the part of the graph downstream of the pruned layer, fed with the inner tensors
   one dense pass captured and the pruned weight as a graph input; no copy of the model per point.
@@ -28,7 +31,14 @@ Latency against width lives beside per-layer timing, in :mod:`explorer.latency`.
 from explorer.sensitivity.cache import CACHE_ENV, cache_dir, clear_cache, model_hash
 from explorer.sensitivity.engines import forget_engines as release
 from explorer.sensitivity.proxy import PROXY_COLUMNS, proxy
-from explorer.sensitivity.scanning import COLUMNS, Estimate, estimate, reference_scan, scan, scan_cache
+from explorer.sensitivity.scanning import (
+    COLUMNS,
+    Estimate,
+    estimate,
+    reference_scan,
+    scan,
+    scan_cache,
+)
 from explorer.sensitivity.units import DEFAULT_RATIOS, units
 
 __all__ = [

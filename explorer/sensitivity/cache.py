@@ -19,7 +19,15 @@ import pandas as pd
 from explorer.hashing import model_hash
 from explorer.subject import Subject
 
-__all__ = ["CACHE_ENV", "SCAN_VERSION", "PointCache", "cache_dir", "clear_cache", "model_hash", "ratio_key"]
+__all__ = [
+    "CACHE_ENV",
+    "SCAN_VERSION",
+    "PointCache",
+    "cache_dir",
+    "clear_cache",
+    "model_hash",
+    "ratio_key",
+]
 
 CACHE_ENV = "PRUNING_EXPLORER_CACHE"
 SCAN_VERSION = 1  # bump when the numbers a scan produces change: old cache files are then ignored
@@ -38,10 +46,16 @@ def ratio_key(ratio: float) -> float:
 class PointCache:
     """One CSV of points (unit, ratio -> values) per key; merged on save, replaced atomically."""
 
-    def __init__(self, kind: str, subject: Subject, method: str, columns: list[str], **extra: object) -> None:
+    def __init__(
+        self, kind: str, subject: Subject, method: str, columns: list[str], **extra: object
+    ) -> None:
         self.key = {
-            "kind": kind, "version": SCAN_VERSION, "model": model_hash(subject.model),
-            "data": subject.data.fingerprint(), "method": method, **extra,
+            "kind": kind,
+            "version": SCAN_VERSION,
+            "model": model_hash(subject.model),
+            "data": subject.data.fingerprint(),
+            "method": method,
+            **extra,
         }
         digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:20]
         self.path = cache_dir() / "sensitivity" / f"{kind}-{digest}.csv"
@@ -80,4 +94,3 @@ def clear_cache() -> int:
             path.unlink(missing_ok=True)
             removed += 1
     return removed
-

@@ -1,5 +1,6 @@
 """Data-free sensitivity: the fraction of a unit's weight magnitude each ratio removes (Sparsify's
-idea), computed with the very masks (or channel scores) pruning would apply. Instant: no data read."""
+idea), computed with the very masks (or channel scores) pruning would apply. Instant: no data read.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +20,12 @@ __all__ = ["PROXY_COLUMNS", "proxy"]
 PROXY_COLUMNS = ["layer", "ratio", "magnitude_removed", "members"]
 
 
-def proxy(subject: Subject, method: str = "l1-unstructured", ratios: Sequence[float] = DEFAULT_RATIOS,
-          layers: Sequence[str] | None = None) -> pd.DataFrame:
+def proxy(
+    subject: Subject,
+    method: str = "l1-unstructured",
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+    layers: Sequence[str] | None = None,
+) -> pd.DataFrame:
     """Data-free sensitivity: the fraction of a unit's weight magnitude each ratio removes.
 
     Unstructured and N:M: the L1 mass of the weights the mask zeroes, over the layer's L1 mass.
@@ -46,7 +51,7 @@ def proxy(subject: Subject, method: str = "l1-unstructured", ratios: Sequence[fl
                 rows.append((gid, r, float(order[:n_prune].sum()) / total, ",".join(members)))
         return pd.DataFrame(rows, columns=PROXY_COLUMNS)
     modules = dict(subject.model.named_modules())
-    for name, members in todo.items():
+    for name in todo:
         w = modules[name].weight.detach()
         total = float(w.abs().double().sum()) or 1.0
         rows.append((name, 0.0, 0.0, name))
@@ -54,4 +59,3 @@ def proxy(subject: Subject, method: str = "l1-unstructured", ratios: Sequence[fl
             kept = pruned_weight(m, subject.model, name, r, calibration=subject.calibration)
             rows.append((name, r, 1.0 - float(kept.abs().double().sum()) / total, name))
     return pd.DataFrame(rows, columns=PROXY_COLUMNS)
-

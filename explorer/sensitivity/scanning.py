@@ -32,10 +32,18 @@ def scan_cache(subject: Subject, method: str, round_to: int | None) -> PointCach
     return PointCache("scan", subject, method, COLUMNS, **extra)
 
 
-def scan(subject: Subject, method: str = "l1-unstructured", ratios: Sequence[float] = DEFAULT_RATIOS,
-         layers: Sequence[str] | None = None, on_progress: Progress = no_progress, *,
-         round_to: int | None = None, cache: bool = True, engine: str = "auto",
-         executor: Executor | None = None) -> pd.DataFrame:
+def scan(
+    subject: Subject,
+    method: str = "l1-unstructured",
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+    layers: Sequence[str] | None = None,
+    on_progress: Progress = no_progress,
+    *,
+    round_to: int | None = None,
+    cache: bool = True,
+    engine: str = "auto",
+    executor: Executor | None = None,
+) -> pd.DataFrame:
     """Evaluate the model with one unit pruned at a time, at each ratio (ratio 0: the dense model).
 
     Args:
@@ -68,7 +76,11 @@ def scan(subject: Subject, method: str = "l1-unstructured", ratios: Sequence[flo
         eng = engine_for(subject, m, engine)
         total = sum(len(rs) for rs in missing.values())
         start = time.perf_counter()
-        where = f" on {executor.workers} Ray worker(s)" if executor is not None and executor.name == "ray" else ""
+        where = (
+            f" on {executor.workers} Ray worker(s)"
+            if executor is not None and executor.name == "ray"
+            else ""
+        )
         on_progress(0.0, f"{method}: {total} points with the {eng.name} engine{where}")
 
         def progress(fraction: float, message: str) -> None:
@@ -76,8 +88,14 @@ def scan(subject: Subject, method: str = "l1-unstructured", ratios: Sequence[flo
             on_progress(min(fraction, 1.0) * 0.999, f"{message} (~{left:.0f} s left)")
 
         pruned = {name: [r for r in rs if r > 0] for name, rs in missing.items()}
-        for name, ratio, result in eng.run(m, todo, {n: rs for n, rs in pruned.items() if rs}, progress, round_to,
-                                           executor=executor):
+        for name, ratio, result in eng.run(
+            m,
+            todo,
+            {n: rs for n, rs in pruned.items() if rs},
+            progress,
+            round_to,
+            executor=executor,
+        ):
             fresh[(name, rk(ratio))] = _row(name, ratio, result, ",".join(todo[name]))
         for name, rs in missing.items():
             if 0.0 in rs:
@@ -94,12 +112,24 @@ def scan(subject: Subject, method: str = "l1-unstructured", ratios: Sequence[flo
 
 
 def _row(name: str, ratio: float, result: Result, members: str) -> dict:
-    return {"layer": name, "ratio": ratio, "accuracy": result.accuracy, "loss": result.loss, "members": members}
+    return {
+        "layer": name,
+        "ratio": ratio,
+        "accuracy": result.accuracy,
+        "loss": result.loss,
+        "members": members,
+    }
 
 
-def reference_scan(subject: Subject, method: str = "l1-unstructured", ratios: Sequence[float] = DEFAULT_RATIOS,
-                   layers: Sequence[str] | None = None, on_progress: Progress = no_progress, *,
-                   round_to: int | None = None) -> pd.DataFrame:
+def reference_scan(
+    subject: Subject,
+    method: str = "l1-unstructured",
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+    layers: Sequence[str] | None = None,
+    on_progress: Progress = no_progress,
+    *,
+    round_to: int | None = None,
+) -> pd.DataFrame:
     """Distiller's loop, the oracle of :func:`scan`: for each unit and ratio, a fresh pruned copy of
     the model (``Subject.prune``) evaluated in PyTorch on the whole evaluation data. No cache.
 
@@ -112,8 +142,9 @@ def reference_scan(subject: Subject, method: str = "l1-unstructured", ratios: Se
     split = subject.data.test
     with torch.no_grad():
         n = samples_per_call(split.x)
-        dense_logits = np.concatenate([run_model(subject.model, split.x[i : i + n]).numpy()
-                                       for i in range(0, len(split), n)])
+        dense_logits = np.concatenate(
+            [run_model(subject.model, split.x[i : i + n]).numpy() for i in range(0, len(split), n)]
+        )
     reference = dense_logits if split.y is None else None
     dense_acc, dense_loss = evaluate_torch(subject.model, split, reference)
     rows = []
@@ -127,9 +158,12 @@ def reference_scan(subject: Subject, method: str = "l1-unstructured", ratios: Se
             rows.append((name, ratio, acc, loss, ",".join(members)))
             done += 1
             elapsed = time.perf_counter() - start
-            on_progress(done / total, f"{name} @ {ratio:.2f} ({done}/{total}, ~{elapsed / done * (total - done):.0f} s left)")
+            on_progress(
+                done / total,
+                f"{name} @ {ratio:.2f} ({done}/{total}, ~{elapsed / done * (total - done):.0f} s"
+                " left)",
+            )
     return pd.DataFrame(rows, columns=COLUMNS)
-
 
 
 @dataclass(frozen=True)
@@ -146,9 +180,16 @@ class Estimate:
         return asdict(self)
 
 
-def estimate(subject: Subject, method: str = "l1-unstructured", ratios: Sequence[float] = DEFAULT_RATIOS,
-             layers: Sequence[str] | None = None, *, round_to: int | None = None, cache: bool = True,
-             engine: str = "auto") -> Estimate:
+def estimate(
+    subject: Subject,
+    method: str = "l1-unstructured",
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+    layers: Sequence[str] | None = None,
+    *,
+    round_to: int | None = None,
+    cache: bool = True,
+    engine: str = "auto",
+) -> Estimate:
     """Estimate :func:`scan`'s run time: one evaluation is timed (building the engine, which the
     scan then reuses), and multiplied by the share of the model each point runs."""
     m = get_method(method)
@@ -165,4 +206,3 @@ def estimate(subject: Subject, method: str = "l1-unstructured", ratios: Sequence
     eng = engine_for(subject, m, engine)
     seconds = eng.overhead() + sum(eng.cost(todo[n], len(rs)) for n, rs in missing.items() if rs)
     return Estimate(n_missing, cached, seconds, eng.eval_seconds, eng.name)
-

@@ -27,8 +27,11 @@ def units(subject: Subject, method: str) -> dict[str, list[str]]:
     if m.structured:
         if inventory.structured_error:
             raise PlanError(f"{method}: {inventory.structured_error}")
-        return {gid: list(members) for gid, members in inventory.groups.items()
-                if m.applies_to(members[0], inventory) is None}
+        return {
+            gid: list(members)
+            for gid, members in inventory.groups.items()
+            if m.applies_to(members[0], inventory) is None
+        }
     return {name: [name] for name in subject.layer_names if m.applies_to(name, inventory) is None}
 
 
@@ -38,7 +41,11 @@ def select(subject: Subject, method: str, layers: Sequence[str] | None) -> dict[
         return todo
     m = get_method(method)
     for name in layers:  # a unit the model has but the method cannot prune: say why
-        if name not in todo and name in subject.layer_names and (why := m.applies_to(name, subject.inventory)):
+        if (
+            name not in todo
+            and name in subject.layer_names
+            and (why := m.applies_to(name, subject.inventory))
+        ):
             raise PlanError(f"{method} cannot prune {name!r}: {why}")
     missing = [n for n in layers if n not in todo]
     if missing:
@@ -59,4 +66,3 @@ def check_round_to(method: Method, round_to: int | None) -> int | None:
     if not method.structured:
         raise PlanError(f"round_to rounds kept channel counts; {method.name} removes no channels")
     return round_to
-

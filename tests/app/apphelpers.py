@@ -1,4 +1,5 @@
-"""AppTest helpers (imported by the tests here): start the app from app.py as a user does, open a page.
+"""AppTest helpers (imported by the tests here): start the app from app.py as a user does, open a
+page.
 
 The repo root goes on sys.path so tests can import ``ui`` as the running app does (streamlit puts
 app.py's folder there); ``st.cache_resource`` is shared by every AppTest in this process, like the

@@ -80,7 +80,7 @@ def test_architecture_on_every_page(tmp_path: Path, name: str, door: str) -> Non
     ) in caption
     table = at.dataframe[0].value
     if name == "shufflenet_v2":  # refused groups say why; the branches' inner convs still prune
-        notes = dict(zip(table["name"], table["note"]))
+        notes = dict(zip(table["name"], table["note"], strict=False))
         assert (
             "channel shuffle" in notes["stage2.0.branch2.5"] and notes["stage2.0.branch2.0"] == ""
         )

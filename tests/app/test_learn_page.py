@@ -36,7 +36,9 @@ def test_experiment_runs_and_continues_in_prune(key: str) -> None:
     at.button(key=f"learn.run.{key}").click().run(timeout=180)
     assert not at.exception
     assert len(at.get("plotly_chart")) == charts_before + 1
-    verdicts = [m.value for m in at.markdown if m.value.startswith(("**Holds", "**Does not hold", "** "))]
+    verdicts = [
+        m.value for m in at.markdown if m.value.startswith(("**Holds", "**Does not hold", "** "))
+    ]
     assert verdicts, "no measured paragraph"
     assert re.search(r"\d", verdicts[0]), "the paragraph states no number"
     model = EXPERIMENTS[key].model

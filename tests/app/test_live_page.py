@@ -21,9 +21,12 @@ def _write_data(path: Path, n: int) -> Path:
     return module.write_data(path, n)
 
 
-def test_a_slider_on_a_224_px_model_is_evaluated_in_the_background(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PRUNING_EXPLORER_LIVE_INLINE_SECONDS", "0")  # never wait for the full evaluation
+def test_a_slider_on_a_224_px_model_is_evaluated_in_the_background(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "PRUNING_EXPLORER_LIVE_INLINE_SECONDS", "0"
+    )  # never wait for the full evaluation
     data = str(_write_data(tmp_path / "images.npz", 48))
     at = open_app()
     at.radio(key="model.source").set_value("Your own").run()
@@ -42,7 +45,9 @@ def test_a_slider_on_a_224_px_model_is_evaluated_in_the_background(tmp_path: Pat
         time.sleep(0.5)
         at.run()  # a later rerun (the fragment's, in the browser) shows the full evaluation
         assert not at.exception
-    assert [e["summary"] for e in at.session_state["history"]] == ["l1-unstructured: layer2.0.conv1 40%"]
+    assert [e["summary"] for e in at.session_state["history"]] == [
+        "l1-unstructured: layer2.0.conv1 40%"
+    ]
     final = metrics(at)
     assert "Agreement" in final and "Agreement (so far)" not in final
     assert final["Latency, median"].endswith(" ms")

@@ -1,4 +1,5 @@
-"""An ONNX file with ops the interpreter runs in ONNX Runtime, through every page as a user would."""
+"""An ONNX file with ops the interpreter runs in ONNX Runtime, through every page as a user
+would."""
 
 from __future__ import annotations
 
@@ -31,8 +32,13 @@ def test_ort_graph_on_every_page(files: tuple[Path, Path]) -> None:
     at.file_uploader(key="model.upload_data").upload(files[1].name, files[1].read_bytes())
     at.button[0].click().run()
     assert not at.exception and not at.error, at.error
-    assert [c.value for c in at.sidebar.code] == ["digits-ort.onnx (uploaded)", "digits-ort.npz (uploaded)"]
-    assert any("runs in ONNX Runtime" in i.value and "com.microsoft.Gelu" in i.value for i in at.info)
+    assert [c.value for c in at.sidebar.code] == [
+        "digits-ort.onnx (uploaded)",
+        "digits-ort.npz (uploaded)",
+    ]
+    assert any(
+        "runs in ONNX Runtime" in i.value and "com.microsoft.Gelu" in i.value for i in at.info
+    )
 
     at.switch_page("pages/prune.py").run()
     assert not at.exception and not at.error
@@ -45,7 +51,9 @@ def test_ort_graph_on_every_page(files: tuple[Path, Path]) -> None:
     at.selectbox(key="prune.method").set_value("l1-structured").run()
     assert not at.exception
     assert "(off for this model)" in at.selectbox(key="prune.method").format_func("l1-structured")
-    assert any("off for this model" in w.value and "InstanceNormalization" in w.value for w in at.warning)
+    assert any(
+        "off for this model" in w.value and "InstanceNormalization" in w.value for w in at.warning
+    )
     assert all(s.disabled for s in _ratio_sliders(at))
     at.selectbox(key="prune.method").set_value("2:4").run()
     at.slider(key="prune.ratio.conv3").set_value(50).run()
@@ -85,7 +93,9 @@ def test_ort_graph_on_every_page(files: tuple[Path, Path]) -> None:
     assert list(at.dataframe[0].value["stage"]) == ["dense", "pruned", "int8 (static)"]
 
     at.switch_page("pages/export.py").run()
-    assert at.radio(key="export.what").value == "recovered"  # the Recover page's int8 run is offered first
+    assert (
+        at.radio(key="export.what").value == "recovered"
+    )  # the Recover page's int8 run is offered first
     at.button(key="export.build").click().run(timeout=180)
     assert not at.exception and not at.error
     labels = {b.proto.label for b in at.get("download_button")}

@@ -14,7 +14,13 @@ def test_model_page_summary_and_layer_table() -> None:
     assert shown["Parameters"] == "390,890"
     assert {"MACs", "Accuracy", "Latency, median", "ONNX size"} <= set(shown)
     table = at.dataframe[0].value
-    assert list(table["name"]) == ["features.0", "features.3", "features.7", "features.11", "classifier"]
+    assert list(table["name"]) == [
+        "features.0",
+        "features.3",
+        "features.7",
+        "features.11",
+        "classifier",
+    ]
     assert table["group"].iloc[-1] == ""  # the classifier's channels are the classes
 
 
@@ -42,7 +48,13 @@ def test_bad_model_spec_is_an_error_not_a_crash() -> None:
 
 def test_weights_page_every_method() -> None:
     at = open_app("weights")
-    for method in ("l1-unstructured", "random-unstructured", "2:4", "l1-structured", "l2-structured"):
+    for method in (
+        "l1-unstructured",
+        "random-unstructured",
+        "2:4",
+        "l1-structured",
+        "l2-structured",
+    ):
         at.selectbox(key="weights.method").set_value(method).run()
         assert not at.exception
         assert not at.error, at.error[0].value
@@ -78,7 +90,9 @@ def test_sensitivity_page_scan_is_cached_and_downloadable() -> None:
     assert at.info  # nothing scanned yet: says what to do
     at.multiselect(key="sensitivity.ratios").set_value([50]).run()
     assert _charts(at) == ["sensitivity.proxy"]  # the data-free tier shows before any scan
-    assert any(c.value.startswith(("Scan: ", "All points are cached")) for c in at.caption)  # the ETA
+    assert any(
+        c.value.startswith(("Scan: ", "All points are cached")) for c in at.caption
+    )  # the ETA
     at.button[0].click().run(timeout=600)
     assert not at.exception
     assert _charts(at) == ["sensitivity.proxy", "sensitivity.chart"]
@@ -110,8 +124,18 @@ def test_export_page_builds_bundle_and_command() -> None:
     at.switch_page("pages/export.py").run()
     assert not at.exception
     assert '"features.3": 0.4' in at.code[0].value
-    assert at.code[1].value == "pruning-explorer export --model zoo:digits-cnn --plan plan.json --out export"
+    assert (
+        at.code[1].value
+        == "pruning-explorer export --model zoo:digits-cnn --plan plan.json --out export"
+    )
     at.button[0].click().run(timeout=120)
     assert not at.exception, at.exception
     labels = {b.proto.label for b in at.get("download_button")}
-    assert {"plan.json", "bundle.zip", "model.onnx", "model_state.pt", "metrics.json", "report.html"} <= labels
+    assert {
+        "plan.json",
+        "bundle.zip",
+        "model.onnx",
+        "model_state.pt",
+        "metrics.json",
+        "report.html",
+    } <= labels

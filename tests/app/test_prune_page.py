@@ -55,7 +55,10 @@ def test_global_slider_respects_lock_and_skip() -> None:
     at.checkbox(key="prune.skip.features.0").check().run()
     at.slider(key="prune.global").set_value(60).run()
     assert not at.exception
-    values = {n: at.slider(key=f"prune.ratio.{n}").value for n in ("features.0", "features.3", "features.7", "classifier")}
+    values = {
+        n: at.slider(key=f"prune.ratio.{n}").value
+        for n in ("features.0", "features.3", "features.7", "classifier")
+    }
     assert values == {"features.0": 0, "features.3": 10, "features.7": 60, "classifier": 60}
     assert at.slider(key="prune.ratio.features.3").disabled  # locked
     draft = at.session_state["drafts"]["zoo:digits-cnn|"]
@@ -111,8 +114,10 @@ def test_import_restores_a_plan_and_rejects_one_that_does_not_fit() -> None:
     next(b for b in at.button if b.label == "Restore this plan").click().run()
     assert not at.exception
     assert any("Restored" in s.value for s in at.success)
-    at.text_area(key="export.paste").input('{"format": "pruning-explorer/plan", "version": 1, '
-                                           '"method": "l1-unstructured", "layers": {"conv9": 0.5}}').run()
+    at.text_area(key="export.paste").input(
+        '{"format": "pruning-explorer/plan", "version": 1, '
+        '"method": "l1-unstructured", "layers": {"conv9": 0.5}}'
+    ).run()
     next(b for b in at.button if b.label == "Restore this plan").click().run()
     assert not at.exception
     assert "conv9" in at.error[0].value
@@ -133,6 +138,7 @@ def test_automatic_allocation_meets_its_target_and_becomes_the_editable_plan() -
     assert not at.exception
     draft = at.session_state["drafts"]["zoo:digits-cnn|"]
     assert draft.method == "l1-structured" and any(r > 0 for r in draft.ratios.values())
-    # The sliders hold the allocation, and the live metrics are those of that plan: half the MACs or fewer.
+    # The sliders hold the allocation, and the live metrics are those of that plan: half the MACs or
+    # fewer.
     macs = metrics(at)["MACs"]
     assert float(macs.split()[0]) <= 0.5 * 56.92 + 0.01, macs

@@ -1,4 +1,5 @@
-"""The Recover page: the Prune page's plan goes through BN recalibration, fine-tuning and int8; every
+"""The Recover page: the Prune page's plan goes through BN recalibration, fine-tuning and int8;
+every
 stage is shown next to dense and recorded in the session history."""
 
 from __future__ import annotations
@@ -24,11 +25,19 @@ def test_loop_measures_every_stage_and_records_them() -> None:
     at.button(key="recover.run").click().run(timeout=300)
     assert not at.exception
     table = at.dataframe[0].value
-    assert list(table["stage"]) == ["dense", "pruned", "BN recalibrated", "fine-tuned", "int8 (static)"]
-    # Structured pruning shrank the model; int8 shrank the file again; the fine-tuned model kept its zeros.
+    assert list(table["stage"]) == [
+        "dense",
+        "pruned",
+        "BN recalibrated",
+        "fine-tuned",
+        "int8 (static)",
+    ]
+    # Structured pruning shrank the model; int8 shrank the file again; the fine-tuned model kept its
+    # zeros.
     assert table["params_nonzero"].iloc[1] < table["params_nonzero"].iloc[0]
     assert table["params_nonzero"].iloc[3] == table["params_nonzero"].iloc[1]
-    # Recalibration and fine-tuning win back accuracy that pruning cost (measured, not assumed equal).
+    # Recalibration and fine-tuning win back accuracy that pruning cost (measured, not assumed
+    # equal).
     assert table["accuracy"].iloc[3] >= table["accuracy"].iloc[1]
     history = [e["summary"] for e in at.session_state["history"]]
     assert any(s.endswith("+ fine-tuned") for s in history)
@@ -57,9 +66,14 @@ def test_a_schedule_runs_from_the_page_with_its_steps() -> None:
     steps = at.dataframe[1].value  # the schedule's steps, below the stages
     assert list(steps.loc[steps.phase == "prune", "round"]) == [1, 2]
     # the schedule ends at the one-shot plan's sparsity: the same nonzero weights as "pruned"
-    assert at.dataframe[0].value["params_nonzero"].iloc[2] == at.dataframe[0].value["params_nonzero"].iloc[1]
+    assert (
+        at.dataframe[0].value["params_nonzero"].iloc[2]
+        == at.dataframe[0].value["params_nonzero"].iloc[1]
+    )
     assert steps.phase.iloc[-1] == "final"
-    assert abs(steps.sparsity.iloc[-1] - steps.target.iloc[-1]) < 0.01  # percent; whole weights per layer
+    assert (
+        abs(steps.sparsity.iloc[-1] - steps.target.iloc[-1]) < 0.01
+    )  # percent; whole weights per layer
     assert len(at.get("plotly_chart")) == 2  # stage bars and the schedule's steps
     assert any("+ iterative" in e["summary"] for e in at.session_state["history"])
     assert [b.label for b in at.get("download_button")] == ["Download the plan with this schedule"]

@@ -1,4 +1,5 @@
-"""Many users: the shared base model never changes, and two sessions never see each other's numbers."""
+"""Many users: the shared base model never changes, and two sessions never see each other's
+numbers."""
 
 from __future__ import annotations
 
@@ -21,9 +22,20 @@ def test_cached_base_model_is_bit_identical_after_many_plans() -> None:
     shared = ui.cache.subject("zoo:digits-cnn", None)
     before = _state(shared.model)
     moves = 0
-    for method in ("l1-unstructured", "random-unstructured", "2:4", "l1-structured", "l2-structured"):
+    for method in (
+        "l1-unstructured",
+        "random-unstructured",
+        "2:4",
+        "l1-structured",
+        "l2-structured",
+    ):
         at.selectbox(key="prune.method").set_value(method).run()
-        for layer, value in (("features.3", 30), ("features.7", 55), ("features.11", 80), ("features.0", 45)):
+        for layer, value in (
+            ("features.3", 30),
+            ("features.7", 55),
+            ("features.11", 80),
+            ("features.0", 45),
+        ):
             at.slider(key=f"prune.ratio.{layer}").set_value(value).run()
             moves += 1
         at.radio(key="prune.scope").set_value("global").run()
@@ -52,7 +64,11 @@ def _expected(plan: PruningPlan) -> dict[str, str]:
     accuracy, _ = evaluate_torch(pruned, subject.data.test)
     nonzero = sum(int(torch.count_nonzero(p)) for p in pruned.parameters())
     total = sum(p.numel() for p in pruned.parameters())
-    return {"Accuracy": f"{100 * accuracy:.2f} %", "Nonzero params": f"{nonzero:,}", "Parameters": f"{total:,}"}
+    return {
+        "Accuracy": f"{100 * accuracy:.2f} %",
+        "Nonzero params": f"{nonzero:,}",
+        "Parameters": f"{total:,}",
+    }
 
 
 def test_two_sessions_never_see_each_others_numbers() -> None:

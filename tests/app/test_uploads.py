@@ -35,16 +35,22 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     frame["label"] = test.y.numpy()[:100]
     images = io.BytesIO()
     with zipfile.ZipFile(images, "w") as z:
-        for i, (img, label) in enumerate(zip(test.x.numpy()[:60].reshape(-1, 8, 8), test.y.numpy()[:60])):
+        for i, (img, label) in enumerate(
+            zip(test.x.numpy()[:60].reshape(-1, 8, 8), test.y.numpy()[:60], strict=False)
+        ):
             png = io.BytesIO()
             Image.fromarray((img * 255).astype(np.uint8), mode="L").save(png, format="PNG")
             z.writestr(f"digits/{label}/{i}.png", png.getvalue())
     evil = io.BytesIO()
     with zipfile.ZipFile(evil, "w") as z:
         z.writestr("../../escaped.png", b"x")
-    return {"mlp.onnx": onnx_path.read_bytes(), "digits.csv": frame.to_csv(index=False).encode(),
-            "digits.zip": images.getvalue(), "evil.zip": evil.getvalue(),
-            "model.pt": torch.tensor([1.0]).numpy().tobytes()}
+    return {
+        "mlp.onnx": onnx_path.read_bytes(),
+        "digits.csv": frame.to_csv(index=False).encode(),
+        "digits.zip": images.getvalue(),
+        "evil.zip": evil.getvalue(),
+        "model.pt": torch.tensor([1.0]).numpy().tobytes(),
+    }
 
 
 def _own(at):  # noqa: ANN001, ANN202
@@ -84,13 +90,17 @@ def test_uploaded_image_zip_becomes_an_image_folder(files: dict[str, bytes]) -> 
     assert data.is_dir() and sorted(p.name for p in data.iterdir())[:2] == ["0", "1"]
 
 
-@pytest.mark.parametrize(("kind", "name", "culprit"), [
-    ("model", "model.pt", "model.pt: refused"),
-    ("data", "evil.zip", "outside its folder"),
-    ("model", "big.onnx", "more than the 1 MB upload limit"),
-])
+@pytest.mark.parametrize(
+    ("kind", "name", "culprit"),
+    [
+        ("model", "model.pt", "model.pt: refused"),
+        ("data", "evil.zip", "outside its folder"),
+        ("model", "big.onnx", "more than the 1 MB upload limit"),
+    ],
+)
 def test_refused_uploads_are_an_error_and_the_session_keeps_its_model(
-        kind: str, name: str, culprit: str, files: dict[str, bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+    kind: str, name: str, culprit: str, files: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PRUNING_EXPLORER_MAX_UPLOAD_MB", "1")
     at = _own(open_app())
     content = files.get(name, bytes(2 * 2**20))
@@ -105,16 +115,24 @@ def test_refused_uploads_are_an_error_and_the_session_keeps_its_model(
     assert not list(Path("/").glob("escaped.png"))
 
 
-def test_uploads_are_kept_by_content_and_come_back_with_the_session(files: dict[str, bytes]) -> None:
+def test_uploads_are_kept_by_content_and_come_back_with_the_session(
+    files: dict[str, bytes],
+) -> None:
     at = _own(open_app())
-    at.file_uploader(key=MODEL_UPLOAD).upload("my mlp.onnx", files["mlp.onnx"])  # a name with a space
+    at.file_uploader(key=MODEL_UPLOAD).upload(
+        "my mlp.onnx", files["mlp.onnx"]
+    )  # a name with a space
     at.file_uploader(key=DATA_UPLOAD).upload("digits.csv", files["digits.csv"], "text/csv")
     at.button[0].click().run(timeout=120)
     assert not at.exception and not at.error, at.error
     model, data = at.session_state["model_spec"], at.session_state["data_spec"]
     assert Path(model).read_bytes() == files["mlp.onnx"]
     assert Path(model).parent.name == hashlib.sha256(files["mlp.onnx"]).hexdigest()[:16]
-    sid = at.query_params["session"][0] if isinstance(at.query_params["session"], list) else at.query_params["session"]
+    sid = (
+        at.query_params["session"][0]
+        if isinstance(at.query_params["session"], list)
+        else at.query_params["session"]
+    )
     del at
     gc.collect()
     assert Path(model).is_file() and Path(data).is_file()  # the session ended; its files stay
@@ -123,7 +141,10 @@ def test_uploads_are_kept_by_content_and_come_back_with_the_session(files: dict[
     again.run()
     assert not again.exception
     assert again.session_state["model_spec"] == model and again.session_state["data_spec"] == data
-    assert [c.value for c in again.sidebar.code] == ["my mlp.onnx (uploaded)", "digits.csv (uploaded)"]
+    assert [c.value for c in again.sidebar.code] == [
+        "my mlp.onnx (uploaded)",
+        "digits.csv (uploaded)",
+    ]
     assert metrics(again)["Parameters"] == "50,826"
     other = _own(open_app())  # another user uploading the same file: stored once
     other.file_uploader(key=MODEL_UPLOAD).upload("my mlp.onnx", files["mlp.onnx"])

@@ -18,8 +18,15 @@ from pathlib import Path
 
 APP = Path(__file__).resolve().parents[2] / "app.py"
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def free_port() -> int:
@@ -28,8 +35,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(timeout: float = 60.0, cwd: str | Path | None = None,
-          env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+def start(
+    timeout: float = 60.0, cwd: str | Path | None = None, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str]:
     """Start the app in a subprocess (from ``cwd``, default a neutral folder, with ``env`` added to
     the environment) and wait until it is healthy; return the process and its URL."""
     from explorer.cli import app_command
@@ -39,8 +47,9 @@ def start(timeout: float = 60.0, cwd: str | Path | None = None,
     env = {"MALLOC_ARENA_MAX": "2", **os.environ, **(env or {})}  # as pruning-explorer app sets it
     # The server's output goes to a file, not a pipe nobody reads (a full pipe would block it).
     log = tempfile.NamedTemporaryFile("w+", prefix="explorer-server-", suffix=".log", delete=False)
-    proc = subprocess.Popen(cmd, cwd=cwd or "/", env=env, stdout=log, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=cwd or "/", env=env, stdout=log, stderr=subprocess.STDOUT, text=True
+    )
     proc.log_path = log.name  # type: ignore[attr-defined]
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
@@ -56,7 +65,9 @@ def start(timeout: float = 60.0, cwd: str | Path | None = None,
             pass
         if time.monotonic() > deadline:
             stop(proc)
-            raise RuntimeError(f"streamlit did not become healthy on port {port} within {timeout:.0f} s")
+            raise RuntimeError(
+                f"streamlit did not become healthy on port {port} within {timeout:.0f} s"
+            )
         time.sleep(0.2)
 
 
@@ -70,7 +81,9 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def serve(timeout: float = 60.0, cwd: str | Path | None = None, env: dict[str, str] | None = None) -> Iterator[str]:
+def serve(
+    timeout: float = 60.0, cwd: str | Path | None = None, env: dict[str, str] | None = None
+) -> Iterator[str]:
     """``start`` as a context manager: yield the URL, stop the server afterwards."""
     proc, url = start(timeout, cwd, env)
     try:

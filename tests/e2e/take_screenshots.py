@@ -6,7 +6,6 @@ Usage: python tests/e2e/take_screenshots.py   (needs /usr/bin/chromium and playw
 from __future__ import annotations
 
 import re
-
 import sys
 from pathlib import Path
 
@@ -27,12 +26,15 @@ def open_page(page: Page, title: str) -> None:
 def settle(page: Page) -> None:
     """Wait until the script run is over and the charts had time to draw."""
     page.wait_for_timeout(700)
-    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for(timeout=600_000)
+    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for(
+        timeout=600_000
+    )
     page.wait_for_timeout(1500)
 
 
 def shoot(page: Page, name: str, width: int = WIDTH) -> None:
-    """Screenshot the whole page (the main area scrolls inside the app: the viewport grows to fit)."""
+    """Screenshot the whole page (the main area scrolls inside the app: the viewport grows to
+    fit)."""
     if width != WIDTH:
         page.set_viewport_size({"width": width, "height": 1000})
         page.wait_for_timeout(1500)
@@ -100,7 +102,9 @@ def main() -> None:
 
         open_page(page, "Learn")
         settle(page)
-        page.get_by_role("button", name="Run the experiment").nth(4).click()  # zeros vs removed channels
+        page.get_by_role("button", name="Run the experiment").nth(
+            4
+        ).click()  # zeros vs removed channels
         settle(page)
         shoot(page, "learn.png")
 

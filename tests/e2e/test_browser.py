@@ -1,4 +1,5 @@
-"""One real-browser test: Debian's chromium opens the Prune page's URL, moves a slider, sees a metric change."""
+"""One real-browser test: Debian's chromium opens the Prune page's URL, moves a slider, sees a
+metric change."""
 
 from __future__ import annotations
 
@@ -20,20 +21,33 @@ def _metric(page, label: str) -> str:
     return card.locator('[data-testid="stMetricValue"]').inner_text()
 
 
-@pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason=f"{CHROMIUM} is missing (make test installs it)")
+@pytest.mark.skipif(
+    not os.access(CHROMIUM, os.X_OK), reason=f"{CHROMIUM} is missing (make test installs it)"
+)
 def test_move_a_slider_and_see_the_metric_change(tmp_path: Path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
-    with serve(cwd=tmp_path) as url, sync_api.sync_playwright() as pw:  # any working directory works
+    with (
+        serve(cwd=tmp_path) as url,
+        sync_api.sync_playwright() as pw,
+    ):  # any working directory works
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1440, "height": 1000})
-            # A visitor's first request to a fresh server opens the Prune page's URL directly: it must
-            # still go through app.py's router (Streamlit's legacy pages/ folder would run it alone).
+            # A visitor's first request to a fresh server opens the Prune page's URL directly: it
+            # must
+            # still go through app.py's router (Streamlit's legacy pages/ folder would run it
+            # alone).
             page.goto(f"{url}/prune")
-            sync_api.expect(page.get_by_role("heading", name="Prune", exact=True)).to_be_visible(timeout=120_000)
+            sync_api.expect(page.get_by_role("heading", name="Prune", exact=True)).to_be_visible(
+                timeout=120_000
+            )
             sync_api.expect(page.get_by_role("link", name="Model", exact=True)).to_be_visible()
-            nonzero = page.locator('[data-testid="stMetric"]').filter(has=page.get_by_text("Nonzero params", exact=True))
-            sync_api.expect(nonzero.locator('[data-testid="stMetricValue"]')).to_have_text("390,890", timeout=120_000)
+            nonzero = page.locator('[data-testid="stMetric"]').filter(
+                has=page.get_by_text("Nonzero params", exact=True)
+            )
+            sync_api.expect(nonzero.locator('[data-testid="stMetricValue"]')).to_have_text(
+                "390,890", timeout=120_000
+            )
 
             slider = page.get_by_role("slider", name=re.compile("features.11"))
             slider.focus()
@@ -41,12 +55,15 @@ def test_move_a_slider_and_see_the_metric_change(tmp_path: Path) -> None:
                 slider.press("ArrowRight")
             # Presses that land during a rerun may be merged: read where the slider ended up.
             page.wait_for_timeout(1000)
-            page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for(timeout=120_000)
+            page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for(
+                timeout=120_000
+            )
             percent = int(slider.input_value())
             assert 0 < percent <= 10
             # That share of features.11's 294,912 weights become zeros in the really pruned model.
             sync_api.expect(nonzero.locator('[data-testid="stMetricValue"]')).to_have_text(
-                f"{390_890 - round(percent / 100 * 294_912):,}", timeout=120_000)
+                f"{390_890 - round(percent / 100 * 294_912):,}", timeout=120_000
+            )
             assert _metric(page, "Parameters") == "390,890"
             page.screenshot(path=tmp_path / "prune.png")
         finally:

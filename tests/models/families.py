@@ -265,7 +265,7 @@ class ShuffleNetV2(nn.Module):
         )
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         c = channels[0]
-        for i, (n, c_out) in enumerate(zip(repeats, channels[1:])):
+        for i, (n, c_out) in enumerate(zip(repeats, channels[1:], strict=False)):
             units = [ShuffleUnit(c, c_out, 2)] + [
                 ShuffleUnit(c_out, c_out, 1) for _ in range(n - 1)
             ]

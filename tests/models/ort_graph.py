@@ -102,8 +102,14 @@ def write(out_dir: str | Path) -> tuple[Path, Path]:
     onnx_path, npz_path = out / f"{MODEL_NAME}.onnx", out / f"{MODEL_NAME}.npz"
     with torch.no_grad():
         torch.onnx.export(
-            model, (torch.from_numpy(x[:1]),), str(onnx_path), dynamo=False, opset_version=17,
-            input_names=["pixels"], output_names=["logits"], custom_opsets={"com.microsoft": 1},
+            model,
+            (torch.from_numpy(x[:1]),),
+            str(onnx_path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["pixels"],
+            output_names=["logits"],
+            custom_opsets={"com.microsoft": 1},
             dynamic_axes={"pixels": {0: "n"}, "logits": {0: "n"}},
         )
     np.savez(npz_path, x=x, y=y)

@@ -8,7 +8,8 @@ to image. The images (:func:`images`) are random but fixed (seeded): smooth colo
 edges and texture, so that the dense model does not answer one class for everything. They carry no
 labels: accuracy is agreement with the dense model (what the product does with unlabelled data).
 
-Each model name is a zero-argument ``PATH.py:FUNC`` entrypoint (``tests/models/realsize.py:resnet18``);
+Each model name is a zero-argument ``PATH.py:FUNC`` entrypoint
+(``tests/models/realsize.py:resnet18``);
 ``write_data(path, n)`` writes the matching ``.npz``. ``narrow_resnet`` is a ResNet-18 with an
 eighth of the channels, at 224 px: small enough for the browser test.
 """
@@ -75,8 +76,13 @@ def _downsample(inplanes: int, planes: int, stride: int) -> nn.Module | None:
 class ResNet(nn.Module):
     """torchvision's ResNet: stem, four stages, global average pool, classifier."""
 
-    def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: list[int], width: int = 64,
-                 classes: int = CLASSES) -> None:
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        layers: list[int],
+        width: int = 64,
+        classes: int = CLASSES,
+    ) -> None:
         super().__init__()
         self.inplanes = width
         self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
@@ -90,7 +96,9 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(8 * width * block.expansion, classes)
 
-    def _stage(self, block: type[BasicBlock] | type[Bottleneck], planes: int, n: int, stride: int) -> nn.Sequential:
+    def _stage(
+        self, block: type[BasicBlock] | type[Bottleneck], planes: int, n: int, stride: int
+    ) -> nn.Sequential:
         blocks = [block(self.inplanes, planes, stride)]
         self.inplanes = planes * block.expansion
         blocks += [block(self.inplanes, planes) for _ in range(n - 1)]
@@ -102,9 +110,13 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def _conv_bn(cin: int, cout: int, kernel: int, stride: int, groups: int = 1, act: bool = True) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
-                               nn.BatchNorm2d(cout)]
+def _conv_bn(
+    cin: int, cout: int, kernel: int, stride: int, groups: int = 1, act: bool = True
+) -> nn.Sequential:
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+    ]
     if act:
         layers.append(nn.ReLU6(inplace=True))
     return nn.Sequential(*layers)
@@ -116,7 +128,10 @@ class InvertedResidual(nn.Module):
         hidden = cin * expand
         self.use_res = stride == 1 and cin == cout
         layers: list[nn.Module] = [] if expand == 1 else [_conv_bn(cin, hidden, 1, 1)]
-        layers += [_conv_bn(hidden, hidden, 3, stride, groups=hidden), _conv_bn(hidden, cout, 1, 1, act=False)]
+        layers += [
+            _conv_bn(hidden, hidden, 3, stride, groups=hidden),
+            _conv_bn(hidden, cout, 1, 1, act=False),
+        ]
         self.conv = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,8 +141,15 @@ class InvertedResidual(nn.Module):
 class MobileNetV2(nn.Module):
     """torchvision's MobileNetV2 (width 1.0): inverted residuals with depthwise convolutions."""
 
-    SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
-                (6, 320, 1, 1))
+    SETTINGS = (
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    )
 
     def __init__(self, classes: int = CLASSES) -> None:
         super().__init__()
@@ -172,7 +194,9 @@ def images(n: int, seed: int = 0, size: int = SIZE) -> np.ndarray:
     return out
 
 
-def _calibrate(model: nn.Module, seed: int, size: int = SIZE, batches: int = 4, batch: int = 16) -> nn.Module:
+def _calibrate(
+    model: nn.Module, seed: int, size: int = SIZE, batches: int = 4, batch: int = 16
+) -> nn.Module:
     """Batch-norm affine parameters spread as trained ones are, and running statistics estimated
     (cumulative average) from ``batches`` of images in train mode; then eval mode, no gradients."""
     torch.manual_seed(seed)
@@ -217,7 +241,8 @@ def narrow_resnet() -> nn.Module:
 
 
 def write_data(path: str | Path, n: int = 256, seed: int = 1) -> Path:
-    """``n`` images as an unlabelled ``.npz`` (array ``x`` only): accuracy is agreement with the dense model."""
+    """``n`` images as an unlabelled ``.npz`` (array ``x`` only): accuracy is agreement with the
+    dense model."""
     path = Path(path)
     np.savez(path, x=images(n, seed=seed))
     return path

@@ -22,13 +22,20 @@ class _Bottleneck(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int) -> None:
         super().__init__()
         mid = c_out // 2
-        self.reduce = nn.Sequential(nn.Conv2d(c_in, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.SiLU())
-        self.conv = nn.Sequential(nn.Conv2d(mid, mid, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(mid),
-                                  nn.SiLU())
+        self.reduce = nn.Sequential(
+            nn.Conv2d(c_in, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.SiLU()
+        )
+        self.conv = nn.Sequential(
+            nn.Conv2d(mid, mid, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.SiLU(),
+        )
         self.expand = nn.Sequential(nn.Conv2d(mid, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.silu(self.expand(self.conv(self.reduce(x))) + self.shortcut(x))
@@ -37,12 +44,18 @@ class _Bottleneck(nn.Module):
 class ResidualNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.SiLU())
-        self.stages = nn.Sequential(_Bottleneck(16, 32, 1), _Bottleneck(32, 64, 2), _Bottleneck(64, 128, 2))
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.SiLU()
+        )
+        self.stages = nn.Sequential(
+            _Bottleneck(16, 32, 1), _Bottleneck(32, 64, 2), _Bottleneck(64, 128, 2)
+        )
         self.head = nn.Linear(128, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(self.stages(self.stem(x)), 1), 1))
+        return self.head(
+            torch.flatten(nn.functional.adaptive_avg_pool2d(self.stages(self.stem(x)), 1), 1)
+        )
 
 
 def residual_net() -> nn.Module:
@@ -51,7 +64,10 @@ def residual_net() -> nn.Module:
     model = ResidualNet()
     data = load_data("zoo:digits-32")
     assert data.train is not None and data.train.y is not None
-    x, y = data.train.x[:512], data.train.y[:512]  # enough for batch-norm statistics and a ridge head
+    x, y = (
+        data.train.x[:512],
+        data.train.y[:512],
+    )  # enough for batch-norm statistics and a ridge head
     model.requires_grad_(False)
     with torch.no_grad():
         for m in model.modules():
@@ -67,7 +83,9 @@ def residual_net() -> nn.Module:
         hook.remove()
         f = torch.cat([feats[0], torch.ones(len(x), 1)], dim=1).double()
         target = nn.functional.one_hot(y, 10).double() * 2 - 1
-        sol = torch.linalg.solve(f.T @ f + 1e-2 * torch.eye(f.shape[1], dtype=torch.float64), f.T @ target)
+        sol = torch.linalg.solve(
+            f.T @ f + 1e-2 * torch.eye(f.shape[1], dtype=torch.float64), f.T @ target
+        )
         model.head.weight.copy_(sol[:-1].T.float())
         model.head.bias.copy_(sol[-1].float())
     return model.eval()

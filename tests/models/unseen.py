@@ -3,10 +3,12 @@
 Each ``FUNC`` takes no argument and returns a small ``nn.Module`` in eval mode, fitted in about a
 second to generated data: seeded random weights, batch-norm statistics from the data, the linear
 head solved by ridge regression (and a few Adam steps for the MLP). Fixed seeds: every load gives
-the same model (up to float summation order across thread counts). ``make_data(name, n, seed)`` generates that model's data
+the same model (up to float summation order across thread counts). ``make_data(name, n, seed)``
+generates that model's data
 (``x`` float32, ``y`` int64): the tests write it to ``.npz`` files, and so does running this file::
 
-    python tests/models/unseen.py OUT_DIR     # writes OUT_DIR/NAME.npz and OUT_DIR/NAME-nolabels.npz
+    python tests/models/unseen.py OUT_DIR     # writes OUT_DIR/NAME.npz and
+    OUT_DIR/NAME-nolabels.npz
 
 The five graphs and what they exercise in the core:
 
@@ -31,7 +33,15 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["MODELS", "inception", "make_data", "mobilenet", "residual_1d", "tabular_mlp", "transformer"]
+__all__ = [
+    "MODELS",
+    "inception",
+    "make_data",
+    "mobilenet",
+    "residual_1d",
+    "tabular_mlp",
+    "transformer",
+]
 
 TRAIN_SEED, TEST_SEED = 1, 2
 
@@ -52,7 +62,8 @@ def _signals(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _bars(n: int, rng: np.random.Generator, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """(n, channels, 16, 16) noisy images of a line: horizontal, vertical, diagonal, anti-diagonal."""
+    """(n, channels, 16, 16) noisy images of a line: horizontal, vertical, diagonal,
+    anti-diagonal."""
     y = rng.integers(0, 4, n)
     x = rng.normal(0, 0.3, (n, channels, 16, 16))
     idx = np.arange(16)
@@ -100,7 +111,9 @@ def make_data(name: str, n: int = 200, seed: int = TEST_SEED) -> tuple[np.ndarra
     return _DATA[name](n, np.random.default_rng(seed))
 
 
-def _fitted(model: nn.Module, head: nn.Linear, name: str, steps: int = 0, n: int = 384) -> nn.Module:
+def _fitted(
+    model: nn.Module, head: nn.Linear, name: str, steps: int = 0, n: int = 384
+) -> nn.Module:
     """Make a seeded random ``model`` useful on its task, in well under a second on one core.
 
     ``steps`` Adam steps on all weights (0: none), then batch-norm statistics from one pass over
@@ -143,7 +156,9 @@ def _fit(model: nn.Module, head: nn.Linear, name: str, steps: int, n: int) -> nn
     hook.remove()
     f = torch.cat([feats[0], torch.ones(n, 1)], dim=1).double()
     target = nn.functional.one_hot(y, head.out_features).double() * 2 - 1
-    sol = torch.linalg.solve(f.T @ f + 1e-2 * torch.eye(f.shape[1], dtype=torch.float64), f.T @ target)
+    sol = torch.linalg.solve(
+        f.T @ f + 1e-2 * torch.eye(f.shape[1], dtype=torch.float64), f.T @ target
+    )
     head.weight.copy_(sol[:-1].T.float())
     head.bias.copy_(sol[-1].float())
     return model.eval()
@@ -158,7 +173,9 @@ class _Block1d(nn.Module):
         self.conv1 = nn.Conv1d(c_in, c_out, 5, stride=stride, padding=2, bias=False)
         self.bn1 = nn.BatchNorm1d(c_out)
         self.conv2 = nn.Conv1d(c_out, c_out, 3, padding=1)
-        self.proj = nn.Conv1d(c_in, c_out, 1, stride=stride) if stride != 1 or c_in != c_out else None
+        self.proj = (
+            nn.Conv1d(c_in, c_out, 1, stride=stride) if stride != 1 or c_in != c_out else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv2(torch.relu(self.bn1(self.conv1(x))))
@@ -189,10 +206,13 @@ class _Inverted(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int, expand: int = 3) -> None:
         super().__init__()
         hidden = c_in * expand
-        self.expand = nn.Sequential(nn.Conv2d(c_in, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6())
+        self.expand = nn.Sequential(
+            nn.Conv2d(c_in, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()
+        )
         self.depthwise = nn.Sequential(
             nn.Conv2d(hidden, hidden, 3, stride=stride, padding=1, groups=hidden, bias=False),
-            nn.BatchNorm2d(hidden), nn.ReLU6(),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(),
         )
         self.project = nn.Sequential(nn.Conv2d(hidden, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
         self.residual = stride == 1 and c_in == c_out
@@ -205,8 +225,12 @@ class _Inverted(nn.Module):
 class MobileNetLike(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU6())
-        self.blocks = nn.Sequential(_Inverted(16, 16, 1), _Inverted(16, 24, 2), _Inverted(24, 24, 1))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU6()
+        )
+        self.blocks = nn.Sequential(
+            _Inverted(16, 16, 1), _Inverted(16, 24, 2), _Inverted(24, 24, 1)
+        )
         self.classifier = nn.Sequential(nn.Dropout(0.1), nn.Linear(24, 4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -232,7 +256,9 @@ class _Inception(nn.Module):
         self.pool = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), nn.Conv2d(c_in, 6, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(torch.cat([self.b1(x), self.b3(x), self.b5(x), self.pool(x)], dim=1))  # 32 ch
+        return torch.relu(
+            torch.cat([self.b1(x), self.b3(x), self.b5(x), self.pool(x)], dim=1)
+        )  # 32 ch
 
 
 class _DenseLayer(nn.Module):
@@ -276,7 +302,9 @@ class TinyTransformer(nn.Module):
         super().__init__()
         self.embed = nn.Linear(features, d_model)
         self.pos = nn.Parameter(torch.randn(1, 8, d_model) * 0.02)
-        layer = nn.TransformerEncoderLayer(d_model, nhead=4, dim_feedforward=64, dropout=0.1, batch_first=True)
+        layer = nn.TransformerEncoderLayer(
+            d_model, nhead=4, dim_feedforward=64, dropout=0.1, batch_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
         self.head = nn.Linear(d_model, classes)
 
@@ -297,8 +325,12 @@ class TabularMLP(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(10, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Dropout(0.1),
-            nn.Linear(64, 32), nn.ReLU(),
+            nn.Linear(10, 64),
+            nn.BatchNorm1d(64),
+            nn.ReLU(),
+            nn.Dropout(0.1),
+            nn.Linear(64, 32),
+            nn.ReLU(),
             nn.Linear(32, 3),
         )
 
@@ -322,7 +354,8 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
 
 
 def write_npz(name: str, out_dir: str | Path, labels: bool = True, n: int = 200) -> Path:
-    """Write model ``name``'s test data to ``out_dir/NAME.npz`` (``NAME-nolabels.npz`` without y)."""
+    """Write model ``name``'s test data to ``out_dir/NAME.npz`` (``NAME-nolabels.npz`` without
+    y)."""
     x, y = make_data(name, n)
     path = Path(out_dir) / (f"{name}.npz" if labels else f"{name}-nolabels.npz")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,9 @@ from explorer.methods import LayerContext, WeightMethod, register
 
 class LargestFirst(WeightMethod):
     name = "toy-largest-first"
-    summary = "zero the weights of largest magnitude (a toy criterion: the opposite of magnitude pruning)"
+    summary = (
+        "zero the weights of largest magnitude (a toy criterion: the opposite of magnitude pruning)"
+    )
 
     def scores(self, ctx: LayerContext) -> torch.Tensor:
         return -ctx.weight.abs()

@@ -17,10 +17,14 @@ def _params(model: nn.Module) -> int:
 class Params(TargetKind):
     name = "params"
     label = "parameters (share of dense kept)"
-    cli_help = "fraction of the dense parameter count to keep, e.g. 0.5 (a toy target from a plugin)"
+    cli_help = (
+        "fraction of the dense parameter count to keep, e.g. 0.5 (a toy target from a plugin)"
+    )
     needs_structured = True
 
-    def savings(self, ctx: SavingsContext, unit: str, scanned: np.ndarray, choices: np.ndarray) -> np.ndarray:
+    def savings(
+        self, ctx: SavingsContext, unit: str, scanned: np.ndarray, choices: np.ndarray
+    ) -> np.ndarray:
         dense = _params(ctx.subject.model)
         return counted_savings(ctx, unit, scanned, choices, lambda m: (dense - _params(m)) / dense)
 

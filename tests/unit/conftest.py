@@ -14,9 +14,9 @@ from types import ModuleType
 
 import pytest
 
+from explorer.methods import available_methods, get_method
 from explorer.models import ZOO
 from explorer.plan import LayerRule, PruningPlan
-from explorer.methods import available_methods, get_method
 from explorer.subject import Subject
 
 UNSEEN_PATH = Path(__file__).resolve().parents[1] / "models" / "unseen.py"
@@ -43,9 +43,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     explicit = set()
     for marker in metafunc.definition.iter_markers("parametrize"):
         names = marker.args[0]
-        explicit.update(n.strip() for n in names.split(",")) if isinstance(names, str) else explicit.update(names)
-    for name, values in (("unseen_name", list(UNSEEN.MODELS)), ("zoo_name", list(ZOO)),
-                         ("method", available_methods())):
+        (
+            explicit.update(n.strip() for n in names.split(","))
+            if isinstance(names, str)
+            else explicit.update(names)
+        )
+    for name, values in (
+        ("unseen_name", list(UNSEEN.MODELS)),
+        ("zoo_name", list(ZOO)),
+        ("method", available_methods()),
+    ):
         if name in metafunc.fixturenames and name not in explicit:
             metafunc.parametrize(name, values)
 
@@ -57,7 +64,8 @@ def unseen() -> ModuleType:
 
 @pytest.fixture(scope="session")
 def unseen_data(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, bool], Path]:
-    """``unseen_data(name, labels)``: path of that model's test .npz (``x`` and ``y``, or ``x`` only)."""
+    """``unseen_data(name, labels)``: path of that model's test .npz (``x`` and ``y``, or ``x``
+    only)."""
     out = tmp_path_factory.mktemp("unseen-data")
 
     def get(name: str, labels: bool = True) -> Path:
@@ -71,7 +79,8 @@ def unseen_data(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, bool
 
 @pytest.fixture(scope="session")
 def subject() -> Callable[..., Subject]:
-    """``subject(model_spec, data_spec=None)``: a Subject, built once per session (30 timed runs)."""
+    """``subject(model_spec, data_spec=None)``: a Subject, built once per session (30 timed
+    runs)."""
     cache: dict[tuple[str, str | None], Subject] = {}
 
     def get(model_spec: str, data_spec: str | Path | None = None) -> Subject:
@@ -84,7 +93,9 @@ def subject() -> Callable[..., Subject]:
 
 
 @pytest.fixture(scope="session")
-def unseen_subject(subject: Callable[..., Subject], unseen_data: Callable[[str, bool], Path]) -> Callable[..., Subject]:
+def unseen_subject(
+    subject: Callable[..., Subject], unseen_data: Callable[[str, bool], Path]
+) -> Callable[..., Subject]:
     """``unseen_subject(name, labels=True)``: the Subject of an unseen model with its .npz."""
 
     def get(name: str, labels: bool = True) -> Subject:
@@ -97,7 +108,9 @@ def _full_plan(subj: Subject, method: str, ratio: float = 0.5) -> PruningPlan:
     """Every layer the method applies to (structured methods: grouped layers), at ``ratio``."""
     m = get_method(method)
     names = [n for n in subj.layer_names if m.applies_to(n, subj.inventory) is None]
-    return PruningPlan(method=method, layers={n: LayerRule(ratio) for n in names}, model=subj.model_spec)
+    return PruningPlan(
+        method=method, layers={n: LayerRule(ratio) for n in names}, model=subj.model_spec
+    )
 
 
 def _mixed_plan(subj: Subject, ratio: float = 0.4) -> PruningPlan:

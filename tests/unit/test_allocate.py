@@ -16,8 +16,8 @@ from torch.nn.utils import prune as torch_prune
 
 from explorer import Subject
 from explorer import allocate as alloc
-from explorer.allocate.knapsack import BUCKETS, solve
 from explorer.allocate import core as alloc_core
+from explorer.allocate.knapsack import BUCKETS, solve
 from explorer.allocate.meter import Meter
 from explorer.allocate.targets import latency as latency_target
 from explorer.cli import main
@@ -63,14 +63,19 @@ def test_beats_uniform_and_global_magnitude_at_80_percent(unseen: Subject) -> No
     assert result.chosen == "knapsack"  # the allocation itself, not a baseline it compared with
     assert result.verified_accuracy is not None
     assert abs(ours - result.verified_accuracy) <= 1 / len(unseen.data.test) + 1e-12  # torch vs ORT
-    assert ours > global_ and ours > uniform, f"allocation {ours:.4f}, global {global_:.4f}, uniform {uniform:.4f}"
+    assert ours > global_ and ours > uniform, (
+        f"allocation {ours:.4f}, global {global_:.4f}, uniform {uniform:.4f}"
+    )
 
 
 def test_keeps_a_baseline_when_the_curves_mislead(mlp: Subject) -> None:
-    """Curves that say nothing hurts: the knapsack's plan is arbitrary; a better baseline is kept."""
+    """Curves that say nothing hurts: the knapsack's plan is arbitrary; a better baseline is
+    kept."""
     ratios = (0.5, 0.9, 0.98)
-    curves = pd.DataFrame([(n, r, 0.99, 0.05, n) for n in mlp.layer_names for r in (0.0, *ratios)],
-                          columns=["layer", "ratio", "accuracy", "loss", "members"])
+    curves = pd.DataFrame(
+        [(n, r, 0.99, 0.05, n) for n in mlp.layer_names for r in (0.0, *ratios)],
+        columns=["layer", "ratio", "accuracy", "loss", "members"],
+    )
     result = alloc.allocate(mlp, ("sparsity", 0.8), curves=curves, ratios=ratios, verify=False)
     assert result.met
     assert set(result.candidates) >= {"knapsack", "uniform", "global magnitude"}
@@ -86,13 +91,16 @@ def _prunable_sparsity(subject: Subject, model: torch.nn.Module) -> float:
     return 1 - sum(int(torch.count_nonzero(modules[n].weight)) for n in subject.layer_names) / total
 
 
-@pytest.mark.parametrize(("kind", "value", "method"), [
-    ("sparsity", 0.7, "l1-unstructured"),
-    ("sparsity", 0.5, "l2-structured"),
-    ("macs", 0.5, "l1-structured"),
-    ("size", 0.6, "l1-structured"),
-    ("size", 0.6, "l1-unstructured"),
-])
+@pytest.mark.parametrize(
+    ("kind", "value", "method"),
+    [
+        ("sparsity", 0.7, "l1-unstructured"),
+        ("sparsity", 0.5, "l2-structured"),
+        ("macs", 0.5, "l1-structured"),
+        ("size", 0.6, "l1-structured"),
+        ("size", 0.6, "l1-unstructured"),
+    ],
+)
 def test_meets_counted_targets(mlp: Subject, kind: str, value: float, method: str) -> None:
     result = alloc.allocate(mlp, (kind, value), method)
     assert result.met, f"{kind} {value}: achieved {result.achieved}"
@@ -113,33 +121,63 @@ def test_meets_counted_targets(mlp: Subject, kind: str, value: float, method: st
         assert metrics[key] / dense[key] <= value
     assert result.verified_accuracy is not None and result.evaluation is not None
     assert result.verified_accuracy == result.evaluation.pruned.accuracy
-    assert result.flagged == (abs(result.predicted_accuracy - result.verified_accuracy) > alloc.FLAG_POINTS)
+    assert result.flagged == (
+        abs(result.predicted_accuracy - result.verified_accuracy) > alloc.FLAG_POINTS
+    )
     assert set(result.plan.layers) <= set(mlp.layer_names)
 
 
 def _timed(shares: list[float]) -> Speedup:
-    """An interleaved timing whose rounds saw the pruned model at these shares of the dense latency."""
-    return speedup_of([[[10.0] * 3 for _ in shares], [[10.0 * x] * 3 for x in shares]], 0, 1, threads=1)
+    """An interleaved timing whose rounds saw the pruned model at these shares of the dense
+    latency."""
+    return speedup_of(
+        [[[10.0] * 3 for _ in shares], [[10.0 * x] * 3 for x in shares]], 0, 1, threads=1
+    )
 
 
-def _fake_curves(subject: Subject, method: str, ratios: object, layers: object = None, on_progress: object = None,
-                 **kwargs: object) -> pd.DataFrame:
+def _fake_curves(
+    subject: Subject,
+    method: str,
+    ratios: object,
+    layers: object = None,
+    on_progress: object = None,
+    **kwargs: object,
+) -> pd.DataFrame:
     """Optimistic latency curves: each group's share of the dense latency follows its MACs."""
     rows = []
     for gid, members in subject.inventory.groups.items():
         for r in [0.0, *(ratios or alloc.STRUCTURED_RATIOS)]:  # type: ignore[misc]
-            plan = PruningPlan(method=method, layers={m: LayerRule(r) for m in members}) if r else None
+            plan = (
+                PruningPlan(method=method, layers={m: LayerRule(r) for m in members}) if r else None
+            )
             model = subject.prune(plan) if plan else subject.model
-            macs = sum(count_macs(model, subject.example_input).values()) / subject.inventory.total_macs
-            rows.append({"layer": gid, "ratio": r, "channels_kept": 1, "latency_ms_median": macs,
-                         "latency_ms_p90": macs, "latency_ms_spread": 0.0, "members": ",".join(members),
-                         "dense_ms_median": 1.0, "latency_share": macs, "latency_share_low": macs,
-                         "latency_share_high": macs})
+            macs = (
+                sum(count_macs(model, subject.example_input).values())
+                / subject.inventory.total_macs
+            )
+            rows.append(
+                {
+                    "layer": gid,
+                    "ratio": r,
+                    "channels_kept": 1,
+                    "latency_ms_median": macs,
+                    "latency_ms_p90": macs,
+                    "latency_ms_spread": 0.0,
+                    "members": ",".join(members),
+                    "dense_ms_median": 1.0,
+                    "latency_share": macs,
+                    "latency_share_low": macs,
+                    "latency_share_high": macs,
+                }
+            )
     return pd.DataFrame(rows, columns=LATENCY_COLUMNS)
 
 
-def test_latency_target_iterates_until_the_measure_meets_it(mlp: Subject, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The first measurements miss (a pessimistic meter); the allocator asks for more until it meets."""
+def test_latency_target_iterates_until_the_measure_meets_it(
+    mlp: Subject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first measurements miss (a pessimistic meter); the allocator asks for more until it
+    meets."""
     calls: list[float] = []
 
     def fake_latency(self: Meter, model: torch.nn.Module) -> Speedup:
@@ -159,7 +197,8 @@ def test_latency_target_iterates_until_the_measure_meets_it(mlp: Subject, monkey
 
 
 def test_latency_target_is_met_only_when_every_interleaved_round_is_within_it(
-        mlp: Subject, monkeypatch: pytest.MonkeyPatch) -> None:
+    mlp: Subject, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The cards' rule: a median within the target is not enough when a round is not (that plan's
     card would not show a speedup in every round); met needs the slowest round within it."""
     rounds = [0.5, 0.6, 0.65, 0.66, 0.9]  # median 0.65 <= 0.7, slowest 0.9 > 0.7
@@ -179,15 +218,23 @@ def test_latency_target_is_met_only_when_every_interleaved_round_is_within_it(
     assert result.speedup is not None and result.speedup.faster and not result.speedup.within_noise
 
 
-def test_latency_target_rounds_kept_channels_by_default(mlp: Subject, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_latency_target_rounds_kept_channels_by_default(
+    mlp: Subject, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(Meter, "latency", lambda self, model: _timed([0.5] * 5))
     monkeypatch.setattr(latency_target, "latency_curves", _fake_curves)
     monkeypatch.setattr(alloc_core, "fast_multiple", lambda: 16)
     quick = {"verify": False, "ratios": (0.3, 0.6)}
     result = alloc.allocate(mlp, ("latency", 0.7), "l1-structured", **quick)
     assert result.plan.round_to == 16
-    assert alloc.allocate(mlp, ("latency", 0.7), "l1-structured", round_to=8, **quick).plan.round_to == 8
-    assert alloc.allocate(mlp, ("latency", 0.7), "l1-structured", round_to=1, **quick).plan.round_to is None
+    assert (
+        alloc.allocate(mlp, ("latency", 0.7), "l1-structured", round_to=8, **quick).plan.round_to
+        == 8
+    )
+    assert (
+        alloc.allocate(mlp, ("latency", 0.7), "l1-structured", round_to=1, **quick).plan.round_to
+        is None
+    )
     assert alloc.allocate(mlp, ("macs", 0.7), "l1-structured", **quick).plan.round_to is None
     with pytest.raises(PlanError, match="round_to"):
         alloc.allocate(mlp, ("sparsity", 0.5), "l1-unstructured", verify=False, round_to=8)
@@ -206,8 +253,8 @@ def test_latency_target_measured() -> None:
 def _brute_force(damage: list[np.ndarray], saving: list[np.ndarray], need: float) -> float:
     best = np.inf
     for picks in itertools.product(*[range(len(d)) for d in damage]):
-        if sum(s[c] for s, c in zip(saving, picks)) >= need - 1e-12:
-            best = min(best, sum(d[c] for d, c in zip(damage, picks)))
+        if sum(s[c] for s, c in zip(saving, picks, strict=False)) >= need - 1e-12:
+            best = min(best, sum(d[c] for d, c in zip(damage, picks, strict=False)))
     return best
 
 
@@ -217,11 +264,19 @@ def test_knapsack_matches_brute_force(mlp: Subject, seed: int) -> None:
     n_units, n_choices = 4, 5
     need = 0.5
     # Savings on the knapsack's grid (multiples of need / buckets) so rounding loses nothing.
-    saving = [np.concatenate([[0.0], np.sort(rng.integers(1, BUCKETS // 2, n_choices - 1))]) * need / BUCKETS
-              for _ in range(n_units)]
-    damage = [np.concatenate([[0.0], np.sort(rng.uniform(0, 1, n_choices - 1))]) for _ in range(n_units)]
+    saving = [
+        np.concatenate([[0.0], np.sort(rng.integers(1, BUCKETS // 2, n_choices - 1))])
+        * need
+        / BUCKETS
+        for _ in range(n_units)
+    ]
+    damage = [
+        np.concatenate([[0.0], np.sort(rng.uniform(0, 1, n_choices - 1))]) for _ in range(n_units)
+    ]
     units = {f"u{i}": [f"u{i}"] for i in range(n_units)}
-    picks = solve(dict(zip(units, damage)), dict(zip(units, saving)), need)
+    picks = solve(
+        dict(zip(units, damage, strict=False)), dict(zip(units, saving, strict=False)), need
+    )
     expected = _brute_force(damage, saving, need)
     if not np.isfinite(expected):
         assert picks is None
@@ -260,17 +315,53 @@ def test_user_errors(mlp: Subject) -> None:
 
 def test_cli_allocate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "plan.json"
-    assert main(["allocate", "--model", "zoo:digits-mlp", "--target-sparsity", "0.6", "--out", str(out)]) == 0
+    assert (
+        main(
+            ["allocate", "--model", "zoo:digits-mlp", "--target-sparsity", "0.6", "--out", str(out)]
+        )
+        == 0
+    )
     plan = PruningPlan.load(out)
     assert plan.method == "l1-unstructured" and plan.layers
     printed = capsys.readouterr().out
     assert "predicted" in printed and "verified" in printed
     assert json.loads(out.read_text())["format"] == "pruning-explorer/plan"
     # User errors: one line on stderr, exit code 2.
-    assert main(["allocate", "--model", "zoo:digits-mlp", "--target-macs", "0.5", "--method", "l1-unstructured",
-                 "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "allocate",
+                "--model",
+                "zoo:digits-mlp",
+                "--target-macs",
+                "0.5",
+                "--method",
+                "l1-unstructured",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) >= 1 and err[-1].startswith("error:") and "structured" in err[-1]
-    assert main(["allocate", "--model", "zoo:digits-mlp", "--target-size", "2", "--out", str(out)]) == 2
-    assert main(["allocate", "--model", "zoo:digits-mlp", "--target-size", "0.5", "--target-macs", "0.5",
-                 "--out", str(out)]) == 2
+    assert (
+        main(["allocate", "--model", "zoo:digits-mlp", "--target-size", "2", "--out", str(out)])
+        == 2
+    )
+    assert (
+        main(
+            [
+                "allocate",
+                "--model",
+                "zoo:digits-mlp",
+                "--target-size",
+                "0.5",
+                "--target-macs",
+                "0.5",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )

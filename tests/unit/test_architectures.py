@@ -31,9 +31,9 @@ from torch import nn
 from explorer.errors import ExportError, PlanError
 from explorer.inputs import Inputs, run_model
 from explorer.inspect import PRUNABLE_TYPES, count_macs
+from explorer.methods import available_methods, get_method
 from explorer.models.outputs import logits_of
 from explorer.plan import LayerRule, PruningPlan
-from explorer.methods import available_methods, get_method
 from explorer.report import export_bundle
 from explorer.runtime import OrtModel, export_onnx
 from explorer.subject import Subject
@@ -87,11 +87,15 @@ CELLS = [pytest.param(n, d, id=f"{n}-{d}") for n, d in _cells()]
 # the interpreter with the example's attention mask folded into a constant when re-exported: the
 # export agrees with the model on the example only. evaluate and export refuse such a model with
 # the cause and the fix (explorer.evaluate.check_export); the entrypoint and .pt2 doors prune them.
-REEXPORT_REFUSED = {(n, d) for n in ("bert", "distilbert", "gpt2", "llama") for d in ("onnx-ts", "onnx-dynamo")}
+REEXPORT_REFUSED = {
+    (n, d) for n in ("bert", "distilbert", "gpt2", "llama") for d in ("onnx-ts", "onnx-dynamo")
+}
 
 
 def _assert_refused(subj: Subject, plan: PruningPlan) -> None:
-    with pytest.raises(ExportError, match="depends on its example input|ONNX Runtime cannot run it"):
+    with pytest.raises(
+        ExportError, match="depends on its example input|ONNX Runtime cannot run it"
+    ):
         subj.evaluate(plan)
 
 
@@ -269,7 +273,9 @@ def test_method(
     _check_method(files, name, door, method, full_plan, tmp_path)
 
 
-@pytest.mark.parametrize("method", [m for m in available_methods() if FULL or m not in CELL_METHODS])
+@pytest.mark.parametrize(
+    "method", [m for m in available_methods() if FULL or m not in CELL_METHODS]
+)
 @pytest.mark.parametrize("name", METHOD_ARCHS)
 def test_every_method(
     files: _Files, name: str, method: str, full_plan: Callable[..., PruningPlan], tmp_path: Path
@@ -289,8 +295,13 @@ def _check_method(
 ) -> None:
     subj = files.subject(name, door)
     plan = full_plan(subj, method, 0.3)
-    if not plan.layers:  # the method applies to no layer here (bn-scale without batch norms): each says why
-        assert all(get_method(method).applies_to(layer.name, subj.inventory) for layer in subj.inventory.layers)
+    if (
+        not plan.layers
+    ):  # the method applies to no layer here (bn-scale without batch norms): each says why
+        assert all(
+            get_method(method).applies_to(layer.name, subj.inventory)
+            for layer in subj.inventory.layers
+        )
         return
     if (name, door) in REEXPORT_REFUSED:
         _assert_refused(subj, plan)
@@ -432,8 +443,10 @@ def test_full_size_shufflenet_is_listed_and_its_branches_prune() -> None:
         for layer in inv.layers
         if "channel shuffle" in layer.note or "cannot infer" in layer.note
     ]
-    assert shuffled and all(re.fullmatch(r"stage\d\.\d\.branch(1\.2|2\.5)|stage[3-9]\.0\.branch1\.0", layer.name)
-                            for layer in shuffled)  # a unit's outputs, what the shuffle reorders
+    assert shuffled and all(
+        re.fullmatch(r"stage\d\.\d\.branch(1\.2|2\.5)|stage[3-9]\.0\.branch1\.0", layer.name)
+        for layer in shuffled
+    )  # a unit's outputs, what the shuffle reorders
     inner = [g for g in inv.groups if re.fullmatch(r"stage\d\.\d\.branch2\.0", g)]
     assert len(inner) >= 10
     pruned = apply_plan(model, PruningPlan.uniform("l1-structured", inner, 0.5), x, inv)

@@ -50,19 +50,27 @@ class Corpus:
 
 
 def _plan(**overrides: object) -> dict:
-    plan = {"format": "pruning-explorer/plan", "version": 1, "method": "l1-unstructured",
-            "layers": {"hidden.0": 0.5}}
+    plan = {
+        "format": "pruning-explorer/plan",
+        "version": 1,
+        "method": "l1-unstructured",
+        "layers": {"hidden.0": 0.5},
+    }
     plan.update(overrides)
     return plan
 
 
-def _rewrite_zip(src: Path, dst: Path, edit: Callable[[str, bytes], bytes | None],
-                 extra: dict[str, bytes] | None = None) -> None:
+def _rewrite_zip(
+    src: Path,
+    dst: Path,
+    edit: Callable[[str, bytes], bytes | None],
+    extra: dict[str, bytes] | None = None,
+) -> None:
     """Copy a zip, passing every member through ``edit`` (None drops it), adding ``extra``."""
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
         root = zin.namelist()[0].split("/", 1)[0]
         for name in zin.namelist():
-            data = edit(name[len(root) + 1:], zin.read(name))
+            data = edit(name[len(root) + 1 :], zin.read(name))
             if data is not None:
                 zout.writestr(name, data)
         for name, data in (extra or {}).items():
@@ -76,6 +84,7 @@ def _edit_program(edit: Callable[[dict], None]) -> Callable[[str, bytes], bytes]
             edit(program)
             return json.dumps(program).encode()
         return data
+
     return fn
 
 
@@ -94,8 +103,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
 
     # Valid models to damage.
     export_onnx(mlp, torch.from_numpy(x[:1]), c / "mlp.onnx")
-    program = torch.export.export(mlp, (torch.from_numpy(x[:2]),),
-                                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+    program = torch.export.export(
+        mlp, (torch.from_numpy(x[:2]),), dynamic_shapes=({0: torch.export.Dim("batch")},)
+    )
     torch.export.save(program, c / "mlp.pt2")
     onnx_bytes, pt2_bytes = (c / "mlp.onnx").read_bytes(), (c / "mlp.pt2").read_bytes()
 
@@ -107,19 +117,52 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     y_info = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 10])
     w = numpy_helper.from_array(rng.random((64, 10), dtype=np.float32), "w")
     # An op of a domain ONNX Runtime does not know: nothing can run it.
-    unknown = helper.make_graph([helper.make_node("Frobnicate", ["x", "w"], ["y"], domain="acme", name="frob")],
-                                "g", [x_info], [y_info], [w])
-    onnx.save(helper.make_model(unknown, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("acme", 1)],
-                                ir_version=10), c / "custom_op.onnx")
+    unknown = helper.make_graph(
+        [helper.make_node("Frobnicate", ["x", "w"], ["y"], domain="acme", name="frob")],
+        "g",
+        [x_info],
+        [y_info],
+        [w],
+    )
+    onnx.save(
+        helper.make_model(
+            unknown,
+            opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("acme", 1)],
+            ir_version=10,
+        ),
+        c / "custom_op.onnx",
+    )
+
     # Control flow: an If whose branches are subgraphs.
     def branch(name: str) -> onnx.GraphProto:
-        return helper.make_graph([helper.make_node("MatMul", ["x", "w"], [name])], name, [],
-                                 [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["n", 10])])
+        return helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], [name])],
+            name,
+            [],
+            [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["n", 10])],
+        )
+
     cond = numpy_helper.from_array(np.array(True), "cond")
     control = helper.make_graph(
-        [helper.make_node("If", ["cond"], ["y"], then_branch=branch("a"), else_branch=branch("b"), name="choose")],
-        "g", [x_info], [y_info], [w, cond])
-    onnx.save(helper.make_model(control, opset_imports=[helper.make_opsetid("", 17)]), c / "control_flow.onnx")
+        [
+            helper.make_node(
+                "If",
+                ["cond"],
+                ["y"],
+                then_branch=branch("a"),
+                else_branch=branch("b"),
+                name="choose",
+            )
+        ],
+        "g",
+        [x_info],
+        [y_info],
+        [w, cond],
+    )
+    onnx.save(
+        helper.make_model(control, opset_imports=[helper.make_opsetid("", 17)]),
+        c / "control_flow.onnx",
+    )
     nan_model = onnx.load_model_from_string(onnx_bytes)
     w = nan_model.graph.initializer[0]
     arr = numpy_helper.to_array(w).copy()
@@ -132,33 +175,68 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     (c / "truncated.pt2").write_bytes(pt2_bytes[: len(pt2_bytes) // 2])
     (c / "empty.pt2").write_bytes(b"")
     torch.save({"model": Payload(c.sentinel)}, c / "saved_pickle.pt2")  # torch.save, renamed
-    _rewrite_zip(c / "mlp.pt2", c / "pickled_weight.pt2", lambda n, d: d.replace(
-        b'"use_pickle": false', b'"use_pickle": true', 1) if n == "data/weights/model_weights_config.json" else d)
-    _rewrite_zip(c / "mlp.pt2", c / "eval_expr.pt2", _edit_program(lambda p: p["graph_module"]["graph"]
-                 ["nodes"][0]["inputs"][0]["arg"].update({"as_sym_int": {"as_expr": {
-                     "expr_str": f"__import__('builtins').open('{c.sentinel}', 'w')", "hint": None}}})))
-    _rewrite_zip(c / "mlp.pt2", c / "os_target.pt2",
-                 _edit_program(lambda p: _first_node(p).update(target="torch.os.system")))
-    injected = json.dumps(f"x=open('{c.sentinel}', 'w')").encode()  # torch.fx pastes names into code
-    _rewrite_zip(c / "mlp.pt2", c / "code_in_name.pt2", lambda n, d: d.replace(b'"name": "x"', b'"name": ' + injected)
-                 if n == "models/model.json" else d)
-    _rewrite_zip(c / "mlp.pt2", c / "guards.pt2",
-                 _edit_program(lambda p: p.update(guards_code=[f"open('{c.sentinel}', 'w')"])))
-    _rewrite_zip(c / "mlp.pt2", c / "aoti.pt2", lambda n, d: d,
-                 extra={"data/aotinductor/model/model.so": b"\x7fELF"})
+    _rewrite_zip(
+        c / "mlp.pt2",
+        c / "pickled_weight.pt2",
+        lambda n, d: (
+            d.replace(b'"use_pickle": false', b'"use_pickle": true', 1)
+            if n == "data/weights/model_weights_config.json"
+            else d
+        ),
+    )
+    _rewrite_zip(
+        c / "mlp.pt2",
+        c / "eval_expr.pt2",
+        _edit_program(
+            lambda p: p["graph_module"]["graph"]["nodes"][0]["inputs"][0]["arg"].update(
+                {
+                    "as_sym_int": {
+                        "as_expr": {
+                            "expr_str": f"__import__('builtins').open('{c.sentinel}', 'w')",
+                            "hint": None,
+                        }
+                    }
+                }
+            )
+        ),
+    )
+    _rewrite_zip(
+        c / "mlp.pt2",
+        c / "os_target.pt2",
+        _edit_program(lambda p: _first_node(p).update(target="torch.os.system")),
+    )
+    injected = json.dumps(
+        f"x=open('{c.sentinel}', 'w')"
+    ).encode()  # torch.fx pastes names into code
+    _rewrite_zip(
+        c / "mlp.pt2",
+        c / "code_in_name.pt2",
+        lambda n, d: (
+            d.replace(b'"name": "x"', b'"name": ' + injected) if n == "models/model.json" else d
+        ),
+    )
+    _rewrite_zip(
+        c / "mlp.pt2",
+        c / "guards.pt2",
+        _edit_program(lambda p: p.update(guards_code=[f"open('{c.sentinel}', 'w')"])),
+    )
+    _rewrite_zip(
+        c / "mlp.pt2",
+        c / "aoti.pt2",
+        lambda n, d: d,
+        extra={"data/aotinductor/model/model.so": b"\x7fELF"},
+    )
 
     (c / "model.pt").write_bytes(pickle.dumps(Payload(c.sentinel)))
     torch.save({"state": Payload(c.sentinel)}, c / "weights.pth")
     (c / "entry.py").write_text(
-        "import torch\nfrom torch import nn\n\n"
-        "def raises():\n    raise ValueError('boom in my build')\n\n"
-        "def not_a_module():\n    return 42\n\n"
-        "class Net(nn.Module):\n"
-        "    def __init__(self):\n        super().__init__()\n        self.fc = nn.Linear(64, 10)\n"
-        "    def forward(self, x):\n        return self.fc(x)\n\n"
-        "def net():\n    return Net()\n\n"
-        "def inf_weights():\n    net = Net()\n    with torch.no_grad():\n        net.fc.weight[0, 0] = float('inf')\n"
-        "    return net\n")
+        "import torch\nfrom torch import nn\n\ndef raises():\n    raise ValueError('boom in my"
+        " build')\n\ndef not_a_module():\n    return 42\n\nclass Net(nn.Module):\n    def"
+        " __init__(self):\n        super().__init__()\n        self.fc = nn.Linear(64, 10)\n    def"
+        " forward(self, x):\n        return self.fc(x)\n\ndef net():\n    return Net()\n\ndef"
+        " inf_weights():\n    net = Net()\n    with torch.no_grad():\n        net.fc.weight[0, 0] ="
+        " float('inf')\n    return net\n"
+    )
 
     # Data.
     np.savez(c / "digits.npz", x=x, y=y)
@@ -173,8 +251,13 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     np.savez(c / "shape5.npz", x=x[:, :5], y=y)
     (c / "data.pkl").write_bytes(pickle.dumps({"x": Payload(c.sentinel)}))
     header = ",".join(f"f{i}" for i in range(64)) + ",label\n"
-    rows = [",".join(f"{v:.3f}" for v in row) + f",{label}\n" for row, label in zip(x[:5], y[:5])]
-    (c / "text.csv").write_text(header + rows[0] + rows[1].replace(rows[1].split(",")[1], "abc", 1) + rows[2])
+    rows = [
+        ",".join(f"{v:.3f}" for v in row) + f",{label}\n"
+        for row, label in zip(x[:5], y[:5], strict=False)
+    ]
+    (c / "text.csv").write_text(
+        header + rows[0] + rows[1].replace(rows[1].split(",")[1], "abc", 1) + rows[2]
+    )
     (c / "empty.csv").write_text("")
     (c / "badlabel.csv").write_text(header + rows[0] + rows[1].rsplit(",", 1)[0] + ",cat\n")
     (c / "images" / "seven").mkdir(parents=True)
@@ -204,28 +287,116 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
 # (id, argv, culprit the message must contain); "{dir}" is the corpus folder.
 CASES: list[tuple[str, list[str], str]] = [
     # Models.
-    ("onnx-corrupt", ["layers", "--model", "{dir}/corrupt.onnx", "--data", "{dir}/digits.npz"], "corrupt.onnx"),
-    ("onnx-truncated", ["layers", "--model", "{dir}/truncated.onnx", "--data", "{dir}/digits.npz"], "truncated.onnx"),
-    ("onnx-empty", ["layers", "--model", "{dir}/empty.onnx", "--data", "{dir}/digits.npz"], "empty.onnx"),
-    ("onnx-missing", ["layers", "--model", "{dir}/missing.onnx", "--data", "{dir}/digits.npz"], "missing.onnx"),
-    ("onnx-op-nothing-runs", ["layers", "--model", "{dir}/custom_op.onnx", "--data", "{dir}/digits.npz"], "acme:Frobnicate(-1) is not a registered"),
-    ("onnx-control-flow", ["layers", "--model", "{dir}/control_flow.onnx", "--data", "{dir}/digits.npz"], "'choose' (If)"),
-    ("onnx-nan-weight", ["layers", "--model", "{dir}/nan_weight.onnx", "--data", "{dir}/digits.npz"], "{nan_weight}"),
-    ("pt2-corrupt", ["layers", "--model", "{dir}/corrupt.pt2", "--data", "{dir}/digits.npz"], "corrupt.pt2"),
-    ("pt2-truncated", ["layers", "--model", "{dir}/truncated.pt2", "--data", "{dir}/digits.npz"], "truncated.pt2"),
-    ("pt2-empty", ["layers", "--model", "{dir}/empty.pt2", "--data", "{dir}/digits.npz"], "empty.pt2"),
-    ("pt2-torch-save-pickle", ["layers", "--model", "{dir}/saved_pickle.pt2", "--data", "{dir}/digits.npz"], "torch.save"),
-    ("pt2-pickled-weight", ["layers", "--model", "{dir}/pickled_weight.pt2", "--data", "{dir}/digits.npz"], "pickled"),
-    ("pt2-eval-in-shape-expr", ["layers", "--model", "{dir}/eval_expr.pt2", "--data", "{dir}/digits.npz"], "__import__"),
-    ("pt2-os-system-target", ["layers", "--model", "{dir}/os_target.pt2", "--data", "{dir}/digits.npz"], "torch.os.system"),
-    ("pt2-code-in-a-name", ["layers", "--model", "{dir}/code_in_name.pt2", "--data", "{dir}/digits.npz"], "x=open("),
-    ("pt2-compiled-code", ["layers", "--model", "{dir}/aoti.pt2", "--data", "{dir}/digits.npz"], "AOTInductor"),
-    ("pt-pickle", ["layers", "--model", "{dir}/model.pt", "--data", "{dir}/digits.npz"], "model.pt"),
-    ("pth-pickle", ["layers", "--model", "{dir}/weights.pth", "--data", "{dir}/digits.npz"], "weights.pth"),
-    ("entrypoint-raises", ["layers", "--model", "{dir}/entry.py:raises", "--data", "{dir}/digits.npz"], "boom in my build"),
-    ("entrypoint-not-module", ["layers", "--model", "{dir}/entry.py:not_a_module", "--data", "{dir}/digits.npz"], "int"),
-    ("entrypoint-missing-func", ["layers", "--model", "{dir}/entry.py:nothing", "--data", "{dir}/digits.npz"], "nothing"),
-    ("entrypoint-inf-weight", ["layers", "--model", "{dir}/entry.py:inf_weights", "--data", "{dir}/digits.npz"], "fc.weight"),
+    (
+        "onnx-corrupt",
+        ["layers", "--model", "{dir}/corrupt.onnx", "--data", "{dir}/digits.npz"],
+        "corrupt.onnx",
+    ),
+    (
+        "onnx-truncated",
+        ["layers", "--model", "{dir}/truncated.onnx", "--data", "{dir}/digits.npz"],
+        "truncated.onnx",
+    ),
+    (
+        "onnx-empty",
+        ["layers", "--model", "{dir}/empty.onnx", "--data", "{dir}/digits.npz"],
+        "empty.onnx",
+    ),
+    (
+        "onnx-missing",
+        ["layers", "--model", "{dir}/missing.onnx", "--data", "{dir}/digits.npz"],
+        "missing.onnx",
+    ),
+    (
+        "onnx-op-nothing-runs",
+        ["layers", "--model", "{dir}/custom_op.onnx", "--data", "{dir}/digits.npz"],
+        "acme:Frobnicate(-1) is not a registered",
+    ),
+    (
+        "onnx-control-flow",
+        ["layers", "--model", "{dir}/control_flow.onnx", "--data", "{dir}/digits.npz"],
+        "'choose' (If)",
+    ),
+    (
+        "onnx-nan-weight",
+        ["layers", "--model", "{dir}/nan_weight.onnx", "--data", "{dir}/digits.npz"],
+        "{nan_weight}",
+    ),
+    (
+        "pt2-corrupt",
+        ["layers", "--model", "{dir}/corrupt.pt2", "--data", "{dir}/digits.npz"],
+        "corrupt.pt2",
+    ),
+    (
+        "pt2-truncated",
+        ["layers", "--model", "{dir}/truncated.pt2", "--data", "{dir}/digits.npz"],
+        "truncated.pt2",
+    ),
+    (
+        "pt2-empty",
+        ["layers", "--model", "{dir}/empty.pt2", "--data", "{dir}/digits.npz"],
+        "empty.pt2",
+    ),
+    (
+        "pt2-torch-save-pickle",
+        ["layers", "--model", "{dir}/saved_pickle.pt2", "--data", "{dir}/digits.npz"],
+        "torch.save",
+    ),
+    (
+        "pt2-pickled-weight",
+        ["layers", "--model", "{dir}/pickled_weight.pt2", "--data", "{dir}/digits.npz"],
+        "pickled",
+    ),
+    (
+        "pt2-eval-in-shape-expr",
+        ["layers", "--model", "{dir}/eval_expr.pt2", "--data", "{dir}/digits.npz"],
+        "__import__",
+    ),
+    (
+        "pt2-os-system-target",
+        ["layers", "--model", "{dir}/os_target.pt2", "--data", "{dir}/digits.npz"],
+        "torch.os.system",
+    ),
+    (
+        "pt2-code-in-a-name",
+        ["layers", "--model", "{dir}/code_in_name.pt2", "--data", "{dir}/digits.npz"],
+        "x=open(",
+    ),
+    (
+        "pt2-compiled-code",
+        ["layers", "--model", "{dir}/aoti.pt2", "--data", "{dir}/digits.npz"],
+        "AOTInductor",
+    ),
+    (
+        "pt-pickle",
+        ["layers", "--model", "{dir}/model.pt", "--data", "{dir}/digits.npz"],
+        "model.pt",
+    ),
+    (
+        "pth-pickle",
+        ["layers", "--model", "{dir}/weights.pth", "--data", "{dir}/digits.npz"],
+        "weights.pth",
+    ),
+    (
+        "entrypoint-raises",
+        ["layers", "--model", "{dir}/entry.py:raises", "--data", "{dir}/digits.npz"],
+        "boom in my build",
+    ),
+    (
+        "entrypoint-not-module",
+        ["layers", "--model", "{dir}/entry.py:not_a_module", "--data", "{dir}/digits.npz"],
+        "int",
+    ),
+    (
+        "entrypoint-missing-func",
+        ["layers", "--model", "{dir}/entry.py:nothing", "--data", "{dir}/digits.npz"],
+        "nothing",
+    ),
+    (
+        "entrypoint-inf-weight",
+        ["layers", "--model", "{dir}/entry.py:inf_weights", "--data", "{dir}/digits.npz"],
+        "fc.weight",
+    ),
     ("zoo-unknown", ["layers", "--model", "zoo:digits-giant"], "digits-giant"),
     ("model-without-data", ["layers", "--model", "{dir}/mlp.onnx"], "mlp.onnx"),
     # Data.
@@ -234,39 +405,95 @@ CASES: list[tuple[str, list[str], str]] = [
     ("npz-empty", ["layers", "--model", MLP, "--data", "{dir}/empty.npz"], "empty.npz"),
     ("data-pkl", ["layers", "--model", MLP, "--data", "{dir}/data.pkl"], "data.pkl"),
     ("x-y-lengths", ["layers", "--model", MLP, "--data", "{dir}/mismatch.npz"], "39"),
-    ("labels-out-of-range", ["evaluate", "--model", MLP, "--data", "{dir}/labels12.npz", "--runs", "30"], "12"),
+    (
+        "labels-out-of-range",
+        ["evaluate", "--model", MLP, "--data", "{dir}/labels12.npz", "--runs", "30"],
+        "12",
+    ),
     ("nan-in-data", ["layers", "--model", MLP, "--data", "{dir}/nan.npz"], "NaN"),
     ("wrong-input-shape", ["layers", "--model", MLP, "--data", "{dir}/shape5.npz"], "(5,)"),
-    ("wrong-input-shape-entrypoint", ["layers", "--model", "{dir}/entry.py:net", "--data", "{dir}/shape5.npz"], "(1, 5)"),
-    ("wrong-input-shape-onnx", ["layers", "--model", "{dir}/mlp.onnx", "--data", "{dir}/shape5.npz"], "(5,)"),
+    (
+        "wrong-input-shape-entrypoint",
+        ["layers", "--model", "{dir}/entry.py:net", "--data", "{dir}/shape5.npz"],
+        "(1, 5)",
+    ),
+    (
+        "wrong-input-shape-onnx",
+        ["layers", "--model", "{dir}/mlp.onnx", "--data", "{dir}/shape5.npz"],
+        "(5,)",
+    ),
     ("csv-text-cell", ["layers", "--model", MLP, "--data", "{dir}/text.csv"], "'abc'"),
     ("csv-empty", ["layers", "--model", MLP, "--data", "{dir}/empty.csv"], "empty.csv"),
     ("csv-bad-label", ["layers", "--model", MLP, "--data", "{dir}/badlabel.csv"], "'cat'"),
-    ("image-corrupt", ["layers", "--model", "zoo:digits-cnn", "--data", "{dir}/images"], "broken.png"),
-    ("image-folder-empty", ["layers", "--model", "zoo:digits-cnn", "--data", "{dir}/no_images"], "seven"),
+    (
+        "image-corrupt",
+        ["layers", "--model", "zoo:digits-cnn", "--data", "{dir}/images"],
+        "broken.png",
+    ),
+    (
+        "image-folder-empty",
+        ["layers", "--model", "zoo:digits-cnn", "--data", "{dir}/no_images"],
+        "seven",
+    ),
     ("data-missing", ["layers", "--model", MLP, "--data", "{dir}/nowhere.npz"], "nowhere.npz"),
     # Plans.
-    ("plan-unknown-layer", ["evaluate", "--model", MLP, "--plan", "{dir}/unknown_layer.json"], "nope.0"),
-    ("plan-unknown-method", ["evaluate", "--model", MLP, "--plan", "{dir}/unknown_method.json"], "l3-magic"),
-    ("plan-bad-format", ["evaluate", "--model", MLP, "--plan", "{dir}/bad_format.json"], "someone-else/plan"),
+    (
+        "plan-unknown-layer",
+        ["evaluate", "--model", MLP, "--plan", "{dir}/unknown_layer.json"],
+        "nope.0",
+    ),
+    (
+        "plan-unknown-method",
+        ["evaluate", "--model", MLP, "--plan", "{dir}/unknown_method.json"],
+        "l3-magic",
+    ),
+    (
+        "plan-bad-format",
+        ["evaluate", "--model", MLP, "--plan", "{dir}/bad_format.json"],
+        "someone-else/plan",
+    ),
     ("plan-version", ["evaluate", "--model", MLP, "--plan", "{dir}/version2.json"], "version 2"),
     ("plan-ratio-above-1", ["evaluate", "--model", MLP, "--plan", "{dir}/ratio_high.json"], "1.5"),
-    ("plan-ratio-negative", ["evaluate", "--model", MLP, "--plan", "{dir}/ratio_negative.json"], "-0.1"),
+    (
+        "plan-ratio-negative",
+        ["evaluate", "--model", MLP, "--plan", "{dir}/ratio_negative.json"],
+        "-0.1",
+    ),
     ("plan-ratio-text", ["evaluate", "--model", MLP, "--plan", "{dir}/ratio_text.json"], "'abc'"),
     ("plan-ratio-nan", ["evaluate", "--model", MLP, "--plan", "{dir}/ratio_nan.json"], "nan"),
-    ("plan-unknown-key", ["evaluate", "--model", MLP, "--plan", "{dir}/unknown_key.json"], "ratios"),
+    (
+        "plan-unknown-key",
+        ["evaluate", "--model", MLP, "--plan", "{dir}/unknown_key.json"],
+        "ratios",
+    ),
     ("plan-not-json", ["evaluate", "--model", MLP, "--plan", "{dir}/notjson.json"], "notjson.json"),
     ("plan-missing", ["evaluate", "--model", MLP, "--plan", "{dir}/nope.json"], "nope.json"),
-    ("plan-structured-output-layer", ["evaluate", "--model", MLP, "--plan", "{dir}/output_structured.json"], "classifier"),
+    (
+        "plan-structured-output-layer",
+        ["evaluate", "--model", MLP, "--plan", "{dir}/output_structured.json"],
+        "classifier",
+    ),
     # Command lines.
-    ("cli-ratios-text", ["sensitivity", "--model", MLP, "--ratios", "0.1,abc", "--out", "{dir}/s.csv"], "0.1,abc"),
-    ("cli-ratio-above-1", ["sensitivity", "--model", MLP, "--ratios", "0.2,1.2", "--out", "{dir}/s.csv"], "1.2"),
+    (
+        "cli-ratios-text",
+        ["sensitivity", "--model", MLP, "--ratios", "0.1,abc", "--out", "{dir}/s.csv"],
+        "0.1,abc",
+    ),
+    (
+        "cli-ratio-above-1",
+        ["sensitivity", "--model", MLP, "--ratios", "0.2,1.2", "--out", "{dir}/s.csv"],
+        "1.2",
+    ),
     ("cli-out-suffix", ["sensitivity", "--model", MLP, "--out", "{dir}/s.txt"], "s.txt"),
     ("cli-runs-zero", ["evaluate", "--model", MLP, "--runs", "0"], "'0'"),
     ("cli-threads-negative", ["evaluate", "--model", MLP, "--threads", "-3"], "-3"),
     ("cli-unknown-command", ["frobnicate"], "frobnicate"),
     ("cli-missing-model", ["layers"], "--model"),
-    ("export-out-is-a-file", ["export", "--model", MLP, "--plan", "{dir}/good.json", "--out", "{dir}/a_file"], "a_file"),
+    (
+        "export-out-is-a-file",
+        ["export", "--model", MLP, "--plan", "{dir}/good.json", "--out", "{dir}/a_file"],
+        "a_file",
+    ),
 ]
 
 
@@ -275,9 +502,12 @@ def test_corpus_is_large_enough() -> None:
     assert len({case_id for case_id, _, _ in CASES}) == len(CASES)
 
 
-@pytest.mark.parametrize(("argv", "culprit"), [(a, c) for _, a, c in CASES], ids=[i for i, _, _ in CASES])
-def test_bad_input_is_one_clear_line(argv: list[str], culprit: str, corpus: Corpus,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "culprit"), [(a, c) for _, a, c in CASES], ids=[i for i, _, _ in CASES]
+)
+def test_bad_input_is_one_clear_line(
+    argv: list[str], culprit: str, corpus: Corpus, capsys: pytest.CaptureFixture[str]
+) -> None:
     (corpus / "good.json").write_text(json.dumps(_plan()))
     subs = {"{dir}": str(corpus.root), "{nan_weight}": (corpus / "nan_weight.name").read_text()}
     for key, value in subs.items():
@@ -294,8 +524,13 @@ def test_bad_input_is_one_clear_line(argv: list[str], culprit: str, corpus: Corp
     assert not corpus.sentinel.exists(), "a payload from a user's file was executed"
 
 
-def test_pickle_refusal_says_how_to_save(corpus: Corpus, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["layers", "--model", str(corpus / "model.pt"), "--data", str(corpus / "digits.npz")]) == 2
+def test_pickle_refusal_says_how_to_save(
+    corpus: Corpus, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(["layers", "--model", str(corpus / "model.pt"), "--data", str(corpus / "digits.npz")])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "torch.export.save" in err and "weights_only=True" in err
 
@@ -303,7 +538,19 @@ def test_pickle_refusal_says_how_to_save(corpus: Corpus, capsys: pytest.CaptureF
 def test_valid_files_of_the_corpus_load(corpus: Corpus, capsys: pytest.CaptureFixture[str]) -> None:
     """The undamaged originals load: the failures above come from the damage, not the setup."""
     for model in ("mlp.onnx", "mlp.pt2"):
-        assert main(["layers", "--model", str(corpus / model), "--data", str(corpus / "digits.npz"), "--json"]) == 0
+        assert (
+            main(
+                [
+                    "layers",
+                    "--model",
+                    str(corpus / model),
+                    "--data",
+                    str(corpus / "digits.npz"),
+                    "--json",
+                ]
+            )
+            == 0
+        )
         names = [layer["name"] for layer in json.loads(capsys.readouterr().out)]
         assert names == ["hidden.0", "hidden.2", "classifier"]
     assert not corpus.sentinel.exists()

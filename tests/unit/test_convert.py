@@ -14,8 +14,8 @@ import torch_pruning as tp
 from explorer.cli import main
 from explorer.convert import from_nni, to_nni, to_torch_pruning
 from explorer.errors import PlanError
-from explorer.plan import LayerRule, PruningPlan
 from explorer.methods import get_method
+from explorer.plan import LayerRule, PruningPlan
 from explorer.subject import Subject
 
 CNN = "zoo:digits-cnn"
@@ -26,7 +26,9 @@ def _plans(subj: Subject, method: str) -> list[PruningPlan]:
     names = [n.name for n in subj.inventory.layers if n.group or not get_method(method).structured]
     ratios = [0.3, 0.5, 0.3, 0.125, 0.5]
     local = PruningPlan(
-        method, {n: LayerRule(r) for n, r in zip(names, ratios)}, model=subj.model_spec
+        method,
+        {n: LayerRule(r) for n, r in zip(names, ratios, strict=False)},
+        model=subj.model_spec,
     )
     glob = PruningPlan(
         method, {n: LayerRule(0.6) for n in names}, scope="global", ratio=0.6, model=subj.model_spec

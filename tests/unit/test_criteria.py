@@ -52,7 +52,8 @@ def _calibration_inputs(subj: Subject, layer: str) -> torch.Tensor:
 
 
 def _conv_feature_norms(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """||X_j|| of every (channel, kh, kw) feature of the conv's patches, by slicing the padded input."""
+    """||X_j|| of every (channel, kh, kw) feature of the conv's patches, by slicing the padded
+    input."""
     (ph, pw), (sh, sw), (dh, dw) = conv.padding, conv.stride, conv.dilation
     kh, kw = conv.kernel_size
     xp = F.pad(x, (pw, pw, ph, ph))
@@ -61,7 +62,12 @@ def _conv_feature_norms(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     norms = torch.zeros(x.shape[1], kh, kw, dtype=torch.float64)
     for i in range(kh):
         for j in range(kw):
-            patch = xp[:, :, i * dh : i * dh + sh * (out_h - 1) + 1 : sh, j * dw : j * dw + sw * (out_w - 1) + 1 : sw]
+            patch = xp[
+                :,
+                :,
+                i * dh : i * dh + sh * (out_h - 1) + 1 : sh,
+                j * dw : j * dw + sw * (out_w - 1) + 1 : sw,
+            ]
             norms[:, i, j] = patch.double().pow(2).sum((0, 2, 3))
     return norms.sqrt().reshape(-1)
 
@@ -79,8 +85,12 @@ def _pruned(subj: Subject, method: str, layer: str, ratio: float) -> torch.Tenso
     return dict(model.named_modules())[layer].weight.detach()
 
 
-@pytest.mark.parametrize(("zoo", "layer"), [("digits-mlp", "hidden.2"), ("digits-cnn", "features.3")])
-def test_wanda_masks_are_the_papers_formula(zoo: str, layer: str, subject: Callable[..., Subject]) -> None:
+@pytest.mark.parametrize(
+    ("zoo", "layer"), [("digits-mlp", "hidden.2"), ("digits-cnn", "features.3")]
+)
+def test_wanda_masks_are_the_papers_formula(
+    zoo: str, layer: str, subject: Callable[..., Subject]
+) -> None:
     subj = subject(f"zoo:{zoo}")
     module = dict(subj.model.named_modules())[layer]
     x = _calibration_inputs(subj, layer)
@@ -95,7 +105,9 @@ def test_wanda_masks_are_the_papers_formula(zoo: str, layer: str, subject: Calla
     # Wanda 2:4 keeps the 2 of largest |W|*||X|| in every 4 consecutive inputs
     w = module.weight.detach().reshape(module.weight.shape[0], -1)
     metric = (w.abs().double() * norms.reshape(1, -1)).reshape(w.shape[0], -1, 4)
-    keep = torch.zeros_like(metric, dtype=torch.bool).scatter_(-1, metric.topk(2, dim=-1).indices, True)
+    keep = torch.zeros_like(metric, dtype=torch.bool).scatter_(
+        -1, metric.topk(2, dim=-1).indices, True
+    )
     got = _pruned(subj, "wanda-2:4", layer, 0.5).reshape(keep.shape) != 0
     assert torch.equal(got, keep)
 
@@ -108,21 +120,34 @@ def _reconstruction_error(subj: Subject, layer: str, w_new: torch.Tensor) -> flo
 
 
 @pytest.mark.parametrize("zoo", ["digits-mlp", "digits-cnn"])
-def test_sparsegpt_reconstructs_better_than_magnitude_on_every_layer(zoo: str, subject: Callable[..., Subject]) -> None:
+def test_sparsegpt_reconstructs_better_than_magnitude_on_every_layer(
+    zoo: str, subject: Callable[..., Subject]
+) -> None:
     subj = subject(f"zoo:{zoo}")
     for layer in subj.layer_names:
-        for ours, baseline, ratio in (("sparsegpt-unstructured", "l1-unstructured", 0.6), ("sparsegpt-2:4", "2:4", 0.5)):
+        for ours, baseline, ratio in (
+            ("sparsegpt-unstructured", "l1-unstructured", 0.6),
+            ("sparsegpt-2:4", "2:4", 0.5),
+        ):
             w_ours = _pruned(subj, ours, layer, ratio)
             w_base = _pruned(subj, baseline, layer, ratio)
-            assert int((w_ours == 0).sum()) == int((w_base == 0).sum()), (layer, ours)  # the same sparsity
-            assert _reconstruction_error(subj, layer, w_ours) < _reconstruction_error(subj, layer, w_base), (layer, ours)
+            assert int((w_ours == 0).sum()) == int((w_base == 0).sum()), (
+                layer,
+                ours,
+            )  # the same sparsity
+            assert _reconstruction_error(subj, layer, w_ours) < _reconstruction_error(
+                subj, layer, w_base
+            ), (layer, ours)
             kept = w_ours != 0
             original = dict(subj.model.named_modules())[layer].weight.detach()
-            assert not torch.equal(w_ours[kept], original[kept]), "SparseGPT updates the surviving weights"
+            assert not torch.equal(w_ours[kept], original[kept]), (
+                "SparseGPT updates the surviving weights"
+            )
 
 
 def _direct_gradients(subj: Subject) -> nn.Module:
-    """A copy of the model whose .grad fields hold the calibration loss's gradient (CE on the labels,
+    """A copy of the model whose .grad fields hold the calibration loss's gradient (CE on the
+    labels,
     summed over the samples)."""
     model = fresh_copy(subj.model)
     model.requires_grad_(True)
@@ -165,7 +190,9 @@ def test_bn_scale_is_the_batch_norm_scale(subject: Callable[..., Subject]) -> No
     got = channel_importance(subj, "features.0", "bn-scale-structured")
     np.testing.assert_allclose(got, (gamma / gamma.mean()).numpy(), rtol=1e-5)
     mlp = subject("zoo:digits-mlp")
-    assert get_method("bn-scale-structured").applies_to("hidden.0", mlp.inventory)  # no batch norm: says why
+    assert get_method("bn-scale-structured").applies_to(
+        "hidden.0", mlp.inventory
+    )  # no batch norm: says why
     with pytest.raises(PlanError, match="batch norm"):
         mlp.prune(PruningPlan(method="bn-scale-structured", layers={"hidden.0": LayerRule(0.5)}))
 
@@ -187,11 +214,19 @@ def test_flap_compensates_the_bias_of_the_reader(subject: Callable[..., Subject]
     pruned = subj.prune(plan)
     modules = dict(pruned.named_modules())
     # which of hidden.0's channels survived: match the kept rows to the dense ones
-    kept = [int(torch.nonzero((dense["hidden.0"].weight == row).all(1)).item()) for row in modules["hidden.0"].weight]
+    kept = [
+        int(torch.nonzero((dense["hidden.0"].weight == row).all(1)).item())
+        for row in modules["hidden.0"].weight
+    ]
     removed = sorted(set(range(256)) - set(kept))
     assert len(removed) == 128
-    expected = dense["hidden.2"].bias.detach().double() + dense["hidden.2"].weight.detach().double()[:, removed] @ mean[removed]
-    np.testing.assert_allclose(modules["hidden.2"].bias.detach().double().numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
+    expected = (
+        dense["hidden.2"].bias.detach().double()
+        + dense["hidden.2"].weight.detach().double()[:, removed] @ mean[removed]
+    )
+    np.testing.assert_allclose(
+        modules["hidden.2"].bias.detach().double().numpy(), expected.numpy(), rtol=1e-5, atol=1e-6
+    )
     # the compensation moves the pruned model's outputs towards the dense model's
     x, _ = sample(subj.calibration)
     with torch.no_grad():
@@ -203,8 +238,19 @@ def test_flap_compensates_the_bias_of_the_reader(subject: Callable[..., Subject]
 
 
 def test_data_aware_methods_say_they_read_data(subject: Callable[..., Subject]) -> None:
-    for name in ("taylor-unstructured", "taylor-structured", "wanda-unstructured", "wanda-2:4",
-                 "sparsegpt-unstructured", "sparsegpt-2:4", "activation-structured", "flap-structured"):
+    for name in (
+        "taylor-unstructured",
+        "taylor-structured",
+        "wanda-unstructured",
+        "wanda-2:4",
+        "sparsegpt-unstructured",
+        "sparsegpt-2:4",
+        "activation-structured",
+        "flap-structured",
+    ):
         method = get_method(name)
         assert method.needs_data and "calibration" in method.data_note, name
-    assert not get_method("bn-scale-structured").needs_data and not get_method("l1-unstructured").needs_data
+    assert (
+        not get_method("bn-scale-structured").needs_data
+        and not get_method("l1-unstructured").needs_data
+    )

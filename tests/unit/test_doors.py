@@ -34,7 +34,8 @@ def _ort(path: Path, x: np.ndarray) -> np.ndarray:
     return OrtModel(path)(x)
 
 
-# --- ONNX: constant subgraphs are folded, not refused -----------------------------------------------
+# --- ONNX: constant subgraphs are folded, not refused
+# -----------------------------------------------
 
 
 def test_onnx_computed_bias_and_weight_are_folded(tmp_path: Path) -> None:
@@ -46,15 +47,25 @@ def test_onnx_computed_bias_and_weight_are_folded(tmp_path: Path) -> None:
     nodes = [
         helper.make_node("Identity", ["b"], ["b2"], name="/features/Identity"),
         helper.make_node("Mul", ["w", "s"], ["ws"], name="/features/Mul"),
-        helper.make_node("Conv", ["x", "ws", "b2"], ["c"], pads=[1, 1, 1, 1], name="/features/features.0/Conv"),
+        helper.make_node(
+            "Conv", ["x", "ws", "b2"], ["c"], pads=[1, 1, 1, 1], name="/features/features.0/Conv"
+        ),
         helper.make_node("Relu", ["c"], ["r"]),
         helper.make_node("GlobalAveragePool", ["r"], ["g"]),
         helper.make_node("Flatten", ["g"], ["y"]),
     ]
-    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.full((4, 1, 1, 1), 0.5, np.float32), "s"),
-             numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "b")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", 1, ["n", 3, 8, 8])],
-                              [helper.make_tensor_value_info("y", 1, ["n", 4])], inits)
+    inits = [
+        numpy_helper.from_array(w, "w"),
+        numpy_helper.from_array(np.full((4, 1, 1, 1), 0.5, np.float32), "s"),
+        numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "b"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", 1, ["n", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", 1, ["n", 4])],
+        inits,
+    )
     path = tmp_path / "computed.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     module = load_onnx(path)
@@ -86,16 +97,28 @@ def test_deduplicated_initializers_are_separate_layers(tmp_path: Path) -> None:
     norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     assert len(norms) == 2 or not norms  # the exporter may fold them into the convolutions
     inv = inventory(module, x[:1])
-    pruned = apply_plan(module, PruningPlan(method="l1-structured", layers={"a": LayerRule(0.5)}), x[:1], inv)
+    pruned = apply_plan(
+        module, PruningPlan(method="l1-structured", layers={"a": LayerRule(0.5)}), x[:1], inv
+    )
     with torch.no_grad():
         assert pruned(x).shape == (4, 2)
 
 
-# --- ONNX ops text and vision models use ------------------------------------------------------------
+# --- ONNX ops text and vision models use
+# ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", ["gather_nd", "gather_nd_batch", "gather_elements", "resize_linear",
-                                  "resize_cubic_sizes", "resize_align_corners"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "gather_nd",
+        "gather_nd_batch",
+        "gather_elements",
+        "resize_linear",
+        "resize_cubic_sizes",
+        "resize_align_corners",
+    ],
+)
 def test_onnx_ops_match_ort(case: str, tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     x = rng.normal(size=(2, 3, 5, 6)).astype(np.float32)
@@ -118,14 +141,29 @@ def test_onnx_ops_match_ort(case: str, tmp_path: Path) -> None:
         inits.append(numpy_helper.from_array(np.zeros(0, np.float32), "roi"))
         if "sizes" in case:
             inits.append(numpy_helper.from_array(np.array([2, 3, 7, 9], np.int64), "sizes"))
-            node = helper.make_node("Resize", ["x", "roi", "", "sizes"], ["y"], mode=mode,
-                                    coordinate_transformation_mode=coords)
+            node = helper.make_node(
+                "Resize",
+                ["x", "roi", "", "sizes"],
+                ["y"],
+                mode=mode,
+                coordinate_transformation_mode=coords,
+            )
         else:
             inits.append(numpy_helper.from_array(np.array([1, 1, 2, 1.5], np.float32), "scales"))
-            node = helper.make_node("Resize", ["x", "roi", "scales"], ["y"], mode=mode,
-                                    coordinate_transformation_mode=coords)
-    graph = helper.make_graph([node], case, [helper.make_tensor_value_info("x", 1, list(x.shape))],
-                              [helper.make_tensor_value_info("y", 1, None)], inits)
+            node = helper.make_node(
+                "Resize",
+                ["x", "roi", "scales"],
+                ["y"],
+                mode=mode,
+                coordinate_transformation_mode=coords,
+            )
+    graph = helper.make_graph(
+        [node],
+        case,
+        [helper.make_tensor_value_info("x", 1, list(x.shape))],
+        [helper.make_tensor_value_info("y", 1, None)],
+        inits,
+    )
     path = tmp_path / f"{case}.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     expected = _ort(path, x)
@@ -143,7 +181,9 @@ def test_onnx_ops_match_ort(case: str, tmp_path: Path) -> None:
 
 
 def test_pt2_weight_names_may_hold_a_dash_but_code_names_may_not(tmp_path: Path) -> None:
-    _check_name("trunk_output.block1.block1-0.proj.0.weight", tmp_path, _PATH)  # torchvision's RegNet
+    _check_name(
+        "trunk_output.block1.block1-0.proj.0.weight", tmp_path, _PATH
+    )  # torchvision's RegNet
     for bad in ('block1-0"); import os; ("', "a.b\\c", "a b"):
         with pytest.raises(ModelLoadError, match="only identifiers"):
             _check_name(bad, tmp_path, _PATH)
@@ -155,13 +195,20 @@ def test_pt2_with_large_outputs_loads(tmp_path: Path) -> None:
     """Logits of scale ~1e3 (a ResNet-50's reach 13): the check that turning the program into layers
     kept its outputs is relative to their scale, not absolute."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 64, 3), nn.BatchNorm2d(64), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(64 * 14 * 14, 10)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 64, 3),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(64 * 14 * 14, 10),
+    ).eval()
     with torch.no_grad():
         model[4].weight.mul_(5000.0)  # logits of scale ~1e3
     x = torch.rand(2, 3, 16, 16)
     path = tmp_path / "big.pt2"
-    torch.export.save(torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},)), path)
+    torch.export.save(
+        torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},)), path
+    )
     loaded = load_model(str(path))
     with torch.no_grad():
         ref = model(x)
@@ -169,7 +216,8 @@ def test_pt2_with_large_outputs_loads(tmp_path: Path) -> None:
         assert relative_error(loaded(x), ref) <= REL_TOL
 
 
-# --- structured removal: grouped convolutions -------------------------------------------------------
+# --- structured removal: grouped convolutions
+# -------------------------------------------------------
 
 
 class _Grouped(nn.Module):
@@ -197,9 +245,17 @@ def test_grouped_convolution_loses_the_same_positions_in_every_group() -> None:
     x = torch.rand(4, 3, 8, 8)
     inv = inventory(model, x[:1])
     assert inv.groups["a"] == ("a",) and inv.groups["b"] == ("b",)
-    pruned = apply_plan(model, PruningPlan(method="l1-structured", layers={"a": LayerRule(0.25)}), x[:1], inv)
-    assert pruned.a.out_channels == 12 and pruned.b.groups == 4 and pruned.b.weight.shape == (16, 3, 3, 3)
-    kept = [next(i for i in range(16) if torch.equal(model.a.weight[i], w)) for w in pruned.a.weight]
+    pruned = apply_plan(
+        model, PruningPlan(method="l1-structured", layers={"a": LayerRule(0.25)}), x[:1], inv
+    )
+    assert (
+        pruned.a.out_channels == 12
+        and pruned.b.groups == 4
+        and pruned.b.weight.shape == (16, 3, 3, 3)
+    )
+    kept = [
+        next(i for i in range(16) if torch.equal(model.a.weight[i], w)) for w in pruned.a.weight
+    ]
     positions = [sorted(k % 4 for k in kept if k // 4 == g) for g in range(4)]
     assert all(p == positions[0] for p in positions), positions  # the same positions in every block
     silenced = _Grouped().eval()
@@ -208,9 +264,17 @@ def test_grouped_convolution_loses_the_same_positions_in_every_group() -> None:
         for i in set(range(16)) - set(kept):
             silenced.a.weight[i] = 0
         assert relative_error(pruned(x), silenced(x)) <= REL_TOL
-    both = apply_plan(model, PruningPlan(method="l1-structured", layers={"a": LayerRule(0.25), "b": LayerRule(0.25)}),
-                      x[:1], inv)
-    assert both.b.groups == 4 and both.b.out_channels % 4 == 0 and both.c.in_channels == both.b.out_channels
+    both = apply_plan(
+        model,
+        PruningPlan(method="l1-structured", layers={"a": LayerRule(0.25), "b": LayerRule(0.25)}),
+        x[:1],
+        inv,
+    )
+    assert (
+        both.b.groups == 4
+        and both.b.out_channels % 4 == 0
+        and both.c.in_channels == both.b.out_channels
+    )
     assert both(x).shape == (4, 3)
 
 
@@ -262,7 +326,11 @@ def test_npz_with_named_inputs_feeds_them_by_name(tmp_path: Path) -> None:
 
 
 def test_named_inputs_of_different_lengths_are_refused(tmp_path: Path) -> None:
-    np.savez(tmp_path / "bad.npz", input_ids=np.zeros((5, 8), np.int64), attention_mask=np.ones((4, 8), np.int64))
+    np.savez(
+        tmp_path / "bad.npz",
+        input_ids=np.zeros((5, 8), np.int64),
+        attention_mask=np.ones((4, 8), np.int64),
+    )
     with pytest.raises(DataError, match=re.escape("different numbers of samples")):
         load_data(str(tmp_path / "bad.npz"))
     np.savez(tmp_path / "none.npz", y=np.zeros(3, np.int64))
@@ -270,14 +338,20 @@ def test_named_inputs_of_different_lengths_are_refused(tmp_path: Path) -> None:
         load_data(str(tmp_path / "none.npz"))
 
 
-def test_cli_evaluate_says_which_inputs_it_fed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_evaluate_says_which_inputs_it_fed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import json
 
     from explorer.cli import main
 
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "t.npz", input_ids=rng.integers(1, 50, (16, 8)), attention_mask=np.ones((16, 8), np.int64),
-             y=rng.integers(0, 3, 16))
+    np.savez(
+        tmp_path / "t.npz",
+        input_ids=rng.integers(1, 50, (16, 8)),
+        attention_mask=np.ones((16, 8), np.int64),
+        y=rng.integers(0, 3, 16),
+    )
     spec = ["--model", f"{Path(__file__)}:tokens", "--data", str(tmp_path / "t.npz")]
     assert main(["evaluate", *spec, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -16,9 +16,9 @@ from explorer import figures
 from explorer.bundle import export_command, zip_bundle
 from explorer.errors import PlanError
 from explorer.evaluate import Evaluation, Metrics
-from explorer.runtime import speedup_of
-from explorer.plan import LayerRule, PruningPlan
 from explorer.methods import available_methods, get_method
+from explorer.plan import LayerRule, PruningPlan
+from explorer.runtime import speedup_of
 from explorer.weights import channel_importance, layer_view, removed_channels, weight_stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # ui/ sits next to app.py
@@ -36,7 +36,8 @@ def resnet(subject):
     return subject("zoo:digits-resnet")
 
 
-# --- layer views -----------------------------------------------------------------------------------
+# --- layer views
+# -----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("method", available_methods())
@@ -95,7 +96,8 @@ def test_weight_stats_against_numpy(cnn) -> None:
     assert row["near_zero"] == pytest.approx((np.abs(w) < 0.01 * np.abs(w).max()).mean())
 
 
-# --- figures ---------------------------------------------------------------------------------------
+# --- figures
+# ---------------------------------------------------------------------------------------
 
 
 def test_weight_histogram_splits_kept_and_removed(cnn) -> None:
@@ -121,8 +123,14 @@ def test_channel_bars_and_mask(cnn) -> None:
 
 
 def test_sensitivity_curves_one_line_per_layer_and_highlight() -> None:
-    df = pd.DataFrame({"layer": ["a", "a", "b", "b"], "ratio": [0.0, 0.5, 0.0, 0.5],
-                       "accuracy": [0.9, 0.8, 0.9, 0.5], "loss": [0.1, 0.2, 0.1, 0.9]})
+    df = pd.DataFrame(
+        {
+            "layer": ["a", "a", "b", "b"],
+            "ratio": [0.0, 0.5, 0.0, 0.5],
+            "accuracy": [0.9, 0.8, 0.9, 0.5],
+            "loss": [0.1, 0.2, 0.1, 0.9],
+        }
+    )
     fig = figures.sensitivity_curves(df, highlight="b")
     assert len(fig.data) == 4  # two layers x (accuracy, loss)
     acc_b = next(t for t in fig.data if t.name == "b" and t.xaxis == "x")
@@ -134,15 +142,25 @@ def test_sensitivity_curves_one_line_per_layer_and_highlight() -> None:
 def test_pareto_front() -> None:
     cost = np.array([1.0, 2.0, 3.0, 2.0, 1.0])
     gain = np.array([0.5, 0.9, 0.95, 0.8, 0.4])
-    np.testing.assert_array_equal(figures.pareto_front(cost, gain), [True, True, True, False, False])
-    history = pd.DataFrame({"n": [0, 1, 2], "summary": ["dense", "x", "y"], "accuracy": [0.99, 0.9, 0.95],
-                            "latency_ms_median": [0.5, 0.3, 0.4], "onnx_gzip_bytes": [1000, 600, 900]})
+    np.testing.assert_array_equal(
+        figures.pareto_front(cost, gain), [True, True, True, False, False]
+    )
+    history = pd.DataFrame(
+        {
+            "n": [0, 1, 2],
+            "summary": ["dense", "x", "y"],
+            "accuracy": [0.99, 0.9, 0.95],
+            "latency_ms_median": [0.5, 0.3, 0.4],
+            "onnx_gzip_bytes": [1000, 600, 900],
+        }
+    )
     fig = figures.pareto(history, current=2)
     assert len(fig.data) == 4  # per panel: the front line and the points
     assert fig.data[1].marker.color[2] == figures.GONE
 
 
-# --- bundle ------------------------------------------------------------------------------------------
+# --- bundle
+# ------------------------------------------------------------------------------------------
 
 
 def test_zip_bundle_and_command(tmp_path: Path) -> None:
@@ -152,12 +170,19 @@ def test_zip_bundle_and_command(tmp_path: Path) -> None:
     with zipfile.ZipFile(io.BytesIO(zip_bundle(files))) as zf:
         assert sorted(zf.namelist()) == ["plan.json", "report.html"]
         assert zf.read("report.html") == b"<html></html>"
-    assert export_command("zoo:digits-cnn") == "pruning-explorer export --model zoo:digits-cnn --plan plan.json --out export"
-    assert export_command("my model.py:build", "d.npz", "p.json", "out") == \
-        "pruning-explorer export --model 'my model.py:build' --data d.npz --plan p.json --out out"
+    assert (
+        export_command("zoo:digits-cnn")
+        == "pruning-explorer export --model zoo:digits-cnn --plan plan.json --out export"
+    )
+    assert (
+        export_command("my model.py:build", "d.npz", "p.json", "out")
+        == "pruning-explorer export --model 'my model.py:build' --data d.npz --plan p.json"
+        " --out out"
+    )
 
 
-# --- the app's pure helpers ---------------------------------------------------------------------------
+# --- the app's pure helpers
+# ---------------------------------------------------------------------------
 
 
 def test_draft_round_trips_plans(resnet) -> None:
@@ -169,7 +194,9 @@ def test_draft_round_trips_plans(resnet) -> None:
     glob = Draft(scope="global").with_flag("fc", "skipped", True).with_global(0.4, inv)
     plan = glob.to_plan(inv)
     assert plan.scope == "global" and plan.ratio == 0.4 and "fc" not in plan.layers
-    locked = Draft().with_ratio("fc", 0.1, inv).with_flag("fc", "locked", True).with_global(0.7, inv)
+    locked = (
+        Draft().with_ratio("fc", 0.1, inv).with_flag("fc", "locked", True).with_global(0.7, inv)
+    )
     assert locked.ratio("fc") == 0.1 and locked.ratio("stem.0") == 0.7
     # Structured methods cannot take the output layer; switching methods keeps groups together.
     assert "fc" not in Draft(method="l2-structured").eligible(inv)
@@ -180,20 +207,42 @@ def test_draft_round_trips_plans(resnet) -> None:
     assert [len(b) for b in blocks(inv)][:3] == [3, 1, 1]  # stem's residual group comes first
 
 
-def _result(speedups: tuple[float, ...] = (1.0, 0.98, 1.03, 1.01, 0.99), p90: tuple[float, ...] | None = None,
-            **changes: float) -> Evaluation:
-    """An Evaluation with made-up numbers: the pruned model's ``changes``, and per-round speedups."""
-    base = {"accuracy": 0.99, "loss": 0.03, "params_total": 1000, "params_nonzero": 1000, "macs": 5000,
-            "onnx_bytes": 4000, "onnx_gzip_bytes": 3000, "latency_ms_median": 1.0, "latency_ms_p90": 1.2,
-            "latency_ms_spread": 0.01, "latency_threads": 1, "latency_runs": 50, "labels": True}
+def _result(
+    speedups: tuple[float, ...] = (1.0, 0.98, 1.03, 1.01, 0.99),
+    p90: tuple[float, ...] | None = None,
+    **changes: float,
+) -> Evaluation:
+    """An Evaluation with made-up numbers: the pruned model's ``changes``, and per-round
+    speedups."""
+    base = {
+        "accuracy": 0.99,
+        "loss": 0.03,
+        "params_total": 1000,
+        "params_nonzero": 1000,
+        "macs": 5000,
+        "onnx_bytes": 4000,
+        "onnx_gzip_bytes": 3000,
+        "latency_ms_median": 1.0,
+        "latency_ms_p90": 1.2,
+        "latency_ms_spread": 0.01,
+        "latency_threads": 1,
+        "latency_runs": 50,
+        "labels": True,
+    }
     dense = Metrics(**base)
     pruned = Metrics(**{**base, **changes})
     rounds = [[[1.0] * 10 for _ in speedups], [[1.0 / s] * 10 for s in speedups]]
     if p90 is not None:  # the last run of each round is the slow tail
         rounds[0] = [r[:-1] + [3.0] for r in rounds[0]]
-        rounds[1] = [r[:-1] + [3.0 / q] for r, q in zip(rounds[1], p90)]
-    return Evaluation(pruned, dense, "zoo:digits-cnn", None, PruningPlan("l1-unstructured", {}),
-                      speedup_of(rounds, 0, 1, threads=1))
+        rounds[1] = [r[:-1] + [3.0 / q] for r, q in zip(rounds[1], p90, strict=False)]
+    return Evaluation(
+        pruned,
+        dense,
+        "zoo:digits-cnn",
+        None,
+        PruningPlan("l1-unstructured", {}),
+        speedup_of(rounds, 0, 1, threads=1),
+    )
 
 
 def test_metric_cards_deltas_and_noise() -> None:
@@ -202,10 +251,15 @@ def test_metric_cards_deltas_and_noise() -> None:
     assert by_label["MACs"].delta == "-50.0 %" and by_label["MACs"].delta_color == "inverse"
     assert by_label["Parameters"].delta == 0
     quiet = by_label["Latency, median"]
-    assert quiet.description == "within noise" and quiet.delta_color == "off" and quiet.arrow == "off"
+    assert (
+        quiet.description == "within noise" and quiet.delta_color == "off" and quiet.arrow == "off"
+    )
     assert quiet.delta == "+0.0 % · 1.00x" and "rounds 0.98x to 1.03x" in quiet.help
     fast = {c.label: c for c in cards(_result((1.3, 1.25, 1.35, 1.3, 1.4), latency_ms_median=0.77))}
-    assert fast["Latency, median"].description == "vs dense" and fast["Latency, median"].delta == "-23.1 % · 1.30x"
+    assert (
+        fast["Latency, median"].description == "vs dense"
+        and fast["Latency, median"].delta == "-23.1 % · 1.30x"
+    )
     assert fast["Latency, median"].delta_color == "inverse"  # down is good
     slow = {c.label: c for c in cards(_result((0.8, 0.78, 0.82, 0.79, 0.81)))}["Latency, median"]
     assert slow.delta.startswith("+25.0 %") and slow.description == "vs dense"
@@ -220,7 +274,11 @@ def test_p90_card_uses_the_same_window_and_rule() -> None:
     assert by_label["Latency, median"].description == "vs dense"
     p90 = by_label["Latency, p90"]
     assert r.speedup is not None and r.speedup.p90.within_noise and not r.speedup.within_noise
-    assert p90.description == "within noise" and "p90s" in p90.help and f"{r.speedup.p90.value:.2f}x" in p90.delta
+    assert (
+        p90.description == "within noise"
+        and "p90s" in p90.help
+        and f"{r.speedup.p90.value:.2f}x" in p90.delta
+    )
     assert f"Dense in this window: {r.dense.latency_ms_p90:.3f} ms" in p90.help
 
 

@@ -5,11 +5,16 @@ private names, and every module stays one concern (at most ~500 lines, or says w
 from __future__ import annotations
 
 import ast
+import io
+import tokenize
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "explorer"
-MAX_LINES = 500
+# Size in logical lines (statements, as the tokenizer ends them), which the formatter does not
+# change: 360 of them are about 500 physical lines of this code before `ruff format` split its
+# calls over more lines.
+MAX_LOGICAL_LINES = 360
 
 
 def _module_name(path: Path) -> str:
@@ -44,7 +49,10 @@ def _imports(name: str, path: Path, known: set[str]) -> list[tuple[str, list[str
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1]
+                    + ([base] if base else [])
+                )
             for alias in node.names:
                 sub = f"{base}.{alias.name}"
                 if sub in known:  # "from explorer import sensitivity": the submodule itself
@@ -67,7 +75,10 @@ def test_explorer_never_imports_streamlit() -> None:
 def test_the_import_graph_has_no_cycles() -> None:
     modules = _modules()
     known = set(modules)
-    graph = {name: sorted({m for m, _ in _imports(name, path, known)} - {name}) for name, path in modules.items()}
+    graph = {
+        name: sorted({m for m, _ in _imports(name, path, known)} - {name})
+        for name, path in modules.items()
+    }
     state: dict[str, int] = {}  # 1: on the path, 2: done
     cycles: list[list[str]] = []
 
@@ -75,7 +86,7 @@ def test_the_import_graph_has_no_cycles() -> None:
         state[node] = 1
         for nxt in graph[node]:
             if state.get(nxt) == 1:
-                cycles.append(path[path.index(nxt):] + [nxt] if nxt in path else [node, nxt])
+                cycles.append(path[path.index(nxt) :] + [nxt] if nxt in path else [node, nxt])
             elif nxt not in state:
                 visit(nxt, [*path, nxt])
         state[node] = 2
@@ -92,26 +103,56 @@ def test_no_module_uses_another_modules_private_names() -> None:
     used = []
     for name, path in modules.items():
         for module, names in _imports(name, path, known):
-            used += [f"{name} imports {module}.{n}" for n in names if n.startswith("_") and module != name]
+            used += [
+                f"{name} imports {module}.{n}"
+                for n in names
+                if n.startswith("_") and module != name
+            ]
         tree = ast.parse(path.read_text())
-        aliases = {a.asname or a.name: a.name for node in ast.walk(tree) if isinstance(node, ast.Import)
-                   for a in node.names if a.name in known}
-        aliases.update({a.asname or a.name: f"{node.module}.{a.name}" for node in ast.walk(tree)
-                        if isinstance(node, ast.ImportFrom) and node.module
-                        for a in node.names if f"{node.module}.{a.name}" in known})
+        aliases = {
+            a.asname or a.name: a.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for a in node.names
+            if a.name in known
+        }
+        aliases.update(
+            {
+                a.asname or a.name: f"{node.module}.{a.name}"
+                for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and node.module
+                for a in node.names
+                if f"{node.module}.{a.name}" in known
+            }
+        )
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
-                    and node.attr.startswith("_") and not node.attr.startswith("__")):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in aliases
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+            ):
                 used.append(f"{name} uses {aliases[node.value.id]}.{node.attr}")
     assert not used, "; ".join(sorted(used))
+
+
+def _logical_lines(source: str) -> int:
+    return sum(
+        t.type == tokenize.NEWLINE for t in tokenize.generate_tokens(io.StringIO(source).readline)
+    )
 
 
 def test_modules_are_one_concern() -> None:
     """A module over the limit says in its docstring that it is one concern (and which)."""
     long = []
     for name, path in _modules().items():
-        lines = path.read_text().count("\n")
-        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
-        if lines > MAX_LINES and "One concern:" not in doc:
-            long.append(f"{name} ({lines} lines)")
-    assert not long, "modules over ~500 lines without saying they are one concern: " + ", ".join(long)
+        source = path.read_text()
+        lines = _logical_lines(source)
+        doc = ast.get_docstring(ast.parse(source)) or ""
+        if lines > MAX_LOGICAL_LINES and "One concern:" not in doc:
+            long.append(f"{name} ({lines} logical lines)")
+    assert not long, (
+        f"modules over {MAX_LOGICAL_LINES} logical lines without saying they are one concern: "
+        + ", ".join(long)
+    )

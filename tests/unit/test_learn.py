@@ -1,4 +1,5 @@
-"""Learn helpers against simple oracles (the experiments themselves run in tests/app/test_learn.py)."""
+"""Learn helpers against simple oracles (the experiments themselves run in
+tests/app/test_learn.py)."""
 
 from __future__ import annotations
 

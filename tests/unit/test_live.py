@@ -1,4 +1,5 @@
-"""Live evaluation: the template writes the exporter's own file, byte for byte; the staged evaluation
+"""Live evaluation: the template writes the exporter's own file, byte for byte; the staged
+evaluation
 ends with ``Subject.evaluate``'s numbers; refinements grow, their interval closes; runs cancel."""
 
 from __future__ import annotations
@@ -50,12 +51,19 @@ def _without_timing(result: Evaluation | dict) -> dict:
     return {k: v for k, v in d.items() if k not in TIMED and k not in ("dense", "speedup")}
 
 
-def test_template_writes_the_exporters_file(zoo_name: str, method: str, subject: Callable[..., Subject],
-                                            full_plan: Callable[..., PruningPlan], tmp_path: Path) -> None:
+def test_template_writes_the_exporters_file(
+    zoo_name: str,
+    method: str,
+    subject: Callable[..., Subject],
+    full_plan: Callable[..., PruningPlan],
+    tmp_path: Path,
+) -> None:
     subj = subject(f"zoo:{zoo_name}")
     template = OnnxTemplate.of(subj.model, subj.example_input)
     pruned = subj.prune(full_plan(subj, method, 0.4))
-    if set(pruned.state_dict()) != set(subj.model.state_dict()):  # FLAP gives bias-free readers a bias
+    if set(pruned.state_dict()) != set(
+        subj.model.state_dict()
+    ):  # FLAP gives bias-free readers a bias
         with pytest.raises(TemplateMiss, match="other tensors"):
             template.render(pruned)
         assert write_onnx(subj, pruned, tmp_path / "w.onnx") != "template"  # exported for real
@@ -66,9 +74,14 @@ def test_template_writes_the_exporters_file(zoo_name: str, method: str, subject:
 
 
 @pytest.mark.parametrize("method", ["l1-unstructured", "l2-structured", "mixed"])
-def test_template_on_unseen_models(unseen_name: str, method: str, unseen_subject: Callable[..., Subject],
-                                   full_plan: Callable[..., PruningPlan], mixed_plan: Callable[..., PruningPlan],
-                                   tmp_path: Path) -> None:
+def test_template_on_unseen_models(
+    unseen_name: str,
+    method: str,
+    unseen_subject: Callable[..., Subject],
+    full_plan: Callable[..., PruningPlan],
+    mixed_plan: Callable[..., PruningPlan],
+    tmp_path: Path,
+) -> None:
     """Where the template vouches for a pruned model, its file is the exporter's; where it cannot,
     it says so (and the evaluator exports for real)."""
     subj = unseen_subject(unseen_name)
@@ -88,7 +101,9 @@ def test_template_refuses_a_tensor_no_recipe_reads(subject: Callable[..., Subjec
     subj = subject("zoo:digits-cnn")
     template = OnnxTemplate.of(subj.model, subj.example_input)
     pruned = subj.prune(PruningPlan("l1-unstructured", {"features.0": LayerRule(0.5)}))
-    template.covered.discard("features.0.weight")  # as if the exporter had transformed it unrecognisably
+    template.covered.discard(
+        "features.0.weight"
+    )  # as if the exporter had transformed it unrecognisably
     with pytest.raises(TemplateMiss, match="features.0.weight"):
         template.render(pruned)
 
@@ -100,25 +115,47 @@ def _plans(subj: Subject) -> list[PruningPlan]:
         PruningPlan("l1-unstructured", {n: LayerRule(0.6) for n in names}),
         PruningPlan("l2-structured", {n: LayerRule(0.5) for n in grouped[:3]}),
         PruningPlan("2:4", {n: LayerRule(0.5) for n in names[1:3]}),
-        PruningPlan("l1-unstructured", {n: LayerRule(0.0) for n in names}, scope="global", ratio=0.7),
-        PruningPlan("l2-structured", {g: LayerRule(0.4) for g in grouped[:2]}
-                    | {n: LayerRule(0.3, "l1-unstructured") for n in names if n not in grouped}),
+        PruningPlan(
+            "l1-unstructured", {n: LayerRule(0.0) for n in names}, scope="global", ratio=0.7
+        ),
+        PruningPlan(
+            "l2-structured",
+            {g: LayerRule(0.4) for g in grouped[:2]}
+            | {n: LayerRule(0.3, "l1-unstructured") for n in names if n not in grouped},
+        ),
     ]
 
 
 @pytest.mark.parametrize("where", ["zoo:digits-resnet", "narrow", "unlabelled tabular"])
-def test_final_numbers_are_subject_evaluates(where: str, subject: Callable[..., Subject], narrow: Subject,
-                                             unseen_subject: Callable[..., Subject]) -> None:
-    subj = {"narrow": narrow, "unlabelled tabular": unseen_subject("tabular_mlp", labels=False)}.get(where) \
-        or subject(where)
+def test_final_numbers_are_subject_evaluates(
+    where: str,
+    subject: Callable[..., Subject],
+    narrow: Subject,
+    unseen_subject: Callable[..., Subject],
+) -> None:
+    subj = {
+        "narrow": narrow,
+        "unlabelled tabular": unseen_subject("tabular_mlp", labels=False),
+    }.get(where) or subject(where)
     evaluator = LiveEvaluator(subj)
-    plans = _plans(subj) if subj.inventory.groups else [_plans(subj)[0], _plans(subj)[2], _plans(subj)[3]]
+    plans = (
+        _plans(subj)
+        if subj.inventory.groups
+        else [_plans(subj)[0], _plans(subj)[2], _plans(subj)[3]]
+    )
     for plan in plans:
         live = evaluator.evaluate(plan)
         assert _without_timing(live) == _without_timing(subj.evaluate(plan)), plan.to_json()
-        window = ("latency_runs",)  # the dense side is timed in the plan's own window, with its runs
-        assert ({k: v for k, v in _without_timing(live.dense.to_dict()).items() if k not in window}
-                == {k: v for k, v in _without_timing(subj.evaluate(None).dense.to_dict()).items() if k not in window})
+        window = (
+            "latency_runs",
+        )  # the dense side is timed in the plan's own window, with its runs
+        assert {
+            k: v for k, v in _without_timing(live.dense.to_dict()).items() if k not in window
+        } == {
+            k: v
+            for k, v in _without_timing(subj.evaluate(None).dense.to_dict()).items()
+            if k not in window
+        }
         assert live.speedup is not None and live.speedup.ratio > 0
         for key in TIMED:
             assert live.to_dict()[key] >= 0
@@ -160,14 +197,21 @@ def test_a_run_reports_a_users_mistake(narrow: Subject) -> None:
 
 def test_final_is_reported_to_whoever_asked(narrow: Subject) -> None:
     seen = []
-    run = LiveEvaluator(narrow).start(PruningPlan("2:4", {"layer1.0.conv1": LayerRule(0.5)}), on_final=seen.append)
+    run = LiveEvaluator(narrow).start(
+        PruningPlan("2:4", {"layer1.0.conv1": LayerRule(0.5)}), on_final=seen.append
+    )
     assert run.wait(120) is not None
     run.join(timeout=10)
-    assert len(seen) == 1 and seen[0].final and seen[0].result.pruned.params_nonzero < seen[0].result.pruned.params_total
+    assert (
+        len(seen) == 1
+        and seen[0].final
+        and seen[0].result.pruned.params_nonzero < seen[0].result.pruned.params_total
+    )
 
 
-def test_a_graph_run_in_onnx_runtime_is_exported_as_the_users_own(subject: Callable[..., Subject],
-                                                                  tmp_path: Path) -> None:
+def test_a_graph_run_in_onnx_runtime_is_exported_as_the_users_own(
+    subject: Callable[..., Subject], tmp_path: Path
+) -> None:
     spec = importlib.util.spec_from_file_location("_ort_graph_models", MODELS / "ort_graph.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -179,22 +223,35 @@ def test_a_graph_run_in_onnx_runtime_is_exported_as_the_users_own(subject: Calla
     assert _without_timing(evaluator.evaluate(plan)) == _without_timing(subj.evaluate(plan))
 
 
-def test_prediction_from_cached_curves(subject: Callable[..., Subject], tmp_path: Path,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prediction_from_cached_curves(
+    subject: Callable[..., Subject], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from explorer import sensitivity as sens
 
     monkeypatch.setenv(sens.CACHE_ENV, str(tmp_path))
     subj = subject("zoo:digits-cnn")
-    plan = PruningPlan("l1-unstructured", {"features.7": LayerRule(0.35), "classifier": LayerRule(0.5)})
+    plan = PruningPlan(
+        "l1-unstructured", {"features.7": LayerRule(0.35), "classifier": LayerRule(0.5)}
+    )
     assert predicted_accuracy(subj, plan) is None  # nothing scanned yet
-    curves = sens.scan(subj, "l1-unstructured", [0.3, 0.4, 0.5], layers=["features.7", "classifier"])
+    curves = sens.scan(
+        subj, "l1-unstructured", [0.3, 0.4, 0.5], layers=["features.7", "classifier"]
+    )
     drops = []
     for layer, ratio in (("features.7", 0.35), ("classifier", 0.5)):
         c = curves[curves.layer == layer]
         drops.append(c.accuracy.iloc[0] - np.interp(ratio, c.ratio, c.accuracy))
-    assert predicted_accuracy(subj, plan) == pytest.approx(curves.accuracy.iloc[0] - sum(max(d, 0) for d in drops))
-    assert predicted_accuracy(subj, PruningPlan("l1-unstructured", {"features.0": LayerRule(0.3)})) is None
-    assert predicted_accuracy(subj, PruningPlan("l1-unstructured", {"classifier": LayerRule(0.8)})) is None
+    assert predicted_accuracy(subj, plan) == pytest.approx(
+        curves.accuracy.iloc[0] - sum(max(d, 0) for d in drops)
+    )
+    assert (
+        predicted_accuracy(subj, PruningPlan("l1-unstructured", {"features.0": LayerRule(0.3)}))
+        is None
+    )
+    assert (
+        predicted_accuracy(subj, PruningPlan("l1-unstructured", {"classifier": LayerRule(0.8)}))
+        is None
+    )
 
 
 def test_wilson_interval() -> None:
@@ -202,12 +259,16 @@ def test_wilson_interval() -> None:
     assert (round(lo, 4), round(hi, 4)) == (0.2366, 0.7634)  # the textbook 95 % Wilson interval
     assert wilson(0, 10)[0] == 0 and wilson(10, 10)[1] == pytest.approx(1)
     assert wilson(30, 100, population=100) == (0.3, 0.3)  # everything scored: no uncertainty left
-    assert wilson(30, 100, population=200)[1] - wilson(30, 100, population=200)[0] < wilson(30, 100)[1] - wilson(30, 100)[0]
+    assert (
+        wilson(30, 100, population=200)[1] - wilson(30, 100, population=200)[0]
+        < wilson(30, 100)[1] - wilson(30, 100)[0]
+    )
 
 
 @pytest.mark.parametrize("size", [0, 1, 3_000_001])
 def test_streamed_gzip_size_is_gzips(size: int) -> None:
     data = np.random.default_rng(size).integers(0, 4, size, dtype=np.uint8).tobytes()
     assert gzip_length(data, block=1 << 20) == len(gzip.compress(data, compresslevel=6))
-    assert gzip_length(data, lambda: True) == (-1 if size else len(gzip.compress(b"", compresslevel=6)))
-
+    assert gzip_length(data, lambda: True) == (
+        -1 if size else len(gzip.compress(b"", compresslevel=6))
+    )

@@ -39,20 +39,36 @@ def _ort(path: Path, x: np.ndarray) -> np.ndarray:
 def _export_dynamo(model: torch.nn.Module, x: torch.Tensor, path: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, (x[:2],), dynamo=True, input_names=["input"], output_names=["output"],
-                                    dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+        program = torch.onnx.export(
+            model,
+            (x[:2],),
+            dynamo=True,
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            verbose=False,
+        )
     assert program is not None
     program.save(str(path), external_data=False)
     return path
 
 
-def _save_program(model: torch.nn.Module, x: torch.Tensor, path: Path, dynamic: bool = True,
-                  decompose: bool = False) -> Path:
+def _save_program(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    path: Path,
+    dynamic: bool = True,
+    decompose: bool = False,
+) -> Path:
     if dynamic:
-        program = torch.export.export(model, (x[:2],), dynamic_shapes=({0: torch.export.Dim("batch")},))
+        program = torch.export.export(
+            model, (x[:2],), dynamic_shapes=({0: torch.export.Dim("batch")},)
+        )
     else:
         program = torch.export.export(model, (x[:1],))
-    if decompose:  # core ATen: aten.convolution, addmm on a transposed weight, decomposed batch norm
+    if (
+        decompose
+    ):  # core ATen: aten.convolution, addmm on a transposed weight, decomposed batch norm
         program = program.run_decompositions()
     torch.export.save(program, path)
     return path
@@ -68,7 +84,9 @@ def digits_cnn_x() -> torch.Tensor:
 
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
 @pytest.mark.parametrize("zoo_name", ["digits-cnn", "digits-resnet"])
-def test_onnx_interpreter_matches_ort_on_the_original_file(zoo_name: str, exporter: str, tmp_path: Path) -> None:
+def test_onnx_interpreter_matches_ort_on_the_original_file(
+    zoo_name: str, exporter: str, tmp_path: Path
+) -> None:
     model = build(zoo_name).eval()
     x = load_data(f"zoo:{zoo_name}").test.x[:16]
     path = tmp_path / "model.onnx"
@@ -78,8 +96,12 @@ def test_onnx_interpreter_matches_ort_on_the_original_file(zoo_name: str, export
         ours = module(x).numpy()
     np.testing.assert_allclose(ours, _ort(path, x.numpy()), atol=TOL, rtol=TOL)
     # Layers are real modules named as in the torch model.
-    torch_names = {n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
-    onnx_names = {n for n, m in module.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+    torch_names = {
+        n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    }
+    onnx_names = {
+        n for n, m in module.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    }
     assert onnx_names == torch_names
 
 
@@ -93,8 +115,11 @@ def test_onnx_unseen_models_match_ort(unseen: object, tmp_path: Path) -> None:
         np.testing.assert_allclose(ours, _ort(path, x.numpy()), atol=TOL, rtol=TOL, err_msg=name)
 
 
-def test_onnx_structured_pruning_removes_channels_and_reexports(tmp_path: Path, digits_cnn_x: torch.Tensor) -> None:
-    """DepGraph groups the interpreter's layers; the pruned module exports and ORT agrees with it."""
+def test_onnx_structured_pruning_removes_channels_and_reexports(
+    tmp_path: Path, digits_cnn_x: torch.Tensor
+) -> None:
+    """DepGraph groups the interpreter's layers; the pruned module exports and ORT agrees with
+    it."""
     model = build("digits-cnn").eval()
     src = export_onnx(model, digits_cnn_x[:1], tmp_path / "cnn.onnx")
     module = load_model(str(src))
@@ -107,10 +132,14 @@ def test_onnx_structured_pruning_removes_channels_and_reexports(tmp_path: Path, 
     plan = PruningPlan.uniform("l1-structured", list(inv.groups), 0.5)
     pruned = apply_plan(module, plan, digits_cnn_x[:1], inv)
     assert pruned.get_submodule("features.3").out_channels == 32
-    assert sum(p.numel() for p in pruned.parameters()) < 0.3 * sum(p.numel() for p in module.parameters())
+    assert sum(p.numel() for p in pruned.parameters()) < 0.3 * sum(
+        p.numel() for p in module.parameters()
+    )
     out = export_onnx(pruned, digits_cnn_x[:1], tmp_path / "pruned.onnx")
     with torch.no_grad():
-        np.testing.assert_allclose(_ort(out, digits_cnn_x.numpy()), pruned(digits_cnn_x).numpy(), atol=TOL, rtol=TOL)
+        np.testing.assert_allclose(
+            _ort(out, digits_cnn_x.numpy()), pruned(digits_cnn_x).numpy(), atol=TOL, rtol=TOL
+        )
     assert out.stat().st_size < 0.3 * src.stat().st_size
 
 
@@ -119,19 +148,33 @@ def test_onnx_plan_transfers_from_the_torch_model(tmp_path: Path) -> None:
     model = build("digits-mlp").eval()
     x = load_data("zoo:digits-mlp").test.x[:32]
     module = load_onnx(export_onnx(model, x[:1], tmp_path / "mlp.onnx"))
-    plan = PruningPlan(method="l1-structured", layers={"hidden.0": LayerRule(0.5),
-                                                       "classifier": LayerRule(0.3, "l1-unstructured")})
+    plan = PruningPlan(
+        method="l1-structured",
+        layers={"hidden.0": LayerRule(0.5), "classifier": LayerRule(0.3, "l1-unstructured")},
+    )
     with torch.no_grad():
         a = apply_plan(model, plan, x[:1])(x)
         b = apply_plan(module, plan, x[:1])(x)
     torch.testing.assert_close(a, b, atol=TOL, rtol=TOL)
 
 
-def _check_graph(tmp_path: Path, name: str, nodes: list, inputs: list, output: tuple[str, list],
-                 inits: dict[str, np.ndarray], x: np.ndarray, opset: int = 17) -> None:
+def _check_graph(
+    tmp_path: Path,
+    name: str,
+    nodes: list,
+    inputs: list,
+    output: tuple[str, list],
+    inits: dict[str, np.ndarray],
+    x: np.ndarray,
+    opset: int = 17,
+) -> None:
     graph = helper.make_graph(
-        nodes, name, inputs, [helper.make_tensor_value_info(output[0], TensorProto.FLOAT, output[1])],
-        [numpy_helper.from_array(v, k) for k, v in inits.items()])
+        nodes,
+        name,
+        inputs,
+        [helper.make_tensor_value_info(output[0], TensorProto.FLOAT, output[1])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
     onnx.checker.check_model(model)
     path = tmp_path / f"{name}.onnx"
@@ -145,12 +188,27 @@ def test_onnx_conv_and_pooling_ops_match_ort(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     f = lambda *s: rng.normal(size=s).astype(np.float32)  # noqa: E731
     nodes = [
-        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 0, 0, 1], strides=[1, 1], name="/stem/Conv"),
-        helper.make_node("BatchNormalization", ["c1", "g", "be", "mu", "var"], ["bn"], epsilon=1e-3),
+        helper.make_node(
+            "Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 0, 0, 1], strides=[1, 1], name="/stem/Conv"
+        ),
+        helper.make_node(
+            "BatchNormalization", ["c1", "g", "be", "mu", "var"], ["bn"], epsilon=1e-3
+        ),
         helper.make_node("LeakyRelu", ["bn"], ["a1"], alpha=0.1),
-        helper.make_node("Conv", ["a1", "w2"], ["c2"], group=2, auto_pad="SAME_UPPER", strides=[2, 2]),
-        helper.make_node("MaxPool", ["c2"], ["p1"], kernel_shape=[3, 3], auto_pad="SAME_LOWER", strides=[1, 1]),
-        helper.make_node("AveragePool", ["p1"], ["p2"], kernel_shape=[2, 2], pads=[1, 1, 0, 0], count_include_pad=1),
+        helper.make_node(
+            "Conv", ["a1", "w2"], ["c2"], group=2, auto_pad="SAME_UPPER", strides=[2, 2]
+        ),
+        helper.make_node(
+            "MaxPool", ["c2"], ["p1"], kernel_shape=[3, 3], auto_pad="SAME_LOWER", strides=[1, 1]
+        ),
+        helper.make_node(
+            "AveragePool",
+            ["p1"],
+            ["p2"],
+            kernel_shape=[2, 2],
+            pads=[1, 1, 0, 0],
+            count_include_pad=1,
+        ),
         helper.make_node("HardSigmoid", ["p2"], ["h"], alpha=0.3, beta=0.4),
         helper.make_node("Mul", ["h", "p2"], ["hs"]),
         helper.make_node("GlobalAveragePool", ["hs"], ["gap"]),
@@ -158,10 +216,26 @@ def test_onnx_conv_and_pooling_ops_match_ort(tmp_path: Path) -> None:
         helper.make_node("Gemm", ["flat", "wg", "bg"], ["logits"], alpha=0.5, beta=2.0),
         helper.make_node("Softmax", ["logits"], ["y"], axis=-1),
     ]
-    inits = {"w1": f(4, 3, 3, 3), "b1": f(4), "g": f(4), "be": f(4), "mu": f(4),
-             "var": np.abs(f(4)) + 0.5, "w2": f(6, 2, 3, 3), "wg": f(6, 5), "bg": f(5)}
-    _check_graph(tmp_path, "convs", nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 9, 9])],
-                 ("y", ["n", 5]), inits, f(3, 3, 9, 9))
+    inits = {
+        "w1": f(4, 3, 3, 3),
+        "b1": f(4),
+        "g": f(4),
+        "be": f(4),
+        "mu": f(4),
+        "var": np.abs(f(4)) + 0.5,
+        "w2": f(6, 2, 3, 3),
+        "wg": f(6, 5),
+        "bg": f(5),
+    }
+    _check_graph(
+        tmp_path,
+        "convs",
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 9, 9])],
+        ("y", ["n", 5]),
+        inits,
+        f(3, 3, 9, 9),
+    )
 
 
 def test_onnx_shape_and_elementwise_ops_match_ort(tmp_path: Path) -> None:
@@ -170,7 +244,9 @@ def test_onnx_shape_and_elementwise_ops_match_ort(tmp_path: Path) -> None:
     i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
     nodes = [
         helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1]),  # (n, 6, 4)
-        helper.make_node("Slice", ["t", "s_start", "s_end", "s_axes", "s_steps"], ["sl"]),  # reverse, step 2
+        helper.make_node(
+            "Slice", ["t", "s_start", "s_end", "s_axes", "s_steps"], ["sl"]
+        ),  # reverse, step 2
         helper.make_node("Shape", ["sl"], ["shp"]),
         helper.make_node("Gather", ["shp", "zero"], ["n"], axis=0),
         helper.make_node("Unsqueeze", ["n", "axes0"], ["n1"]),
@@ -190,13 +266,35 @@ def test_onnx_shape_and_elementwise_ops_match_ort(tmp_path: Path) -> None:
         helper.make_node("Sub", ["th", "c"], ["d"]),
         helper.make_node("Div", ["d", "two"], ["y"]),
     ]
-    inits = {"s_start": i64(-1), "s_end": i64(-100), "s_axes": i64(2), "s_steps": i64(-2),
-             "zero": np.array(0, dtype=np.int64), "axes0": i64(0), "minus1": i64(-1), "wm": f(12, 8), "bm": f(8),
-             "split": i64(4, 4), "lo": np.array(-0.5, np.float32), "hi": np.array(0.7, np.float32),
-             "zero_f": np.array(0.0, np.float32), "axes1": i64(1), "pads": i64(0, 0, 1, 0, 0, 1),
-             "pad_value": np.array(0.25, np.float32), "c": f(6), "two": np.array(2.0, np.float32)}
-    _check_graph(tmp_path, "shapes", nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 6])],
-                 ("y", ["n", 6]), inits, f(5, 4, 6))
+    inits = {
+        "s_start": i64(-1),
+        "s_end": i64(-100),
+        "s_axes": i64(2),
+        "s_steps": i64(-2),
+        "zero": np.array(0, dtype=np.int64),
+        "axes0": i64(0),
+        "minus1": i64(-1),
+        "wm": f(12, 8),
+        "bm": f(8),
+        "split": i64(4, 4),
+        "lo": np.array(-0.5, np.float32),
+        "hi": np.array(0.7, np.float32),
+        "zero_f": np.array(0.0, np.float32),
+        "axes1": i64(1),
+        "pads": i64(0, 0, 1, 0, 0, 1),
+        "pad_value": np.array(0.25, np.float32),
+        "c": f(6),
+        "two": np.array(2.0, np.float32),
+    }
+    _check_graph(
+        tmp_path,
+        "shapes",
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 6])],
+        ("y", ["n", 6]),
+        inits,
+        f(5, 4, 6),
+    )
 
 
 def test_onnx_external_data_outside_the_folder_is_refused(tmp_path: Path) -> None:
@@ -216,18 +314,24 @@ def test_onnx_external_data_outside_the_folder_is_refused(tmp_path: Path) -> Non
 # --- .pt2 ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("dynamic", "decompose"), [(True, False), (False, False), (True, True)],
-                         ids=["dynamic-batch", "static-batch", "core-aten"])
+@pytest.mark.parametrize(
+    ("dynamic", "decompose"),
+    [(True, False), (False, False), (True, True)],
+    ids=["dynamic-batch", "static-batch", "core-aten"],
+)
 @pytest.mark.parametrize("zoo_name", ["digits-cnn", "digits-resnet"])
-def test_pt2_matches_the_torch_model_at_any_batch(zoo_name: str, dynamic: bool, decompose: bool, tmp_path: Path) -> None:
+def test_pt2_matches_the_torch_model_at_any_batch(
+    zoo_name: str, dynamic: bool, decompose: bool, tmp_path: Path
+) -> None:
     model = build(zoo_name).eval()
     x = load_data(f"zoo:{zoo_name}").test.x[:7]
     loaded = load_program(_save_program(model, x, tmp_path / "m.pt2", dynamic, decompose))
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), atol=1e-5, rtol=1e-5)
     layer_types = (torch.nn.Conv2d, torch.nn.Linear)
-    assert [n for n, m in loaded.named_modules() if isinstance(m, layer_types)] == \
-        [n for n, m in model.named_modules() if isinstance(m, layer_types)]
+    assert [n for n, m in loaded.named_modules() if isinstance(m, layer_types)] == [
+        n for n, m in model.named_modules() if isinstance(m, layer_types)
+    ]
     loaded.train()  # real layers: train()/eval() work (torch's rebuilt module refuses them)
     loaded.eval()
 
@@ -237,11 +341,21 @@ def test_pt2_plan_transfers_from_the_torch_model(tmp_path: Path) -> None:
     model = build("digits-resnet").eval()
     x = load_data("zoo:digits-resnet").test.x[:8]
     loaded = load_model(str(_save_program(model, x, tmp_path / "resnet.pt2")))
-    plan = PruningPlan(method="l2-structured", layers={"layer1.0.conv1": LayerRule(0.5), "stem.0": LayerRule(0.25),
-                                                       "fc": LayerRule(0.4, "l1-unstructured")})
+    plan = PruningPlan(
+        method="l2-structured",
+        layers={
+            "layer1.0.conv1": LayerRule(0.5),
+            "stem.0": LayerRule(0.25),
+            "fc": LayerRule(0.4, "l1-unstructured"),
+        },
+    )
     with torch.no_grad():
-        torch.testing.assert_close(apply_plan(loaded, plan, x[:1])(x), apply_plan(model, plan, x[:1])(x),
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            apply_plan(loaded, plan, x[:1])(x),
+            apply_plan(model, plan, x[:1])(x),
+            atol=1e-5,
+            rtol=1e-5,
+        )
 
 
 def test_pt2_guard_code_is_never_run(tmp_path: Path) -> None:
@@ -312,7 +426,11 @@ def test_unlabelled_data_scores_agreement_with_the_dense_model(tmp_path: Path) -
     pd.DataFrame(d.x.numpy()[:80]).to_csv(tmp_path / "u.csv", index=False)
     s = Subject("zoo:digits-mlp", str(tmp_path / "u.csv"), runs=30)
     dense, _ = s.dense()
-    assert dense.labels is False and dense.accuracy == 1.0 and dense.loss == pytest.approx(0.0, abs=1e-6)
+    assert (
+        dense.labels is False
+        and dense.accuracy == 1.0
+        and dense.loss == pytest.approx(0.0, abs=1e-6)
+    )
     plan = PruningPlan.uniform("l1-unstructured", s.layer_names, 0.9)
     result = s.evaluate(plan).to_dict()
     assert result["labels"] is False and result["accuracy"] < 1.0 and result["loss"] > 0
@@ -321,10 +439,12 @@ def test_unlabelled_data_scores_agreement_with_the_dense_model(tmp_path: Path) -
 def _write_digit_images(root: Path, n: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
     d = load_data("zoo:digits-mlp").test
     images, labels = d.x.numpy()[:n].reshape(n, 8, 8), d.y.numpy()[:n]
-    for i, (img, label) in enumerate(zip(images, labels)):
+    for i, (img, label) in enumerate(zip(images, labels, strict=False)):
         folder = root / f"class_{label}"
         folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray((img * 255).round().astype(np.uint8), mode="L").convert(mode).save(folder / f"{i}.png")
+        Image.fromarray((img * 255).round().astype(np.uint8), mode="L").convert(mode).save(
+            folder / f"{i}.png"
+        )
     return images, labels
 
 
@@ -353,7 +473,9 @@ def test_image_folder_through_the_subject_matches_the_zoo_accuracy(tmp_path: Pat
     with torch.no_grad():
         zoo_acc = float((model(zoo.x[:120]).argmax(1) == zoo.y[:120]).float().mean())
     # Folder labels are indices of the sorted class names: class_0 ... class_9 are the digits.
-    assert sorted(p.name for p in (tmp_path / "digits").iterdir()) == [f"class_{i}" for i in range(10)]
+    assert sorted(p.name for p in (tmp_path / "digits").iterdir()) == [
+        f"class_{i}" for i in range(10)
+    ]
     dense, _ = s.dense()
     assert dense.accuracy == pytest.approx(zoo_acc, abs=0.02)
 

@@ -1,4 +1,5 @@
-"""The prune -> recalibrate -> fine-tune -> int8 loop: every stage measured, zeros kept, bad settings named."""
+"""The prune -> recalibrate -> fine-tune -> int8 loop: every stage measured, zeros kept, bad
+settings named."""
 
 from __future__ import annotations
 
@@ -17,8 +18,12 @@ def mlp() -> Subject:
 
 
 def _global(subject: Subject, ratio: float) -> PruningPlan:
-    return PruningPlan(method="l1-unstructured", layers={n: LayerRule(ratio) for n in subject.layer_names},
-                       scope="global", ratio=ratio)
+    return PruningPlan(
+        method="l1-unstructured",
+        layers={n: LayerRule(ratio) for n in subject.layer_names},
+        scope="global",
+        ratio=ratio,
+    )
 
 
 def test_every_stage_is_measured_and_fine_tuning_keeps_zeros(mlp: Subject) -> None:
@@ -26,7 +31,11 @@ def test_every_stage_is_measured_and_fine_tuning_keeps_zeros(mlp: Subject) -> No
     names = [s.name for s in result.stages]
     assert names == ["dense", "pruned", "fine-tuned", "int8 (dynamic)"]  # no batch norm in the MLP
     rows = {r["stage"]: r for r in result.table()}
-    assert rows["pruned"]["params_nonzero"] == rows["fine-tuned"]["params_nonzero"] < rows["dense"]["params_nonzero"]
+    assert (
+        rows["pruned"]["params_nonzero"]
+        == rows["fine-tuned"]["params_nonzero"]
+        < rows["dense"]["params_nonzero"]
+    )
     assert rows["int8 (dynamic)"]["onnx_bytes"] < rows["fine-tuned"]["onnx_bytes"]
     assert len(result.epochs) == 3  # epoch 0 (before) and two epochs
     assert result.int8 is not None and "note" in result.int8["cpu"]

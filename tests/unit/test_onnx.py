@@ -11,8 +11,8 @@ import onnx
 import pytest
 import torch
 
-from explorer.plan import PruningPlan
 from explorer.methods import get_method
+from explorer.plan import PruningPlan
 from explorer.runtime import OrtModel, export_onnx
 from explorer.subject import Subject
 
@@ -25,8 +25,13 @@ def _torch_logits(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
         return model(x).numpy()
 
 
-def test_pruned_onnx_matches_torch(zoo_name: str, method: str, subject: Callable[..., Subject],
-                                   full_plan: Callable[..., PruningPlan], tmp_path: Path) -> None:
+def test_pruned_onnx_matches_torch(
+    zoo_name: str,
+    method: str,
+    subject: Callable[..., Subject],
+    full_plan: Callable[..., PruningPlan],
+    tmp_path: Path,
+) -> None:
     subj = subject(f"zoo:{zoo_name}")
     plan = full_plan(subj, method, 0.5)
     pruned = subj.prune(plan)
@@ -49,7 +54,9 @@ def test_pruned_onnx_matches_torch(zoo_name: str, method: str, subject: Callable
         assert onnx_params >= sum(layer.params for layer in subj.inventory.layers)
 
 
-def test_dense_onnx_matches_torch(zoo_name: str, subject: Callable[..., Subject], tmp_path: Path) -> None:
+def test_dense_onnx_matches_torch(
+    zoo_name: str, subject: Callable[..., Subject], tmp_path: Path
+) -> None:
     subj = subject(f"zoo:{zoo_name}")
     path = export_onnx(subj.model, subj.example_input, tmp_path / "dense.onnx")
     x = subj.data.test.x[:N]
@@ -57,8 +64,12 @@ def test_dense_onnx_matches_torch(zoo_name: str, subject: Callable[..., Subject]
 
 
 @pytest.mark.parametrize("batch", [1, 3, 100])
-def test_batch_dimension_is_dynamic(batch: int, subject: Callable[..., Subject],
-                                    full_plan: Callable[..., PruningPlan], tmp_path: Path) -> None:
+def test_batch_dimension_is_dynamic(
+    batch: int,
+    subject: Callable[..., Subject],
+    full_plan: Callable[..., PruningPlan],
+    tmp_path: Path,
+) -> None:
     subj = subject("zoo:digits-resnet")
     pruned = subj.prune(full_plan(subj, "l1-structured", 0.3))
     path = export_onnx(pruned, subj.example_input, tmp_path / "model.onnx")
@@ -68,8 +79,12 @@ def test_batch_dimension_is_dynamic(batch: int, subject: Callable[..., Subject],
     assert np.abs(out - _torch_logits(pruned, x)).max() <= ATOL
 
 
-def test_measured_accuracy_is_the_onnx_accuracy(zoo_name: str, subject: Callable[..., Subject],
-                                                mixed_plan: Callable[..., PruningPlan], tmp_path: Path) -> None:
+def test_measured_accuracy_is_the_onnx_accuracy(
+    zoo_name: str,
+    subject: Callable[..., Subject],
+    mixed_plan: Callable[..., PruningPlan],
+    tmp_path: Path,
+) -> None:
     """Subject.evaluate's accuracy is the accuracy of the ONNX file it exported, recomputed here."""
     subj = subject(f"zoo:{zoo_name}")
     result = subj.evaluate(mixed_plan(subj, 0.4), onnx_path=tmp_path / "m.onnx").to_dict()

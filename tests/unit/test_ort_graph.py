@@ -20,21 +20,23 @@ from onnx import helper, numpy_helper
 from torch.nn.utils import prune as torch_prune
 
 from explorer import sensitivity as sens
-from explorer.sensitivity.engines import engine_for
 from explorer.allocate import allocate
 from explorer.cli import main
 from explorer.errors import ExportError, PlanError, RecoverError
 from explorer.evaluate import evaluate_torch
+from explorer.methods import available_methods, get_method
 from explorer.models.onnx_import import load_onnx
 from explorer.plan import LayerRule, PruningPlan
-from explorer.methods import available_methods, get_method
 from explorer.recover import finetune, not_recoverable
 from explorer.report import export_bundle
+from explorer.sensitivity.engines import engine_for
 from explorer.subject import Subject
 
 ORT_GRAPH = Path(__file__).resolve().parents[1] / "models" / "ort_graph.py"
 UNSTRUCTURED = [m for m in available_methods() if not get_method(m).structured]
-DATA_FREE = [m for m in UNSTRUCTURED if not get_method(m).needs_data]  # data-aware ones read layer inputs
+DATA_FREE = [
+    m for m in UNSTRUCTURED if not get_method(m).needs_data
+]  # data-aware ones read layer inputs
 STRUCTURED = [m for m in available_methods() if get_method(m).structured]
 
 
@@ -68,7 +70,9 @@ def _plan(method: str, layers: dict[str, float]) -> PruningPlan:
     return PruningPlan(method=method, layers={n: LayerRule(r) for n, r in layers.items()})
 
 
-def test_ops_run_in_ort_and_the_module_agrees_with_the_file(subject: Subject, files: tuple[Path, Path]) -> None:
+def test_ops_run_in_ort_and_the_module_agrees_with_the_file(
+    subject: Subject, files: tuple[Path, Path]
+) -> None:
     model = subject.model
     assert model.ort_ops == tuple(sorted(_ort_graph().OPS))
     x = subject.data.test.x
@@ -80,8 +84,9 @@ def test_ops_run_in_ort_and_the_module_agrees_with_the_file(subject: Subject, fi
     assert subject.inventory.groups == {}
 
 
-def test_dense_model_is_measured_on_the_users_own_file(subject: Subject, files: tuple[Path, Path],
-                                                       tmp_path: Path) -> None:
+def test_dense_model_is_measured_on_the_users_own_file(
+    subject: Subject, files: tuple[Path, Path], tmp_path: Path
+) -> None:
     path = tmp_path / "dense.onnx"
     subject.measure(subject.model, onnx_path=path)
     assert onnx.load(str(path)).SerializeToString() == onnx.load(str(files[0])).SerializeToString()
@@ -91,10 +96,13 @@ def test_dense_model_is_measured_on_the_users_own_file(subject: Subject, files: 
 
 
 @pytest.mark.parametrize("method", UNSTRUCTURED)
-def test_pruned_file_is_the_users_graph_with_the_torch_masks(method: str, subject: Subject,
-                                                             files: tuple[Path, Path], tmp_path: Path) -> None:
+def test_pruned_file_is_the_users_graph_with_the_torch_masks(
+    method: str, subject: Subject, files: tuple[Path, Path], tmp_path: Path
+) -> None:
     plan = _plan(method, {"conv2": 0.5, "conv3": 0.7, "fc1": 0.8})
-    if why := get_method(method).applies_to("conv2", subject.inventory):  # e.g. SparseGPT updates weights
+    if why := get_method(method).applies_to(
+        "conv2", subject.inventory
+    ):  # e.g. SparseGPT updates weights
         assert "ONNX Runtime" in why
         with pytest.raises(PlanError, match="ONNX Runtime"):
             subject.prune(plan)
@@ -103,12 +111,18 @@ def test_pruned_file_is_the_users_graph_with_the_torch_masks(method: str, subjec
     path = tmp_path / "pruned.onnx"
     metrics = subject.measure(pruned, onnx_path=path)
     original, written = onnx.load(str(files[0])), onnx.load(str(path))
-    assert [(n.domain, n.op_type) for n in written.graph.node] == [(n.domain, n.op_type) for n in original.graph.node]
+    assert [(n.domain, n.op_type) for n in written.graph.node] == [
+        (n.domain, n.op_type) for n in original.graph.node
+    ]
     before, after = _initializers(files[0]), _initializers(path)
     modules = dict(pruned.named_modules())
     for name in ("conv2", "conv3", "fc1"):
-        weight = modules[name].weight.detach().numpy()  # Gemm transB=1 and Conv: same layout as the file
-        np.testing.assert_array_equal(after[f"{name}.weight"], before[f"{name}.weight"] * (weight != 0))
+        weight = (
+            modules[name].weight.detach().numpy()
+        )  # Gemm transB=1 and Conv: same layout as the file
+        np.testing.assert_array_equal(
+            after[f"{name}.weight"], before[f"{name}.weight"] * (weight != 0)
+        )
         assert (after[f"{name}.weight"] == 0).any()
     for name in ("conv1.weight", "fc2.weight", "conv2.bias", "norm.weight"):  # untouched
         np.testing.assert_array_equal(after[name], before[name])
@@ -117,11 +131,15 @@ def test_pruned_file_is_the_users_graph_with_the_torch_masks(method: str, subjec
         ours = pruned(x).numpy()
     logits = _ort_logits(path, x.numpy())
     np.testing.assert_allclose(ours, logits, atol=1e-4)
-    assert metrics.accuracy == pytest.approx(float((logits.argmax(1) == subject.data.test.y.numpy()).mean()))
+    assert metrics.accuracy == pytest.approx(
+        float((logits.argmax(1) == subject.data.test.y.numpy()).mean())
+    )
     assert metrics.params_nonzero < subject.dense()[0].params_nonzero
 
 
-def test_l1_masks_match_torch_prune(subject: Subject, files: tuple[Path, Path], tmp_path: Path) -> None:
+def test_l1_masks_match_torch_prune(
+    subject: Subject, files: tuple[Path, Path], tmp_path: Path
+) -> None:
     pruned = subject.prune(_plan("l1-unstructured", {"conv3": 0.6, "fc1": 0.3}))
     path = tmp_path / "l1.onnx"
     subject.measure(pruned, onnx_path=path)
@@ -130,7 +148,9 @@ def test_l1_masks_match_torch_prune(subject: Subject, files: tuple[Path, Path], 
         reference = torch.nn.Linear(1, 1)
         reference.weight = torch.nn.Parameter(torch.from_numpy(before[f"{name}.weight"].copy()))
         torch_prune.l1_unstructured(reference, "weight", amount=ratio)
-        np.testing.assert_array_equal(after[f"{name}.weight"] != 0, reference.weight_mask.numpy() != 0)
+        np.testing.assert_array_equal(
+            after[f"{name}.weight"] != 0, reference.weight_mask.numpy() != 0
+        )
 
 
 @pytest.mark.parametrize("method", STRUCTURED)
@@ -146,7 +166,9 @@ def test_sensitivity_uses_the_fast_engine_and_matches_distillers_loop(subject: S
     fast = sens.scan(subject, "l1-unstructured", [0.3, 0.8], cache=False)
     slow = sens.reference_scan(subject, "l1-unstructured", [0.3, 0.8])
     assert len(fast) == len(slow) == 5 * 3
-    np.testing.assert_allclose(fast.accuracy.to_numpy(), slow.accuracy.to_numpy(), atol=1.5 / len(subject.data.test))
+    np.testing.assert_allclose(
+        fast.accuracy.to_numpy(), slow.accuracy.to_numpy(), atol=1.5 / len(subject.data.test)
+    )
     np.testing.assert_allclose(fast.loss.to_numpy(), slow.loss.to_numpy(), atol=1e-3)
 
 
@@ -173,9 +195,15 @@ def test_nothing_but_zeros_is_written_back(subject: Subject, tmp_path: Path) -> 
         subject.measure(tuned, onnx_path=tmp_path / "y.onnx")
 
 
-def test_export_bundle_holds_the_users_graph(subject: Subject, files: tuple[Path, Path], tmp_path: Path) -> None:
-    written = export_bundle(subject, _plan("2:4", {"conv3": 0.5, "fc1": 0.5}), tmp_path / "out", quantize="int8")
-    assert "pt2" not in written and {"onnx", "int8", "state_dict", "report", "metrics"} <= set(written)
+def test_export_bundle_holds_the_users_graph(
+    subject: Subject, files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    written = export_bundle(
+        subject, _plan("2:4", {"conv3": 0.5, "fc1": 0.5}), tmp_path / "out", quantize="int8"
+    )
+    assert "pt2" not in written and {"onnx", "int8", "state_dict", "report", "metrics"} <= set(
+        written
+    )
     metrics = json.loads(written["metrics"].read_text())
     assert "ONNX Runtime" in metrics["pt2_error"]
     ops = [(n.domain, n.op_type) for n in onnx.load(str(written["onnx"])).graph.node]
@@ -184,32 +212,70 @@ def test_export_bundle_holds_the_users_graph(subject: Subject, files: tuple[Path
     fc1 = state["fc1.weight"].reshape(-1, 4)
     assert ((fc1 == 0).sum(1) >= 2).all()  # 2:4 along the input dimension
     assert metrics["accuracy"] == pytest.approx(
-        float((_ort_logits(written["onnx"], subject.data.test.x.numpy()).argmax(1)
-               == subject.data.test.y.numpy()).mean()))
+        float(
+            (
+                _ort_logits(written["onnx"], subject.data.test.x.numpy()).argmax(1)
+                == subject.data.test.y.numpy()
+            ).mean()
+        )
+    )
 
 
-def test_cli_runs_the_whole_loop(files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_runs_the_whole_loop(
+    files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = ["--model", str(files[0]), "--data", str(files[1])]
     assert main(["layers", *spec, "--json"]) == 0
-    assert [row["name"] for row in json.loads(capsys.readouterr().out)] == ["conv1", "conv2", "conv3", "fc1", "fc2"]
-    assert main(["allocate", *spec, "--target-sparsity", "0.5", "--out", str(tmp_path / "plan.json")]) == 0
+    assert [row["name"] for row in json.loads(capsys.readouterr().out)] == [
+        "conv1",
+        "conv2",
+        "conv3",
+        "fc1",
+        "fc2",
+    ]
+    assert (
+        main(["allocate", *spec, "--target-sparsity", "0.5", "--out", str(tmp_path / "plan.json")])
+        == 0
+    )
     capsys.readouterr()
-    assert main(["evaluate", *spec, "--plan", str(tmp_path / "plan.json"), "--json", "--runs", "30"]) == 0
+    assert (
+        main(["evaluate", *spec, "--plan", str(tmp_path / "plan.json"), "--json", "--runs", "30"])
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["params_nonzero"] < result["dense"]["params_nonzero"]
     assert main(["sensitivity", *spec, "--ratios", "0.5", "--out", str(tmp_path / "s.csv")]) == 0
-    assert main(["export", *spec, "--plan", str(tmp_path / "plan.json"), "--out", str(tmp_path / "out")]) == 0
+    assert (
+        main(
+            ["export", *spec, "--plan", str(tmp_path / "plan.json"), "--out", str(tmp_path / "out")]
+        )
+        == 0
+    )
     structured = tmp_path / "structured.json"
     _plan("l1-structured", {"conv2": 0.5}).save(structured)
     capsys.readouterr()
     assert main(["evaluate", *spec, "--plan", str(structured)]) == 2
     assert "InstanceNormalization" in capsys.readouterr().err
-    assert main(["export", *spec, "--plan", str(tmp_path / "plan.json"), "--out", str(tmp_path / "ft"),
-                 "--finetune-epochs", "1"]) == 2
+    assert (
+        main(
+            [
+                "export",
+                *spec,
+                "--plan",
+                str(tmp_path / "plan.json"),
+                "--out",
+                str(tmp_path / "ft"),
+                "--finetune-epochs",
+                "1",
+            ]
+        )
+        == 2
+    )
 
 
 def _hand_made(tmp_path: Path) -> Path:
-    """MatMul with a constant (in, out) weight and a bias Add, Gemm with transB=0 and alpha, a weight
+    """MatMul with a constant (in, out) weight and a bias Add, Gemm with transB=0 and alpha, a
+    weight
     in a Constant node, and an op the interpreter lacks (LpNormalization) in between."""
     rng = np.random.default_rng(0)
     a = rng.normal(size=(16, 12)).astype(np.float32)
@@ -222,15 +288,26 @@ def _hand_made(tmp_path: Path) -> Path:
         helper.make_node("LpNormalization", ["h1"], ["h2"], axis=1, p=2, name="norm"),
         helper.make_node("Gemm", ["h2", "C"], ["h3"], alpha=0.5, transB=0, name="gemm"),
         helper.make_node("Relu", ["h3"], ["h4"], name="relu"),
-        helper.make_node("Constant", [], ["D"], value=numpy_helper.from_array(d, "D"), name="const"),
+        helper.make_node(
+            "Constant", [], ["D"], value=numpy_helper.from_array(d, "D"), name="const"
+        ),
         helper.make_node("MatMul", ["h4", "D"], ["y"], name="head"),
     ]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 16])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 4])],
-                              [numpy_helper.from_array(a, "A"), numpy_helper.from_array(b, "B"),
-                               numpy_helper.from_array(c, "C")])
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 16])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 4])],
+        [
+            numpy_helper.from_array(a, "A"),
+            numpy_helper.from_array(b, "B"),
+            numpy_helper.from_array(c, "C"),
+        ],
+    )
     path = tmp_path / "hand.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), path)
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), path
+    )
     return path
 
 
@@ -253,7 +330,11 @@ def test_transposed_and_constant_weights_are_written_back(method: str, tmp_path:
     np.testing.assert_allclose(ours, _ort_logits(tmp_path / "pruned.onnx", x), atol=1e-4)
     written = onnx.load(str(tmp_path / "pruned.onnx"))
     inits = {t.name: numpy_helper.to_array(t) for t in written.graph.initializer}
-    constant = next(numpy_helper.to_array(n.attribute[0].t) for n in written.graph.node if n.op_type == "Constant")
+    constant = next(
+        numpy_helper.to_array(n.attribute[0].t)
+        for n in written.graph.node
+        if n.op_type == "Constant"
+    )
     for weight in (inits["A"], inits["C"], constant):  # (in, out): the reduction axis is 0
         assert (weight == 0).mean() == pytest.approx(0.5, abs=0.05)
         if method == "2:4":
@@ -279,13 +360,26 @@ class _Recurrent(torch.nn.Module):
 def test_weights_that_ort_ops_read_are_prunable_layers(method: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
     x = torch.randn(48, 1, 8, 8)
-    torch.onnx.export(_Recurrent().eval(), (x[:1],), str(tmp_path / "rnn.onnx"), dynamo=False, opset_version=17,
-                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    torch.onnx.export(
+        _Recurrent().eval(),
+        (x[:1],),
+        str(tmp_path / "rnn.onnx"),
+        dynamo=False,
+        opset_version=17,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+    )
     np.savez(tmp_path / "x.npz", x=x.numpy())
     subject = Subject(str(tmp_path / "rnn.onnx"), str(tmp_path / "x.npz"), runs=30)
     assert subject.model.ort_ops == ("ConvTranspose", "LSTM")
     types = {info.name: info.type for info in subject.inventory.layers}
-    assert types == {"head": "Linear", "lstm.W": "LSTM.W", "lstm.R": "LSTM.R", "up": "ConvTranspose.W"}
+    assert types == {
+        "head": "Linear",
+        "lstm.W": "LSTM.W",
+        "lstm.R": "LSTM.R",
+        "up": "ConvTranspose.W",
+    }
     pruned = subject.prune(_plan(method, {name: 0.5 for name in types}))
     path = tmp_path / "pruned.onnx"
     subject.measure(pruned, onnx_path=path)
@@ -298,10 +392,16 @@ def test_weights_that_ort_ops_read_are_prunable_layers(method: str, tmp_path: Pa
     modules = dict(pruned.named_modules())
     for layer in ("lstm.W", "lstm.R", "up"):
         stored = modules[layer].weight.detach()
-        file_value = next(after[name] for name in changed if after[name].shape == tuple(modules[layer].value().shape)
-                          and np.array_equal(after[name] != 0, modules[layer].value().numpy() != 0))
+        file_value = next(
+            after[name]
+            for name in changed
+            if after[name].shape == tuple(modules[layer].value().shape)
+            and np.array_equal(after[name] != 0, modules[layer].value().numpy() != 0)
+        )
         assert (file_value == 0).mean() == pytest.approx(0.5, abs=0.02)
-        if method == "2:4":  # groups along what the op sums over: the input features, the input channels
+        if (
+            method == "2:4"
+        ):  # groups along what the op sums over: the input features, the input channels
             rows = stored.reshape(stored.shape[0], -1, 4)
             assert ((rows == 0).sum(-1) >= 2).all()
 
@@ -309,25 +409,51 @@ def test_weights_that_ort_ops_read_are_prunable_layers(method: str, tmp_path: Pa
 def test_a_file_with_a_fixed_batch_size_is_fed_batch_by_batch(tmp_path: Path) -> None:
     torch.manual_seed(0)
     x = torch.randn(21, 1, 8, 8)
-    torch.onnx.export(_Recurrent().eval(), (x[:1],), str(tmp_path / "fixed.onnx"), dynamo=False, opset_version=17,
-                      input_names=["x"], output_names=["y"])  # no dynamic axes: batch 1 only
-    assert onnx.load(str(tmp_path / "fixed.onnx")).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    torch.onnx.export(
+        _Recurrent().eval(),
+        (x[:1],),
+        str(tmp_path / "fixed.onnx"),
+        dynamo=False,
+        opset_version=17,
+        input_names=["x"],
+        output_names=["y"],
+    )  # no dynamic axes: batch 1 only
+    assert (
+        onnx.load(str(tmp_path / "fixed.onnx"))
+        .graph.input[0]
+        .type.tensor_type.shape.dim[0]
+        .dim_value
+        == 1
+    )
     np.savez(tmp_path / "x.npz", x=x.numpy(), y=np.arange(21) % 5)
     subject = Subject(str(tmp_path / "fixed.onnx"), str(tmp_path / "x.npz"), runs=30)
     session = ort.InferenceSession(str(tmp_path / "fixed.onnx"), providers=["CPUExecutionProvider"])
-    logits = np.concatenate([session.run(None, {"x": x[i : i + 1].numpy()})[0] for i in range(len(x))])
+    logits = np.concatenate(
+        [session.run(None, {"x": x[i : i + 1].numpy()})[0] for i in range(len(x))]
+    )
     dense, ort_logits = subject.dense()
     np.testing.assert_allclose(ort_logits, logits, atol=1e-6)
     assert dense.accuracy == pytest.approx(float((logits.argmax(1) == np.arange(21) % 5).mean()))
-    assert subject.evaluate(_plan("l1-unstructured", {"head": 0.5})).pruned.params_nonzero < dense.params_nonzero
+    assert (
+        subject.evaluate(_plan("l1-unstructured", {"head": 0.5})).pruned.params_nonzero
+        < dense.params_nonzero
+    )
 
 
 def test_data_aware_methods_refuse_weights_read_inside_onnx_runtime(tmp_path: Path) -> None:
     """A weight an op run in ONNX Runtime reads has no input a hook can see: data-aware criteria
     say so for it, and prune the real layers of the same graph."""
     x = torch.randn(48, 1, 8, 8)
-    torch.onnx.export(_Recurrent().eval(), (x[:1],), str(tmp_path / "rnn.onnx"), dynamo=False, opset_version=17,
-                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    torch.onnx.export(
+        _Recurrent().eval(),
+        (x[:1],),
+        str(tmp_path / "rnn.onnx"),
+        dynamo=False,
+        opset_version=17,
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+    )
     np.savez(tmp_path / "x.npz", x=x.numpy())
     subject = Subject(str(tmp_path / "rnn.onnx"), str(tmp_path / "x.npz"), runs=30)
     for method in (m for m in UNSTRUCTURED if get_method(m).needs_data):

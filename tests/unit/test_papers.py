@@ -31,7 +31,9 @@ def test_han_ratios_are_the_share_below_each_threshold(subject: Callable[..., Su
     subj = subject("zoo:mnist-lenet300")
     w = subj.model.fc2.weight
     t = float(w.std())
-    assert han_ratios(subj.model, {"fc2": t}) == {"fc2": pytest.approx(float((w.abs() < t).float().mean()))}
+    assert han_ratios(subj.model, {"fc2": t}) == {
+        "fc2": pytest.approx(float((w.abs() < t).float().mean()))
+    }
     model = __import__("copy").deepcopy(subj.model)
     with torch.no_grad():
         model.fc2.weight[:10] = 0  # zeros are below any threshold
@@ -47,7 +49,10 @@ def test_solve_scale_leaves_the_target_count(subject: Callable[..., Subject]) ->
     total = sum(p.numel() for p in subj.model.parameters())
     biases = sum(dict(subj.model.named_modules())[n].bias.numel() for n in subj.layer_names)
     lam = _solve_scale(subj.model, base, biases, total, 12.0)
-    kept = sum(int((dict(subj.model.named_modules())[n].weight.abs() >= lam * t).sum()) for n, t in base.items())
+    kept = sum(
+        int((dict(subj.model.named_modules())[n].weight.abs() >= lam * t).sum())
+        for n, t in base.items()
+    )
     assert abs(kept + biases - total / 12) <= 3  # ties aside, exactly 1/12 of the parameters
 
 
@@ -55,32 +60,60 @@ def test_han_iterative_reaches_the_compression_by_the_rule(subject: Callable[...
     result = han_iterative(subject("zoo:mnist-lenet300"), rounds=1, epochs=1, lr=1e-3)
     final = result.final
     assert final["compression"] == pytest.approx(12.0, rel=0.005)
-    assert set(result.quality) == {"fc1", "fc2", "fc3"} and all(q > 0 for q in result.quality.values())
+    assert set(result.quality) == {"fc1", "fc2", "fc3"} and all(
+        q > 0 for q in result.quality.values()
+    )
     # per-layer shares come from the thresholds, not one ratio for all
     assert len({round(k, 3) for k in final["kept"].values()}) == 3
     claims = result.verdicts()
-    assert [ok for _, ok, _ in claims][0] == (final["compression"] >= 11 and final["error"] <= result.dense_error)
+    assert [ok for _, ok, _ in claims][0] == (
+        final["compression"] >= 11 and final["error"] <= result.dense_error
+    )
 
 
 def test_lottery_verdicts_follow_the_numbers() -> None:
     def rows(dense: float, imp90: float, mag95: float, rnd95: float) -> LotteryResult:
-        return LotteryResult(rows=[
-            {"criterion": "dense", "trial": 0, "sparsity": 0.0, "best": dense, "last": dense},
-            {"criterion": "magnitude", "trial": 0, "sparsity": 0.9, "best": imp90, "last": imp90},
-            {"criterion": "magnitude", "trial": 0, "sparsity": 0.95, "best": mag95, "last": mag95},
-            {"criterion": "random", "trial": 0, "sparsity": 0.95, "best": rnd95, "last": rnd95}])
+        return LotteryResult(
+            rows=[
+                {"criterion": "dense", "trial": 0, "sparsity": 0.0, "best": dense, "last": dense},
+                {
+                    "criterion": "magnitude",
+                    "trial": 0,
+                    "sparsity": 0.9,
+                    "best": imp90,
+                    "last": imp90,
+                },
+                {
+                    "criterion": "magnitude",
+                    "trial": 0,
+                    "sparsity": 0.95,
+                    "best": mag95,
+                    "last": mag95,
+                },
+                {"criterion": "random", "trial": 0, "sparsity": 0.95, "best": rnd95, "last": rnd95},
+            ]
+        )
 
     assert [ok for _, ok, _ in rows(0.664, 0.743, 0.718, 0.580).verdicts()] == [True, True]
     assert [ok for _, ok, _ in rows(0.70, 0.69, 0.70, 0.67).verdicts()] == [False, False]
 
 
 def test_tiny_lottery_run_prunes_every_layer_exactly() -> None:
-    result = lottery_mnist1d(trials=1, sparsities=(0.0, 0.5, 0.8), random_at=(0.8,), steps=12, eval_every=5,
-                             hidden=32)
+    result = lottery_mnist1d(
+        trials=1, sparsities=(0.0, 0.5, 0.8), random_at=(0.8,), steps=12, eval_every=5, hidden=32
+    )
     assert [(r["criterion"], r["sparsity"]) for r in result.rows] == [
-        ("dense", 0.0), ("magnitude", 0.5), ("magnitude", 0.8), ("random", 0.8)]
+        ("dense", 0.0),
+        ("magnitude", 0.5),
+        ("magnitude", 0.8),
+        ("random", 0.8),
+    ]
     assert all(0.0 <= r["best"] <= 1.0 and r["best"] >= r["last"] for r in result.rows)
-    sizes = [40 * 32, 32 * 32, 32 * 10]  # weights of linear1..3; every layer pruned alike, zeros kept in training
+    sizes = [
+        40 * 32,
+        32 * 32,
+        32 * 10,
+    ]  # weights of linear1..3; every layer pruned alike, zeros kept in training
     for r in result.rows:
         assert r["nonzero"] == sum(n - round(r["sparsity"] * n) for n in sizes), r
     assert result.settings["train"] == 4000 and result.settings["test"] == 1000

@@ -14,9 +14,9 @@ from torch.nn.utils import prune as torch_prune
 
 from explorer.errors import PlanError
 from explorer.inspect import out_channels
-from explorer.plan import LayerRule, PruningPlan
 from explorer.methods import get_method, unstructured_mask
 from explorer.methods.nm import nm_mask
+from explorer.plan import LayerRule, PruningPlan
 from explorer.prune import apply_plan
 from explorer.subject import Subject
 
@@ -33,7 +33,10 @@ def _modules(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def test_base_model_unchanged_and_pruned_copy_runs(
-    zoo_name: str, method: str, subject: Callable[..., Subject], full_plan: Callable[..., PruningPlan]
+    zoo_name: str,
+    method: str,
+    subject: Callable[..., Subject],
+    full_plan: Callable[..., PruningPlan],
 ) -> None:
     subj = subject(f"zoo:{zoo_name}")
     before = _state(subj.model)
@@ -54,7 +57,9 @@ def test_base_model_unchanged_and_pruned_copy_runs(
     if not plan.layers:  # the method applies to no layer of this model: each says why
         assert all(get_method(method).applies_to(n, subj.inventory) for n in subj.layer_names)
     elif get_method(method).structured:
-        assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in subj.model.parameters())
+        assert sum(p.numel() for p in pruned.parameters()) < sum(
+            p.numel() for p in subj.model.parameters()
+        )
     else:
         assert sum(int((p == 0).sum()) for p in pruned.parameters()) > dense_zeros
 
@@ -65,8 +70,9 @@ def test_base_model_unchanged_and_pruned_copy_runs(
     assert torch.isfinite(out).all()
 
 
-def test_apply_plan_is_deterministic(method: str, subject: Callable[..., Subject],
-                                     full_plan: Callable[..., PruningPlan]) -> None:
+def test_apply_plan_is_deterministic(
+    method: str, subject: Callable[..., Subject], full_plan: Callable[..., PruningPlan]
+) -> None:
     subj = subject("zoo:digits-resnet")
     plan = full_plan(subj, method, 0.3)
     a, b = _state(subj.prune(plan)), _state(subj.prune(plan))
@@ -101,33 +107,51 @@ def test_l1_unstructured_equals_torch_prune(zoo_name: str, subject: Callable[...
     for name, module in subj.model.named_modules():
         if name not in layers:
             continue
-        oracle = torch_prune.l1_unstructured(copy.deepcopy(module), "weight", amount=layers[name].ratio).weight_mask
+        oracle = torch_prune.l1_unstructured(
+            copy.deepcopy(module), "weight", amount=layers[name].ratio
+        ).weight_mask
         expected = module.weight * oracle
         got = pruned[name].weight
-        assert torch.equal(got, expected), f"{name}: mask differs from torch.nn.utils.prune.l1_unstructured"
+        assert torch.equal(got, expected), (
+            f"{name}: mask differs from torch.nn.utils.prune.l1_unstructured"
+        )
         assert int((got == 0).sum()) == round(layers[name].ratio * got.numel())
 
 
-def test_global_l1_equals_torch_global_unstructured(zoo_name: str, subject: Callable[..., Subject]) -> None:
+def test_global_l1_equals_torch_global_unstructured(
+    zoo_name: str, subject: Callable[..., Subject]
+) -> None:
     subj = subject(f"zoo:{zoo_name}")
     names = subj.layer_names
-    plan = PruningPlan(method="l1-unstructured", layers={n: LayerRule(0.0) for n in names}, scope="global", ratio=0.6)
+    plan = PruningPlan(
+        method="l1-unstructured",
+        layers={n: LayerRule(0.0) for n in names},
+        scope="global",
+        ratio=0.6,
+    )
     pruned = _modules(subj.prune(plan))
 
     reference = copy.deepcopy(subj.model)
     ref_modules = _modules(reference)
-    torch_prune.global_unstructured([(ref_modules[n], "weight") for n in names],
-                                    pruning_method=torch_prune.L1Unstructured, amount=0.6)
+    torch_prune.global_unstructured(
+        [(ref_modules[n], "weight") for n in names],
+        pruning_method=torch_prune.L1Unstructured,
+        amount=0.6,
+    )
     total = sum(pruned[n].weight.numel() for n in names)
     zeros = 0
     for n in names:
         expected = ref_modules[n].weight  # weight_orig * weight_mask
-        assert torch.equal(pruned[n].weight, expected), f"{n}: global mask differs from global_unstructured"
+        assert torch.equal(pruned[n].weight, expected), (
+            f"{n}: global mask differs from global_unstructured"
+        )
         zeros += int((pruned[n].weight == 0).sum())
     assert zeros == round(0.6 * total)
 
 
-def test_random_unstructured_reproducible_with_asked_sparsity(zoo_name: str, subject: Callable[..., Subject]) -> None:
+def test_random_unstructured_reproducible_with_asked_sparsity(
+    zoo_name: str, subject: Callable[..., Subject]
+) -> None:
     subj = subject(f"zoo:{zoo_name}")
     ratios = [0.2, 0.5, 0.9]
     layers = {name: LayerRule(ratios[i % 3]) for i, name in enumerate(subj.layer_names)}
@@ -142,7 +166,9 @@ def test_random_unstructured_reproducible_with_asked_sparsity(zoo_name: str, sub
         assert int((w == 0).sum()) == round(rule.ratio * w.numel())
         kept = w != 0
         assert torch.equal(w[kept], base[name].weight[kept])  # survivors untouched
-        assert not torch.equal(kept, l1[name].weight != 0), f"{name}: random mask equals the L1 mask"
+        assert not torch.equal(kept, l1[name].weight != 0), (
+            f"{name}: random mask equals the L1 mask"
+        )
 
 
 # --- 2:4 -----------------------------------------------------------------------------------------
@@ -170,7 +196,9 @@ def _nm_brute_force(weight: torch.Tensor) -> torch.Tensor:
 def test_2_4_zeros_two_of_every_four(model_name: str, subject: Callable[..., Subject]) -> None:
     subj = subject(model_name)
     small = [layer.name for layer in subj.inventory.layers if layer.params < 40_000]
-    pruned = _modules(subj.prune(PruningPlan(method="2:4", layers={n: LayerRule(0.5) for n in small})))
+    pruned = _modules(
+        subj.prune(PruningPlan(method="2:4", layers={n: LayerRule(0.5) for n in small}))
+    )
     base = _modules(subj.model)
     for name in small:
         w = pruned[name].weight
@@ -193,17 +221,22 @@ STRUCTURED = ["l1-structured", "l2-structured"]
 
 @pytest.mark.parametrize("method", STRUCTURED)
 @pytest.mark.parametrize("ratio", [0.3, 0.5, 0.9])
-def test_structured_removes_floor_ratio_channels(method: str, ratio: float, zoo_name: str,
-                                                 subject: Callable[..., Subject]) -> None:
+def test_structured_removes_floor_ratio_channels(
+    method: str, ratio: float, zoo_name: str, subject: Callable[..., Subject]
+) -> None:
     subj = subject(f"zoo:{zoo_name}")
     inv = subj.inventory
     grouped = [layer for layer in inv.layers if layer.group is not None]
     assert grouped, "every zoo model has structurally prunable layers"
-    pruned = subj.prune(PruningPlan(method=method, layers={layer.name: LayerRule(ratio) for layer in grouped}))
+    pruned = subj.prune(
+        PruningPlan(method=method, layers={layer.name: LayerRule(ratio) for layer in grouped})
+    )
     mods = _modules(pruned)
     for layer in inv.layers:
         if layer.group is None:
-            assert out_channels(mods[layer.name]) == layer.out_channels, f"{layer.name} lost outputs"
+            assert out_channels(mods[layer.name]) == layer.out_channels, (
+                f"{layer.name} lost outputs"
+            )
             continue
         n = layer.out_channels
         assert out_channels(mods[layer.name]) == n - math.floor(ratio * n), layer.name
@@ -221,15 +254,21 @@ def test_structured_next_layer_and_batchnorm_shrink(subject: Callable[..., Subje
     assert mods["features.3"].out_channels == 32
     assert mods["features.4"].num_features == 32  # its BatchNorm
     assert mods["features.7"].in_channels == 32  # the next conv
-    assert mods["features.0"].out_channels == 32 and mods["features.7"].out_channels == 128  # others untouched
+    assert (
+        mods["features.0"].out_channels == 32 and mods["features.7"].out_channels == 128
+    )  # others untouched
 
 
-def test_structured_removes_filters_without_altering_the_rest(subject: Callable[..., Subject]) -> None:
-    """Removal, not re-weighting: every kept filter is one of the base model's filters, unchanged."""
+def test_structured_removes_filters_without_altering_the_rest(
+    subject: Callable[..., Subject],
+) -> None:
+    """Removal, not re-weighting: every kept filter is one of the base model's filters,
+    unchanged."""
     subj = subject("zoo:digits-cnn")
     base_w = _modules(subj.model)["features.0"].weight
-    pruned_w = _modules(subj.prune(PruningPlan(method="l1-structured",
-                                               layers={"features.0": LayerRule(0.25)})))["features.0"].weight
+    pruned_w = _modules(
+        subj.prune(PruningPlan(method="l1-structured", layers={"features.0": LayerRule(0.25)}))
+    )["features.0"].weight
     assert pruned_w.shape[0] == 24
     for filt in pruned_w:
         assert any(torch.equal(filt, b) for b in base_w)  # filters are removed, never altered
@@ -243,25 +282,32 @@ def test_coupled_layers_shrink_together(subject: Callable[..., Subject]) -> None
     assert set(groups["stem.0"]) == {"stem.0", "layer1.0.conv2", "layer1.1.conv2"}
     for gid, members in coupled.items():
         # listing ONE member prunes the whole group
-        pruned = _modules(subj.prune(PruningPlan(method="l2-structured", layers={members[-1]: LayerRule(0.5)})))
+        pruned = _modules(
+            subj.prune(PruningPlan(method="l2-structured", layers={members[-1]: LayerRule(0.5)}))
+        )
         n = subj.inventory[gid].out_channels
         for m in members:
             assert out_channels(pruned[m]) == n - n // 2, f"{m} did not shrink with its group {gid}"
         others = [layer for layer in subj.inventory.layers if layer.group not in (gid, None)]
         for layer in others:
-            assert out_channels(pruned[layer.name]) == layer.out_channels, f"{layer.name} shrank with {gid}"
+            assert out_channels(pruned[layer.name]) == layer.out_channels, (
+                f"{layer.name} shrank with {gid}"
+            )
 
 
 def test_group_uses_its_largest_listed_ratio(subject: Callable[..., Subject]) -> None:
     subj = subject("zoo:digits-resnet")
-    plan = PruningPlan(method="l1-structured",
-                       layers={"stem.0": LayerRule(0.25), "layer1.1.conv2": LayerRule(0.5)})
+    plan = PruningPlan(
+        method="l1-structured", layers={"stem.0": LayerRule(0.25), "layer1.1.conv2": LayerRule(0.5)}
+    )
     mods = _modules(subj.prune(plan))
     assert {out_channels(mods[m]) for m in ("stem.0", "layer1.0.conv2", "layer1.1.conv2")} == {16}
 
 
 @pytest.mark.parametrize("method", STRUCTURED)
-def test_output_layer_never_loses_outputs(method: str, zoo_name: str, subject: Callable[..., Subject]) -> None:
+def test_output_layer_never_loses_outputs(
+    method: str, zoo_name: str, subject: Callable[..., Subject]
+) -> None:
     subj = subject(f"zoo:{zoo_name}")
     outputs = [layer for layer in subj.inventory.layers if "output layer" in layer.note]
     assert len(outputs) == 1 and outputs[0].group is None
@@ -270,22 +316,33 @@ def test_output_layer_never_loses_outputs(method: str, zoo_name: str, subject: C
         subj.prune(PruningPlan(method=method, layers={out: LayerRule(0.5)}))
     # also without the inventory's help (apply_plan's own DepGraph check)
     with pytest.raises(PlanError, match=rf"{out!r}"):
-        apply_plan(subj.model, PruningPlan(method=method, layers={out: LayerRule(0.5)}), subj.example_input)
+        apply_plan(
+            subj.model, PruningPlan(method=method, layers={out: LayerRule(0.5)}), subj.example_input
+        )
     # an unstructured method may still prune it
-    pruned = _modules(subj.prune(PruningPlan(method="l1-unstructured", layers={out: LayerRule(0.5)})))
+    pruned = _modules(
+        subj.prune(PruningPlan(method="l1-unstructured", layers={out: LayerRule(0.5)}))
+    )
     assert out_channels(pruned[out]) == 10
 
 
 def test_structured_keeps_one_channel_at_most_ratio(subject: Callable[..., Subject]) -> None:
     subj = subject("zoo:digits-mlp")
-    mods = _modules(subj.prune(PruningPlan(method="l1-structured", layers={"hidden.0": LayerRule(0.999)})))
+    mods = _modules(
+        subj.prune(PruningPlan(method="l1-structured", layers={"hidden.0": LayerRule(0.999)}))
+    )
     assert mods["hidden.0"].out_features == 1 and mods["hidden.2"].in_features == 1
 
 
 def test_global_structured_plan_runs_and_shrinks(subject: Callable[..., Subject]) -> None:
     subj = subject("zoo:digits-cnn")
     grouped = [layer.name for layer in subj.inventory.layers if layer.group is not None]
-    plan = PruningPlan(method="l2-structured", layers={n: LayerRule(0.0) for n in grouped}, scope="global", ratio=0.5)
+    plan = PruningPlan(
+        method="l2-structured",
+        layers={n: LayerRule(0.0) for n in grouped},
+        scope="global",
+        ratio=0.5,
+    )
     pruned = subj.prune(plan)
     mods = _modules(pruned)
     removed = sum(subj.inventory[n].out_channels - out_channels(mods[n]) for n in grouped)
@@ -298,10 +355,14 @@ def test_global_structured_plan_runs_and_shrinks(subject: Callable[..., Subject]
 
 def test_mixed_methods_in_one_plan(subject: Callable[..., Subject]) -> None:
     subj = subject("zoo:digits-cnn")
-    plan = PruningPlan(method="l1-structured", layers={
-        "features.0": LayerRule(0.5), "features.3": LayerRule(0.5, "l1-unstructured"),
-        "classifier": LayerRule(0.5, "2:4"),
-    })
+    plan = PruningPlan(
+        method="l1-structured",
+        layers={
+            "features.0": LayerRule(0.5),
+            "features.3": LayerRule(0.5, "l1-unstructured"),
+            "classifier": LayerRule(0.5, "2:4"),
+        },
+    )
     mods = _modules(subj.prune(plan))
     assert mods["features.0"].out_channels == 16
     w = mods["features.3"].weight  # lost half its inputs first, then half its weights

@@ -1,7 +1,9 @@
-"""int8: the quantized ONNX runs in ONNX Runtime and scores within 1 point of its fp32 source on every
+"""int8: the quantized ONNX runs in ONNX Runtime and scores within 1 point of its fp32 source on
+every
 zoo model (dense, and structurally pruned); its graph holds the int8 operators of its mode; the CPU
 note reads the flags; both recipes (full range for CPUs with VNNI, reduce-range for those without)
-are exact in int8 arithmetic on any CPU, and the one chosen for this CPU runs as its arithmetic says;
+are exact in int8 arithmetic on any CPU, and the one chosen for this CPU runs as its arithmetic
+says;
 errors are ExportError naming the file."""
 
 from __future__ import annotations
@@ -28,9 +30,15 @@ from explorer.report import export_bundle
 from explorer.runtime import OrtModel, export_onnx
 from explorer.subject import Subject
 
-EXPECTED_MODE = {"digits-mlp": "dynamic", "digits-cnn": "static", "digits-resnet": "static",
-                 "mnist-lenet300": "dynamic", "mnist-lenet5": "static", "mnist1d-mlp": "dynamic",
-                 "mnist1d-cnn": "static"}
+EXPECTED_MODE = {
+    "digits-mlp": "dynamic",
+    "digits-cnn": "static",
+    "digits-resnet": "static",
+    "mnist-lenet300": "dynamic",
+    "mnist-lenet5": "static",
+    "mnist1d-mlp": "dynamic",
+    "mnist1d-cnn": "static",
+}
 TOLERANCE = 0.01  # one point of accuracy
 # Share of test predictions int8 keeps. The MNIST-1D MLP is right on only ~61% of the test signals:
 # many sit near a decision boundary, so int8's rounding flips more of them (measured: 97.4%).
@@ -41,7 +49,9 @@ def _ops(path: Path) -> set[str]:
     return {node.op_type for node in onnx.load(str(path)).graph.node}
 
 
-def test_int8_scores_within_one_point(zoo_name: str, subject: Callable[..., Subject], tmp_path: Path) -> None:
+def test_int8_scores_within_one_point(
+    zoo_name: str, subject: Callable[..., Subject], tmp_path: Path
+) -> None:
     subj = subject(f"zoo:{zoo_name}")
     fp32 = export_onnx(subj.model, subj.example_input, tmp_path / "model.onnx")
     cmp = compare_int8(fp32, subj.data, tmp_path / "model.int8.onnx", runs=30)
@@ -49,7 +59,8 @@ def test_int8_scores_within_one_point(zoo_name: str, subject: Callable[..., Subj
     assert cmp.path.is_file()
     assert abs(cmp.int8.accuracy - cmp.fp32.accuracy) <= TOLERANCE
     assert cmp.agreement >= MIN_AGREEMENT.get(zoo_name, 0.98)
-    # int8 weights: about a quarter; the QDQ nodes and scales add a fixed few KB that only a model as
+    # int8 weights: about a quarter; the QDQ nodes and scales add a fixed few KB that only a model
+    # as
     # small as the MNIST-1D CNN (5K weights, 22 KB of ONNX) notices.
     assert cmp.int8.onnx_bytes < 0.5 * cmp.fp32.onnx_bytes + 8192
     ops = _ops(cmp.path)
@@ -60,7 +71,9 @@ def test_int8_scores_within_one_point(zoo_name: str, subject: Callable[..., Subj
         assert ops & {"MatMulInteger", "DynamicQuantizeLinear"}
     # the fp32 numbers are those of the source file
     logits = OrtModel(fp32)(subj.data.test.x.numpy())
-    assert cmp.fp32.accuracy == pytest.approx(float((logits.argmax(1) == subj.data.test.y.numpy()).mean()))
+    assert cmp.fp32.accuracy == pytest.approx(
+        float((logits.argmax(1) == subj.data.test.y.numpy()).mean())
+    )
     d = cmp.to_dict()
     assert d["mode"] == cmp.mode and d["fp32"]["accuracy"] == cmp.fp32.accuracy
     assert d["accuracy"] == cmp.int8.accuracy and "note" in d["cpu"]
@@ -85,7 +98,9 @@ def test_int8_of_a_pruned_cnn(subject: Callable[..., Subject], tmp_path: Path) -
 
 
 @pytest.mark.parametrize("mode", ["dynamic", "static"])
-def test_both_modes_run_on_the_mlp(mode: str, subject: Callable[..., Subject], tmp_path: Path) -> None:
+def test_both_modes_run_on_the_mlp(
+    mode: str, subject: Callable[..., Subject], tmp_path: Path
+) -> None:
     subj = subject("zoo:digits-mlp")
     fp32 = export_onnx(subj.model, subj.example_input, tmp_path / "model.onnx")
     assert subj.data.train is not None
@@ -148,17 +163,32 @@ def _int8_weights(path: Path) -> list[np.ndarray]:
     """The int8 weight tensors of a quantized graph (initializers of type int8)."""
     from onnx import numpy_helper
 
-    return [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer
-            if t.data_type == onnx.TensorProto.INT8 and t.dims and np.prod(t.dims) > 1]
+    return [
+        numpy_helper.to_array(t)
+        for t in onnx.load(str(path)).graph.initializer
+        if t.data_type == onnx.TensorProto.INT8 and t.dims and np.prod(t.dims) > 1
+    ]
 
 
 def test_the_recipe_follows_the_cpu(tmp_path: Path) -> None:
     """Full 8-bit weights where int8 dot products exist; 7-bit weights (reduce_range, ONNX Runtime's
     fix for u8s8 saturation) on AVX2 / AVX-512 without VNNI, and where the flags are unknown."""
-    flags = {"vnni": "avx2 avx512f avx512bw avx512_vnni", "avxvnni": "avx2 avx_vnni", "amx": "avx2 amx_int8",
-             "avx2": "avx avx2 fma", "avx512": "avx2 avx512f avx512bw", "arm-dot": "asimd asimddp"}
-    expected = {"vnni": "u8s8", "avxvnni": "u8s8", "amx": "u8s8", "arm-dot": "u8s8",
-                "avx2": "u8s8-reduce-range", "avx512": "u8s8-reduce-range"}
+    flags = {
+        "vnni": "avx2 avx512f avx512bw avx512_vnni",
+        "avxvnni": "avx2 avx_vnni",
+        "amx": "avx2 amx_int8",
+        "avx2": "avx avx2 fma",
+        "avx512": "avx2 avx512f avx512bw",
+        "arm-dot": "asimd asimddp",
+    }
+    expected = {
+        "vnni": "u8s8",
+        "avxvnni": "u8s8",
+        "amx": "u8s8",
+        "arm-dot": "u8s8",
+        "avx2": "u8s8-reduce-range",
+        "avx512": "u8s8-reduce-range",
+    }
     for name, line in flags.items():
         info = tmp_path / name
         info.write_text(f"processor\t: 0\nflags\t\t: fpu sse {line}\n")
@@ -169,14 +199,18 @@ def test_the_recipe_follows_the_cpu(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 @pytest.mark.parametrize("zoo", ["digits-cnn", "digits-resnet"])
-def test_each_static_recipe_is_exact_in_int8_arithmetic(recipe: str, zoo: str, subject: Callable[..., Subject],
-                                                        tmp_path: Path) -> None:
-    """Both recipes, on any CPU: the int8 model computed exactly (QDQ unfused: no CPU kernel that can
+def test_each_static_recipe_is_exact_in_int8_arithmetic(
+    recipe: str, zoo: str, subject: Callable[..., Subject], tmp_path: Path
+) -> None:
+    """Both recipes, on any CPU: the int8 model computed exactly (QDQ unfused: no CPU kernel that
+    can
     saturate) scores within a point of fp32, and the reduce-range recipe's weights fit in 7 bits."""
     subj = subject(f"zoo:{zoo}")
     fp32 = export_onnx(subj.model, subj.example_input, tmp_path / "model.onnx")
     assert subj.data.train is not None
-    result = quantize_onnx(fp32, tmp_path / "int8.onnx", "static", subj.data.train.x.numpy(), recipe=recipe)
+    result = quantize_onnx(
+        fp32, tmp_path / "int8.onnx", "static", subj.data.train.x.numpy(), recipe=recipe
+    )
     assert result.recipe.name == recipe
     x, y = subj.data.test.x.numpy(), subj.data.test.y.numpy()
     fp32_acc = float((OrtModel(fp32)(x).argmax(1) == y).mean())

@@ -30,13 +30,21 @@ def _small(data: Dataset, n_train: int = 128, n_val: int | None = 64) -> Dataset
     return Dataset(
         spec=data.spec,
         train=Split(data.train.x[:n_train], data.train.y[:n_train]),
-        val=None if n_val is None else Split(data.val.x[:n_val], None if data.val.y is None else data.val.y[:n_val]),
+        val=(
+            None
+            if n_val is None
+            else Split(data.val.x[:n_val], None if data.val.y is None else data.val.y[:n_val])
+        ),
         test=data.test,
     )
 
 
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
+    return {
+        n: m.weight.detach().clone()
+        for n, m in model.named_modules()
+        if isinstance(m, PRUNABLE_TYPES)
+    }
 
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -44,8 +52,9 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("zoo", ["digits-mlp", "digits-cnn"])
-def test_finetune_keeps_zeros_and_shapes(zoo: str, method: str, subject: Callable[..., Subject],
-                                         full_plan: Callable[..., PruningPlan]) -> None:
+def test_finetune_keeps_zeros_and_shapes(
+    zoo: str, method: str, subject: Callable[..., Subject], full_plan: Callable[..., PruningPlan]
+) -> None:
     subj = subject(f"zoo:{zoo}")
     pruned = subj.prune(full_plan(subj, method, 0.5))
     before = _weights(pruned)
@@ -61,7 +70,9 @@ def test_finetune_keeps_zeros_and_shapes(zoo: str, method: str, subject: Callabl
         changed |= not torch.equal(after[name], w)
     assert changed, "fine-tuning did not change any weight"
     # a full state dict of the same shapes: the structure did not change
-    assert {k: v.shape for k, v in result.model.state_dict().items()} == {k: v.shape for k, v in state_before.items()}
+    assert {k: v.shape for k, v in result.model.state_dict().items()} == {
+        k: v.shape for k, v in state_before.items()
+    }
     # the model handed in is not modified
     for k, v in pruned.state_dict().items():
         assert torch.equal(v, state_before[k]), k
@@ -72,10 +83,15 @@ def test_finetune_keeps_zeros_and_shapes(zoo: str, method: str, subject: Callabl
 
 
 def test_finetune_recovers_masked_mlp(subject: Callable[..., Subject]) -> None:
-    """Oracle: validation accuracy after fine-tuning is at least the accuracy before (best checkpoint)."""
+    """Oracle: validation accuracy after fine-tuning is at least the accuracy before (best
+    checkpoint)."""
     subj = subject("zoo:digits-mlp")
-    plan = PruningPlan(method="l1-unstructured", scope="global", ratio=0.9,
-                       layers={n: LayerRule(0.9) for n in subj.layer_names})
+    plan = PruningPlan(
+        method="l1-unstructured",
+        scope="global",
+        ratio=0.9,
+        layers={n: LayerRule(0.9) for n in subj.layer_names},
+    )
     pruned = subj.prune(plan)
     masks = zero_masks(pruned)
     assert set(masks) == {f"{n}.weight" for n in subj.layer_names}
@@ -200,8 +216,12 @@ def test_distillation_without_labels(subject: Callable[..., Subject]) -> None:
     subj = subject("zoo:digits-mlp")
     small = _small(subj.data)
     assert small.train is not None and small.val is not None
-    unlabelled = Dataset(spec="unlabelled", test=small.test, train=Split(small.train.x, None),
-                         val=Split(small.val.x, None))
+    unlabelled = Dataset(
+        spec="unlabelled",
+        test=small.test,
+        train=Split(small.train.x, None),
+        val=Split(small.val.x, None),
+    )
     pruned = subj.prune(PruningPlan.uniform("l1-unstructured", subj.layer_names, 0.8))
     with pytest.raises(DataError, match="no labels"):
         finetune(pruned, unlabelled, epochs=1)
@@ -216,10 +236,13 @@ def test_errors_name_the_culprit(subject: Callable[..., Subject]) -> None:
     no_train = Dataset(spec="only-test.npz", test=subj.data.test)
     with pytest.raises(DataError, match=r"only-test\.npz.*no training split"):
         finetune(subj.model, no_train, epochs=1)
-    for kwargs, match in [({"epochs": 0}, "epochs.*0"), ({"epochs": 1, "alpha": 1.5}, "alpha.*1.5"),
-                          ({"epochs": 1, "lr": -1.0}, "learning rate.*-1.0"),
-                          ({"epochs": 1, "temperature": 0.0}, "temperature"),
-                          ({"epochs": 1, "patience": 0}, "patience")]:
+    for kwargs, match in [
+        ({"epochs": 0}, "epochs.*0"),
+        ({"epochs": 1, "alpha": 1.5}, "alpha.*1.5"),
+        ({"epochs": 1, "lr": -1.0}, "learning rate.*-1.0"),
+        ({"epochs": 1, "temperature": 0.0}, "temperature"),
+        ({"epochs": 1, "patience": 0}, "patience"),
+    ]:
         with pytest.raises(RecoverError, match=match):
             finetune(subj.model, subj.data, **kwargs)  # type: ignore[arg-type]
     with pytest.raises(RecoverError, match="batch_size"):
@@ -227,15 +250,36 @@ def test_errors_name_the_culprit(subject: Callable[..., Subject]) -> None:
 
 
 def test_cli_export_finetuned_and_int8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """metrics.json holds the numbers of the exported (fine-tuned) model.onnx, int8 ones under 'int8'."""
+    """metrics.json holds the numbers of the exported (fine-tuned) model.onnx, int8 ones under
+    'int8'."""
     from explorer.cli import main
 
-    plan = PruningPlan(method="l1-unstructured", scope="global", ratio=0.9,
-                       layers={n: LayerRule(0.9) for n in ("hidden.0", "hidden.2", "classifier")})
+    plan = PruningPlan(
+        method="l1-unstructured",
+        scope="global",
+        ratio=0.9,
+        layers={n: LayerRule(0.9) for n in ("hidden.0", "hidden.2", "classifier")},
+    )
     plan.save(tmp_path / "plan.json")
     out = tmp_path / "bundle"
-    code = main(["export", "--model", "zoo:digits-mlp", "--plan", str(tmp_path / "plan.json"), "--out", str(out),
-                 "--finetune-epochs", "2", "--distill", "--quantize", "int8", "--runs", "30"])
+    code = main(
+        [
+            "export",
+            "--model",
+            "zoo:digits-mlp",
+            "--plan",
+            str(tmp_path / "plan.json"),
+            "--out",
+            str(out),
+            "--finetune-epochs",
+            "2",
+            "--distill",
+            "--quantize",
+            "int8",
+            "--runs",
+            "30",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     metrics = json.loads((out / "metrics.json").read_text())
     data = load_data("zoo:digits-mlp")
@@ -243,7 +287,10 @@ def test_cli_export_finetuned_and_int8(tmp_path: Path, capsys: pytest.CaptureFix
     for name, entry in (("model.onnx", metrics), ("model.int8.onnx", metrics["int8"])):
         logits = OrtModel(out / name)(data.test.x.numpy())
         assert entry["accuracy"] == pytest.approx(float((logits.argmax(1) == y).mean())), name
-    assert metrics["int8"]["mode"] == "dynamic" and metrics["int8"]["fp32"]["accuracy"] == metrics["accuracy"]
+    assert (
+        metrics["int8"]["mode"] == "dynamic"
+        and metrics["int8"]["fp32"]["accuracy"] == metrics["accuracy"]
+    )
     rec = metrics["recovery"]
     assert rec["settings"]["epochs"] == 2 and rec["distilled"] and len(rec["history"]) == 3
     # the exported model is the fine-tuned one, and pruning's zeros are still there
@@ -253,15 +300,30 @@ def test_cli_export_finetuned_and_int8(tmp_path: Path, capsys: pytest.CaptureFix
         if isinstance(module, PRUNABLE_TYPES):
             w = state[f"{name}.weight"]
             assert bool((w[module.weight == 0] == 0).all()), name
-    assert metrics["params_nonzero"] <= sum(int(torch.count_nonzero(p)) for p in subj_pruned.parameters())
-    assert "Fine-tuning" in (out / "report.html").read_text() and "int8" in (out / "report.html").read_text()
+    assert metrics["params_nonzero"] <= sum(
+        int(torch.count_nonzero(p)) for p in subj_pruned.parameters()
+    )
+    assert (
+        "Fine-tuning" in (out / "report.html").read_text()
+        and "int8" in (out / "report.html").read_text()
+    )
 
 
 def test_cli_distill_needs_epochs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from explorer.cli import main
 
     PruningPlan.uniform("l1-unstructured", ["hidden.0"], 0.5).save(tmp_path / "plan.json")
-    code = main(["export", "--model", "zoo:digits-mlp", "--plan", str(tmp_path / "plan.json"),
-                 "--out", str(tmp_path / "o"), "--distill"])
+    code = main(
+        [
+            "export",
+            "--model",
+            "zoo:digits-mlp",
+            "--plan",
+            str(tmp_path / "plan.json"),
+            "--out",
+            str(tmp_path / "o"),
+            "--distill",
+        ]
+    )
     assert code == 2
     assert "--distill needs --finetune-epochs" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""The fast sensitivity scan against its oracle (Distiller's loop), plus proxy, cache, ETA, latency."""
+"""The fast sensitivity scan against its oracle (Distiller's loop), plus proxy, cache, ETA,
+latency."""
 
 from __future__ import annotations
 
@@ -10,15 +11,14 @@ import pandas as pd
 import pytest
 import torch
 
-from explorer import Subject
-from explorer import latency
+from explorer import Subject, latency
 from explorer import sensitivity as sens
+from explorer.errors import PlanError
+from explorer.methods import available_methods, get_method
+from explorer.plan import LayerRule, PruningPlan
+from explorer.prune import apply_plan, kept_channels
 from explorer.sensitivity import engines, scanning
 from explorer.sensitivity.engines import ort_suffix
-from explorer.errors import PlanError
-from explorer.plan import LayerRule, PruningPlan
-from explorer.methods import available_methods, get_method
-from explorer.prune import apply_plan, kept_channels
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 RATIOS = (0.2, 0.5, 0.9)
@@ -57,13 +57,17 @@ def _same_points(fast: pd.DataFrame, ref: pd.DataFrame, n_samples: int) -> None:
 
 @pytest.mark.parametrize("method", available_methods())
 @pytest.mark.parametrize("which", ["mlp", "residual"])
-def test_scan_matches_distiller_loop(method: str, which: str, request: pytest.FixtureRequest) -> None:
+def test_scan_matches_distiller_loop(
+    method: str, which: str, request: pytest.FixtureRequest
+) -> None:
     subject: Subject = request.getfixturevalue(which)
     before = _state(subject.model)
     fast = sens.scan(subject, method, RATIOS, cache=False)
     ref = sens.reference_scan(subject, method, RATIOS)
     if ref.empty:  # the method applies to no unit of this model: every layer says why
-        assert fast.empty and all(get_method(method).applies_to(n, subject.inventory) for n in subject.layer_names)
+        assert fast.empty and all(
+            get_method(method).applies_to(n, subject.inventory) for n in subject.layer_names
+        )
     else:
         _same_points(fast, ref, len(subject.data.test))
     after = subject.model.state_dict()
@@ -80,16 +84,20 @@ def test_fast_engine_is_used_and_torch_fallback_agrees(mlp: Subject) -> None:
 
 
 def test_chunked_evaluation(residual: Subject, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Data in several chunks (and a capture memory budget of a few samples) gives the same points."""
+    """Data in several chunks (and a capture memory budget of a few samples) gives the same
+    points."""
     monkeypatch.setattr(ort_suffix, "CHUNK", 50)
     monkeypatch.setattr(ort_suffix, "_CAPTURE_BYTES", 1)
     monkeypatch.setattr(engines, "_ENGINES", type(engines._ENGINES)())
     fast = sens.scan(residual, "l1-unstructured", RATIOS, cache=False)
-    _same_points(fast, sens.reference_scan(residual, "l1-unstructured", RATIOS), len(residual.data.test))
+    _same_points(
+        fast, sens.reference_scan(residual, "l1-unstructured", RATIOS), len(residual.data.test)
+    )
 
 
-def test_release_drops_the_engines_and_the_cache_still_answers(mlp: Subject, tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_release_drops_the_engines_and_the_cache_still_answers(
+    mlp: Subject, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(sens.CACHE_ENV, str(tmp_path))
     method = get_method("l1-unstructured")
     first = sens.scan(mlp, method.name, RATIOS)
@@ -117,10 +125,16 @@ def test_round_to_scan_matches_apply_plan(residual: Subject) -> None:
 
 
 def test_round_to_keeps_multiples(residual: Subject) -> None:
-    gid, members = next((g, m) for g, m in residual.inventory.groups.items() if residual.inventory[g].out_channels >= 16)
+    gid, members = next(
+        (g, m)
+        for g, m in residual.inventory.groups.items()
+        if residual.inventory[g].out_channels >= 16
+    )
     n = residual.inventory[gid].out_channels
     plan = PruningPlan(method="l1-structured", layers={m: LayerRule(0.3) for m in members})
-    pruned = apply_plan(residual.model, plan, residual.example_input, residual.inventory, round_to=8)
+    pruned = apply_plan(
+        residual.model, plan, residual.example_input, residual.inventory, round_to=8
+    )
     kept = dict(pruned.named_modules())[gid].weight.shape[0]
     assert kept == kept_channels(n, 0.3, 8)
     assert kept % 8 == 0 or kept == n
@@ -128,7 +142,9 @@ def test_round_to_keeps_multiples(residual: Subject) -> None:
     assert kept_channels(32, 0.99, 8) == 8 and kept_channels(5, 0.5, 8) == 5
 
 
-def test_cache_is_reused_and_extended(mlp: Subject, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_is_reused_and_extended(
+    mlp: Subject, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(sens.CACHE_ENV, str(tmp_path))
     first = sens.scan(mlp, "l1-unstructured", RATIOS, layers=["hidden.0"])
     assert list((tmp_path / "sensitivity").glob("scan-*.csv"))
@@ -155,7 +171,9 @@ def test_cache_is_reused_and_extended(mlp: Subject, tmp_path: Path, monkeypatch:
 
 
 def test_model_hash_tracks_weights(mlp: Subject) -> None:
-    copy_ = apply_plan(mlp.model, PruningPlan.uniform("l1-unstructured", ["hidden.0"], 0.5), mlp.example_input)
+    copy_ = apply_plan(
+        mlp.model, PruningPlan.uniform("l1-unstructured", ["hidden.0"], 0.5), mlp.example_input
+    )
     assert sens.model_hash(mlp.model) == sens.model_hash(mlp.model)
     assert sens.model_hash(copy_) != sens.model_hash(mlp.model)
 

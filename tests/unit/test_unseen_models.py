@@ -60,11 +60,16 @@ def test_inventory_lists_every_layer(unseen_name: str, unseen_subject: SubjectOf
     assert all(layer.macs > 0 for layer in inv.layers if not layer.note.startswith("not called"))
     for layer in inv.layers:
         module = _modules(subj.model)[layer.name]
-        assert layer.shape == tuple(module.weight.shape) and layer.out_channels == out_channels(module)
-        assert (layer.group is None) == bool(layer.note), f"{layer.name}: a group or a reason, not both"
+        assert layer.shape == tuple(module.weight.shape) and layer.out_channels == out_channels(
+            module
+        )
+        assert (layer.group is None) == bool(layer.note), (
+            f"{layer.name}: a group or a reason, not both"
+        )
     outputs = [layer for layer in inv.layers if layer.note.startswith("output layer")]
     assert [layer.name for layer in outputs] == [inv.names[-1]]  # the head, and only it
-    # groups are consistent with the layers' group ids, and every group is listed by its first member
+    # groups are consistent with the layers' group ids, and every group is listed by its first
+    # member
     for gid, members in inv.groups.items():
         assert members[0] == gid and all(inv[m].group == gid for m in members)
         assert len({inv[m].out_channels for m in members}) == 1  # coupled channels have one count
@@ -74,7 +79,11 @@ def test_inventory_lists_every_layer(unseen_name: str, unseen_subject: SubjectOf
 def test_residual_adds_couple_their_layers(unseen_subject: SubjectOf) -> None:
     groups = unseen_subject("residual_1d").inventory.groups
     assert set(groups["stem"]) == {"stem", "blocks.0.conv2"}  # identity shortcut
-    assert set(groups["blocks.1.conv2"]) == {"blocks.1.conv2", "blocks.1.proj", "blocks.2.conv2"}  # projection
+    assert set(groups["blocks.1.conv2"]) == {
+        "blocks.1.conv2",
+        "blocks.1.proj",
+        "blocks.2.conv2",
+    }  # projection
     assert groups["blocks.0.conv1"] == ("blocks.0.conv1",)
 
 
@@ -82,27 +91,47 @@ def test_depthwise_conv_is_coupled_with_its_producer(unseen_subject: SubjectOf) 
     subj = unseen_subject("mobilenet")
     groups = subj.inventory.groups
     for block in range(3):
-        assert set(groups[f"blocks.{block}.expand.0"]) == {f"blocks.{block}.expand.0", f"blocks.{block}.depthwise.0"}
+        assert set(groups[f"blocks.{block}.expand.0"]) == {
+            f"blocks.{block}.expand.0",
+            f"blocks.{block}.depthwise.0",
+        }
     assert set(groups["stem.0"]) == {"stem.0", "blocks.0.project.0"}  # residual add
     assert set(groups["blocks.1.project.0"]) == {"blocks.1.project.0", "blocks.2.project.0"}
 
-    pruned = _modules(subj.prune(PruningPlan(method="l1-structured", layers={"blocks.1.depthwise.0": LayerRule(0.5)})))
+    pruned = _modules(
+        subj.prune(
+            PruningPlan(method="l1-structured", layers={"blocks.1.depthwise.0": LayerRule(0.5)})
+        )
+    )
     base = _modules(subj.model)
     dw, expand = pruned["blocks.1.depthwise.0"], pruned["blocks.1.expand.0"]
     assert expand.out_channels == dw.in_channels == dw.out_channels == dw.groups == 24
     assert pruned["blocks.1.project.0"].in_channels == 24
     kept = _kept(base["blocks.1.expand.0"].weight, expand.weight)
-    assert torch.equal(dw.weight, base["blocks.1.depthwise.0"].weight[kept])  # the same channels went
-    assert torch.equal(pruned["blocks.1.project.0"].weight, base["blocks.1.project.0"].weight[:, kept])
+    assert torch.equal(
+        dw.weight, base["blocks.1.depthwise.0"].weight[kept]
+    )  # the same channels went
+    assert torch.equal(
+        pruned["blocks.1.project.0"].weight, base["blocks.1.project.0"].weight[:, kept]
+    )
 
 
 def test_concatenated_branches_shrink_their_consumers(unseen_subject: SubjectOf) -> None:
     subj = unseen_subject("inception")
     groups = subj.inventory.groups
-    for branch in ("inception.b1", "inception.b3.2", "inception.b5.2", "inception.pool.1", "dense.0.conv"):
+    for branch in (
+        "inception.b1",
+        "inception.b3.2",
+        "inception.b5.2",
+        "inception.pool.1",
+        "dense.0.conv",
+    ):
         assert groups[branch] == (branch,), f"{branch}: a concatenation does not couple branches"
 
-    plan = PruningPlan(method="l2-structured", layers={"inception.b3.2": LayerRule(0.5), "dense.0.conv": LayerRule(0.25)})
+    plan = PruningPlan(
+        method="l2-structured",
+        layers={"inception.b3.2": LayerRule(0.5), "dense.0.conv": LayerRule(0.25)},
+    )
     pruned_model = subj.prune(plan)
     pruned, base = _modules(pruned_model), _modules(subj.model)
     kept_b3 = _kept(base["inception.b3.2"].weight, pruned["inception.b3.2"].weight)
@@ -111,7 +140,9 @@ def test_concatenated_branches_shrink_their_consumers(unseen_subject: SubjectOf)
     kept_d0 = _kept(base["dense.0.conv"].weight[:, incep], pruned["dense.0.conv"].weight)
     assert len(kept_b3) == 6 and len(kept_d0) == 6
     after_d0 = incep + [32 + i for i in kept_d0]
-    assert torch.equal(pruned["dense.0.conv"].weight, base["dense.0.conv"].weight[kept_d0][:, incep])
+    assert torch.equal(
+        pruned["dense.0.conv"].weight, base["dense.0.conv"].weight[kept_d0][:, incep]
+    )
     assert torch.equal(pruned["dense.1.conv"].weight, base["dense.1.conv"].weight[:, after_d0])
     assert torch.equal(pruned["fc"].weight, base["fc"].weight[:, after_d0 + list(range(40, 48))])
     assert pruned["dense.0.bn"].num_features == 26 and pruned["dense.1.bn"].num_features == 32
@@ -119,25 +150,35 @@ def test_concatenated_branches_shrink_their_consumers(unseen_subject: SubjectOf)
         assert pruned_model(subj.data.test.x[:5]).shape == (5, 4)
 
 
-def test_training_only_head_is_listed_and_refuses_structured_pruning(unseen_subject: SubjectOf,
-                                                                     tmp_path: Path) -> None:
+def test_training_only_head_is_listed_and_refuses_structured_pruning(
+    unseen_subject: SubjectOf, tmp_path: Path
+) -> None:
     subj = unseen_subject("inception")
     aux = subj.inventory["aux"]
     assert aux.group is None and aux.macs == 0 and "not called" in aux.note
     with pytest.raises(PlanError, match="'aux'.*not called"):
         subj.prune(PruningPlan(method="l1-structured", layers={"aux": LayerRule(0.5)}))
-    model = subj.prune(PruningPlan(method="l1-unstructured", layers={"aux": LayerRule(0.5), "fc": LayerRule(0.5)}))
+    model = subj.prune(
+        PruningPlan(method="l1-unstructured", layers={"aux": LayerRule(0.5), "fc": LayerRule(0.5)})
+    )
     assert int((_modules(model)["aux"].weight == 0).sum()) == 64
     x = subj.data.test.x
     path = export_onnx(model, subj.example_input, tmp_path / "m.onnx")
     assert np.abs(OrtModel(path)(x.numpy()) - _logits(model, x)).max() <= ATOL
 
 
-def test_transformer_says_why_attention_is_not_pruned_structurally(unseen_subject: SubjectOf) -> None:
+def test_transformer_says_why_attention_is_not_pruned_structurally(
+    unseen_subject: SubjectOf,
+) -> None:
     subj = unseen_subject("transformer")
     inv = subj.inventory
-    fixed = ["embed", "encoder.layers.0.self_attn.out_proj", "encoder.layers.0.linear2",
-             "encoder.layers.1.self_attn.out_proj", "encoder.layers.1.linear2"]
+    fixed = [
+        "embed",
+        "encoder.layers.0.self_attn.out_proj",
+        "encoder.layers.0.linear2",
+        "encoder.layers.1.self_attn.out_proj",
+        "encoder.layers.1.linear2",
+    ]
     for name in fixed:
         assert inv[name].group is None and "attention" in inv[name].note, (name, inv[name].note)
         for method in ("l1-structured", "l2-structured"):
@@ -145,24 +186,39 @@ def test_transformer_says_why_attention_is_not_pruned_structurally(unseen_subjec
             with pytest.raises(PlanError) as err:
                 subj.prune(plan)
             assert name in str(err.value) and "attention" in str(err.value)
-            with pytest.raises(PlanError, match=name.replace(".", r"\.")):  # without the inventory too
+            with pytest.raises(
+                PlanError, match=name.replace(".", r"\.")
+            ):  # without the inventory too
                 apply_plan(subj.model, plan, subj.example_input)
     assert inv["head"].note.startswith("output layer")
     # nn.MultiheadAttention's fused projection is a layer of its own, pruned by whole heads.
-    assert set(inv.groups) == {"encoder.layers.0.linear1", "encoder.layers.1.linear1",
-                               "encoder.layers.0.self_attn.in_proj", "encoder.layers.1.self_attn.in_proj"}
-    assert inv["encoder.layers.0.self_attn.in_proj"].heads == 4 and inv["encoder.layers.0.self_attn.in_proj"].shape == (96, 32)
+    assert set(inv.groups) == {
+        "encoder.layers.0.linear1",
+        "encoder.layers.1.linear1",
+        "encoder.layers.0.self_attn.in_proj",
+        "encoder.layers.1.self_attn.in_proj",
+    }
+    assert inv["encoder.layers.0.self_attn.in_proj"].heads == 4 and inv[
+        "encoder.layers.0.self_attn.in_proj"
+    ].shape == (96, 32)
 
 
 def test_transformer_ffn_shrinks_structurally(unseen_subject: SubjectOf, tmp_path: Path) -> None:
     subj = unseen_subject("transformer")
-    plan = PruningPlan(method="l1-structured", layers={"encoder.layers.0.linear1": LayerRule(0.5),
-                                                       "encoder.layers.1.linear1": LayerRule(0.25)})
+    plan = PruningPlan(
+        method="l1-structured",
+        layers={
+            "encoder.layers.0.linear1": LayerRule(0.5),
+            "encoder.layers.1.linear1": LayerRule(0.25),
+        },
+    )
     model = subj.prune(plan)
     pruned, base = _modules(model), _modules(subj.model)
     for i, hidden in ((0, 32), (1, 48)):
         lin1, lin2 = pruned[f"encoder.layers.{i}.linear1"], pruned[f"encoder.layers.{i}.linear2"]
-        assert lin1.out_features == hidden and lin2.in_features == hidden and lin2.out_features == 32
+        assert (
+            lin1.out_features == hidden and lin2.in_features == hidden and lin2.out_features == 32
+        )
         kept = _kept(base[f"encoder.layers.{i}.linear1"].weight, lin1.weight)
         assert torch.equal(lin2.weight, base[f"encoder.layers.{i}.linear2"].weight[:, kept])
         attn = pruned[f"encoder.layers.{i}.self_attn"]
@@ -173,7 +229,9 @@ def test_transformer_ffn_shrinks_structurally(unseen_subject: SubjectOf, tmp_pat
     assert subj.measure(model).macs < subj.dense()[0].macs
 
 
-def test_layers_without_group_refuse_structured_pruning(unseen_name: str, unseen_subject: SubjectOf) -> None:
+def test_layers_without_group_refuse_structured_pruning(
+    unseen_name: str, unseen_subject: SubjectOf
+) -> None:
     subj = unseen_subject(unseen_name)
     for layer in subj.inventory.layers:
         if layer.group is None:
@@ -184,8 +242,13 @@ def test_layers_without_group_refuse_structured_pruning(unseen_name: str, unseen
 # --- pruning and export --------------------------------------------------------------------------
 
 
-def test_every_method_prunes_and_exports(unseen_name: str, method: str, unseen_subject: SubjectOf,
-                                         full_plan: Callable[..., PruningPlan], tmp_path: Path) -> None:
+def test_every_method_prunes_and_exports(
+    unseen_name: str,
+    method: str,
+    unseen_subject: SubjectOf,
+    full_plan: Callable[..., PruningPlan],
+    tmp_path: Path,
+) -> None:
     subj = unseen_subject(unseen_name)
     before = {k: v.clone() for k, v in subj.model.state_dict().items()}
     plan = full_plan(subj, method, 0.5)
@@ -202,9 +265,14 @@ def test_every_method_prunes_and_exports(unseen_name: str, method: str, unseen_s
 
 
 @pytest.mark.parametrize("labels", [True, False], ids=["labels", "agreement"])
-def test_export_bundle_reproduces_metrics(unseen_name: str, labels: bool, unseen_subject: SubjectOf,
-                                          unseen_data: Callable[[str, bool], Path],
-                                          mixed_plan: Callable[..., PruningPlan], tmp_path: Path) -> None:
+def test_export_bundle_reproduces_metrics(
+    unseen_name: str,
+    labels: bool,
+    unseen_subject: SubjectOf,
+    unseen_data: Callable[[str, bool], Path],
+    mixed_plan: Callable[..., PruningPlan],
+    tmp_path: Path,
+) -> None:
     subj = unseen_subject(unseen_name, labels)
     plan = mixed_plan(subj, 0.4)
     files = export_bundle(subj, plan, tmp_path / "out")
@@ -219,9 +287,13 @@ def test_export_bundle_reproduces_metrics(unseen_name: str, labels: bool, unseen
     if labels:
         accuracy = float((logits.argmax(1) == y).mean())
         dense_acc = metrics["dense"]["accuracy"]
-        assert dense_acc >= 0.7, f"{unseen_name}: the fitted model should be useful (dense {dense_acc})"
+        assert dense_acc >= 0.7, (
+            f"{unseen_name}: the fitted model should be useful (dense {dense_acc})"
+        )
     else:
-        dense_logits = OrtModel(export_onnx(subj.model, subj.example_input, tmp_path / "dense.onnx"))(x)
+        dense_logits = OrtModel(
+            export_onnx(subj.model, subj.example_input, tmp_path / "dense.onnx")
+        )(x)
         accuracy = float((logits.argmax(1) == dense_logits.argmax(1)).mean())
         assert metrics["dense"]["accuracy"] == 1.0  # the dense model agrees with itself
     assert metrics["accuracy"] == accuracy, "metrics.json does not describe model.onnx"
@@ -229,7 +301,8 @@ def test_export_bundle_reproduces_metrics(unseen_name: str, labels: bool, unseen
     # the bundle replays: plan.json on the base model gives the same network as model.onnx ...
     replayed = subj.prune(PruningPlan.load(files["plan"]))
     assert np.abs(_logits(replayed, torch.from_numpy(x)) - logits).max() <= ATOL
-    # ... the state dict loads into it, and the torch.export program (when written) computes the same
+    # ... the state dict loads into it, and the torch.export program (when written) computes the
+    # same
     state = torch.load(files["state_dict"], weights_only=True)
     replayed.load_state_dict(state)
     if "pt2" in files:
@@ -247,7 +320,9 @@ def test_export_bundle_reproduces_metrics(unseen_name: str, labels: bool, unseen
 
 
 @pytest.mark.parametrize("method", ["l1-unstructured", "l2-structured"])
-def test_sensitivity_scan_equals_the_plain_loop(unseen_name: str, method: str, unseen_subject: SubjectOf) -> None:
+def test_sensitivity_scan_equals_the_plain_loop(
+    unseen_name: str, method: str, unseen_subject: SubjectOf
+) -> None:
     """Oracle: for every unit, a fresh pruned copy evaluated in torch (Distiller's loop)."""
     from explorer.evaluate import evaluate_torch
     from explorer.sensitivity import scan, units
@@ -262,5 +337,9 @@ def test_sensitivity_scan_equals_the_plain_loop(unseen_name: str, method: str, u
         accuracy, loss = evaluate_torch(subj.prune(plan), split)
         row = df[(df["layer"] == unit) & (df["ratio"] == 0.5)].iloc[0]
         # the scan may run in ONNX Runtime: allow one sample flipping on a near tie
-        assert abs(row["accuracy"] - accuracy) <= 1 / len(split) + 1e-9, (unit, row["accuracy"], accuracy)
+        assert abs(row["accuracy"] - accuracy) <= 1 / len(split) + 1e-9, (
+            unit,
+            row["accuracy"],
+            accuracy,
+        )
         assert row["loss"] == pytest.approx(loss, rel=1e-3, abs=1e-4), unit

@@ -52,8 +52,15 @@ def test_zoo_data_is_reproducible_and_leaves_global_rng_alone() -> None:
     assert not any(tuple(r) in train for r in first.val.x.numpy().round(6).tolist())
 
 
-@pytest.mark.parametrize(("name", "params"), [("mnist-lenet300", 266_610), ("mnist-lenet5", 431_080),
-                                              ("mnist1d-mlp", 276_010), ("mnist1d-cnn", 5_210)])
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("mnist-lenet300", 266_610),
+        ("mnist-lenet5", 431_080),
+        ("mnist1d-mlp", 276_010),
+        ("mnist1d-cnn", 5_210),
+    ],
+)
 def test_architectures_have_the_papers_sizes(name: str, params: int) -> None:
     model = build(name)
     assert sum(p.numel() for p in model.parameters()) == params
@@ -69,5 +76,7 @@ def test_untrained_build_is_seeded_and_keeps_the_callers_rng() -> None:
     assert torch.equal(torch.rand(1), expected)
     b = build("mnist-lenet5", pretrained=False, seed=3)
     c = build("mnist-lenet5", pretrained=False, seed=4)
-    assert torch.equal(a.conv1.weight, b.conv1.weight) and not torch.equal(a.conv1.weight, c.conv1.weight)
+    assert torch.equal(a.conv1.weight, b.conv1.weight) and not torch.equal(
+        a.conv1.weight, c.conv1.weight
+    )
     assert not torch.equal(a.fc1.weight, build("mnist-lenet5").fc1.weight)

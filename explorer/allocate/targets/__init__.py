@@ -44,7 +44,8 @@ class SavingsContext:
 
 
 class TargetKind:
-    """One kind of target. ``value`` is a fraction: of the dense metric to keep when ``keeps`` (at most
+    """One kind of target. ``value`` is a fraction: of the dense metric to keep when ``keeps`` (at
+    most
     that much stays), else of the weights to remove (at least that much goes)."""
 
     name: ClassVar[str]
@@ -52,18 +53,34 @@ class TargetKind:
     cli_help: ClassVar[str]  # the CLI flag's help
     keeps: ClassVar[bool] = True
     needs_structured: ClassVar[bool] = False  # zeros do not change this metric
-    timed: ClassVar[bool] = False  # measured with a clock: noisy, never run concurrently with timing
+    timed: ClassVar[bool] = (
+        False  # measured with a clock: noisy, never run concurrently with timing
+    )
     tolerance: ClassVar[float] = 0.01  # overshoot of the measured saving that is good enough
-    fine_choices: ClassVar[bool] = True  # ratios between the scanned ones are choices too (savings interpolate)
-    rounds_channels: ClassVar[bool] = False  # plans round kept channels to the CPU's fast multiple by default
+    fine_choices: ClassVar[bool] = (
+        True  # ratios between the scanned ones are choices too (savings interpolate)
+    )
+    rounds_channels: ClassVar[bool] = (
+        False  # plans round kept channels to the CPU's fast multiple by default
+    )
     default_method: ClassVar[str] = "l1-structured"
 
     # --- what value means ---------------------------------------------------------------------
 
     def check(self, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < float(value) < 1:
-            what = "fraction of weights to zero" if not self.keeps else f"fraction of the dense {self.name} to keep"
-            raise PlanError(f"target {self.name} must be a {what}, strictly between 0 and 1; got {value!r}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not 0 < float(value) < 1
+        ):
+            what = (
+                "fraction of weights to zero"
+                if not self.keeps
+                else f"fraction of the dense {self.name} to keep"
+            )
+            raise PlanError(
+                f"target {self.name} must be a {what}, strictly between 0 and 1; got {value!r}"
+            )
         return float(value)
 
     def saving(self, value: float) -> float:
@@ -79,10 +96,16 @@ class TargetKind:
         return achieved <= value + 1e-6 if self.keeps else achieved >= value - 1e-6
 
     def describe(self, value: float) -> str:
-        return f"{self.name} <= {value:.1%} of dense" if self.keeps else f"{self.name} >= {value:.1%}"
+        return (
+            f"{self.name} <= {value:.1%} of dense" if self.keeps else f"{self.name} >= {value:.1%}"
+        )
 
     def achieved_text(self, saving: float) -> str:
-        return f"{max(0.0, 1 - saving):.1%} of the dense {self.name}" if self.keeps else f"{saving:.1%} {self.name}"
+        return (
+            f"{max(0.0, 1 - saving):.1%} of the dense {self.name}"
+            if self.keeps
+            else f"{saving:.1%} {self.name}"
+        )
 
     def achieved_unit(self, size_metric: str = "") -> str:
         """What an achieved value is a share of, for a sentence ("62.0% of the dense MACs")."""
@@ -90,11 +113,14 @@ class TargetKind:
 
     def check_method(self, method: Method) -> None:
         if self.needs_structured and not method.structured:
-            raise PlanError(f"a {self.name} target needs a structured method (l1-structured, l2-structured): "
-                            f"{method.name} only zeroes weights, which dense kernels still multiply")
+            raise PlanError(
+                f"a {self.name} target needs a structured method (l1-structured, l2-structured): "
+                f"{method.name} only zeroes weights, which dense kernels still multiply"
+            )
 
     def size_metric(self, method: Method) -> str:
-        """The metric of ``Subject.evaluate`` this target is measured in, where it is one ('' if not)."""
+        """The metric of ``Subject.evaluate`` this target is measured in, where it is one ('' if
+        not)."""
         return ""
 
     # --- savings and measurement --------------------------------------------------------------
@@ -102,8 +128,11 @@ class TargetKind:
     def prepare(self, ctx: SavingsContext) -> None:  # noqa: B027
         """Compute once what :meth:`savings` reads for every unit (e.g. latency curves)."""
 
-    def savings(self, ctx: SavingsContext, unit: str, scanned: np.ndarray, choices: np.ndarray) -> np.ndarray:
-        """The fraction of the dense metric that pruning ``unit`` alone at each of ``choices`` saves."""
+    def savings(
+        self, ctx: SavingsContext, unit: str, scanned: np.ndarray, choices: np.ndarray
+    ) -> np.ndarray:
+        """The fraction of the dense metric that pruning ``unit`` alone at each of ``choices``
+        saves."""
         raise NotImplementedError
 
     def measure(self, meter: Meter, model: nn.Module) -> float:
@@ -145,7 +174,9 @@ def get_target(name: str) -> TargetKind:
     try:
         return _TARGETS[name]
     except (KeyError, TypeError):
-        raise PlanError(f"unknown target {name!r}; choose from {[k.name for k in target_kinds()]}") from None
+        raise PlanError(
+            f"unknown target {name!r}; choose from {[k.name for k in target_kinds()]}"
+        ) from None
 
 
 def latency_saving(curve: pd.DataFrame) -> np.ndarray:
@@ -168,17 +199,27 @@ def prunable_weights(model: nn.Module, names: list[str]) -> tuple[int, int]:
     return total, nonzero
 
 
-def counted_savings(ctx: SavingsContext, unit: str, scanned: np.ndarray, choices: np.ndarray,
-                    saving_of: Callable[[nn.Module], float]) -> np.ndarray:
+def counted_savings(
+    ctx: SavingsContext,
+    unit: str,
+    scanned: np.ndarray,
+    choices: np.ndarray,
+    saving_of: Callable[[nn.Module], float],
+) -> np.ndarray:
     """Savings of a structured unit: ``saving_of`` the model with only that group pruned, counted at
     the scanned ratios and interpolated on the number of channels removed (params and MACs fall
     linearly with them)."""
     from explorer.prune import kept_channels
 
     n, rt = ctx.engine.channels(unit), ctx.round_to
-    values = [0.0 if x == 0 else saving_of(ctx.engine.pruned(unit, float(x), rt, ctx.method)) for x in scanned]
+    values = [
+        0.0 if x == 0 else saving_of(ctx.engine.pruned(unit, float(x), rt, ctx.method))
+        for x in scanned
+    ]
     removed_at = [n - kept_channels(n, float(x), rt) for x in scanned]
-    return np.maximum(0.0, np.interp([n - kept_channels(n, float(x), rt) for x in choices], removed_at, values))
+    return np.maximum(
+        0.0, np.interp([n - kept_channels(n, float(x), rt) for x in choices], removed_at, values)
+    )
 
 
 def masked_weights(ctx: SavingsContext, unit: str, choices: np.ndarray) -> list[Any]:
@@ -186,4 +227,7 @@ def masked_weights(ctx: SavingsContext, unit: str, choices: np.ndarray) -> list[
     from explorer.prune import pruned_weight
 
     s = ctx.subject
-    return [pruned_weight(ctx.method, s.model, unit, float(x), calibration=s.calibration) for x in choices]
+    return [
+        pruned_weight(ctx.method, s.model, unit, float(x), calibration=s.calibration)
+        for x in choices
+    ]

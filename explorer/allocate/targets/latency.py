@@ -32,13 +32,20 @@ class Latency(TargetKind):
 
     def prepare(self, ctx: SavingsContext) -> None:
         ctx.on_progress(0.6, "latency curves")
-        ctx.extra["latency"] = latency_curves(ctx.subject, ctx.method.name, ctx.grid, round_to=ctx.round_to,
-                                              on_progress=lambda f, m: ctx.on_progress(0.6 + 0.3 * f, m))
+        ctx.extra["latency"] = latency_curves(
+            ctx.subject,
+            ctx.method.name,
+            ctx.grid,
+            round_to=ctx.round_to,
+            on_progress=lambda f, m: ctx.on_progress(0.6 + 0.3 * f, m),
+        )
 
     def achieved_unit(self, size_metric: str = "") -> str:
         return "of the dense ORT latency in the slowest round (timed alternately with it)"
 
-    def savings(self, ctx: SavingsContext, unit: str, scanned: np.ndarray, choices: np.ndarray) -> np.ndarray:
+    def savings(
+        self, ctx: SavingsContext, unit: str, scanned: np.ndarray, choices: np.ndarray
+    ) -> np.ndarray:
         curves = ctx.extra["latency"]
         return latency_saving(curves[curves.layer == unit].sort_values("ratio"))
 

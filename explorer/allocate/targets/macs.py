@@ -20,11 +20,18 @@ class Macs(TargetKind):
     def achieved_unit(self, size_metric: str = "") -> str:
         return "of the dense MACs"
 
-    def savings(self, ctx: SavingsContext, unit: str, scanned: np.ndarray, choices: np.ndarray) -> np.ndarray:
+    def savings(
+        self, ctx: SavingsContext, unit: str, scanned: np.ndarray, choices: np.ndarray
+    ) -> np.ndarray:
         s = ctx.subject
         total = max(s.inventory.total_macs, 1)
-        return counted_savings(ctx, unit, scanned, choices,
-                               lambda m: (total - sum(count_macs(m, s.example_input).values())) / total)
+        return counted_savings(
+            ctx,
+            unit,
+            scanned,
+            choices,
+            lambda m: (total - sum(count_macs(m, s.example_input).values())) / total,
+        )
 
     def measure(self, meter: Meter, model: nn.Module) -> float:
         s = meter.subject

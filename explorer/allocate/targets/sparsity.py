@@ -28,16 +28,25 @@ class Sparsity(TargetKind):
     def achieved_unit(self, size_metric: str = "") -> str:
         return "of the prunable weights zero or removed"
 
-    def savings(self, ctx: SavingsContext, unit: str, scanned: np.ndarray, choices: np.ndarray) -> np.ndarray:
+    def savings(
+        self, ctx: SavingsContext, unit: str, scanned: np.ndarray, choices: np.ndarray
+    ) -> np.ndarray:
         s = ctx.subject
         if ctx.method.structured:
+
             def removed(pruned: nn.Module) -> float:
-                return (ctx.total_weights - prunable_weights(pruned, s.layer_names)[1]) / ctx.total_weights
+                return (
+                    ctx.total_weights - prunable_weights(pruned, s.layer_names)[1]
+                ) / ctx.total_weights
 
             return counted_savings(ctx, unit, scanned, choices, removed)
         nz = int(torch.count_nonzero(dict(s.model.named_modules())[unit].weight))
-        return np.array([(nz - int(torch.count_nonzero(m))) / ctx.total_weights
-                         for m in masked_weights(ctx, unit, choices)])
+        return np.array(
+            [
+                (nz - int(torch.count_nonzero(m))) / ctx.total_weights
+                for m in masked_weights(ctx, unit, choices)
+            ]
+        )
 
     def measure(self, meter: Meter, model: nn.Module) -> float:
         s = meter.subject

@@ -2,7 +2,8 @@
 
 Every engine answers the same questions: ``dense`` (the unpruned model's result), ``eval_seconds``
 (one evaluation of the data, measured), ``cost(members, n_ratios)`` and ``overhead()`` (for the
-ETA), and ``run(method, todo, ratios, on_progress, round_to, executor)``, which yields ``(unit, ratio,
+ETA), and ``run(method, todo, ratios, on_progress, round_to, executor)``, which yields ``(unit,
+ratio,
 Result)`` for every point asked. :func:`engine_for` builds the right one for a method once per
 subject and keeps it while the subject lives.
 
@@ -20,14 +21,29 @@ import weakref
 
 from explorer.errors import PlanError
 from explorer.methods import Method
-from explorer.sensitivity.engines.base import CHUNK, Engine, Result, Unavailable, reduce_terms, score_logits
+from explorer.sensitivity.engines.base import (
+    CHUNK,
+    Engine,
+    Result,
+    Unavailable,
+    reduce_terms,
+    score_logits,
+)
 from explorer.sensitivity.engines.depgraph import StructuredEngine
 from explorer.sensitivity.engines.ort_suffix import OrtSuffixEngine
 from explorer.sensitivity.engines.torch_swap import TorchSwapEngine
 from explorer.subject import Subject
 
-__all__ = ["CHUNK", "Engine", "Result", "Unavailable", "engine_for", "forget_engines", "reduce_terms",
-           "score_logits"]
+__all__ = [
+    "CHUNK",
+    "Engine",
+    "Result",
+    "Unavailable",
+    "engine_for",
+    "forget_engines",
+    "reduce_terms",
+    "score_logits",
+]
 
 _ENGINES: weakref.WeakKeyDictionary[Subject, dict[str, Engine]] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()

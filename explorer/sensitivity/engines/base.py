@@ -1,6 +1,5 @@
 """What every sensitivity engine shares: the result of a point, how logits are scored, its face."""
 
-
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -31,7 +30,8 @@ class Result:
 
 
 def score_logits(logits: np.ndarray, subject: Subject, reference: np.ndarray | None) -> Result:
-    """The result of ``logits`` on the subject's evaluation data (against ``reference`` without labels)."""
+    """The result of ``logits`` on the subject's evaluation data (against ``reference`` without
+    labels)."""
     y = subject.data.test.y.numpy() if subject.data.test.y is not None else None
     return Result(*scores(logits, y, reference))
 
@@ -57,6 +57,12 @@ class Engine(Protocol):
 
     def overhead(self) -> float: ...
 
-    def run(self, method: Method, todo: dict[str, list[str]], ratios: dict[str, list[float]],
-            on_progress: Progress, round_to: int | None = None,
-            executor: Executor | None = None) -> Iterator[tuple[str, float, Result]]: ...
+    def run(
+        self,
+        method: Method,
+        todo: dict[str, list[str]],
+        ratios: dict[str, list[float]],
+        on_progress: Progress,
+        round_to: int | None = None,
+        executor: Executor | None = None,
+    ) -> Iterator[tuple[str, float, Result]]: ...

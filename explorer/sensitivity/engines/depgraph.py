@@ -35,22 +35,32 @@ from explorer.subject import Subject
 __all__ = ["StructuredEngine", "score_onnx"]
 
 
-def score_onnx(data: dict[str, Any], onnx: bytes, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Per-sample (correct, loss) terms of the model in ``onnx`` on ``data`` (``x``, and ``y`` or the
+def score_onnx(
+    data: dict[str, Any], onnx: bytes, threads: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample (correct, loss) terms of the model in ``onnx`` on ``data`` (``x``, and ``y`` or
+    the
     dense model's logits as ``reference``), scored in chunks of :data:`CHUNK`. One structured point,
     here or on a Ray worker."""
     session = ort_session(onnx, threads)
     names = [i.name for i in session.get_inputs()]
     x, y, ref = data["x"], data.get("y"), data.get("reference")
-    if isinstance(x, dict):  # named inputs, fed by name (in the file's order where it names them otherwise)
-        named = x if set(x) == set(names) else dict(zip(names, x.values()))
+    if isinstance(
+        x, dict
+    ):  # named inputs, fed by name (in the file's order where it names them otherwise)
+        named = x if set(x) == set(names) else dict(zip(names, x.values(), strict=False))
         length = len(next(iter(named.values())))
     else:
         named, length = {names[0]: x}, len(x)
     n = samples_per_call(x, CHUNK)
-    terms = [sample_scores(session.run(None, {k: v[i : i + n] for k, v in named.items()})[0],
-                           y[i : i + n] if y is not None else None,
-                           ref[i : i + n] if y is None else None) for i in range(0, length, n)]
+    terms = [
+        sample_scores(
+            session.run(None, {k: v[i : i + n] for k, v in named.items()})[0],
+            y[i : i + n] if y is not None else None,
+            ref[i : i + n] if y is None else None,
+        )
+        for i in range(0, length, n)
+    ]
     return np.concatenate([c for c, _ in terms]), np.concatenate([lo for _, lo in terms])
 
 
@@ -71,11 +81,22 @@ class StructuredEngine:
             self.dg = build_dependency_graph(self.work, subject.example_input)
             found = classified_groups(self.dg, self.work)
         except Exception as e:
-            raise PruneError(f"structured pruning needs a traceable model; DepGraph failed: {type(e).__name__}: {e}") from None
-        by_members = {frozenset(members): (group, shape) for group, members, shape in found if not shape.refused}
+            raise PruneError(
+                "structured pruning needs a traceable model; DepGraph failed:"
+                f" {type(e).__name__}: {e}"
+            ) from None
+        by_members = {
+            frozenset(members): (group, shape)
+            for group, members, shape in found
+            if not shape.refused
+        }
         self.groups: dict[str, tp.Group] = {}
-        self.shapes: dict[str, GroupShape] = {}  # how each group loses channels (heads, channel groups)
-        self.heads: dict[str, int] = {}  # nn.MultiheadAttention's fused projections: pruned by heads, no group
+        self.shapes: dict[
+            str, GroupShape
+        ] = {}  # how each group loses channels (heads, channel groups)
+        self.heads: dict[
+            str, int
+        ] = {}  # nn.MultiheadAttention's fused projections: pruned by heads, no group
         modules = dict(self.work.named_modules())
         for gid, members in subject.inventory.groups.items():
             if frozenset(members) in by_members:
@@ -90,12 +111,22 @@ class StructuredEngine:
         with tempfile.TemporaryDirectory(prefix="explorer-structured-") as tmp:
             path = Path(tmp) / "dense.onnx"
             write_onnx(subject, subject.model, path)
-            logits = OrtModel(path, threads=os.cpu_count() or 1)(x, batch_size=samples_per_call(x, CHUNK))
+            logits = OrtModel(path, threads=os.cpu_count() or 1)(
+                x, batch_size=samples_per_call(x, CHUNK)
+            )
         self.reference = logits if split.y is None else None
         self.dense = score_logits(logits, subject, self.reference)
-        self.data = {"x": x, "y": split.y.numpy() if split.y is not None else None, "reference": self.reference}
+        self.data = {
+            "x": x,
+            "y": split.y.numpy() if split.y is not None else None,
+            "reference": self.reference,
+        }
         start = time.perf_counter()
-        onnx = self.point_file(next(iter(self.groups)), 0.5, None, get_method("l1-structured")) if self.groups else None
+        onnx = (
+            self.point_file(next(iter(self.groups)), 0.5, None, get_method("l1-structured"))
+            if self.groups
+            else None
+        )
         self.copy_seconds = time.perf_counter() - start
         start = time.perf_counter()
         if onnx is not None:
@@ -114,8 +145,13 @@ class StructuredEngine:
             if (gid, method.name) not in self._importance:
                 with torch.no_grad():
                     self._importance[(gid, method.name)] = group_scores(
-                        method, self._scorers[method.name], self.dg, self.groups[gid], self.shapes[gid],
-                        list(self.subject.inventory.groups[gid]))
+                        method,
+                        self._scorers[method.name],
+                        self.dg,
+                        self.groups[gid],
+                        self.shapes[gid],
+                        list(self.subject.inventory.groups[gid]),
+                    )
             return self._importance[(gid, method.name)]
 
     def pruned(self, gid: str, ratio: float, round_to: int | None, method: Method) -> nn.Module:
@@ -140,12 +176,21 @@ class StructuredEngine:
         with self.lock:
             model, dg, group_copy = copy.deepcopy((self.work, self.dg, group), memo)
         try:
-            remove_channels(dg, model, group_copy, list(self.subject.inventory.groups[gid]), self.shapes[gid], idxs,
-                            method.compensation(model, self.subject.calibration))
+            remove_channels(
+                dg,
+                model,
+                group_copy,
+                list(self.subject.inventory.groups[gid]),
+                self.shapes[gid],
+                idxs,
+                method.compensation(model, self.subject.calibration),
+            )
         except (PlanError, PruneError):
             raise
         except Exception as e:
-            raise PruneError(f"removing channels of group {gid!r} failed: {type(e).__name__}: {e}") from None
+            raise PruneError(
+                f"removing channels of group {gid!r} failed: {type(e).__name__}: {e}"
+            ) from None
         model.requires_grad_(False)
         return model.eval()
 
@@ -163,9 +208,15 @@ class StructuredEngine:
     def overhead(self) -> float:
         return 0.0
 
-    def run(self, method: Method, todo: dict[str, list[str]], ratios: dict[str, list[float]],
-            on_progress: Progress, round_to: int | None = None,
-            executor: Executor | None = None) -> Iterator[tuple[str, float, Result]]:
+    def run(
+        self,
+        method: Method,
+        todo: dict[str, list[str]],
+        ratios: dict[str, list[float]],
+        on_progress: Progress,
+        round_to: int | None = None,
+        executor: Executor | None = None,
+    ) -> Iterator[tuple[str, float, Result]]:
         """Yield ``(group, ratio, result)`` for every point: the shrunk model's file scored in ONNX
         Runtime (one task per point on Ray; the files are written as tasks are submitted)."""
         executor = executor or LocalExecutor()
@@ -188,7 +239,7 @@ class StructuredEngine:
             yield gid, ratio, results[k]
 
 
-def _score_point(data: dict[str, np.ndarray | None], threads: int, onnx: bytes) -> tuple[np.ndarray, np.ndarray]:
+def _score_point(
+    data: dict[str, np.ndarray | None], threads: int, onnx: bytes
+) -> tuple[np.ndarray, np.ndarray]:
     return score_onnx(data, onnx, threads)
-
-

@@ -36,7 +36,9 @@ __all__ = ["GraphSpec", "OrtSuffixEngine", "ScanJob", "SuffixGraph", "run_chunk"
 # scan's peak RSS +747 MB at 256 MB, +356 MB at 64 MB, for 20 % more CPU time.
 _CAPTURE_BYTES = 64 * 2**20
 _SESSION_BYTES = 1024 * 2**20  # ONNX Runtime sessions kept between scans hold at most about this
-_GROUP_BYTES = 384 * 2**20  # weights of the suffixes run in one capture pass (sessions hold 2-3x that)
+_GROUP_BYTES = (
+    384 * 2**20
+)  # weights of the suffixes run in one capture pass (sessions hold 2-3x that)
 
 
 class _WeightsAsInputs(nn.Module):
@@ -56,11 +58,9 @@ class _WeightsAsInputs(nn.Module):
             module.weight = w.detach()
 
     def forward(self, x: torch.Tensor, *weights: torch.Tensor) -> torch.Tensor:
-        for module, w in zip(self.targets, weights):
+        for module, w in zip(self.targets, weights, strict=False):
             module.weight = w
         return self.model(x)
-
-
 
 
 @dataclass(frozen=True)
@@ -114,8 +114,11 @@ class SuffixGraph:
         proto = onnx.load_model_from_string(spec.proto)
         inferred = shape_inference.infer_shapes(proto)
         graph = proto.graph
-        if len(graph.output) != 1 or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                                         for node in graph.node for a in node.attribute):
+        if len(graph.output) != 1 or any(
+            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+            for node in graph.node
+            for a in node.attribute
+        ):
             raise Unavailable("the exported graph has several outputs or control flow")
         self.proto = proto
         self.nodes = list(graph.node)
@@ -132,33 +135,45 @@ class SuffixGraph:
         self.macs = dict(spec.macs)
         self.total_macs = max(sum(self.macs.values()), 1)
         self.weight_bytes = sum(a.nbytes for a in self.dense_weights.values()) + sum(
-            int(np.prod(t.dims)) * 4 for t in graph.initializer)
+            int(np.prod(t.dims)) * 4 for t in graph.initializer
+        )
         self.init_bytes = {t.name: int(np.prod(t.dims)) * 4 for t in graph.initializer}
         self.plans: dict[str, _Plan | None] = {}
         self.cuts: dict[str, _Cut | None] = {}
         self.captures: dict[tuple[str, ...], object] = {}
         self.lock = threading.Lock()
 
-    def _session(self, node_ids: set[int], inputs: list[str], outputs: list[str], fed: set[str]) -> object:
+    def _session(
+        self, node_ids: set[int], inputs: list[str], outputs: list[str], fed: set[str]
+    ) -> object:
         """A session of the nodes ``node_ids``; weights not in ``fed`` become initializers."""
         helper = self._helper
         nodes = [self.nodes[k] for k in sorted(node_ids)]
         used = {i for node in nodes for i in node.input}
         inits = [t for t in self.proto.graph.initializer if t.name in used]
-        inits += [self._nph.from_array(a, name) for name, a in self.dense_weights.items()
-                  if name in used and name not in fed]
+        inits += [
+            self._nph.from_array(a, name)
+            for name, a in self.dense_weights.items()
+            if name in used and name not in fed
+        ]
 
         def info(name: str) -> object:
             if name in self.dense_weights:
-                return helper.make_tensor_value_info(name, self._onnx.TensorProto.FLOAT, self.dense_weights[name].shape)
+                return helper.make_tensor_value_info(
+                    name, self._onnx.TensorProto.FLOAT, self.dense_weights[name].shape
+                )
             if name not in self.types:
                 raise Unavailable(f"no type known for tensor {name!r}")
             return helper.make_tensor_value_info(name, self.types[name], None)
 
-        graph = helper.make_graph(nodes, "part", [info(n) for n in inputs], [info(n) for n in outputs],
-                                  initializer=inits)
-        model = helper.make_model(graph, opset_imports=self.proto.opset_import, ir_version=self.proto.ir_version)
-        # No memory arena: an engine keeps a session per unit, and each arena would keep the peak of a
+        graph = helper.make_graph(
+            nodes, "part", [info(n) for n in inputs], [info(n) for n in outputs], initializer=inits
+        )
+        model = helper.make_model(
+            graph, opset_imports=self.proto.opset_import, ir_version=self.proto.ir_version
+        )
+        # No memory arena: an engine keeps a session per unit, and each arena would keep the peak of
+        # a
         # whole-test-set run (measured on a residual CNN: two scans 2.1 GB RSS with arenas, 1.1 GB
         # without, at the same speed).
         return ort_session(model.SerializeToString(), self.threads, arena=False)
@@ -176,7 +191,8 @@ class SuffixGraph:
         return needed
 
     def plan(self, members: list[str]) -> _Plan | None:
-        """The unit's suffix, as nodes (found once); None when its weights do not reach the output."""
+        """The unit's suffix, as nodes (found once); None when its weights do not reach the
+        output."""
         key = ",".join(members)
         with self.lock:
             if key not in self.plans:
@@ -197,11 +213,16 @@ class SuffixGraph:
         reads = {i for k in downstream for i in self.nodes[k].input if i and i not in made}
         activations = sorted(reads - self.constant)
         nodes = downstream | self._closure(reads & self.constant, set(self.input_of.values()))
-        downstream_layers = [n for n in self.layers if any(self.input_of[n] in self.nodes[k].input for k in downstream)]
+        downstream_layers = [
+            n
+            for n in self.layers
+            if any(self.input_of[n] in self.nodes[k].input for k in downstream)
+        ]
         fraction = sum(self.macs[n] for n in downstream_layers) / self.total_macs
         used = {i for k in nodes for i in self.nodes[k].input}
         size = sum(self.init_bytes.get(i, 0) for i in used) + sum(
-            a.nbytes for name, a in self.dense_weights.items() if name in used and name not in fed)
+            a.nbytes for name, a in self.dense_weights.items() if name in used and name not in fed
+        )
         return _Plan(frozenset(nodes), activations, sorted(fed), fraction, size)
 
     def cut(self, members: list[str]) -> _Cut | None:
@@ -215,19 +236,29 @@ class SuffixGraph:
                     self.cuts[key] = None
                 else:
                     try:
-                        suffix = self._session(set(plan.nodes), plan.activations + plan.weights, [OUTPUT_NAME],
-                                               set(plan.weights))
+                        suffix = self._session(
+                            set(plan.nodes),
+                            plan.activations + plan.weights,
+                            [OUTPUT_NAME],
+                            set(plan.weights),
+                        )
                     except Unavailable:
                         raise
                     except Exception as e:
-                        raise Unavailable(f"cutting the graph at {members} failed: {type(e).__name__}: {e}") from None
+                        raise Unavailable(
+                            f"cutting the graph at {members} failed: {type(e).__name__}: {e}"
+                        ) from None
                     self.cuts[key] = _Cut(suffix, plan.activations, plan.weights, plan.fraction)
             return self.cuts[key]
 
     def held_bytes(self) -> int:
         """About how many weight bytes the sessions built so far hold."""
         with self.lock:
-            cuts = [self.plans[k].bytes for k, c in self.cuts.items() if c is not None and self.plans.get(k)]
+            cuts = [
+                self.plans[k].bytes
+                for k, c in self.cuts.items()
+                if c is not None and self.plans.get(k)
+            ]
             return sum(cuts) + self.weight_bytes * len(self.captures)
 
     def capture(self, needed: tuple[str, ...]) -> object:
@@ -235,7 +266,9 @@ class SuffixGraph:
         with self.lock:
             if needed not in self.captures:
                 nodes = self._closure({OUTPUT_NAME, *needed}, {INPUT_NAME})
-                self.captures[needed] = self._session(nodes, [INPUT_NAME], [OUTPUT_NAME, *needed], set())
+                self.captures[needed] = self._session(
+                    nodes, [INPUT_NAME], [OUTPUT_NAME, *needed], set()
+                )
             return self.captures[needed]
 
     def forget(self) -> None:
@@ -270,12 +303,20 @@ def _graph(spec: GraphSpec, threads: int) -> SuffixGraph:
     return graph
 
 
-Piece = tuple[int, int, list[str], tuple[str, ...]]  # samples start:stop, the units, the tensors to capture
+Piece = tuple[
+    int, int, list[str], tuple[str, ...]
+]  # samples start:stop, the units, the tensors to capture
 
 
-def run_chunk(graph: SuffixGraph | GraphSpec, job: ScanJob, data: dict[str, np.ndarray | None], piece: Piece,
-              on_point: Callable[[str, int], None] | None = None) -> dict[str, list[Terms]]:
-    """Evaluate ``job``'s points of the units ``piece[2]`` on samples ``piece[0]:piece[1]``: one pass of
+def run_chunk(
+    graph: SuffixGraph | GraphSpec,
+    job: ScanJob,
+    data: dict[str, np.ndarray | None],
+    piece: Piece,
+    on_point: Callable[[str, int], None] | None = None,
+) -> dict[str, list[Terms]]:
+    """Evaluate ``job``'s points of the units ``piece[2]`` on samples ``piece[0]:piece[1]``: one
+    pass of
     the capture (the dense model with the inner tensors ``piece[3]`` as extra outputs), then each
     unit's suffix per ratio. The unit of work of a scan, here or on a Ray worker (given a
     :class:`GraphSpec`, a worker builds the graph once, one thread per task, and keeps its sessions
@@ -292,7 +333,7 @@ def run_chunk(graph: SuffixGraph | GraphSpec, job: ScanJob, data: dict[str, np.n
     y = data["y"][start:stop] if data.get("y") is not None else None
     ref = data["reference"][start:stop] if y is None else None
     outs = graph.capture(needed).run(None, {INPUT_NAME: x})
-    acts = {INPUT_NAME: x, **dict(zip(needed, outs[1:]))}
+    acts = {INPUT_NAME: x, **dict(zip(needed, outs[1:], strict=False))}
     results: dict[str, list[Terms]] = {}
     for name in units:
         cut = graph.cut(job.members[name])
@@ -339,16 +380,29 @@ class OrtSuffixEngine:
         dense = [modules[n].weight.detach().clone() for n in self.layers]
         buf = io.BytesIO()
         try:
-            torchscript_export(_WeightsAsInputs(work, self.layers), (subject.example_input, *dense), buf,
-                               input_names=[INPUT_NAME, *input_of.values()], output_names=[OUTPUT_NAME],
-                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+            torchscript_export(
+                _WeightsAsInputs(work, self.layers),
+                (subject.example_input, *dense),
+                buf,
+                input_names=[INPUT_NAME, *input_of.values()],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            )
             onnx.load_model_from_string(buf.getvalue())
         except Exception as e:
-            raise Unavailable(f"export with weights as inputs failed: {type(e).__name__}: {e}") from None
+            raise Unavailable(
+                f"export with weights as inputs failed: {type(e).__name__}: {e}"
+            ) from None
         raw = buf.getvalue()
-        self.spec = GraphSpec(key=hashlib.sha256(raw).hexdigest()[:16], proto=raw,
-                              dense_weights={input_of[n]: w.numpy().copy() for n, w in zip(self.layers, dense)},
-                              layers=self.layers, macs={n: subject.inventory[n].macs for n in self.layers})
+        self.spec = GraphSpec(
+            key=hashlib.sha256(raw).hexdigest()[:16],
+            proto=raw,
+            dense_weights={
+                input_of[n]: w.numpy().copy() for n, w in zip(self.layers, dense, strict=False)
+            },
+            layers=self.layers,
+            macs={n: subject.inventory[n].macs for n in self.layers},
+        )
         self.graph = SuffixGraph(self.spec)
         self.input_of = input_of
         self.lock = threading.Lock()
@@ -357,7 +411,9 @@ class OrtSuffixEngine:
         try:
             self.graph.capture(())
         except Exception as e:
-            raise Unavailable(f"ONNX Runtime cannot run the export: {type(e).__name__}: {e}") from None
+            raise Unavailable(
+                f"ONNX Runtime cannot run the export: {type(e).__name__}: {e}"
+            ) from None
 
     def plan(self, members: list[str]) -> _Plan | None:
         return self.graph.plan(members)
@@ -375,7 +431,9 @@ class OrtSuffixEngine:
             session.run(None, {INPUT_NAME: x[:n]})
             self._eval_seconds = (time.perf_counter() - start) * len(x) / min(n, len(x))
             return
-        logits = np.concatenate([session.run(None, {INPUT_NAME: x[i : i + n]})[0] for i in range(0, len(x), n)])
+        logits = np.concatenate(
+            [session.run(None, {INPUT_NAME: x[i : i + n]})[0] for i in range(0, len(x), n)]
+        )
         self._eval_seconds = time.perf_counter() - start
         self._dense_logits = logits
 
@@ -405,7 +463,8 @@ class OrtSuffixEngine:
         return score_logits(self.dense_logits, self.subject, self.reference)
 
     def cost(self, members: list[str], n_ratios: int) -> float:
-        """Estimated seconds for ``n_ratios`` points of a unit (one evaluation = ``eval_seconds``)."""
+        """Estimated seconds for ``n_ratios`` points of a unit (one evaluation =
+        ``eval_seconds``)."""
         plan = self.plan(members)
         if plan is None or not n_ratios:
             return 0.0
@@ -414,7 +473,9 @@ class OrtSuffixEngine:
     def overhead(self) -> float:
         return self.eval_seconds  # the capture pass
 
-    def job(self, method: Method, todo: dict[str, list[str]], ratios: dict[str, list[float]]) -> ScanJob:
+    def job(
+        self, method: Method, todo: dict[str, list[str]], ratios: dict[str, list[float]]
+    ) -> ScanJob:
         """The points of a scan: every unit's pruned weights at each ratio."""
         base, calibration = self.subject.model, self.subject.calibration
         weights: dict[str, list[dict[str, np.ndarray]]] = {}
@@ -422,12 +483,22 @@ class OrtSuffixEngine:
         for name, rs in ratios.items():
             if self.plan(todo[name]) is None:
                 continue
-            ws = [{self.input_of[m]: pruned_weight(method, base, m, r, calibration=calibration).numpy()
-                   for m in todo[name]} for r in rs]
+            ws = [
+                {
+                    self.input_of[m]: (
+                        pruned_weight(method, base, m, r, calibration=calibration).numpy()
+                    )
+                    for m in todo[name]
+                }
+                for r in rs
+            ]
             weights[name] = ws
             # A ratio whose masks equal the previous ratio's (N:M, or a count that rounds the
             # same) gives the same logits.
-            reuse[name] = [j > 0 and all(np.array_equal(ws[j][k], ws[j - 1][k]) for k in ws[j]) for j in range(len(ws))]
+            reuse[name] = [
+                j > 0 and all(np.array_equal(ws[j][k], ws[j - 1][k]) for k in ws[j])
+                for j in range(len(ws))
+            ]
         return ScanJob({n: todo[n] for n in weights}, weights, reuse)
 
     def groups(self, job: ScanJob) -> list[tuple[list[str], tuple[str, ...]]]:
@@ -458,12 +529,20 @@ class OrtSuffixEngine:
         x = self.subject.data.test.x.numpy()
         if not needed:
             return samples_per_call(x, CHUNK)
-        per_sample = sum(a.nbytes for a in self.graph.capture(needed).run(list(needed), {INPUT_NAME: x[:1]}))
+        per_sample = sum(
+            a.nbytes for a in self.graph.capture(needed).run(list(needed), {INPUT_NAME: x[:1]})
+        )
         return int(min(samples_per_call(x, CHUNK), max(8, _CAPTURE_BYTES // max(per_sample, 1))))
 
-    def run(self, method: Method, todo: dict[str, list[str]], ratios: dict[str, list[float]],
-            on_progress: Progress, round_to: int | None = None,
-            executor: Executor | None = None) -> Iterator[tuple[str, float, Result]]:
+    def run(
+        self,
+        method: Method,
+        todo: dict[str, list[str]],
+        ratios: dict[str, list[float]],
+        on_progress: Progress,
+        round_to: int | None = None,
+        executor: Executor | None = None,
+    ) -> Iterator[tuple[str, float, Result]]:
         """Yield ``(unit, ratio, result)`` for every unit of ``todo`` at its ``ratios``."""
         executor = executor or LocalExecutor()
         job = self.job(method, todo, ratios)
@@ -474,37 +553,61 @@ class OrtSuffixEngine:
             # Ray: at least two tasks per worker; several tasks of one chunk split its units (each
             # repeats the chunk's capture: the same graph, the same numbers).
             starts = list(range(0, n, chunk))
-            parts = 1 if executor.workers == 1 else max(1, min(len(units), -(-2 * executor.workers // len(starts))))
-            pieces += [(i, min(i + chunk, n), units[p::parts], needed) for i in starts for p in range(parts)]
+            parts = (
+                1
+                if executor.workers == 1
+                else max(1, min(len(units), -(-2 * executor.workers // len(starts))))
+            )
+            pieces += [
+                (i, min(i + chunk, n), units[p::parts], needed)
+                for i in starts
+                for p in range(parts)
+            ]
         pieces = [p for p in pieces if p[2]]
         total = sum(len(job.weights[u]) * (p[1] - p[0]) for p in pieces for u in p[2]) or 1
         done = 0
         terms: dict[str, list[list[Terms]]] = {u: [[] for _ in job.weights[u]] for u in job.weights}
         by_piece: dict[int, dict[str, list[Terms]]] = {}
-        data = {"x": self.subject.data.test.x.numpy(),
-                "y": self.subject.data.test.y.numpy() if self.subject.data.test.y is not None else None,
-                "reference": self.reference}
+        data = {
+            "x": self.subject.data.test.x.numpy(),
+            "y": self.subject.data.test.y.numpy() if self.subject.data.test.y is not None else None,
+            "reference": self.reference,
+        }
 
         def point_done(size: int) -> Callable[[str, int], None]:
             def note(name: str, j: int) -> None:
                 nonlocal done
                 done += size
                 on_progress(done / total, f"{name} @ {ratios[name][j]:.2f}")
+
             return note
 
         if isinstance(executor, LocalExecutor):
             for k, piece in enumerate(pieces):
                 if k and piece[3] != pieces[k - 1][3]:  # a new group: free the last one's sessions
                     self.graph.forget()
-                by_piece[k] = run_chunk(self.graph, job, data, piece, point_done(piece[1] - piece[0]))
+                by_piece[k] = run_chunk(
+                    self.graph, job, data, piece, point_done(piece[1] - piece[0])
+                )
         else:
+
             def arrived(k: int, result: dict[str, list[Terms]]) -> None:
                 nonlocal done
                 by_piece[k] = result
-                done += sum(len(job.weights[u]) * (pieces[k][1] - pieces[k][0]) for u in pieces[k][2])
-                on_progress(done / total, f"{len(by_piece)} of {len(pieces)} tasks on {executor.workers} workers")
+                done += sum(
+                    len(job.weights[u]) * (pieces[k][1] - pieces[k][0]) for u in pieces[k][2]
+                )
+                on_progress(
+                    done / total,
+                    f"{len(by_piece)} of {len(pieces)} tasks on {executor.workers} workers",
+                )
 
-            executor.map(run_chunk, (executor.put(self.spec), executor.put(job), executor.put(data)), pieces, arrived)
+            executor.map(
+                run_chunk,
+                (executor.put(self.spec), executor.put(job), executor.put(data)),
+                pieces,
+                arrived,
+            )
         for k in range(len(pieces)):  # in data order, whatever order the tasks finished in
             for name, per_ratio in by_piece[k].items():
                 for j, t in enumerate(per_ratio):

@@ -22,7 +22,8 @@ __all__ = ["TorchSwapEngine"]
 
 
 class TorchSwapEngine:
-    """Weight-only scans in PyTorch on one working copy: swap the weight in place, evaluate, restore.
+    """Weight-only scans in PyTorch on one working copy: swap the weight in place, evaluate,
+    restore.
 
     The fallback for models ONNX Runtime cannot run cut in two; every point is a full evaluation,
     but no copy of the model is made per point.
@@ -34,14 +35,17 @@ class TorchSwapEngine:
         self.subject = subject
         self.work = copy.deepcopy(subject.model).eval()
         self.modules = dict(self.work.named_modules())
-        self.dense_weights = {n: self.modules[n].weight.detach().clone() for n in subject.layer_names}
+        self.dense_weights = {
+            n: self.modules[n].weight.detach().clone() for n in subject.layer_names
+        }
         self.lock = threading.Lock()
         split = subject.data.test
         start = time.perf_counter()
         with torch.no_grad():
             n = samples_per_call(split.x, CHUNK)
-            self.dense_logits = np.concatenate([run_model(self.work, split.x[i : i + n]).numpy()
-                                                for i in range(0, len(split), n)])
+            self.dense_logits = np.concatenate(
+                [run_model(self.work, split.x[i : i + n]).numpy() for i in range(0, len(split), n)]
+            )
         self.eval_seconds = time.perf_counter() - start
         self.reference = self.dense_logits if split.y is None else None
         self.dense = score_logits(self.dense_logits, subject, self.reference)
@@ -52,9 +56,15 @@ class TorchSwapEngine:
     def overhead(self) -> float:
         return 0.0
 
-    def run(self, method: Method, todo: dict[str, list[str]], ratios: dict[str, list[float]],
-            on_progress: Progress, round_to: int | None = None,
-            executor: object | None = None) -> Iterator[tuple[str, float, Result]]:
+    def run(
+        self,
+        method: Method,
+        todo: dict[str, list[str]],
+        ratios: dict[str, list[float]],
+        on_progress: Progress,
+        round_to: int | None = None,
+        executor: object | None = None,
+    ) -> Iterator[tuple[str, float, Result]]:
         """Every point here, in PyTorch (``executor`` is ignored: a torch model is not shipped to
         Ray workers, which would mean pickling the user's code)."""
         base, calibration = self.subject.model, self.subject.calibration
@@ -64,14 +74,16 @@ class TorchSwapEngine:
             for ratio in rs:
                 with self.lock, torch.no_grad():
                     for m in members:
-                        self.modules[m].weight.copy_(pruned_weight(method, base, m, ratio, calibration=calibration))
+                        self.modules[m].weight.copy_(
+                            pruned_weight(method, base, m, ratio, calibration=calibration)
+                        )
                     try:
-                        result = Result(*evaluate_torch(self.work, self.subject.data.test, self.reference))
+                        result = Result(
+                            *evaluate_torch(self.work, self.subject.data.test, self.reference)
+                        )
                     finally:
                         for m in members:
                             self.modules[m].weight.copy_(self.dense_weights[m])
                 done += 1
                 on_progress(done / total, f"{name} @ {ratio:.2f}")
                 yield name, ratio, result
-
-
