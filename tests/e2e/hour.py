@@ -1,6 +1,6 @@
 """What an engineer does in the app, as browser steps (Playwright, sync API): upload a model and its
 data, scan, allocate, edit, recover, export, import a plan. Shared by the browser test of the first
-hour (test_first_hour.py) and the long soak (benchmarks/soak.py --minutes).
+hour (test_first_hour_browser.py) and the long soak (benchmarks/soak.py --minutes).
 
 Every step waits until the script run it caused has finished; nothing here asserts on time.
 """
