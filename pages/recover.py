@@ -7,11 +7,7 @@ import streamlit as st
 
 from explorer import figures
 from explorer.errors import ExplorerError
-from explorer.loop import INT8_MODES
-from explorer.recover import batchnorm_layers
-from explorer.schedules import SCHEDULES
 from ui import recover, state, widgets
-from ui.state import Keys
 
 state.ensure_router()
 st.title("Recover", anchor=False)
@@ -40,99 +36,7 @@ if recover.was_interrupted():
     )
 recover.seed_widgets(bool(blocked))
 has_train = subject.data.train is not None and not blocked
-schedule = st.selectbox(
-    "Schedule",
-    list(SCHEDULES),
-    key=Keys.RECOVER_SCHEDULE,
-    disabled=not has_train,
-    format_func=lambda n: f"{n}: {SCHEDULES[n].summary}",
-    help=(
-        "When to prune: once, in rounds, while training, at initialisation, as a lottery "
-        "ticket, or after sparsity-inducing training. Schedules other than one-shot train."
-    ),
-)
-if schedule != "one-shot":
-    spec = recover.schedule_controls(schedule)
-    int8 = st.selectbox(
-        "int8 quantization",
-        ["off", *INT8_MODES],
-        key=Keys.RECOVER_INT8,
-        help="auto: dynamic (MatMul/Gemm) for models without convolutions, static QDQ otherwise.",
-    )
-    settings = {
-        "recalibrate": False,
-        "epochs": 0,
-        "distill": False,
-        "temperature": 2.0,
-        "alpha": 0.5,
-        "patience": None,
-        "int8": None if int8 == "off" else int8,
-        "schedule": spec.to_dict(),
-    }
-else:
-    has_bn = bool(batchnorm_layers(subject.model))
-    cols = st.columns(3)
-    bn = cols[0].checkbox(
-        "Recalibrate BN",
-        key=Keys.RECOVER_BN,
-        disabled=not has_bn or bool(blocked),
-        help=(
-            "Re-estimate the batch-norm running statistics on the training split (seconds)."
-            if has_bn
-            else "This model has no batch norm."
-        ),
-    )
-    epochs = cols[1].slider(
-        "Fine-tuning epochs",
-        0,
-        30,
-        key=Keys.RECOVER_EPOCHS,
-        disabled=not has_train,
-        help=blocked or (None if has_train else "This data has no training split."),
-    )
-    int8 = cols[2].selectbox(
-        "int8 quantization",
-        ["off", *INT8_MODES],
-        key=Keys.RECOVER_INT8,
-        help="auto: dynamic (MatMul/Gemm) for models without convolutions, static QDQ otherwise.",
-    )
-    distill = cols[1].toggle(
-        "Distil from dense",
-        key=Keys.RECOVER_DISTILL,
-        disabled=not epochs,
-        help=(
-            "Fine-tune towards the dense model's outputs (knowledge distillation) as well as the"
-            " labels."
-        ),
-    )
-    temperature = cols[1].number_input(
-        "Temperature", 1.0, 10.0, step=0.5, key=Keys.RECOVER_TEMPERATURE, disabled=not distill
-    )
-    alpha = cols[1].number_input(
-        "Distillation weight", 0.0, 1.0, step=0.1, key=Keys.RECOVER_ALPHA, disabled=not distill
-    )
-    patience = cols[0].number_input(
-        "Early stop (patience)",
-        0,
-        30,
-        key=Keys.RECOVER_PATIENCE,
-        disabled=not epochs or subject.data.val is None,
-        help=(
-            "Stop after this many epochs without a better validation score; 0: never. "
-            "The best epoch is kept."
-            if subject.data.val
-            else "This data has no validation split: every epoch runs, the last one is kept."
-        ),
-    )
-    settings = {
-        "recalibrate": bn and has_bn and not blocked,
-        "epochs": epochs if has_train else 0,
-        "distill": distill and bool(epochs),
-        "temperature": temperature,
-        "alpha": alpha,
-        "patience": (patience or None) if subject.data.val is not None else None,
-        "int8": None if int8 == "off" else int8,
-    }
+settings = recover.settings_controls(subject, blocked, has_train)
 
 result = recover.last_run(plan, settings)
 if st.button("Run", type="primary", icon=":material/healing:", key="recover.run"):
