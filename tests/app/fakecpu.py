@@ -44,9 +44,12 @@ def _onnx_widths(path: str) -> list[int]:
 def clear_caches() -> None:
     """Forget evaluations and slowdowns measured on the made-up CPU (the caches outlive a test)."""
     import ui.cache
+    import ui.live
 
     st.cache_data.clear()
     ui.cache._slowdowns.clear()
+    ui.live._finished.clear()  # the Prune page's finished live evaluations
+    ui.live.evaluator.clear()
 
 
 def install(
