@@ -34,6 +34,7 @@ from explorer.inspect import PRUNABLE_TYPES, count_macs
 from explorer.methods import available_methods, get_method
 from explorer.models.outputs import logits_of
 from explorer.plan import LayerRule, PruningPlan
+from explorer.prune import kept_channels
 from explorer.report import export_bundle
 from explorer.runtime import OrtModel, export_onnx
 from explorer.subject import Subject
@@ -314,8 +315,11 @@ def _check_method(
         for layer in subj.inventory.layers:
             if layer.heads and layer.name in plan.layers:  # whole heads went: the head size stays
                 weight = dict(pruned.named_modules())[layer.name].weight
-                assert weight.shape[0] % (layer.out_channels // layer.heads) == 0
-                assert weight.shape[0] < layer.out_channels
+                head = layer.out_channels // layer.heads
+                assert (
+                    weight.shape[0]
+                    == kept_channels(layer.heads, plan.layers[layer.name].ratio) * head
+                )
     for layer in subj.inventory.layers:  # what cannot lose channels says so when asked
         if (
             layer.group is None

@@ -142,9 +142,12 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
             [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["n", 10])],
         )
 
-    cond = numpy_helper.from_array(np.array(True), "cond")
+    # The condition depends on the input (a constant one is folded away, and with it the If).
+    zero = numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero")
     control = helper.make_graph(
         [
+            helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+            helper.make_node("Greater", ["total", "zero"], ["cond"]),
             helper.make_node(
                 "If",
                 ["cond"],
@@ -152,12 +155,12 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
                 then_branch=branch("a"),
                 else_branch=branch("b"),
                 name="choose",
-            )
+            ),
         ],
         "g",
         [x_info],
         [y_info],
-        [w, cond],
+        [w, zero],
     )
     onnx.save(
         helper.make_model(control, opset_imports=[helper.make_opsetid("", 17)]),
