@@ -126,6 +126,8 @@ def cmd_layers(args: argparse.Namespace) -> int:
                 print(f"zoo:{e.name:<16} {e.description}")
         return 0
     subject = _subject(args)
+    if args.blocks:
+        return _print_blocks(subject, args.json)
     inv = subject.inventory
     if args.json:
         print(json.dumps([layer.to_dict() for layer in inv.layers], indent=2))
@@ -146,6 +148,34 @@ def cmd_layers(args: argparse.Namespace) -> int:
     print(f"total: {inv.total_params:,} parameters, {inv.total_macs:,} MACs per sample")
     if inv.structured_error:
         print(f"note: structured methods are off for this model: {inv.structured_error}")
+    if subject.blocks:
+        print(
+            f'{len(subject.blocks)} residual blocks can be removed whole (a plan\'s "blocks"):'
+            " `layers --blocks` lists them"
+        )
+    return 0
+
+
+def _print_blocks(subject: Any, as_json: bool) -> int:
+    """The removable blocks: name, type, parameters and layers (a plan's ``"blocks"`` names
+    them)."""
+    from explorer.blocks import why_no_blocks
+
+    blocks = subject.blocks
+    if as_json:
+        print(json.dumps([b.to_dict() for b in blocks], indent=2))
+        return 0
+    if not blocks:
+        print(f"no removable block: {why_no_blocks(subject.model)}")
+        return 0
+    name_w = max([20, *(len(b.name) for b in blocks)])
+    print(f"{'block':<{name_w}} {'type':<20} {'params':>10}  layers")
+    for b in blocks:
+        print(f"{b.name:<{name_w}} {b.type:<20} {b.params:>10,}  {', '.join(b.layers)}")
+    print(
+        f'{len(blocks)} blocks; a plan\'s "blocks": [...] removes them (each becomes the'
+        " identity); `sensitivity --blocks` measures each one removed"
+    )
     return 0
 
 
@@ -238,11 +268,21 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix not in (".csv", ".json"):
         raise _UsageError(f"--out {args.out}: must end in .csv or .json")
-    get_method(args.method)
+    if args.blocks and (args.ratios or args.method):
+        raise _UsageError(
+            "--blocks measures each block removed whole: it takes no --method or --ratios"
+        )
+    method = args.method or "l1-unstructured"
+    get_method(method)
     ratios = _ratios(args.ratios) if args.ratios else list(DEFAULT_RATIOS)
     subject = _subject(args)
-    with _executor(args) as ex:
-        df = scan(subject, args.method, ratios, on_progress=ProgressBar("sensitivity"), executor=ex)
+    if args.blocks:
+        from explorer.sensitivity import block_scan
+
+        df = block_scan(subject, on_progress=ProgressBar("blocks"))
+    else:
+        with _executor(args) as ex:
+            df = scan(subject, method, ratios, on_progress=ProgressBar("sensitivity"), executor=ex)
     try:
         if out.suffix == ".csv":
             df.to_csv(out, index=False)
@@ -721,6 +761,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("layers", help="prunable layers and dependency groups")
     model_args(p)
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--blocks", action="store_true", help="list the residual blocks a plan can remove whole"
+    )
     p.set_defaults(func=cmd_layers)
 
     p = sub.add_parser("evaluate", help="accuracy, size and ORT latency, dense and pruned")
@@ -740,8 +783,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sensitivity", help="per-layer accuracy and loss against pruning ratio")
     model_args(p)
-    p.add_argument("--method", default="l1-unstructured")
+    p.add_argument("--method", help="pruning method (default l1-unstructured)")
     p.add_argument("--ratios", metavar="R1,R2,...", help="ratios in [0, 1) (default 0.1,...,0.9)")
+    p.add_argument(
+        "--blocks",
+        action="store_true",
+        help="each removable block removed whole instead (ratio 1: the block is the identity)",
+    )
     p.add_argument("--out", required=True, metavar="FILE", help="FILE.csv or FILE.json")
     ray_args(p)
     p.set_defaults(func=cmd_sensitivity)

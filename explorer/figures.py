@@ -14,6 +14,7 @@ from explorer.methods import get_method
 from explorer.weights import LayerView
 
 __all__ = [
+    "block_sensitivity",
     "channel_bars",
     "mask_heatmap",
     "pareto",
@@ -184,6 +185,33 @@ def sensitivity_curves(df: pd.DataFrame, highlight: str | None = None) -> go.Fig
     fig.update_yaxes(title_text="accuracy (%)", row=1, col=1)
     fig.update_yaxes(title_text="loss", row=1, col=2)
     return _layout(fig, 460, legend_below=True)
+
+
+def block_sensitivity(df: pd.DataFrame, labels: bool = True) -> go.Figure:
+    """Accuracy with each block removed alone (one bar per block, model order) against the dense
+    model's (the dashed line); hovering says what the block's removal saves."""
+    removed = df[df["ratio"] > 0]
+    dense = 100 * float(df[df["ratio"] == 0]["accuracy"].iloc[0])
+    fig = go.Figure()
+    fig.add_bar(
+        x=100 * removed["accuracy"],
+        y=removed["layer"],
+        orientation="h",
+        marker={"color": PALETTE[0]},
+        customdata=np.stack([removed["params"], removed["macs"]], axis=-1),
+        hovertemplate=(
+            "%{y} removed: %{x:.2f} %<br>saves %{customdata[0]:,} parameters,"
+            " %{customdata[1]:,} MACs<extra></extra>"
+        ),
+        name="block removed",
+    )
+    fig.add_vline(x=dense, line={"dash": "dash", "color": DENSE}, annotation_text="dense")
+    fig.update_yaxes(autorange="reversed", title_text="block removed (the identity)")
+    fig.update_xaxes(
+        title_text=("accuracy" if labels else "agreement with the dense model") + " (%)",
+        range=[0, 100],
+    )
+    return _layout(fig, 120 + 28 * len(removed))
 
 
 def pareto_front(cost: np.ndarray, gain: np.ndarray) -> np.ndarray:

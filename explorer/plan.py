@@ -19,6 +19,11 @@ An optional top-level ``"round_to": N`` (local plans with a structured method) r
 channels every pruned group keeps up to a multiple of N (never more than the group has), so that
 dense CPU kernels see widths they run fast at (``explorer.latency``). A plan without it is written
 as before, byte for byte.
+
+An optional top-level ``"blocks": ["layer1.1", "layer3.1"]`` removes whole residual blocks (or
+transformer layers): each becomes the identity, with every layer inside it (``explorer.blocks``
+says which modules can); the layers of a removed block take no ratio. A plan without it is written
+as before, byte for byte.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ __all__ = [
     "VERSION",
     "LayerRule",
     "PruningPlan",
+    "check_block_names",
     "check_ratio",
     "check_round_to",
 ]
@@ -59,6 +65,7 @@ _TOP_KEYS = {
     "ratio",
     "round_to",
     "schedule",
+    "blocks",
 }
 _LAYER_KEYS = {"ratio", "method"}
 
@@ -71,6 +78,19 @@ def check_ratio(value: Any, where: str) -> float:
     if not math.isfinite(ratio) or not 0.0 <= ratio < 1.0:
         raise PlanError(f"{where}: ratio must be in [0, 1), got {value!r}")
     return ratio
+
+
+def check_block_names(value: Any) -> tuple[str, ...]:
+    """Return ``value`` (the plan's ``"blocks"``) as a tuple of distinct module names, or raise."""
+    if not isinstance(value, (list, tuple)) or not value:
+        raise PlanError(f"'blocks' must be a non-empty list of block names, got {value!r}")
+    for name in value:
+        if not isinstance(name, str) or not name:
+            raise PlanError(f"'blocks': a block is named by its module's name, got {name!r}")
+    if len(set(value)) != len(value):
+        twice = sorted({n for n in value if list(value).count(n) > 1})
+        raise PlanError(f"'blocks' names {twice} more than once")
+    return tuple(value)
 
 
 def check_round_to(value: Any, where: str) -> int:
@@ -102,9 +122,12 @@ class PruningPlan:
         None  # kept channels rounded up to a multiple of it (local structured plans)
     )
     schedule: ScheduleSpec | None = None  # when to prune (None: one-shot, as before)
+    blocks: tuple[str, ...] | None = None  # whole blocks removed (each becomes the identity)
 
     def __post_init__(self) -> None:
         get_method(self.method)  # the registry validates the names
+        if self.blocks is not None:
+            object.__setattr__(self, "blocks", check_block_names(self.blocks))
         if self.scope not in SCOPES:
             raise PlanError(f"scope must be one of {list(SCOPES)}, got {self.scope!r}")
         for name, rule in self.layers.items():
@@ -188,6 +211,7 @@ class PruningPlan:
         round_to = data.get("round_to")
         if round_to is not None:
             round_to = check_round_to(round_to, "'round_to'")
+        blocks = check_block_names(data["blocks"]) if "blocks" in data else None
         schedule = None
         if "schedule" in data:
             try:
@@ -202,6 +226,7 @@ class PruningPlan:
             model=model,
             round_to=round_to,
             schedule=schedule,
+            blocks=blocks,
         )
 
     @classmethod
@@ -243,6 +268,8 @@ class PruningPlan:
             d["schedule"] = self.schedule.to_dict()
         if self.round_to is not None:
             d["round_to"] = self.round_to
+        if self.blocks:
+            d["blocks"] = list(self.blocks)
         return d
 
     def to_json(self) -> str:
@@ -281,8 +308,15 @@ class PruningPlan:
     def with_round_to(self, round_to: int | None) -> PruningPlan:
         return replace(self, round_to=round_to)
 
+    def with_blocks(self, blocks: Iterable[str] | None) -> PruningPlan:
+        """The plan removing ``blocks`` as well (None or empty: no block removed)."""
+        names = tuple(blocks or ())
+        return replace(self, blocks=names or None)
+
     @property
     def is_empty(self) -> bool:
+        if self.blocks:
+            return False
         if self.scope == "global":
             return not self.layers or not self.ratio
         return all(rule.ratio == 0 for rule in self.layers.values())

@@ -17,6 +17,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from explorer.blocks import check_blocks, find_blocks, remove_blocks
 from explorer.data import Split
 from explorer.errors import PlanError, PruneError
 from explorer.groups import GroupShape, expand, unit_importance
@@ -494,21 +495,26 @@ def apply_plan(
 ) -> nn.Module:
     """Return a pruned copy of ``model``; ``model`` itself is not modified.
 
-    Structured layers are pruned first (shapes change), then unstructured masks are computed on
-    what remains. ``seed`` varies the masks of random methods (the same seed, the same masks).
+    The plan's whole blocks are removed first (each becomes the identity), then structured layers
+    are pruned (shapes change), then unstructured masks are computed on what remains. ``seed``
+    varies the masks of random methods (the same seed, the same masks).
     ``round_to`` (local structured plans) rounds the channels each group keeps up to a multiple of
     it, so dense kernels see aligned channel counts; the plan's own ``round_to`` when None.
     ``calibration``: the data that data-aware methods score with.
 
     Raises:
-        PlanError: a layer the model does not have, or a structured method on a layer whose
-            channels cannot be removed.
+        PlanError: a layer or block the model does not have, a ratio for a layer of a removed
+            block, or a structured method on a layer whose channels cannot be removed.
         PruneError: the model cannot be pruned as asked (e.g. DepGraph cannot trace it).
     """
     names = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
     plan.check_layers(names)
     round_to = plan.round_to if round_to is None else round_to
     pruned = fresh_copy(model)
+    if plan.blocks:  # whole blocks first: the channels of what remains are then ranked
+        ratios = {n: rule.ratio for n, rule in plan.layers.items()}
+        check_blocks(plan.blocks, find_blocks(model, example_input), ratios, model)
+        remove_blocks(pruned, plan.blocks)
     structured: dict[str, tuple[float, ChannelMethod]] = {}
     unstructured: list[str] = []
     for name in plan.layers:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from explorer.blocks import Block, find_blocks
 from explorer.capabilities import Capabilities
 from explorer.data import Dataset, Split, load_data
 from explorer.errors import DataError
@@ -80,6 +81,11 @@ class Subject:
     @property
     def layer_names(self) -> list[str]:
         return self.inventory.names
+
+    @property
+    def blocks(self) -> tuple[Block, ...]:
+        """Residual blocks (or transformer layers) a plan can remove whole (``explorer.blocks``)."""
+        return find_blocks(self.model, self.example_input)
 
     @property
     def calibration(self) -> Split | None:

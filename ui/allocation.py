@@ -46,7 +46,7 @@ def _run(subject: Subject, key: tuple[Any, ...], work: Any) -> Any:
 
 
 def _use(plan: PruningPlan, subject: Subject) -> None:
-    state.restore(Draft.from_plan(plan, subject.inventory), subject.inventory)
+    state.restore(Draft.from_plan(plan, subject.inventory, subject.blocks), subject.inventory)
     state.flash("success", "The sliders now hold the automatic allocation: edit it from here.")
 
 

@@ -46,7 +46,9 @@ torch.set_num_threads(int(os.environ.get("PRUNING_EXPLORER_TORCH_THREADS", "1"))
 
 __all__ = [
     "SharedResults",
+    "block_scan",
     "bundle",
+    "cached_block_scan",
     "cached_bundle",
     "cached_sensitivity",
     "cached_slowdown",
@@ -227,6 +229,25 @@ def sensitivity(
             sens.release(s)  # the points are on disk now; the engine's sessions need not stay
             trim()
         _scans().put((model_spec, data_spec, method, ratios), frame.copy())
+    return frame
+
+
+def cached_block_scan(model_spec: str, data_spec: str | None) -> pd.DataFrame | None:
+    """A finished scan of whole blocks (a copy), or None if nobody has run it yet."""
+    frame = _scans().get(("blocks", model_spec, data_spec))
+    return None if frame is None else frame.copy()
+
+
+def block_scan(
+    model_spec: str, data_spec: str | None, on_progress: Progress = no_progress
+) -> pd.DataFrame:
+    """``explorer.sensitivity.block_scan``, run once per model and data for the whole server."""
+    frame = cached_block_scan(model_spec, data_spec)
+    if frame is None:
+        with measure_lock():
+            frame = sens.block_scan(subject(model_spec, data_spec), on_progress=on_progress)
+        trim()
+        _scans().put(("blocks", model_spec, data_spec), frame.copy())
     return frame
 
 

@@ -38,6 +38,33 @@ def _on_round() -> None:
     state.set_draft(replace(state.draft(), round_to=None if choice == "off" else int(choice)))
 
 
+def _on_blocks(subject: Subject) -> None:
+    chosen = set(st.session_state[Keys.PRUNE_BLOCKS])
+    blocks = [b for b in subject.blocks if b.name in chosen]  # in model order
+    state.set_draft(state.draft().with_blocks(blocks))
+
+
+def _blocks_control(subject: Subject) -> None:
+    """Whole residual blocks to remove (each becomes the identity), where the model has any."""
+    blocks = {b.name: b for b in subject.blocks}
+    if not blocks:
+        return
+    st.multiselect(
+        "Remove whole blocks",
+        list(blocks),
+        key=Keys.PRUNE_BLOCKS,
+        on_change=_on_blocks,
+        args=(subject,),
+        format_func=lambda n: f"{n} · {blocks[n].type} · {blocks[n].params:,} params",
+        placeholder="none: every block stays",
+        help=(
+            "A residual block whose shortcut is the identity can go whole: it becomes the"
+            " identity (y = x), with every layer inside it, and the network is that much"
+            " shallower. The Sensitivity page measures each block removed alone."
+        ),
+    )
+
+
 def _on_global(inventory: Inventory) -> None:
     ratio = st.session_state[Keys.PRUNE_GLOBAL] / 100
     state.restore(state.draft().with_global(ratio, inventory), inventory)
@@ -81,7 +108,8 @@ def _global_shares(subject: Subject, draft: Draft) -> dict[str, float]:
 
 def _layer_row(draft: Draft, inventory: Inventory, name: str, shares: dict[str, float]) -> None:
     info = inventory[name]
-    why = draft.why_not(name, inventory)
+    gone = draft.removed_with(name)
+    why = f"removed with the block {gone}" if gone else draft.why_not(name, inventory)
     is_global = draft.scope == "global"
     # A horizontal row: the slider takes what the labels leave, lock and skip keep their full labels
     # (and wrap below the slider where the column is too narrow for the three).
@@ -182,6 +210,7 @@ def prune_controls(subject: Subject) -> Draft:
                 " pruned model gets faster. Local scope only."
             ),
         )
+    _blocks_control(subject)
     st.slider(
         "All layers",
         0,

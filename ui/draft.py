@@ -7,10 +7,11 @@ Pure Python (no streamlit): the page keeps a Draft in session state, turns it in
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from explorer.blocks import Block
 from explorer.errors import PlanError
 from explorer.inspect import Inventory
 from explorer.methods import get_method
@@ -29,6 +30,7 @@ class Draft:
     out of the plan (never pruned). ``overrides`` are per-layer methods that came with an imported
     plan; they are kept so that restoring the plan loses nothing. ``round_to`` rounds the channels
     structured groups keep up to a multiple of it (the plan's ``round_to``; local scope only).
+    ``removed`` maps the whole blocks the plan removes to their layers (which then take no ratio).
     """
 
     method: str = DEFAULT_METHOD
@@ -39,6 +41,7 @@ class Draft:
     skipped: frozenset[str] = frozenset()
     overrides: Mapping[str, str] = field(default_factory=dict)
     round_to: int | None = None
+    removed: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     # --- queries ---------------------------------------------------------------------------------
 
@@ -55,6 +58,10 @@ class Draft:
     def why_not(self, layer: str, inventory: Inventory) -> str:
         """Why ``layer`` cannot be pruned with its method ('' when it can)."""
         return get_method(self.method_of(layer)).applies_to(layer, inventory) or ""
+
+    def removed_with(self, layer: str) -> str:
+        """The removed block ``layer`` goes with ('' when it stays)."""
+        return next((b for b, layers in self.removed.items() if layer in layers), "")
 
     # --- changes ---------------------------------------------------------------------------------
 
@@ -91,6 +98,10 @@ class Draft:
                 ratios[m] = top
         return replace(draft, ratios=ratios)
 
+    def with_blocks(self, blocks: Sequence[Block]) -> Draft:
+        """Remove exactly ``blocks`` whole (their layers keep their ratios for when they return)."""
+        return replace(self, removed={b.name: tuple(b.layers) for b in blocks})
+
     def with_flag(self, layer: str, flag: str, on: bool) -> Draft:
         """Lock or skip (``flag`` is 'locked' or 'skipped') a layer, or undo it."""
         current: frozenset[str] = getattr(self, flag)
@@ -103,10 +114,17 @@ class Draft:
 
         A global plan ranks every listed layer with the draft's method (overrides are set aside).
         """
-        names = [n for n in self.eligible(inventory) if n not in self.skipped]
+        names = [
+            n
+            for n in self.eligible(inventory)
+            if n not in self.skipped and not self.removed_with(n)
+        ]
+        blocks = tuple(self.removed) or None
         if self.scope == "global":  # one ranking, one method: per-layer overrides do not apply
             names = [
-                n for n in replace(self, overrides={}).eligible(inventory) if n not in self.skipped
+                n
+                for n in replace(self, overrides={}).eligible(inventory)
+                if n not in self.skipped and not self.removed_with(n)
             ]
             return PruningPlan(
                 method=self.method,
@@ -114,12 +132,15 @@ class Draft:
                 scope="global",
                 ratio=self.global_ratio,
                 model=model,
+                blocks=blocks,
             )
         layers = {
             n: LayerRule(self.ratio(n), self.overrides.get(n)) for n in names if self.ratio(n) > 0
         }
         rounds = self.round_to if self.rounds_channels else None
-        return PruningPlan(method=self.method, layers=layers, model=model, round_to=rounds)
+        return PruningPlan(
+            method=self.method, layers=layers, model=model, round_to=rounds, blocks=blocks
+        )
 
     @property
     def rounds_channels(self) -> bool:
@@ -132,14 +153,24 @@ class Draft:
         )
 
     @classmethod
-    def from_plan(cls, plan: PruningPlan, inventory: Inventory) -> Draft:
-        """The draft that reproduces ``plan``.
+    def from_plan(
+        cls, plan: PruningPlan, inventory: Inventory, blocks: Sequence[Block] = ()
+    ) -> Draft:
+        """The draft that reproduces ``plan``; ``blocks``: the model's removable blocks.
 
         Raises:
-            PlanError: the plan names a layer the model does not have, or asks a structured method
-                of a layer whose output channels cannot be removed.
+            PlanError: the plan names a layer or block the model does not have, or asks a
+                structured method of a layer whose output channels cannot be removed.
         """
         plan.check_layers(inventory.names)
+        known = {b.name: b for b in blocks}
+        unknown = [b for b in plan.blocks or () if b not in known]
+        if unknown:
+            raise PlanError(
+                f"unknown block(s) {unknown} for this model; its removable blocks are"
+                f" {list(known) or 'none'}"
+            )
+        removed = {b: known[b].layers for b in plan.blocks or ()}
         overrides = {
             n: r.method for n, r in plan.layers.items() if r.method and r.method != plan.method
         }
@@ -157,18 +188,24 @@ class Draft:
                 scope="global",
                 global_ratio=ratio,
                 ratios={n: ratio for n in plan.layers},
-                skipped=frozenset(n for n in inventory.names if n not in plan.layers),
+                skipped=frozenset(
+                    n
+                    for n in inventory.names
+                    if n not in plan.layers and not any(n in ls for ls in removed.values())
+                ),
+                removed=removed,
             )
         return cls(
             method=plan.method,
             ratios={n: r.ratio for n, r in plan.layers.items()},
             overrides=overrides,
             round_to=plan.round_to,
+            removed=removed,
         )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON (the session store keeps drafts this way)."""
-        return {
+        out: dict[str, Any] = {
             "method": self.method,
             "scope": self.scope,
             "global_ratio": self.global_ratio,
@@ -177,6 +214,9 @@ class Draft:
             "skipped": sorted(self.skipped),
             "overrides": dict(self.overrides),
         }
+        if self.removed:
+            out["removed"] = {b: list(layers) for b, layers in self.removed.items()}
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Draft:
@@ -189,27 +229,40 @@ class Draft:
             locked=frozenset(map(str, data.get("locked", ()))),
             skipped=frozenset(map(str, data.get("skipped", ()))),
             overrides={str(k): str(v) for k, v in dict(data.get("overrides", {})).items()},
+            removed={
+                str(b): tuple(map(str, layers))
+                for b, layers in dict(data.get("removed", {})).items()
+            },
         )
         for method in {draft.method, *draft.overrides.values()}:
             get_method(method)
         return draft
 
     def summary(self, inventory: Inventory) -> str:
-        """One line for tables: method, scope and the non-zero ratios."""
+        """One line for tables: method, scope and the non-zero ratios (and blocks removed)."""
+        gone = f"; blocks removed: {', '.join(self.removed)}" if self.removed else ""
         if self.scope == "global":
-            n = len([x for x in self.eligible(inventory) if x not in self.skipped])
-            return f"{self.method}, global {self.global_ratio:.0%} over {n} layers"
+            n = len(
+                [
+                    x
+                    for x in self.eligible(inventory)
+                    if x not in self.skipped and not self.removed_with(x)
+                ]
+            )
+            return f"{self.method}, global {self.global_ratio:.0%} over {n} layers" + gone
         parts = [
             f"{n} {self.ratio(n):.0%}"
             for n in self.eligible(inventory)
-            if n not in self.skipped and self.ratio(n) > 0
+            if n not in self.skipped and self.ratio(n) > 0 and not self.removed_with(n)
         ]
         rounding = (
             f", channels rounded to multiples of {self.round_to}"
             if parts and self.rounds_channels
             else ""
         )
-        return f"{self.method}: " + (", ".join(parts) if parts else "dense") + rounding
+        if not parts and gone:
+            return f"{self.method}: no layer pruned" + gone
+        return f"{self.method}: " + (", ".join(parts) if parts else "dense") + rounding + gone
 
 
 def blocks(inventory: Inventory) -> list[list[str]]:

@@ -67,7 +67,8 @@ def continue_in_prune(result: LearnResult) -> None:
     previous, previous_data = st.session_state[Keys.MODEL], st.session_state[Keys.DATA]
     state.set_model(result.model, None)
     subject = cache.subject(result.model, None)
-    state.restore(Draft.from_plan(result.plan, subject.inventory), subject.inventory)
+    restored = Draft.from_plan(result.plan, subject.inventory, subject.blocks)
+    state.restore(restored, subject.inventory)
     title = EXPERIMENTS[result.key].title
     if (previous, previous_data) == (result.model, None):
         state.flash("info", f"Loaded the configuration of the Learn experiment “{title}”.")

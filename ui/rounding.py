@@ -17,7 +17,7 @@ __all__ = ["slowdown_note"]
 
 
 def _use(plan: PruningPlan, subject: Subject) -> None:
-    state.restore(Draft.from_plan(plan, subject.inventory), subject.inventory)
+    state.restore(Draft.from_plan(plan, subject.inventory, subject.blocks), subject.inventory)
     state.flash("success", "The sliders now hold the rounded plan.")
 
 

@@ -69,6 +69,7 @@ class Keys:
     PRUNE_SCOPE = "prune.scope"
     PRUNE_GLOBAL = "prune.global"
     PRUNE_ROUND = "prune.round_to"  # "off" or a multiple of channels (structured methods)
+    PRUNE_BLOCKS = "prune.blocks"  # the whole blocks removed (names)
     PRUNE_RESTORE = "prune.restore"
     LIVE_RUN = "prune.live_run"  # the session's running evaluation (explorer.live.LiveRun)
     COMPARE_A = "prune.compare.a"
@@ -227,6 +228,7 @@ def seed_prune_widgets(value: Draft, inventory: Inventory, force: bool = False) 
         Keys.PRUNE_SCOPE: value.scope,
         Keys.PRUNE_GLOBAL: round(100 * value.global_ratio),
         Keys.PRUNE_ROUND: value.round_to or "off",
+        Keys.PRUNE_BLOCKS: list(value.removed),
     }
     for name in inventory.names:
         wanted[Keys.ratio(name)] = round(100 * value.ratio(name))

@@ -248,7 +248,7 @@ def import_plan(raw: str | bytes, subject: Subject, data_spec: str | None) -> st
         ExplorerError: the JSON is not a valid plan, or does not fit this model.
     """
     imported = PruningPlan.from_json(raw)
-    restored = Draft.from_plan(imported, subject.inventory)
+    restored = Draft.from_plan(imported, subject.inventory, subject.blocks)
     fitted = restored.to_plan(subject.inventory, subject.model_spec)
     from ui import live  # ui.live draws with these widgets
 

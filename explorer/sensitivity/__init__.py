@@ -22,12 +22,16 @@ evaluation
   really shrunk model in PyTorch. Points are cached on disk per (model, data, method)
   (:mod:`.cache`).
 
+:func:`block_scan` (:mod:`.blocks`) measures whole blocks the same way: one point per block, the
+model with that block removed (the identity), exported and scored in ONNX Runtime.
+
 :func:`reference_scan` is Distiller's loop (for each unit and ratio: a fresh copy, prune, evaluate
 everything): the oracle the fast scan is tested against. :func:`release` drops the engines built for
 a subject (sessions per unit, captured activations: hundreds of MB on a CNN) once a scan is done.
 Latency against width lives beside per-layer timing, in :mod:`explorer.latency`.
 """
 
+from explorer.sensitivity.blocks import BLOCK_COLUMNS, block_scan, removable
 from explorer.sensitivity.cache import CACHE_ENV, cache_dir, clear_cache, model_hash
 from explorer.sensitivity.engines import forget_engines as release
 from explorer.sensitivity.proxy import PROXY_COLUMNS, proxy
@@ -42,17 +46,20 @@ from explorer.sensitivity.scanning import (
 from explorer.sensitivity.units import DEFAULT_RATIOS, units
 
 __all__ = [
+    "BLOCK_COLUMNS",
     "CACHE_ENV",
     "COLUMNS",
     "DEFAULT_RATIOS",
     "PROXY_COLUMNS",
     "Estimate",
+    "block_scan",
     "cache_dir",
     "clear_cache",
     "estimate",
     "model_hash",
     "proxy",
     "reference_scan",
+    "removable",
     "release",
     "scan",
     "scan_cache",
