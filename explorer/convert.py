@@ -84,6 +84,11 @@ _WHY_NOT = {
 
 
 def _single_method(plan: PruningPlan, tool: str) -> None:
+    if plan.blocks:
+        raise PlanError(
+            f"{tool}'s configuration has no way to remove whole blocks; the plan removes"
+            f" {list(plan.blocks)}: drop 'blocks' to convert the per-layer ratios"
+        )
     mixed = sorted({n for n in plan.layers if plan.method_of(n) != plan.method})
     if mixed:
         raise PlanError(

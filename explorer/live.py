@@ -158,14 +158,24 @@ def _unit_of(subject: Subject, method: str, layer: str) -> str | None:
 
 def predicted_accuracy(subject: Subject, plan: PruningPlan) -> float | None:
     """The accuracy the cached sensitivity curves predict for ``plan``: dense minus the accuracy
-    drop of each pruned unit alone, interpolated between scanned ratios (no scan is run). None when
-    a pruned unit has no cached curve covering its ratio, or for global scope (per-layer ratios
-    are only known after ranking)."""
+    drop of each pruned unit alone, interpolated between scanned ratios, and of each removed block
+    alone (no scan is run). None when a pruned unit has no cached curve covering its ratio, a
+    removed block no cached point, or for global scope (per-layer ratios are only known after
+    ranking)."""
     from explorer.methods import get_method
     from explorer.sensitivity.scanning import scan_cache
 
     if plan.scope == "global" or plan.is_empty:
         return None
+    drop, dense = 0.0, None
+    if plan.blocks:  # each removed block's measured drop, where the block scan is cached
+        from explorer.sensitivity.blocks import REMOVED, block_cache
+
+        known, dense = block_cache(subject).load(), subject.dense()[0].accuracy
+        for block in plan.blocks:
+            if (block, REMOVED) not in known:
+                return None
+            drop += max(0.0, dense - known[(block, REMOVED)]["accuracy"])
     per_unit: dict[tuple[str, str], float] = {}
     for name, rule in plan.layers.items():
         if not rule.ratio:
@@ -178,7 +188,6 @@ def predicted_accuracy(subject: Subject, plan: PruningPlan) -> float | None:
             per_unit.get((method, unit), 0.0), rule.ratio
         )  # a group: its largest
     curves: dict[str, dict[tuple[str, float], dict]] = {}
-    drop, dense = 0.0, None
     for (method, unit), ratio in per_unit.items():
         if method not in curves:
             curves[method] = scan_cache(subject, method, None).load()

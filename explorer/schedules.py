@@ -496,6 +496,12 @@ def _check(subject: Subject, plan: PruningPlan, spec: ScheduleSpec) -> None:
                 f"{data.spec}: schedule {spec.name!r} trains on labels, and the training split has "
                 f"none; {hint}"
             )
+    if plan.blocks and spec.name != "one-shot":
+        raise ScheduleError(
+            f"schedule {spec.name!r} prunes in steps on the weights it trains; the plan removes"
+            f" whole blocks {list(plan.blocks)}: use the one-shot schedule (the blocks go, then"
+            " fine-tuning recovers), or drop 'blocks'"
+        )
     structured = _structured_layers(plan)
     if info.masks_only and structured:
         raise ScheduleError(

@@ -54,6 +54,8 @@ def _prediction(
     """(predicted accuracy, why there is none) from this session's scan of the plan's method."""
     if plan.is_empty:
         return float(subject.dense()[0].accuracy), ""
+    if plan.blocks:
+        return None, "the plan removes whole blocks (see the Sensitivity page)"
     methods = {plan.method_of(n) for n in plan.layers}
     scan = st.session_state[Keys.SCANS].get(state.subject_id())
     if len(methods) > 1:

@@ -29,7 +29,7 @@ from explorer.sensitivity.engines.depgraph import score_onnx
 from explorer.sensitivity.scanning import COLUMNS
 from explorer.subject import Subject
 
-__all__ = ["BLOCK_COLUMNS", "REMOVED", "block_scan", "removable"]
+__all__ = ["BLOCK_COLUMNS", "REMOVED", "block_cache", "block_scan", "removable"]
 
 REMOVED = 1.0  # the ratio of a removed block's point: all of it goes
 BLOCK_COLUMNS = [*COLUMNS, "params", "macs"]
@@ -53,6 +53,11 @@ def removable(subject: Subject, names: Sequence[str] | None = None) -> list[Bloc
     return [found[n] for n in names]
 
 
+def block_cache(subject: Subject) -> PointCache:
+    """The on-disk points of ``subject``'s blocks, each removed alone (keyed ``(block, 1.0)``)."""
+    return PointCache("blocks", subject, "block-removal", COLUMNS)
+
+
 def block_scan(
     subject: Subject,
     blocks: Sequence[str] | None = None,
@@ -70,7 +75,7 @@ def block_scan(
         PlanError: no removable block, or an unknown one.
     """
     todo = removable(subject, blocks)
-    store = PointCache("blocks", subject, "block-removal", COLUMNS) if cache else None
+    store = block_cache(subject) if cache else None
     known = store.load() if store is not None else {}
     dense_metrics, dense_logits = subject.dense()
     test = subject.data.test

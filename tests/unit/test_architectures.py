@@ -28,6 +28,7 @@ import pytest
 import torch
 from torch import nn
 
+from explorer.blocks import why_no_blocks
 from explorer.errors import ExportError, PlanError
 from explorer.inputs import Inputs, run_model
 from explorer.inspect import PRUNABLE_TYPES, count_macs
@@ -423,6 +424,56 @@ def test_removing_heads_equals_silencing_them(
 
 
 # --- what torch cannot export, and full-size structures -------------------------------------------
+
+
+# --- whole blocks ---------------------------------------------------------------------------------
+
+# The blocks each architecture's entrypoint offers: modules whose shortcut is the identity (the
+# small configs: a stage's first block changes the width or the resolution and cannot go). Swin's
+# layers return a tuple (hidden states and attention weights), so none is offered there.
+BLOCKS = {
+    "resnet": ["resnet.encoder.stages.0.layers.0"],
+    "mobilenet_v2": [f"mobilenet_v2.layer.{i}" for i in (1, 3, 4, 6, 7, 8, 10, 11, 13, 14)],
+    "convnext": ["convnext.encoder.stages.0.layers.0", "convnext.encoder.stages.1.layers.0"],
+    "vit": ["vit.layers.0", "vit.layers.1"],
+    "deit": ["deit.layers.0", "deit.layers.1"],
+    "mobilevit": [
+        "mobilevit.encoder.layer.1.layer.1",
+        "mobilevit.encoder.layer.1.layer.2",
+        *(f"mobilevit.encoder.layer.2.transformer.layer.{i}" for i in range(2)),
+        *(f"mobilevit.encoder.layer.3.transformer.layer.{i}" for i in range(4)),
+        *(f"mobilevit.encoder.layer.4.transformer.layer.{i}" for i in range(3)),
+    ],
+    "bert": ["bert.encoder.layer.0", "bert.encoder.layer.1"],
+    "distilbert": ["distilbert.transformer.layer.0", "distilbert.transformer.layer.1"],
+    "gpt2": ["transformer.h.0", "transformer.h.1"],
+    "llama": ["model.layers.0", "model.layers.1"],
+    "mobilenet_v3": ["features.3", "features.5"],
+    "mnasnet": ["layers.8.1"],
+    "regnet_tv": ["trunk_output.block2.block2-1"],
+    "vit_tv": ["encoder.layers.encoder_layer_0", "encoder.layers.encoder_layer_1"],
+}
+
+
+@pytest.mark.parametrize(("name", "door"), CELLS)
+def test_blocks(files: _Files, name: str, door: str, tmp_path: Path) -> None:
+    subj = files.subject(name, door)
+    if door != "entry":  # one flat graph: no module stands for a block, and the reason says so
+        assert subj.blocks == ()
+        assert "PATH.py:FUNC" in why_no_blocks(subj.model)
+        return
+    assert [b.name for b in subj.blocks] == BLOCKS.get(name, [])
+    if not subj.blocks:
+        return
+    block = subj.blocks[-1].name
+    pruned = subj.prune(PruningPlan(method="l1-unstructured", blocks=(block,)))
+    oracle = copy.deepcopy(subj.model).eval()  # the block runs, its output replaced by its input
+    oracle.get_submodule(block).register_forward_hook(lambda m, args, out: args[0])
+    x = subj.data.test.x[:8]
+    with torch.no_grad():
+        ours, want = logits_of(run_model(pruned, x)), logits_of(run_model(oracle, x))
+    assert relative_error(ours.numpy(), want) <= 1e-5
+    assert _ort_vs_torch(pruned, x, subj.example_input, tmp_path / "b.onnx") <= REL_TOL
 
 
 @pytest.mark.parametrize("name", sorted(DYNAMO_CANNOT_EXPORT))

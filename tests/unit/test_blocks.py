@@ -322,3 +322,39 @@ def test_cli_plan_with_an_unknown_block_exits_2(
     PruningPlan(method="l1-unstructured", blocks=("layer9.9",)).save(plan)
     code, _, err = _run(capsys, "evaluate", "--model", "zoo:digits-resnet", "--plan", str(plan))
     assert code == 2 and "layer9.9" in err and "Traceback" not in err
+
+
+# --- where blocks cannot go, and the live prediction ----------------------------------------------
+
+
+def test_schedules_in_steps_and_converters_refuse_blocks_naming_them() -> None:
+    from explorer.convert import to_nni, to_torch_pruning
+    from explorer.errors import ScheduleError
+    from explorer.schedule_spec import ScheduleSpec
+    from explorer.schedules import run_schedule
+
+    subject = Subject("zoo:digits-resnet")
+    plan = PruningPlan(method="l1-structured", layers={"fc": LayerRule(0.0)}, blocks=("layer2.1",))
+    with pytest.raises(ScheduleError, match=r"whole blocks \['layer2.1'\].*one-shot"):
+        run_schedule(subject, plan, ScheduleSpec("iterative"))
+    for convert in (to_nni, to_torch_pruning):
+        with pytest.raises(PlanError, match=r"remove whole blocks.*\['layer2.1'\]"):
+            convert(plan)
+
+
+def test_the_live_prediction_adds_each_removed_blocks_measured_drop(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from explorer.live import predicted_accuracy
+    from explorer.sensitivity import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))  # only what this test measures is cached
+
+    subject = Subject("zoo:digits-resnet")
+    plan = PruningPlan(method="l1-unstructured", blocks=("layer1.1", "layer2.1"))
+    frame = block_scan(subject, ["layer1.1", "layer2.1"])  # cached on disk
+    dense = subject.dense()[0].accuracy
+    removed = frame[frame["ratio"] == 1.0]
+    want = max(0.0, dense - sum(dense - a for a in removed["accuracy"]))
+    assert predicted_accuracy(subject, plan) == pytest.approx(want)
+    assert predicted_accuracy(subject, plan.with_blocks(["layer1.0"])) is None  # not measured
