@@ -172,6 +172,7 @@ def _detect(model: nn.Module, example_input: torch.Tensor | Inputs) -> tuple[Blo
 
 _FOUND: weakref.WeakKeyDictionary[nn.Module, tuple[Block, ...]] = weakref.WeakKeyDictionary()
 _FLAT: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # models whose modules never run themselves
+_FAILED: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
 
@@ -181,7 +182,11 @@ def find_blocks(model: nn.Module, example_input: torch.Tensor | Inputs) -> tuple
     with _LOCK:
         known = _FOUND.get(model)
     if known is None:
-        known = _detect(model, example_input)
+        try:
+            known = _detect(model, example_input)
+        except Exception as e:  # an exotic forward: no block, and why_no_blocks says so
+            _FAILED[model] = f"{type(e).__name__}: {str(e).strip()[:200]}"
+            known = ()
         with _LOCK:
             _FOUND[model] = known
     return known
@@ -190,6 +195,8 @@ def find_blocks(model: nn.Module, example_input: torch.Tensor | Inputs) -> tuple
 def why_no_blocks(model: nn.Module) -> str:
     """Why a model without removable blocks has none (shown where blocks would be listed), once
     :func:`find_blocks` has looked at it."""
+    if model in _FAILED:
+        return f"looking for them failed ({_FAILED[model]})"
     flat = model in _FLAT or isinstance(model, torch.fx.GraphModule)
     if flat or not any(next(m.children(), None) is not None for n, m in model.named_modules() if n):
         return (

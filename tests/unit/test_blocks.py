@@ -110,6 +110,22 @@ def test_a_stage_of_blocks_is_no_block_but_a_shared_module_is_none_either() -> N
     assert find_blocks(Twice().eval(), torch.rand(2, 4)) == ()
 
 
+def test_a_forward_that_fails_while_looked_at_has_no_block_and_says_why() -> None:
+    class Exotic(nn.Module):  # e.g. code that refuses to run under a torch function mode
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = nn.Sequential(nn.Linear(4, 4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if torch._C._len_torch_function_stack():
+                raise RuntimeError("no function modes here")
+            return x + self.block(x)
+
+    model = Exotic().eval()
+    assert find_blocks(model, torch.rand(2, 4)) == ()
+    assert "looking for them failed (RuntimeError: no function modes here)" in why_no_blocks(model)
+
+
 # --- removal --------------------------------------------------------------------------------------
 
 
