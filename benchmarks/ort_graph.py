@@ -66,6 +66,10 @@ def main() -> None:
 
         print("\nevery layer at 50% (speedup: dense and pruned timed alternately in one window)")
         for method in [m for m in available_methods() if not get_method(m).structured]:
+            why = [get_method(method).applies_to(n, subject.inventory) for n in subject.layer_names]
+            if any(why):  # a method that cannot prune a layer here says why, as the app does
+                print(f"  {method:<20} off: {next(w for w in why if w)}")
+                continue
             plan = PruningPlan(
                 method=method, layers={n: LayerRule(0.5) for n in subject.layer_names}
             )

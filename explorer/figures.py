@@ -205,7 +205,12 @@ def block_sensitivity(df: pd.DataFrame, labels: bool = True) -> go.Figure:
         ),
         name="block removed",
     )
-    fig.add_vline(x=dense, line={"dash": "dash", "color": DENSE}, annotation_text="dense")
+    fig.add_vline(
+        x=dense,
+        line={"dash": "dash", "color": DENSE},
+        annotation_text="dense",
+        annotation_position="top left",
+    )
     fig.update_yaxes(autorange="reversed", title_text="block removed (the identity)")
     fig.update_xaxes(
         title_text=("accuracy" if labels else "agreement with the dense model") + " (%)",

@@ -71,6 +71,7 @@ def section(subject: Subject) -> None:
             f"{metric} removed (%)": st.column_config.NumberColumn(format="%.2f"),
             "drop (points)": st.column_config.NumberColumn(format="%.2f"),
             "loss": st.column_config.NumberColumn(format="%.4f"),
+            "parameters saved": st.column_config.NumberColumn(format="localized"),
             "MACs saved (%)": st.column_config.NumberColumn(format="%.1f"),
         },
     )

@@ -14,6 +14,8 @@ from playwright.sync_api import Page, expect, sync_playwright
 sys.path.insert(0, str(Path(__file__).parent))
 from appserver import CHROMIUM, CHROMIUM_ARGS, serve  # noqa: E402
 
+from explorer.models import ZOO  # noqa: E402
+
 OUT = Path(__file__).resolve().parents[2] / "assets" / "screenshots"
 WIDTH = 1400
 
@@ -112,6 +114,25 @@ def main() -> None:
         page.get_by_role("button", name="Build the export").click()
         settle(page)
         shoot(page, "export.png")
+
+        # Whole blocks, on the residual digits model: one removed on the Prune page, then every
+        # block measured removed alone on the Sensitivity page.
+        open_page(page, "Model")
+        choose(page, "Zoo model", "zoo:digits-resnet: " + ZOO["digits-resnet"].description)
+        page.get_by_test_id("stBaseButton-primaryFormSubmit").click()
+        settle(page)
+        open_page(page, "Prune")
+        settle(page)
+        page.get_by_test_id("stMultiSelect").filter(has_text="Remove whole blocks").click()
+        page.get_by_role("option", name=re.compile(r"^layer2\.1 ")).click()
+        page.keyboard.press("Escape")
+        settle(page)
+        shoot(page, "prune-blocks.png")
+        open_page(page, "Sensitivity")
+        page.get_by_role("tab", name="Whole blocks").click()
+        page.get_by_role("button", name=re.compile("^Measure 3 blocks removed")).click()
+        settle(page)
+        shoot(page, "sensitivity-blocks.png")
         browser.close()
     for png in sorted(OUT.glob("*.png")):
         print(png)
