@@ -37,7 +37,10 @@ page = st.navigation(
     }
 )
 
-from ui import persist, state, widgets  # noqa: E402  (after the navigation: see the docstring)
+from ui.serve import wait_for_imports  # noqa: E402  (after the navigation: see the docstring)
+
+wait_for_imports()  # the server's warm-up may be importing the app's modules right now
+from ui import persist, state, widgets  # noqa: E402
 
 state.init_state()
 persist.attach()

@@ -68,3 +68,29 @@ def test_move_a_slider_and_see_the_metric_change(tmp_path: Path) -> None:
             page.screenshot(path=tmp_path / "prune.png")
         finally:
             browser.close()
+
+
+@pytest.mark.skipif(
+    not os.access(CHROMIUM, os.X_OK), reason=f"{CHROMIUM} is missing (make test installs it)"
+)
+def test_a_browser_open_before_the_server_gets_the_first_page(tmp_path: Path) -> None:
+    """The user's browser is open already and asks for the page the moment the server answers,
+    while the server's warm-up is still importing the app: the first page shows its numbers, no
+    exception (two threads importing ``explorer`` at once met a partly initialised module)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.goto("about:blank")
+            with serve(cwd=tmp_path) as url:
+                page.goto(url, wait_until="commit")
+                values = page.locator('[data-testid="stMetricValue"]')
+                sync_api.expect(values.first).to_be_visible(timeout=120_000)
+                sync_api.expect(
+                    page.get_by_role("heading", name="Model", exact=True)
+                ).to_be_visible()
+                assert page.locator('[data-testid="stException"]').count() == 0
+                assert "390,890" in page.locator('[data-testid="stMain"]').inner_text()
+        finally:
+            browser.close()
