@@ -16,7 +16,7 @@ from explorer.evaluate import evaluate_torch, samples_per_call
 from explorer.inputs import run_model
 from explorer.methods import get_method
 from explorer.plan import LayerRule, PruningPlan
-from explorer.progress import Progress, no_progress
+from explorer.progress import Eta, Progress, no_progress
 from explorer.sensitivity.cache import PointCache, ratio_key
 from explorer.sensitivity.engines import Result, engine_for
 from explorer.sensitivity.units import DEFAULT_RATIOS, check_ratios, check_round_to, select
@@ -75,7 +75,6 @@ def scan(
     if missing:
         eng = engine_for(subject, m, engine)
         total = sum(len(rs) for rs in missing.values())
-        start = time.perf_counter()
         where = (
             f" on {executor.workers} Ray worker(s)"
             if executor is not None and executor.name == "ray"
@@ -83,9 +82,10 @@ def scan(
         )
         on_progress(0.0, f"{method}: {total} points with the {eng.name} engine{where}")
 
+        eta = Eta()
+
         def progress(fraction: float, message: str) -> None:
-            left = (time.perf_counter() - start) * (1 - fraction) / max(fraction, 1e-9)
-            on_progress(min(fraction, 1.0) * 0.999, f"{message} (~{left:.0f} s left)")
+            on_progress(min(fraction, 1.0) * 0.999, message + eta.note(fraction))
 
         pruned = {name: [r for r in rs if r > 0] for name, rs in missing.items()}
         for name, ratio, result in eng.run(
