@@ -11,9 +11,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from explorer.errors import PlanError
 from explorer.methods import register
-from explorer.methods.base import ChannelMethod
+from explorer.methods.base import ChannelMethod, require_calibration
 from explorer.methods.calibration import input_abs_means
 
 if TYPE_CHECKING:
@@ -51,11 +50,9 @@ class ActivationStructured(ChannelMethod):
     def scorer(
         self, model: nn.Module, calibration: Split | None, *, global_ranking: bool = False
     ) -> Callable[[tp.Group], torch.Tensor]:
-        if calibration is None or not len(calibration):
-            raise PlanError(
-                f"{self.name} scores channels by their activations on calibration data, and this "
-                "model has none; give data with a train or validation split"
-            )
+        calibration = require_calibration(
+            calibration, self.name, "scores channels by their activations on calibration data"
+        )
         means = input_abs_means(model, calibration)
         modules = dict(model.named_modules())
         return _MeanActivation({modules[n]: v for n, v in means.items()})

@@ -40,6 +40,7 @@ __all__ = [
     "WeightMethod",
     "layer_generator",
     "layer_is_hookable",
+    "require_calibration",
     "unstructured_mask",
 ]
 
@@ -122,12 +123,18 @@ class LayerContext:
 
     def require_calibration(self, method: str) -> Split:
         """The calibration data, or a PlanError saying that ``method`` needs some."""
-        if self.calibration is None or len(self.calibration) == 0:
-            raise PlanError(
-                f"{method} scores weights with calibration data, and this model has none; "
-                "give data with a train or validation split"
-            )
-        return self.calibration
+        return require_calibration(self.calibration, method)
+
+
+def require_calibration(
+    calibration: Split | None, method: str, uses: str = "scores weights with calibration data"
+) -> Split:
+    """``calibration``, or the PlanError saying that ``method`` (which ``uses`` it) needs some."""
+    if calibration is None or len(calibration) == 0:
+        raise PlanError(
+            f"{method} {uses}, and this model has none; give data with a train or validation split"
+        )
+    return calibration
 
 
 class Method:

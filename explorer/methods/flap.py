@@ -14,9 +14,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from explorer.errors import PlanError
 from explorer.methods import register
-from explorer.methods.base import ChannelMethod, refusing_scorer
+from explorer.methods.base import ChannelMethod, refusing_scorer, require_calibration
 from explorer.methods.calibration import input_moments
 
 if TYPE_CHECKING:
@@ -73,11 +72,9 @@ class FlapStructured(ChannelMethod):
     def _moments(
         self, model: nn.Module, calibration: Split | None
     ) -> dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
-        if calibration is None or not len(calibration):
-            raise PlanError(
-                f"{self.name} scores channels with statistics of calibration data, and this model "
-                "has none; give data with a train or validation split"
-            )
+        calibration = require_calibration(
+            calibration, self.name, "scores channels with statistics of calibration data"
+        )
         modules = dict(model.named_modules())
         return {modules[n]: v for n, v in input_moments(model, calibration).items()}
 

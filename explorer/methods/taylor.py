@@ -12,9 +12,14 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from explorer.errors import PlanError
 from explorer.methods import register
-from explorer.methods.base import ChannelMethod, LayerContext, WeightMethod, layer_is_hookable
+from explorer.methods.base import (
+    ChannelMethod,
+    LayerContext,
+    WeightMethod,
+    layer_is_hookable,
+    require_calibration,
+)
 from explorer.methods.calibration import BATCH, gradients, loss_on, sample
 
 if TYPE_CHECKING:
@@ -71,11 +76,9 @@ class TaylorStructured(ChannelMethod):
     def scorer(
         self, model: nn.Module, calibration: Split | None, *, global_ranking: bool = False
     ) -> Callable[[tp.Group], torch.Tensor]:
-        if calibration is None or not len(calibration):
-            raise PlanError(
-                f"{self.name} scores channels with gradients of calibration data, and this model "
-                "has none; give data with a train or validation split"
-            )
+        calibration = require_calibration(
+            calibration, self.name, "scores channels with gradients of calibration data"
+        )
         accumulate_gradients(model, calibration)
         return tp.importance.GroupTaylorImportance(normalizer="mean")
 

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -26,10 +27,10 @@ from torch import nn
 
 from explorer.errors import PlanError
 from explorer.inspect import build_dependency_graph, structured_groups
-from explorer.methods import get_method
+from explorer.methods import available_methods, get_method
 from explorer.methods.calibration import sample, unfold_input
 from explorer.plan import LayerRule, PruningPlan
-from explorer.prune import fresh_copy
+from explorer.prune import apply_plan, fresh_copy
 from explorer.subject import Subject
 from explorer.weights import channel_importance
 
@@ -254,3 +255,15 @@ def test_data_aware_methods_say_they_read_data(subject: Callable[..., Subject]) 
         not get_method("bn-scale-structured").needs_data
         and not get_method("l1-unstructured").needs_data
     )
+
+
+@pytest.mark.parametrize(
+    "method", [m for m in available_methods() if get_method(m).needs_data], ids=str
+)
+def test_data_aware_methods_refuse_without_calibration_data(method: str) -> None:
+    """Without any data a data-aware criterion refuses with one message naming it and the fix."""
+    subj = Subject("zoo:digits-cnn")
+    layer = subj.layer_names[1]
+    plan = PruningPlan(method=method, layers={layer: LayerRule(0.5)})
+    with pytest.raises(PlanError, match=rf"^{re.escape(method)} .*this model has none; give data"):
+        apply_plan(subj.model, plan, subj.example_input, subj.inventory, calibration=None)
