@@ -128,7 +128,8 @@ def run(out: Path, model: str, legacy: bool = False, no_shots: bool = False) -> 
             "legacy page list: "
             + ("SEEN at " + "; ".join(legacy_seen[:3]) if legacy_seen else "never shown")
         )
-        lines.append(f"screenshots in {out}")
+        if not no_shots or "numbers" not in seen:
+            lines.append(f"screenshots in {out}")
     return lines
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS: dict[str, list[str]] = {  # name: its arguments
-    "first_seconds": [],
+    "first_seconds": ["--no-screenshots"],
     "live_rerun": ["--moves", "20"],
     "realsize_live": ["--models", "resnet18", "--moves", "8", "--old", "0"],
 }
