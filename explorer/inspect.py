@@ -87,6 +87,8 @@ class Inventory:
     ort_ops: tuple[
         str, ...
     ] = ()  # ops run in ONNX Runtime as they are (the user's own graph is exported)
+    # groups holding a fused query/key/value layer (GPT-2's ``c_attn``): whole heads in three blocks
+    fused_groups: tuple[str, ...] = ()
 
     @property
     def names(self) -> list[str]:
@@ -306,6 +308,7 @@ def inventory(model: nn.Module, example_input: torch.Tensor | Inputs) -> Invento
     outputs: set[str] = set()
     fixed: dict[str, str] = {}  # layer -> why its channels are fixed
     heads: dict[str, int] = {}  # layer -> attention heads its group removes whole
+    fused: list[str] = []  # groups of a fused query/key/value layer
     try:
         ops = ort_ops(model)
         if ops:
@@ -345,6 +348,8 @@ def inventory(model: nn.Module, example_input: torch.Tensor | Inputs) -> Invento
             for n in members:
                 group_of[n] = gid
                 heads[n] = shape.heads
+            if shape.heads and shape.repeats > 1:
+                fused.append(gid)
         for (
             m,
             n,
@@ -412,4 +417,5 @@ def inventory(model: nn.Module, example_input: torch.Tensor | Inputs) -> Invento
         structured_error=structured_error,
         group_batchnorms=batchnorms,
         ort_ops=ort_ops(model),
+        fused_groups=tuple(fused),
     )

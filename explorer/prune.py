@@ -310,9 +310,10 @@ def _foreign_param(item: object, channels: int) -> bool:
     if dep.target.type != tp.ops.OPTYPE.PARAMETER or not item.idxs:  # type: ignore[attr-defined]
         return False
     shape = tuple(dep.target.module.shape)
-    # The pruner is Torch-Pruning's one instance for every bare parameter: its ``pruning_dim`` is
-    # the last one registered (by whatever model traced before), so it is used only where it fits.
-    dim = getattr(getattr(dep.handler, "__self__", None), "pruning_dim", -1)
+    # The dimension Torch-Pruning prunes is its node's: a dependency sets it on the one pruner all
+    # bare parameters share when it runs. (That pruner's own ``pruning_dim`` is the last one run,
+    # by whatever model was pruned before: reading it made this depend on the order of models.)
+    dim = getattr(dep.target, "pruning_dim", -1)
     if not -len(shape) <= dim < len(shape):
         return channels not in shape
     return shape[dim] != channels

@@ -253,6 +253,14 @@ class ChannelMethod(Method):
                 " fused projection are scored by their weights' norm (l1-structured,"
                 " l2-structured)"
             )
+        if (
+            info.group in inventory.fused_groups
+            and type(self).fused_scores is ChannelMethod.fused_scores
+        ):
+            return (
+                f"{self.name} cannot score the heads of a fused query/key/value layer"
+                " (Torch-Pruning misplaces its blocks); l1-structured and l2-structured can"
+            )
         return None
 
 

@@ -116,12 +116,12 @@ def unfold_input(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(-1, x.shape[-1])
     if isinstance(module, nn.Conv1d):
         x = x.unsqueeze(2)
-        kernel, dilation, padding, stride = (
+        kernel, dilation, stride = (
             (1, *module.kernel_size),
             (1, *module.dilation),
-            (0, *module.padding),
             (1, *module.stride),
         )
+        padding = module.padding if isinstance(module.padding, str) else (0, *module.padding)
     else:
         kernel, dilation, padding, stride = (
             module.kernel_size,
@@ -129,16 +129,18 @@ def unfold_input(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
             module.padding,
             module.stride,
         )
-    if isinstance(padding, str):
-        raise ValueError(f"padding={padding!r} is not supported for unfolding")
+    if padding == "valid":
+        padding = 0
+    elif padding == "same":  # stride 1; an even kernel pads one more at the end, as torch does
+        total = [d * (k - 1) for d, k in zip(dilation, kernel, strict=True)]
+        x = F.pad(x, [p for t in reversed(total) for p in (t // 2, t - t // 2)])
+        padding = 0
     cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # (N, C*k, L)
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 
 def _supported(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) and not (
-        isinstance(module, (nn.Conv1d, nn.Conv2d)) and isinstance(module.padding, str)
-    )
+    return isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d))
 
 
 def _collect(

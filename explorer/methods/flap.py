@@ -26,17 +26,34 @@ _READS = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
 
 def _readers(group: tp.Group) -> list[tuple[nn.Module, list[int], list[int]]]:
     """(layer, its input indices, the group's root indices) of the conv/linear layers reading the
-    group's channels (a depthwise convolution also loses its outputs: it is not a reader here)."""
+    group's channels. A grouped convolution (RegNet's) reads them too, each through the outputs of
+    its own group; a depthwise convolution loses its outputs with them: it is not a reader here."""
     out = []
     for i, (dep, idxs) in enumerate(group):
         m = dep.target.module
+        groups = getattr(m, "groups", 1)
         if (
             dep.handler in _READS
             and isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))
-            and getattr(m, "groups", 1) == 1
+            and (groups == 1 or groups != m.in_channels)
         ):
             out.append((m, list(idxs), list(group[i].root_idxs)))
     return out
+
+
+def _columns(m: nn.Module) -> torch.Tensor:
+    """``(in_channels, out, kernel)``: the weights each input channel is multiplied by, zero for
+    the outputs of other groups (``W_:,j`` of the paper)."""
+    w = m.weight.detach()
+    groups = getattr(m, "groups", 1)
+    if groups == 1:
+        return w.transpose(0, 1).reshape(w.shape[1], w.shape[0], -1)
+    per_in, per_out = w.shape[1], w.shape[0] // groups
+    blocks = w.reshape(groups, per_out, per_in, -1).permute(0, 2, 1, 3)  # (g, in/g, out/g, k)
+    cols = w.new_zeros(groups, per_in, groups, per_out, blocks.shape[-1])
+    for g in range(groups):
+        cols[g, :, g] = blocks[g]
+    return cols.reshape(groups * per_in, w.shape[0], -1)
 
 
 class _Fluctuation(tp.importance.GroupMagnitudeImportance):
@@ -53,7 +70,7 @@ class _Fluctuation(tp.importance.GroupMagnitudeImportance):
             if m not in self.moments:
                 continue
             _, var = self.moments[m]
-            w = m.weight.detach().transpose(0, 1)[idxs].flatten(1)  # (inputs read, out * kernel)
+            w = _columns(m)[idxs].flatten(1)  # (inputs read, out * kernel)
             total.scatter_add_(0, torch.tensor(root), (var[idxs] * w.pow(2).sum(1)).float())
             found = True
         return self._normalize(total, self.normalizer) if found else None
@@ -103,9 +120,8 @@ class FlapStructured(ChannelMethod):
                     if m not in moments or not idxs:
                         continue
                     mean, _ = moments[m]
-                    w = m.weight.detach()[:, idxs]  # (out, removed, *kernel)
-                    contribution = w.flatten(2).sum(2) if w.dim() > 2 else w
-                    deltas.append((m, contribution @ mean[idxs].to(w.dtype)))
+                    contribution = _columns(m)[idxs].sum(2).T  # (out, removed)
+                    deltas.append((m, contribution @ mean[idxs].to(contribution.dtype)))
                 for m, delta in deltas:
                     if m.bias is None:
                         m.bias = nn.Parameter(delta.clone(), requires_grad=m.weight.requires_grad)

@@ -1215,6 +1215,9 @@ class OnnxModule(nn.Module):
             axes = node.attrs.get("axes", list(range(len(starts))))
             steps = [1] * len(starts)
         else:
+            traced = self._traced_slice(node, a)
+            if traced is not None:
+                return traced
             starts = self._ints(node.inputs[1], a[1])
             ends = self._ints(node.inputs[2], a[2])
             axes = (
@@ -1241,6 +1244,39 @@ class OnnxModule(nn.Module):
             else:
                 index[axis] = slice(min(max(start, 0), size), min(max(end, 0), size), step)
             x = x[tuple(index)]
+        return x
+
+    def _traced_slice(self, node: _Node, a: list[Value]) -> torch.Tensor | None:
+        """A Slice whose starts or ends are computed (a sequence length, a batch size), while the
+        TorchScript exporter traces this module: as tensor operations the tracer follows (Python
+        ints would be recorded as the example's sizes). None otherwise, or when its axes or steps
+        are computed too or a step is negative."""
+        if not torch.jit.is_tracing() or all(self._const(n) is not None for n in node.inputs[1:3]):
+            return None
+        names = list(node.inputs) + [""] * (5 - len(node.inputs))
+        axes_c, steps_c = self._const(names[3]), self._const(names[4])
+        if (names[3] and axes_c is None) or (names[4] and steps_c is None):
+            return None
+        x, starts, ends = a[0], a[1].reshape(-1).to(torch.int64), a[2].reshape(-1).to(torch.int64)
+        n = starts.numel()
+        axes = [int(v) for v in np.asarray(axes_c).reshape(-1)] if axes_c is not None else range(n)
+        steps = (
+            [int(v) for v in np.asarray(steps_c).reshape(-1)] if steps_c is not None else [1] * n
+        )
+        if any(step <= 0 for step in steps):
+            return None
+        shape = torch._shape_as_tensor(x)
+        zero = torch.zeros((), dtype=torch.int64)
+        for i, (axis, step) in enumerate(zip(axes, steps, strict=True)):
+            axis %= x.dim()
+            size = shape[axis]
+            start, end = starts[i], ends[i]
+            start = torch.minimum(
+                torch.maximum(torch.where(start < 0, start + size, start), zero), size
+            )
+            end = torch.minimum(torch.maximum(torch.where(end < 0, end + size, end), zero), size)
+            index = torch.arange(start, torch.maximum(end, start), step, dtype=torch.int64)
+            x = x.index_select(axis, index)
         return x
 
     def _op_Gather(self, node: _Node, a: list[Value]) -> torch.Tensor:
@@ -1325,6 +1361,8 @@ class OnnxModule(nn.Module):
 
     def _op_Range(self, node: _Node, a: list[Value]) -> torch.Tensor:
         start, limit, delta = a
+        if torch.jit.is_tracing():  # 0-d tensors: the tracer follows them (a computed length)
+            return torch.arange(start, limit, delta, dtype=start.dtype)
         return torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype)
 
     def _op_Dropout(self, node: _Node, a: list[Value]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from explorer.blocks import why_no_blocks
-from explorer.errors import ExportError, PlanError
+from explorer.errors import PlanError
 from explorer.inputs import Inputs, run_model
 from explorer.inspect import PRUNABLE_TYPES, count_macs
 from explorer.methods import available_methods, get_method
@@ -84,22 +84,6 @@ def _cells() -> Iterator[tuple[str, str]]:
 
 
 CELLS = [pytest.param(n, d, id=f"{n}-{d}") for n, d in _cells()]
-
-# The ONNX files of the text models (either exporter; transformers 5's masking code) come back from
-# the interpreter with the example's attention mask folded into a constant when re-exported: the
-# export agrees with the model on the example only. evaluate and export refuse such a model with
-# the cause and the fix (explorer.evaluate.check_export); the entrypoint and .pt2 doors prune them.
-REEXPORT_REFUSED = {
-    (n, d) for n in ("bert", "distilbert", "gpt2", "llama") for d in ("onnx-ts", "onnx-dynamo")
-}
-
-
-def _assert_refused(subj: Subject, plan: PruningPlan) -> None:
-    with pytest.raises(
-        ExportError, match="depends on its example input|ONNX Runtime cannot run it"
-    ):
-        subj.evaluate(plan)
-
 
 # Every cell (architecture x door) runs one method of each kind: zeros, N:M, channels (and heads).
 # Every registered method runs on one architecture per family through its entrypoint. The full
@@ -305,9 +289,6 @@ def _check_method(
             for layer in subj.inventory.layers
         )
         return
-    if (name, door) in REEXPORT_REFUSED:
-        _assert_refused(subj, plan)
-        return
     pruned = subj.prune(plan)
     x = subj.data.test.x[:8]
     assert _ort_vs_torch(pruned, x, subj.example_input, tmp_path / "p.onnx") <= REL_TOL
@@ -341,9 +322,6 @@ def test_evaluate_and_export(
 ) -> None:
     subj = files.subject(name, door)
     plan = mixed_plan(subj, 0.3)
-    if (name, door) in REEXPORT_REFUSED:
-        _assert_refused(subj, plan)
-        return
     out = export_bundle(subj, plan, tmp_path / "bundle")
     metrics = json.loads(out["metrics"].read_text())
     assert metrics["inputs"] == subj.data.inputs  # what was fed is said
@@ -508,3 +486,24 @@ def test_full_size_shufflenet_is_listed_and_its_branches_prune() -> None:
     with torch.no_grad():
         assert pruned(x).shape == (1, 10)
     assert sum(count_macs(pruned, x).values()) < inv.total_macs
+
+
+def test_a_fused_query_key_value_layer_says_which_methods_score_its_heads(files: _Files) -> None:
+    """GPT-2's ``c_attn`` holds the query, key and value heads in three blocks; only the weight
+    norms score them (Torch-Pruning's importances misplace the blocks). Every other structured
+    method says so next to the layer, before any pruning is asked, and refuses it when asked."""
+    subj = files.subject("gpt2", "entry")
+    inv = subj.inventory
+    layer = "transformer.h.0.attn.c_attn"
+    assert inv[layer].group in inv.fused_groups and inv[layer].heads >= 2
+    for name in available_methods():
+        method = get_method(name)
+        if not method.structured:
+            continue
+        why = method.applies_to(layer, inv)
+        if name in ("l1-structured", "l2-structured"):
+            assert why is None, (name, why)
+        else:
+            assert why is not None and "fused query/key/value" in why, (name, why)
+            with pytest.raises(PlanError, match=re.escape(layer)):
+                subj.prune(PruningPlan(method=name, layers={layer: LayerRule(0.3)}))

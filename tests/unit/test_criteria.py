@@ -267,3 +267,81 @@ def test_data_aware_methods_refuse_without_calibration_data(method: str) -> None
     plan = PruningPlan(method=method, layers={layer: LayerRule(0.5)})
     with pytest.raises(PlanError, match=rf"^{re.escape(method)} .*this model has none; give data"):
         apply_plan(subj.model, plan, subj.example_input, subj.inventory, calibration=None)
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(3, 4, 3, padding="same"),
+        nn.Conv2d(
+            3, 4, (2, 4), padding="same", dilation=(1, 2)
+        ),  # even kernels: one more at the end
+        nn.Conv2d(3, 4, 3, padding="valid"),
+        nn.Conv2d(4, 4, 3, padding="same", groups=4),  # depthwise (EfficientNet's)
+        nn.Conv1d(3, 4, 4, padding="same"),
+        nn.Conv1d(3, 4, 3, padding="valid", stride=2),
+    ],
+    ids=["same-3x3", "same-even-dilated", "valid", "same-depthwise", "same-1d-even", "valid-1d"],
+)
+def test_unfolded_patches_of_string_padding_times_the_weight_are_the_convolution(
+    conv: nn.Conv1d | nn.Conv2d,
+) -> None:
+    """Data-aware criteria read a conv's patches: with ``padding='same'`` or ``'valid'`` (Hugging
+    Face's EfficientNet) they must be the patches the conv multiplies, so patches x weight (per
+    group) is the conv's output, position by position."""
+    torch.manual_seed(0)
+    x = torch.randn(2, conv.in_channels, *([7, 9] if isinstance(conv, nn.Conv2d) else [11]))
+    with torch.no_grad():
+        want = conv(x)
+        rows = unfold_input(conv, x)  # (positions, in * k)
+        g = conv.groups
+        per_group = rows.reshape(len(rows), g, -1)
+        w = conv.weight.reshape(g, conv.out_channels // g, -1)
+        got = torch.einsum("rgi,goi->rgo", per_group, w).reshape(len(rows), -1) + conv.bias
+    assert torch.allclose(
+        got, want.flatten(2).transpose(1, 2).reshape(-1, conv.out_channels), atol=1e-5
+    )
+
+
+class _IntoAGroupedConv(nn.Module):
+    """A 1x1 conv whose 8 channels only a grouped 3x3 conv reads (2 groups of 4 inputs, 2 outputs
+    each: RegNet's shape)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.b = nn.Conv2d(8, 4, 3, padding=1, groups=2)
+        self.c = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(self.b(torch.relu(self.a(x))).mean((2, 3)))
+
+
+def test_flap_reads_channels_through_a_grouped_convolution() -> None:
+    """FLAP's fluctuation ``Var(X_j) * ||W_:,j||^2`` of a channel read by a grouped convolution:
+    ``W_:,j`` is the column of the outputs of its own group (the others never read it). It refused
+    such a group before (RegNet: "no layer reads the channels")."""
+    from explorer.data import Split
+    from explorer.methods.flap import FlapStructured
+
+    torch.manual_seed(0)
+    model, x = _IntoAGroupedConv().eval(), torch.randn(16, 3, 6, 6)
+    model.requires_grad_(True)
+    dg = build_dependency_graph(model, x[:1])
+    group = dg.get_pruning_group(model.a, tp.prune_conv_out_channels, idxs=list(range(8)))
+    scores = FlapStructured().scorer(model, Split(x, None))(group)
+    with torch.no_grad():
+        h = torch.relu(model.a(x)).double()  # what b reads
+    var = h.transpose(0, 1).reshape(8, -1).var(1, unbiased=False)
+    w = model.b.weight.detach().double()  # (4, 4, 3, 3): outputs 0-1 read inputs 0-3, 2-3 read 4-7
+    col = torch.stack([w[2 * (j // 4) : 2 * (j // 4) + 2, j % 4].pow(2).sum() for j in range(8)])
+    want = var * col
+    np.testing.assert_allclose(scores.double().numpy(), (want / want.mean()).numpy(), rtol=1e-4)
+    pruned = apply_plan(
+        model,
+        PruningPlan(method="flap-structured", layers={"a": LayerRule(0.5)}),
+        x[:1],
+        calibration=Split(x, None),
+    )
+    with torch.no_grad():
+        assert pruned(x).shape == (16, 2) and pruned.a.out_channels == 4

@@ -95,3 +95,29 @@ def test_measured_accuracy_is_the_onnx_accuracy(
     assert result["params_nonzero"] < result["params_total"] < result["dense"]["params_total"]
     assert result["latency_threads"] == 1 and result["latency_runs"] >= 30
     assert result["latency_ms_p90"] >= result["latency_ms_median"] > 0
+
+
+class _ScalesByItsSum(torch.nn.Module):
+    """A model that reads a value of its input in Python: the TorchScript exporter records the
+    example's value as a constant."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) * float(x.sum())
+
+
+def test_an_export_that_depends_on_its_example_input_is_refused() -> None:
+    """The export agrees with the model on the example only: evaluating it would report another
+    model's numbers, so measure refuses it, with the cause and the doors that work."""
+    from explorer.data import Dataset, Split
+    from explorer.errors import ExportError
+    from explorer.evaluate import measure
+
+    torch.manual_seed(0)
+    x = torch.rand(16, 4) + 0.5
+    data = Dataset(spec="mine.npz", test=Split(x, torch.randint(0, 3, (16,))))
+    with pytest.raises(ExportError, match=r"mine\.npz: .*depends on its example input.*PATH\.py"):
+        measure(_ScalesByItsSum().eval(), data, runs=30)

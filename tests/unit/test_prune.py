@@ -368,3 +368,56 @@ def test_mixed_methods_in_one_plan(subject: Callable[..., Subject]) -> None:
     w = mods["features.3"].weight  # lost half its inputs first, then half its weights
     assert w.shape == (64, 16, 3, 3) and int((w == 0).sum()) == round(0.5 * w.numel())
     assert int((mods["classifier"].weight == 0).sum()) == 10 * 256 // 2
+
+
+class _ChannelBias(nn.Module):
+    """Conv, then a bare per-channel parameter (C, 1, 1) added: Torch-Pruning prunes its dim 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.shift = nn.Parameter(torch.randn(8, 1, 1))
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(x) + self.shift).mean((2, 3))
+
+
+class _TokenTable(nn.Module):
+    """Linear, then a bare (1, L, C) table added (a position embedding an ONNX exporter folded
+    into a constant): Torch-Pruning prunes its dim 2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 6)
+        self.table = nn.Parameter(torch.randn(1, 5, 6))
+        self.out = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.fc(x) + self.table).mean(1)
+
+
+def test_a_bare_parameter_is_pruned_along_its_own_dimension_whatever_was_pruned_before() -> None:
+    """Torch-Pruning has one pruner for every bare parameter, and each dependency sets its
+    dimension when it runs. Reading that pruner's dimension before running (the last model's)
+    left the table unpruned after another model's (C, 1, 1) parameter had been pruned: the
+    pruned model failed with mismatched sizes."""
+    from explorer.inspect import inventory
+
+    torch.manual_seed(0)
+    first, x1 = _ChannelBias().eval(), torch.rand(2, 3, 8, 8)
+    second, x2 = _TokenTable().eval(), torch.rand(2, 5, 4)
+    for model, x, layer in ((first, x1, "conv"), (second, x2, "fc")):
+        pruned = apply_plan(
+            model,
+            PruningPlan(method="l1-structured", layers={layer: LayerRule(0.5)}),
+            x,
+            inventory(model, x),
+        )
+        with torch.no_grad():
+            assert pruned(x).shape == model(x).shape
+        assert (
+            dict(pruned.named_modules())[layer].weight.shape[0]
+            < dict(model.named_modules())[layer].weight.shape[0]
+        )
+    assert second.table.shape == (1, 5, 6)  # the user's model untouched
