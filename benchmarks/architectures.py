@@ -4,15 +4,16 @@ For each architecture of ``tests/models/architectures.py`` built at its realisti
 images, 128 tokens; random weights with batch-norm statistics from a few batches of random data)
 this prints: how long a new user waits for the model to open (``Subject``: load, layer inventory
 with DepGraph, one trial removal) through the ``PATH.py:FUNC`` entrypoint and through the ONNX
-file torch's TorchScript exporter writes; the dense ONNX Runtime latency (CPU, 1 thread, batch 1,
-median of 30 runs); the measured latency ratio of a structured plan removing 30% of the channels
+file torch's TorchScript exporter writes; the dense ONNX Runtime latency (CPU, 1 thread, batch 1);
+the measured latency ratio of a structured plan removing 30% of the channels
 (``l2-structured`` on every layer that can lose channels; heads as whole heads) and its MAC
 ratio; and the ONNX parity of that pruned model (ONNX Runtime against torch, relative to the output
 scale).
 
-The ratio is timed here, dense and pruned alternating in one loop (7 rounds of 15 runs each, the
-median of the per-round ratios and their spread), so that machine load hits both alike;
-``explorer.runtime`` is growing its own interleaved measurement for the app and the CLI.
+The ratio is measured as the app and the CLI measure it (``explorer.runtime.measure_speedup``):
+dense and pruned alternating in one window (7 rounds of 15 runs each), the median of the
+per-round ratios with the rounds' range, "within noise" when that range covers 1.0; the dense
+latency is the median of the dense runs of that window.
 
     python benchmarks/architectures.py                 # every architecture (about an hour)
     python benchmarks/architectures.py resnet vit      # some of them
@@ -25,7 +26,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,27 +47,6 @@ def _architectures():  # noqa: ANN202
     return module
 
 
-def _interleaved(dense, pruned, feeds) -> tuple[float, float]:  # noqa: ANN001
-    """Median and spread (min..max as a half-width) of per-round dense/pruned latency ratios."""
-    runs = {id(dense): dense.session.run, id(pruned): pruned.session.run}
-    ratios = []
-    for _ in range(2):  # warm-up
-        runs[id(dense)](None, dense.feeds(feeds))
-        runs[id(pruned)](None, pruned.feeds(feeds))
-    for _ in range(ROUNDS):
-        times = {}
-        for model in (dense, pruned):
-            feed, run = model.feeds(feeds), runs[id(model)]
-            samples = []
-            for _ in range(RUNS_PER_ROUND):
-                t0 = time.perf_counter_ns()
-                run(None, feed)
-                samples.append(time.perf_counter_ns() - t0)
-            times[id(model)] = statistics.median(samples)
-        ratios.append(times[id(dense)] / times[id(pruned)])
-    return statistics.median(ratios), (max(ratios) - min(ratios)) / 2
-
-
 def measure(name: str) -> dict:
     """One architecture's row (run in a child process)."""
     import numpy as np
@@ -78,7 +57,7 @@ def measure(name: str) -> dict:
     arch = _architectures()
     from explorer.inputs import run_model
     from explorer.plan import LayerRule, PruningPlan
-    from explorer.runtime import OrtModel, export_onnx, measure_latency
+    from explorer.runtime import OrtModel, export_onnx, measure_latency, measure_speedup
     from explorer.subject import Subject
     from explorer.tolerance import relative_error
 
@@ -127,7 +106,16 @@ def measure(name: str) -> dict:
     if layers:
         pruned = subject.prune(PruningPlan(method="l2-structured", layers=layers))
         pruned_session = OrtModel(export_onnx(pruned, x, tmp / "pruned.onnx"), threads=1)
-        row["ratio"], row["spread"] = _interleaved(dense, pruned_session, feeds)
+        speedup = measure_speedup(
+            dense, pruned_session, feeds, runs=ROUNDS * RUNS_PER_ROUND, rounds=ROUNDS
+        )
+        row["ratio"], row["low"], row["high"] = (
+            speedup.ratio,
+            speedup.median.low,
+            speedup.median.high,
+        )
+        row["within_noise"] = speedup.within_noise
+        row["dense_ms"] = speedup.dense.median_ms
         from explorer.inspect import count_macs
 
         row["mac_ratio"] = subject.inventory.total_macs / max(
@@ -141,7 +129,12 @@ def measure(name: str) -> dict:
 
 
 def _fmt(row: dict) -> str:
-    ratio = f"{row['ratio']:.2f}x ±{row['spread']:.2f}" if "ratio" in row else "-"
+    ratio = (
+        f"{row['ratio']:.2f}x ({row['low']:.2f}-{row['high']:.2f}"
+        + (", within noise)" if row["within_noise"] else ")")
+        if "ratio" in row
+        else "-"
+    )
     mac = f"{row['mac_ratio']:.2f}x" if "mac_ratio" in row else "-"
     parity = f"{row['parity']:.1e}" if "parity" in row else "-"
     onnx = f"{row['onnx_load_s']:.1f}" + (" (error)" if "onnx_error" in row else "")
@@ -157,8 +150,8 @@ def main(names: list[str]) -> None:
     print(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     print(
         f"ONNX Runtime CPU, 1 thread, batch 1; ratio: dense/pruned latency, {ROUNDS} interleaved "
-        f"rounds of {RUNS_PER_ROUND} runs (median ± half the range); plan: l2-structured 30% on "
-        "every layer that can lose channels\n"
+        f"rounds of {RUNS_PER_ROUND} runs (median of the per-round ratios, their range); plan: "
+        "l2-structured 30% on every layer that can lose channels\n"
     )
     print(
         "| architecture | params | open, entrypoint (s) | open, .onnx (s) | structured layers | "

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
-import os
 import re
 import sys
 import warnings
@@ -85,13 +84,8 @@ def _cells() -> Iterator[tuple[str, str]]:
 
 CELLS = [pytest.param(n, d, id=f"{n}-{d}") for n, d in _cells()]
 
-# Every cell (architecture x door) runs one method of each kind: zeros, N:M, channels (and heads).
-# Every registered method runs on one architecture per family through its entrypoint. The full
-# product (every method in every cell, about 1,400 cases, near an hour on 2 cores) runs with
-# PRUNING_EXPLORER_MATRIX=full (`make test-matrix`).
-FULL = os.environ.get("PRUNING_EXPLORER_MATRIX") == "full"
-CELL_METHODS = available_methods() if FULL else ["l1-unstructured", "2:4", "l1-structured"]
-METHOD_ARCHS = ("resnet", "mobilenet_v2", "vit", "bert")
+# Every registered method runs in every cell (architecture x door): about 1,500 cases.
+CELL_METHODS = available_methods()
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -257,18 +251,6 @@ def test_method(
     tmp_path: Path,
 ) -> None:
     _check_method(files, name, door, method, full_plan, tmp_path)
-
-
-@pytest.mark.parametrize(
-    "method", [m for m in available_methods() if FULL or m not in CELL_METHODS]
-)
-@pytest.mark.parametrize("name", METHOD_ARCHS)
-def test_every_method(
-    files: _Files, name: str, method: str, full_plan: Callable[..., PruningPlan], tmp_path: Path
-) -> None:
-    if FULL:
-        pytest.skip("the full matrix runs every method in every cell (test_method)")
-    _check_method(files, name, "entry", method, full_plan, tmp_path)
 
 
 def _check_method(
