@@ -17,6 +17,7 @@ latency is the median of the dense runs of that window.
 
     python benchmarks/architectures.py                 # every architecture (about an hour)
     python benchmarks/architectures.py resnet vit      # some of them
+    python benchmarks/architectures.py --round-to 16 mobilenet_v2   # kept channels rounded up
 
 Each architecture runs in its own process (the largest hold ~500 MB of weights and exports).
 """
@@ -47,7 +48,7 @@ def _architectures():  # noqa: ANN202
     return module
 
 
-def measure(name: str) -> dict:
+def measure(name: str, round_to: int | None = None) -> dict:
     """One architecture's row (run in a child process)."""
     import numpy as np
     import torch
@@ -104,7 +105,8 @@ def measure(name: str) -> dict:
     feeds = x.numpy()
     row["dense_ms"] = measure_latency(dense, feeds, runs=30).median_ms
     if layers:
-        pruned = subject.prune(PruningPlan(method="l2-structured", layers=layers))
+        plan = PruningPlan(method="l2-structured", layers=layers, round_to=round_to)
+        pruned = subject.prune(plan)
         pruned_session = OrtModel(export_onnx(pruned, x, tmp / "pruned.onnx"), threads=1)
         speedup = measure_speedup(
             dense, pruned_session, feeds, runs=ROUNDS * RUNS_PER_ROUND, rounds=ROUNDS
@@ -144,14 +146,16 @@ def _fmt(row: dict) -> str:
     )
 
 
-def main(names: list[str]) -> None:
+def main(names: list[str], round_to: int | None = None) -> None:
     arch = _architectures()
     names = names or list(arch.ARCHS)
     print(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     print(
         f"ONNX Runtime CPU, 1 thread, batch 1; ratio: dense/pruned latency, {ROUNDS} interleaved "
         f"rounds of {RUNS_PER_ROUND} runs (median of the per-round ratios, their range); plan: "
-        "l2-structured 30% on every layer that can lose channels\n"
+        "l2-structured 30% on every layer that can lose channels"
+        + (f", kept channels rounded up to a multiple of {round_to}" if round_to else "")
+        + "\n"
     )
     print(
         "| architecture | params | open, entrypoint (s) | open, .onnx (s) | structured layers | "
@@ -161,7 +165,7 @@ def main(names: list[str]) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for name in names:
         proc = subprocess.run(
-            [sys.executable, __file__, "--one", name],
+            [sys.executable, __file__, "--one", name, *([str(round_to)] if round_to else [])],
             capture_output=True,
             text=True,
             env={**os.environ, "PYTHONWARNINGS": "ignore"},
@@ -181,6 +185,8 @@ def main(names: list[str]) -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--one":
         sys.path.insert(0, str(ROOT))
-        print(json.dumps(measure(sys.argv[2])))
+        print(json.dumps(measure(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else None)))
+    elif len(sys.argv) > 2 and sys.argv[1] == "--round-to":
+        main(sys.argv[3:], int(sys.argv[2]))
     else:
         main(sys.argv[1:])
