@@ -201,13 +201,15 @@ ARCHS: dict[str, Arch] = {
                     "image_size": 32,
                     "patch_size": 2,
                     "embed_dim": 16,
-                    "depths": [1, 1],
+                    # Two blocks a stage: the second shifts its windows (torch.roll), as in every
+                    # Swin; through it DepGraph's grouping never ended before explorer.groups.
+                    "depths": [2, 2],
                     "num_heads": [2, 4],
                     "window_size": 4,
                 },
             ),
             "transformers",
-            "windowed attention, relative position bias, patch merging (Swin-T)",
+            "windowed and shifted-window attention, relative position bias, patch merging (Swin-T)",
         ),
         Arch(
             "mobilevit",

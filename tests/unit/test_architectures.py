@@ -470,6 +470,68 @@ def test_full_size_shufflenet_is_listed_and_its_branches_prune() -> None:
     assert sum(count_macs(pruned, x).values()) < inv.total_macs
 
 
+def _groups_as_sets(model: nn.Module, x: torch.Tensor | Inputs) -> list[set]:
+    from explorer.inspect import build_dependency_graph
+
+    dg = build_dependency_graph(model, x)
+    return [
+        {
+            (
+                dg._module2name.get(item.dep.target.module, repr(item.dep.target)),
+                item.dep.handler.__name__,
+                tuple(item.idxs),
+                tuple(item.root_idxs),
+            )
+            for item in group
+        }
+        for group in dg.get_all_groups(root_module_types=PRUNABLE_TYPES)
+    ]
+
+
+# Swin's shifted windows: Torch-Pruning's own test does not end there (the reason for ours).
+# ShuffleNetV2: its groups end at the channel shuffle by design (refused there, REFUSED above).
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in ("swin", "shufflenet_v2")])
+def test_groups_are_torch_prunings_where_its_own_grouping_ends(
+    files: _Files, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``explorer.groups`` stops following a group where a layer already holds the indices
+    that reach it again (Torch-Pruning only where the very same list comes back): every group,
+    with its indices and their root indices, is the one Torch-Pruning's own test builds."""
+    import torch_pruning as tp
+
+    from explorer import groups
+
+    model = files.model(name)
+    args, kwargs = _example(name)
+    x = Inputs.of(kwargs) if kwargs else args[0]
+    ours = _groups_as_sets(model, x)
+    monkeypatch.setattr(tp.Group, "has_pruning_op", groups.exact_has_pruning_op)
+    assert ours == _groups_as_sets(model, x)
+
+
+def test_full_size_shufflenet_onnx_file_opens(tmp_path: Path) -> None:
+    """A full-size ShuffleNetV2's ONNX file: Torch-Pruning followed its groups through the channel
+    shuffle into index lists of channels x positions and opening it never ended. Now the groups end
+    at the shuffle, refused with the reason, and the branches' inner convs prune."""
+    model = ARCH.build("shufflenet_v2", real=True)
+    data = tmp_path / "data.npz"
+    np.savez(data, **ARCH.make_data("shufflenet_v2", n=4, real=True))
+    path = export_onnx(model, torch.from_numpy(np.load(data)["x"][:1]), tmp_path / "user.onnx")
+    subject = Subject(str(path), str(data), threads=1, runs=5)
+    refused = [layer for layer in subject.inventory.layers if "channel shuffle" in layer.note]
+    assert refused and all(layer.group is None for layer in refused)
+    inner = [g for g in subject.inventory.groups if re.search(r"branch2\.0", g)]
+    assert len(inner) >= 10
+    pruned = subject.prune(PruningPlan.uniform("l1-structured", inner, 0.5))
+    x = subject.data.test.x[:2]
+    with torch.no_grad():
+        ours = run_model(pruned, x).numpy()
+    assert (
+        relative_error(OrtModel(export_onnx(pruned, x[:1], tmp_path / "p.onnx"))(x.numpy()), ours)
+        < REL_TOL
+    )
+
+
 def test_a_fused_query_key_value_layer_says_which_methods_score_its_heads(files: _Files) -> None:
     """GPT-2's ``c_attn`` holds the query, key and value heads in three blocks; only the weight
     norms score them (Torch-Pruning's importances misplace the blocks). Every other structured
