@@ -97,6 +97,28 @@ def test_chunked_evaluation(residual: Subject, monkeypatch: pytest.MonkeyPatch) 
     )
 
 
+def test_chunks_are_sized_from_the_shapes_without_building_captures(residual: Subject) -> None:
+    """A chunk's size comes from the inner tensors' shapes (what a capture run measures, byte for
+    byte) and deciding it builds no capture session: each holds a copy of the weights, and one per
+    group before the first point was most of a ResNet-50 scan's memory."""
+    engine = ort_suffix.OrtSuffixEngine(residual)
+    names = residual.layer_names
+    job = engine.job(
+        get_method("l1-unstructured"), {n: [n] for n in names}, {n: [0.5] for n in names}
+    )
+    graph = engine.graph
+    inner = [needed for _, needed in engine.groups(job) if needed]
+    assert inner
+    built = set(graph.captures)
+    sizes = [engine.chunk_size(needed) for needed in inner]
+    assert set(graph.captures) == built
+    x = residual.data.test.x.numpy()[:1]
+    for needed, size in zip(inner, sizes, strict=True):
+        outs = graph.capture(needed).run(list(needed), {ort_suffix.INPUT_NAME: x})
+        assert sum(graph.sample_bytes[n] for n in needed) == sum(a.nbytes for a in outs)
+        assert size >= 1
+
+
 def test_release_drops_the_engines_and_the_cache_still_answers(
     mlp: Subject, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
