@@ -488,7 +488,7 @@ def _groups_as_sets(model: nn.Module, x: torch.Tensor | Inputs) -> list[set]:
     ]
 
 
-# Swin's shifted windows: Torch-Pruning's own test does not end there (the reason for ours).
+# Swin's shifted windows: with Torch-Pruning's own test the grouping does not end (why ours exists).
 # ShuffleNetV2: its groups end at the channel shuffle by design (refused there, REFUSED above).
 @pytest.mark.parametrize("name", [n for n in NAMES if n not in ("swin", "shufflenet_v2")])
 def test_groups_are_torch_prunings_where_its_own_grouping_ends(
@@ -496,7 +496,7 @@ def test_groups_are_torch_prunings_where_its_own_grouping_ends(
 ) -> None:
     """``explorer.groups`` stops following a group where a layer already holds the indices
     that reach it again (Torch-Pruning only where the very same list comes back): every group,
-    with its indices and their root indices, is the one Torch-Pruning's own test builds."""
+    with its indices and their root indices, is the one built with Torch-Pruning's own test."""
     import torch_pruning as tp
 
     from explorer import groups
