@@ -99,6 +99,7 @@ def bench(name: str, data: Path, n_moves: int, n_old: int) -> None:
             plans[0]
         )  # one untimed move: the per-image time is learnt, as in the app
         first, full, cpu_first, cpu_full, stages, written = [], [], [], [], {}, set()
+        window = []  # the dense model's latency in each run's timing window
         for plan in plans[1:]:
             c0 = time.process_time()
             run = evaluator.start(plan)
@@ -113,6 +114,7 @@ def bench(name: str, data: Path, n_moves: int, n_old: int) -> None:
                 raise run.error
             assert ref is not None and ref.final
             written.add(ref.written_by)
+            window.append(ref.result.dense.latency_ms_median)
             for k, v in ref.stages.items():
                 stages.setdefault(k, []).append(v)
         parts = " ".join(f"{k} {statistics.median(v):.2f}" for k, v in stages.items())
@@ -126,6 +128,11 @@ def bench(name: str, data: Path, n_moves: int, n_old: int) -> None:
             f"  {'':<16} cpu time (every thread of this process): first numbers median"
             f" {statistics.median(cpu_first):.2f} s, full evaluation median"
             f" {statistics.median(cpu_full):.2f} s"
+        )
+        print(
+            f"  {'':<16} dense latency in the runs' timing windows: median"
+            f" {statistics.median(window):.1f} ms (timed alone at load:"
+            f" {dense.latency_ms_median:.1f} ms)"
         )
         # Dragging: each move supersedes the previous one after its first numbers.
         chained, run = [], None

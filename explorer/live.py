@@ -17,6 +17,10 @@ times it, then answers. On a 224-px ResNet that is many seconds per slider move.
    ``Subject.evaluate`` times it), and the :class:`~explorer.evaluate.Evaluation`, equal to
    ``Subject.evaluate(plan)``'s but for the timings (tests check it).
 
+The file is compressed for its gzip size in a thread of the lowest priority, started with the
+scoring: it takes no time from the scoring, and runs on the core the latency timing leaves idle
+(the timing uses fewer threads than there are cores; otherwise the compression ends first).
+
 :meth:`LiveEvaluator.start` runs the stages in a worker thread and returns a :class:`LiveRun` to
 poll; :meth:`LiveRun.cancel` stops a superseded run between chunks. ``lock`` (optional) is held
 for each chunk and for the timing, so that two runs never time latency while another scores.
@@ -28,6 +32,7 @@ import atexit
 import logging
 import math
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -145,6 +150,22 @@ def gzip_length(
             return -1
         n += len(z.compress(data[start : start + block]))
     return n + len(z.flush())
+
+
+def _idle_priority() -> None:
+    """Let the calling thread run only on cores nothing else wants: its own nice value, 19 (Linux
+    sets it per thread; elsewhere this does nothing). It cannot be raised again without privileges,
+    so call it in a thread of its own."""
+    if sys.platform.startswith("linux"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except OSError as e:  # e.g. a sandbox that forbids it: the thread runs at normal priority
+            log.debug("could not lower the priority of a thread: %s", e)
+
+
+def _compress_in_idle_time(data: bytes, cancelled: Callable[[], bool], out: list[int]) -> None:
+    _idle_priority()
+    out.append(gzip_length(data, cancelled))
 
 
 def _unit_of(subject: Subject, method: str, layer: str) -> str | None:
@@ -356,13 +377,11 @@ class LiveEvaluator:
             session = self._session(path, model, written_by)
             lap("session")
             del model, params
-            # Compressed in a thread meanwhile (zlib lets go of the GIL); stops when the run does.
+            # Compressed meanwhile in idle time (zlib lets go of the GIL); stops when the run does.
             gzip_bytes: list[int] = []
             data = path.read_bytes()
             zipper = threading.Thread(
-                target=lambda d: gzip_bytes.append(gzip_length(d, cancelled)),
-                args=(data,),
-                daemon=True,
+                target=_compress_in_idle_time, args=(data, cancelled, gzip_bytes), daemon=True
             )
             zipper.start()
             base = replace(base, stage="scoring", static=static, written_by=written_by)
@@ -400,9 +419,9 @@ class LiveEvaluator:
                 )
             del session
             lap("scoring")
-            zipper.join()
-            lap("gzip")
-            del data
+            if self.subject.threads >= (os.cpu_count() or 1):
+                zipper.join()  # the timing leaves no core idle: compress first
+                lap("gzip")
             check()
             with self.lock:
                 timed = OrtModel(path, threads=self.subject.threads)
@@ -410,6 +429,10 @@ class LiveEvaluator:
                 latency = speedup.pruned
             del timed
             lap("latency")
+            zipper.join()
+            lap("gzip")
+            del data
+            check()
         accuracy, loss = float(correct.mean()), self._loss(losses)
         metrics = Metrics(
             accuracy=accuracy,

@@ -272,3 +272,30 @@ def test_streamed_gzip_size_is_gzips(size: int) -> None:
     assert gzip_length(data, lambda: True) == (
         -1 if size else len(gzip.compress(b"", compresslevel=6))
     )
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's own nice is Linux's")
+def test_the_compression_runs_in_a_thread_of_its_own_at_the_lowest_priority(
+    narrow: Subject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import threading
+
+    import explorer.live as live
+
+    seen: list[tuple[int, int]] = []
+    lower = live._idle_priority
+
+    def recorded() -> None:
+        lower()
+        tid = threading.get_native_id()
+        seen.append((tid, os.getpriority(os.PRIO_PROCESS, tid)))
+
+    monkeypatch.setattr(live, "_idle_priority", recorded)
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    plan = PruningPlan("l1-unstructured", {narrow.layer_names[0]: LayerRule(0.5)})
+    result = LiveEvaluator(narrow).evaluate(plan)
+    assert [nice for _, nice in seen] == [19]
+    assert seen[0][0] != threading.get_native_id()
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+    assert _without_timing(result) == _without_timing(narrow.evaluate(plan))  # gzip size included
