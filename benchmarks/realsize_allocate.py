@@ -14,32 +14,25 @@ ETA), then once more with everything the first run cached.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _realsize import MODELS, realsize
+
 from explorer import sensitivity as sens
 from explorer.allocate import Target, allocate
 from explorer.distributed import executor
 from explorer.subject import Subject
 
-MODELS = Path(__file__).resolve().parents[1] / "tests" / "models" / "realsize.py"
 TARGETS = (
     ("sparsity", 0.5, "l1-unstructured"),
     ("macs", 0.7, "l1-structured"),
     ("size", 0.7, "l1-structured"),
     ("latency", 0.8, "l1-structured"),
 )
-
-
-def realsize():  # noqa: ANN201
-    spec = importlib.util.spec_from_file_location("_realsize_bench", MODELS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class Printer:

@@ -16,7 +16,6 @@ The old path, Subject.evaluate (export + score all + time), is timed on a few mo
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import statistics
 import sys
@@ -26,20 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _realsize import MODELS, realsize
 
 from explorer.live import LiveEvaluator
 from explorer.plan import LayerRule, PruningPlan
 from explorer.subject import Subject
 
-MODELS = Path(__file__).resolve().parents[1] / "tests" / "models" / "realsize.py"
 IMAGES = 256
-
-
-def realsize():  # noqa: ANN201
-    spec = importlib.util.spec_from_file_location("_realsize_bench", MODELS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def p95(values: list[float]) -> float:

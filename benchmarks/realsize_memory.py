@@ -13,15 +13,15 @@ step: the resident memory (VmRSS) and its peak so far (VmHWM).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _realsize import MODELS, realsize
+
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ROOT / "tests" / "models" / "realsize.py"
 
 
 def status(field: str) -> float:
@@ -30,13 +30,6 @@ def status(field: str) -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def realsize():  # noqa: ANN201
-    spec = importlib.util.spec_from_file_location("_realsize_bench", MODELS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def main() -> int:

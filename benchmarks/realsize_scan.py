@@ -20,7 +20,6 @@ about one full evaluation per point, so on a busy machine a subset may be all th
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import tempfile
@@ -30,21 +29,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from _realsize import MODELS, realsize
 
 from explorer import sensitivity as sens
 from explorer.distributed import executor
 from explorer.sensitivity.engines import forget_engines
 from explorer.subject import Subject
 
-MODELS = Path(__file__).resolve().parents[1] / "tests" / "models" / "realsize.py"
 METHOD = "l1-unstructured"
-
-
-def realsize():  # noqa: ANN201
-    spec = importlib.util.spec_from_file_location("_realsize_bench", MODELS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def timed(fn):  # noqa: ANN001, ANN201
