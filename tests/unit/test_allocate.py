@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import types
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +20,16 @@ from explorer import allocate as alloc
 from explorer.allocate import core as alloc_core
 from explorer.allocate.knapsack import BUCKETS, solve
 from explorer.allocate.meter import Meter
+from explorer.allocate.targets import SavingsContext, masked_weights
 from explorer.allocate.targets import latency as latency_target
 from explorer.cli import main
 from explorer.errors import PlanError
 from explorer.evaluate import evaluate_torch
 from explorer.inspect import count_macs
 from explorer.latency import LATENCY_COLUMNS
+from explorer.methods import get_method
 from explorer.plan import LayerRule, PruningPlan
+from explorer.prune import pruned_weight
 from explorer.runtime import Speedup, speedup_of
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -125,6 +129,48 @@ def test_meets_counted_targets(mlp: Subject, kind: str, value: float, method: st
         abs(result.predicted_accuracy - result.verified_accuracy) > alloc.FLAG_POINTS
     )
     assert set(result.plan.layers) <= set(mlp.layer_names)
+
+
+_CHOICES = np.round(np.concatenate([np.arange(0, 1, 0.01), [0.995, 1.0]]), 4)
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "l1-unstructured",
+        "random-unstructured",
+        "taylor-unstructured",
+        "wanda-unstructured",
+        "2:4",
+        "sparsegpt-unstructured",
+    ],
+)
+def test_the_savings_masks_are_pruned_weights_masks(mlp: Subject, method: str) -> None:
+    """One sort of the scores per layer gives, at every fine choice, the very weight
+    ``pruned_weight`` gives (methods with masks of their own go through it)."""
+    ctx = SavingsContext(mlp, get_method(method), [], lambda f, m: None)
+    for unit in mlp.layer_names:
+        fast = list(masked_weights(ctx, unit, _CHOICES))
+        assert len(fast) == len(_CHOICES)
+        for x, got in zip(_CHOICES, fast, strict=True):
+            want = pruned_weight(method, mlp.model, unit, float(x), calibration=mlp.calibration)
+            assert torch.equal(got, want), (method, unit, x)
+
+
+def test_the_savings_masks_follow_topk_through_ties() -> None:
+    """Weights of five values (zeros among them): nearly every choice's boundary falls inside a
+    group of equal magnitudes, where ``topk`` picks which of them go; the masks are its own."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(40, 30), torch.nn.Linear(30, 10))
+    with torch.no_grad():
+        for layer in model:
+            layer.weight.copy_(torch.randint(-2, 3, layer.weight.shape) / 10)
+    subject = types.SimpleNamespace(model=model, calibration=None)
+    ctx = SavingsContext(subject, get_method("l1-unstructured"), [], lambda f, m: None)  # type: ignore[arg-type]
+    for unit in ("0", "1"):
+        for x, got in zip(_CHOICES, masked_weights(ctx, unit, _CHOICES), strict=True):
+            want = pruned_weight("l1-unstructured", model, unit, float(x))
+            assert torch.equal(got, want), (unit, x)
 
 
 def _timed(shares: list[float]) -> Speedup:

@@ -10,12 +10,13 @@ and the app's choices come from here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
+import torch
 from torch import nn
 
 from explorer.errors import PlanError
@@ -222,12 +223,40 @@ def counted_savings(
     )
 
 
-def masked_weights(ctx: SavingsContext, unit: str, choices: np.ndarray) -> list[Any]:
-    """The weights an unstructured or N:M method leaves in ``unit`` at each of ``choices``."""
+def masked_weights(ctx: SavingsContext, unit: str, choices: np.ndarray) -> Iterator[Any]:
+    """The weights an unstructured or N:M method leaves in ``unit`` at each of ``choices``, one at a
+    time: exactly :func:`explorer.prune.pruned_weight`'s.
+
+    A method that zeros the lowest of its scores (:meth:`WeightMethod.mask`, unchanged) is scored
+    once and its scores sorted once: the ``k`` lowest are then the first ``k`` of that order, unless
+    the ``k``-th ties with the next one (then the mask is :func:`unstructured_mask`'s own, which
+    picks among the ties). One ``topk`` per choice took 60 s of a 224-px ResNet-18's sparsity
+    allocation (2,000 choices at 0.01 steps, 30 ms each on the largest layers)."""
+    from explorer.methods.base import LayerContext, WeightMethod, unstructured_mask
     from explorer.prune import pruned_weight
 
-    s = ctx.subject
-    return [
-        pruned_weight(ctx.method, s.model, unit, float(x), calibration=s.calibration)
-        for x in choices
-    ]
+    s, method = ctx.subject, ctx.method
+    default = isinstance(method, WeightMethod) and (
+        type(method).mask is WeightMethod.mask
+        and type(method).prune_weight is WeightMethod.prune_weight
+    )
+    if not default:
+        for x in choices:
+            yield pruned_weight(method, s.model, unit, float(x), calibration=s.calibration)
+        return
+    with torch.no_grad():
+        layer = LayerContext(s.model, unit, 0, s.calibration)
+        weight, scores = layer.weight, method.scores(layer)
+        flat = scores.reshape(-1)
+        ordered, order = torch.sort(flat, stable=True)
+        exact = bool(torch.isnan(flat).any())  # topk's order of NaNs is its own
+        for x in choices:
+            k = round(float(x) * flat.numel())
+            if k == 0:
+                yield weight.clone()
+            elif exact or (k < flat.numel() and ordered[k - 1] == ordered[k]):
+                yield weight * unstructured_mask(scores, float(x))
+            else:
+                keep = torch.ones_like(flat, dtype=torch.bool)
+                keep[order[:k]] = False
+                yield weight * keep.view_as(weight)
