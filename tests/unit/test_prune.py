@@ -99,6 +99,35 @@ def test_unstructured_mask_equals_torch_l1(ratio: float) -> None:
     assert torch.equal(ours, oracle.bool())
 
 
+def _scores(kind: str) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(5)
+    w = torch.randn(41, 13, 3, generator=gen)
+    if kind == "ties":  # five values: nearly every boundary falls among equal scores
+        return torch.randint(0, 5, w.shape, generator=gen).float()
+    if kind == "zeros":  # an already sparse layer: its zeros tie
+        return (w * (torch.rand(w.shape, generator=gen) > 0.6)).abs()
+    if kind == "nan":
+        w.view(-1)[::17] = float("nan")
+    if kind == "int":
+        return torch.randint(-3, 4, w.shape, generator=gen)
+    return w.abs()
+
+
+@pytest.mark.parametrize("kind", ["random", "ties", "zeros", "nan", "int"])
+def test_unstructured_mask_picks_what_topk_picks(kind: str) -> None:
+    """The ``kthvalue`` shortcut against the ``topk`` it stands for, at every ``k`` (every ratio
+    that rounds to a distinct count), ties and NaNs included."""
+    scores = _scores(kind)
+    n = scores.numel()
+    for k in range(n + 1):
+        oracle = torch.ones(n, dtype=torch.bool)
+        if k:
+            oracle[torch.topk(scores.reshape(-1), k=k, largest=False).indices] = False
+        ours = unstructured_mask(scores, k / n)
+        assert ours.shape == scores.shape and ours.dtype == torch.bool
+        assert torch.equal(ours.reshape(-1), oracle), (kind, k)
+
+
 def test_l1_unstructured_equals_torch_prune(zoo_name: str, subject: Callable[..., Subject]) -> None:
     subj = subject(f"zoo:{zoo_name}")
     ratios = [0.1, 0.35, 0.5, 0.8, 0.95]
