@@ -1,6 +1,5 @@
 """Allocation at real size: the four kinds of target on a 224-px model, from an empty cache and
-again
-with the curves cached (reopening the page).
+again with the curves cached (reopening the page).
 
 ResNet-18 (or ``--model``) from tests/models/realsize.py on 256 fixed random images without labels
 (accuracy is agreement with the dense model). Each target runs ``explorer.allocate.allocate``

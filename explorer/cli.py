@@ -295,7 +295,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 
 
 def cmd_allocate(args: argparse.Namespace) -> int:
-    from explorer.allocate import Target, allocate, target_kinds
+    from explorer.allocate import Target, allocate, curve_needs, target_kinds
     from explorer.methods import get_method
 
     kind, value = next(
@@ -310,6 +310,13 @@ def cmd_allocate(args: argparse.Namespace) -> int:
     subject = _subject(args)
     with _executor(args) as ex:
         try:
+            needs = curve_needs(subject, kind, args.method, round_to=args.round_to)
+            print(
+                f"curves: {needs.left} of {needs.left + needs.cached} sensitivity points to scan"
+                f" ({needs.method} at {', '.join(f'{r:g}' for r in needs.ratios)}; the rest"
+                " cached)",
+                file=sys.stderr,
+            )
             result = allocate(
                 subject,
                 target,

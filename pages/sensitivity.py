@@ -1,14 +1,26 @@
 """Sensitivity page: accuracy and loss when one layer (or dependency group) at a time is pruned; a
 data-free tier first, an ETA before the scan, and measured latency curves for structured methods."""
 
+from collections.abc import Iterable
+
 import streamlit as st
 
+from explorer import allocate as alloc
 from explorer import figures
 from explorer.errors import ExplorerError
 from explorer.methods import available_methods, get_method
 from explorer.sensitivity import DEFAULT_RATIOS
 from ui import blocks, cache, state, widgets
 from ui.state import Keys
+
+
+def _percent(ratios: Iterable[float]) -> list[int]:
+    return [round(100 * r) for r in ratios]
+
+
+def _allocation_ratios(method: str) -> None:
+    st.session_state[Keys.SENS_RATIOS] = _percent(alloc.curve_ratios(get_method(method)))
+
 
 state.ensure_router()
 st.title("Sensitivity", anchor=False)
@@ -25,9 +37,9 @@ with layers_tab:
     scans = st.session_state[Keys.SCANS]
     last = scans.get(sid, {"method": state.draft().method, "ratios": DEFAULT_RATIOS})
     st.session_state.setdefault(Keys.SENS_METHOD, last["method"])
-    st.session_state.setdefault(Keys.SENS_RATIOS, [round(100 * r) for r in last["ratios"]])
+    st.session_state.setdefault(Keys.SENS_RATIOS, _percent(last["ratios"]))
 
-    cols = st.columns([2, 4, 1], vertical_alignment="bottom")
+    cols = st.columns([1.6, 3.6, 1.1, 1.3], vertical_alignment="bottom")
     method = cols[0].selectbox(
         "Method",
         available_methods(),
@@ -36,7 +48,7 @@ with layers_tab:
     )
     ratios = cols[1].multiselect(
         "Ratios (%)",
-        list(range(5, 100, 5)),
+        sorted({*range(5, 100, 5), *_percent(alloc.UNSTRUCTURED_RATIOS)}),
         key=Keys.SENS_RATIOS,
         help="Ratio 0 (the dense model) is always included.",
     )
@@ -46,6 +58,15 @@ with layers_tab:
         icon=":material/play_arrow:",
         width="stretch",
         disabled=not ratios,
+    )
+    cols[3].button(
+        "Allocation's ratios",
+        key="sensitivity.allocation_ratios",
+        width="stretch",
+        on_click=_allocation_ratios,
+        args=(method,),
+        help="The ratios the Prune page's automatic allocation scans with this method: scan them"
+        " here and it starts from these curves.",
     )
     args = {"method": method, "ratios": tuple(sorted(r / 100 for r in ratios))}
     widgets.data_note(method, subject)

@@ -95,6 +95,27 @@ def _summary(a: alloc.Allocation, labelled: bool, n_classes: int) -> str:
     return text
 
 
+def _needs_note(needs: alloc.CurveNeeds) -> str:
+    ratios = ", ".join(f"{round(100 * r)}" for r in needs.ratios)
+    rounded = (
+        f", kept channels rounded up to multiples of {needs.round_to}" if needs.round_to else ""
+    )
+    what = f"{needs.method} at {ratios}%{rounded}"
+    total = needs.left + needs.cached
+    if not needs.left:
+        return f"Its {total} sensitivity points ({what}) are all measured: it starts from them."
+    where = (
+        "these rounded curves are the allocation's own"
+        if needs.round_to
+        else "the Sensitivity page's *Allocation's ratios* scans exactly these, with an ETA"
+    )
+    measured = f"; {needs.cached} are measured already" if needs.cached else ""
+    return (
+        f"It first scans {needs.left} of its {total} sensitivity points ({what}){measured}. From"
+        f" an empty cache this scan is most of the time; {where}."
+    )
+
+
 def section(subject: Subject) -> None:
     """Draw the expander; on "Use this plan" the Prune sliders take the allocation."""
     model, data = subject.model_spec, st.session_state[Keys.DATA]
@@ -129,6 +150,10 @@ def section(subject: Subject) -> None:
             " curves predict; the target is then measured on the pruned model and the plan"
             " verified."
         )
+        try:
+            st.caption(_needs_note(cache.curve_needs(model, data, kind, method)))
+        except ExplorerError as e:
+            st.error(str(e))
         left, right = st.columns(2)
         try:
             if left.button("Allocate", type="primary", key="prune.allocate"):

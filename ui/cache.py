@@ -24,6 +24,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
+from explorer import allocate as alloc
 from explorer import distributed, latency
 from explorer import sensitivity as sens
 from explorer.bundle import zip_bundle
@@ -414,6 +415,13 @@ def estimate(
 ) -> sens.Estimate:
     """How long a scan will take (cached a minute: the on-disk cache may fill meanwhile)."""
     return sens.estimate(subject(model_spec, data_spec), method, ratios)
+
+
+@st.cache_data(max_entries=64, show_spinner=False, ttl=10)
+def curve_needs(model_spec: str, data_spec: str | None, kind: str, method: str) -> alloc.CurveNeeds:
+    """The points an allocation will scan (a cache read, kept briefly: the Prune page reruns on
+    every slider move, and a scan elsewhere fills the cache meanwhile)."""
+    return alloc.curve_needs(subject(model_spec, data_spec), kind, method)
 
 
 @st.cache_resource

@@ -46,13 +46,15 @@ How (AIMET's workflow, with a knapsack instead of its equal-accuracy search), mo
 from explorer.allocate.core import (
     FLAG_POINTS,
     Allocation,
+    CurveNeeds,
     Target,
     allocate,
+    curve_needs,
     default_method,
     pareto_frame,
     pareto_front,
 )
-from explorer.allocate.problem import STRUCTURED_RATIOS, UNSTRUCTURED_RATIOS
+from explorer.allocate.problem import STRUCTURED_RATIOS, UNSTRUCTURED_RATIOS, curve_ratios
 from explorer.allocate.targets import TargetKind, get_target, target_kinds
 
 __all__ = [
@@ -60,9 +62,12 @@ __all__ = [
     "STRUCTURED_RATIOS",
     "UNSTRUCTURED_RATIOS",
     "Allocation",
+    "CurveNeeds",
     "Target",
     "TargetKind",
     "allocate",
+    "curve_needs",
+    "curve_ratios",
     "default_method",
     "get_target",
     "pareto_frame",

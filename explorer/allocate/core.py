@@ -12,10 +12,11 @@ import pandas as pd
 import torch
 from torch import nn
 
+from explorer import sensitivity as sens
 from explorer.allocate.knapsack import solve
 from explorer.allocate.meter import Meter
 from explorer.allocate.owl import owl_ratios
-from explorer.allocate.problem import Problem, build_problem
+from explorer.allocate.problem import Problem, build_problem, curve_ratios
 from explorer.allocate.targets import TargetKind, get_target
 from explorer.distributed import Executor
 from explorer.errors import PlanError
@@ -419,6 +420,37 @@ def allocate(
         return _allocate(problem, tgt, max_rounds, verify, on_progress, meter)
     finally:
         meter.close()
+
+
+@dataclass(frozen=True)
+class CurveNeeds:
+    """The sensitivity points an allocation starts from, before it starts: ``left`` of them still to
+    scan (the expensive part from an empty cache), ``cached`` already on disk (any earlier scan of
+    the same model, data, method, ratios and rounding counts, the Sensitivity page's too)."""
+
+    method: str
+    ratios: tuple[float, ...]
+    round_to: int | None
+    left: int
+    cached: int
+
+
+def curve_needs(
+    subject: Subject,
+    kind: str,
+    method: str | None = None,
+    *,
+    ratios: Sequence[float] | None = None,
+    round_to: int | None = None,
+) -> CurveNeeds:
+    """What :func:`allocate` with these arguments scans; reads the cache only (instant)."""
+    spec = get_target(kind)
+    m = get_method(method or spec.default_method)
+    rounding = _round_to(spec, m, round_to)  # checked in allocate's order: the same first error
+    spec.check_method(m)
+    grid = curve_ratios(m, ratios)
+    left, cached = sens.pending(subject, m.name, grid, round_to=rounding)
+    return CurveNeeds(m.name, tuple(grid), rounding, left, cached)
 
 
 def pareto_front(

@@ -24,7 +24,13 @@ from explorer.progress import Progress
 from explorer.sensitivity.engines import engine_for
 from explorer.subject import Subject
 
-__all__ = ["STRUCTURED_RATIOS", "UNSTRUCTURED_RATIOS", "Problem", "build_problem"]
+__all__ = [
+    "STRUCTURED_RATIOS",
+    "UNSTRUCTURED_RATIOS",
+    "Problem",
+    "build_problem",
+    "curve_ratios",
+]
 
 UNSTRUCTURED_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
 STRUCTURED_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -56,6 +62,15 @@ def _envelope(values: np.ndarray) -> np.ndarray:
     return np.maximum.accumulate(np.maximum(values, 0.0))
 
 
+def curve_ratios(method: Method, ratios: Sequence[float] | None = None) -> list[float]:
+    """The ratios an allocation with ``method`` scans its sensitivity curves at: ``ratios``, else
+    the defaults (up to 0.98 unstructured, 0.9 structured); N:M has one pattern, a layer has it or
+    not (0.5)."""
+    default = STRUCTURED_RATIOS if method.structured else UNSTRUCTURED_RATIOS
+    grid = sorted({check_ratio(r, "allocation ratio") for r in ratios or default} - {0.0})
+    return [0.5] if method.kind == "semi-structured" else grid
+
+
 def build_problem(
     subject: Subject,
     method: Method,
@@ -71,15 +86,7 @@ def build_problem(
     channels up to a multiple of it in the curves, the savings and the plans; ``executor``: where
     the sensitivity points are evaluated (here, or Ray tasks)."""
     kind.check_method(method)
-    grid = sorted(
-        {
-            check_ratio(r, "allocation ratio")
-            for r in ratios or (STRUCTURED_RATIOS if method.structured else UNSTRUCTURED_RATIOS)
-        }
-        - {0.0}
-    )
-    if method.kind == "semi-structured":
-        grid = [0.5]  # N:M has one pattern: a layer has it or not
+    grid = curve_ratios(method, ratios)
     if curves is None:
         on_progress(0.0, f"sensitivity curves ({method.name})")
         curves = sens.scan(

@@ -9,16 +9,14 @@ Three tiers, from instant to exact:
 
 - :func:`proxy` (:mod:`.proxy`): data-free; the fraction of a unit's weight magnitude that each
   ratio removes (Sparsify's idea), computed with the very masks pruning would apply.
-- :func:`estimate` (:mod:`.scanning`): the time a scan will take (one evaluation timed, multiplied
-by
-  the work left), and how many points the cache already holds.
+- :func:`estimate` (:mod:`.scanning`): the time a scan will take (one evaluation timed,
+  multiplied by the work left), and how many points the cache already holds (:func:`pending`).
 - :func:`scan` (:mod:`.scanning`): the measured curves, each point a full evaluation on the
-evaluation
-  data, by one of the engines of :mod:`.engines`. Weight-only methods (unstructured, N:M) run in
-  ONNX Runtime on the part of the graph downstream of the pruned layer, fed with the inner tensors
-  one dense pass captured and the pruned weight as a graph input; no copy of the model per point.
-  ONNX Runtime rounds differently from PyTorch: a point may differ from the PyTorch loop by one
-  sample, rarely. Structured methods reuse one DepGraph (copied with the model) and evaluate the
+  evaluation data, by one of the engines of :mod:`.engines`. Weight-only methods (unstructured, N:M)
+  run in ONNX Runtime on the part of the graph downstream of the pruned layer, fed with the inner
+  tensors one dense pass captured and the pruned weight as a graph input; no copy of the model per
+  point. ONNX Runtime rounds differently from PyTorch: a point may differ from the PyTorch loop by
+  one sample, rarely. Structured methods reuse one DepGraph (copied with the model) and evaluate the
   really shrunk model in PyTorch. Points are cached on disk per (model, data, method)
   (:mod:`.cache`).
 
@@ -39,6 +37,7 @@ from explorer.sensitivity.scanning import (
     COLUMNS,
     Estimate,
     estimate,
+    pending,
     reference_scan,
     scan,
     scan_cache,
@@ -57,6 +56,7 @@ __all__ = [
     "clear_cache",
     "estimate",
     "model_hash",
+    "pending",
     "proxy",
     "reference_scan",
     "removable",

@@ -22,7 +22,15 @@ from explorer.sensitivity.engines import Result, engine_for
 from explorer.sensitivity.units import DEFAULT_RATIOS, check_ratios, check_round_to, select
 from explorer.subject import Subject
 
-__all__ = ["COLUMNS", "Estimate", "estimate", "reference_scan", "scan", "scan_cache"]
+__all__ = [
+    "COLUMNS",
+    "Estimate",
+    "estimate",
+    "pending",
+    "reference_scan",
+    "scan",
+    "scan_cache",
+]
 
 COLUMNS = ["layer", "ratio", "accuracy", "loss", "members"]
 
@@ -180,6 +188,37 @@ class Estimate:
         return asdict(self)
 
 
+def _missing(
+    subject: Subject,
+    method: str,
+    ratios: Sequence[float],
+    layers: Sequence[str] | None,
+    round_to: int | None,
+    cache: bool,
+) -> tuple[dict[str, list[str]], dict[str, list[float]]]:
+    """The units a scan covers (name -> members) and, per unit, the ratios the cache lacks."""
+    ratios = check_ratios(ratios)
+    round_to = check_round_to(get_method(method), round_to)
+    todo = select(subject, method, layers)
+    known = scan_cache(subject, method, round_to).load() if cache else {}
+    return todo, {n: [r for r in ratios if (n, ratio_key(r)) not in known] for n in todo}
+
+
+def pending(
+    subject: Subject,
+    method: str = "l1-unstructured",
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+    layers: Sequence[str] | None = None,
+    *,
+    round_to: int | None = None,
+) -> tuple[int, int]:
+    """``(left, cached)``: how many of a scan's points are still to evaluate and how many the
+    on-disk cache holds; reads the cache only (no engine is built, nothing is timed)."""
+    todo, missing = _missing(subject, method, ratios, layers, round_to, True)
+    left = sum(len(v) for v in missing.values())
+    return left, len(todo) * len(check_ratios(ratios)) - left
+
+
 def estimate(
     subject: Subject,
     method: str = "l1-unstructured",
@@ -193,14 +232,9 @@ def estimate(
     """Estimate :func:`scan`'s run time: one evaluation is timed (building the engine, which the
     scan then reuses), and multiplied by the share of the model each point runs."""
     m = get_method(method)
-    ratios = check_ratios(ratios)
-    round_to = check_round_to(m, round_to)
-    todo = select(subject, method, layers)
-    known = scan_cache(subject, method, round_to).load() if cache else {}
-    rk = ratio_key
-    missing = {n: [r for r in ratios if (n, rk(r)) not in known] for n in todo}
+    todo, missing = _missing(subject, method, ratios, layers, round_to, cache)
     n_missing = sum(len(v) for v in missing.values())
-    cached = len(todo) * len(ratios) - n_missing
+    cached = len(todo) * len(check_ratios(ratios)) - n_missing
     if not n_missing:
         return Estimate(0, cached, 0.0, 0.0, "cache")
     eng = engine_for(subject, m, engine)

@@ -4,8 +4,14 @@ when the user switches pages."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from apphelpers import metrics, open_app
 
+from explorer import Subject
+from explorer import allocate as alloc
+from explorer import sensitivity as sens
 from explorer.plan import LayerRule, PruningPlan
 
 
@@ -125,6 +131,34 @@ def test_import_restores_a_plan_and_rejects_one_that_does_not_fit() -> None:
     assert at.selectbox(key="prune.method").value == "l1-structured"
     assert at.slider(key="prune.ratio.features.7").value == 50
     assert len(at.session_state["history"]) == 1  # the good plan only
+
+
+def test_the_allocation_says_what_it_will_scan_and_the_sensitivity_page_scans_just_that(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(sens.CACHE_ENV, str(tmp_path))  # an empty cache
+    method = alloc.default_method("sparsity")
+    needs = alloc.curve_needs(Subject("zoo:digits-cnn"), "sparsity", method)
+    total = needs.left + needs.cached
+    assert needs.left == total > 0
+    at = open_app("prune")
+    at.selectbox(key="prune.alloc.kind").set_value("sparsity").run()
+    assert any(
+        c.value.startswith(f"It first scans {total} of its {total} sensitivity points ({method}")
+        for c in at.caption
+    ), [c.value for c in at.caption]
+    at.switch_page("pages/sensitivity.py").run()
+    at.selectbox(key="sensitivity.method").set_value(method).run()
+    at.button(key="sensitivity.allocation_ratios").click().run()
+    assert at.multiselect(key="sensitivity.ratios").value == [round(100 * r) for r in needs.ratios]
+    next(b for b in at.button if b.label == "Run scan").click().run(timeout=600)
+    assert not at.exception
+    at.switch_page("pages/prune.py").run()
+    assert any(
+        c.value.startswith(f"Its {total} sensitivity points ({method}")
+        and c.value.endswith("are all measured: it starts from them.")
+        for c in at.caption
+    ), [c.value for c in at.caption]
 
 
 def test_automatic_allocation_meets_its_target_and_becomes_the_editable_plan() -> None:

@@ -17,6 +17,7 @@ from torch.nn.utils import prune as torch_prune
 
 from explorer import Subject
 from explorer import allocate as alloc
+from explorer import sensitivity as sens
 from explorer.allocate import core as alloc_core
 from explorer.allocate.knapsack import BUCKETS, solve
 from explorer.allocate.meter import Meter
@@ -26,7 +27,7 @@ from explorer.cli import main
 from explorer.errors import PlanError
 from explorer.evaluate import evaluate_torch
 from explorer.inspect import count_macs
-from explorer.latency import LATENCY_COLUMNS
+from explorer.latency import LATENCY_COLUMNS, fast_multiple
 from explorer.methods import get_method
 from explorer.plan import LayerRule, PruningPlan
 from explorer.prune import pruned_weight
@@ -346,6 +347,41 @@ def test_pareto_front(mlp: Subject) -> None:
     assert frame.on_front[best]  # nothing beats the most accurate allocation on accuracy
 
 
+@pytest.mark.parametrize(
+    ("kind", "method"), [("sparsity", "l1-unstructured"), ("macs", "l1-structured")]
+)
+def test_curve_needs_counts_the_points_the_allocation_scans(
+    mlp: Subject, kind: str, method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(sens.CACHE_ENV, str(tmp_path))  # an empty cache
+    units = len(sens.units(mlp, method))
+    grid = alloc.curve_ratios(get_method(method))
+    assert alloc.curve_needs(mlp, kind, method) == alloc.CurveNeeds(
+        method, tuple(grid), None, units * len(grid), 0
+    )
+    sens.scan(mlp, method)  # the Sensitivity page's default ratios
+    shared = len({round(r, 6) for r in grid} & {round(r, 6) for r in sens.DEFAULT_RATIOS})
+    before = alloc.curve_needs(mlp, kind, method)
+    assert (before.left, before.cached) == (units * (len(grid) - shared), units * shared)
+    alloc.allocate(mlp, (kind, 0.5), method, verify=False)
+    # The allocation scanned exactly the points it said it lacked, and they are what the next one
+    # starts from.
+    after = alloc.curve_needs(mlp, kind, method)
+    assert (after.left, after.cached) == (0, units * len(grid))
+    assert sens.pending(mlp, method, grid) == (0, units * len(grid))
+
+
+def test_curve_needs_follow_the_allocations_grid_and_rounding(mlp: Subject) -> None:
+    assert alloc.curve_ratios(get_method("2:4")) == [0.5]  # N:M: a layer has the pattern or not
+    assert alloc.curve_ratios(get_method("l1-unstructured"), (0.9, 0.0, 0.5)) == [0.5, 0.9]
+    assert alloc.curve_needs(mlp, "latency", "l1-structured").round_to == fast_multiple()
+    assert alloc.curve_needs(mlp, "macs", "l1-structured").round_to is None
+    with pytest.raises(PlanError, match="structured"):
+        alloc.curve_needs(mlp, "macs", "l1-unstructured")
+    with pytest.raises(PlanError, match="allocation ratio"):
+        alloc.curve_ratios(get_method("2:4"), (1.5,))
+
+
 def test_user_errors(mlp: Subject) -> None:
     with pytest.raises(PlanError, match="structured"):
         alloc.allocate(mlp, ("macs", 0.5), "l1-unstructured")
@@ -369,8 +405,12 @@ def test_cli_allocate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     )
     plan = PruningPlan.load(out)
     assert plan.method == "l1-unstructured" and plan.layers
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "predicted" in printed and "verified" in printed
+    units = len(sens.units(Subject("zoo:digits-mlp"), "l1-unstructured"))
+    total = units * len(alloc.UNSTRUCTURED_RATIOS)
+    assert f" of {total} sensitivity points to scan (l1-unstructured at 0.1, 0.2," in captured.err
     assert json.loads(out.read_text())["format"] == "pruning-explorer/plan"
     # User errors: one line on stderr, exit code 2.
     assert (
