@@ -69,6 +69,7 @@ with layers_tab:
         " here and it starts from these curves.",
     )
     args = {"method": method, "ratios": tuple(sorted(r / 100 for r in ratios))}
+    eta_slot = st.empty()  # under the row: filled once the estimate is timed
     widgets.data_note(method, subject)
     if get_method(method).structured and subject.capabilities.structured_off:
         st.info(f"**{method}** is off for this model: {subject.capabilities.structured_off}.")
@@ -91,7 +92,7 @@ with layers_tab:
                 " measures it."
             )
         eta = cache.estimate(model, data, method, args["ratios"])
-        cols[1].caption(
+        eta_slot.caption(
             "All points are cached: the scan returns at once."
             if eta.points == 0
             else (

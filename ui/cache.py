@@ -417,10 +417,10 @@ def estimate(
     return sens.estimate(subject(model_spec, data_spec), method, ratios)
 
 
-@st.cache_data(max_entries=64, show_spinner=False, ttl=10)
 def curve_needs(model_spec: str, data_spec: str | None, kind: str, method: str) -> alloc.CurveNeeds:
-    """The points an allocation will scan (a cache read, kept briefly: the Prune page reruns on
-    every slider move, and a scan elsewhere fills the cache meanwhile)."""
+    """The points an allocation will scan: read from the on-disk cache on every rerun (a few ms;
+    the model's hash is memoised), never kept, so it is right the moment a scan or an allocation
+    anywhere on this server has filled the cache."""
     return alloc.curve_needs(subject(model_spec, data_spec), kind, method)
 
 
