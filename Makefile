@@ -28,9 +28,15 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 # The lint gate, then every test, including the real-browser tests (Debian's chromium, installed
-# here when missing).
+# here when missing). The architecture matrix runs one thread per test (tiny tensors), so it runs
+# on two pytest-xdist workers, each architecture's cells in one worker (its files built once);
+# everything else runs in one process, as before.
+MATRIX := tests/unit/test_architectures.py
+XDIST  := -n 2 --dist loadgroup
+
 test: setup chromium lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --ignore=$(MATRIX)
+	$(BIN)/python -m pytest $(MATRIX) $(XDIST)
 
 # Everything but the browser tests.
 test-fast: setup
@@ -38,7 +44,7 @@ test-fast: setup
 
 # The architecture matrix alone (every method in every cell; part of `make test`).
 test-matrix: setup
-	$(BIN)/python -m pytest tests/unit/test_architectures.py
+	$(BIN)/python -m pytest $(MATRIX) $(XDIST)
 
 chromium:
 	@if [ ! -x /usr/bin/chromium ]; then \

@@ -82,7 +82,9 @@ def _cells() -> Iterator[tuple[str, str]]:
                 yield name, door
 
 
-CELLS = [pytest.param(n, d, id=f"{n}-{d}") for n, d in _cells()]
+# One xdist group per architecture (`make test` runs this module on two workers with
+# ``--dist loadgroup``): each architecture is built and its door files written in one worker only.
+CELLS = [pytest.param(n, d, id=f"{n}-{d}", marks=pytest.mark.xdist_group(n)) for n, d in _cells()]
 
 # Every registered method runs in every cell (architecture x door): about 1,500 cases.
 CELL_METHODS = available_methods()
@@ -346,7 +348,8 @@ HEAD_ORACLES = [
 
 
 @pytest.mark.parametrize(
-    ("name", "heads_layer", "reader"), HEAD_ORACLES, ids=[h[0] for h in HEAD_ORACLES]
+    ("name", "heads_layer", "reader"),
+    [pytest.param(*h, id=h[0], marks=pytest.mark.xdist_group(h[0])) for h in HEAD_ORACLES],
 )
 def test_removing_heads_equals_silencing_them(
     files: _Files, name: str, heads_layer: str, reader: str
@@ -490,7 +493,14 @@ def _groups_as_sets(model: nn.Module, x: torch.Tensor | Inputs) -> list[set]:
 
 # Swin's shifted windows: with Torch-Pruning's own test the grouping does not end (why ours exists).
 # ShuffleNetV2: its groups end at the channel shuffle by design (refused there, REFUSED above).
-@pytest.mark.parametrize("name", [n for n in NAMES if n not in ("swin", "shufflenet_v2")])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.xdist_group(n))
+        for n in NAMES
+        if n not in ("swin", "shufflenet_v2")
+    ],
+)
 def test_groups_are_torch_prunings_where_its_own_grouping_ends(
     files: _Files, name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
