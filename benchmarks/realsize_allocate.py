@@ -5,9 +5,12 @@ ResNet-18 (or ``--model``) from tests/models/realsize.py on 256 fixed random ima
 (accuracy is agreement with the dense model). Each target runs ``explorer.allocate.allocate``
 (sensitivity curves, savings, knapsack rounds measured on the pruned model, the baselines for
 sparsity, and the verification) with the progress messages printed as they come (they carry the
-ETA), then once more with everything the first run cached.
+ETA), then once more with everything the first run cached. ``--curve-images N`` scans the curves
+on N of the images (a seeded subset) and verifies on all: the table then says whether the plan's
+agreement on the subset predicted that on all (``inside`` its 95 % interval).
 
     python benchmarks/realsize_allocate.py [--model resnet18] [--images 256] [--workers N]
+        [--curve-images N] [--targets sparsity,macs,size,latency]
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ def main() -> int:
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--workers", type=int, help="scan on a local Ray with N workers")
+    parser.add_argument("--curve-images", type=int, help="curves on N of the images")
+    parser.add_argument("--targets", default="sparsity,macs,size,latency")
     args = parser.parse_args()
     print(
         f"{os.cpu_count()} cores, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} at"
@@ -68,31 +73,41 @@ def main() -> int:
         print(
             f"== {args.model} at 224x224, {args.images} images (agreement with the dense model)"
             + (f", scans on Ray with {args.workers} workers" if args.workers else "")
+            + (f", curves on {args.curve_images} of the images" if args.curve_images else "")
         )
         rows = []
+        wanted = args.targets.split(",")
         try:
-            for kind, value, method in TARGETS:
+            for kind, value, method in (t for t in TARGETS if t[0] in wanted):
                 target = Target(kind, value)
                 print(f"  {target.describe()} ({method}), empty cache:", flush=True)
+                on = {"executor": ex, "curve_images": args.curve_images}
                 t0 = time.perf_counter()
-                result = allocate(subject, target, method, on_progress=Printer(), executor=ex)
+                result = allocate(subject, target, method, on_progress=Printer(), **on)
                 cold = time.perf_counter() - t0
                 t0 = time.perf_counter()
-                allocate(subject, target, method, executor=ex)
+                allocate(subject, target, method, **on)
                 warm = time.perf_counter() - t0
                 rows.append((target.describe(), method, result, cold, warm))
         finally:
             ex.close()
         print(
             f"\n  {'target':<28} {'method':<16} {'achieved':>8} {'met':>4} {'rounds':>6}"
-            f" {'predicted':>9} {'verified':>8} {'cold s':>7} {'cached s':>8}"
+            f" {'predicted':>9} {'verified':>8} {'subset':>7} {'inside':>6} {'cold s':>7}"
+            f" {'cached s':>8}"
         )
         for what, method, r, cold, warm in rows:
+            sub = r.curves_on
             print(
                 f"  {what:<28} {method:<16} {r.achieved:>8.3f} {'yes' if r.met else 'NO':>4}"
                 f" {r.rounds:>6} {100 * r.predicted_accuracy:>8.2f}%"
-                f" {100 * (r.verified_accuracy or 0):>7.2f}% {cold:>7.0f} {warm:>8.0f}"
+                f" {100 * (r.verified_accuracy or 0):>7.2f}%"
+                f" {(f'{100 * sub.accuracy:.2f}%' if sub and sub.accuracy is not None else '-'):>7}"
+                f" { ({True: 'yes', False: 'NO', None: '-'}[r.representative]):>6}"
+                f" {cold:>7.0f} {warm:>8.0f}"
             )
+            if sub is not None:
+                print(f"      {sub.describe(r.verified_accuracy, 'agreement')}")
     print(f"\nload average at end {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     return 0
 

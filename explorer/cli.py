@@ -310,10 +310,13 @@ def cmd_allocate(args: argparse.Namespace) -> int:
     subject = _subject(args)
     with _executor(args) as ex:
         try:
-            needs = curve_needs(subject, kind, args.method, round_to=args.round_to)
+            needs = curve_needs(
+                subject, kind, args.method, round_to=args.round_to, curve_images=args.curve_images
+            )
             print(
                 f"curves: {needs.left} of {needs.left + needs.cached} sensitivity points to scan"
-                f" ({needs.method} at {', '.join(f'{r:g}' for r in needs.ratios)}; the rest"
+                f" ({needs.method} at {', '.join(f'{r:g}' for r in needs.ratios)}, each on"
+                f" {needs.images} of the {len(subject.data.test)} evaluation samples; the rest"
                 " cached)",
                 file=sys.stderr,
             )
@@ -324,6 +327,7 @@ def cmd_allocate(args: argparse.Namespace) -> int:
                 round_to=args.round_to,
                 on_progress=ProgressBar("allocate"),
                 executor=ex,
+                curve_images=args.curve_images,
             )
         except ExplorerError as e:
             if "round_to" in str(e):
@@ -371,7 +375,10 @@ def cmd_allocate(args: argparse.Namespace) -> int:
             f"{name} {100 * acc:.2f}%"
             for name, acc in sorted(result.candidates.items(), key=lambda kv: -kv[1])
         )
-        print(f"compared   on the evaluation data, each at the target: {ranked}")
+        print(f"compared   on {result.compared_on}, each at the target: {ranked}")
+    if result.curves_on is not None:
+        what = "accuracy" if subject.data.has_labels else "agreement"
+        print(f"curves     {result.curves_on.describe(result.verified_accuracy, what)}")
     if result.chosen != "knapsack":
         print(
             f"note       the {result.chosen} plan scored higher than the knapsack's on the data;"
@@ -821,6 +828,16 @@ def build_parser() -> argparse.ArgumentParser:
             "structured methods: round kept channels up to a multiple of N (1: no rounding;"
             " default: the CPU's fast multiple, 16 with AVX-512 and 8 otherwise, for"
             " --target-latency, none for the others)"
+        ),
+    )
+    p.add_argument(
+        "--curve-images",
+        type=_positive_int,
+        metavar="N",
+        help=(
+            "scan the sensitivity curves on N of the evaluation samples (a seeded subset; the scan"
+            " costs in proportion); the target is measured and the plan verified on all of them,"
+            " and the result says whether the subset predicted them (default: every sample)"
         ),
     )
     p.add_argument("--out", required=True, metavar="PLAN.json")

@@ -67,6 +67,15 @@ class Split:
     def __len__(self) -> int:
         return len(self.x)
 
+    def subset(self, n: int, seed: int = 0) -> Split:
+        """``n`` of these samples, a seeded random subset kept in their order (``self`` when ``n``
+        covers them all): the same subset for the same ``n`` and ``seed`` every time."""
+        if len(self) <= n:
+            return self
+        gen = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(self), generator=gen)[:n].sort().values
+        return Split(self.x[idx], self.y[idx] if self.y is not None else None)
+
 
 @dataclass(frozen=True)
 class Dataset:

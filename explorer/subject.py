@@ -7,6 +7,8 @@ a Subject can be shared by every user of the app.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import tempfile
 import threading
 from pathlib import Path
@@ -68,9 +70,11 @@ class Subject:
         except DataError as e:
             raise DataError(f"{model_spec} with data {data_spec}: {e}") from None
         self.capabilities = Capabilities.of(self.model, self.inventory.structured_error)
+        self._calibration_data = self.data  # a view (on_images) keeps its parent's
         self._lock = threading.Lock()
         self._dense: tuple[Metrics, np.ndarray] | None = None
         self._dense_session: OrtModel | None = None
+        self._views: dict[int, Subject] = {}
 
     @property
     def output_note(self) -> str:
@@ -90,8 +94,30 @@ class Subject:
     @property
     def calibration(self) -> Split | None:
         """The data data-aware methods score with (train, else val, else test)."""
-        found = self.data.calibration()
+        found = self._calibration_data.calibration()
         return found[0] if found is not None else None
+
+    def on_images(self, n: int) -> Subject:
+        """This subject evaluated on ``n`` of its evaluation samples (``Split.subset``: seeded, the
+        same ones every time), for sensitivity curves that cost ``n / len(test)`` of a full scan.
+
+        The view shares the model (never modified), inventory, example input and calibration data
+        (data-aware methods prune exactly as on the whole set); its data fingerprint is its own, so
+        its scans are cached apart. ``self`` when ``n`` covers every sample. Made once per ``n``.
+        """
+        if n < 1:
+            raise DataError(f"a subset of the evaluation data needs at least 1 sample, got {n}")
+        if n >= len(self.data.test):
+            return self
+        with self._lock:
+            view = self._views.get(n)
+            if view is None:
+                view = copy.copy(self)
+                view.data = dataclasses.replace(self.data, test=self.data.test.subset(n))
+                view._lock = threading.Lock()
+                view._dense, view._dense_session, view._views = None, None, {}
+                self._views[n] = view
+            return view
 
     def prune(self, plan: PruningPlan, *, round_to: int | None = None) -> nn.Module:
         """A pruned copy of the base model (kept channels rounded as the plan's ``round_to`` says,

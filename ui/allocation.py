@@ -22,6 +22,7 @@ from ui.state import Keys
 __all__ = ["section"]
 
 _FRONT = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+_SUBSETS = (32, 64, 128, 256)  # samples the curves may be scanned on, below all of them
 
 
 @st.cache_resource
@@ -80,14 +81,18 @@ def _summary(a: alloc.Allocation, labelled: bool, n_classes: int) -> str:
             for name, acc in sorted(a.candidates.items(), key=lambda kv: -kv[1])
         )
         text += (
-            f" Compared on the evaluation data, each meeting the target: {ranked}; kept"
-            f" **{a.chosen}**."
+            f" Compared on {a.compared_on}, each meeting the target: {ranked}; kept **{a.chosen}**."
         )
     if a.flagged and a.gap is not None:
         text += (
             f" Predicted and verified differ by {100 * abs(a.gap):.1f} points: pruning several"
             " layers interacts in ways the one-layer curves do not see."
         )
+    if a.curves_on is not None:
+        sentence = a.curves_on.describe(a.verified_accuracy, what)
+        text += f" {sentence[0].upper()}{sentence[1:]}."
+        if a.representative is False:
+            text += "\n\n:warning: **The subset did not predict all the samples for this plan.**"
     if a.verified_accuracy is not None:
         warning = accuracy_warning(a.verified_accuracy, a.dense_accuracy, n_classes, labelled)
         if warning:
@@ -95,20 +100,26 @@ def _summary(a: alloc.Allocation, labelled: bool, n_classes: int) -> str:
     return text
 
 
-def _needs_note(needs: alloc.CurveNeeds) -> str:
+def _needs_note(needs: alloc.CurveNeeds, samples: int) -> str:
     ratios = ", ".join(f"{round(100 * r)}" for r in needs.ratios)
     rounded = (
         f", kept channels rounded up to multiples of {needs.round_to}" if needs.round_to else ""
     )
-    what = f"{needs.method} at {ratios}%{rounded}"
+    subset = needs.images < samples
+    on = f", each on {needs.images} of the {samples} samples" if subset else ""
+    what = f"{needs.method} at {ratios}%{rounded}{on}"
     total = needs.left + needs.cached
     if not needs.left:
         return f"Its {total} sensitivity points ({what}) are all measured: it starts from them."
-    where = (
-        "these rounded curves are the allocation's own"
-        if needs.round_to
-        else "the Sensitivity page's *Allocation's ratios* scans exactly these, with an ETA"
-    )
+    if subset:
+        where = (
+            f"a point costs about {needs.images}/{samples} of one on all samples, and the plan is"
+            " still measured and verified on all of them"
+        )
+    elif needs.round_to:
+        where = "these rounded curves are the allocation's own"
+    else:
+        where = "the Sensitivity page's *Allocation's ratios* scans exactly these, with an ETA"
     measured = f"; {needs.cached} are measured already" if needs.cached else ""
     return (
         f"It first scans {needs.left} of its {total} sensitivity points ({what}){measured}. From"
@@ -120,7 +131,7 @@ def section(subject: Subject) -> None:
     """Draw the expander; on "Use this plan" the Prune sliders take the allocation."""
     model, data = subject.model_spec, st.session_state[Keys.DATA]
     with st.expander("Start from an automatic allocation", icon=":material/auto_fix_high:"):
-        cols = st.columns([3, 2, 2], vertical_alignment="bottom")
+        cols = st.columns([3, 2, 2, 2], vertical_alignment="bottom")
         kinds = {k.name: k for k in alloc.target_kinds()}
         kind = cols[0].selectbox(
             "Target", list(kinds), format_func=lambda k: kinds[k].label, key=Keys.ALLOC_KIND
@@ -145,26 +156,53 @@ def section(subject: Subject) -> None:
             key=f"{Keys.ALLOC_METHOD}.{kind}",
         )
         value = cols[2].slider("Value (%)", 5, 95, 50, 5, key=Keys.ALLOC_VALUE) / 100
+        samples = len(subject.data.test)
+        images = (
+            cols[3].selectbox(
+                "Curves on",
+                [0, *(n for n in _SUBSETS if n < samples)],
+                format_func=lambda n: f"all {samples} samples" if n == 0 else f"{n} samples",
+                key=Keys.ALLOC_IMAGES,
+                help=(
+                    "The sensitivity curves on a seeded subset of the evaluation samples cost that"
+                    " share of a scan on all of them; the target is measured and the plan verified"
+                    " on all, and the result says whether the subset predicted them."
+                ),
+            )
+            or None
+        )
         st.caption(
             "Per-layer ratios that reach the target with the least accuracy loss the sensitivity"
             " curves predict; the target is then measured on the pruned model and the plan"
             " verified."
         )
-        try:
-            st.caption(_needs_note(cache.curve_needs(model, data, kind, method)))
-        except ExplorerError as e:
-            st.error(str(e))
+        needs = st.empty()  # refilled after a run below: the count it gives changes with it
+
+        def show_needs() -> None:
+            try:
+                note = _needs_note(cache.curve_needs(model, data, kind, method, images), samples)
+                needs.caption(note)
+            except ExplorerError as e:
+                needs.error(str(e))
+
+        show_needs()
         left, right = st.columns(2)
         try:
             if left.button("Allocate", type="primary", key="prune.allocate"):
                 _run(
                     subject,
-                    (model, data, kind, value, method),
+                    (model, data, kind, value, method, images),
                     lambda p: alloc.allocate(
-                        subject, (kind, value), method, on_progress=p, executor=cache.executor()
+                        subject,
+                        (kind, value),
+                        method,
+                        on_progress=p,
+                        executor=cache.executor(),
+                        curve_images=images,
                     ),
                 )
-            found = _results().get((model, data, kind, value, method))
+                show_needs()
+            found = _results().get((model, data, kind, value, method, images))
             if found is not None:
                 st.markdown(_summary(found, subject.data.has_labels, subject.dense()[1].shape[1]))
                 st.button(
@@ -177,12 +215,19 @@ def section(subject: Subject) -> None:
             if right.button(f"Pareto front ({len(_FRONT)} targets)", key="prune.allocate.front"):
                 _run(
                     subject,
-                    ("front", model, data, kind, method),
+                    ("front", model, data, kind, method, images),
                     lambda p: alloc.pareto_front(
-                        subject, kind, _FRONT, method, on_progress=p, executor=cache.executor()
+                        subject,
+                        kind,
+                        _FRONT,
+                        method,
+                        on_progress=p,
+                        executor=cache.executor(),
+                        curve_images=images,
                     ),
                 )
-            front = _results().get(("front", model, data, kind, method))
+                show_needs()
+            front = _results().get(("front", model, data, kind, method, images))
             if front:
                 st.plotly_chart(
                     figures.allocation_front([a.to_dict() for a in front]),

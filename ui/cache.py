@@ -417,11 +417,13 @@ def estimate(
     return sens.estimate(subject(model_spec, data_spec), method, ratios)
 
 
-def curve_needs(model_spec: str, data_spec: str | None, kind: str, method: str) -> alloc.CurveNeeds:
-    """The points an allocation will scan: read from the on-disk cache on every rerun (a few ms;
-    the model's hash is memoised), never kept, so it is right the moment a scan or an allocation
-    anywhere on this server has filled the cache."""
-    return alloc.curve_needs(subject(model_spec, data_spec), kind, method)
+def curve_needs(
+    model_spec: str, data_spec: str | None, kind: str, method: str, images: int | None = None
+) -> alloc.CurveNeeds:
+    """The points an allocation will scan (each on ``images`` samples; None: all): read from the
+    on-disk cache on every rerun (a few ms; the model's hash is memoised), never kept, so it is
+    right the moment a scan or an allocation anywhere on this server has filled the cache."""
+    return alloc.curve_needs(subject(model_spec, data_spec), kind, method, curve_images=images)
 
 
 @st.cache_resource

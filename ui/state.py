@@ -77,6 +77,7 @@ class Keys:
     ALLOC_KIND = "prune.alloc.kind"
     ALLOC_METHOD = "prune.alloc.method"  # suffixed with the target kind
     ALLOC_VALUE = "prune.alloc.value"
+    ALLOC_IMAGES = "prune.alloc.images"  # samples the curves are scanned on (0: all)
 
     # Weights page widgets.
     WEIGHTS_LAYER = "weights.layer"

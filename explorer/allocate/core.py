@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,9 @@ from explorer.allocate.targets import TargetKind, get_target
 from explorer.distributed import Executor
 from explorer.errors import PlanError
 from explorer.evaluate import Evaluation, evaluate_torch, samples_per_call
+from explorer.inputs import run_model
 from explorer.latency import fast_multiple
+from explorer.live import wilson
 from explorer.methods import Method, get_method, layer_is_hookable
 from explorer.plan import LayerRule, PruningPlan, check_round_to
 from explorer.progress import Progress, no_progress
@@ -31,6 +34,7 @@ from explorer.subject import Subject
 __all__ = [
     "FLAG_POINTS",
     "Allocation",
+    "CurveSubset",
     "Target",
     "allocate",
     "default_method",
@@ -69,6 +73,56 @@ class Target:
 
 
 @dataclass(frozen=True)
+class CurveSubset:
+    """The curves were measured on ``images`` of the ``total`` evaluation samples (a seeded
+    subset, ``Subject.on_images``), and the plan checked against all of them: its accuracy on the
+    subset (``accuracy``) gives a 95 % interval for its accuracy on all (finite-population Wilson,
+    ``interval``), which the verified accuracy on all should fall in. None: not verified."""
+
+    images: int
+    total: int
+    accuracy: float | None = None
+    interval: tuple[float, float] | None = None
+
+    def holds(self, verified: float | None) -> bool | None:
+        """Whether ``verified`` (on all samples) is inside the subset's interval."""
+        if verified is None or self.interval is None:
+            return None
+        lo, hi = self.interval
+        return lo - 1e-9 <= verified <= hi + 1e-9
+
+    def describe(self, verified: float | None, what: str = "accuracy") -> str:
+        """One sentence for the CLI and the page: the subset, and whether it predicted ``verified``
+        (``what``: "accuracy", or "agreement" for unlabelled data)."""
+        head = (
+            f"curves measured on {self.images} of the {self.total} evaluation samples (a seeded"
+            " subset)"
+        )
+        if self.accuracy is None or self.interval is None or verified is None:
+            return f"{head}; the plan is not verified on all of them"
+        lo, hi = self.interval
+        text = (
+            f"{head}; the plan's {what} on them, {100 * self.accuracy:.2f}%, puts all"
+            f" {self.total} at {100 * lo:.1f}-{100 * hi:.1f}% (95 %), and on all it is"
+            f" {100 * verified:.2f}%"
+        )
+        if self.holds(verified):
+            return text + ": inside"
+        return (
+            text + ": outside, so the subset does not represent the data for this plan; allocate"
+            " on more samples"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "images": self.images,
+            "total": self.total,
+            "accuracy": self.accuracy,
+            "interval": list(self.interval) if self.interval is not None else None,
+        }
+
+
+@dataclass(frozen=True)
 class Allocation:
     """An allocation and how it did. ``achieved`` is measured, in the target's unit."""
 
@@ -91,6 +145,20 @@ class Allocation:
     speedup: Speedup | None = (
         None  # timed targets: the interleaved timing that decided ``achieved``
     )
+    curves_on: CurveSubset | None = None  # curves measured on a subset (None: on all samples)
+
+    @property
+    def compared_on(self) -> str:
+        """Where the candidates (``candidates``) were scored, in the words the CLI and page use."""
+        if self.curves_on is None:
+            return "the evaluation data"
+        return f"the curves' {self.curves_on.images} samples"
+
+    @property
+    def representative(self) -> bool | None:
+        """Curves on a subset: whether the verified accuracy on all samples is inside the interval
+        the plan's accuracy on the subset gives (None: curves on all samples, or not verified)."""
+        return None if self.curves_on is None else self.curves_on.holds(self.verified_accuracy)
 
     @property
     def gap(self) -> float | None:
@@ -123,6 +191,8 @@ class Allocation:
             "plan": self.plan.to_dict(),
             "metrics": self.evaluation.to_dict() if self.evaluation is not None else {},
             "speedup": self.speedup.to_dict() if self.speedup is not None else None,
+            "curves_on": self.curves_on.to_dict() if self.curves_on is not None else None,
+            "representative": self.representative,
         }
 
 
@@ -237,10 +307,13 @@ def _allocate(
         )
     evaluation = None
     verified = None
+    subset = _curve_subset(problem)
     if verify:
         on_progress(0.97, "verifying the plan")
         evaluation = problem.subject.evaluate(plan)
         verified = float(evaluation.pruned.accuracy)
+        if subset is not None and problem.curves_on is not None:
+            subset = _checked(subset, problem.curves_on, problem.subject.prune(plan))
     on_progress(1.0, "done")
     return Allocation(
         plan=plan,
@@ -256,7 +329,35 @@ def _allocate(
         chosen=chosen,
         candidates=candidates,
         speedup=timing,
+        curves_on=subset,
     )
+
+
+def _curve_subset(problem: Problem) -> CurveSubset | None:
+    view = problem.curves_on
+    if view is None:
+        return None
+    return CurveSubset(len(view.data.test), len(problem.subject.data.test))
+
+
+def _checked(subset: CurveSubset, view: Subject, model: nn.Module) -> CurveSubset:
+    """``subset`` with the plan's (``model``'s) accuracy on the subset and its interval for all."""
+    accuracy = evaluate_torch(model, view.data.test, _torch_reference(view))[0]
+    k = round(accuracy * subset.images)
+    interval = wilson(k, subset.images, population=subset.total)
+    return dataclasses.replace(subset, accuracy=accuracy, interval=interval)
+
+
+def _torch_reference(subject: Subject) -> np.ndarray | None:
+    """The dense model's PyTorch logits on unlabelled evaluation data (what agreement is scored
+    against); None for labelled data."""
+    split = subject.data.test
+    if split.y is not None:
+        return None
+    with torch.no_grad():
+        n = samples_per_call(split.x)
+        parts = [run_model(subject.model, split.x[i : i + n]) for i in range(0, len(split), n)]
+        return torch.cat(parts).numpy()
 
 
 def _baselines(problem: Problem, sparsity: float) -> dict[str, PruningPlan]:
@@ -327,16 +428,13 @@ def _best_of(
 ) -> tuple[PruningPlan, float, float, str, dict[str, float]]:
     """The knapsack's plan, unless another plan that also meets the target scores higher on the
     evaluation data (possible where the curves' sum predicts badly, e.g. when every option
-    collapses). Returns (plan, predicted, achieved, chosen, accuracy of every candidate)."""
+    collapses): on the samples the curves were measured on, so a subset's allocation chooses on
+    the subset and is verified on all. Returns (plan, predicted, achieved, chosen, accuracy of
+    every candidate)."""
     subject = problem.subject
-    split = subject.data.test
-    reference = None
-    if split.y is None:
-        with torch.no_grad():
-            n = samples_per_call(split.x)
-            reference = torch.cat(
-                [subject.model(split.x[i : i + n]) for i in range(0, len(split), n)]
-            ).numpy()
+    judge = problem.curves_on or subject
+    split = judge.data.test
+    reference = _torch_reference(judge)
     accuracy = {"knapsack": evaluate_torch(subject.prune(plan), split, reference)[0]}
     best = ("knapsack", plan, predicted, achieved)
     for name, candidate in _baselines(problem, target.value).items():
@@ -377,6 +475,7 @@ def allocate(
     round_to: int | None = None,
     on_progress: Progress = no_progress,
     executor: Executor | None = None,
+    curve_images: int | None = None,
 ) -> Allocation:
     """Per-layer ratios that reach ``target`` with the least predicted accuracy loss, measured and
     verified.
@@ -395,6 +494,10 @@ def allocate(
             ``round_to``; 1: none). None: the CPU's fast multiple for targets that round
             (latency; ``explorer.latency.fast_multiple``), no rounding for the others.
         executor: where the sensitivity points are evaluated (here, or Ray tasks: the same points).
+        curve_images: scan the curves on this many of the evaluation samples (a seeded subset,
+            ``Subject.on_images``; a scan costs in proportion); the targets are measured and the
+            plan verified on all of them, and the result says whether the plan's accuracy on the
+            subset predicted that on all (``Allocation.curves_on``). None: every sample.
 
     Side effects: runs (and caches) sensitivity scans; writes temporary ONNX files.
 
@@ -414,12 +517,30 @@ def allocate(
         on_progress,
         _round_to(tgt.kind_spec, m, round_to),
         executor,
+        _curves_on(subject, curve_images),
     )
     meter = Meter(subject, tgt, m)
     try:
         return _allocate(problem, tgt, max_rounds, verify, on_progress, meter)
     finally:
         meter.close()
+        _release(problem)
+
+
+def _curves_on(subject: Subject, curve_images: int | None) -> Subject | None:
+    if curve_images is None:
+        return None
+    if isinstance(curve_images, bool) or not isinstance(curve_images, int) or curve_images < 1:
+        raise PlanError(f"curve_images must be a positive number of samples, got {curve_images!r}")
+    view = subject.on_images(curve_images)
+    return None if view is subject else view
+
+
+def _release(problem: Problem) -> None:
+    """Drop the subset view's scan engines (its curves are cached on disk; the engines hold
+    sessions and activations, and a reference to the view)."""
+    if problem.curves_on is not None:
+        sens.release(problem.curves_on)
 
 
 @dataclass(frozen=True)
@@ -433,6 +554,7 @@ class CurveNeeds:
     round_to: int | None
     left: int
     cached: int
+    images: int = 0  # evaluation samples each point is measured on
 
 
 def curve_needs(
@@ -442,6 +564,7 @@ def curve_needs(
     *,
     ratios: Sequence[float] | None = None,
     round_to: int | None = None,
+    curve_images: int | None = None,
 ) -> CurveNeeds:
     """What :func:`allocate` with these arguments scans; reads the cache only (instant)."""
     spec = get_target(kind)
@@ -449,8 +572,9 @@ def curve_needs(
     rounding = _round_to(spec, m, round_to)  # checked in allocate's order: the same first error
     spec.check_method(m)
     grid = curve_ratios(m, ratios)
-    left, cached = sens.pending(subject, m.name, grid, round_to=rounding)
-    return CurveNeeds(m.name, tuple(grid), rounding, left, cached)
+    on = _curves_on(subject, curve_images) or subject
+    left, cached = sens.pending(on, m.name, grid, round_to=rounding)
+    return CurveNeeds(m.name, tuple(grid), rounding, left, cached, len(on.data.test))
 
 
 def pareto_front(
@@ -466,11 +590,12 @@ def pareto_front(
     round_to: int | None = None,
     on_progress: Progress = no_progress,
     executor: Executor | None = None,
+    curve_images: int | None = None,
 ) -> list[Allocation]:
     """Allocations for several values of one kind of target (curves computed once), by value.
 
     Plot ``achieved`` against ``verified_accuracy`` for the trade-off; targets out of reach are
-    skipped.
+    skipped. ``curve_images``: as in :func:`allocate`.
     """
     spec = get_target(kind)  # validates the kind
     m = get_method(method or spec.default_method)
@@ -484,6 +609,7 @@ def pareto_front(
         lambda f, msg: on_progress(0.5 * f, msg),
         _round_to(spec, m, round_to),
         executor,
+        _curves_on(subject, curve_images),
     )
     out = []
     for i, value in enumerate(sorted(values)):
@@ -504,6 +630,7 @@ def pareto_front(
             continue
         finally:
             meter.close()
+    _release(problem)
     on_progress(1.0, "done")
     return out
 

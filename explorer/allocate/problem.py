@@ -51,6 +51,7 @@ class Problem:
     dense_accuracy: float
     curves: pd.DataFrame
     round_to: int | None = None  # the plans' kept channels rounded up to a multiple of it
+    curves_on: Subject | None = None  # the subset view the curves were scanned on; None: all data
 
     @property
     def max_saving(self) -> float:
@@ -81,16 +82,21 @@ def build_problem(
     on_progress: Progress,
     round_to: int | None = None,
     executor: Executor | None = None,
+    curves_on: Subject | None = None,
 ) -> Problem:
     """The problem of ``kind`` with ``method``; ``round_to`` (structured methods) rounds kept
     channels up to a multiple of it in the curves, the savings and the plans; ``executor``: where
-    the sensitivity points are evaluated (here, or Ray tasks)."""
+    the sensitivity points are evaluated (here, or Ray tasks); ``curves_on``: a view of ``subject``
+    on a subset of its evaluation data (``Subject.on_images``) to scan the curves on (their drops
+    are then taken from the dense accuracy on all of it)."""
     kind.check_method(method)
     grid = curve_ratios(method, ratios)
+    if curves_on is subject:
+        curves_on = None
     if curves is None:
         on_progress(0.0, f"sensitivity curves ({method.name})")
         curves = sens.scan(
-            subject,
+            curves_on or subject,
             method.name,
             grid,
             round_to=round_to,
@@ -101,7 +107,11 @@ def build_problem(
     dense_rows = curves[curves.ratio == 0]
     if dense_rows.empty:
         raise PlanError("the sensitivity curves have no ratio-0 (dense) rows")
-    dense_acc = float(dense_rows.accuracy.iloc[0])
+    dense_acc = (
+        float(dense_rows.accuracy.iloc[0])
+        if curves_on is None
+        else float(subject.dense()[0].accuracy)  # the subset's drops, from all data's accuracy
+    )
     ctx = SavingsContext(
         subject=subject,
         method=method,
@@ -131,5 +141,16 @@ def build_problem(
         choices[name] = ch
         saving[name] = kind.savings(ctx, name, r, ch)
     return Problem(
-        subject, method, kind, units, choices, damage, drop, saving, dense_acc, curves, round_to
+        subject,
+        method,
+        kind,
+        units,
+        choices,
+        damage,
+        drop,
+        saving,
+        dense_acc,
+        curves,
+        round_to,
+        curves_on,
     )

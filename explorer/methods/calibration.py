@@ -74,10 +74,8 @@ def fingerprint(split: Split) -> str:
 
 def sample(split: Split, n: int = SAMPLES) -> tuple[torch.Tensor, torch.Tensor | None]:
     """At most ``n`` samples of ``split`` (a seeded subset, in their order), with their labels."""
-    if len(split) <= n:
-        return split.x, split.y
-    idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[:n].sort().values
-    return split.x[idx], (split.y[idx] if split.y is not None else None)
+    part = split.subset(n)
+    return part.x, part.y
 
 
 def _nbytes(value: Any) -> int:

@@ -161,6 +161,37 @@ def test_the_allocation_says_what_it_will_scan_and_the_sensitivity_page_scans_ju
     ), [c.value for c in at.caption]
 
 
+def test_an_allocation_on_a_subset_of_the_samples_says_so_and_is_verified_on_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(sens.CACHE_ENV, str(tmp_path))  # an empty cache
+    at = open_app("prune")
+    at.selectbox(key="prune.alloc.kind").set_value("sparsity").run()
+    images = at.selectbox(key="prune.alloc.images")
+    assert images.options == [
+        "all 360 samples",
+        "32 samples",
+        "64 samples",
+        "128 samples",
+        "256 samples",
+    ]
+    assert images.value == 0  # every sample unless asked
+    images.set_value(64).run()
+    caption = next(c.value for c in at.caption if c.value.startswith("It first scans"))
+    assert "each on 64 of the 360 samples" in caption and "verified on all of them" in caption
+    at.button(key="prune.allocate").click().run(timeout=600)
+    assert not at.exception
+    summary = next(m.value for m in at.markdown if m.value.startswith("Achieved"))
+    assert "Curves measured on 64 of the 360 evaluation samples (a seeded subset)" in summary
+    assert "and on all it is" in summary and "verified" in summary
+    caption = next(c.value for c in at.caption if c.value.startswith("Its "))
+    assert caption.endswith("are all measured: it starts from them."), caption
+    at.button(key="prune.allocate.use").click().run(timeout=120)
+    assert not at.exception
+    draft = at.session_state["drafts"]["zoo:digits-cnn|"]
+    assert draft.method == "l1-unstructured" and any(r > 0 for r in draft.ratios.values())
+
+
 def test_automatic_allocation_meets_its_target_and_becomes_the_editable_plan() -> None:
     at = open_app("prune")
     at.selectbox(key="prune.alloc.kind").set_value("macs").run()

@@ -357,7 +357,7 @@ def test_curve_needs_counts_the_points_the_allocation_scans(
     units = len(sens.units(mlp, method))
     grid = alloc.curve_ratios(get_method(method))
     assert alloc.curve_needs(mlp, kind, method) == alloc.CurveNeeds(
-        method, tuple(grid), None, units * len(grid), 0
+        method, tuple(grid), None, units * len(grid), 0, len(mlp.data.test)
     )
     sens.scan(mlp, method)  # the Sensitivity page's default ratios
     shared = len({round(r, 6) for r in grid} & {round(r, 6) for r in sens.DEFAULT_RATIOS})
