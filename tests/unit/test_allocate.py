@@ -21,7 +21,7 @@ from explorer import sensitivity as sens
 from explorer.allocate import core as alloc_core
 from explorer.allocate.knapsack import BUCKETS, solve
 from explorer.allocate.meter import Meter
-from explorer.allocate.targets import SavingsContext, masked_weights
+from explorer.allocate.targets import SavingsContext, masked_nonzeros, masked_weights
 from explorer.allocate.targets import latency as latency_target
 from explorer.cli import main
 from explorer.errors import PlanError
@@ -172,6 +172,43 @@ def test_the_savings_masks_follow_topk_through_ties() -> None:
         for x, got in zip(_CHOICES, masked_weights(ctx, unit, _CHOICES), strict=True):
             want = pruned_weight("l1-unstructured", model, unit, float(x))
             assert torch.equal(got, want), (unit, x)
+
+
+@pytest.mark.parametrize(
+    "method",
+    ["l1-unstructured", "random-unstructured", "taylor-unstructured", "wanda-unstructured", "2:4"],
+)
+def test_the_savings_counts_are_the_masks_counts(mlp: Subject, method: str) -> None:
+    """The sparsity target's counts (one cumulative sum per layer) against ``count_nonzero`` of
+    every masked weight, at every fine choice: on the trained layers, on layers of five values
+    (ties at nearly every boundary), of many zeros, with NaN and infinite weights, and where tied
+    scores mix zero and nonzero weights."""
+    torch.manual_seed(0)
+    tied = torch.nn.Sequential(*(torch.nn.Linear(40, 30) for _ in range(4)))
+    with torch.no_grad():
+        tied[0].weight.copy_(torch.randint(-2, 3, tied[0].weight.shape) / 10)
+        tied[1].weight.mul_(torch.rand(tied[1].weight.shape) < 0.3)  # 70 % zeros already
+        tied[2].weight[0, :5] = float("nan")
+        tied[3].weight[1, :3] = float("inf")
+    # Taylor's scores (and Wanda's) are zero for the weights of pixels that are always blank (the
+    # digits' corners): with some weights zeroed too, ties at zero mix zero and nonzero weights.
+    first = mlp.layer_names[0]
+    zeroed = copy.deepcopy(mlp.model)
+    with torch.no_grad():
+        dict(zeroed.named_modules())[first].weight[::2, ::3] = 0.0
+    subjects = [
+        (mlp, mlp.layer_names),
+        (types.SimpleNamespace(model=tied, calibration=None), ["0", "1", "2", "3"]),
+        (types.SimpleNamespace(model=zeroed, calibration=mlp.calibration), [first]),
+    ]
+    for subject, units in subjects:
+        if method.startswith(("wanda", "taylor")) and subject.calibration is None:
+            continue  # needs calibration data
+        ctx = SavingsContext(subject, get_method(method), [], lambda f, m: None)  # type: ignore[arg-type]
+        for unit in units:
+            want = [int(torch.count_nonzero(w)) for w in masked_weights(ctx, unit, _CHOICES)]
+            got = masked_nonzeros(ctx, unit, _CHOICES)
+            assert got.tolist() == want, (method, unit)
 
 
 def _timed(shares: list[float]) -> Speedup:

@@ -223,6 +223,21 @@ def counted_savings(
     )
 
 
+def _sorts_scores(method: Method) -> bool:
+    """Whether ``method`` zeros the lowest of its scores (:meth:`WeightMethod.mask`, unchanged)."""
+    from explorer.methods.base import WeightMethod
+
+    return isinstance(method, WeightMethod) and (
+        type(method).mask is WeightMethod.mask
+        and type(method).prune_weight is WeightMethod.prune_weight
+    )
+
+
+def _boundary_ties(ordered: torch.Tensor, k: int) -> bool:
+    """Whether the ``k``-th lowest sorted score equals the next one (``topk`` picks among them)."""
+    return k < ordered.numel() and bool(ordered[k - 1] == ordered[k])
+
+
 def masked_weights(ctx: SavingsContext, unit: str, choices: np.ndarray) -> Iterator[Any]:
     """The weights an unstructured or N:M method leaves in ``unit`` at each of ``choices``, one at a
     time: exactly :func:`explorer.prune.pruned_weight`'s.
@@ -232,15 +247,11 @@ def masked_weights(ctx: SavingsContext, unit: str, choices: np.ndarray) -> Itera
     the ``k``-th ties with the next one (then the mask is :func:`unstructured_mask`'s own, which
     picks among the ties). One ``topk`` per choice took 60 s of a 224-px ResNet-18's sparsity
     allocation (2,000 choices at 0.01 steps, 30 ms each on the largest layers)."""
-    from explorer.methods.base import LayerContext, WeightMethod, unstructured_mask
+    from explorer.methods.base import LayerContext, unstructured_mask
     from explorer.prune import pruned_weight
 
     s, method = ctx.subject, ctx.method
-    default = isinstance(method, WeightMethod) and (
-        type(method).mask is WeightMethod.mask
-        and type(method).prune_weight is WeightMethod.prune_weight
-    )
-    if not default:
+    if not _sorts_scores(method):
         for x in choices:
             yield pruned_weight(method, s.model, unit, float(x), calibration=s.calibration)
         return
@@ -254,9 +265,56 @@ def masked_weights(ctx: SavingsContext, unit: str, choices: np.ndarray) -> Itera
             k = round(float(x) * flat.numel())
             if k == 0:
                 yield weight.clone()
-            elif exact or (k < flat.numel() and ordered[k - 1] == ordered[k]):
+            elif exact or _boundary_ties(ordered, k):
                 yield weight * unstructured_mask(scores, float(x))
             else:
                 keep = torch.ones_like(flat, dtype=torch.bool)
                 keep[order[:k]] = False
                 yield weight * keep.view_as(weight)
+
+
+def _mixed(ordered: torch.Tensor, gone: torch.Tensor, k: int) -> bool:
+    """Whether the weights whose score equals the ``k``-th lowest (sorted: ``ordered``; ``gone``:
+    the running count of nonzero weights in that order) are some zero and some not."""
+    t = ordered[k - 1]
+    lo = int(torch.searchsorted(ordered, t, right=False))
+    hi = int(torch.searchsorted(ordered, t, right=True))
+    nonzero = int(gone[hi - 1]) - (int(gone[lo - 1]) if lo else 0)
+    return 0 < nonzero < hi - lo
+
+
+def masked_nonzeros(ctx: SavingsContext, unit: str, choices: np.ndarray) -> np.ndarray:
+    """``count_nonzero`` of each of :func:`masked_weights`'s weights, from one stable sort of the
+    scores: the nonzero weights left are those of the layer less the nonzero ones among the ``k``
+    lowest (one cumulative sum per layer, against a mask, a product and a count per choice).
+    Where the ``k``-th score ties with others, ``topk`` picks which of the tied ones go; that
+    changes the count only if the tied weights mix zeros and nonzeros (never for magnitude, whose
+    score is zero exactly for a zero weight), and only then is the masked weight itself counted,
+    as it is for NaN scores and non-finite weights (``inf * 0`` is not zero)."""
+    from explorer.methods.base import LayerContext, unstructured_mask
+
+    def counted(xs: np.ndarray) -> list[int]:
+        return [int(torch.count_nonzero(w)) for w in masked_weights(ctx, unit, xs)]
+
+    s, method = ctx.subject, ctx.method
+    if not _sorts_scores(method):
+        return np.array(counted(choices), dtype=np.int64)
+    with torch.no_grad():
+        layer = LayerContext(s.model, unit, 0, s.calibration)
+        weight, scores = layer.weight, method.scores(layer)
+        flat = scores.reshape(-1)
+        if bool(torch.isnan(flat).any()) or not bool(torch.isfinite(weight).all()):
+            return np.array(counted(choices), dtype=np.int64)
+        ordered, order = torch.sort(flat, stable=True)
+        gone = torch.cumsum(weight.reshape(-1)[order] != 0, 0)  # nonzero among the k lowest
+        nonzero = int(torch.count_nonzero(weight))
+        out = []
+        for x in choices:
+            k = round(float(x) * flat.numel())
+            if k == 0:
+                out.append(nonzero)
+            elif _boundary_ties(ordered, k) and _mixed(ordered, gone, k):
+                out.append(int(torch.count_nonzero(weight * unstructured_mask(scores, float(x)))))
+            else:
+                out.append(nonzero - int(gone[k - 1]))
+        return np.array(out, dtype=np.int64)

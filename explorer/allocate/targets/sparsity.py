@@ -12,7 +12,7 @@ from explorer.allocate.targets import (
     SavingsContext,
     TargetKind,
     counted_savings,
-    masked_weights,
+    masked_nonzeros,
     prunable_weights,
     register,
 )
@@ -41,12 +41,7 @@ class Sparsity(TargetKind):
 
             return counted_savings(ctx, unit, scanned, choices, removed)
         nz = int(torch.count_nonzero(dict(s.model.named_modules())[unit].weight))
-        return np.array(
-            [
-                (nz - int(torch.count_nonzero(m))) / ctx.total_weights
-                for m in masked_weights(ctx, unit, choices)
-            ]
-        )
+        return (nz - masked_nonzeros(ctx, unit, choices)) / ctx.total_weights
 
     def measure(self, meter: Meter, model: nn.Module) -> float:
         s = meter.subject
