@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SAMPLES",
+    "feature_square_sums",
     "fingerprint",
     "gradients",
     "input_abs_means",
@@ -102,16 +103,11 @@ def _cached(kind: str, model: nn.Module, split: Split, compute: Callable[[], Any
     return value
 
 
-def unfold_input(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The layer's input as rows of features lined up with its weight's columns: ``(rows,
-    features)``.
-
-    Linear: every leading position is a row. Conv1d/Conv2d: the unfolded patches (im2col), features
-    ordered (channel, kernel position) like ``weight.reshape(out, -1)``; a grouped convolution's
-    features are those of all its input channels (slice ``g * in/groups`` for group ``g``).
-    """
-    if isinstance(module, nn.Linear):
-        return x.reshape(-1, x.shape[-1])
+def _conv_geometry(
+    module: nn.Module, x: torch.Tensor
+) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """A Conv1d/Conv2d input as 4-D, with the padding a string padding stands for already applied,
+    and the layer's kernel, dilation, padding and stride as pairs."""
     if isinstance(module, nn.Conv1d):
         x = x.unsqueeze(2)
         kernel, dilation, stride = (
@@ -133,8 +129,52 @@ def unfold_input(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         total = [d * (k - 1) for d, k in zip(dilation, kernel, strict=True)]
         x = F.pad(x, [p for t in reversed(total) for p in (t // 2, t - t // 2)])
         padding = 0
+
+    def pair(v: Any) -> tuple[int, int]:
+        return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+    return x, pair(kernel), pair(dilation), pair(padding), pair(stride)
+
+
+def unfold_input(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer's input as rows of features lined up with its weight's columns: ``(rows,
+    features)``.
+
+    Linear: every leading position is a row. Conv1d/Conv2d: the unfolded patches (im2col), features
+    ordered (channel, kernel position) like ``weight.reshape(out, -1)``; a grouped convolution's
+    features are those of all its input channels (slice ``g * in/groups`` for group ``g``).
+    """
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, x.shape[-1])
+    x, kernel, dilation, padding, stride = _conv_geometry(module, x)
     cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)  # (N, C*k, L)
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+def feature_square_sums(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``unfold_input(module, x).pow(2).sum(0)`` in float64, without unfolding.
+
+    A feature (channel c, kernel position (i, j)) of a convolution sums the squares of the input
+    pixels that kernel position meets: one strided slice of the batch's summed squares per kernel
+    position. The im2col matrix is kernel-size times the input (9x for a 3x3 conv); building it
+    was most of a ResNet's calibration pass.
+    """
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, x.shape[-1]).pow(2).sum(0, dtype=torch.float64)
+    x, (kh, kw), (dh, dw), (ph, pw), (sh, sw) = _conv_geometry(module, x)
+    sq = F.pad(x.pow(2).sum(0, dtype=torch.float64), (pw, pw, ph, ph))  # (C, H, W)
+    out_h = (sq.shape[1] - dh * (kh - 1) - 1) // sh + 1
+    out_w = (sq.shape[2] - dw * (kw - 1) - 1) // sw + 1
+    sums = [
+        sq[
+            :,
+            i * dh : i * dh + sh * (out_h - 1) + 1 : sh,
+            j * dw : j * dw + sw * (out_w - 1) + 1 : sw,
+        ].sum((1, 2))
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    return torch.stack(sums, dim=1).reshape(-1)  # (channel, kernel position), like the weight
 
 
 def _supported(module: nn.Module) -> bool:
@@ -183,11 +223,12 @@ def input_norms(model: nn.Module, split: Split) -> dict[str, torch.Tensor]:
     ``||X_j||``)."""
 
     def update(name: str, mod: nn.Module, x: torch.Tensor, acc: Any) -> torch.Tensor:
-        sq = unfold_input(mod, x).pow(2).sum(0)
+        sq = feature_square_sums(mod, x)
         return sq if acc is None else acc + sq
 
     def compute() -> dict[str, torch.Tensor]:
-        return {n: v.sqrt() for n, v in _collect(model, split, _layers(model), update).items()}
+        found = _collect(model, split, _layers(model), update)
+        return {n: v.sqrt().float() for n, v in found.items()}
 
     return _cached("norms", model, split, compute)
 

@@ -28,7 +28,7 @@ from torch import nn
 from explorer.errors import PlanError
 from explorer.inspect import build_dependency_graph, structured_groups
 from explorer.methods import available_methods, get_method
-from explorer.methods.calibration import sample, unfold_input
+from explorer.methods.calibration import feature_square_sums, sample, unfold_input
 from explorer.plan import LayerRule, PruningPlan
 from explorer.prune import apply_plan, fresh_copy
 from explorer.subject import Subject
@@ -269,20 +269,19 @@ def test_data_aware_methods_refuse_without_calibration_data(method: str) -> None
         apply_plan(subj.model, plan, subj.example_input, subj.inventory, calibration=None)
 
 
-@pytest.mark.parametrize(
-    "conv",
-    [
-        nn.Conv2d(3, 4, 3, padding="same"),
-        nn.Conv2d(
-            3, 4, (2, 4), padding="same", dilation=(1, 2)
-        ),  # even kernels: one more at the end
-        nn.Conv2d(3, 4, 3, padding="valid"),
-        nn.Conv2d(4, 4, 3, padding="same", groups=4),  # depthwise (EfficientNet's)
-        nn.Conv1d(3, 4, 4, padding="same"),
-        nn.Conv1d(3, 4, 3, padding="valid", stride=2),
-    ],
-    ids=["same-3x3", "same-even-dilated", "valid", "same-depthwise", "same-1d-even", "valid-1d"],
-)
+_STRING_PADDED = {
+    "same-3x3": nn.Conv2d(3, 4, 3, padding="same"),
+    "same-even-dilated": nn.Conv2d(
+        3, 4, (2, 4), padding="same", dilation=(1, 2)
+    ),  # even kernels: one more at the end
+    "valid": nn.Conv2d(3, 4, 3, padding="valid"),
+    "same-depthwise": nn.Conv2d(4, 4, 3, padding="same", groups=4),  # depthwise (EfficientNet's)
+    "same-1d-even": nn.Conv1d(3, 4, 4, padding="same"),
+    "valid-1d": nn.Conv1d(3, 4, 3, padding="valid", stride=2),
+}
+
+
+@pytest.mark.parametrize("conv", _STRING_PADDED.values(), ids=_STRING_PADDED.keys())
 def test_unfolded_patches_of_string_padding_times_the_weight_are_the_convolution(
     conv: nn.Conv1d | nn.Conv2d,
 ) -> None:
@@ -301,6 +300,35 @@ def test_unfolded_patches_of_string_padding_times_the_weight_are_the_convolution
     assert torch.allclose(
         got, want.flatten(2).transpose(1, 2).reshape(-1, conv.out_channels), atol=1e-5
     )
+
+
+_GEOMETRIES = {
+    **_STRING_PADDED,
+    "stem-7x7-stride-2": nn.Conv2d(3, 4, 7, stride=2, padding=3),
+    "strided-1x1": nn.Conv2d(3, 4, 1, stride=2),
+    "dilated-padded": nn.Conv2d(3, 4, (3, 2), padding=(2, 1), dilation=(2, 3), stride=(1, 2)),
+    "grouped": nn.Conv2d(4, 6, 3, padding=1, groups=2),
+    "1d-padded-strided": nn.Conv1d(3, 4, 5, padding=2, stride=3),
+    "linear": nn.Linear(9, 4),
+}
+
+
+@pytest.mark.parametrize("layer", _GEOMETRIES.values(), ids=_GEOMETRIES.keys())
+def test_feature_square_sums_are_those_of_the_unfolded_patches(layer: nn.Module) -> None:
+    """Wanda's ``||X_j||^2`` from strided slices of the summed squares equals the sum over the
+    im2col rows, feature by feature, for every padding, stride, dilation and group."""
+    torch.manual_seed(0)
+    if isinstance(layer, nn.Linear):
+        shape: list[int] = [2, 5, 9]  # a sequence: every leading position is a row
+    elif isinstance(layer, nn.Conv2d):
+        shape = [3, layer.in_channels, 11, 8]
+    else:
+        shape = [3, layer.in_channels, 13]
+    x = torch.randn(*shape)
+    want = unfold_input(layer, x).double().pow(2).sum(0)
+    got = feature_square_sums(layer, x)
+    assert got.dtype == torch.float64 and got.shape == want.shape
+    assert torch.allclose(got, want, rtol=1e-6, atol=0)  # float32 squares, float64 sums
 
 
 class _IntoAGroupedConv(nn.Module):
